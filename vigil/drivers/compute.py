@@ -1,0 +1,97 @@
+"""The compute interface: what vigil needs from Nova.
+
+Implementations: ``vigil.drivers.sim.SimCompute`` (the simulated cloud) and, in a later
+issue, an openstacksdk one. Status strings are Nova's own (``ACTIVE``, ``SHUTOFF``,
+``ERROR``, ``REBUILD``...), so nothing is lost in translation.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from vigil.model import HaPolicy
+
+# Nova's server statuses that vigil reasons about.
+ACTIVE = "ACTIVE"
+SHUTOFF = "SHUTOFF"
+ERROR = "ERROR"
+REBUILD = "REBUILD"
+# Nova evacuates only instances in these states.
+EVACUABLE = frozenset({ACTIVE, SHUTOFF, ERROR})
+
+
+@dataclass(frozen=True)
+class ComputeService:
+    """A nova-compute service as Nova reports it."""
+
+    host: str
+    up: bool  # Nova's view: reported within service_down_time and not forced down
+    forced_down: bool
+    disabled: bool
+    disabled_reason: str = ""
+
+
+@dataclass(frozen=True)
+class Server:
+    """An instance as Nova reports it, with the HA policy read from its metadata.
+
+    ``policy`` is None when neither metadata, flavor nor image says anything: the
+    segment's default then applies.
+    """
+
+    id: str
+    name: str
+    host: str | None
+    status: str
+    policy: HaPolicy | None = None
+    priority: int = 0
+    task_state: str | None = None
+    server_group: str | None = None
+
+
+class ComputeDriver(abc.ABC):
+    """Nova, as far as HA needs it. Every method may raise a DriverError."""
+
+    @abc.abstractmethod
+    def list_services(self) -> list[ComputeService]: ...
+
+    @abc.abstractmethod
+    def get_service(self, host: str) -> ComputeService:
+        """Raises NotFound for a host without a compute service."""
+
+    @abc.abstractmethod
+    def set_forced_down(self, host: str, forced_down: bool) -> None:
+        """Force the compute service down (only after the host is fenced) or back up."""
+
+    @abc.abstractmethod
+    def disable(self, host: str, reason: str) -> None: ...
+
+    @abc.abstractmethod
+    def enable(self, host: str) -> None: ...
+
+    @abc.abstractmethod
+    def list_servers(self, host: str) -> list[Server]:
+        """All instances Nova places on ``host``, across all projects."""
+
+    @abc.abstractmethod
+    def get_server(self, server_id: str) -> Server:
+        """Raises NotFound for an unknown instance."""
+
+    @abc.abstractmethod
+    def evacuate(self, server_id: str, target_host: str | None = None) -> None:
+        """Ask Nova to rebuild the instance on another host.
+
+        Returns once Nova accepted the request; the rebuild goes on asynchronously and is
+        confirmed by reading the server. Nova refuses (Conflict) while the source compute
+        service is up and not forced down, and for instances not in EVACUABLE.
+        """
+
+    @abc.abstractmethod
+    def start(self, server_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self, server_id: str) -> None: ...
+
+    @abc.abstractmethod
+    def reboot(self, server_id: str, hard: bool = True) -> None: ...

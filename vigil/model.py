@@ -1,0 +1,244 @@
+"""vigil's domain model: plain data, enumerations and the state machines as tables.
+
+Nothing here does I/O or imports another part of vigil. The store persists these
+records, the engine decides on them, the API and CLI show them.
+
+State machines are data (as in TaskFlow's ``states.py``): ``check_transition`` raises
+``InvalidTransition`` for a move that is not in the table, so a bug that would put a
+host or a recovery in an impossible state fails loudly instead of being persisted.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Mapping, TypeVar
+
+S = TypeVar("S", bound=enum.Enum)
+
+
+class InvalidTransition(Exception):
+    """A state change that the state machine does not allow."""
+
+
+class HaPolicy(enum.StrEnum):
+    """What the owner of an instance wants when its host fails."""
+
+    KEEP_RUNNING = "keep-running"  # fence, then evacuate it automatically
+    NOTIFY = "notify"  # fence, then tell; evacuate nothing
+    OFF = "off"  # not protected
+
+
+class HostState(enum.StrEnum):
+    NEW = "new"  # known to vigil, no heartbeat seen yet
+    UP = "up"  # heartbeats arrive
+    SUSPECT = "suspect"  # heartbeats missed; corroborating before declaring
+    FAILED = "failed"  # failure declared; a recovery owns the host
+    RECOVERED = "recovered"  # fenced and its instances handled; out until an operator restores it
+
+
+class FailureKind(enum.StrEnum):
+    HOST_DOWN = "host-down"
+
+
+class FailureStatus(enum.StrEnum):
+    OPEN = "open"  # recorded, no recovery running yet (for example paused)
+    RECOVERING = "recovering"
+    RESOLVED = "resolved"
+    ERROR = "error"  # recovery could not complete; an operator must look
+
+
+class RecoveryStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    PAUSED = "paused"  # automatic action held (storm guard or operator); reason recorded
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # a step failed for good (e.g. a fence that could not be confirmed)
+
+
+class StepStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class StepKind(enum.StrEnum):
+    """The steps of a host recovery, in the order they run."""
+
+    FENCE = "fence"  # power off through the BMC, confirmed by a status read
+    FORCE_DOWN = "force-down"  # Nova compute service forced down and disabled
+    LIST_INSTANCES = "list-instances"  # read the host's instances, plan one step each
+    EVACUATE = "evacuate"  # one instance: evacuate, then confirm ACTIVE elsewhere
+    NOTIFY = "notify"  # one instance whose policy is notify: tell, move nothing
+
+
+HOST_TRANSITIONS: Mapping[HostState, frozenset[HostState]] = {
+    HostState.NEW: frozenset({HostState.UP, HostState.SUSPECT}),
+    HostState.UP: frozenset({HostState.SUSPECT}),
+    HostState.SUSPECT: frozenset({HostState.UP, HostState.FAILED}),
+    HostState.FAILED: frozenset({HostState.RECOVERED}),
+    # Only an operator's restore brings a recovered host back into use.
+    HostState.RECOVERED: frozenset({HostState.NEW}),
+}
+
+FAILURE_TRANSITIONS: Mapping[FailureStatus, frozenset[FailureStatus]] = {
+    FailureStatus.OPEN: frozenset({FailureStatus.RECOVERING, FailureStatus.RESOLVED}),
+    FailureStatus.RECOVERING: frozenset(
+        {FailureStatus.RESOLVED, FailureStatus.ERROR, FailureStatus.OPEN}
+    ),
+    FailureStatus.ERROR: frozenset({FailureStatus.RESOLVED, FailureStatus.RECOVERING}),
+    FailureStatus.RESOLVED: frozenset(),
+}
+
+RECOVERY_TRANSITIONS: Mapping[RecoveryStatus, frozenset[RecoveryStatus]] = {
+    RecoveryStatus.PENDING: frozenset(
+        {RecoveryStatus.RUNNING, RecoveryStatus.PAUSED, RecoveryStatus.FAILED}
+    ),
+    RecoveryStatus.RUNNING: frozenset(
+        {RecoveryStatus.SUCCEEDED, RecoveryStatus.FAILED, RecoveryStatus.PAUSED}
+    ),
+    RecoveryStatus.PAUSED: frozenset({RecoveryStatus.RUNNING, RecoveryStatus.FAILED}),
+    # An operator may retry a failed recovery once the cause is fixed.
+    RecoveryStatus.FAILED: frozenset({RecoveryStatus.RUNNING}),
+    RecoveryStatus.SUCCEEDED: frozenset(),
+}
+
+STEP_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
+    StepStatus.PENDING: frozenset({StepStatus.RUNNING, StepStatus.SKIPPED}),
+    # running -> pending: a temporary error, retried after a backoff, or a step found
+    # running after a crash (every step is idempotent, so it simply runs again).
+    StepStatus.RUNNING: frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.PENDING}),
+    StepStatus.FAILED: frozenset({StepStatus.PENDING}),  # operator retry
+    StepStatus.SUCCEEDED: frozenset(),
+    StepStatus.SKIPPED: frozenset(),
+}
+
+
+def check_transition(
+    table: Mapping[S, frozenset[S]], current: S, new: S, *, what: str
+) -> None:
+    """Raise InvalidTransition unless ``current -> new`` is in ``table`` (same state is a no-op)."""
+    if current == new:
+        return
+    if new not in table[current]:
+        raise InvalidTransition(f"{what}: {current.value} -> {new.value} is not allowed")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A failover domain: hosts whose instances may be evacuated to one another."""
+
+    name: str
+    description: str = ""
+    default_policy: HaPolicy = HaPolicy.OFF
+    # Storm guard (S3): if more than this share of the segment's hosts fail at once,
+    # automatic recovery in the segment pauses and an alarm is recorded.
+    max_failed_share: float = 0.5
+    max_parallel_evacuations: int = 8
+    paused: bool = False
+    pause_reason: str = ""
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class FenceMethod:
+    """One fencing level: a driver name and its options (secrets referenced, not stored)."""
+
+    driver: str
+    options: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    segment: str
+    state: HostState = HostState.NEW
+    maintenance: bool = False
+    reserved: bool = False
+    fencing: tuple[FenceMethod, ...] = ()
+    state_reason: str = ""
+    state_changed_at: float = 0.0
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class InstancePolicy:
+    """An operator's override of an instance's HA policy (metadata otherwise decides)."""
+
+    instance_id: str
+    policy: HaPolicy
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Something observed to be wrong with a host; repeated observations fold into one."""
+
+    id: int
+    host: str
+    kind: FailureKind
+    status: FailureStatus
+    reason: str
+    sources: tuple[str, ...]  # who observed it: heartbeat, bmc, compute, agent, operator
+    first_seen: float
+    last_seen: float
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class Step:
+    id: int
+    recovery_id: int
+    seq: int  # execution order within the recovery
+    kind: StepKind
+    status: StepStatus
+    instance_id: str | None = None
+    instance_name: str | None = None
+    priority: int = 0
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    detail: str = ""
+    result: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recovery:
+    id: int
+    failure_id: int
+    host: str
+    segment: str
+    status: RecoveryStatus
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    reason: str = ""
+    steps: tuple[Step, ...] = ()
+
+    def step(self, kind: StepKind) -> Step | None:
+        """The first step of a kind (the host-level steps occur once)."""
+        return next((s for s in self.steps if s.kind == kind), None)
+
+
+@dataclass(frozen=True)
+class NewStep:
+    """A step to add to a recovery; the store assigns its id and sequence number."""
+
+    kind: StepKind
+    instance_id: str | None = None
+    instance_name: str | None = None
+    priority: int = 0
+    status: StepStatus = StepStatus.PENDING
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Control:
+    """Cloud-wide switch: an operator can pause every automatic action with one command."""
+
+    paused: bool = False
+    reason: str = ""
+    changed_at: float = 0.0

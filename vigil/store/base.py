@@ -1,0 +1,213 @@
+"""The store interface.
+
+Every method is one transaction: either all it describes is persisted or nothing is.
+The composite methods (``open_host_recovery``, ``finish_step``, ``finish_recovery``)
+exist so that a state change and what it implies are never half-written — a crash
+between two separate writes would otherwise leave, say, a host FAILED with no recovery.
+
+State changes are checked against the tables in ``vigil.model`` and raise
+``vigil.model.InvalidTransition`` (nothing written) for a move the table forbids.
+Timestamps are passed in (``at``), never read from a clock here.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Mapping, Sequence
+
+from vigil.model import (
+    Control,
+    Failure,
+    FailureKind,
+    FailureStatus,
+    Host,
+    HostState,
+    InstancePolicy,
+    NewStep,
+    Recovery,
+    RecoveryStatus,
+    Segment,
+    Step,
+    StepStatus,
+)
+
+
+class StoreError(Exception):
+    pass
+
+
+class NotFoundError(StoreError):
+    pass
+
+
+class AlreadyExists(StoreError):
+    pass
+
+
+class InUse(StoreError):
+    """The record is referenced (a segment with hosts, a host under recovery)."""
+
+
+class Store(abc.ABC):
+    # --- segments ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_segment(self, segment: Segment) -> Segment:
+        """AlreadyExists if the name is taken."""
+
+    @abc.abstractmethod
+    def get_segment(self, name: str) -> Segment: ...
+
+    @abc.abstractmethod
+    def list_segments(self) -> list[Segment]:
+        """Ordered by name."""
+
+    @abc.abstractmethod
+    def update_segment(self, name: str, **changes: Any) -> Segment:
+        """Fields: description, default_policy, max_failed_share, max_parallel_evacuations,
+        paused, pause_reason. Unknown field -> ValueError."""
+
+    @abc.abstractmethod
+    def delete_segment(self, name: str) -> None:
+        """InUse while hosts belong to it."""
+
+    # --- hosts ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create_host(self, host: Host) -> Host:
+        """NotFoundError if its segment does not exist; AlreadyExists for a taken name."""
+
+    @abc.abstractmethod
+    def get_host(self, name: str) -> Host: ...
+
+    @abc.abstractmethod
+    def list_hosts(self, segment: str | None = None) -> list[Host]:
+        """Ordered by name."""
+
+    @abc.abstractmethod
+    def update_host(self, name: str, **changes: Any) -> Host:
+        """Fields: segment, maintenance, reserved, fencing. Unknown field -> ValueError."""
+
+    @abc.abstractmethod
+    def set_host_state(self, name: str, state: HostState, *, reason: str, at: float) -> Host:
+        """Checked against HOST_TRANSITIONS."""
+
+    @abc.abstractmethod
+    def delete_host(self, name: str) -> None:
+        """InUse while a recovery of the host is pending, running or paused."""
+
+    # --- instance policy overrides ----------------------------------------------------
+    @abc.abstractmethod
+    def set_instance_policy(self, policy: InstancePolicy) -> InstancePolicy:
+        """Insert or replace."""
+
+    @abc.abstractmethod
+    def get_instance_policy(self, instance_id: str) -> InstancePolicy | None: ...
+
+    @abc.abstractmethod
+    def list_instance_policies(self) -> list[InstancePolicy]: ...
+
+    @abc.abstractmethod
+    def delete_instance_policy(self, instance_id: str) -> None:
+        """NotFoundError if there is none."""
+
+    # --- failures -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def record_failure(
+        self, *, host: str, kind: FailureKind, reason: str, source: str, at: float
+    ) -> tuple[Failure, bool]:
+        """Record an observation. If the host already has an unresolved failure of that
+        kind, fold into it (count + 1, source added, last_seen = at) and return
+        (failure, False); otherwise create one (status OPEN) and return (failure, True).
+        NotFoundError for an unknown host."""
+
+    @abc.abstractmethod
+    def get_failure(self, failure_id: int) -> Failure: ...
+
+    @abc.abstractmethod
+    def list_failures(
+        self, *, host: str | None = None, status: FailureStatus | None = None, limit: int = 1000
+    ) -> list[Failure]:
+        """Newest first."""
+
+    # --- recoveries -------------------------------------------------------------------
+    @abc.abstractmethod
+    def open_host_recovery(
+        self,
+        *,
+        host: str,
+        reason: str,
+        sources: Sequence[str],
+        at: float,
+        steps: Sequence[NewStep],
+        paused_reason: str | None = None,
+    ) -> Recovery:
+        """Declare a host failed, in one transaction: record (or fold into) its HOST_DOWN
+        failure, move the host to FAILED (checked), and create a recovery with ``steps``
+        (seq 1, 2, ...). The recovery is RUNNING and the failure RECOVERING — or, with
+        ``paused_reason``, PAUSED and OPEN. Returns the recovery with its steps."""
+
+    @abc.abstractmethod
+    def get_recovery(self, recovery_id: int) -> Recovery:
+        """With its steps, ordered by seq."""
+
+    @abc.abstractmethod
+    def list_recoveries(
+        self,
+        *,
+        host: str | None = None,
+        statuses: Sequence[RecoveryStatus] | None = None,
+        limit: int = 1000,
+    ) -> list[Recovery]:
+        """Newest first, each with its steps."""
+
+    @abc.abstractmethod
+    def set_recovery_status(
+        self, recovery_id: int, status: RecoveryStatus, *, at: float, reason: str = ""
+    ) -> Recovery:
+        """For RUNNING and PAUSED (checked against RECOVERY_TRANSITIONS). RUNNING sets
+        started_at if unset and the failure to RECOVERING; PAUSED sets the failure OPEN."""
+
+    @abc.abstractmethod
+    def finish_recovery(
+        self, recovery_id: int, status: RecoveryStatus, *, at: float, reason: str = ""
+    ) -> Recovery:
+        """SUCCEEDED or FAILED, in one transaction with what follows from it:
+        SUCCEEDED -> failure RESOLVED and host RECOVERED; FAILED -> failure ERROR."""
+
+    @abc.abstractmethod
+    def start_step(self, step_id: int, *, at: float) -> Step:
+        """PENDING -> RUNNING, attempts + 1, started_at = at (first start only)."""
+
+    @abc.abstractmethod
+    def finish_step(
+        self,
+        step_id: int,
+        status: StepStatus,
+        *,
+        at: float,
+        detail: str = "",
+        result: Mapping[str, Any] | None = None,
+        next_attempt_at: float | None = None,
+        new_steps: Sequence[NewStep] = (),
+    ) -> Step:
+        """RUNNING -> SUCCEEDED / FAILED (finished_at = at) or -> PENDING for a retry at
+        ``next_attempt_at``. ``new_steps`` are appended to the same recovery in the same
+        transaction (the list-instances step plans one step per instance this way)."""
+
+    @abc.abstractmethod
+    def skip_step(self, step_id: int, *, at: float, detail: str) -> Step:
+        """PENDING -> SKIPPED."""
+
+    @abc.abstractmethod
+    def requeue_running_steps(self, *, at: float) -> int:
+        """After a restart: every RUNNING step back to PENDING (due now). Returns how many.
+        Steps are idempotent, so running one again is safe."""
+
+    # --- cloud-wide control -----------------------------------------------------------
+    @abc.abstractmethod
+    def get_control(self) -> Control: ...
+
+    @abc.abstractmethod
+    def set_control(self, *, paused: bool, reason: str, at: float) -> Control: ...
+
+    def close(self) -> None:
+        """Release connections."""

@@ -11,8 +11,9 @@ host or a recovery in an impossible state fails loudly instead of being persiste
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, TypeVar
+from typing import Any, TypeVar
 
 S = TypeVar("S", bound=enum.Enum)
 
@@ -116,9 +117,7 @@ STEP_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
 }
 
 
-def check_transition(
-    table: Mapping[S, frozenset[S]], current: S, new: S, *, what: str
-) -> None:
+def check_transition(table: Mapping[S, frozenset[S]], current: S, new: S, *, what: str) -> None:
     """Raise InvalidTransition unless ``current -> new`` is in ``table`` (same state is a no-op)."""
     if current == new:
         return

@@ -9,8 +9,9 @@ import abc
 import json
 import logging
 import threading
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass(frozen=True)

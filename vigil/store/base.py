@@ -13,7 +13,8 @@ Timestamps are passed in (``at``), never read from a clock here.
 from __future__ import annotations
 
 import abc
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from vigil.model import (
     Control,
@@ -209,5 +210,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def set_control(self, *, paused: bool, reason: str, at: float) -> Control: ...
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release connections."""

@@ -1,0 +1,1 @@
+"""Contract suites, one per driver interface, and the modules that run them."""

@@ -1,0 +1,198 @@
+"""kill -9 of vigil-server in the middle of a recovery, then a restart (S2).
+
+The server runs as a real separate process; the simulated cloud lives in this test
+process and is reached over HTTP, so it outlives the server and counts every call.
+The recovery must complete, and nothing completed before the kill may be done again.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from vigil.clock import SystemClock
+from vigil.model import HaPolicy
+from vigil.sim.agents import SimAgents
+from vigil.sim.cloud import SimCloud, SimLatency
+from vigil.sim.rpc import serve_cloud
+
+TOKEN, KEY = "crash-test-token", "crash-test-key"
+
+
+def free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    def __init__(self, conf: Path, log: Path) -> None:
+        self.conf, self.log = conf, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, api: httpx.Client) -> None:
+        self.starts += 1
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "vigil.server", "--config-file", str(self.conf)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for(lambda: _healthy(api), 20, "vigil-server to answer")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _healthy(api: httpx.Client) -> bool:
+    try:
+        return api.get("/healthz").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    cloud = SimCloud(
+        SystemClock(), latency=SimLatency(evacuate=1.0, power_off=1.0, jitter=0.1), seed=7
+    )
+    for i in (1, 2, 3):
+        cloud.add_host(f"compute-{i}", capacity=20)
+    victims = [
+        cloud.add_instance(f"db-{n}", "compute-1", policy=HaPolicy.KEEP_RUNNING, priority=n)
+        for n in range(6)
+    ]
+    cloud_server, cloud_url = serve_cloud(cloud)
+    api_port, hb_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+    conf = tmp_path / "vigil.conf"
+    conf.write_text(
+        f"""[database]
+connection = sqlite:///{tmp_path / "vigil.db"}
+[api]
+port = {api_port}
+auth_token = {TOKEN}
+[agent]
+key = {KEY}
+listen_port = {hb_port}
+[compute]
+sim_url = {cloud_url}
+"""
+    )
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{api_port}", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    server = ServerProcess(conf, tmp_path / "server.log")
+    agents = SimAgents(cloud, server=("127.0.0.1", hb_port), key=KEY.encode(), interval=0.5)
+    try:
+        server.start(api)
+        api.post("/v1/segments", json={"name": "s", "max_parallel_evacuations": 2})
+        for i in (1, 2, 3):
+            api.post(
+                "/v1/hosts",
+                json={"name": f"compute-{i}", "segment": "s", "fencing": [{"driver": "sim"}]},
+            ).raise_for_status()
+        agents.start()
+        wait_for(
+            lambda: all(h["state"] == "up" for h in api.get("/v1/hosts").json()), 10, "hosts up"
+        )
+        yield {"cloud": cloud, "api": api, "server": server, "victims": victims}
+    finally:
+        agents.stop()
+        server.stop()
+        cloud_server.close()
+        api.close()
+
+
+def _steps(api: httpx.Client) -> list[dict[str, Any]]:
+    recs = api.get("/v1/recoveries", params={"host": "compute-1"}).json()
+    return recs[0]["steps"] if recs else []
+
+
+def _fencing(api: httpx.Client) -> bool:
+    return any(s["kind"] == "fence" and s["status"] == "running" for s in _steps(api))
+
+
+def _evacuating(api: httpx.Client) -> bool:
+    evacs = [s for s in _steps(api) if s["kind"] == "evacuate"]
+    return sum(s["status"] == "succeeded" for s in evacs) >= 2 and any(
+        s["status"] == "running" for s in evacs
+    )
+
+
+@pytest.mark.parametrize("kill_when", ["fencing", "evacuating"])
+def test_kill_9_mid_recovery_then_restart_completes_exactly_once(
+    world: dict[str, Any], kill_when: str
+) -> None:
+    cloud: SimCloud = world["cloud"]
+    api: httpx.Client = world["api"]
+    server: ServerProcess = world["server"]
+    cloud.isolate("compute-1")  # running but cut off: the fence really has to power it off
+
+    wait_for(lambda: (_fencing if kill_when == "fencing" else _evacuating)(api), 20, kill_when)
+    server.kill9()
+    evacuated_before = {s["instance_id"] for s in _steps_after_kill(world) if s}
+    server.start(api)
+
+    recs = wait_for(
+        lambda: [
+            r
+            for r in api.get("/v1/recoveries", params={"host": "compute-1"}).json()
+            if r["status"] in ("succeeded", "failed")
+        ],
+        30,
+        "the recovery to finish after the restart",
+    )
+    assert recs[0]["status"] == "succeeded", recs[0]
+    for iid in world["victims"]:
+        inst = cloud.instance(iid)
+        assert inst.status == "ACTIVE" and inst.host != "compute-1", inst
+        assert cloud.calls("evacuate", iid) == 1, f"{inst.name} evacuated more than once"
+    assert cloud.double_running() == []
+    assert not cloud.is_powered("compute-1")
+    assert cloud.calls("set_forced_down", "compute-1") == 1
+    if kill_when == "evacuating":
+        # the fence had completed before the kill: it is not done again
+        assert cloud.calls("bmc_power_off", "compute-1") == 1
+        assert len(evacuated_before) >= 2
+    log = server.log.read_text()
+    assert "recovery steps were running when vigil stopped" in log
+
+
+def _steps_after_kill(world: dict[str, Any]) -> list[dict[str, Any] | None]:
+    # The server is down: read what the cloud says moved before the kill.
+    cloud: SimCloud = world["cloud"]
+    return [
+        {"instance_id": iid} if cloud.instance(iid).host != "compute-1" else None
+        for iid in world["victims"]
+    ]

@@ -1,0 +1,800 @@
+"""The SQL store, as its users see it, on SQLite, PostgreSQL and MariaDB.
+
+Every test runs once per backend. Each backend's database is created empty and brought to
+the current schema with ``upgrade(url)`` once per session; every test starts from empty
+tables.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from vigil.model import (
+    Control,
+    FailureKind,
+    FailureStatus,
+    FenceMethod,
+    HaPolicy,
+    Host,
+    HostState,
+    InstancePolicy,
+    InvalidTransition,
+    NewStep,
+    Recovery,
+    RecoveryStatus,
+    Segment,
+    StepKind,
+    StepStatus,
+)
+from vigil.store.base import AlreadyExists, InUse, NotFoundError
+from vigil.store.sql import Base, SqlStore, alembic_config, make_engine, upgrade
+
+T0 = 1_700_000_000.25  # a realistic epoch, with a fraction that single precision would lose
+DOWN = FailureKind.HOST_DOWN
+PLAN = (NewStep(StepKind.FENCE), NewStep(StepKind.FORCE_DOWN), NewStep(StepKind.LIST_INSTANCES))
+
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", marks=pytest.mark.postgres, id="postgres"),
+    pytest.param("mariadb", marks=pytest.mark.mariadb, id="mariadb"),
+]
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'vigil.db'}"
+    else:
+        url = str(request.getfixturevalue(f"{request.param}_url"))
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[SqlStore]:
+    store = SqlStore(db_url)
+    with store.engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            connection.execute(table.delete())
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+# --- helpers --------------------------------------------------------------------------
+
+
+def add_host(
+    store: SqlStore, name: str = "node1", *, segment: str = "seg", state: HostState = HostState.UP
+) -> Host:
+    if segment not in {s.name for s in store.list_segments()}:
+        store.create_segment(Segment(segment))
+    return store.create_host(Host(name, segment, state=state))
+
+
+def open_recovery(
+    store: SqlStore, host: str = "node1", *, at: float = T0, paused_reason: str | None = None
+) -> Recovery:
+    add_host(store, host, state=HostState.SUSPECT)
+    return store.open_host_recovery(
+        host=host,
+        reason="no heartbeat",
+        sources=["heartbeat"],
+        at=at,
+        steps=PLAN,
+        paused_reason=paused_reason,
+    )
+
+
+def run_in_threads(count: int, work: Callable[[int], Any]) -> list[Any]:
+    """Run ``work(i)`` for i in range(count) at once; results (or exceptions) in order."""
+    barrier = threading.Barrier(count)
+
+    def call(i: int) -> Any:
+        barrier.wait()
+        try:
+            return work(i)
+        except Exception as exc:
+            return exc
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(call, range(count)))
+
+
+# --- segments -------------------------------------------------------------------------
+
+
+def test_create_get_and_list_segments(store: SqlStore) -> None:
+    b = store.create_segment(Segment("b", description="rack b", max_parallel_evacuations=4))
+    a = store.create_segment(
+        Segment("a", default_policy=HaPolicy.KEEP_RUNNING, max_failed_share=0.3)
+    )
+
+    assert a.id is not None and b.id is not None and a.id != b.id
+    assert b == Segment("b", description="rack b", max_parallel_evacuations=4, id=b.id)
+    assert store.get_segment("a") == a
+    assert store.list_segments() == [a, b]
+
+
+def test_duplicate_segment_is_refused(store: SqlStore) -> None:
+    first = store.create_segment(Segment("a", description="first"))
+    with pytest.raises(AlreadyExists):
+        store.create_segment(Segment("a", description="second"))
+    assert store.list_segments() == [first]
+
+
+def test_missing_segment(store: SqlStore) -> None:
+    with pytest.raises(NotFoundError):
+        store.get_segment("nope")
+    with pytest.raises(NotFoundError):
+        store.update_segment("nope", paused=True)
+    with pytest.raises(NotFoundError):
+        store.delete_segment("nope")
+
+
+def test_update_segment(store: SqlStore) -> None:
+    store.create_segment(Segment("a"))
+    updated = store.update_segment(
+        "a", paused=True, pause_reason="storm", default_policy="keep-running", max_failed_share=0.25
+    )
+    assert updated.paused and updated.pause_reason == "storm"
+    assert updated.default_policy is HaPolicy.KEEP_RUNNING
+    assert updated.max_failed_share == 0.25
+    assert store.get_segment("a") == updated
+
+
+def test_update_segment_with_a_bad_field_changes_nothing(store: SqlStore) -> None:
+    before = store.create_segment(Segment("a", description="as it was"))
+    with pytest.raises(ValueError, match="colour"):
+        store.update_segment("a", description="changed", colour="red")
+    with pytest.raises(ValueError):
+        store.update_segment("a", description="changed", default_policy="sometimes")
+    assert store.get_segment("a") == before
+
+
+def test_delete_segment(store: SqlStore) -> None:
+    store.create_segment(Segment("empty"))
+    store.delete_segment("empty")
+    with pytest.raises(NotFoundError):
+        store.get_segment("empty")
+
+    add_host(store, segment="busy")
+    with pytest.raises(InUse):
+        store.delete_segment("busy")
+    assert store.get_segment("busy").name == "busy"
+    store.delete_host("node1")
+    store.delete_segment("busy")
+    assert store.list_segments() == []
+
+
+# --- hosts ----------------------------------------------------------------------------
+
+
+def test_create_get_and_list_hosts(store: SqlStore) -> None:
+    store.create_segment(Segment("s1"))
+    store.create_segment(Segment("s2"))
+    fencing = (
+        FenceMethod("redfish", {"address": "10.0.0.5", "secret": "vault:bmc/n2"}),
+        FenceMethod("ipmi"),
+    )
+    n2 = store.create_host(Host("n2", "s1", fencing=fencing, reserved=True))
+    n1 = store.create_host(Host("n1", "s2", maintenance=True))
+    n3 = store.create_host(Host("n3", "s1"))
+
+    assert n2.id is not None
+    assert n2 == Host("n2", "s1", fencing=fencing, reserved=True, id=n2.id)
+    assert store.get_host("n2") == n2
+    assert store.list_hosts() == [n1, n2, n3]
+    assert store.list_hosts(segment="s1") == [n2, n3]
+    assert store.list_hosts(segment="other") == []
+
+
+def test_create_host_errors(store: SqlStore) -> None:
+    with pytest.raises(NotFoundError):
+        store.create_host(Host("n1", "no-such-segment"))
+    add_host(store, "n1")
+    with pytest.raises(AlreadyExists):
+        store.create_host(Host("n1", "seg"))
+    with pytest.raises(NotFoundError):
+        store.get_host("n2")
+    assert [h.name for h in store.list_hosts()] == ["n1"]
+
+
+def test_names_are_case_sensitive(store: SqlStore) -> None:
+    add_host(store, "node1")
+    add_host(store, "Node1")
+    assert store.get_host("Node1").name == "Node1"
+    assert [h.name for h in store.list_hosts()] == ["Node1", "node1"]
+
+
+def test_update_host(store: SqlStore) -> None:
+    add_host(store, "n1", segment="s1")
+    store.create_segment(Segment("s2"))
+    fencing = (FenceMethod("redfish", {"address": "10.0.0.9"}),)
+
+    updated = store.update_host("n1", segment="s2", maintenance=True, fencing=fencing)
+    assert (updated.segment, updated.maintenance, updated.fencing) == ("s2", True, fencing)
+    assert store.get_host("n1") == updated
+    assert store.list_hosts(segment="s1") == []
+
+    with pytest.raises(NotFoundError):
+        store.update_host("n1", segment="s3")
+    with pytest.raises(ValueError, match="state"):
+        store.update_host("n1", reserved=True, state=HostState.FAILED)
+    with pytest.raises(NotFoundError):
+        store.update_host("n9", reserved=True)
+    assert store.get_host("n1") == updated
+
+
+def test_host_state_transitions(store: SqlStore) -> None:
+    add_host(store, "n1", state=HostState.NEW)
+    path = [HostState.UP, HostState.SUSPECT, HostState.FAILED, HostState.RECOVERED, HostState.NEW]
+    for i, state in enumerate(path):
+        host = store.set_host_state("n1", state, reason=f"step {i}", at=T0 + i)
+        assert (host.state, host.state_reason, host.state_changed_at) == (
+            state,
+            f"step {i}",
+            T0 + i,
+        )
+        assert store.get_host("n1") == host
+
+
+def test_refused_host_transition_leaves_the_row_unchanged(store: SqlStore) -> None:
+    before = add_host(store, "n1", state=HostState.UP)
+    with pytest.raises(InvalidTransition):
+        store.set_host_state("n1", HostState.FAILED, reason="skipping suspect", at=T0)
+    with pytest.raises(InvalidTransition):
+        store.set_host_state("n1", HostState.RECOVERED, reason="", at=T0)
+    assert store.get_host("n1") == before
+    with pytest.raises(NotFoundError):
+        store.set_host_state("n9", HostState.UP, reason="", at=T0)
+
+
+def test_same_host_state_changes_nothing(store: SqlStore) -> None:
+    host = store.set_host_state(
+        add_host(store, state=HostState.NEW).name, HostState.UP, reason="first", at=T0
+    )
+    again = store.set_host_state("node1", HostState.UP, reason="heartbeat", at=T0 + 5)
+    assert again == host
+
+
+def test_delete_host(store: SqlStore) -> None:
+    add_host(store, "idle")
+    store.delete_host("idle")
+    with pytest.raises(NotFoundError):
+        store.get_host("idle")
+    with pytest.raises(NotFoundError):
+        store.delete_host("idle")
+
+
+def test_delete_host_under_recovery_is_refused(store: SqlStore) -> None:
+    running = open_recovery(store, "n1")
+    paused = open_recovery(store, "n2", paused_reason="storm guard")
+    for recovery in (running, paused):
+        with pytest.raises(InUse):
+            store.delete_host(recovery.host)
+        assert store.get_recovery(recovery.id) == recovery
+
+    store.finish_recovery(running.id, RecoveryStatus.FAILED, at=T0 + 60, reason="fence failed")
+    store.delete_host("n1")
+    # Its history goes with it.
+    assert store.list_failures(host="n1") == []
+    with pytest.raises(NotFoundError):
+        store.get_recovery(running.id)
+    assert [r.id for r in store.list_recoveries()] == [paused.id]
+
+
+# --- instance policies ----------------------------------------------------------------
+
+
+def test_instance_policies(store: SqlStore) -> None:
+    assert store.get_instance_policy("vm-1") is None
+    p1 = store.set_instance_policy(InstancePolicy("vm-1", HaPolicy.KEEP_RUNNING, priority=5))
+    assert p1 == InstancePolicy("vm-1", HaPolicy.KEEP_RUNNING, priority=5)
+    assert store.get_instance_policy("vm-1") == p1
+
+    replaced = store.set_instance_policy(InstancePolicy("vm-1", HaPolicy.NOTIFY))
+    assert store.get_instance_policy("vm-1") == replaced == InstancePolicy("vm-1", HaPolicy.NOTIFY)
+    p0 = store.set_instance_policy(InstancePolicy("vm-0", HaPolicy.OFF))
+    assert store.list_instance_policies() == [p0, replaced]
+
+    store.delete_instance_policy("vm-1")
+    assert store.get_instance_policy("vm-1") is None
+    with pytest.raises(NotFoundError):
+        store.delete_instance_policy("vm-1")
+    assert store.list_instance_policies() == [p0]
+
+
+# --- failures -------------------------------------------------------------------------
+
+
+def test_record_failure_creates_then_folds(store: SqlStore) -> None:
+    add_host(store, "n1", state=HostState.SUSPECT)
+    first, created = store.record_failure(
+        host="n1", kind=DOWN, reason="no heartbeat", source="heartbeat", at=T0
+    )
+    assert created
+    assert (first.host, first.kind, first.status, first.count) == ("n1", DOWN, "open", 1)
+    assert (first.sources, first.first_seen, first.last_seen) == (("heartbeat",), T0, T0)
+    assert first.reason == "no heartbeat"
+
+    second, created = store.record_failure(
+        host="n1", kind=DOWN, reason="power off", source="bmc", at=T0 + 5
+    )
+    third, created_again = store.record_failure(
+        host="n1", kind=DOWN, reason="still nothing", source="heartbeat", at=T0 + 10
+    )
+    assert not created and not created_again
+    assert third.id == second.id == first.id
+    assert (third.count, third.sources) == (3, ("heartbeat", "bmc"))
+    assert (third.first_seen, third.last_seen) == (T0, T0 + 10)
+    assert third.reason == "no heartbeat"
+    assert store.get_failure(first.id) == third
+    assert store.list_failures() == [third]
+
+
+def test_a_new_failure_after_the_old_one_is_resolved(store: SqlStore) -> None:
+    recovery = open_recovery(store, "n1")
+    store.finish_recovery(recovery.id, RecoveryStatus.SUCCEEDED, at=T0 + 60)
+    store.set_host_state("n1", HostState.NEW, reason="restored", at=T0 + 100)
+
+    failure, created = store.record_failure(
+        host="n1", kind=DOWN, reason="again", source="heartbeat", at=T0 + 200
+    )
+    assert created and failure.id != recovery.failure_id
+    assert (failure.status, failure.count) == (FailureStatus.OPEN, 1)
+    assert store.get_failure(recovery.failure_id).status is FailureStatus.RESOLVED
+
+
+def test_failure_errors(store: SqlStore) -> None:
+    with pytest.raises(NotFoundError):
+        store.record_failure(host="ghost", kind=DOWN, reason="", source="heartbeat", at=T0)
+    with pytest.raises(NotFoundError):
+        store.get_failure(12345)
+    assert store.list_failures() == []
+
+
+def test_list_failures_newest_first_with_filters(store: SqlStore) -> None:
+    for i, name in enumerate(["n2", "n1", "n3"]):
+        add_host(store, name, state=HostState.SUSPECT)
+        store.record_failure(host=name, kind=DOWN, reason="", source="heartbeat", at=T0 + i)
+    recovery = store.open_host_recovery(
+        host="n3", reason="", sources=["bmc"], at=T0 + 10, steps=PLAN
+    )
+
+    assert [f.host for f in store.list_failures()] == ["n3", "n1", "n2"]
+    assert [f.host for f in store.list_failures(limit=2)] == ["n3", "n1"]
+    assert [f.host for f in store.list_failures(host="n1")] == ["n1"]
+    assert [f.host for f in store.list_failures(status=FailureStatus.OPEN)] == ["n1", "n2"]
+    recovering = store.list_failures(status=FailureStatus.RECOVERING)
+    assert [f.id for f in recovering] == [recovery.failure_id]
+
+
+# --- recoveries -----------------------------------------------------------------------
+
+
+def test_open_host_recovery(store: SqlStore) -> None:
+    add_host(store, "n1", segment="rack-a", state=HostState.SUSPECT)
+    observed, _ = store.record_failure(
+        host="n1", kind=DOWN, reason="no heartbeat", source="heartbeat", at=T0
+    )
+
+    recovery = store.open_host_recovery(
+        host="n1", reason="declared down", sources=["heartbeat", "bmc"], at=T0 + 10, steps=PLAN
+    )
+
+    assert (recovery.host, recovery.segment, recovery.status) == ("n1", "rack-a", "running")
+    assert (recovery.created_at, recovery.started_at, recovery.finished_at) == (
+        T0 + 10,
+        T0 + 10,
+        None,
+    )
+    assert [(s.seq, s.kind, s.status) for s in recovery.steps] == [
+        (1, StepKind.FENCE, StepStatus.PENDING),
+        (2, StepKind.FORCE_DOWN, StepStatus.PENDING),
+        (3, StepKind.LIST_INSTANCES, StepStatus.PENDING),
+    ]
+    assert all(s.recovery_id == recovery.id and s.attempts == 0 for s in recovery.steps)
+    assert store.get_recovery(recovery.id) == recovery
+
+    failure = store.get_failure(recovery.failure_id)
+    assert failure.id == observed.id  # folded into the failure already observed
+    assert (failure.status, failure.count) == (FailureStatus.RECOVERING, 2)
+    assert failure.sources == ("heartbeat", "bmc")
+
+    host = store.get_host("n1")
+    assert (host.state, host.state_reason, host.state_changed_at) == (
+        HostState.FAILED,
+        "declared down",
+        T0 + 10,
+    )
+
+
+def test_open_host_recovery_paused(store: SqlStore) -> None:
+    recovery = open_recovery(store, "n1", paused_reason="storm guard: 3 of 4 hosts down")
+    assert recovery.status is RecoveryStatus.PAUSED
+    assert recovery.reason == "storm guard: 3 of 4 hosts down"
+    assert recovery.started_at is None
+    assert len(recovery.steps) == 3
+    assert store.get_failure(recovery.failure_id).status is FailureStatus.OPEN
+    assert store.get_host("n1").state is HostState.FAILED
+
+
+def test_refused_open_host_recovery_writes_nothing(store: SqlStore) -> None:
+    host = add_host(store, "n1", state=HostState.UP)
+    with pytest.raises(InvalidTransition):
+        store.open_host_recovery(host="n1", reason="", sources=["bmc"], at=T0, steps=PLAN)
+    assert store.get_host("n1") == host
+    assert store.list_failures() == []
+    assert store.list_recoveries() == []
+
+    with pytest.raises(NotFoundError):
+        store.open_host_recovery(host="ghost", reason="", sources=["bmc"], at=T0, steps=PLAN)
+
+
+def test_a_host_under_recovery_cannot_get_a_second_one(store: SqlStore) -> None:
+    recovery = open_recovery(store, "n1")
+    failure = store.get_failure(recovery.failure_id)
+    with pytest.raises(InvalidTransition):
+        store.open_host_recovery(host="n1", reason="", sources=["bmc"], at=T0 + 5, steps=PLAN)
+    assert store.get_failure(failure.id) == failure
+    assert store.list_recoveries() == [recovery]
+
+
+def test_list_recoveries_newest_first_with_steps_in_one_query(store: SqlStore) -> None:
+    for i, name in enumerate(["n2", "n1", "n3"]):
+        open_recovery(store, name, at=T0 + i)
+    store.finish_recovery(store.list_recoveries(host="n2")[0].id, RecoveryStatus.FAILED, at=T0 + 9)
+
+    step_queries = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "steps" in statement:
+            step_queries.append(statement)
+
+    sa.event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        recoveries = store.list_recoveries()
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", count)
+
+    assert len(step_queries) == 1
+    assert [r.host for r in recoveries] == ["n3", "n1", "n2"]
+    assert all([s.seq for s in r.steps] == [1, 2, 3] for r in recoveries)
+    assert all(all(s.recovery_id == r.id for s in r.steps) for r in recoveries)
+    assert [r.host for r in store.list_recoveries(limit=2)] == ["n3", "n1"]
+    assert [r.host for r in store.list_recoveries(host="n1")] == ["n1"]
+    running = store.list_recoveries(statuses=[RecoveryStatus.RUNNING, RecoveryStatus.PAUSED])
+    assert [r.host for r in running] == ["n3", "n1"]
+    assert store.list_recoveries(statuses=[]) == []
+    with pytest.raises(NotFoundError):
+        store.get_recovery(12345)
+
+
+def test_pause_and_resume_a_recovery(store: SqlStore) -> None:
+    recovery = open_recovery(store, "n1", paused_reason="operator")
+
+    resumed = store.set_recovery_status(recovery.id, RecoveryStatus.RUNNING, at=T0 + 5)
+    assert (resumed.status, resumed.started_at, resumed.reason) == ("running", T0 + 5, "")
+    assert store.get_failure(recovery.failure_id).status is FailureStatus.RECOVERING
+
+    paused = store.set_recovery_status(
+        recovery.id, RecoveryStatus.PAUSED, at=T0 + 6, reason="storm guard"
+    )
+    assert (paused.status, paused.reason) == (RecoveryStatus.PAUSED, "storm guard")
+    assert store.get_failure(recovery.failure_id).status is FailureStatus.OPEN
+
+    again = store.set_recovery_status(recovery.id, RecoveryStatus.RUNNING, at=T0 + 7)
+    assert again.started_at == T0 + 5  # set once
+    assert store.get_recovery(recovery.id) == again
+
+
+def test_set_recovery_status_refusals(store: SqlStore) -> None:
+    recovery = open_recovery(store, "n1")
+    with pytest.raises(ValueError):
+        store.set_recovery_status(recovery.id, RecoveryStatus.SUCCEEDED, at=T0)
+    done = store.finish_recovery(recovery.id, RecoveryStatus.SUCCEEDED, at=T0 + 1)
+    with pytest.raises(InvalidTransition):
+        store.set_recovery_status(recovery.id, RecoveryStatus.RUNNING, at=T0 + 2)
+    assert store.get_recovery(recovery.id) == done
+    assert store.get_failure(recovery.failure_id).status is FailureStatus.RESOLVED
+    with pytest.raises(NotFoundError):
+        store.set_recovery_status(12345, RecoveryStatus.PAUSED, at=T0)
+
+
+def test_finish_recovery_succeeded(store: SqlStore) -> None:
+    recovery = open_recovery(store, "n1")
+    done = store.finish_recovery(recovery.id, RecoveryStatus.SUCCEEDED, at=T0 + 60)
+
+    assert (done.status, done.finished_at, len(done.steps)) == ("succeeded", T0 + 60, 3)
+    assert store.get_recovery(recovery.id) == done
+    assert store.get_failure(recovery.failure_id).status is FailureStatus.RESOLVED
+    host = store.get_host("n1")
+    assert (host.state, host.state_changed_at) == (HostState.RECOVERED, T0 + 60)
+
+
+def test_finish_recovery_failed_then_retried(store: SqlStore) -> None:
+    recovery = open_recovery(store, "n1")
+    failed = store.finish_recovery(
+        recovery.id, RecoveryStatus.FAILED, at=T0 + 60, reason="fence not confirmed"
+    )
+    assert (failed.status, failed.finished_at, failed.reason) == (
+        "failed",
+        T0 + 60,
+        "fence not confirmed",
+    )
+    assert store.get_failure(recovery.failure_id).status is FailureStatus.ERROR
+    assert store.get_host("n1").state is HostState.FAILED
+
+    retried = store.set_recovery_status(recovery.id, RecoveryStatus.RUNNING, at=T0 + 120)
+    assert (retried.status, retried.started_at, retried.finished_at) == ("running", T0, None)
+    assert store.get_failure(recovery.failure_id).status is FailureStatus.RECOVERING
+
+
+def test_finish_recovery_refusals(store: SqlStore) -> None:
+    recovery = open_recovery(store, "n1")
+    with pytest.raises(ValueError):
+        store.finish_recovery(recovery.id, RecoveryStatus.PAUSED, at=T0)
+    done = store.finish_recovery(recovery.id, RecoveryStatus.SUCCEEDED, at=T0 + 1)
+    with pytest.raises(InvalidTransition):
+        store.finish_recovery(recovery.id, RecoveryStatus.FAILED, at=T0 + 2)
+    assert store.get_recovery(recovery.id) == done
+    assert store.get_failure(recovery.failure_id).status is FailureStatus.RESOLVED
+    with pytest.raises(NotFoundError):
+        store.finish_recovery(12345, RecoveryStatus.FAILED, at=T0)
+
+
+def test_finish_recovery_with_an_invalid_host_move_writes_nothing(store: SqlStore) -> None:
+    recovery = open_recovery(store, "n1")
+    # An operator restores the host behind the recovery's back.
+    store.set_host_state("n1", HostState.RECOVERED, reason="", at=T0 + 1)
+    host = store.set_host_state("n1", HostState.NEW, reason="restored", at=T0 + 2)
+    failure = store.get_failure(recovery.failure_id)
+
+    with pytest.raises(InvalidTransition, match="new -> recovered"):
+        store.finish_recovery(recovery.id, RecoveryStatus.SUCCEEDED, at=T0 + 3)
+    assert store.get_recovery(recovery.id) == recovery
+    assert store.get_failure(failure.id) == failure
+    assert store.get_host("n1") == host
+
+
+# --- steps ----------------------------------------------------------------------------
+
+
+def test_start_and_finish_a_step(store: SqlStore) -> None:
+    fence = open_recovery(store).steps[0]
+    started = store.start_step(fence.id, at=T0 + 1)
+    assert (started.status, started.attempts, started.started_at) == ("running", 1, T0 + 1)
+
+    done = store.finish_step(
+        fence.id,
+        StepStatus.SUCCEEDED,
+        at=T0 + 2,
+        detail="powered off",
+        result={"power": "off", "method": {"driver": "redfish", "level": 1}},
+    )
+    assert (done.status, done.finished_at, done.detail) == ("succeeded", T0 + 2, "powered off")
+    assert done.result == {"power": "off", "method": {"driver": "redfish", "level": 1}}
+    assert store.get_recovery(fence.recovery_id).steps[0] == done
+
+
+def test_a_step_retried_after_a_temporary_error(store: SqlStore) -> None:
+    fence = open_recovery(store).steps[0]
+    store.start_step(fence.id, at=T0 + 1)
+    waiting = store.finish_step(
+        fence.id, StepStatus.PENDING, at=T0 + 2, detail="BMC timeout", next_attempt_at=T0 + 32
+    )
+    assert (waiting.status, waiting.next_attempt_at, waiting.finished_at) == (
+        "pending",
+        T0 + 32,
+        None,
+    )
+    assert waiting.detail == "BMC timeout"
+
+    again = store.start_step(fence.id, at=T0 + 32)
+    assert (again.attempts, again.started_at) == (2, T0 + 1)
+
+
+def test_finish_step_appends_new_steps(store: SqlStore) -> None:
+    recovery = open_recovery(store)
+    listing = recovery.step(StepKind.LIST_INSTANCES)
+    assert listing is not None
+    store.start_step(listing.id, at=T0 + 1)
+    store.finish_step(
+        listing.id,
+        StepStatus.SUCCEEDED,
+        at=T0 + 2,
+        result={"instances": 3},
+        new_steps=[
+            NewStep(StepKind.EVACUATE, "i-1", "web-1", priority=10),
+            NewStep(StepKind.EVACUATE, "i-2", "web-2"),
+            NewStep(StepKind.NOTIFY, "i-3", "batch", status=StepStatus.SKIPPED, detail="off"),
+        ],
+    )
+
+    steps = store.get_recovery(recovery.id).steps
+    assert [s.seq for s in steps] == [1, 2, 3, 4, 5, 6]
+    assert [(s.kind, s.instance_id, s.instance_name, s.priority, s.status) for s in steps[3:]] == [
+        (StepKind.EVACUATE, "i-1", "web-1", 10, StepStatus.PENDING),
+        (StepKind.EVACUATE, "i-2", "web-2", 0, StepStatus.PENDING),
+        (StepKind.NOTIFY, "i-3", "batch", 0, StepStatus.SKIPPED),
+    ]
+    assert steps[5].detail == "off"
+
+
+def test_refused_step_moves_write_nothing(store: SqlStore) -> None:
+    recovery = open_recovery(store)
+    fence, force_down = recovery.steps[0], recovery.steps[1]
+
+    with pytest.raises(InvalidTransition):  # not running
+        store.finish_step(
+            fence.id, StepStatus.SUCCEEDED, at=T0, new_steps=[NewStep(StepKind.EVACUATE, "i-1")]
+        )
+    running = store.start_step(fence.id, at=T0 + 1)
+    with pytest.raises(InvalidTransition):  # already running: would run twice
+        store.start_step(fence.id, at=T0 + 2)
+    with pytest.raises(InvalidTransition):
+        store.skip_step(fence.id, at=T0 + 2, detail="")
+    with pytest.raises(ValueError):
+        store.finish_step(fence.id, StepStatus.SKIPPED, at=T0 + 2)
+    assert store.get_recovery(recovery.id).steps == (running, force_down, recovery.steps[2])
+
+    missing: list[Callable[[], object]] = [
+        lambda: store.start_step(12345, at=T0),
+        lambda: store.finish_step(12345, StepStatus.FAILED, at=T0),
+        lambda: store.skip_step(12345, at=T0, detail=""),
+    ]
+    for call in missing:
+        with pytest.raises(NotFoundError):
+            call()
+
+
+def test_skip_step(store: SqlStore) -> None:
+    force_down = open_recovery(store).steps[1]
+    skipped = store.skip_step(force_down.id, at=T0 + 3, detail="compute service already down")
+    assert (skipped.status, skipped.finished_at, skipped.detail) == (
+        "skipped",
+        T0 + 3,
+        "compute service already down",
+    )
+    with pytest.raises(InvalidTransition):
+        store.start_step(force_down.id, at=T0 + 4)
+
+
+def test_requeue_running_steps(store: SqlStore) -> None:
+    a = open_recovery(store, "n1").steps
+    b = open_recovery(store, "n2").steps
+    store.start_step(a[0].id, at=T0 + 1)
+    store.start_step(b[0].id, at=T0 + 1)
+    store.start_step(a[1].id, at=T0 + 1)
+    store.finish_step(a[1].id, StepStatus.SUCCEEDED, at=T0 + 2)
+
+    assert store.requeue_running_steps(at=T0 + 100) == 2
+    for step in (
+        store.get_recovery(a[0].recovery_id).steps[0],
+        store.list_recoveries(host="n2")[0].steps[0],
+    ):
+        assert (step.status, step.next_attempt_at, step.attempts) == ("pending", T0 + 100, 1)
+    assert store.get_recovery(a[0].recovery_id).steps[1].status is StepStatus.SUCCEEDED
+    assert store.requeue_running_steps(at=T0 + 200) == 0
+
+
+# --- control --------------------------------------------------------------------------
+
+
+def test_control(store: SqlStore) -> None:
+    assert store.get_control() == Control()
+    paused = store.set_control(paused=True, reason="datacenter work", at=T0)
+    assert paused == Control(paused=True, reason="datacenter work", changed_at=T0)
+    assert store.get_control() == paused
+    store.set_control(paused=False, reason="", at=T0 + 1)
+    assert store.get_control() == Control(paused=False, reason="", changed_at=T0 + 1)
+
+
+# --- concurrency ----------------------------------------------------------------------
+
+
+def test_concurrent_observations_fold_into_one_failure(store: SqlStore) -> None:
+    add_host(store, "n1", state=HostState.SUSPECT)
+
+    def observe(worker: int) -> None:
+        for i in range(25):
+            store.record_failure(
+                host="n1", kind=DOWN, reason="", source=f"observer-{worker}", at=T0 + i
+            )
+
+    assert run_in_threads(8, observe) == [None] * 8
+    [failure] = store.list_failures(host="n1")
+    assert failure.count == 200
+    assert sorted(failure.sources) == [f"observer-{w}" for w in range(8)]
+    assert failure.last_seen == T0 + 24
+
+
+def test_concurrent_declarations_open_one_recovery(store: SqlStore) -> None:
+    add_host(store, "n1", state=HostState.SUSPECT)
+
+    def declare(worker: int) -> Recovery:
+        return store.open_host_recovery(
+            host="n1", reason="", sources=[f"observer-{worker}"], at=T0, steps=PLAN
+        )
+
+    results = run_in_threads(6, declare)
+    opened = [r for r in results if isinstance(r, Recovery)]
+    assert len(opened) == 1
+    assert all(isinstance(r, InvalidTransition) for r in results if r is not opened[0])
+    assert store.list_recoveries() == opened
+    assert store.get_failure(opened[0].failure_id).count == 1
+
+
+def test_concurrent_planning_numbers_steps_uniquely(store: SqlStore) -> None:
+    add_host(store, "n1", state=HostState.SUSPECT)
+    recovery = store.open_host_recovery(
+        host="n1",
+        reason="",
+        sources=["heartbeat"],
+        at=T0,
+        steps=[NewStep(StepKind.LIST_INSTANCES) for _ in range(8)],
+    )
+    for step in recovery.steps:
+        store.start_step(step.id, at=T0)
+
+    def plan(worker: int) -> None:
+        store.finish_step(
+            recovery.steps[worker].id,
+            StepStatus.SUCCEEDED,
+            at=T0 + 1,
+            new_steps=[NewStep(StepKind.EVACUATE, f"i-{worker}-{n}") for n in range(3)],
+        )
+
+    assert run_in_threads(8, plan) == [None] * 8
+    steps = store.get_recovery(recovery.id).steps
+    assert [s.seq for s in steps] == list(range(1, 33))
+    assert len({s.instance_id for s in steps[8:]}) == 24
+
+
+# --- schema ---------------------------------------------------------------------------
+
+
+def test_migrated_schema_matches_the_models(db_url: str) -> None:
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_again_changes_nothing(db_url: str) -> None:
+    upgrade(db_url)
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as connection:
+            assert MigrationContext.configure(connection).get_current_revision() == head
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_does_not_depend_on_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    upgrade(url)
+    store = SqlStore(url)
+    try:
+        assert store.create_segment(Segment("a")).name == "a"
+    finally:
+        store.close()

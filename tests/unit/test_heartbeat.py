@@ -1,0 +1,104 @@
+"""Agent authentication and the heartbeat path over a real UDP socket."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import pytest
+
+from vigil.agent.protocol import BadHeartbeat, Heartbeat, decode, encode
+from vigil.clock import SystemClock
+from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
+
+KEY = b"right-key"
+
+
+def test_signed_heartbeat_round_trips() -> None:
+    beat = Heartbeat("compute-1", "boot", 3, 1.5)
+    assert decode(encode(beat, KEY), KEY) == beat
+
+
+@pytest.mark.parametrize(
+    "datagram",
+    [
+        encode(Heartbeat("compute-1", "b", 1, 0.0), b"wrong-key"),
+        encode(Heartbeat("compute-1", "b", 1, 0.0), KEY).replace(b"compute-1", b"compute-2"),
+        b"VGL1{}",
+        b"hello",
+    ],
+)
+def test_forged_or_malformed_heartbeats_are_refused(datagram: bytes) -> None:
+    with pytest.raises(BadHeartbeat):
+        decode(datagram, KEY)
+
+
+@pytest.fixture
+def receiver() -> tuple[HeartbeatReceiver, HeartbeatTable]:
+    table = HeartbeatTable(SystemClock())
+    rx = HeartbeatReceiver(
+        table,
+        key=KEY,
+        known_host=lambda h: h == "compute-1",
+        bind=("127.0.0.1", 0),
+        clock=SystemClock(),
+    )
+    rx.start()
+    yield rx, table  # type: ignore[misc]
+    rx.stop()
+
+
+def _send(rx: HeartbeatReceiver, datagram: bytes) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.sendto(datagram, rx.address)
+
+
+def _settle(rx: HeartbeatReceiver, table: HeartbeatTable, refused: int, host: str) -> None:
+    deadline = time.monotonic() + 2
+    while (rx.refused < refused or not refused) and table.age(host) is None:
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.01)
+
+
+def test_agent_with_wrong_key_is_refused_and_logged(
+    receiver: tuple[HeartbeatReceiver, HeartbeatTable], caplog: pytest.LogCaptureFixture
+) -> None:
+    rx, table = receiver
+    with caplog.at_level(logging.WARNING):
+        _send(rx, encode(Heartbeat("compute-1", "b", 1, time.time()), b"wrong-key"))
+        _settle(rx, table, 1, "compute-1")
+    assert rx.refused == 1
+    assert table.age("compute-1") is None
+    assert "refused: bad signature" in caplog.text
+
+
+def test_unknown_host_is_refused_and_logged(
+    receiver: tuple[HeartbeatReceiver, HeartbeatTable], caplog: pytest.LogCaptureFixture
+) -> None:
+    rx, table = receiver
+    with caplog.at_level(logging.WARNING):
+        _send(rx, encode(Heartbeat("intruder", "b", 1, time.time()), KEY))
+        _settle(rx, table, 1, "intruder")
+    assert rx.refused == 1 and table.age("intruder") is None
+    assert "host intruder" in caplog.text and "unknown host" in caplog.text
+
+
+def test_valid_heartbeat_is_recorded_and_a_replay_is_not(
+    receiver: tuple[HeartbeatReceiver, HeartbeatTable],
+) -> None:
+    rx, table = receiver
+    beat = encode(Heartbeat("compute-1", "b", 5, time.time()), KEY)
+    _send(rx, beat)
+    _settle(rx, table, 0, "compute-1")
+    first = table.age("compute-1")
+    assert first is not None and first < 1.0
+    time.sleep(0.2)
+    _send(rx, beat)  # replayed by someone on the wire
+    deadline = time.monotonic() + 2
+    while rx.refused < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rx.refused == 1
+    age = table.age("compute-1")
+    assert age is not None and age >= 0.2  # the replay did not refresh it

@@ -1,0 +1,1 @@
+"""vigil-agent: runs on every compute host; sends heartbeats now, local monitors later."""

@@ -1,0 +1,1 @@
+"""vigil-server's REST API."""

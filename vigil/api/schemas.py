@@ -1,0 +1,243 @@
+"""Request and response bodies of the REST API (they make its OpenAPI document).
+
+Requests forbid unknown fields, so a typo is a 422 naming the field rather than a
+silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vigil.model import (
+    Failure,
+    FenceMethod,
+    HaPolicy,
+    Host,
+    HostState,
+    Recovery,
+    Segment,
+    Step,
+)
+
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"
+SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "credential")
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SegmentIn(_In):
+    name: str = Field(pattern=NAME)
+    description: str = Field("", max_length=1024)
+    default_policy: HaPolicy = HaPolicy.OFF
+    max_failed_share: float = Field(0.5, ge=0.0, le=1.0)
+    max_parallel_evacuations: int = Field(8, ge=1, le=1000)
+
+
+class SegmentPatch(_In):
+    description: str | None = Field(None, max_length=1024)
+    default_policy: HaPolicy | None = None
+    max_failed_share: float | None = Field(None, ge=0.0, le=1.0)
+    max_parallel_evacuations: int | None = Field(None, ge=1, le=1000)
+    paused: bool | None = Field(None, description="false resumes a segment the storm guard paused")
+
+
+class SegmentOut(BaseModel):
+    name: str
+    description: str
+    default_policy: HaPolicy
+    max_failed_share: float
+    max_parallel_evacuations: int
+    paused: bool
+    pause_reason: str
+
+    @classmethod
+    def of(cls, s: Segment) -> SegmentOut:
+        return cls(
+            name=s.name,
+            description=s.description,
+            default_policy=s.default_policy,
+            max_failed_share=s.max_failed_share,
+            max_parallel_evacuations=s.max_parallel_evacuations,
+            paused=s.paused,
+            pause_reason=s.pause_reason,
+        )
+
+
+class FenceMethodIn(_In):
+    driver: str = Field(pattern=r"^(sim)$", description="fencing driver")
+    options: dict[str, str] = Field(default_factory=dict)
+
+    def to_model(self) -> FenceMethod:
+        return FenceMethod(self.driver, dict(self.options))
+
+
+class FenceMethodOut(BaseModel):
+    driver: str
+    options: dict[str, str]
+
+    @classmethod
+    def of(cls, m: FenceMethod) -> FenceMethodOut:
+        # Secrets are never returned (S5): any option whose name suggests one is masked.
+        return cls(
+            driver=m.driver,
+            options={
+                k: ("***" if any(w in k.lower() for w in SECRET_WORDS) else v)
+                for k, v in m.options.items()
+            },
+        )
+
+
+class HostIn(_In):
+    name: str = Field(pattern=NAME)
+    segment: str = Field(pattern=NAME)
+    maintenance: bool = False
+    reserved: bool = False
+    fencing: list[FenceMethodIn] = Field(default_factory=list, max_length=8)
+
+
+class HostPatch(_In):
+    segment: str | None = Field(None, pattern=NAME)
+    maintenance: bool | None = None
+    reserved: bool | None = None
+    fencing: list[FenceMethodIn] | None = Field(None, max_length=8)
+
+
+class HostOut(BaseModel):
+    name: str
+    segment: str
+    state: HostState
+    state_reason: str
+    state_changed_at: float
+    maintenance: bool
+    reserved: bool
+    fencing: list[FenceMethodOut]
+    heartbeat_age: float | None = None
+
+    @classmethod
+    def of(cls, h: Host, heartbeat_age: float | None = None) -> HostOut:
+        return cls(
+            name=h.name,
+            segment=h.segment,
+            state=h.state,
+            state_reason=h.state_reason,
+            state_changed_at=h.state_changed_at,
+            maintenance=h.maintenance,
+            reserved=h.reserved,
+            fencing=[FenceMethodOut.of(m) for m in h.fencing],
+            heartbeat_age=heartbeat_age,
+        )
+
+
+class InstancePolicyIn(_In):
+    policy: HaPolicy
+    priority: int = Field(0, ge=-1000, le=1000)
+
+
+class InstanceOut(BaseModel):
+    id: str
+    name: str | None = None
+    host: str | None = None
+    status: str | None = None
+    policy: HaPolicy
+    priority: int
+    policy_source: str = Field(description="override, metadata or segment")
+
+
+class FailureOut(BaseModel):
+    id: int
+    host: str
+    kind: str
+    status: str
+    reason: str
+    sources: list[str]
+    first_seen: float
+    last_seen: float
+    count: int
+
+    @classmethod
+    def of(cls, f: Failure) -> FailureOut:
+        return cls(
+            id=f.id,
+            host=f.host,
+            kind=f.kind.value,
+            status=f.status.value,
+            reason=f.reason,
+            sources=list(f.sources),
+            first_seen=f.first_seen,
+            last_seen=f.last_seen,
+            count=f.count,
+        )
+
+
+class StepOut(BaseModel):
+    id: int
+    seq: int
+    kind: str
+    status: str
+    instance_id: str | None
+    instance_name: str | None
+    priority: int
+    attempts: int
+    started_at: float | None
+    finished_at: float | None
+    detail: str
+    result: dict[str, Any]
+
+    @classmethod
+    def of(cls, s: Step) -> StepOut:
+        return cls(
+            id=s.id,
+            seq=s.seq,
+            kind=s.kind.value,
+            status=s.status.value,
+            instance_id=s.instance_id,
+            instance_name=s.instance_name,
+            priority=s.priority,
+            attempts=s.attempts,
+            started_at=s.started_at,
+            finished_at=s.finished_at,
+            detail=s.detail,
+            result=dict(s.result),
+        )
+
+
+class RecoveryOut(BaseModel):
+    id: int
+    failure_id: int
+    host: str
+    segment: str
+    status: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    reason: str
+    steps: list[StepOut]
+
+    @classmethod
+    def of(cls, r: Recovery) -> RecoveryOut:
+        return cls(
+            id=r.id,
+            failure_id=r.failure_id,
+            host=r.host,
+            segment=r.segment,
+            status=r.status.value,
+            created_at=r.created_at,
+            started_at=r.started_at,
+            finished_at=r.finished_at,
+            reason=r.reason,
+            steps=[StepOut.of(s) for s in r.steps],
+        )
+
+
+class PauseIn(_In):
+    reason: str = Field(min_length=1, max_length=1024)
+
+
+class ControlOut(BaseModel):
+    paused: bool
+    reason: str
+    changed_at: float

@@ -1,0 +1,490 @@
+"""``vigil``: the operator's command line (nouns and verbs, as in the ``openstack`` CLI).
+
+    vigil [--url URL] [--token TOKEN | --token-file FILE] [--json] NOUN VERB [ARGS]
+
+Nouns: ``segment``, ``host``, ``instance``, ``failure``, ``recovery``; and the cloud-wide
+``pause``, ``resume`` and ``status``. ``demo`` runs the simulated demonstration.
+
+Exit status: 0 done; 1 the server refused or could not be reached (one line on stderr,
+never a traceback); 2 the command line was wrong. The token is read from ``--token``,
+``--token-file``, ``VIGIL_TOKEN`` or ``VIGIL_TOKEN_FILE`` (in that order) and is never
+printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vigil.cli import output
+from vigil.cli.client import DEFAULT_TIMEOUT, DEFAULT_URL, ApiError, Json, VigilClient
+from vigil.cli.output import Output
+from vigil.model import FailureStatus, HaPolicy, HostState, RecoveryStatus
+
+Handler = Callable[[VigilClient, argparse.Namespace, Output], None]
+
+POLICIES = [p.value for p in HaPolicy]
+ACTIVE_RECOVERY = (RecoveryStatus.PENDING, RecoveryStatus.RUNNING, RecoveryStatus.PAUSED)
+MAX_LIMIT = 1000  # the API's largest page
+
+
+class UsageError(Exception):
+    """A command line that parses but cannot mean anything (exit 2, like argparse)."""
+
+
+# ------------------------------------------------------------------------ argument types
+
+
+def fence_method(spec: str) -> Json:
+    """``DRIVER[:key=value,key=value]`` as the API's fence method body.
+
+    Messages name options by position, never by value: a value may be a password.
+    """
+    driver, _, rest = spec.partition(":")
+    driver = driver.strip()
+    if not driver:
+        raise argparse.ArgumentTypeError("expected DRIVER[:key=value,...], e.g. sim:host=node1")
+    options: dict[str, str] = {}
+    for pos, item in enumerate(rest.split(",") if rest else [], start=1):
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"fence {driver}: option {pos} is not key=value")
+        if key in options:
+            raise argparse.ArgumentTypeError(f"fence {driver}: option {key} given twice")
+        options[key] = value
+    return {"driver": driver, "options": options}
+
+
+def share(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+
+
+# ---------------------------------------------------------------------------- segments
+
+
+def _segment_fields(args: argparse.Namespace) -> Json:
+    values = {
+        "description": args.description,
+        "default_policy": args.default_policy,
+        "max_failed_share": args.max_failed_share,
+        "max_parallel_evacuations": args.max_parallel_evacuations,
+    }
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def segment_list(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.many(output.SEGMENT, c.list_segments())
+
+
+def segment_show(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.SEGMENT, c.get_segment(args.name))
+
+
+def segment_create(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.SEGMENT, c.create_segment(args.name, **_segment_fields(args)))
+
+
+def segment_update(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    changes = _segment_fields(args)
+    if not changes:
+        raise UsageError("nothing to change: give at least one option")
+    out.one(output.SEGMENT, c.update_segment(args.name, **changes))
+
+
+def segment_delete(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    c.delete_segment(args.name)
+    out.line(f"segment {args.name} deleted")
+
+
+def segment_resume(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.SEGMENT, c.update_segment(args.name, paused=False))
+
+
+# ------------------------------------------------------------------------------- hosts
+
+
+def host_list(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.many(output.HOST_LIST, c.list_hosts(args.segment))
+
+
+def host_show(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.HOST, c.get_host(args.name))
+
+
+def host_create(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    host = c.create_host(
+        args.name,
+        args.segment,
+        maintenance=args.maintenance,
+        reserved=args.reserved,
+        fencing=args.fence or [],
+    )
+    out.one(output.HOST, host)
+
+
+def host_update(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    values = {"segment": args.segment, "maintenance": args.maintenance, "reserved": args.reserved}
+    changes: Json = {k: v for k, v in values.items() if v is not None}
+    if args.fence is not None and args.no_fence:
+        raise UsageError("--fence and --no-fence contradict each other")
+    if args.fence is not None:
+        changes["fencing"] = args.fence  # replaces every level, in the order given
+    elif args.no_fence:
+        changes["fencing"] = []
+    if not changes:
+        raise UsageError("nothing to change: give at least one option")
+    out.one(output.HOST, c.update_host(args.name, **changes))
+
+
+def host_delete(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    c.delete_host(args.name)
+    out.line(f"host {args.name} deleted")
+
+
+def host_restore(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.HOST, c.restore_host(args.name))
+
+
+# --------------------------------------------------------------------------- instances
+
+
+def instance_list(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.many(output.INSTANCE, c.list_instances(args.host))
+
+
+def instance_show(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.INSTANCE, c.get_instance(args.id))
+
+
+def instance_set_policy(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.INSTANCE, c.set_instance_policy(args.id, args.policy, args.priority))
+
+
+def instance_unset_policy(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    c.delete_instance_policy(args.id)
+    out.line(f"instance {args.id}: policy override removed")
+
+
+# -------------------------------------------------------------- failures and recoveries
+
+
+def failure_list(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    items = c.list_failures(host=args.host, status=args.status, limit=args.limit)
+    out.many(output.FAILURE, items)
+
+
+def failure_show(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.FAILURE, c.get_failure(args.id))
+
+
+def recovery_list(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    items = c.list_recoveries(host=args.host, status=args.status, limit=args.limit)
+    out.many(output.RECOVERY_LIST, items)
+
+
+def recovery_show(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    recovery = c.get_recovery(args.id)
+    if out.as_json:
+        out.json(recovery)
+        return
+    print(output.fields(output.RECOVERY, recovery), file=out.stream)
+    print(file=out.stream)
+    print(output.records(output.STEP, recovery.get("steps") or []), file=out.stream)
+
+
+# ------------------------------------------------------------------- cloud-wide control
+
+
+def pause(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.CONTROL, c.pause(args.reason))
+
+
+def resume(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.CONTROL, c.resume())
+
+
+def status(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    control = c.get_control()
+    hosts = c.list_hosts()
+    segments = c.list_segments()
+    # The API filters recoveries by one status at a time: one call per active status.
+    active: list[Json] = []
+    for s in ACTIVE_RECOVERY:
+        active.extend(c.list_recoveries(status=s.value, limit=MAX_LIMIT))
+    active.sort(key=lambda r: (r.get("created_at") or 0, r.get("id") or 0), reverse=True)
+    counts = {s.value: 0 for s in HostState}
+    for h in hosts:
+        counts[h["state"]] = counts.get(h["state"], 0) + 1
+    maintenance = sum(1 for h in hosts if h.get("maintenance"))
+    paused_segments = [s for s in segments if s.get("paused")]
+
+    if out.as_json:
+        out.json(
+            {
+                "control": control,
+                "hosts": counts,
+                "hosts_in_maintenance": maintenance,
+                "paused_segments": paused_segments,
+                "active_recoveries": active,
+            }
+        )
+        return
+    p = out.stream
+    if control.get("paused"):
+        since = output.timestamp(control.get("changed_at"))
+        print(f"automatic recovery: PAUSED since {since}: {control.get('reason')}", file=p)
+    else:
+        print("automatic recovery: active", file=p)
+    per_state = ", ".join(f"{n} {state}" for state, n in counts.items())
+    print(f"hosts: {len(hosts)} ({per_state}; {maintenance} in maintenance)", file=p)
+    for seg in paused_segments:
+        print(f"segment {seg['name']} paused: {output.text(seg.get('pause_reason'))}", file=p)
+    if active:
+        print(f"\nactive recoveries: {len(active)}", file=p)
+        print(output.records(output.RECOVERY_LIST, active), file=p)
+    else:
+        print("active recoveries: none", file=p)
+
+
+# ------------------------------------------------------------------------------ parser
+
+
+def _add_segment_options(p: argparse.ArgumentParser, *, creating: bool) -> None:
+    p.add_argument("--description", help="free text")
+    p.add_argument(
+        "--default-policy",
+        choices=POLICIES,
+        help="policy of instances without their own (server default: off)" if creating else None,
+    )
+    p.add_argument(
+        "--max-failed-share",
+        type=share,
+        metavar="F",
+        help="storm guard: pause when more than this share (0..1) of the hosts fail at once",
+    )
+    p.add_argument(
+        "--max-parallel-evacuations",
+        type=int,
+        metavar="N",
+        help="evacuations in flight at once per recovery",
+    )
+
+
+def _add_fence_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fence",
+        action="append",
+        type=fence_method,
+        metavar="DRIVER[:K=V,...]",
+        help="a fencing level, e.g. sim:host=compute-1; repeat for several levels, tried in "
+        "order (on update: replaces all levels)",
+    )
+
+
+DEMO_HELP = "run vigil against a simulated cloud and watch it recover a failed host"
+
+
+def run_demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    """``vigil demo``: its options belong to vigil.cli.demo, imported only now.
+
+    Importing it loads the whole server (about a second), which no other command needs;
+    and a missing or broken demo module must not take the operator's commands down with it.
+    """
+    try:
+        from vigil.cli.demo import (  # type: ignore[import-not-found,unused-ignore]
+            add_arguments,
+            run,
+        )
+    except ImportError as exc:
+        print(f"error: vigil demo is unavailable: {exc}", file=sys.stderr)
+        return 1
+    parser = argparse.ArgumentParser(prog="vigil demo", description=DEMO_HELP)
+    add_arguments(parser)
+    demo_args = parser.parse_args(extra, namespace=argparse.Namespace(json=args.json))
+    code: int = run(demo_args)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --json is accepted after the verb too ("vigil host list --json"); SUPPRESS keeps a
+    # sub-command from resetting a --json given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print the API's JSON"
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="vigil",
+        description="Operate vigil, high availability for OpenStack instances.",
+        epilog="Exit status: 0 done, 1 refused by or cannot reach the server, 2 usage error.",
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("VIGIL_URL", DEFAULT_URL),
+        help="vigil-server API (env VIGIL_URL; default %(default)s)",
+    )
+    auth = parser.add_mutually_exclusive_group()
+    auth.add_argument(
+        "--token", help="API bearer token (env VIGIL_TOKEN; prefer a file: others can see argv)"
+    )
+    auth.add_argument(
+        "--token-file",
+        metavar="FILE",
+        help="file whose first line is the token (env VIGIL_TOKEN_FILE)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds (default %(default)s)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the API's JSON")
+    nouns = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True)
+
+    def verb(group: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=help)
+        p.set_defaults(handler=handler, usage=p)
+        return p
+
+    def noun(name: str, help: str) -> Any:
+        p = nouns.add_parser(name, help=help)
+        return p.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    # segment
+    seg = noun("segment", "failover domains")
+    verb(seg, "list", segment_list, "list segments")
+    verb(seg, "show", segment_show, "show a segment").add_argument("name")
+    p = verb(seg, "create", segment_create, "create a segment")
+    p.add_argument("name")
+    _add_segment_options(p, creating=True)
+    p = verb(seg, "update", segment_update, "change a segment")
+    p.add_argument("name")
+    _add_segment_options(p, creating=False)
+    verb(seg, "delete", segment_delete, "delete an empty segment").add_argument("name")
+    verb(seg, "resume", segment_resume, "resume a segment the storm guard paused").add_argument(
+        "name"
+    )
+
+    # host
+    host = noun("host", "compute hosts vigil watches")
+    verb(host, "list", host_list, "list hosts").add_argument("--segment", metavar="S")
+    verb(host, "show", host_show, "show a host").add_argument("name")
+    p = verb(host, "create", host_create, "add a host")
+    p.add_argument("name")
+    p.add_argument("--segment", required=True, metavar="S")
+    p.add_argument("--maintenance", action="store_true", help="do not recover it")
+    p.add_argument("--reserved", action="store_true", help="keep it empty as a failover target")
+    _add_fence_option(p)
+    p = verb(host, "update", host_update, "change a host")
+    p.add_argument("name")
+    p.add_argument("--segment", metavar="S")
+    p.add_argument("--maintenance", action=argparse.BooleanOptionalAction)
+    p.add_argument("--reserved", action=argparse.BooleanOptionalAction)
+    _add_fence_option(p)
+    p.add_argument("--no-fence", action="store_true", help="remove every fencing level")
+    verb(host, "delete", host_delete, "remove a host").add_argument("name")
+    verb(host, "restore", host_restore, "put a recovered host back into use").add_argument("name")
+
+    # instance
+    inst = noun("instance", "instances and their HA policy")
+    verb(
+        inst, "list", instance_list, "with --host: its instances; without: policy overrides"
+    ).add_argument("--host", metavar="H")
+    verb(inst, "show", instance_show, "show an instance's effective policy").add_argument("id")
+    p = verb(inst, "set-policy", instance_set_policy, "override an instance's HA policy")
+    p.add_argument("id")
+    p.add_argument("policy", choices=POLICIES)
+    p.add_argument("--priority", type=int, default=0, metavar="N", help="higher goes first")
+    verb(
+        inst, "unset-policy", instance_unset_policy, "remove an instance's policy override"
+    ).add_argument("id")
+
+    # failure, recovery
+    for name, lister, shower, statuses in (
+        ("failure", failure_list, failure_show, [s.value for s in FailureStatus]),
+        ("recovery", recovery_list, recovery_show, [s.value for s in RecoveryStatus]),
+    ):
+        group = noun(name, f"host {name}s" if name == "failure" else "host recoveries")
+        p = verb(group, "list", lister, f"list {name} records, newest first")
+        p.add_argument("--host", metavar="H")
+        p.add_argument("--status", choices=statuses)
+        p.add_argument("--limit", type=int, metavar="N", help="at most N (server default 100)")
+        verb(group, "show", shower, f"show one {name}").add_argument("id", type=int)
+
+    # cloud-wide
+    p = nouns.add_parser("pause", parents=[common], help="pause all automatic recovery")
+    p.add_argument("--reason", required=True, help="recorded and shown by status")
+    p.set_defaults(handler=pause, usage=p)
+    p = nouns.add_parser("resume", parents=[common], help="resume automatic recovery")
+    p.set_defaults(handler=resume, usage=p)
+    p = nouns.add_parser("status", parents=[common], help="pause state, hosts, recoveries")
+    p.set_defaults(handler=status, usage=p)
+
+    # Its own options are added by run_demo (add_help=False lets "vigil demo --help" through).
+    p = nouns.add_parser("demo", parents=[common], add_help=False, help=DEMO_HELP)
+    p.set_defaults(standalone=run_demo)
+    return parser
+
+
+def _token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    if args.token is not None:
+        return str(args.token)
+    path = args.token_file
+    if path is None and "VIGIL_TOKEN" in os.environ:
+        return os.environ["VIGIL_TOKEN"]
+    path = path or os.environ.get("VIGIL_TOKEN_FILE")
+    if not path:
+        return ""
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as exc:
+        parser.error(f"cannot read the token file {path}: {exc.strerror}")
+    if not lines or not lines[0].strip():
+        parser.error(f"the token file {path} is empty")
+    return lines[0].strip()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C is an answer, not a crash
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if "standalone" in args:
+            code: int = args.standalone(args, extra)
+            return code
+        if extra:  # parse_known_args is only for the demo's options; show the verb's usage
+            args.usage.error(f"unrecognized arguments: {' '.join(extra)}")
+        token = _token(parser, args)
+    except SystemExit as exc:  # argparse: usage errors (2) and --help (0)
+        return exc.code if isinstance(exc.code, int) else 1
+    out = Output(as_json=args.json, stream=sys.stdout)
+    try:
+        with VigilClient(args.url, token, timeout=args.timeout) as client:
+            args.handler(client, args, out)
+    except UsageError as exc:
+        try:
+            args.usage.error(str(exc))
+        except SystemExit as usage_exit:
+            return usage_exit.code if isinstance(usage_exit.code, int) else 2
+    except ApiError as exc:
+        hint = ""
+        if exc.status == 401:
+            hint = " (give the API token: --token-file, VIGIL_TOKEN or --token)"
+        print(f"error: {exc}{hint}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

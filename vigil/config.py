@@ -1,0 +1,327 @@
+"""Configuration: oslo.config options (the INI form OpenStack operators know) and the
+typed, validated settings the rest of vigil receives.
+
+Options are registered on a ``ConfigOpts`` made here, never on a global: every process
+builds its own and passes the resulting ``Settings`` down. ``list_opts`` feeds
+``oslo-config-generator`` (see ``etc/vigil-config-generator.conf``), which writes the
+documented sample ``etc/vigil.conf.sample``.
+
+Timing that would make detection or fencing unsafe is refused at load with a sentence
+saying why (``ConfigError``), the way Patroni checks ``loop_wait + 2*retry_timeout <= ttl``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from oslo_config import cfg, types
+
+from vigil.model import HaPolicy
+
+
+class ConfigError(Exception):
+    """Configuration that vigil refuses to run with; the message says why."""
+
+
+_database = [
+    cfg.StrOpt(
+        "connection",
+        default="sqlite:///vigil.db",
+        secret=True,
+        help="SQLAlchemy URL of the store: sqlite:////var/lib/vigil/vigil.db (embedded), "
+        "postgresql+psycopg://vigil:...@db/vigil or mysql+pymysql://vigil:...@db/vigil.",
+    ),
+    cfg.BoolOpt(
+        "auto_migrate",
+        default=True,
+        help="Apply pending schema migrations when the server starts.",
+    ),
+]
+
+_api = [
+    cfg.HostAddressOpt("host", default="127.0.0.1", help="Address the REST API listens on."),
+    cfg.PortOpt("port", default=8787, help="Port of the REST API."),
+    cfg.StrOpt(
+        "auth_token",
+        secret=True,
+        help="Bearer token required on every /v1 API call. Prefer auth_token_file.",
+    ),
+    cfg.StrOpt("auth_token_file", help="File whose first line is the API bearer token."),
+]
+
+_agent = [
+    cfg.StrOpt(
+        "key",
+        secret=True,
+        help="Shared secret that signs agent heartbeats (HMAC-SHA256). Prefer key_file.",
+    ),
+    cfg.StrOpt("key_file", help="File whose first line is the agent key."),
+    cfg.HostAddressOpt(
+        "listen_host", default="127.0.0.1", help="Address the server receives heartbeats on."
+    ),
+    cfg.PortOpt("listen_port", default=8788, help="UDP port the server receives heartbeats on."),
+    cfg.StrOpt("host", help="(agent) Name of this compute host, as Nova knows it."),
+    cfg.HostAddressOpt(
+        "server_host", default="127.0.0.1", help="(agent) Address of vigil-server's heartbeats."
+    ),
+    cfg.PortOpt("server_port", default=8788, help="(agent) UDP port of vigil-server."),
+]
+
+_detection = [
+    cfg.FloatOpt(
+        "heartbeat_interval",
+        default=0.5,
+        min=0.05,
+        help="Seconds between two heartbeats of an agent.",
+    ),
+    cfg.FloatOpt(
+        "suspect_after",
+        default=1.0,
+        min=0.1,
+        help="Seconds without a heartbeat before a host is suspect and its BMC is read.",
+    ),
+    cfg.FloatOpt(
+        "failed_after",
+        default=1.75,
+        min=0.2,
+        help="Seconds without a heartbeat before a host is declared failed, whatever its "
+        "BMC says (a BMC reading power off declares it sooner).",
+    ),
+    cfg.FloatOpt(
+        "probe_interval",
+        default=0.5,
+        min=0.05,
+        help="Seconds between two BMC power reads of a suspect host.",
+    ),
+]
+
+_recovery = [
+    cfg.FloatOpt("tick", default=0.1, min=0.01, help="Seconds between two engine cycles."),
+    cfg.IntOpt(
+        "max_parallel_evacuations",
+        default=8,
+        min=1,
+        help="Default evacuations in flight at once per recovery (a segment may override).",
+    ),
+    cfg.FloatOpt(
+        "max_failed_share",
+        default=0.5,
+        min=0.0,
+        max=1.0,
+        help="Default storm guard: more than this share of a segment's hosts failing at "
+        "once pauses automatic recovery there.",
+    ),
+    cfg.IntOpt("step_attempts", default=5, min=1, help="Attempts of a step before it fails."),
+    cfg.FloatOpt("retry_backoff", default=0.5, min=0.0, help="First retry delay, seconds."),
+    cfg.FloatOpt("retry_backoff_max", default=15.0, min=0.0, help="Longest retry delay."),
+    cfg.FloatOpt(
+        "fence_confirm_timeout",
+        default=15.0,
+        min=0.1,
+        help="Seconds to wait for a BMC to read power off after a power-off request.",
+    ),
+    cfg.FloatOpt(
+        "evacuate_confirm_timeout",
+        default=300.0,
+        min=1.0,
+        help="Seconds to wait for an evacuated instance to be ACTIVE on its new host.",
+    ),
+    cfg.FloatOpt("poll_interval", default=0.1, min=0.01, help="Seconds between status polls."),
+    cfg.IntOpt("workers", default=32, min=1, help="Threads that run recovery steps."),
+]
+
+_compute = [
+    cfg.StrOpt("driver", default="sim", choices=["sim"], help="Compute driver."),
+    cfg.URIOpt("sim_url", help="URL of a simulated cloud served by vigil.sim.rpc."),
+]
+
+_notifier = [
+    cfg.ListOpt(
+        "drivers",
+        default=["log"],
+        item_type=types.String(choices=["log", "memory"]),
+        help="Notifier drivers events are published to.",
+    ),
+]
+
+_GROUPS: dict[str, Sequence[cfg.Opt]] = {
+    "database": _database,
+    "api": _api,
+    "agent": _agent,
+    "detection": _detection,
+    "recovery": _recovery,
+    "compute": _compute,
+    "notifier": _notifier,
+}
+
+
+def list_opts() -> list[tuple[str, list[cfg.Opt]]]:
+    """Entry point of oslo-config-generator."""
+    return [(group, list(opts)) for group, opts in _GROUPS.items()]
+
+
+def make_conf() -> cfg.ConfigOpts:
+    conf = cfg.ConfigOpts()
+    for group, opts in _GROUPS.items():
+        conf.register_opts(opts, group=group)
+    return conf
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    heartbeat_interval: float = 0.5
+    suspect_after: float = 1.0
+    failed_after: float = 1.75
+    probe_interval: float = 0.5
+
+    def validate(self) -> None:
+        if self.suspect_after < 2 * self.heartbeat_interval:
+            raise ConfigError(
+                f"detection.suspect_after ({self.suspect_after}s) must be at least twice "
+                f"heartbeat_interval ({self.heartbeat_interval}s): one lost or late heartbeat "
+                "must never make a host suspect"
+            )
+        if self.failed_after < 3 * self.heartbeat_interval:
+            raise ConfigError(
+                f"detection.failed_after ({self.failed_after}s) must be at least three "
+                f"heartbeat intervals ({3 * self.heartbeat_interval}s): with fewer, ordinary "
+                "packet loss would fence healthy hosts"
+            )
+        if self.failed_after <= self.suspect_after:
+            raise ConfigError(
+                f"detection.failed_after ({self.failed_after}s) must exceed suspect_after "
+                f"({self.suspect_after}s): the BMC is read between the two"
+            )
+
+
+@dataclass(frozen=True)
+class RecoverySettings:
+    tick: float = 0.1
+    max_parallel_evacuations: int = 8
+    max_failed_share: float = 0.5
+    step_attempts: int = 5
+    retry_backoff: float = 0.5
+    retry_backoff_max: float = 15.0
+    fence_confirm_timeout: float = 15.0
+    evacuate_confirm_timeout: float = 300.0
+    poll_interval: float = 0.1
+    workers: int = 32
+
+    def backoff(self, attempts: int) -> float:
+        """Delay before the next attempt of a step that has failed ``attempts`` times."""
+        return float(min(self.retry_backoff * (2 ** max(attempts - 1, 0)), self.retry_backoff_max))
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = "sqlite:///vigil.db"
+    auto_migrate: bool = True
+    api_host: str = "127.0.0.1"
+    api_port: int = 8787
+    api_token: str = field(default="", repr=False)
+    agent_key: str = field(default="", repr=False)
+    heartbeat_host: str = "127.0.0.1"
+    heartbeat_port: int = 8788
+    detection: DetectionSettings = field(default_factory=DetectionSettings)
+    recovery: RecoverySettings = field(default_factory=RecoverySettings)
+    compute_driver: str = "sim"
+    sim_url: str | None = None
+    notifiers: tuple[str, ...] = ("log",)
+    default_policy: HaPolicy = HaPolicy.OFF
+
+    def validate(self) -> None:
+        self.detection.validate()
+        if not self.api_token:
+            raise ConfigError("api.auth_token (or api.auth_token_file) must be set")
+        if not self.agent_key:
+            raise ConfigError("agent.key (or agent.key_file) must be set: agents are authenticated")
+
+
+def read_secret(value: str | None, path: str | None, *, what: str) -> str:
+    if path:
+        try:
+            return Path(path).read_text().splitlines()[0].strip()
+        except (OSError, IndexError) as exc:
+            raise ConfigError(f"{what}: cannot read the first line of {path}: {exc}") from exc
+    return value or ""
+
+
+def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
+    """Typed settings from loaded options, validated (ConfigError says what is wrong)."""
+    d, r = conf.detection, conf.recovery
+    settings = Settings(
+        database_url=conf.database.connection,
+        auto_migrate=conf.database.auto_migrate,
+        api_host=conf.api.host,
+        api_port=conf.api.port,
+        api_token=read_secret(conf.api.auth_token, conf.api.auth_token_file, what="api token"),
+        agent_key=read_secret(conf.agent.key, conf.agent.key_file, what="agent key"),
+        heartbeat_host=conf.agent.listen_host,
+        heartbeat_port=conf.agent.listen_port,
+        detection=DetectionSettings(
+            heartbeat_interval=d.heartbeat_interval,
+            suspect_after=d.suspect_after,
+            failed_after=d.failed_after,
+            probe_interval=d.probe_interval,
+        ),
+        recovery=RecoverySettings(
+            tick=r.tick,
+            max_parallel_evacuations=r.max_parallel_evacuations,
+            max_failed_share=r.max_failed_share,
+            step_attempts=r.step_attempts,
+            retry_backoff=r.retry_backoff,
+            retry_backoff_max=r.retry_backoff_max,
+            fence_confirm_timeout=r.fence_confirm_timeout,
+            evacuate_confirm_timeout=r.evacuate_confirm_timeout,
+            poll_interval=r.poll_interval,
+            workers=r.workers,
+        ),
+        compute_driver=conf.compute.driver,
+        sim_url=conf.compute.sim_url,
+        notifiers=tuple(conf.notifier.drivers),
+    )
+    settings.validate()
+    return settings
+
+
+def apply_overrides(conf: cfg.ConfigOpts, overrides: Iterable[str]) -> None:
+    """Apply ``group.option=value`` strings (the demo's and tests' way to set any option)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        group, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"override {item!r}: expected group.option=value")
+        try:
+            opt = conf[group]._group._opts[name]["opt"]  # the registered Opt, for its type
+        except (KeyError, cfg.NoSuchOptError) as exc:
+            raise ConfigError(f"override {item!r}: no option {group}.{name}") from exc
+        try:
+            parsed = opt.type(value)
+        except ValueError as exc:
+            raise ConfigError(f"override {item!r}: {exc}") from exc
+        conf.set_override(name, parsed, group=group)
+
+
+def load(
+    argv: Sequence[str] | None = None,
+    *,
+    config_files: Sequence[str] | None = None,
+    overrides: Iterable[str] = (),
+    prog: str = "vigil-server",
+) -> cfg.ConfigOpts:
+    conf = make_conf()
+    conf(
+        args=list(argv or []),
+        project="vigil",
+        prog=prog,
+        default_config_files=list(config_files) if config_files is not None else None,
+    )
+    apply_overrides(conf, overrides)
+    return conf
+
+
+def random_secret() -> str:
+    return secrets.token_urlsafe(24)

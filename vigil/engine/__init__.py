@@ -1,0 +1,1 @@
+"""The recovery engine: observe, decide (a pure function), act through drivers, record."""

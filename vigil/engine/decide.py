@@ -1,0 +1,313 @@
+"""The decision: a pure function of a snapshot of the world and the time.
+
+``decide(snapshot, detection, recovery)`` returns the actions to take this cycle and
+does no I/O, so every rule here is tested with plain data and a fake clock. The engine
+builds the snapshot, performs the actions and records their outcome.
+
+The rules, in the order a host failure meets them:
+
+- detection: a monitored host whose heartbeats stop for ``suspect_after`` is SUSPECT and
+  its BMC is read; it is declared FAILED when the BMC reads power off, or after
+  ``failed_after`` without a heartbeat whatever the BMC says (an isolated or hung host
+  still reads "on"). A heartbeat before that makes it UP again.
+- storm guard (S3): a declaration that would make more than the segment's
+  ``max_failed_share`` of its hosts failing at once — or more than half of all hosts, which
+  looks like vigil being cut off — is recorded PAUSED, and the segment is paused.
+- recovery: fence (power off, confirmed) → force the compute service down → list the
+  instances → evacuate the keep-running ones (priority order, bounded parallelism) and
+  notify for the notify ones. Each host-level step must succeed before the next starts;
+  a host-level step that fails for good ends the recovery FAILED, so nothing is evacuated
+  from a host whose fence was not confirmed (S1).
+- pause (S4): an operator's cloud-wide pause or a paused segment holds every recovery
+  between steps; a step already running finishes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from vigil.config import DetectionSettings
+from vigil.drivers.fencing import PowerState
+from vigil.model import (
+    Control,
+    Host,
+    HostState,
+    Recovery,
+    RecoveryStatus,
+    Segment,
+    Step,
+    StepKind,
+    StepStatus,
+)
+
+HOST_STEPS = (StepKind.FENCE, StepKind.FORCE_DOWN, StepKind.LIST_INSTANCES)
+TERMINAL_STEP = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED})
+ACTIVE_RECOVERY = (RecoveryStatus.PENDING, RecoveryStatus.RUNNING, RecoveryStatus.PAUSED)
+# With fewer monitored hosts than this, "most hosts failing" says nothing about vigil
+# being cut off (one of two hosts failing is an ordinary failure).
+MIN_HOSTS_FOR_CUTOFF_GUARD = 3
+CUTOFF_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class HostView:
+    host: Host
+    heartbeat_age: float | None  # seconds; None when none arrived since the server started
+    power: PowerState | None = None  # last BMC read while suspect
+    power_read_age: float | None = None
+    probing: bool = False  # a BMC read is in flight
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    now: float  # wall clock, epoch seconds
+    uptime: float  # seconds since this server started: the grace for silent hosts
+    control: Control
+    segments: Mapping[str, Segment]
+    hosts: Mapping[str, HostView]
+    recoveries: tuple[Recovery, ...]  # the active ones
+    in_flight: frozenset[int] = frozenset()  # ids of steps being executed now
+
+
+# --- actions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MarkUp:
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class MarkSuspect:
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ProbePower:
+    host: str
+
+
+@dataclass(frozen=True)
+class DeclareFailure:
+    host: str
+    reason: str
+    sources: tuple[str, ...]
+    paused_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class PauseSegment:
+    segment: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PauseRecovery:
+    recovery_id: int
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResumeRecovery:
+    recovery_id: int
+    host: str
+
+
+@dataclass(frozen=True)
+class RunStep:
+    recovery_id: int
+    host: str
+    step: Step
+
+
+@dataclass(frozen=True)
+class FinishRecovery:
+    recovery_id: int
+    host: str
+    status: RecoveryStatus
+    reason: str
+
+
+Action = (
+    MarkUp
+    | MarkSuspect
+    | ProbePower
+    | DeclareFailure
+    | PauseSegment
+    | PauseRecovery
+    | ResumeRecovery
+    | RunStep
+    | FinishRecovery
+)
+
+
+def decide(snap: Snapshot, detection: DetectionSettings) -> list[Action]:
+    actions: list[Action] = []
+    actions.extend(_detect(snap, detection))
+    for recovery in snap.recoveries:
+        actions.extend(_drive(snap, recovery))
+    return actions
+
+
+# --- detection ------------------------------------------------------------------------
+
+
+def _silence(view: HostView, snap: Snapshot) -> float:
+    """How long the host has been silent, counting from server start if never heard."""
+    return view.heartbeat_age if view.heartbeat_age is not None else snap.uptime
+
+
+def _failing(view: HostView) -> bool:
+    return not view.host.maintenance and view.host.state in (HostState.SUSPECT, HostState.FAILED)
+
+
+def _detect(snap: Snapshot, detection: DetectionSettings) -> list[Action]:
+    actions: list[Action] = []
+    declared_segments: set[str] = set()
+    for name, view in sorted(snap.hosts.items()):
+        host = view.host
+        if host.maintenance:
+            continue
+        beating = view.heartbeat_age is not None and view.heartbeat_age < detection.suspect_after
+        if host.state == HostState.NEW:
+            if beating:
+                actions.append(MarkUp(name, "first heartbeat received"))
+        elif host.state == HostState.UP:
+            silence = _silence(view, snap)
+            if silence >= detection.suspect_after:
+                actions.append(MarkSuspect(name, f"no heartbeat for {silence:.2f}s"))
+        elif host.state == HostState.SUSPECT:
+            silence = _silence(view, snap)
+            if beating:
+                actions.append(MarkUp(name, "heartbeats resumed"))
+            elif view.power == PowerState.OFF or silence >= detection.failed_after:
+                if view.power == PowerState.OFF:
+                    reason = f"no heartbeat for {silence:.2f}s and the BMC reads power off"
+                    sources: tuple[str, ...] = ("heartbeat", "bmc")
+                else:
+                    power = view.power.value if view.power else "unreadable"
+                    reason = f"no heartbeat for {silence:.2f}s (BMC power: {power})"
+                    sources = ("heartbeat",)
+                paused = _held(snap, host.segment)
+                if paused is None:
+                    paused = _storm(snap, host.segment)
+                    if paused and host.segment not in declared_segments:
+                        actions.append(PauseSegment(host.segment, paused))
+                        declared_segments.add(host.segment)
+                actions.append(DeclareFailure(name, reason, sources, paused))
+            elif not view.probing and (
+                view.power_read_age is None or view.power_read_age >= detection.probe_interval
+            ):
+                actions.append(ProbePower(name))
+    return actions
+
+
+def _held(snap: Snapshot, segment_name: str) -> str | None:
+    """Why recovery in this segment is held by an operator or an earlier alarm (S4)."""
+    if snap.control.paused:
+        return f"automatic recovery paused by operator: {snap.control.reason}"
+    segment = snap.segments.get(segment_name)
+    if segment is not None and segment.paused:
+        return f"segment {segment_name} paused: {segment.pause_reason}"
+    return None
+
+
+def _storm(snap: Snapshot, segment_name: str) -> str | None:
+    """Why starting a recovery in this segment now would be a storm (S3), or None."""
+    monitored = [v for v in snap.hosts.values() if not v.host.maintenance]
+    segment = snap.segments.get(segment_name)
+    members = [v for v in monitored if v.host.segment == segment_name]
+    failing_here = [v for v in members if _failing(v)]
+    if segment is not None and members:
+        share = len(failing_here) / len(members)
+        if share > segment.max_failed_share:
+            return (
+                f"{len(failing_here)} of {len(members)} hosts of segment {segment_name} failing "
+                f"at once (more than {segment.max_failed_share:.0%}): storm guard"
+            )
+    failing = [v for v in monitored if _failing(v)]
+    if len(monitored) >= MIN_HOSTS_FOR_CUTOFF_GUARD and len(failing) > CUTOFF_SHARE * len(
+        monitored
+    ):
+        return (
+            f"{len(failing)} of {len(monitored)} hosts silent at once: vigil may be cut off "
+            "from them; not fencing"
+        )
+    return None
+
+
+# --- recovery -------------------------------------------------------------------------
+
+
+def _due(step: Step, snap: Snapshot) -> bool:
+    return (
+        step.status == StepStatus.PENDING
+        and step.id not in snap.in_flight
+        and step.next_attempt_at <= snap.now
+    )
+
+
+def _drive(snap: Snapshot, recovery: Recovery) -> list[Action]:
+    hold = _held(snap, recovery.segment)
+    if recovery.status == RecoveryStatus.PAUSED:
+        return [] if hold else [ResumeRecovery(recovery.id, recovery.host)]
+    if hold:
+        return [PauseRecovery(recovery.id, recovery.host, hold)]
+
+    steps = sorted(recovery.steps, key=lambda s: s.seq)
+    busy = any(s.id in snap.in_flight for s in steps)
+    for step in (s for s in steps if s.kind in HOST_STEPS):
+        if step.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED):
+            continue
+        if step.status == StepStatus.FAILED:
+            if busy:
+                return []
+            return [
+                FinishRecovery(
+                    recovery.id,
+                    recovery.host,
+                    RecoveryStatus.FAILED,
+                    f"{step.kind.value} failed: {step.detail}",
+                )
+            ]
+        return [RunStep(recovery.id, recovery.host, step)] if _due(step, snap) else []
+
+    instance_steps = [s for s in steps if s.kind not in HOST_STEPS]
+    segment = snap.segments.get(recovery.segment)
+    limit = segment.max_parallel_evacuations if segment is not None else 1
+    running = sum(
+        1 for s in instance_steps if s.id in snap.in_flight or s.status == StepStatus.RUNNING
+    )
+    actions: list[Action] = []
+    for step in instance_steps:
+        if running >= limit:
+            break
+        if _due(step, snap):
+            actions.append(RunStep(recovery.id, recovery.host, step))
+            running += 1
+    if not actions and not busy and all(s.status in TERMINAL_STEP for s in instance_steps):
+        failed = [s for s in instance_steps if s.status == StepStatus.FAILED]
+        if failed:
+            names = ", ".join(s.instance_name or s.instance_id or "?" for s in failed)
+            return [
+                FinishRecovery(
+                    recovery.id,
+                    recovery.host,
+                    RecoveryStatus.FAILED,
+                    f"{len(failed)} of {len(instance_steps)} instances not recovered: {names}",
+                )
+            ]
+        moved = sum(1 for s in instance_steps if s.kind == StepKind.EVACUATE)
+        return [
+            FinishRecovery(
+                recovery.id,
+                recovery.host,
+                RecoveryStatus.SUCCEEDED,
+                f"host fenced; {moved} instances evacuated, {len(instance_steps) - moved} notified",
+            )
+        ]
+    return actions

@@ -1,0 +1,440 @@
+"""The engine loop: snapshot → decide → act → record, a cycle every ``recovery.tick``.
+
+Only the engine acts on the cloud. The API records intents (pause, restore) and wakes
+it; heartbeats only update the table the snapshot reads. Each cycle logs one sentence
+per action, naming the host (and instance), so the log reads as a timeline.
+
+Steps run on a bounded thread pool so a slow BMC or Nova never stalls detection; a step
+is marked RUNNING in the store before its driver call and its outcome is written before
+anything that depends on it starts (S2). On start-up, steps left RUNNING by a crash are
+requeued; they are idempotent (see ``vigil.engine.steps``).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from vigil.clock import Clock
+from vigil.config import Settings
+from vigil.drivers.compute import ComputeDriver
+from vigil.drivers.errors import DriverError, PermanentError, TemporaryError
+from vigil.drivers.fencing import FenceDevice, PowerState
+from vigil.drivers.notifier import Event, Notifier
+from vigil.engine.decide import (
+    ACTIVE_RECOVERY,
+    Action,
+    DeclareFailure,
+    FinishRecovery,
+    HostView,
+    MarkSuspect,
+    MarkUp,
+    PauseRecovery,
+    PauseSegment,
+    ProbePower,
+    ResumeRecovery,
+    RunStep,
+    Snapshot,
+    decide,
+)
+from vigil.engine.heartbeat import HeartbeatTable
+from vigil.engine.steps import StepContext, run_step
+from vigil.model import (
+    Host,
+    HostState,
+    InvalidTransition,
+    NewStep,
+    RecoveryStatus,
+    StepKind,
+    StepStatus,
+)
+from vigil.store import Store
+
+LOG = logging.getLogger("vigil.engine")
+R = TypeVar("R")
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        compute: ComputeDriver,
+        fence_devices: Callable[[Host], list[FenceDevice]],
+        notifier: Notifier,
+        settings: Settings,
+        clock: Clock,
+        heartbeats: HeartbeatTable,
+        wait: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._store = store
+        self._compute = compute
+        self._fence_devices = fence_devices
+        self._notifier = notifier
+        self._settings = settings
+        self._clock = clock
+        self._heartbeats = heartbeats
+        self._ctx = StepContext(
+            compute=compute,
+            fence_devices=fence_devices,
+            policies=store.get_instance_policy,
+            settings=settings.recovery,
+            clock=clock,
+            wait=wait,
+        )
+        self._pool = ThreadPoolExecutor(settings.recovery.workers, thread_name_prefix="vigil-step")
+        self._lock = threading.Lock()
+        self._in_flight: set[int] = set()
+        self._probing: set[str] = set()
+        self._power: dict[str, tuple[PowerState, float]] = {}
+        self._known: frozenset[str] = frozenset(h.name for h in store.list_hosts())
+        self._wake = threading.Event()
+        self._requests: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
+
+    # --- public -------------------------------------------------------------------------
+
+    def is_known_host(self, name: str) -> bool:
+        return name in self._known
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def resume_after_restart(self) -> None:
+        count = self._store.requeue_running_steps(at=self._clock.wall())
+        if count:
+            LOG.warning("resuming: %d recovery steps were running when vigil stopped", count)
+
+    def run(self, stop: threading.Event) -> None:
+        self.resume_after_restart()
+        LOG.info("engine started")
+        while not stop.is_set():
+            self._serve_requests()
+            try:
+                self.run_cycle()
+            except Exception:  # the loop must outlive any one bad cycle
+                LOG.exception("engine cycle failed; retrying next tick")
+            self._wake.wait(self._settings.recovery.tick)
+            self._wake.clear()
+        LOG.info("engine stopping")
+
+    def call(self, fn: Callable[[], R], timeout: float = 60.0) -> R:
+        """Run ``fn`` on the engine's thread (operator commands) and return its result."""
+        future: Future[R] = Future()
+        self._requests.put((fn, future))
+        self.wake()
+        return future.result(timeout)
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until no step or probe is in flight (tests and shutdown)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._in_flight and not self._probing:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def restore_host(self, name: str) -> Host:
+        """Operator says a recovered host may be used again: compute service back up and
+        enabled; the host is monitored again from its next heartbeat."""
+        host = self._store.get_host(name)
+        if host.state != HostState.RECOVERED:
+            raise InvalidTransition(
+                f"host {name} is {host.state.value}: only a recovered host can be restored"
+            )
+        self._compute.set_forced_down(name, False)
+        self._compute.enable(name)
+        LOG.info("host %s: restored by operator; compute service up and enabled", name)
+        self._emit("vigil.host.restored", host=name)
+        return self._store.set_host_state(
+            name, HostState.NEW, reason="restored by operator", at=self._clock.wall()
+        )
+
+    # --- the cycle ----------------------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        hosts = self._store.list_hosts()
+        self._known = frozenset(h.name for h in hosts)
+        ages = self._heartbeats.ages()
+        now_mono = self._clock.monotonic()
+        views: dict[str, HostView] = {}
+        with self._lock:
+            for host in hosts:
+                if host.state != HostState.SUSPECT:
+                    self._power.pop(host.name, None)
+                power = self._power.get(host.name)
+                views[host.name] = HostView(
+                    host=host,
+                    heartbeat_age=ages.get(host.name),
+                    power=power[0] if power else None,
+                    power_read_age=now_mono - power[1] if power else None,
+                    probing=host.name in self._probing,
+                )
+            in_flight = frozenset(self._in_flight)
+        return Snapshot(
+            now=self._clock.wall(),
+            uptime=self._heartbeats.since_start(),
+            control=self._store.get_control(),
+            segments={s.name: s for s in self._store.list_segments()},
+            hosts=views,
+            recoveries=tuple(self._store.list_recoveries(statuses=ACTIVE_RECOVERY)),
+            in_flight=in_flight,
+        )
+
+    def run_cycle(self) -> list[Action]:
+        actions = decide(self.snapshot(), self._settings.detection)
+        for action in actions:
+            try:
+                self._perform(action)
+            except Exception:
+                LOG.exception("action %s failed", action)
+        return actions
+
+    def _serve_requests(self) -> None:
+        while True:
+            try:
+                fn, future = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+    def _perform(self, action: Action) -> None:
+        now = self._clock.wall()
+        store = self._store
+        if isinstance(action, MarkUp):
+            store.set_host_state(action.host, HostState.UP, reason=action.reason, at=now)
+            LOG.info("host %s: up (%s)", action.host, action.reason)
+        elif isinstance(action, MarkSuspect):
+            store.set_host_state(action.host, HostState.SUSPECT, reason=action.reason, at=now)
+            LOG.warning("host %s: suspect: %s; reading its BMC", action.host, action.reason)
+            self._emit("vigil.host.failure.suspected", host=action.host, reason=action.reason)
+        elif isinstance(action, ProbePower):
+            with self._lock:
+                self._probing.add(action.host)
+            self._pool.submit(self._probe, action.host)
+        elif isinstance(action, DeclareFailure):
+            recovery = store.open_host_recovery(
+                host=action.host,
+                reason=action.reason,
+                sources=action.sources,
+                at=now,
+                steps=[
+                    NewStep(k)
+                    for k in (StepKind.FENCE, StepKind.FORCE_DOWN, StepKind.LIST_INSTANCES)
+                ],
+                paused_reason=action.paused_reason,
+            )
+            if action.paused_reason:
+                LOG.error(
+                    "host %s: failed: %s; recovery %d PAUSED: %s",
+                    action.host,
+                    action.reason,
+                    recovery.id,
+                    action.paused_reason,
+                )
+            else:
+                LOG.error(
+                    "host %s: failed: %s; recovery %d started",
+                    action.host,
+                    action.reason,
+                    recovery.id,
+                )
+            self._emit(
+                "vigil.host.failure.confirmed",
+                host=action.host,
+                priority="ERROR",
+                reason=action.reason,
+                recovery_id=recovery.id,
+                paused=action.paused_reason,
+            )
+        elif isinstance(action, PauseSegment):
+            store.update_segment(action.segment, paused=True, pause_reason=action.reason)
+            LOG.critical(
+                "ALARM segment %s: automatic recovery paused: %s", action.segment, action.reason
+            )
+            self._emit(
+                "vigil.segment.paused",
+                priority="CRITICAL",
+                segment=action.segment,
+                reason=action.reason,
+            )
+        elif isinstance(action, PauseRecovery):
+            store.set_recovery_status(
+                action.recovery_id, RecoveryStatus.PAUSED, at=now, reason=action.reason
+            )
+            LOG.warning(
+                "host %s: recovery %d paused: %s", action.host, action.recovery_id, action.reason
+            )
+        elif isinstance(action, ResumeRecovery):
+            store.set_recovery_status(action.recovery_id, RecoveryStatus.RUNNING, at=now)
+            LOG.info("host %s: recovery %d resumed", action.host, action.recovery_id)
+        elif isinstance(action, RunStep):
+            step = store.start_step(action.step.id, at=now)
+            with self._lock:
+                self._in_flight.add(step.id)
+            try:
+                self._pool.submit(
+                    self._execute, action.recovery_id, action.host, step.id, step.attempts
+                )
+            except RuntimeError:  # pool shut down: leave the step to the next start
+                with self._lock:
+                    self._in_flight.discard(step.id)
+        elif isinstance(action, FinishRecovery):
+            store.finish_recovery(action.recovery_id, action.status, at=now, reason=action.reason)
+            level = logging.INFO if action.status == RecoveryStatus.SUCCEEDED else logging.ERROR
+            LOG.log(
+                level,
+                "host %s: recovery %d %s: %s",
+                action.host,
+                action.recovery_id,
+                action.status.value,
+                action.reason,
+            )
+            self._emit(
+                "vigil.recovery.end",
+                host=action.host,
+                priority="INFO" if action.status == RecoveryStatus.SUCCEEDED else "ERROR",
+                recovery_id=action.recovery_id,
+                outcome=action.status.value,
+                reason=action.reason,
+            )
+
+    # --- work on the pool ---------------------------------------------------------------
+
+    def _probe(self, name: str) -> None:
+        state = PowerState.UNKNOWN
+        try:
+            devices = self._fence_devices(self._store.get_host(name))
+            if devices:
+                state = devices[0].power_status()
+        except DriverError as exc:
+            LOG.warning("host %s: BMC power read failed: %s", name, exc)
+        except Exception:
+            LOG.exception("host %s: BMC power read failed", name)
+        with self._lock:
+            self._power[name] = (state, self._clock.monotonic())
+            self._probing.discard(name)
+        LOG.info("host %s: BMC reads power %s", name, state.value)
+        self.wake()
+
+    def _execute(self, recovery_id: int, host_name: str, step_id: int, attempts: int) -> None:
+        store, settings = self._store, self._settings.recovery
+        try:
+            recovery = store.get_recovery(recovery_id)
+            step = next(s for s in recovery.steps if s.id == step_id)
+            host = store.get_host(host_name)
+            segment = store.get_segment(host.segment)
+            label = step.kind.value + (
+                f" of instance {step.instance_name} ({step.instance_id})"
+                if step.instance_id
+                else ""
+            )
+            try:
+                done = run_step(self._ctx, step=step, recovery=recovery, host=host, segment=segment)
+            except (TemporaryError, PermanentError, DriverError, Exception) as exc:
+                permanent = isinstance(exc, PermanentError)
+                if not isinstance(exc, DriverError):
+                    LOG.exception("host %s: %s crashed", host_name, label)
+                now = self._clock.wall()
+                if permanent or attempts >= settings.step_attempts:
+                    store.finish_step(step_id, StepStatus.FAILED, at=now, detail=str(exc))
+                    LOG.error(
+                        "host %s: %s FAILED after %d attempt(s): %s",
+                        host_name,
+                        label,
+                        attempts,
+                        exc,
+                    )
+                    self._emit(
+                        f"vigil.{_event_name(step.kind)}.error",
+                        host=host_name,
+                        instance_id=step.instance_id,
+                        priority="ERROR",
+                        detail=str(exc),
+                    )
+                else:
+                    delay = settings.backoff(attempts)
+                    store.finish_step(
+                        step_id,
+                        StepStatus.PENDING,
+                        at=now,
+                        detail=str(exc),
+                        next_attempt_at=now + delay,
+                    )
+                    LOG.warning(
+                        "host %s: %s attempt %d failed, retrying in %.1fs: %s",
+                        host_name,
+                        label,
+                        attempts,
+                        delay,
+                        exc,
+                    )
+                return
+            store.finish_step(
+                step_id,
+                StepStatus.SUCCEEDED,
+                at=self._clock.wall(),
+                detail=done.detail,
+                result=done.result,
+                new_steps=done.new_steps,
+            )
+            LOG.info("host %s: %s done: %s", host_name, label, done.detail)
+            self._emit(
+                f"vigil.{_event_name(step.kind)}.end",
+                host=host_name,
+                instance_id=step.instance_id,
+                detail=done.detail,
+                **dict(done.result),
+            )
+        except Exception:
+            LOG.exception("host %s: recording step %d failed", host_name, step_id)
+        finally:
+            with self._lock:
+                self._in_flight.discard(step_id)
+            self.wake()
+
+    def _emit(
+        self,
+        event_type: str,
+        *,
+        host: str | None = None,
+        instance_id: str | None = None,
+        priority: str = "INFO",
+        **payload: Any,
+    ) -> None:
+        event = Event(
+            id=str(uuid.uuid4()),
+            event_type=event_type,
+            timestamp=self._clock.wall(),
+            host=host,
+            instance_id=instance_id,
+            priority=priority,
+            payload=payload,
+        )
+        try:
+            self._notifier.publish(event)
+        except Exception as exc:  # notification must never stop a recovery
+            LOG.warning("host %s: event %s not published: %s", host, event_type, exc)
+
+
+def _event_name(kind: StepKind) -> str:
+    return {
+        StepKind.FENCE: "host.fence",
+        StepKind.FORCE_DOWN: "host.compute.force_down",
+        StepKind.LIST_INSTANCES: "host.instances.list",
+        StepKind.EVACUATE: "instance.evacuate",
+        StepKind.NOTIFY: "instance.notify",
+    }[kind]

@@ -1,0 +1,184 @@
+"""``vigil-server``: wires the store, drivers, heartbeat receiver, engine and API.
+
+``VigilServer`` is also what the demo and the tests start in-process; ``main`` is the
+process entry point (oslo.config command line: ``--config-file /etc/vigil/vigil.conf``).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import uvicorn
+
+from vigil import config
+from vigil.api.app import create_app
+from vigil.clock import Clock, SystemClock
+from vigil.config import Settings
+from vigil.drivers.compute import ComputeDriver
+from vigil.drivers.errors import PermanentError
+from vigil.drivers.fencing import FenceDevice
+from vigil.drivers.notifier import Event, LogNotifier, MemoryNotifier, Notifier
+from vigil.drivers.sim import SimCompute, SimFenceDevice
+from vigil.engine.engine import Engine
+from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
+from vigil.model import Host
+from vigil.sim.api import CloudApi
+from vigil.sim.rpc import RemoteCloud
+from vigil.store.sql import SqlStore, upgrade
+
+LOG = logging.getLogger("vigil.server")
+
+
+class FanoutNotifier(Notifier):
+    def __init__(self, notifiers: Sequence[Notifier]) -> None:
+        self.notifiers = list(notifiers)
+
+    def publish(self, event: Event) -> None:
+        for n in self.notifiers:
+            n.publish(event)
+
+
+def sim_fence_factory(cloud: CloudApi) -> Callable[[Host], list[FenceDevice]]:
+    def devices(host: Host) -> list[FenceDevice]:
+        out: list[FenceDevice] = []
+        for method in host.fencing:
+            if method.driver != "sim":
+                raise PermanentError(f"host {host.name}: fencing driver {method.driver} unknown")
+            out.append(SimFenceDevice(cloud, method.options.get("host", host.name)))
+        return out
+
+    return devices
+
+
+class VigilServer:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock | None = None,
+        cloud: CloudApi | None = None,
+        compute: ComputeDriver | None = None,
+        fence_devices: Callable[[Host], list[FenceDevice]] | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        if settings.auto_migrate:
+            upgrade(settings.database_url)
+        self.store = SqlStore(settings.database_url)
+        if cloud is None and (compute is None or fence_devices is None):
+            if not settings.sim_url:
+                raise config.ConfigError("compute.sim_url is required for the sim driver")
+            cloud = RemoteCloud(settings.sim_url)
+        self.compute = compute or SimCompute(cloud)  # type: ignore[arg-type]
+        fence = fence_devices or sim_fence_factory(cloud)  # type: ignore[arg-type]
+        if notifier is None:
+            notifier = FanoutNotifier(
+                [MemoryNotifier() if n == "memory" else LogNotifier() for n in settings.notifiers]
+            )
+        self.notifier = notifier
+        self.heartbeats = HeartbeatTable(self.clock)
+        self.engine = Engine(
+            store=self.store,
+            compute=self.compute,
+            fence_devices=fence,
+            notifier=notifier,
+            settings=settings,
+            clock=self.clock,
+            heartbeats=self.heartbeats,
+        )
+        self.receiver = HeartbeatReceiver(
+            self.heartbeats,
+            key=settings.agent_key.encode(),
+            known_host=self.engine.is_known_host,
+            bind=(settings.heartbeat_host, settings.heartbeat_port),
+            clock=self.clock,
+        )
+        self.app = create_app(
+            store=self.store,
+            engine=self.engine,
+            compute=self.compute,
+            token=settings.api_token,
+            clock=self.clock,
+            heartbeat_age=self.heartbeats.age,
+        )
+        self._stop = threading.Event()
+        self._uvicorn = uvicorn.Server(
+            uvicorn.Config(
+                self.app,
+                host=settings.api_host,
+                port=settings.api_port,
+                log_level="warning",
+                # Leave logging to the process: uvicorn's dictConfig closes our handlers.
+                log_config=None,
+                lifespan="off",
+            )
+        )
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def heartbeat_address(self) -> tuple[str, int]:
+        return self.receiver.address
+
+    @property
+    def api_url(self) -> str:
+        sock = self._uvicorn.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> None:
+        self.receiver.start()
+        engine = threading.Thread(
+            target=self.engine.run, args=(self._stop,), name="engine", daemon=True
+        )
+        api = threading.Thread(target=self._uvicorn.run, name="api", daemon=True)
+        self._threads = [engine, api]
+        engine.start()
+        api.start()
+        deadline = time.monotonic() + 10
+        while not self._uvicorn.started:
+            if time.monotonic() > deadline or not api.is_alive():
+                raise RuntimeError(
+                    f"API did not start on {self.settings.api_host}:{self.settings.api_port}"
+                )
+            time.sleep(0.01)
+        LOG.info(
+            "vigil-server: API on %s, heartbeats on %s:%s", self.api_url, *self.heartbeat_address
+        )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.engine.wake()
+        self._uvicorn.should_exit = True
+        for t in self._threads:
+            t.join(timeout=10)
+        self.receiver.stop()
+        self.engine.close()
+        self.store.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        conf = config.load(sys.argv[1:] if argv is None else argv)
+        settings = config.settings_from_conf(conf)
+    except config.ConfigError as exc:
+        LOG.error("configuration refused: %s", exc)
+        return 2
+    server = VigilServer(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server.start()
+    stop.wait()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,912 @@
+"""SimCloud: a simulated OpenStack cloud in which vigil's recoveries can be run and broken.
+
+It holds hypervisor hosts (each with a BMC, a vigil agent and a nova-compute service),
+instances, server groups, and a Nova API that enforces the rules vigil depends on
+(design brief, section 4):
+
+- a compute service is *up* while its nova-compute reported within ``service_down_time``
+  and it is not forced down, so a host that just lost power still reads "up" for a minute;
+- evacuate is refused with ``Conflict("ComputeServiceInUse ...")`` while the source service
+  is up, and for instances not ACTIVE/SHUTOFF/ERROR or with a task in progress;
+- evacuate is asynchronous: REBUILD at once, ACTIVE on the destination later (SHUTOFF with
+  ``evacuate_leaves_stopped``, like microversion >= 2.95); without a valid destination the
+  request is still accepted and the instance ends ERROR on its source host;
+- anti-affinity is checked by the scheduler against members already placed and again on
+  arrival (Nova's late check), so members evacuated in parallel can race and end ERROR.
+
+Errors raised by the Nova and BMC methods, chosen where Nova's HTTP status would not tell
+vigil whether to retry:
+
+- ``NotFound``: unknown instance, host or target host (Nova: 404); also ``list_servers`` of
+  an unknown host, where Nova would return an empty list -- a typo must not read as "no
+  instances to evacuate".
+- ``Conflict``: source service in use (Nova: 400 ComputeServiceInUse), wrong vm/task state
+  (409), action on an instance whose compute service is down (409 ServiceUnavailable).
+- ``PermanentError``: evacuate to the source host (400), or to a named target that is down,
+  disabled, forced down, full or would break anti-affinity (Nova would accept and fail
+  asynchronously with "No valid host"; the sim refuses at once so tests see why).
+- ``TemporaryError``: an unreachable BMC, after ``SimLatency.bmc_timeout``.
+
+Time: every change that takes time (a BMC power-off taking effect, an evacuation landing, a
+stop completing, Nova noticing a silent compute) is a pending operation with a due time on
+``clock.monotonic()``, applied lazily, in due order, at the start of every call. Nothing runs
+in the background, and with a ``FakeClock`` every outcome is deterministic. Only
+``SimLatency.api_call``, ``bmc_timeout`` and ``rpc_timeout`` block the caller (through the
+injected ``sleep``, outside the lock).
+
+Safety accounting: for each instance the set of hosts on which a copy runs (ACTIVE there
+on a powered host; isolated and hung hosts still run theirs). Evacuation never stops the
+source copy, power loss ends every copy on the host, and any instance that ever ran on two
+hosts at once is recorded in ``double_running()``: the tests of "never run a VM twice".
+When power returns, nothing is restarted: instances still placed on the host read SHUTOFF,
+and those evacuated away stay away (a restarted nova-compute destroys its copies of them).
+A host that reconnects or unfreezes, on the other hand, keeps running what it ran -- Nova
+cleans up only when nova-compute restarts -- which is why vigil must fence, not hope.
+
+Limits: capacity is a count of instances (placement claims an in-flight evacuation's
+destination at once); the only server group policies are ``anti-affinity`` (enforced) and
+``soft-anti-affinity`` (not enforced); an instance stays on its source host until its
+evacuation lands (Nova moves ``host`` a little earlier); an operation whose host is hung or
+isolated waits for it, one whose host loses power fails (evacuation: ERROR; start/stop/
+reboot: task cleared, status unchanged). Not simulated: live migration, resize, boot and
+delete through the API, cells, projects, quotas.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from vigil.clock import Clock
+from vigil.drivers.compute import (
+    ACTIVE,
+    ERROR,
+    EVACUABLE,
+    REBUILD,
+    SHUTOFF,
+    ComputeService,
+    Server,
+)
+from vigil.drivers.errors import Conflict, NotFound, PermanentError, TemporaryError
+from vigil.drivers.fencing import PowerState
+from vigil.model import HaPolicy
+
+if TYPE_CHECKING:
+    from vigil.sim.api import CloudApi
+
+HARD_REBOOT = "HARD_REBOOT"
+REBOOT = "REBOOT"
+
+# Server metadata that carries an instance's HA policy. Masakari's key is understood so
+# that existing deployments need no re-tagging; vigil's own key wins when both are set.
+POLICY_KEY = "vigil:ha_policy"
+PRIORITY_KEY = "vigil:ha_priority"
+MASAKARI_KEY = "HA_Enabled"
+
+ANTI_AFFINITY = "anti-affinity"
+SOFT_ANTI_AFFINITY = "soft-anti-affinity"
+
+
+def ha_policy_from_metadata(metadata: Mapping[str, str]) -> tuple[HaPolicy | None, int]:
+    """The (policy, priority) an instance's metadata asks for; policy None if it says nothing.
+
+    Unreadable values count as unset, so a typo falls back to the segment's default.
+    """
+    policy: HaPolicy | None = None
+    raw = metadata.get(POLICY_KEY)
+    if raw is not None:
+        try:
+            policy = HaPolicy(raw.strip().lower())
+        except ValueError:
+            policy = None
+    if policy is None and MASAKARI_KEY in metadata:
+        flag = metadata[MASAKARI_KEY].strip().lower()
+        if flag == "true":
+            policy = HaPolicy.KEEP_RUNNING
+        elif flag == "false":
+            policy = HaPolicy.OFF
+    try:
+        priority = int(metadata.get(PRIORITY_KEY, "0"))
+    except ValueError:
+        priority = 0
+    return policy, priority
+
+
+@dataclass(frozen=True)
+class SimLatency:
+    """How long simulated things take, in seconds.
+
+    ``api_call``, ``bmc_timeout`` and ``rpc_timeout`` block the caller (real sleeps); the
+    others are due times on the cloud's clock. ``jitter`` is the +/- fraction applied to
+    the clock-based delays.
+    """
+
+    api_call: float = 0.01  # every Nova and BMC call
+    evacuate: float = 0.4  # accepted evacuate -> instance landed on its destination
+    power_off: float = 0.2  # BMC power-off (or power-on) request -> power reads changed
+    action: float = 0.05  # start, stop, reboot; also a scheduling failure turning ERROR
+    bmc_timeout: float = 0.5  # an unreachable BMC fails after this
+    # Disabling/enabling a compute that Nova believes up but that does not answer waits
+    # for the RPC to time out (rpc_response_timeout, 60 s in Nova): force down first.
+    rpc_timeout: float = 1.0
+    jitter: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("api_call", "evacuate", "power_off", "action", "bmc_timeout", "rpc_timeout"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SimLatency.{name} must not be negative")
+        if not 0.0 <= self.jitter < 1.0:
+            raise ValueError("SimLatency.jitter must be in [0, 1)")
+
+    @classmethod
+    def zero(cls) -> SimLatency:
+        """Everything immediate and nothing sleeps: for unit tests on a FakeClock."""
+        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class SimInstance:
+    """A test's view of one instance, including what Nova cannot see (where copies run)."""
+
+    id: str
+    name: str
+    host: str
+    status: str
+    task_state: str | None
+    metadata: Mapping[str, str]
+    server_group: str | None
+    fault: str | None
+    running_on: frozenset[str]
+
+
+@dataclass(eq=False)
+class _Host:
+    name: str
+    capacity: int
+    powered: bool = True
+    hung: bool = False
+    isolated: bool = False
+    agent_running: bool = True
+    bmc_unreachable: bool = False
+    bmc_lies: bool = False
+    forced_down: bool = False
+    disabled: bool = False
+    disabled_reason: str = ""
+    stopped_reporting_at: float | None = None  # None: nova-compute is reporting
+    pending_power: _Op | None = None
+
+    @property
+    def compute_works(self) -> bool:
+        """nova-compute runs and reaches Nova: it reports and carries out requests."""
+        return self.powered and not self.hung and not self.isolated
+
+
+@dataclass(eq=False)
+class _Instance:
+    id: str
+    name: str
+    host: str
+    status: str
+    metadata: dict[str, str]
+    group: str | None
+    task_state: str | None = None
+    fault: str | None = None
+    running_on: set[str] = field(default_factory=set)
+
+
+_OpKind = Literal["evacuate", "start", "stop", "reboot", "power_off", "power_on"]
+
+
+@dataclass(eq=False)
+class _Op:
+    due: float
+    seq: int
+    kind: _OpKind
+    subject: str  # instance id, or host name for power operations
+    actor: str | None  # host whose nova-compute must carry it out; None: BMC or conductor
+    dest: str | None = None  # evacuate: chosen destination; None means no valid host
+    status_before: str = ""
+    done: bool = False
+
+
+class SimCloud:
+    """A simulated cloud; thread-safe (one lock). See the module docstring for the rules."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        *,
+        latency: SimLatency | None = None,
+        service_down_time: float = 60.0,
+        evacuate_leaves_stopped: bool = False,
+        seed: int = 0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._clock = clock
+        self._latency = latency if latency is not None else SimLatency()
+        self._service_down_time = service_down_time
+        self._leaves_stopped = evacuate_leaves_stopped
+        self._rng = random.Random(seed)
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._hosts: dict[str, _Host] = {}
+        self._instances: dict[str, _Instance] = {}
+        self._groups: dict[str, str] = {}  # name -> policy
+        self._group_members: dict[str, set[str]] = {}
+        self._on_host: dict[str, set[str]] = {}  # host -> ids Nova places there
+        self._copies: dict[str, set[str]] = {}  # host -> ids with a copy running there
+        self._claims: Counter[str] = Counter()  # host -> evacuations heading there
+        # Pending operations by due time; those whose host is hung or isolated wait
+        # aside until it works again, so that a frozen host costs nothing per call.
+        self._heap: list[tuple[float, int, _Op]] = []
+        self._waiting: dict[str, list[_Op]] = {}
+        self._seq = 0
+        self._double: dict[str, None] = {}  # insertion-ordered set
+        self._calls: Counter[tuple[str, str]] = Counter()
+        self._attempts: Counter[tuple[str, str]] = Counter()
+        self._network = (0.0, 0.0)
+
+    # ----------------------------------------------------------------- building the world
+
+    def add_host(self, name: str, *, capacity: int = 20) -> None:
+        if capacity < 0:
+            raise ValueError("capacity must not be negative")
+        with self._lock:
+            if name in self._hosts:
+                raise ValueError(f"host {name} already exists")
+            self._hosts[name] = _Host(name, capacity)
+            self._on_host[name] = set()
+            self._copies[name] = set()
+
+    def add_server_group(self, name: str, policy: str = ANTI_AFFINITY) -> None:
+        if policy not in (ANTI_AFFINITY, SOFT_ANTI_AFFINITY):
+            raise ValueError(f"unsupported server group policy {policy!r}")
+        with self._lock:
+            if name in self._groups:
+                raise ValueError(f"server group {name} already exists")
+            self._groups[name] = policy
+            self._group_members[name] = set()
+
+    def add_instance(
+        self,
+        name: str,
+        host: str,
+        *,
+        policy: HaPolicy | None = None,
+        priority: int = 0,
+        server_group: str | None = None,
+        anti_affinity: bool = False,
+        status: str = ACTIVE,
+        id: str | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str:
+        """Place an instance directly (no scheduling); returns its id.
+
+        ``server_group`` is created on first use, anti-affinity if ``anti_affinity``.
+        ``policy``/``priority`` are written into the metadata under ``POLICY_KEY`` and
+        ``PRIORITY_KEY``; pass ``metadata`` for anything else (e.g. ``HA_Enabled``).
+        """
+        if status not in EVACUABLE:
+            raise ValueError(f"an instance starts ACTIVE, SHUTOFF or ERROR, not {status}")
+        md = dict(metadata or {})
+        if policy is not None:
+            md[POLICY_KEY] = policy.value
+        if priority:
+            md[PRIORITY_KEY] = str(priority)
+        iid = id if id is not None else str(uuid.uuid4())
+        with self._lock:
+            self._advance()
+            h = self._hosts.get(host)
+            if h is None:
+                raise ValueError(f"no host {host}")
+            if iid in self._instances:
+                raise ValueError(f"instance {iid} already exists")
+            if self._load(host) >= h.capacity:
+                raise ValueError(f"host {host} is full ({h.capacity} instances)")
+            if server_group is not None:
+                wanted = ANTI_AFFINITY if anti_affinity else SOFT_ANTI_AFFINITY
+                if server_group not in self._groups:
+                    self._groups[server_group] = wanted
+                    self._group_members[server_group] = set()
+                elif anti_affinity and self._groups[server_group] != ANTI_AFFINITY:
+                    raise ValueError(f"server group {server_group} is not anti-affinity")
+            inst = _Instance(iid, name, host, status, md, server_group)
+            if self._breaks_affinity(inst, host):
+                raise ValueError(f"{name} on {host} would break anti-affinity of {server_group}")
+            self._instances[iid] = inst
+            self._on_host[host].add(iid)
+            if server_group is not None:
+                self._group_members[server_group].add(iid)
+            if status == ACTIVE and h.powered:
+                self._add_copy(inst, host)
+        return iid
+
+    # ------------------------------------------------------------------------ host faults
+
+    def power_loss(self, host: str) -> None:
+        """The host goes off: its instances, agent and nova-compute stop."""
+        with self._lock:
+            self._advance()
+            h = self._host_or_value_error(host)
+            self._cancel_power_op(h)
+            if h.powered:
+                self._lose_power(h, self._clock.monotonic())
+
+    def power_restore(self, host: str) -> None:
+        """The host comes back; nothing it ran before is started again."""
+        with self._lock:
+            self._advance()
+            h = self._host_or_value_error(host)
+            self._cancel_power_op(h)
+            if not h.powered:
+                self._restore_power(h, self._clock.monotonic())
+
+    def agent_crash(self, host: str) -> None:
+        self._set_flag(host, "agent_running", False)
+
+    def agent_restart(self, host: str) -> None:
+        self._set_flag(host, "agent_running", True)
+
+    def isolate(self, host: str) -> None:
+        """Cut the host off the control network; its BMC stays reachable."""
+        self._set_flag(host, "isolated", True)
+
+    def reconnect(self, host: str) -> None:
+        self._set_flag(host, "isolated", False)
+
+    def hang(self, host: str) -> None:
+        """Freeze a powered host: no agent, no nova-compute; its instances still count."""
+        with self._lock:
+            if not self._host_or_value_error(host).powered:
+                raise ValueError(f"host {host} is off: it cannot hang")
+        self._set_flag(host, "hung", True)
+
+    def unhang(self, host: str) -> None:
+        self._set_flag(host, "hung", False)
+
+    def bmc_unreachable(self, host: str, flag: bool) -> None:
+        self._set_flag(host, "bmc_unreachable", flag)
+
+    def bmc_lies(self, host: str, flag: bool) -> None:
+        """The BMC acknowledges power-off but the power stays on (status still reads ON)."""
+        self._set_flag(host, "bmc_lies", flag)
+
+    def set_network(self, loss: float = 0.0, jitter: float = 0.0) -> None:
+        """Conditions for agent heartbeats (applied by the agent harness, not here)."""
+        if not 0.0 <= loss <= 1.0:
+            raise ValueError("loss is a fraction in [0, 1]")
+        if jitter < 0:
+            raise ValueError("jitter must not be negative")
+        with self._lock:
+            self._network = (loss, jitter)
+
+    def network(self) -> tuple[float, float]:
+        with self._lock:
+            return self._network
+
+    # ---------------------------------------------------------------------------- queries
+
+    @property
+    def service_down_time(self) -> float:
+        return self._service_down_time
+
+    def hosts(self) -> list[str]:
+        with self._lock:
+            return list(self._hosts)
+
+    def is_powered(self, host: str) -> bool:
+        with self._lock:
+            self._advance()
+            return self._host_or_value_error(host).powered
+
+    def host_can_heartbeat(self, host: str) -> bool:
+        with self._lock:
+            self._advance()
+            h = self._host_or_value_error(host)
+            return h.powered and not h.hung and h.agent_running and not h.isolated
+
+    def instances(self) -> list[SimInstance]:
+        with self._lock:
+            self._advance()
+            return [self._snapshot(i) for i in self._instances.values()]
+
+    def instance(self, server_id: str) -> SimInstance:
+        with self._lock:
+            self._advance()
+            inst = self._instances.get(server_id)
+            if inst is None:
+                raise ValueError(f"no instance {server_id}")
+            return self._snapshot(inst)
+
+    def double_running(self) -> list[str]:
+        """Ids of every instance that has ever had running copies on two hosts at once."""
+        with self._lock:
+            self._advance()
+            return list(self._double)
+
+    def calls(self, method: str, target: str | None = None) -> int:
+        """Accepted calls of a mutating method (``evacuate``, ``start``, ``stop``, ``reboot``,
+        ``set_forced_down``, ``disable``, ``enable``, ``bmc_power_off``, ``bmc_power_on``),
+        per target (server id or host name) or in all. A call that raised is not counted.
+        ``disable_rpc_timeout`` counts disable/enable calls that waited for a silent compute.
+        """
+        with self._lock:
+            return self._count(self._calls, method, target)
+
+    def attempts(self, method: str, target: str | None = None) -> int:
+        """Like ``calls``, counting refused and failed calls too."""
+        with self._lock:
+            return self._count(self._attempts, method, target)
+
+    # ------------------------------------------------------------------------ Nova: hosts
+
+    def list_services(self) -> list[ComputeService]:
+        self._api_latency()
+        with self._lock:
+            self._advance()
+            return [self._service(h) for h in self._hosts.values()]
+
+    def get_service(self, host: str) -> ComputeService:
+        self._api_latency()
+        with self._lock:
+            self._advance()
+            return self._service(self._host_or_not_found(host))
+
+    def set_forced_down(self, host: str, forced_down: bool) -> None:
+        self._api_latency()
+        with self._lock:
+            self._advance()
+            self._attempts["set_forced_down", host] += 1
+            self._host_or_not_found(host).forced_down = forced_down
+            self._calls["set_forced_down", host] += 1
+
+    def disable(self, host: str, reason: str) -> None:
+        self._set_disabled("disable", host, True, reason)
+
+    def enable(self, host: str) -> None:
+        self._set_disabled("enable", host, False, "")
+
+    # ---------------------------------------------------------------------- Nova: servers
+
+    def list_servers(self, host: str) -> list[Server]:
+        self._api_latency()
+        with self._lock:
+            self._advance()
+            self._host_or_not_found(host)
+            found = [self._instances[i] for i in self._on_host[host]]
+            return [self._server(i) for i in sorted(found, key=lambda i: (i.name, i.id))]
+
+    def get_server(self, server_id: str) -> Server:
+        self._api_latency()
+        with self._lock:
+            self._advance()
+            return self._server(self._instance_or_not_found(server_id))
+
+    def evacuate(self, server_id: str, target_host: str | None = None) -> None:
+        self._api_latency()
+        with self._lock:
+            self._advance()
+            now = self._clock.monotonic()
+            self._attempts["evacuate", server_id] += 1
+            inst = self._instance_or_not_found(server_id)
+            source = self._hosts[inst.host]
+            if target_host is not None:
+                self._host_or_not_found(target_host)
+                if target_host == source.name:
+                    raise PermanentError(
+                        f"evacuate {server_id}: the target host can't be the same one"
+                    )
+            self._check_state(inst, "evacuate", EVACUABLE)
+            if self._service_up(source, now):
+                raise Conflict(
+                    f"ComputeServiceInUse: compute service of {source.name} is still in use"
+                )
+            if target_host is not None:
+                refusal = self._unfit(inst, self._hosts[target_host], now)
+                if refusal:
+                    raise PermanentError(
+                        f"evacuate {server_id}: no valid host: {target_host} {refusal}"
+                    )
+                dest: str | None = target_host
+            else:
+                dest = self._schedule(inst, now)
+            op = self._new_op("evacuate", inst.id, actor=dest, dest=dest, status=inst.status)
+            # A scheduling failure surfaces about as fast as a start or stop would.
+            op.due = now + self._delay(self._latency.evacuate if dest else self._latency.action)
+            if dest is not None:
+                self._claims[dest] += 1
+            inst.status, inst.task_state, inst.fault = REBUILD, "rebuilding", None
+            self._queue(op)
+            self._calls["evacuate", server_id] += 1
+
+    def start(self, server_id: str) -> None:
+        self._action("start", server_id)
+
+    def stop(self, server_id: str) -> None:
+        self._action("stop", server_id)
+
+    def reboot(self, server_id: str, hard: bool = True) -> None:
+        self._action("reboot", server_id, hard=hard)
+
+    # ------------------------------------------------------------------------------- BMCs
+
+    def bmc_power_off(self, host: str) -> None:
+        self._bmc_gate("bmc_power_off", host)
+        with self._lock:
+            self._advance()
+            h = self._host_or_not_found(host)
+            self._calls["bmc_power_off", host] += 1
+            if h.bmc_lies:
+                return
+            self._request_power(h, "power_off")
+
+    def bmc_power_on(self, host: str) -> None:
+        self._bmc_gate("bmc_power_on", host)
+        with self._lock:
+            self._advance()
+            h = self._host_or_not_found(host)
+            self._calls["bmc_power_on", host] += 1
+            self._request_power(h, "power_on")
+
+    def bmc_power_status(self, host: str) -> PowerState:
+        self._bmc_gate("bmc_power_status", host)
+        with self._lock:
+            self._advance()
+            return PowerState.ON if self._host_or_not_found(host).powered else PowerState.OFF
+
+    # -------------------------------------------------------------------------- internals
+    # Everything below runs with self._lock held, unless it says otherwise.
+
+    def _api_latency(self) -> None:
+        """Called without the lock: a slow API must not serialise the callers."""
+        if self._latency.api_call > 0:
+            self._sleep(self._latency.api_call)
+
+    def _bmc_gate(self, method: str, host: str) -> None:
+        """Called without the lock: the API latency, or an unreachable BMC's timeout."""
+        self._api_latency()
+        with self._lock:
+            self._advance()
+            self._attempts[method, host] += 1
+            unreachable = self._host_or_not_found(host).bmc_unreachable
+        if unreachable:
+            if self._latency.bmc_timeout > 0:
+                self._sleep(self._latency.bmc_timeout)
+            raise TemporaryError(f"sim BMC of {host}: connection timed out")
+
+    def _set_disabled(self, method: str, host: str, disabled: bool, reason: str) -> None:
+        self._api_latency()
+        with self._lock:
+            self._advance()
+            self._attempts[method, host] += 1
+            h = self._host_or_not_found(host)
+            silent = self._service_up(h, self._clock.monotonic()) and not h.compute_works
+        if silent and self._latency.rpc_timeout > 0:
+            # Nova updates the compute's disabled trait by a synchronous RPC; a compute it
+            # still believes up but that does not answer makes the call wait it out.
+            self._sleep(self._latency.rpc_timeout)
+        with self._lock:
+            self._advance()
+            h.disabled, h.disabled_reason = disabled, reason
+            self._calls[method, host] += 1
+            if silent:
+                self._calls["disable_rpc_timeout", host] += 1
+
+    def _action(
+        self, method: Literal["start", "stop", "reboot"], sid: str, hard: bool = True
+    ) -> None:
+        self._api_latency()
+        with self._lock:
+            self._advance()
+            self._attempts[method, sid] += 1
+            inst = self._instance_or_not_found(sid)
+            if method == "start":
+                self._check_state(inst, method, {SHUTOFF})
+            elif method == "stop":
+                self._check_state(inst, method, {ACTIVE, ERROR})
+            elif hard:
+                self._check_state(inst, method, {ACTIVE, SHUTOFF, ERROR})
+            else:
+                self._check_state(inst, method, {ACTIVE})
+            host = self._hosts[inst.host]
+            if not self._service_up(host, self._clock.monotonic()):
+                raise Conflict(f"ServiceUnavailable: compute service of {host.name} is unavailable")
+            op = self._new_op(method, sid, actor=host.name, status=inst.status)
+            op.due = self._clock.monotonic() + self._delay(self._latency.action)
+            if method == "start":
+                inst.task_state = "powering-on"
+            elif method == "stop":
+                inst.task_state = "powering-off"
+            elif hard:
+                inst.status, inst.task_state = HARD_REBOOT, "reboot_started_hard"
+            else:
+                inst.status, inst.task_state = REBOOT, "reboot_started"
+            self._queue(op)
+            self._calls[method, sid] += 1
+
+    def _check_state(
+        self, inst: _Instance, action: str, allowed: set[str] | frozenset[str]
+    ) -> None:
+        if inst.task_state is not None or inst.status not in allowed:
+            raise Conflict(
+                f"InstanceInvalidState: cannot {action} instance {inst.id} while it is "
+                f"{inst.status} (task {inst.task_state or 'none'})"
+            )
+
+    def _request_power(self, h: _Host, kind: Literal["power_off", "power_on"]) -> None:
+        pending = h.pending_power
+        if pending is not None and pending.kind == kind:
+            return  # already on its way
+        self._cancel_power_op(h)
+        if h.powered == (kind == "power_on"):
+            return
+        op = self._new_op(kind, h.name, actor=None)
+        op.due = self._clock.monotonic() + self._delay(self._latency.power_off)
+        h.pending_power = op
+        self._queue(op)
+
+    def _cancel_power_op(self, h: _Host) -> None:
+        if h.pending_power is not None:
+            h.pending_power.done = True
+            h.pending_power = None
+
+    def _set_flag(self, host: str, flag: str, value: bool) -> None:
+        with self._lock:
+            self._advance()
+            h = self._host_or_value_error(host)
+            setattr(h, flag, value)
+            self._update_reporting(h, self._clock.monotonic())
+
+    def _update_reporting(self, h: _Host, at: float) -> None:
+        if h.compute_works:
+            h.stopped_reporting_at = None
+            for op in self._waiting.pop(h.name, []):
+                op.due = at
+                self._queue(op)
+        elif h.stopped_reporting_at is None:
+            h.stopped_reporting_at = at
+
+    def _service_up(self, h: _Host, now: float) -> bool:
+        if h.forced_down:
+            return False
+        stopped = h.stopped_reporting_at
+        return stopped is None or now - stopped <= self._service_down_time
+
+    def _service(self, h: _Host) -> ComputeService:
+        return ComputeService(
+            host=h.name,
+            up=self._service_up(h, self._clock.monotonic()),
+            forced_down=h.forced_down,
+            disabled=h.disabled,
+            disabled_reason=h.disabled_reason,
+        )
+
+    def _server(self, inst: _Instance) -> Server:
+        policy, priority = ha_policy_from_metadata(inst.metadata)
+        return Server(
+            id=inst.id,
+            name=inst.name,
+            host=inst.host,
+            status=inst.status,
+            policy=policy,
+            priority=priority,
+            task_state=inst.task_state,
+            server_group=inst.group,
+        )
+
+    def _snapshot(self, inst: _Instance) -> SimInstance:
+        return SimInstance(
+            id=inst.id,
+            name=inst.name,
+            host=inst.host,
+            status=inst.status,
+            task_state=inst.task_state,
+            metadata=dict(inst.metadata),
+            server_group=inst.group,
+            fault=inst.fault,
+            running_on=frozenset(inst.running_on),
+        )
+
+    def _host_or_not_found(self, host: str) -> _Host:
+        h = self._hosts.get(host)
+        if h is None:
+            raise NotFound(f"compute host {host} not found")
+        return h
+
+    def _host_or_value_error(self, host: str) -> _Host:
+        h = self._hosts.get(host)
+        if h is None:
+            raise ValueError(f"no host {host}")
+        return h
+
+    def _instance_or_not_found(self, sid: str) -> _Instance:
+        inst = self._instances.get(sid)
+        if inst is None:
+            raise NotFound(f"instance {sid} could not be found")
+        return inst
+
+    @staticmethod
+    def _count(counter: Counter[tuple[str, str]], method: str, target: str | None) -> int:
+        if target is not None:
+            return counter[method, target]
+        return sum(n for (m, _), n in counter.items() if m == method)
+
+    # scheduling
+
+    def _load(self, host: str) -> int:
+        return len(self._on_host[host]) + self._claims[host]
+
+    def _breaks_affinity(self, inst: _Instance, host: str) -> bool:
+        # Only members already placed count: Nova's scheduler does not see evacuations in
+        # flight either, which is why parallel evacuations of a group can collide.
+        if inst.group is None or self._groups[inst.group] != ANTI_AFFINITY:
+            return False
+        members = self._group_members[inst.group]
+        return any(m != inst.id and self._instances[m].host == host for m in members)
+
+    def _unfit(self, inst: _Instance, h: _Host, now: float) -> str:
+        """Why ``h`` cannot take ``inst`` ("" if it can)."""
+        if h.forced_down:
+            return "is forced down"
+        if not self._service_up(h, now):
+            return "is down"
+        if h.disabled:
+            return "is disabled"
+        if self._load(h.name) >= h.capacity:
+            return "is full"
+        if self._breaks_affinity(inst, h.name):
+            return f"already runs a member of anti-affinity group {inst.group}"
+        return ""
+
+    def _schedule(self, inst: _Instance, now: float) -> str | None:
+        """The least loaded fitting host other than the instance's own (spread)."""
+        fits = [
+            h.name
+            for h in self._hosts.values()
+            if h.name != inst.host and not self._unfit(inst, h, now)
+        ]
+        return min(fits, key=lambda n: (self._load(n), n), default=None)
+
+    # pending operations
+
+    def _new_op(
+        self,
+        kind: _OpKind,
+        subject: str,
+        *,
+        actor: str | None,
+        dest: str | None = None,
+        status: str = "",
+    ) -> _Op:
+        self._seq += 1
+        return _Op(0.0, self._seq, kind, subject, actor, dest, status)
+
+    def _queue(self, op: _Op) -> None:
+        heapq.heappush(self._heap, (op.due, op.seq, op))
+
+    def _delay(self, base: float) -> float:
+        if base <= 0:
+            return 0.0
+        j = self._latency.jitter
+        return base * (1.0 + self._rng.uniform(-j, j)) if j else base
+
+    def _advance(self) -> None:
+        """Apply, in due order, every pending operation whose time has come."""
+        now = self._clock.monotonic()
+        while self._heap and self._heap[0][0] <= now:
+            op = heapq.heappop(self._heap)[2]
+            if op.done:
+                continue
+            if self._apply(op):
+                op.done = True
+            else:
+                self._waiting.setdefault(op.actor or "", []).append(op)
+
+    def _apply(self, op: _Op) -> bool:
+        """Carry out a due operation; False if its host cannot act yet (hung or isolated)."""
+        if op.kind in ("power_off", "power_on"):
+            h = self._hosts[op.subject]
+            h.pending_power = None
+            if op.kind == "power_off" and h.powered:
+                self._lose_power(h, op.due)
+            elif op.kind == "power_on" and not h.powered:
+                self._restore_power(h, op.due)
+            return True
+        if op.actor is not None:
+            actor = self._hosts[op.actor]
+            if not actor.powered:
+                # Possible when Nova still believed the host up when it accepted the request.
+                self._fail_op(op)
+                return True
+            if not actor.compute_works:
+                return False
+        inst = self._instances[op.subject]
+        if op.kind == "evacuate":
+            self._land(op, inst)
+        elif op.kind == "stop":
+            inst.status, inst.task_state = SHUTOFF, None
+            self._drop_copy(inst, inst.host)
+        else:  # start, reboot
+            inst.status, inst.task_state = ACTIVE, None
+            self._add_copy(inst, inst.host)
+        return True
+
+    def _land(self, op: _Op, inst: _Instance) -> None:
+        dest = op.dest
+        inst.task_state = None
+        if dest is None:
+            inst.status = ERROR
+            inst.fault = "No valid host was found. There are not enough hosts available."
+            return
+        self._claims[dest] -= 1
+        if self._breaks_affinity(inst, dest):
+            inst.status = ERROR
+            inst.fault = "Anti-affinity instance group policy was violated."
+            return
+        self._on_host[inst.host].discard(inst.id)
+        self._on_host[dest].add(inst.id)
+        inst.host, inst.fault = dest, None
+        if self._leaves_stopped or op.status_before == SHUTOFF:
+            inst.status = SHUTOFF
+        else:
+            inst.status = ACTIVE
+            self._add_copy(inst, dest)
+
+    def _fail_ops_of(self, host: str) -> None:
+        """The host lost power: what its nova-compute was doing will never finish."""
+        queued = [entry[2] for entry in self._heap]
+        for op in sorted([*queued, *self._waiting.pop(host, [])], key=lambda o: o.seq):
+            if not op.done and op.actor == host:
+                op.done = True
+                self._fail_op(op)
+
+    def _fail_op(self, op: _Op) -> None:
+        inst = self._instances[op.subject]
+        inst.task_state = None
+        if op.kind == "evacuate":
+            self._claims[op.actor or ""] -= 1
+            inst.status = ERROR
+            inst.fault = f"Rebuild on {op.actor} failed: the host went down."
+        else:
+            inst.status = op.status_before
+
+    def _lose_power(self, h: _Host, at: float) -> None:
+        h.powered, h.hung, h.agent_running = False, False, False
+        self._update_reporting(h, at)
+        for iid in list(self._copies[h.name]):
+            self._drop_copy(self._instances[iid], h.name)
+        self._fail_ops_of(h.name)
+
+    def _restore_power(self, h: _Host, at: float) -> None:
+        h.powered, h.agent_running = True, True
+        self._update_reporting(h, at)
+        # Like a restarted nova-compute: the copies of instances evacuated away are gone
+        # (power loss ended them and nothing restarts them), and the instances still
+        # placed here that Nova believed ACTIVE are found off and recorded SHUTOFF.
+        for iid in self._on_host[h.name]:
+            inst = self._instances[iid]
+            if inst.status == ACTIVE and inst.task_state is None:
+                inst.status = SHUTOFF
+
+    def _add_copy(self, inst: _Instance, host: str) -> None:
+        if not self._hosts[host].powered:
+            return
+        inst.running_on.add(host)
+        self._copies[host].add(inst.id)
+        if len(inst.running_on) > 1:
+            self._double[inst.id] = None
+
+    def _drop_copy(self, inst: _Instance, host: str) -> None:
+        inst.running_on.discard(host)
+        self._copies[host].discard(inst.id)
+
+
+if TYPE_CHECKING:
+    _conforms: type[CloudApi] = SimCloud  # mypy checks SimCloud against the protocol

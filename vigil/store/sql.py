@@ -1,0 +1,989 @@
+"""The SQLAlchemy implementation of ``vigil.store.base.Store``.
+
+One schema for SQLite (embedded, single server), PostgreSQL and MariaDB/MySQL. The
+tables are declared here; ``vigil/store/migrations`` creates them and ``upgrade(url)``
+runs those migrations (``SqlStore`` never migrates on its own).
+
+Concurrency. Every public method is one transaction in its own session, so one
+``SqlStore`` may be shared by any number of threads. Writes that concern a host's
+failures, recoveries or steps first lock that host's row (``SELECT ... FOR UPDATE``):
+this serialises them per host — two observers cannot both create "the" failure of a
+host, two planners cannot hand out the same step number — and gives every such write
+the same lock order, so they cannot deadlock one another. Servers run writes at READ
+COMMITTED, so a statement issued after the lock is granted sees what the previous
+holder committed; reads run at REPEATABLE READ for a consistent view across the
+queries of one call. SQLite has no row locks: its writes start with ``BEGIN
+IMMEDIATE``, which takes the database's write lock up front (waiting up to
+``busy_timeout``) instead of failing when a reader later tries to write.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from vigil.model import (
+    FAILURE_TRANSITIONS,
+    HOST_TRANSITIONS,
+    RECOVERY_TRANSITIONS,
+    STEP_TRANSITIONS,
+    Control,
+    Failure,
+    FailureKind,
+    FailureStatus,
+    FenceMethod,
+    HaPolicy,
+    Host,
+    HostState,
+    InstancePolicy,
+    InvalidTransition,
+    NewStep,
+    Recovery,
+    RecoveryStatus,
+    Segment,
+    Step,
+    StepKind,
+    StepStatus,
+    check_transition,
+)
+from vigil.store.base import AlreadyExists, InUse, NotFoundError, Store
+
+__all__ = ["MIGRATIONS_DIR", "Base", "SqlStore", "alembic_config", "make_engine", "upgrade"]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+_NAME = 255  # names and identifiers (hosts, segments, instances)
+_ENUM = 32  # enumeration values, stored as their string value
+_SQLITE_IMMEDIATE = "vigil_sqlite_begin_immediate"  # execution option read by the BEGIN hook
+
+_ACTIVE_RECOVERY = (RecoveryStatus.PENDING, RecoveryStatus.RUNNING, RecoveryStatus.PAUSED)
+_TERMINAL_STEP = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED)
+
+
+class Base(DeclarativeBase):
+    # Named constraints, so that later migrations can address them on every backend.
+    metadata = sa.MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+# MySQL/MariaDB: utf8mb4 for any text, and a binary collation so that names compare and
+# sort exactly as on PostgreSQL and SQLite ("node1" and "Node1" are different hosts).
+_MYSQL_TABLE: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+
+
+class SegmentRow(Base):
+    __tablename__ = "segments"
+    __table_args__ = _MYSQL_TABLE
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(_NAME), unique=True)
+    description: Mapped[str] = mapped_column(sa.Text)
+    default_policy: Mapped[str] = mapped_column(sa.String(_ENUM))
+    max_failed_share: Mapped[float] = mapped_column(sa.Double)
+    max_parallel_evacuations: Mapped[int] = mapped_column(sa.Integer)
+    paused: Mapped[bool] = mapped_column(sa.Boolean)
+    pause_reason: Mapped[str] = mapped_column(sa.Text)
+
+
+class HostRow(Base):
+    __tablename__ = "hosts"
+    __table_args__ = _MYSQL_TABLE
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(_NAME), unique=True)
+    # Names are immutable once created, so they serve as the foreign keys: every
+    # record then reads back without a join.
+    segment: Mapped[str] = mapped_column(sa.ForeignKey("segments.name"), index=True)
+    state: Mapped[str] = mapped_column(sa.String(_ENUM))
+    maintenance: Mapped[bool] = mapped_column(sa.Boolean)
+    reserved: Mapped[bool] = mapped_column(sa.Boolean)
+    fencing: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON)
+    state_reason: Mapped[str] = mapped_column(sa.Text)
+    state_changed_at: Mapped[float] = mapped_column(sa.Double)
+
+
+class InstancePolicyRow(Base):
+    __tablename__ = "instance_policies"
+    __table_args__ = _MYSQL_TABLE
+
+    instance_id: Mapped[str] = mapped_column(sa.String(_NAME), primary_key=True)
+    policy: Mapped[str] = mapped_column(sa.String(_ENUM))
+    priority: Mapped[int] = mapped_column(sa.Integer)
+
+
+class FailureRow(Base):
+    __tablename__ = "failures"
+    __table_args__ = _MYSQL_TABLE
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    # A host's history goes with it (delete_host refuses while a recovery is active).
+    host: Mapped[str] = mapped_column(sa.ForeignKey("hosts.name", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(_ENUM))
+    status: Mapped[str] = mapped_column(sa.String(_ENUM), index=True)
+    reason: Mapped[str] = mapped_column(sa.Text)
+    sources: Mapped[list[str]] = mapped_column(sa.JSON)
+    first_seen: Mapped[float] = mapped_column(sa.Double)
+    last_seen: Mapped[float] = mapped_column(sa.Double)
+    count: Mapped[int] = mapped_column(sa.Integer)
+
+
+class RecoveryRow(Base):
+    __tablename__ = "recoveries"
+    __table_args__ = _MYSQL_TABLE
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    failure_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("failures.id", ondelete="CASCADE"), index=True
+    )
+    host: Mapped[str] = mapped_column(sa.ForeignKey("hosts.name", ondelete="CASCADE"), index=True)
+    # The host's segment when the recovery opened; not a foreign key, it is history.
+    segment: Mapped[str] = mapped_column(sa.String(_NAME))
+    status: Mapped[str] = mapped_column(sa.String(_ENUM), index=True)
+    created_at: Mapped[float] = mapped_column(sa.Double)
+    started_at: Mapped[float | None] = mapped_column(sa.Double)
+    finished_at: Mapped[float | None] = mapped_column(sa.Double)
+    reason: Mapped[str] = mapped_column(sa.Text)
+
+
+class StepRow(Base):
+    __tablename__ = "steps"
+    # The unique (recovery_id, seq) index also serves the foreign key.
+    __table_args__ = (sa.UniqueConstraint("recovery_id", "seq"), _MYSQL_TABLE)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    recovery_id: Mapped[int] = mapped_column(sa.ForeignKey("recoveries.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(sa.Integer)
+    kind: Mapped[str] = mapped_column(sa.String(_ENUM))
+    status: Mapped[str] = mapped_column(sa.String(_ENUM), index=True)
+    instance_id: Mapped[str | None] = mapped_column(sa.String(_NAME))
+    instance_name: Mapped[str | None] = mapped_column(sa.String(_NAME))
+    priority: Mapped[int] = mapped_column(sa.Integer)
+    attempts: Mapped[int] = mapped_column(sa.Integer)
+    next_attempt_at: Mapped[float] = mapped_column(sa.Double)
+    started_at: Mapped[float | None] = mapped_column(sa.Double)
+    finished_at: Mapped[float | None] = mapped_column(sa.Double)
+    detail: Mapped[str] = mapped_column(sa.Text)
+    result: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+
+
+class ControlRow(Base):
+    __tablename__ = "control"
+    __table_args__ = _MYSQL_TABLE
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    paused: Mapped[bool] = mapped_column(sa.Boolean)
+    reason: Mapped[str] = mapped_column(sa.Text)
+    changed_at: Mapped[float] = mapped_column(sa.Double)
+
+
+_CONTROL_ID = 1  # the control table holds one row
+
+
+# --- engine and migrations ------------------------------------------------------------
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    """An engine configured for vigil: SQLite pragmas and transaction control, or READ
+    COMMITTED with connection health checks for a database server."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        # Each pooled connection would get its own, empty, database.
+        raise ValueError("vigil needs an SQLite file (sqlite:////path/to/vigil.db), not memory")
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(
+            parsed, echo=echo, isolation_level="READ COMMITTED", pool_pre_ping=True
+        )
+
+    engine = sa.create_engine(parsed, echo=echo)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take BEGIN away from the sqlite3 module (the hook below emits it), so that
+        # transactions are real and may start IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=30000")  # first: the next one may have to wait
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        immediate = connection.get_execution_options().get(_SQLITE_IMMEDIATE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def alembic_config() -> Config:
+    """An Alembic configuration for vigil's migrations, independent of the working
+    directory (the scripts are package data)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def upgrade(url: str) -> None:
+    """Bring the database at ``url`` to the newest schema (a no-op when it is there)."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config()
+            # Handing over the connection (rather than the URL) keeps passwords out of
+            # Alembic's ini-style config, where '%' would need escaping.
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()
+
+
+# --- rows to records ------------------------------------------------------------------
+
+
+def _segment(row: SegmentRow) -> Segment:
+    return Segment(
+        name=row.name,
+        description=row.description,
+        default_policy=HaPolicy(row.default_policy),
+        max_failed_share=row.max_failed_share,
+        max_parallel_evacuations=row.max_parallel_evacuations,
+        paused=row.paused,
+        pause_reason=row.pause_reason,
+        id=row.id,
+    )
+
+
+def _fencing_to_json(methods: Sequence[FenceMethod]) -> list[dict[str, Any]]:
+    return [{"driver": m.driver, "options": dict(m.options)} for m in methods]
+
+
+def _host(row: HostRow) -> Host:
+    return Host(
+        name=row.name,
+        segment=row.segment,
+        state=HostState(row.state),
+        maintenance=row.maintenance,
+        reserved=row.reserved,
+        fencing=tuple(FenceMethod(m["driver"], dict(m["options"])) for m in row.fencing),
+        state_reason=row.state_reason,
+        state_changed_at=row.state_changed_at,
+        id=row.id,
+    )
+
+
+def _policy(row: InstancePolicyRow) -> InstancePolicy:
+    return InstancePolicy(
+        instance_id=row.instance_id, policy=HaPolicy(row.policy), priority=row.priority
+    )
+
+
+def _failure(row: FailureRow) -> Failure:
+    return Failure(
+        id=row.id,
+        host=row.host,
+        kind=FailureKind(row.kind),
+        status=FailureStatus(row.status),
+        reason=row.reason,
+        sources=tuple(row.sources),
+        first_seen=row.first_seen,
+        last_seen=row.last_seen,
+        count=row.count,
+    )
+
+
+def _step(row: StepRow) -> Step:
+    return Step(
+        id=row.id,
+        recovery_id=row.recovery_id,
+        seq=row.seq,
+        kind=StepKind(row.kind),
+        status=StepStatus(row.status),
+        instance_id=row.instance_id,
+        instance_name=row.instance_name,
+        priority=row.priority,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        detail=row.detail,
+        result=dict(row.result),
+    )
+
+
+def _recovery(row: RecoveryRow, steps: Sequence[Step]) -> Recovery:
+    return Recovery(
+        id=row.id,
+        failure_id=row.failure_id,
+        host=row.host,
+        segment=row.segment,
+        status=RecoveryStatus(row.status),
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        reason=row.reason,
+        steps=tuple(steps),
+    )
+
+
+def _control(row: ControlRow) -> Control:
+    return Control(paused=row.paused, reason=row.reason, changed_at=row.changed_at)
+
+
+# --- field updates --------------------------------------------------------------------
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _enum_value(enum_type: Callable[[Any], Any]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        return str(enum_type(value))  # ValueError for a value the enumeration lacks
+
+    return convert
+
+
+_SEGMENT_FIELDS: Mapping[str, Callable[[Any], Any]] = {
+    "description": _same,
+    "default_policy": _enum_value(HaPolicy),
+    "max_failed_share": _same,
+    "max_parallel_evacuations": _same,
+    "paused": _same,
+    "pause_reason": _same,
+}
+
+# "segment" is handled apart: it must name an existing segment.
+_HOST_FIELDS: Mapping[str, Callable[[Any], Any]] = {
+    "segment": _same,
+    "maintenance": _same,
+    "reserved": _same,
+    "fencing": _fencing_to_json,
+}
+
+
+def _converted(
+    changes: Mapping[str, Any], fields: Mapping[str, Callable[[Any], Any]], what: str
+) -> dict[str, Any]:
+    unknown = sorted(set(changes) - set(fields))
+    if unknown:
+        raise ValueError(f"{what}: unknown field(s) {', '.join(unknown)}")
+    return {name: fields[name](value) for name, value in changes.items()}
+
+
+# --- the store ------------------------------------------------------------------------
+
+
+class SqlStore(Store):
+    """``Store`` on a relational database; see the module docstring for concurrency."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self._engine = make_engine(url, echo=echo)
+        reader: Engine
+        writer: Engine
+        if self._engine.dialect.name == "sqlite":
+            reader = self._engine
+            writer = self._engine.execution_options(**{_SQLITE_IMMEDIATE: True})
+        else:
+            reader = self._engine.execution_options(isolation_level="REPEATABLE READ")
+            writer = self._engine
+        self._reads = sessionmaker(reader, expire_on_commit=False)
+        self._writes = sessionmaker(writer, expire_on_commit=False)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._reads.begin() as session:
+            yield session
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with self._writes.begin() as session:
+            yield session
+
+    # --- segments ---------------------------------------------------------------------
+
+    def create_segment(self, segment: Segment) -> Segment:
+        with self._write() as s:
+            row = SegmentRow(
+                name=segment.name,
+                description=segment.description,
+                default_policy=str(HaPolicy(segment.default_policy)),
+                max_failed_share=segment.max_failed_share,
+                max_parallel_evacuations=segment.max_parallel_evacuations,
+                paused=segment.paused,
+                pause_reason=segment.pause_reason,
+            )
+            s.add(row)
+            try:
+                s.flush()
+            except IntegrityError as exc:
+                raise AlreadyExists(f"segment {segment.name!r} already exists") from exc
+            return _segment(row)
+
+    def get_segment(self, name: str) -> Segment:
+        with self._read() as s:
+            return _segment(self._segment_row(s, name))
+
+    def list_segments(self) -> list[Segment]:
+        with self._read() as s:
+            return [_segment(r) for r in s.scalars(sa.select(SegmentRow).order_by(SegmentRow.name))]
+
+    def update_segment(self, name: str, **changes: Any) -> Segment:
+        values = _converted(changes, _SEGMENT_FIELDS, "update_segment")
+        with self._write() as s:
+            row = self._segment_row(s, name, lock=True)
+            for field_name, value in values.items():
+                setattr(row, field_name, value)
+            s.flush()
+            return _segment(row)
+
+    def delete_segment(self, name: str) -> None:
+        with self._write() as s:
+            row = self._segment_row(s, name, lock=True)
+            hosts = s.scalar(
+                sa.select(sa.func.count()).select_from(HostRow).where(HostRow.segment == name)
+            )
+            if hosts:
+                raise InUse(f"segment {name!r} still has {hosts} host(s)")
+            s.delete(row)
+            try:
+                s.flush()
+            except IntegrityError as exc:  # a host was added meanwhile
+                raise InUse(f"segment {name!r} still has hosts") from exc
+
+    # --- hosts ------------------------------------------------------------------------
+
+    def create_host(self, host: Host) -> Host:
+        try:
+            with self._write() as s:
+                self._segment_row(s, host.segment)
+                row = HostRow(
+                    name=host.name,
+                    segment=host.segment,
+                    state=str(HostState(host.state)),
+                    maintenance=host.maintenance,
+                    reserved=host.reserved,
+                    fencing=_fencing_to_json(host.fencing),
+                    state_reason=host.state_reason,
+                    state_changed_at=host.state_changed_at,
+                )
+                s.add(row)
+                s.flush()
+                return _host(row)
+        except IntegrityError as exc:
+            raise self._host_insert_error(host) from exc
+
+    def _host_insert_error(self, host: Host) -> Exception:
+        """Which constraint refused the new host: its name, or its segment (deleted since)."""
+        with self._read() as s:
+            if s.scalar(sa.select(HostRow.id).where(HostRow.name == host.name)) is not None:
+                return AlreadyExists(f"host {host.name!r} already exists")
+        return NotFoundError(f"segment {host.segment!r} does not exist")
+
+    def get_host(self, name: str) -> Host:
+        with self._read() as s:
+            return _host(self._host_row(s, name))
+
+    def list_hosts(self, segment: str | None = None) -> list[Host]:
+        query = sa.select(HostRow).order_by(HostRow.name)
+        if segment is not None:
+            query = query.where(HostRow.segment == segment)
+        with self._read() as s:
+            return [_host(r) for r in s.scalars(query)]
+
+    def update_host(self, name: str, **changes: Any) -> Host:
+        values = _converted(changes, _HOST_FIELDS, "update_host")
+        with self._write() as s:
+            row = self._host_row(s, name, lock=True)
+            if "segment" in values:
+                self._segment_row(s, values["segment"])
+            for field_name, value in values.items():
+                setattr(row, field_name, value)
+            try:
+                s.flush()
+            except IntegrityError as exc:  # the new segment was deleted meanwhile
+                raise NotFoundError(f"segment {values.get('segment')!r} does not exist") from exc
+            return _host(row)
+
+    def set_host_state(self, name: str, state: HostState, *, reason: str, at: float) -> Host:
+        with self._write() as s:
+            row = self._host_row(s, name, lock=True)
+            self._move_host(row, HostState(state), reason=reason, at=at)
+            s.flush()
+            return _host(row)
+
+    def delete_host(self, name: str) -> None:
+        with self._write() as s:
+            row = self._host_row(s, name, lock=True)
+            active = s.scalar(
+                sa.select(RecoveryRow.id)
+                .where(RecoveryRow.host == name, RecoveryRow.status.in_(_ACTIVE_RECOVERY))
+                .limit(1)
+            )
+            if active is not None:
+                raise InUse(f"host {name!r} is under recovery {active}")
+            s.delete(row)
+
+    # --- instance policy overrides ----------------------------------------------------
+
+    def set_instance_policy(self, policy: InstancePolicy) -> InstancePolicy:
+        with self._write() as s:
+            values = {
+                "instance_id": policy.instance_id,
+                "policy": str(HaPolicy(policy.policy)),
+                "priority": policy.priority,
+            }
+            _upsert(s, InstancePolicyRow, values)
+            return InstancePolicy(policy.instance_id, HaPolicy(policy.policy), policy.priority)
+
+    def get_instance_policy(self, instance_id: str) -> InstancePolicy | None:
+        with self._read() as s:
+            row = s.get(InstancePolicyRow, instance_id)
+            return None if row is None else _policy(row)
+
+    def list_instance_policies(self) -> list[InstancePolicy]:
+        query = sa.select(InstancePolicyRow).order_by(InstancePolicyRow.instance_id)
+        with self._read() as s:
+            return [_policy(r) for r in s.scalars(query)]
+
+    def delete_instance_policy(self, instance_id: str) -> None:
+        with self._write() as s:
+            deleted = s.connection().execute(
+                sa.delete(InstancePolicyRow).where(InstancePolicyRow.instance_id == instance_id)
+            )
+            if deleted.rowcount == 0:
+                raise NotFoundError(f"no policy for instance {instance_id!r}")
+
+    # --- failures ---------------------------------------------------------------------
+
+    def record_failure(
+        self, *, host: str, kind: FailureKind, reason: str, source: str, at: float
+    ) -> tuple[Failure, bool]:
+        with self._write() as s:
+            self._host_row(s, host, lock=True)
+            row, created = self._fold_failure(
+                s, host=host, kind=FailureKind(kind), reason=reason, sources=[source], at=at
+            )
+            s.flush()
+            return _failure(row), created
+
+    def get_failure(self, failure_id: int) -> Failure:
+        with self._read() as s:
+            return _failure(self._failure_row(s, failure_id))
+
+    def list_failures(
+        self, *, host: str | None = None, status: FailureStatus | None = None, limit: int = 1000
+    ) -> list[Failure]:
+        query = sa.select(FailureRow)
+        if host is not None:
+            query = query.where(FailureRow.host == host)
+        if status is not None:
+            query = query.where(FailureRow.status == str(FailureStatus(status)))
+        query = query.order_by(FailureRow.first_seen.desc(), FailureRow.id.desc()).limit(limit)
+        with self._read() as s:
+            return [_failure(r) for r in s.scalars(query)]
+
+    # --- recoveries -------------------------------------------------------------------
+
+    def open_host_recovery(
+        self,
+        *,
+        host: str,
+        reason: str,
+        sources: Sequence[str],
+        at: float,
+        steps: Sequence[NewStep],
+        paused_reason: str | None = None,
+    ) -> Recovery:
+        paused = paused_reason is not None
+        with self._write() as s:
+            host_row = self._host_row(s, host, lock=True)
+            active = s.scalar(
+                sa.select(RecoveryRow.id)
+                .where(RecoveryRow.host == host, RecoveryRow.status.in_(_ACTIVE_RECOVERY))
+                .limit(1)
+            )
+            if active is not None:
+                # FAILED -> FAILED passes the table as "no change", but a second recovery
+                # would fence and evacuate the same host twice.
+                raise InvalidTransition(f"host {host}: recovery {active} is already open")
+            self._move_host(host_row, HostState.FAILED, reason=reason, at=at)
+            failure, _ = self._fold_failure(
+                s, host=host, kind=FailureKind.HOST_DOWN, reason=reason, sources=sources, at=at
+            )
+            self._move_failure(failure, FailureStatus.OPEN if paused else FailureStatus.RECOVERING)
+            s.flush()
+            recovery = RecoveryRow(
+                failure_id=failure.id,
+                host=host,
+                segment=host_row.segment,
+                status=str(RecoveryStatus.PAUSED if paused else RecoveryStatus.RUNNING),
+                created_at=at,
+                started_at=None if paused else at,
+                finished_at=None,
+                reason=paused_reason if paused_reason is not None else reason,
+            )
+            s.add(recovery)
+            s.flush()
+            step_rows = self._add_steps(s, recovery.id, first_seq=1, steps=steps, at=at)
+            return _recovery(recovery, [_step(r) for r in step_rows])
+
+    def get_recovery(self, recovery_id: int) -> Recovery:
+        with self._read() as s:
+            row = s.get(RecoveryRow, recovery_id)
+            if row is None:
+                raise NotFoundError(f"recovery {recovery_id} does not exist")
+            return self._with_steps(s, [row])[0]
+
+    def list_recoveries(
+        self,
+        *,
+        host: str | None = None,
+        statuses: Sequence[RecoveryStatus] | None = None,
+        limit: int = 1000,
+    ) -> list[Recovery]:
+        query = sa.select(RecoveryRow)
+        if host is not None:
+            query = query.where(RecoveryRow.host == host)
+        if statuses is not None:
+            query = query.where(RecoveryRow.status.in_([str(RecoveryStatus(x)) for x in statuses]))
+        query = query.order_by(RecoveryRow.created_at.desc(), RecoveryRow.id.desc()).limit(limit)
+        with self._read() as s:
+            return self._with_steps(s, list(s.scalars(query)))
+
+    def set_recovery_status(
+        self, recovery_id: int, status: RecoveryStatus, *, at: float, reason: str = ""
+    ) -> Recovery:
+        status = RecoveryStatus(status)
+        if status not in (RecoveryStatus.RUNNING, RecoveryStatus.PAUSED):
+            raise ValueError(f"set_recovery_status: {status.value} (use finish_recovery)")
+        with self._write() as s:
+            row = self._lock_recovery(s, recovery_id)
+            failure = s.get_one(FailureRow, row.failure_id)
+            self._move_recovery(row, status)
+            if status is RecoveryStatus.RUNNING:
+                self._move_failure(failure, FailureStatus.RECOVERING)
+                if row.started_at is None:
+                    row.started_at = at
+                row.finished_at = None  # an operator's retry of a failed recovery
+            else:
+                self._move_failure(failure, FailureStatus.OPEN)
+            row.reason = reason
+            s.flush()
+            return self._with_steps(s, [row])[0]
+
+    def finish_recovery(
+        self, recovery_id: int, status: RecoveryStatus, *, at: float, reason: str = ""
+    ) -> Recovery:
+        status = RecoveryStatus(status)
+        if status not in (RecoveryStatus.SUCCEEDED, RecoveryStatus.FAILED):
+            raise ValueError(f"finish_recovery: {status.value} is not a final status")
+        with self._write() as s:
+            row = self._lock_recovery(s, recovery_id)
+            failure = s.get_one(FailureRow, row.failure_id)
+            self._move_recovery(row, status)
+            if status is RecoveryStatus.SUCCEEDED:
+                self._move_failure(failure, FailureStatus.RESOLVED)
+                host = self._host_row(s, row.host)  # locked by _lock_recovery
+                self._move_host(
+                    host,
+                    HostState.RECOVERED,
+                    reason=reason or f"recovery {recovery_id} succeeded",
+                    at=at,
+                )
+            else:
+                self._move_failure(failure, FailureStatus.ERROR)
+            row.finished_at = at
+            row.reason = reason
+            s.flush()
+            return self._with_steps(s, [row])[0]
+
+    def start_step(self, step_id: int, *, at: float) -> Step:
+        with self._write() as s:
+            row = self._lock_step(s, step_id)
+            self._move_step(row, StepStatus.RUNNING, expect=StepStatus.PENDING)
+            row.attempts += 1
+            if row.started_at is None:
+                row.started_at = at
+            s.flush()
+            return _step(row)
+
+    def finish_step(
+        self,
+        step_id: int,
+        status: StepStatus,
+        *,
+        at: float,
+        detail: str = "",
+        result: Mapping[str, Any] | None = None,
+        next_attempt_at: float | None = None,
+        new_steps: Sequence[NewStep] = (),
+    ) -> Step:
+        status = StepStatus(status)
+        if status not in (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.PENDING):
+            raise ValueError(f"finish_step: {status.value} is not an outcome")
+        with self._write() as s:
+            row = self._lock_step(s, step_id)
+            self._move_step(row, status, expect=StepStatus.RUNNING)
+            if status is StepStatus.PENDING:
+                row.next_attempt_at = at if next_attempt_at is None else next_attempt_at
+            else:
+                row.finished_at = at
+            row.detail = detail
+            if result is not None:
+                row.result = dict(result)
+            if new_steps:
+                last = s.scalar(
+                    sa.select(sa.func.max(StepRow.seq)).where(
+                        StepRow.recovery_id == row.recovery_id
+                    )
+                )
+                self._add_steps(
+                    s, row.recovery_id, first_seq=(last or 0) + 1, steps=new_steps, at=at
+                )
+            s.flush()
+            return _step(row)
+
+    def skip_step(self, step_id: int, *, at: float, detail: str) -> Step:
+        with self._write() as s:
+            row = self._lock_step(s, step_id)
+            self._move_step(row, StepStatus.SKIPPED, expect=StepStatus.PENDING)
+            row.finished_at = at
+            row.detail = detail
+            s.flush()
+            return _step(row)
+
+    def requeue_running_steps(self, *, at: float) -> int:
+        with self._write() as s:
+            result = s.connection().execute(
+                sa.update(StepRow)
+                .where(StepRow.status == str(StepStatus.RUNNING))
+                .values(status=str(StepStatus.PENDING), next_attempt_at=at)
+            )
+            return result.rowcount
+
+    # --- cloud-wide control -----------------------------------------------------------
+
+    def get_control(self) -> Control:
+        with self._read() as s:
+            row = s.get(ControlRow, _CONTROL_ID)
+            return Control() if row is None else _control(row)
+
+    def set_control(self, *, paused: bool, reason: str, at: float) -> Control:
+        with self._write() as s:
+            values = {"id": _CONTROL_ID, "paused": paused, "reason": reason, "changed_at": at}
+            _upsert(s, ControlRow, values)
+            return Control(paused=paused, reason=reason, changed_at=at)
+
+    # --- helpers (all run inside the caller's transaction) --------------------------------
+
+    @staticmethod
+    def _segment_row(s: Session, name: str, *, lock: bool = False) -> SegmentRow:
+        query = sa.select(SegmentRow).where(SegmentRow.name == name)
+        row = s.scalar(query.with_for_update() if lock else query)
+        if row is None:
+            raise NotFoundError(f"segment {name!r} does not exist")
+        return row
+
+    @staticmethod
+    def _host_row(s: Session, name: str, *, lock: bool = False) -> HostRow:
+        query = sa.select(HostRow).where(HostRow.name == name)
+        row = s.scalar(query.with_for_update() if lock else query)
+        if row is None:
+            raise NotFoundError(f"host {name!r} does not exist")
+        return row
+
+    @staticmethod
+    def _failure_row(s: Session, failure_id: int) -> FailureRow:
+        row = s.get(FailureRow, failure_id)
+        if row is None:
+            raise NotFoundError(f"failure {failure_id} does not exist")
+        return row
+
+    def _lock_recovery(self, s: Session, recovery_id: int) -> RecoveryRow:
+        """The recovery, after locking its host (the lock order of the module docstring)."""
+        host = s.scalar(sa.select(RecoveryRow.host).where(RecoveryRow.id == recovery_id))
+        if host is None:
+            raise NotFoundError(f"recovery {recovery_id} does not exist")
+        self._host_row(s, host, lock=True)
+        return s.get_one(RecoveryRow, recovery_id)
+
+    def _lock_step(self, s: Session, step_id: int) -> StepRow:
+        """The step, after locking the host its recovery is about."""
+        host = s.scalar(
+            sa.select(RecoveryRow.host)
+            .join(StepRow, StepRow.recovery_id == RecoveryRow.id)
+            .where(StepRow.id == step_id)
+        )
+        if host is None:
+            raise NotFoundError(f"step {step_id} does not exist")
+        self._host_row(s, host, lock=True)
+        return s.get_one(StepRow, step_id)
+
+    @staticmethod
+    def _fold_failure(
+        s: Session,
+        *,
+        host: str,
+        kind: FailureKind,
+        reason: str,
+        sources: Sequence[str],
+        at: float,
+    ) -> tuple[FailureRow, bool]:
+        """The host's unresolved failure of ``kind`` with this observation folded in, or a
+        new OPEN one. The caller holds the host's lock, which makes "unresolved" unique."""
+        row = s.scalar(
+            sa.select(FailureRow)
+            .where(
+                FailureRow.host == host,
+                FailureRow.kind == str(kind),
+                FailureRow.status != str(FailureStatus.RESOLVED),
+            )
+            .order_by(FailureRow.id.desc())
+            .limit(1)
+        )
+        if row is None:
+            row = FailureRow(
+                host=host,
+                kind=str(kind),
+                status=str(FailureStatus.OPEN),
+                reason=reason,
+                sources=list(dict.fromkeys(sources)),
+                first_seen=at,
+                last_seen=at,
+                count=1,
+            )
+            s.add(row)
+            s.flush()
+            return row, True
+        row.count += 1
+        # A new list, not an in-place append: the ORM does not see changes inside JSON.
+        row.sources = list(dict.fromkeys([*row.sources, *sources]))
+        row.last_seen = max(row.last_seen, at)
+        return row, False
+
+    @staticmethod
+    def _add_steps(
+        s: Session, recovery_id: int, *, first_seq: int, steps: Sequence[NewStep], at: float
+    ) -> list[StepRow]:
+        rows = []
+        for seq, new in enumerate(steps, start=first_seq):
+            status = StepStatus(new.status)
+            rows.append(
+                StepRow(
+                    recovery_id=recovery_id,
+                    seq=seq,
+                    kind=str(StepKind(new.kind)),
+                    status=str(status),
+                    instance_id=new.instance_id,
+                    instance_name=new.instance_name,
+                    priority=new.priority,
+                    attempts=0,
+                    next_attempt_at=at,
+                    started_at=None,
+                    finished_at=at if status in _TERMINAL_STEP else None,
+                    detail=new.detail,
+                    result={},
+                )
+            )
+        s.add_all(rows)
+        s.flush()
+        return rows
+
+    @staticmethod
+    def _with_steps(s: Session, rows: Sequence[RecoveryRow]) -> list[Recovery]:
+        """Recoveries with their steps, loaded in one query for all of them."""
+        steps: dict[int, list[Step]] = defaultdict(list)
+        if rows:
+            query = (
+                sa.select(StepRow)
+                .where(StepRow.recovery_id.in_([r.id for r in rows]))
+                .order_by(StepRow.recovery_id, StepRow.seq)
+            )
+            for step in s.scalars(query):
+                steps[step.recovery_id].append(_step(step))
+        return [_recovery(r, steps[r.id]) for r in rows]
+
+    @staticmethod
+    def _move_host(row: HostRow, state: HostState, *, reason: str, at: float) -> None:
+        current = HostState(row.state)
+        check_transition(HOST_TRANSITIONS, current, state, what=f"host {row.name}")
+        if current != state:
+            row.state = str(state)
+            row.state_reason = reason
+            row.state_changed_at = at
+
+    @staticmethod
+    def _move_failure(row: FailureRow, status: FailureStatus) -> None:
+        current = FailureStatus(row.status)
+        check_transition(FAILURE_TRANSITIONS, current, status, what=f"failure {row.id}")
+        row.status = str(status)
+
+    @staticmethod
+    def _move_recovery(row: RecoveryRow, status: RecoveryStatus) -> None:
+        current = RecoveryStatus(row.status)
+        check_transition(RECOVERY_TRANSITIONS, current, status, what=f"recovery {row.id}")
+        row.status = str(status)
+
+    @staticmethod
+    def _move_step(row: StepRow, status: StepStatus, *, expect: StepStatus) -> None:
+        current = StepStatus(row.status)
+        # Stricter than the table's "same state is no change": starting a step that is
+        # already running would run it twice.
+        if current != expect:
+            raise InvalidTransition(
+                f"step {row.id}: is {current.value}, expected {expect.value} "
+                f"to move to {status.value}"
+            )
+        check_transition(STEP_TRANSITIONS, current, status, what=f"step {row.id}")
+        row.status = str(status)
+
+
+def _upsert(s: Session, model: type[Base], values: dict[str, Any]) -> None:
+    """Insert ``values`` or, if the primary key exists, replace the row's other columns —
+    atomically, so that concurrent writers of the same key cannot collide."""
+    key = [c.name for c in sa.inspect(model).primary_key]
+    updates = {k: v for k, v in values.items() if k not in key}
+    dialect = s.get_bind().dialect.name
+    statement: sa.Executable
+    if dialect == "postgresql":
+        statement = (
+            postgresql.insert(model)
+            .values(values)
+            .on_conflict_do_update(index_elements=key, set_=updates)
+        )
+    elif dialect == "sqlite":
+        statement = (
+            sqlite.insert(model)
+            .values(values)
+            .on_conflict_do_update(index_elements=key, set_=updates)
+        )
+    elif dialect in ("mysql", "mariadb"):
+        statement = mysql.insert(model).values(values).on_duplicate_key_update(updates)
+    else:
+        raise NotImplementedError(f"no upsert for the {dialect} dialect")
+    s.execute(statement)

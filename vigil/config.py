@@ -19,8 +19,6 @@ from pathlib import Path
 
 from oslo_config import cfg, types
 
-from vigil.model import HaPolicy
-
 
 class ConfigError(Exception):
     """Configuration that vigil refuses to run with; the message says why."""
@@ -73,9 +71,11 @@ _agent = [
 _detection = [
     cfg.FloatOpt(
         "heartbeat_interval",
-        default=0.5,
+        default=0.25,
         min=0.05,
-        help="Seconds between two heartbeats of an agent.",
+        help="Seconds between two heartbeats of an agent. The default tolerates 5 % "
+        "packet loss with 200 ms jitter without a false failure (six datagrams in a row "
+        "must be lost); tens of thousands of hosts may want 0.5 with failed_after raised.",
     ),
     cfg.FloatOpt(
         "suspect_after",
@@ -92,7 +92,7 @@ _detection = [
     ),
     cfg.FloatOpt(
         "probe_interval",
-        default=0.5,
+        default=0.25,
         min=0.05,
         help="Seconds between two BMC power reads of a suspect host.",
     ),
@@ -172,10 +172,10 @@ def make_conf() -> cfg.ConfigOpts:
 
 @dataclass(frozen=True)
 class DetectionSettings:
-    heartbeat_interval: float = 0.5
+    heartbeat_interval: float = 0.25
     suspect_after: float = 1.0
     failed_after: float = 1.75
-    probe_interval: float = 0.5
+    probe_interval: float = 0.25
 
     def validate(self) -> None:
         if self.suspect_after < 2 * self.heartbeat_interval:
@@ -230,7 +230,6 @@ class Settings:
     compute_driver: str = "sim"
     sim_url: str | None = None
     notifiers: tuple[str, ...] = ("log",)
-    default_policy: HaPolicy = HaPolicy.OFF
 
     def validate(self) -> None:
         self.detection.validate()

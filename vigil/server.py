@@ -106,6 +106,7 @@ class VigilServer:
             token=settings.api_token,
             clock=self.clock,
             heartbeat_age=self.heartbeats.age,
+            defaults=settings.recovery,
         )
         self._stop = threading.Event()
         self._uvicorn = uvicorn.Server(

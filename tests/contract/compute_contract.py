@@ -28,6 +28,9 @@ import pytest
 from vigil.drivers.compute import (
     ACTIVE,
     EVACUABLE,
+    MASAKARI_KEY,
+    POLICY_KEY,
+    PRIORITY_KEY,
     REBUILD,
     SHUTOFF,
     ComputeDriver,
@@ -35,10 +38,6 @@ from vigil.drivers.compute import (
 )
 from vigil.drivers.errors import Conflict, NotFound, PermanentError
 from vigil.model import HaPolicy
-
-POLICY_KEY = "vigil:ha_policy"
-PRIORITY_KEY = "vigil:ha_priority"
-MASAKARI_KEY = "HA_Enabled"
 
 
 class ComputeWorld(Protocol):

@@ -70,6 +70,18 @@ def test_unconfirmable_fence_means_no_evacuation_and_a_recorded_failure(bmc_faul
         (failure,) = h.client.get("/v1/failures", params={"host": "compute-1"}).json()
         assert failure["status"] == "error"
         assert h.client.get("/v1/hosts/compute-1").json()["state"] == "failed"
+        # the BMC is repaired; the operator retries and the recovery completes
+        if bmc_fault == "unreachable":
+            h.cloud.bmc_unreachable("compute-1", False)
+        else:
+            h.cloud.bmc_lies("compute-1", False)
+        retried = h.client.post(f"/v1/recoveries/{recovery['id']}/retry")
+        assert retried.status_code == 200, retried.text
+        done = h.watch("compute-1", t0, timeout=20)
+        assert done is not None and done["status"] == "succeeded", done
+        assert not h.cloud.is_powered("compute-1")
+        assert h.cloud.double_running() == []
+        assert h.cloud.calls("evacuate") == 2
 
 
 def test_storm_over_threshold_pauses_until_the_operator_resumes() -> None:
@@ -153,3 +165,17 @@ def test_notify_policy_fences_and_tells_but_moves_nothing() -> None:
         assert kinds == ["fence", "force-down", "list-instances", "notify"]
         assert h.cloud.calls("evacuate") == 0
         assert h.cloud.instance(inst.id).host == "compute-1"
+
+
+def test_no_false_failure_under_loss_and_jitter_yet_a_real_failure_is_caught() -> None:
+    # 5 % of heartbeats lost and up to 200 ms of jitter: nothing may be declared failed.
+    with Harness(DemoOptions(hosts=4, instances=8)) as h:
+        h.cloud.set_network(loss=0.05, jitter=0.2)
+        time.sleep(8)
+        assert h.client.get("/v1/recoveries").json() == []
+        assert h.cloud.calls("bmc_power_off") == 0
+        t0 = h.inject("power-loss", "compute-2")
+        done = h.watch("compute-2", t0)
+        assert done is not None and done["status"] == "succeeded"
+        assert done["created_at"] - t0 <= 2.5
+        assert [r["host"] for r in h.client.get("/v1/recoveries").json()] == ["compute-2"]

@@ -9,18 +9,20 @@ from collections.abc import Callable
 import pytest
 
 from vigil.clock import FakeClock
-from vigil.drivers.compute import ACTIVE, ERROR, REBUILD, SHUTOFF
-from vigil.drivers.errors import Conflict, NotFound, PermanentError, TemporaryError
-from vigil.drivers.fencing import PowerState
-from vigil.model import HaPolicy
-from vigil.sim.cloud import (
+from vigil.drivers.compute import (
+    ACTIVE,
+    ERROR,
     MASAKARI_KEY,
     POLICY_KEY,
     PRIORITY_KEY,
-    SimCloud,
-    SimLatency,
+    REBUILD,
+    SHUTOFF,
     ha_policy_from_metadata,
 )
+from vigil.drivers.errors import Conflict, NotFound, PermanentError, TemporaryError
+from vigil.drivers.fencing import PowerState
+from vigil.model import HaPolicy
+from vigil.sim.cloud import SimCloud, SimLatency
 
 HOSTS = ("h1", "h2", "h3")
 

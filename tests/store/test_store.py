@@ -542,6 +542,32 @@ def test_finish_recovery_failed_then_retried(store: SqlStore) -> None:
     assert store.get_failure(recovery.failure_id).status is FailureStatus.RECOVERING
 
 
+def test_retry_of_a_failed_recovery_gives_failed_steps_a_fresh_budget(store: SqlStore) -> None:
+    recovery = open_recovery(store, "n1")
+    fence = recovery.steps[0]
+    store.start_step(fence.id, at=T0 + 1)
+    store.finish_step(fence.id, StepStatus.FAILED, at=T0 + 2, detail="BMC unreachable")
+    store.finish_recovery(recovery.id, RecoveryStatus.FAILED, at=T0 + 3, reason="fence failed")
+
+    retried = store.retry_recovery(recovery.id, at=T0 + 100)
+
+    assert (retried.status, retried.finished_at) == (RecoveryStatus.RUNNING, None)
+    step = retried.steps[0]
+    assert (step.status, step.attempts, step.next_attempt_at, step.finished_at) == (
+        StepStatus.PENDING,
+        0,
+        T0 + 100,
+        None,
+    )
+    assert [s.status for s in retried.steps[1:]] == [StepStatus.PENDING, StepStatus.PENDING]
+    assert store.get_failure(recovery.failure_id).status is FailureStatus.RECOVERING
+    assert store.get_host("n1").state is HostState.FAILED
+    # only a failed recovery can be retried, and a refusal writes nothing
+    with pytest.raises(InvalidTransition):
+        store.retry_recovery(recovery.id, at=T0 + 101)
+    assert store.get_recovery(recovery.id) == retried
+
+
 def test_finish_recovery_refusals(store: SqlStore) -> None:
     recovery = open_recovery(store, "n1")
     with pytest.raises(ValueError):

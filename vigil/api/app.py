@@ -34,6 +34,7 @@ from vigil.api.schemas import (
     SegmentPatch,
 )
 from vigil.clock import Clock
+from vigil.config import RecoverySettings
 from vigil.drivers.compute import ComputeDriver
 from vigil.drivers.errors import DriverError, NotFound
 from vigil.engine.engine import Engine
@@ -60,6 +61,7 @@ def create_app(
     token: str,
     clock: Clock,
     heartbeat_age: Callable[[str], float | None],
+    defaults: RecoverySettings,
 ) -> FastAPI:
     app = FastAPI(
         title="vigil",
@@ -118,7 +120,12 @@ def create_app(
 
     @app.post("/v1/segments", status_code=201, dependencies=auth, tags=["segments"])
     def create_segment(body: SegmentIn) -> SegmentOut:
-        seg = store.create_segment(Segment(**body.model_dump()))
+        fields = body.model_dump()
+        if fields["max_failed_share"] is None:
+            fields["max_failed_share"] = defaults.max_failed_share
+        if fields["max_parallel_evacuations"] is None:
+            fields["max_parallel_evacuations"] = defaults.max_parallel_evacuations
+        seg = store.create_segment(Segment(**fields))
         LOG.info("segment %s created", seg.name)
         return SegmentOut.of(seg)
 
@@ -296,6 +303,15 @@ def create_app(
     @app.get("/v1/recoveries/{recovery_id}", dependencies=auth, tags=["recoveries"])
     def get_recovery(recovery_id: int) -> RecoveryOut:
         return RecoveryOut.of(store.get_recovery(recovery_id))
+
+    @app.post("/v1/recoveries/{recovery_id}/retry", dependencies=auth, tags=["recoveries"])
+    def retry_recovery(recovery_id: int) -> RecoveryOut:
+        """Retry a failed recovery once its cause is fixed (e.g. the BMC answers again):
+        its failed steps run again with a fresh attempt budget."""
+        recovery = store.retry_recovery(recovery_id, at=clock.wall())
+        LOG.warning("host %s: recovery %d retried by operator", recovery.host, recovery_id)
+        engine.wake()
+        return RecoveryOut.of(recovery)
 
     # --- cloud-wide pause (S4) ------------------------------------------------------------
     @app.get("/v1/control", dependencies=auth, tags=["control"])

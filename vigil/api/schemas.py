@@ -33,8 +33,12 @@ class SegmentIn(_In):
     name: str = Field(pattern=NAME)
     description: str = Field("", max_length=1024)
     default_policy: HaPolicy = HaPolicy.OFF
-    max_failed_share: float = Field(0.5, ge=0.0, le=1.0)
-    max_parallel_evacuations: int = Field(8, ge=1, le=1000)
+    max_failed_share: float | None = Field(
+        None, ge=0.0, le=1.0, description="default: [recovery] max_failed_share"
+    )
+    max_parallel_evacuations: int | None = Field(
+        None, ge=1, le=1000, description="default: [recovery] max_parallel_evacuations"
+    )
 
 
 class SegmentPatch(_In):

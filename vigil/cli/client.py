@@ -241,6 +241,10 @@ class VigilClient:
         result: Json = self._request("GET", f"/v1/recoveries/{_seg(recovery_id)}")
         return result
 
+    def retry_recovery(self, recovery_id: int) -> Json:
+        result: Json = self._request("POST", f"/v1/recoveries/{_seg(recovery_id)}/retry")
+        return result
+
     # ------------------------------------------------------------------------- control
 
     def get_control(self) -> Json:

@@ -200,6 +200,10 @@ def recovery_show(c: VigilClient, args: argparse.Namespace, out: Output) -> None
     print(output.records(output.STEP, recovery.get("steps") or []), file=out.stream)
 
 
+def recovery_retry(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.RECOVERY, c.retry_recovery(args.id))
+
+
 # ------------------------------------------------------------------- cloud-wide control
 
 
@@ -415,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--status", choices=statuses)
         p.add_argument("--limit", type=int, metavar="N", help="at most N (server default 100)")
         verb(group, "show", shower, f"show one {name}").add_argument("id", type=int)
+        if name == "recovery":
+            verb(
+                group, "retry", recovery_retry, "retry a failed recovery once its cause is fixed"
+            ).add_argument("id", type=int)
 
     # cloud-wide
     p = nouns.add_parser("pause", parents=[common], help="pause all automatic recovery")

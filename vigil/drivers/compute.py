@@ -8,6 +8,7 @@ issue, an openstacksdk one. Status strings are Nova's own (``ACTIVE``, ``SHUTOFF
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from vigil.model import HaPolicy
@@ -19,6 +20,37 @@ ERROR = "ERROR"
 REBUILD = "REBUILD"
 # Nova evacuates only instances in these states.
 EVACUABLE = frozenset({ACTIVE, SHUTOFF, ERROR})
+
+# Server metadata that carries an instance's HA policy. Masakari's key is understood so
+# that existing deployments need no re-tagging; vigil's own key wins when both are set.
+POLICY_KEY = "vigil:ha_policy"
+PRIORITY_KEY = "vigil:ha_priority"
+MASAKARI_KEY = "HA_Enabled"
+
+
+def ha_policy_from_metadata(metadata: Mapping[str, str]) -> tuple[HaPolicy | None, int]:
+    """The (policy, priority) an instance's metadata asks for; policy None if it says nothing.
+
+    Unreadable values count as unset, so a typo falls back to the segment's default.
+    """
+    policy: HaPolicy | None = None
+    raw = metadata.get(POLICY_KEY)
+    if raw is not None:
+        try:
+            policy = HaPolicy(raw.strip().lower())
+        except ValueError:
+            policy = None
+    if policy is None and MASAKARI_KEY in metadata:
+        flag = metadata[MASAKARI_KEY].strip().lower()
+        if flag == "true":
+            policy = HaPolicy.KEEP_RUNNING
+        elif flag == "false":
+            policy = HaPolicy.OFF
+    try:
+        priority = int(metadata.get(PRIORITY_KEY, "0"))
+    except ValueError:
+        priority = 0
+    return policy, priority
 
 
 @dataclass(frozen=True)
@@ -48,6 +80,7 @@ class Server:
     priority: int = 0
     task_state: str | None = None
     server_group: str | None = None
+    fault: str | None = None  # Nova's fault message, e.g. "No valid host was found"
 
 
 class ComputeDriver(abc.ABC):
@@ -72,7 +105,10 @@ class ComputeDriver(abc.ABC):
 
     @abc.abstractmethod
     def list_servers(self, host: str) -> list[Server]:
-        """All instances Nova places on ``host``, across all projects."""
+        """All instances Nova places on ``host``, across all projects.
+
+        NotFound for a host without a compute service: Nova itself would answer an empty
+        list, which a typo would turn into "nothing to evacuate"."""
 
     @abc.abstractmethod
     def get_server(self, server_id: str) -> Server:

@@ -188,9 +188,12 @@ def evacuate(ctx: StepContext, step: Step, recovery: Recovery, host: Host) -> Do
         ctx.settings.evacuate_confirm_timeout,
     )
     if server.host == host.name:
-        raise TemporaryError(f"{label} still on {host.name} ({server.status}) after evacuation")
+        why = f": {server.fault}" if server.fault else ""
+        raise TemporaryError(f"{label} still on {host.name} ({server.status}){why}")
     if server.status == nova.ERROR:
-        raise TemporaryError(f"{label} is ERROR on {server.host} after evacuation")
+        raise TemporaryError(
+            f"{label} is ERROR on {server.host} after evacuation: {server.fault or 'no fault'}"
+        )
     before = _status_before(recovery, sid)
     if server.status == nova.SHUTOFF and before == nova.ACTIVE:
         # Nova >= 2.95 leaves evacuated instances stopped; the owner had it running.

@@ -69,10 +69,13 @@ from vigil.drivers.compute import (
     ACTIVE,
     ERROR,
     EVACUABLE,
+    POLICY_KEY,
+    PRIORITY_KEY,
     REBUILD,
     SHUTOFF,
     ComputeService,
     Server,
+    ha_policy_from_metadata,
 )
 from vigil.drivers.errors import Conflict, NotFound, PermanentError, TemporaryError
 from vigil.drivers.fencing import PowerState
@@ -84,39 +87,8 @@ if TYPE_CHECKING:
 HARD_REBOOT = "HARD_REBOOT"
 REBOOT = "REBOOT"
 
-# Server metadata that carries an instance's HA policy. Masakari's key is understood so
-# that existing deployments need no re-tagging; vigil's own key wins when both are set.
-POLICY_KEY = "vigil:ha_policy"
-PRIORITY_KEY = "vigil:ha_priority"
-MASAKARI_KEY = "HA_Enabled"
-
 ANTI_AFFINITY = "anti-affinity"
 SOFT_ANTI_AFFINITY = "soft-anti-affinity"
-
-
-def ha_policy_from_metadata(metadata: Mapping[str, str]) -> tuple[HaPolicy | None, int]:
-    """The (policy, priority) an instance's metadata asks for; policy None if it says nothing.
-
-    Unreadable values count as unset, so a typo falls back to the segment's default.
-    """
-    policy: HaPolicy | None = None
-    raw = metadata.get(POLICY_KEY)
-    if raw is not None:
-        try:
-            policy = HaPolicy(raw.strip().lower())
-        except ValueError:
-            policy = None
-    if policy is None and MASAKARI_KEY in metadata:
-        flag = metadata[MASAKARI_KEY].strip().lower()
-        if flag == "true":
-            policy = HaPolicy.KEEP_RUNNING
-        elif flag == "false":
-            policy = HaPolicy.OFF
-    try:
-        priority = int(metadata.get(PRIORITY_KEY, "0"))
-    except ValueError:
-        priority = 0
-    return policy, priority
 
 
 @dataclass(frozen=True)
@@ -699,6 +671,7 @@ class SimCloud:
             priority=priority,
             task_state=inst.task_state,
             server_group=inst.group,
+            fault=inst.fault,
         )
 
     def _snapshot(self, inst: _Instance) -> SimInstance:

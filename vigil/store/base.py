@@ -175,6 +175,12 @@ class Store(abc.ABC):
         SUCCEEDED -> failure RESOLVED and host RECOVERED; FAILED -> failure ERROR."""
 
     @abc.abstractmethod
+    def retry_recovery(self, recovery_id: int, *, at: float) -> Recovery:
+        """An operator retries a FAILED recovery (its cause fixed, e.g. a BMC back): its
+        FAILED steps go back to PENDING with a fresh attempt budget, the recovery to
+        RUNNING and the failure to RECOVERING. InvalidTransition unless it is FAILED."""
+
+    @abc.abstractmethod
     def start_step(self, step_id: int, *, at: float) -> Step:
         """PENDING -> RUNNING, attempts + 1, started_at = at (first start only)."""
 

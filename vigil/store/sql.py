@@ -722,6 +722,30 @@ class SqlStore(Store):
             s.flush()
             return self._with_steps(s, [row])[0]
 
+    def retry_recovery(self, recovery_id: int, *, at: float) -> Recovery:
+        with self._write() as s:
+            row = self._lock_recovery(s, recovery_id)
+            if RecoveryStatus(row.status) is not RecoveryStatus.FAILED:
+                raise InvalidTransition(
+                    f"recovery {recovery_id} is {row.status}: only a failed recovery is retried"
+                )
+            self._move_recovery(row, RecoveryStatus.RUNNING)
+            self._move_failure(s.get_one(FailureRow, row.failure_id), FailureStatus.RECOVERING)
+            row.finished_at = None
+            row.reason = "retried by operator"
+            failed = s.scalars(
+                sa.select(StepRow).where(
+                    StepRow.recovery_id == recovery_id, StepRow.status == str(StepStatus.FAILED)
+                )
+            )
+            for step in failed:
+                self._move_step(step, StepStatus.PENDING, expect=StepStatus.FAILED)
+                step.attempts = 0
+                step.next_attempt_at = at
+                step.finished_at = None
+            s.flush()
+            return self._with_steps(s, [row])[0]
+
     def start_step(self, step_id: int, *, at: float) -> Step:
         with self._write() as s:
             row = self._lock_step(s, step_id)

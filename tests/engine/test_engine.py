@@ -1,0 +1,169 @@
+"""The engine cycle on a fake clock: detection timing to the tick, and the whole recovery
+with its events in order — no sockets, no sleeping, the same decisions as production."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vigil.clock import FakeClock
+from vigil.config import DetectionSettings, RecoverySettings, Settings
+from vigil.drivers.notifier import MemoryNotifier
+from vigil.drivers.sim import SimCompute
+from vigil.engine.engine import Engine
+from vigil.engine.heartbeat import HeartbeatTable
+from vigil.model import FenceMethod, HaPolicy, Host, HostState, RecoveryStatus, Segment
+from vigil.server import sim_fence_factory
+from vigil.sim.cloud import SimCloud, SimLatency
+from vigil.store.sql import SqlStore, upgrade
+
+HOSTS = ("c1", "c2", "c3", "c4")
+TICK = 0.05
+
+
+class World:
+    def __init__(self, tmp_path: Path) -> None:
+        self.clock = FakeClock()
+        self.cloud = SimCloud(self.clock, latency=SimLatency.zero())
+        for h in HOSTS:
+            self.cloud.add_host(h)
+        self.instances = [
+            self.cloud.add_instance(f"vm{i}", "c1", policy=HaPolicy.KEEP_RUNNING, priority=i)
+            for i in range(3)
+        ]
+        self.cloud.add_instance("scratch", "c1", policy=HaPolicy.OFF)
+        url = f"sqlite:///{tmp_path / 'v.db'}"
+        upgrade(url)
+        self.store = SqlStore(url)
+        self.store.create_segment(Segment("s1"))
+        for h in HOSTS:
+            self.store.create_host(Host(h, "s1", fencing=(FenceMethod("sim"),)))
+        self.notifier = MemoryNotifier()
+        self.heartbeats = HeartbeatTable(self.clock)
+        self.settings = Settings(
+            detection=DetectionSettings(),
+            recovery=RecoverySettings(poll_interval=0.05),
+            api_token="t",
+            agent_key="k",
+        )
+        self.engine = Engine(
+            store=self.store,
+            compute=SimCompute(self.cloud),
+            fence_devices=sim_fence_factory(self.cloud),
+            notifier=self.notifier,
+            settings=self.settings,
+            clock=self.clock,
+            heartbeats=self.heartbeats,
+            wait=self.clock.advance,
+        )
+        self.seq = 0
+
+    def tick(self, seconds: float = TICK) -> None:
+        """Advance time; live hosts beat every heartbeat_interval; run one cycle."""
+        self.clock.advance(seconds)
+        interval = self.settings.detection.heartbeat_interval
+        self._since_beat = getattr(self, "_since_beat", 0.0) + seconds
+        if self._since_beat >= interval - 1e-9:
+            self._since_beat = 0.0
+            self.seq += 1
+            for h in HOSTS:
+                if self.cloud.host_can_heartbeat(h):
+                    self.heartbeats.beat(h, "boot", self.seq)
+        self.engine.run_cycle()
+        assert self.engine.drain(5)
+
+    def state(self, host: str) -> HostState:
+        return self.store.get_host(host).state
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    for _ in range(10):
+        w.tick()
+    assert all(w.state(h) == HostState.UP for h in HOSTS)
+    yield w
+    w.engine.close()
+    w.store.close()
+
+
+def run_until_silent_for(w: World, host: str, seconds: float) -> list[tuple[float, HostState]]:
+    """Tick until the host has been silent ``seconds``; record its state after each tick."""
+    start = w.clock.monotonic()
+    seen = []
+    while w.clock.monotonic() - start < seconds:
+        w.tick()
+        seen.append((round(w.clock.monotonic() - start, 3), w.state(host)))
+    return seen
+
+
+def first(seen: list[tuple[float, HostState]], state: HostState) -> float:
+    return next(t for t, s in seen if s == state)
+
+
+def test_isolated_host_declared_exactly_at_failed_after(world: World) -> None:
+    world.cloud.isolate("c1")
+    seen = run_until_silent_for(world, "c1", 2.5)
+    det = world.settings.detection
+    # the last heartbeat arrived up to one interval before the isolation
+    assert det.suspect_after - det.heartbeat_interval <= first(seen, HostState.SUSPECT)
+    assert first(seen, HostState.SUSPECT) <= det.suspect_after + TICK
+    assert first(seen, HostState.FAILED) <= det.failed_after + TICK
+    assert first(seen, HostState.FAILED) >= det.failed_after - det.heartbeat_interval
+    # never declared before failed_after while the BMC read "on"
+    assert all(s != HostState.FAILED for t, s in seen if t < det.failed_after - 0.25)
+
+
+def test_power_loss_declared_as_soon_as_the_bmc_reads_off(world: World) -> None:
+    world.cloud.power_loss("c1")
+    seen = run_until_silent_for(world, "c1", 2.0)
+    # BMC corroboration: declared a tick or two after suspicion, well before failed_after
+    assert first(seen, HostState.FAILED) - first(seen, HostState.SUSPECT) <= 3 * TICK
+    assert first(seen, HostState.FAILED) < world.settings.detection.failed_after
+
+
+def test_a_heartbeat_clears_suspicion_and_nothing_is_fenced(world: World) -> None:
+    world.cloud.isolate("c1")
+    seen = run_until_silent_for(world, "c1", 1.3)
+    assert seen[-1][1] == HostState.SUSPECT
+    world.cloud.reconnect("c1")
+    for _ in range(10):
+        world.tick()
+    assert world.state("c1") == HostState.UP
+    assert world.store.list_recoveries() == []
+    assert world.cloud.calls("bmc_power_off") == 0
+
+
+def test_whole_recovery_on_the_fake_clock_with_events_in_order(world: World) -> None:
+    world.cloud.isolate("c1")
+    for _ in range(200):
+        world.tick()
+        recs = world.store.list_recoveries(host="c1")
+        if recs and recs[0].status == RecoveryStatus.SUCCEEDED:
+            break
+    (recovery,) = world.store.list_recoveries(host="c1")
+    assert recovery.status == RecoveryStatus.SUCCEEDED
+    assert world.state("c1") == HostState.RECOVERED
+    assert not world.cloud.is_powered("c1")
+    for iid in world.instances:
+        inst = world.cloud.instance(iid)
+        assert inst.status == "ACTIVE" and inst.host != "c1"
+        assert world.cloud.calls("evacuate", iid) == 1
+    assert world.cloud.double_running() == []
+    # highest priority planned first
+    evac = [s for s in recovery.steps if s.kind == "evacuate"]
+    assert [s.instance_name for s in evac] == ["vm2", "vm1", "vm0"]
+    types = [e.event_type for e in world.notifier.events]
+    assert types[:5] == [
+        "vigil.host.failure.suspected",
+        "vigil.host.failure.confirmed",
+        "vigil.host.fence.end",
+        "vigil.host.compute.force_down.end",
+        "vigil.host.instances.list.end",
+    ]
+    assert types[5:8] == ["vigil.instance.evacuate.end"] * 3
+    assert types[-1] == "vigil.recovery.end"
+    assert all(e.host == "c1" for e in world.notifier.events)
+    assert len({e.id for e in world.notifier.events}) == len(types)  # idempotency keys

@@ -62,6 +62,22 @@ _agent = [
     ),
     cfg.PortOpt("listen_port", default=8788, help="UDP port the server receives heartbeats on."),
     cfg.StrOpt("host", help="(agent) Name of this compute host, as Nova knows it."),
+    cfg.BoolOpt(
+        "self_fencing",
+        default=False,
+        help="(agent) Hold a lease from the server and pet the hardware watchdog only while "
+        "it is valid, so that this host resets itself when cut off from vigil.",
+    ),
+    cfg.StrOpt(
+        "watchdog_device", default="/dev/watchdog", help="(agent) The watchdog device to pet."
+    ),
+    cfg.FloatOpt(
+        "watchdog_timeout",
+        default=8.0,
+        min=0.1,
+        help="(agent) Seconds the watchdog device waits before it resets the host; must be "
+        "what the device is configured to (e.g. softdog soft_margin).",
+    ),
     cfg.HostAddressOpt(
         "server_host", default="127.0.0.1", help="(agent) Address of vigil-server's heartbeats."
     ),
@@ -95,6 +111,30 @@ _detection = [
         default=0.25,
         min=0.05,
         help="Seconds between two BMC power reads of a suspect host.",
+    ),
+]
+
+_self_fencing = [
+    cfg.FloatOpt(
+        "lease_ttl",
+        default=3.0,
+        min=0.1,
+        help="Seconds a self-fencing agent may pet its watchdog after sending a heartbeat "
+        "the server granted. At least four heartbeat intervals.",
+    ),
+    cfg.FloatOpt(
+        "watchdog_timeout",
+        default=8.0,
+        min=0.1,
+        help="Seconds the agents' hardware watchdogs wait before resetting their host. An "
+        "agent reporting a longer one is believed (the longer wait is used).",
+    ),
+    cfg.FloatOpt(
+        "margin",
+        default=2.0,
+        min=0.0,
+        help="Extra seconds before a silent self-fencing host counts as reset: covers clock "
+        "rate differences. At least a tenth of lease_ttl + watchdog_timeout.",
     ),
 ]
 
@@ -152,6 +192,7 @@ _GROUPS: dict[str, Sequence[cfg.Opt]] = {
     "api": _api,
     "agent": _agent,
     "detection": _detection,
+    "self_fencing": _self_fencing,
     "recovery": _recovery,
     "compute": _compute,
     "notifier": _notifier,
@@ -198,6 +239,32 @@ class DetectionSettings:
 
 
 @dataclass(frozen=True)
+class SelfFencingSettings:
+    lease_ttl: float = 3.0
+    watchdog_timeout: float = 8.0
+    margin: float = 2.0
+
+    @property
+    def wait(self) -> float:
+        """Seconds after the last grant before a silent self-fencing host counts as reset."""
+        return self.lease_ttl + self.watchdog_timeout + self.margin
+
+    def validate(self, detection: DetectionSettings) -> None:
+        if self.lease_ttl < 4 * detection.heartbeat_interval:
+            raise ConfigError(
+                f"self_fencing.lease_ttl ({self.lease_ttl}s) must be at least four heartbeat "
+                f"intervals ({4 * detection.heartbeat_interval}s): a healthy host that misses "
+                "a few grants would otherwise reset itself"
+            )
+        if self.margin < 0.1 * (self.lease_ttl + self.watchdog_timeout):
+            raise ConfigError(
+                f"self_fencing.margin ({self.margin}s) must be at least a tenth of lease_ttl + "
+                f"watchdog_timeout ({0.1 * (self.lease_ttl + self.watchdog_timeout):g}s): "
+                "clocks run at slightly different rates"
+            )
+
+
+@dataclass(frozen=True)
 class RecoverySettings:
     tick: float = 0.1
     max_parallel_evacuations: int = 8
@@ -227,12 +294,14 @@ class Settings:
     heartbeat_port: int = 8788
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     recovery: RecoverySettings = field(default_factory=RecoverySettings)
+    self_fencing: SelfFencingSettings = field(default_factory=SelfFencingSettings)
     compute_driver: str = "sim"
     sim_url: str | None = None
     notifiers: tuple[str, ...] = ("log",)
 
     def validate(self) -> None:
         self.detection.validate()
+        self.self_fencing.validate(self.detection)
         if not self.api_token:
             raise ConfigError("api.auth_token (or api.auth_token_file) must be set")
         if not self.agent_key:
@@ -277,6 +346,11 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
             evacuate_confirm_timeout=r.evacuate_confirm_timeout,
             poll_interval=r.poll_interval,
             workers=r.workers,
+        ),
+        self_fencing=SelfFencingSettings(
+            lease_ttl=conf.self_fencing.lease_ttl,
+            watchdog_timeout=conf.self_fencing.watchdog_timeout,
+            margin=conf.self_fencing.margin,
         ),
         compute_driver=conf.compute.driver,
         sim_url=conf.compute.sim_url,

@@ -26,6 +26,7 @@ from vigil.drivers.notifier import Event, LogNotifier, MemoryNotifier, Notifier
 from vigil.drivers.sim import SimCompute, SimFenceDevice
 from vigil.engine.engine import Engine
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
+from vigil.engine.lease import LeaseKeeper, SelfFenceDevice
 from vigil.model import Host
 from vigil.sim.api import CloudApi
 from vigil.sim.rpc import RemoteCloud
@@ -43,13 +44,18 @@ class FanoutNotifier(Notifier):
             n.publish(event)
 
 
-def sim_fence_factory(cloud: CloudApi) -> Callable[[Host], list[FenceDevice]]:
+def sim_fence_factory(
+    cloud: CloudApi, leases: LeaseKeeper | None = None
+) -> Callable[[Host], list[FenceDevice]]:
     def devices(host: Host) -> list[FenceDevice]:
         out: list[FenceDevice] = []
         for method in host.fencing:
-            if method.driver != "sim":
+            if method.driver == "sim":
+                out.append(SimFenceDevice(cloud, method.options.get("host", host.name)))
+            elif method.driver == "self-fence" and leases is not None:
+                out.append(SelfFenceDevice(leases, host.name))
+            else:
                 raise PermanentError(f"host {host.name}: fencing driver {method.driver} unknown")
-            out.append(SimFenceDevice(cloud, method.options.get("host", host.name)))
         return out
 
     return devices
@@ -76,7 +82,10 @@ class VigilServer:
                 raise config.ConfigError("compute.sim_url is required for the sim driver")
             cloud = RemoteCloud(settings.sim_url)
         self.compute = compute or SimCompute(cloud)  # type: ignore[arg-type]
-        fence = fence_devices or sim_fence_factory(cloud)  # type: ignore[arg-type]
+        self.leases = LeaseKeeper(
+            self.clock, settings.self_fencing, may_grant=lambda h: self.engine.is_known_host(h)
+        )
+        fence = fence_devices or sim_fence_factory(cloud, self.leases)  # type: ignore[arg-type]
         if notifier is None:
             notifier = FanoutNotifier(
                 [MemoryNotifier() if n == "memory" else LogNotifier() for n in settings.notifiers]
@@ -91,6 +100,7 @@ class VigilServer:
             settings=settings,
             clock=self.clock,
             heartbeats=self.heartbeats,
+            leases=self.leases,
         )
         self.receiver = HeartbeatReceiver(
             self.heartbeats,
@@ -98,6 +108,7 @@ class VigilServer:
             known_host=self.engine.is_known_host,
             bind=(settings.heartbeat_host, settings.heartbeat_port),
             clock=self.clock,
+            leases=self.leases,
         )
         self.app = create_app(
             store=self.store,

@@ -1,4 +1,5 @@
-"""Sending heartbeats: one sender serves one real host, or many simulated ones."""
+"""Sending heartbeats (and hearing lease grants): one sender serves one real host, or
+many simulated ones."""
 
 from __future__ import annotations
 
@@ -9,9 +10,17 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from vigil.agent.protocol import Heartbeat, encode
+from vigil.agent.protocol import (
+    MAX_DATAGRAM,
+    BadHeartbeat,
+    Heartbeat,
+    decode_grant,
+    encode,
+)
 
 LOG = logging.getLogger(__name__)
+# Send times are kept this long to match grants to them; a later grant is useless anyway.
+_SENT_HORIZON = 60.0
 
 
 class HeartbeatSender:
@@ -21,6 +30,11 @@ class HeartbeatSender:
     uses it for power loss, isolation and hung hosts); ``delay(host)`` returns an extra
     delay or None to drop the datagram (simulated loss and jitter). A real agent passes
     one host and neither.
+
+    With ``watchdog`` > 0 (self-fencing), each heartbeat reports that watchdog timeout and
+    the server answers with a lease grant; ``on_lease(host, expires)`` then receives the
+    monotonic time the lease ends: the heartbeat's *send* time plus the TTL, so network
+    delay can only shorten a lease, never lengthen it.
     """
 
     def __init__(
@@ -32,6 +46,8 @@ class HeartbeatSender:
         interval: float,
         alive: Callable[[str], bool] | None = None,
         delay: Callable[[str], float | None] | None = None,
+        watchdog: float = 0.0,
+        on_lease: Callable[[str, float], None] | None = None,
     ) -> None:
         self._hosts = list(hosts)
         self._server = server
@@ -39,28 +55,38 @@ class HeartbeatSender:
         self._interval = interval
         self._alive = alive
         self._delay = delay
+        self._watchdog = watchdog
+        self._on_lease = on_lease
         self._boot = {h: uuid.uuid4().hex for h in self._hosts}
         self._seq = dict.fromkeys(self._hosts, 0)
+        self._sent: dict[tuple[str, str, int], float] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.settimeout(0.2)
         self._thread = threading.Thread(target=self._run, name="heartbeat-sender", daemon=True)
+        self._listener = threading.Thread(target=self._listen, name="lease-listener", daemon=True)
         self._timers: list[threading.Timer] = []
 
     def start(self) -> None:
         self._thread.start()
+        if self._on_lease is not None:
+            self._listener.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        for thread in (self._thread, self._listener):
+            if thread.is_alive():
+                thread.join(timeout=5)
         for t in self._timers:
             t.cancel()
         self._sock.close()
 
     def restart_agent(self, host: str) -> None:
         """A new agent process on ``host``: new boot id, sequence from zero."""
-        self._boot[host] = uuid.uuid4().hex
-        self._seq[host] = 0
+        with self._lock:
+            self._boot[host] = uuid.uuid4().hex
+            self._seq[host] = 0
 
     def _send(self, datagram: bytes, host: str) -> None:
         try:
@@ -68,26 +94,56 @@ class HeartbeatSender:
         except OSError as exc:  # the server being away must not stop the agent
             LOG.warning("host %s: heartbeat not sent: %s", host, exc)
 
+    def _beat(self, host: str) -> None:
+        with self._lock:
+            self._seq[host] += 1
+            boot, seq = self._boot[host], self._seq[host]
+            now = time.monotonic()
+            self._sent[(host, boot, seq)] = now
+        datagram = encode(Heartbeat(host, boot, seq, time.time(), self._watchdog), self._key)
+        extra = 0.0 if self._delay is None else self._delay(host)
+        if extra is None:
+            return  # lost on the way
+        if extra > 0:
+            timer = threading.Timer(extra, self._send, (datagram, host))
+            timer.daemon = True
+            timer.start()
+            self._timers = [t for t in self._timers if t.is_alive()]
+            self._timers.append(timer)
+        else:
+            self._send(datagram, host)
+
     def _run(self) -> None:
         next_at = time.monotonic()
         while not self._stop.is_set():
             for host in self._hosts:
-                if self._alive is not None and not self._alive(host):
-                    continue
-                self._seq[host] += 1
-                datagram = encode(
-                    Heartbeat(host, self._boot[host], self._seq[host], time.time()), self._key
-                )
-                extra = 0.0 if self._delay is None else self._delay(host)
-                if extra is None:
-                    continue  # lost on the way
-                if extra > 0:
-                    timer = threading.Timer(extra, self._send, (datagram, host))
-                    timer.daemon = True
-                    timer.start()
-                    self._timers = [t for t in self._timers if t.is_alive()]
-                    self._timers.append(timer)
-                else:
-                    self._send(datagram, host)
+                if self._alive is None or self._alive(host):
+                    self._beat(host)
+            with self._lock:
+                horizon = time.monotonic() - _SENT_HORIZON
+                self._sent = {k: t for k, t in self._sent.items() if t >= horizon}
             next_at += self._interval
             self._stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def _listen(self) -> None:
+        assert self._on_lease is not None
+        while not self._stop.is_set():
+            try:
+                datagram, _ = self._sock.recvfrom(MAX_DATAGRAM + 1)
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    return
+                time.sleep(0.1)  # not yet bound (nothing sent yet) or a transient error
+                continue
+            try:
+                grant = decode_grant(datagram, self._key)
+            except BadHeartbeat as exc:
+                LOG.warning("lease grant refused: %s", exc)
+                continue
+            with self._lock:
+                sent = self._sent.get((grant.host, grant.boot_id, grant.seq))
+            if sent is None:
+                continue  # for an earlier boot, or too old to matter
+            self._on_lease(grant.host, sent + grant.ttl)

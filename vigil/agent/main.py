@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from vigil import config
 from vigil.agent.heartbeat import HeartbeatSender
+from vigil.agent.selffence import DeviceWatchdog, SelfFencer
 
 LOG = logging.getLogger("vigil.agent")
 
@@ -27,11 +28,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config.ConfigError as exc:
         LOG.error("configuration refused: %s", exc)
         return 2
+    fencer: SelfFencer | None = None
+    if conf.agent.self_fencing:
+        if conf.agent.watchdog_timeout < 2 * interval:
+            LOG.error(
+                "configuration refused: agent.watchdog_timeout (%ss) must be at least two "
+                "heartbeat intervals (%ss): the watchdog would fire between two pets",
+                conf.agent.watchdog_timeout,
+                2 * interval,
+            )
+            return 2
+        fencer = SelfFencer(
+            host,
+            DeviceWatchdog(conf.agent.watchdog_device),
+            interval=interval,
+            watchdog_timeout=conf.agent.watchdog_timeout,
+        )
     sender = HeartbeatSender(
         [host],
         server=(conf.agent.server_host, conf.agent.server_port),
         key=key.encode(),
         interval=interval,
+        watchdog=conf.agent.watchdog_timeout if fencer else 0.0,
+        on_lease=fencer.on_lease if fencer else None,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -44,6 +63,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         interval,
     )
     sender.start()
+    if fencer is not None:
+        LOG.info(
+            "host %s: self-fencing with %s (%ss); armed at the first lease",
+            host,
+            conf.agent.watchdog_device,
+            conf.agent.watchdog_timeout,
+        )
+        fencer.start()
     stop.wait()
     sender.stop()
+    if fencer is not None:
+        fencer.stop(disarm=True)  # a clean stop must not reset the host
     return 0

@@ -72,7 +72,7 @@ class SegmentOut(BaseModel):
 
 
 class FenceMethodIn(_In):
-    driver: str = Field(pattern=r"^(sim)$", description="fencing driver")
+    driver: str = Field(pattern=r"^(sim|self-fence)$", description="fencing driver")
     options: dict[str, str] = Field(default_factory=dict)
 
     def to_model(self) -> FenceMethod:

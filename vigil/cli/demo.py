@@ -50,6 +50,8 @@ class DemoOptions:
     state_dir: str | None = None
     # Optional changes to the world before the fault (tests: BMC unreachable, ...).
     prepare: Callable[[SimCloud, str], None] | None = None
+    # Hosts also self-fence: a lease and a watchdog, tried after their BMC.
+    self_fencing: bool = False
 
 
 @dataclass
@@ -119,6 +121,8 @@ class Harness:
             key=self.settings.agent_key.encode(),
             interval=self.settings.detection.heartbeat_interval,
             seed=opts.seed,
+            self_fencing=self.cloud.hosts() if opts.self_fencing else (),
+            watchdog_timeout=self.settings.self_fencing.watchdog_timeout,
         )
         self._segment = {"name": "demo", "max_parallel_evacuations": 8, **(segment or {})}
         self.api: httpx.Client | None = None
@@ -130,10 +134,13 @@ class Harness:
             headers={"Authorization": f"Bearer {self.settings.api_token}"},
         )
         api.post("/v1/segments", json=self._segment).raise_for_status()
+        fencing: list[dict[str, Any]] = [{"driver": "sim"}]
+        if self.opts.self_fencing:
+            fencing.append({"driver": "self-fence"})
         for name in self.cloud.hosts():
             api.post(
                 "/v1/hosts",
-                json={"name": name, "segment": "demo", "fencing": [{"driver": "sim"}]},
+                json={"name": name, "segment": "demo", "fencing": fencing},
             ).raise_for_status()
         self.agents.start()
         _wait(

@@ -23,6 +23,9 @@ class FenceDevice(abc.ABC):
 
     #: shown in logs and recovery steps; never contains a secret
     description: str = ""
+    #: seconds power_status may take to read OFF after power_off, when the device knows
+    #: better than [recovery] fence_confirm_timeout (a self-fence waits for a lease)
+    confirm_within: float | None = None
 
     @abc.abstractmethod
     def power_off(self) -> None:

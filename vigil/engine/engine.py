@@ -44,6 +44,7 @@ from vigil.engine.decide import (
     decide,
 )
 from vigil.engine.heartbeat import HeartbeatTable
+from vigil.engine.lease import LeaseKeeper
 from vigil.engine.steps import StepContext, run_step
 from vigil.model import (
     Host,
@@ -71,8 +72,10 @@ class Engine:
         settings: Settings,
         clock: Clock,
         heartbeats: HeartbeatTable,
+        leases: LeaseKeeper | None = None,
         wait: Callable[[float], None] = time.sleep,
     ) -> None:
+        self._leases = leases
         self._store = store
         self._compute = compute
         self._fence_devices = fence_devices
@@ -153,6 +156,8 @@ class Engine:
             )
         self._compute.set_forced_down(name, False)
         self._compute.enable(name)
+        if self._leases is not None:
+            self._leases.reinstate(name)
         LOG.info("host %s: restored by operator; compute service up and enabled", name)
         self._emit("vigil.host.restored", host=name)
         return self._store.set_host_state(

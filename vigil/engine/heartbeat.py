@@ -12,8 +12,9 @@ import socket
 import threading
 from collections.abc import Callable
 
-from vigil.agent.protocol import MAX_DATAGRAM, BadHeartbeat, decode
+from vigil.agent.protocol import MAX_DATAGRAM, BadHeartbeat, LeaseGrant, decode, encode_grant
 from vigil.clock import Clock
+from vigil.engine.lease import LeaseKeeper
 
 LOG = logging.getLogger(__name__)
 
@@ -62,8 +63,10 @@ class HeartbeatReceiver:
         known_host: Callable[[str], bool],
         bind: tuple[str, int],
         clock: Clock,
+        leases: LeaseKeeper | None = None,
     ) -> None:
         self._table = table
+        self._leases = leases
         self._key = key
         self._known = known_host
         self._clock = clock
@@ -112,3 +115,12 @@ class HeartbeatReceiver:
                 continue
             if not self._table.beat(beat.host, beat.boot_id, beat.seq):
                 self._refuse(f"host {beat.host} at {addr}", "replayed or out-of-order sequence")
+                continue
+            if beat.watchdog and self._leases is not None:
+                ttl = self._leases.grant(beat.host, beat.watchdog)
+                if ttl is not None:
+                    grant = LeaseGrant(beat.host, beat.boot_id, beat.seq, ttl)
+                    try:
+                        self._sock.sendto(encode_grant(grant, self._key), (addr, port))
+                    except OSError as exc:
+                        LOG.warning("host %s: lease grant not sent: %s", beat.host, exc)

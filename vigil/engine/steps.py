@@ -85,12 +85,8 @@ def fence(ctx: StepContext, host: Host) -> Done:
         try:
             if device.power_status() != PowerState.OFF:
                 device.power_off()
-            state = _poll(
-                ctx,
-                device.power_status,
-                lambda s: s == PowerState.OFF,
-                ctx.settings.fence_confirm_timeout,
-            )
+            timeout = device.confirm_within or ctx.settings.fence_confirm_timeout
+            state = _poll(ctx, device.power_status, lambda s: s == PowerState.OFF, timeout)
         except DriverError as exc:
             errors.append(f"level {level} ({device.description}): {exc}")
             LOG.warning("host %s: fencing level %d failed: %s", host.name, level, exc)
@@ -102,7 +98,7 @@ def fence(ctx: StepContext, host: Host) -> Done:
             )
         errors.append(
             f"level {level} ({device.description}): power still {state.value} "
-            f"{ctx.settings.fence_confirm_timeout:g}s after power-off"
+            f"{timeout:g}s after power-off"
         )
         LOG.error(
             "host %s: fencing level %d not confirmed: power reads %s", host.name, level, state.value

@@ -384,6 +384,33 @@ class SimCloud:
             h = self._host_or_value_error(host)
             return h.powered and not h.hung and h.agent_running and not h.isolated
 
+    def can_pet_watchdog(self, host: str) -> bool:
+        """Whether the host's agent runs and can reach its watchdog device (isolation does
+        not stop it; a hung host or a dead agent cannot)."""
+        with self._lock:
+            self._advance()
+            h = self._host_or_value_error(host)
+            return h.powered and not h.hung and h.agent_running
+
+    def watchdog_reset(self, host: str) -> None:
+        """The host's hardware watchdog fired: a hard reset. Like a power cycle, nothing it
+        ran keeps running; it comes back up (still isolated or hung if it was)."""
+        with self._lock:
+            self._advance()
+            h = self._host_or_value_error(host)
+            self._cancel_power_op(h)
+            now = self._clock.monotonic()
+            if h.powered:
+                self._lose_power(h, now)
+            h.hung = False
+            if h.isolated:
+                # Back up but still cut off: nova-compute cannot tell Nova its instances
+                # are off, so Nova keeps believing what it believed.
+                h.powered, h.agent_running = True, True
+                self._update_reporting(h, now)
+            else:
+                self._restore_power(h, now)
+
     def instances(self) -> list[SimInstance]:
         with self._lock:
             self._advance()

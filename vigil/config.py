@@ -182,8 +182,21 @@ _notifier = [
     cfg.ListOpt(
         "drivers",
         default=["log"],
-        item_type=types.String(choices=["log", "memory"]),
-        help="Notifier drivers events are published to.",
+        item_type=types.String(choices=["log", "memory", "messaging"]),
+        help="Where every event goes besides webhook subscriptions: log (a JSON line per "
+        "event), messaging (the OpenStack notification bus through oslo.messaging), memory "
+        "(kept in the process: tests and the demo).",
+    ),
+    cfg.StrOpt(
+        "transport_url",
+        secret=True,
+        help="oslo.messaging transport of the messaging driver, e.g. "
+        "rabbit://vigil:secret@rabbit:5672/ or kafka://kafka:9092/.",
+    ),
+    cfg.StrOpt(
+        "topic",
+        default="versioned_notifications",
+        help="Topic of the messaging driver (Nova's versioned notifications use the default).",
     ),
 ]
 
@@ -298,6 +311,8 @@ class Settings:
     compute_driver: str = "sim"
     sim_url: str | None = None
     notifiers: tuple[str, ...] = ("log",)
+    transport_url: str = field(default="", repr=False)
+    topic: str = "versioned_notifications"
 
     def validate(self) -> None:
         self.detection.validate()
@@ -355,6 +370,8 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
         compute_driver=conf.compute.driver,
         sim_url=conf.compute.sim_url,
         notifiers=tuple(conf.notifier.drivers),
+        transport_url=conf.notifier.transport_url or "",
+        topic=conf.notifier.topic,
     )
     settings.validate()
     return settings

@@ -90,7 +90,8 @@ FAILURE_TRANSITIONS: Mapping[FailureStatus, frozenset[FailureStatus]] = {
         {FailureStatus.RESOLVED, FailureStatus.ERROR, FailureStatus.OPEN}
     ),
     FailureStatus.ERROR: frozenset({FailureStatus.RESOLVED, FailureStatus.RECOVERING}),
-    FailureStatus.RESOLVED: frozenset(),
+    # A consumer's action after the fact (evacuate these instances now) reopens it.
+    FailureStatus.RESOLVED: frozenset({FailureStatus.RECOVERING}),
 }
 
 RECOVERY_TRANSITIONS: Mapping[RecoveryStatus, frozenset[RecoveryStatus]] = {
@@ -103,7 +104,8 @@ RECOVERY_TRANSITIONS: Mapping[RecoveryStatus, frozenset[RecoveryStatus]] = {
     RecoveryStatus.PAUSED: frozenset({RecoveryStatus.RUNNING, RecoveryStatus.FAILED}),
     # An operator may retry a failed recovery once the cause is fixed.
     RecoveryStatus.FAILED: frozenset({RecoveryStatus.RUNNING}),
-    RecoveryStatus.SUCCEEDED: frozenset(),
+    # A consumer asks, after the fact, for more steps (evacuate these instances now).
+    RecoveryStatus.SUCCEEDED: frozenset({RecoveryStatus.RUNNING}),
 }
 
 STEP_TRANSITIONS: Mapping[StepStatus, frozenset[StepStatus]] = {
@@ -202,6 +204,7 @@ class Step:
     finished_at: float | None = None
     detail: str = ""
     result: Mapping[str, Any] = field(default_factory=dict)
+    target_host: str | None = None  # a consumer's chosen destination for an evacuation
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,7 @@ class NewStep:
     priority: int = 0
     status: StepStatus = StepStatus.PENDING
     detail: str = ""
+    target_host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -241,3 +245,61 @@ class Control:
     paused: bool = False
     reason: str = ""
     changed_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something vigil observed or did, as published. ``id`` (a UUID) is the idempotency
+    key consumers deduplicate on; ``seq`` orders events (the outbox's position)."""
+
+    id: str
+    event_type: str  # e.g. vigil.host.failure.confirmed; see vigil.events
+    timestamp: float
+    host: str | None = None
+    instance_id: str | None = None
+    priority: str = "INFO"
+    payload: Mapping[str, Any] = field(default_factory=dict)
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A webhook consumer: events whose type matches ``event_types`` (exact or ``prefix.*``;
+    none means all) are POSTed to ``url``, signed with ``secret``."""
+
+    name: str
+    url: str
+    secret: str = field(repr=False, default="")
+    event_types: tuple[str, ...] = ()
+    created_at: float = 0.0
+    id: int | None = None
+
+    def wants(self, event_type: str) -> bool:
+        if not self.event_types:
+            return True
+        return any(
+            event_type == t or (t.endswith(".*") and event_type.startswith(t[:-1]))
+            for t in self.event_types
+        )
+
+
+@dataclass(frozen=True)
+class SinkState:
+    """Where one delivery sink (the bus, a webhook subscription...) stands in the outbox."""
+
+    name: str
+    cursor: int = 0  # seq of the last event delivered or dead-lettered
+    attempts: int = 0  # failed attempts at the event after the cursor
+    next_attempt_at: float = 0.0
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    sink: str
+    event_seq: int
+    event_id: str
+    event_type: str
+    attempts: int
+    error: str
+    at: float

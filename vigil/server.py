@@ -22,26 +22,18 @@ from vigil.config import Settings
 from vigil.drivers.compute import ComputeDriver
 from vigil.drivers.errors import PermanentError
 from vigil.drivers.fencing import FenceDevice
-from vigil.drivers.notifier import Event, LogNotifier, MemoryNotifier, Notifier
+from vigil.drivers.notifier import LogNotifier, MemoryNotifier
 from vigil.drivers.sim import SimCompute, SimFenceDevice
 from vigil.engine.engine import Engine
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
 from vigil.engine.lease import LeaseKeeper, SelfFenceDevice
+from vigil.engine.outbox import OutboxDispatcher, Sink, webhook_sink
 from vigil.model import Host
 from vigil.sim.api import CloudApi
 from vigil.sim.rpc import RemoteCloud
 from vigil.store.sql import SqlStore, upgrade
 
 LOG = logging.getLogger("vigil.server")
-
-
-class FanoutNotifier(Notifier):
-    def __init__(self, notifiers: Sequence[Notifier]) -> None:
-        self.notifiers = list(notifiers)
-
-    def publish(self, event: Event) -> None:
-        for n in self.notifiers:
-            n.publish(event)
 
 
 def sim_fence_factory(
@@ -70,7 +62,6 @@ class VigilServer:
         cloud: CloudApi | None = None,
         compute: ComputeDriver | None = None,
         fence_devices: Callable[[Host], list[FenceDevice]] | None = None,
-        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
@@ -86,17 +77,16 @@ class VigilServer:
             self.clock, settings.self_fencing, may_grant=lambda h: self.engine.is_known_host(h)
         )
         fence = fence_devices or sim_fence_factory(cloud, self.leases)  # type: ignore[arg-type]
-        if notifier is None:
-            notifier = FanoutNotifier(
-                [MemoryNotifier() if n == "memory" else LogNotifier() for n in settings.notifiers]
-            )
-        self.notifier = notifier
+        # Kept in memory when configured: the demo and the tests read what was published.
+        self.memory = MemoryNotifier()
+        self._bus_sinks = [self._bus_sink(name) for name in settings.notifiers]
+        self.outbox = OutboxDispatcher(self.store, clock=self.clock, sinks=self._sinks)
         self.heartbeats = HeartbeatTable(self.clock)
         self.engine = Engine(
             store=self.store,
             compute=self.compute,
             fence_devices=fence,
-            notifier=notifier,
+            on_events=self.outbox.wake,
             settings=settings,
             clock=self.clock,
             heartbeats=self.heartbeats,
@@ -143,7 +133,35 @@ class VigilServer:
         host, port = sock.getsockname()[:2]
         return f"http://{host}:{port}"
 
+    def _bus_sink(self, name: str) -> Sink:
+        if name == "memory":
+            return Sink("memory", self.memory)
+        if name == "log":
+            return Sink("log", LogNotifier())
+        if name == "messaging":
+            from vigil.drivers.messaging import OsloMessagingNotifier
+
+            if not self.settings.transport_url:
+                raise config.ConfigError("notifier.drivers has messaging: set transport_url")
+            return Sink(
+                "messaging",
+                OsloMessagingNotifier(self.settings.transport_url, topic=self.settings.topic),
+            )
+        raise config.ConfigError(f"notifier driver {name} unknown")
+
+    def _sinks(self) -> list[Sink]:
+        """The configured notifiers, and one sink per webhook subscription."""
+        sinks = list(self._bus_sinks)
+        for sub in self.store.list_subscriptions():
+            from vigil.drivers.webhook import WebhookNotifier
+
+            sinks.append(
+                Sink(webhook_sink(sub.name), WebhookNotifier(sub.url, sub.secret), sub.wants)
+            )
+        return sinks
+
     def start(self) -> None:
+        self.outbox.start()
         self.receiver.start()
         engine = threading.Thread(
             target=self.engine.run, args=(self._stop,), name="engine", daemon=True
@@ -171,6 +189,7 @@ class VigilServer:
             t.join(timeout=10)
         self.receiver.stop()
         self.engine.close()
+        self.outbox.stop()
         self.store.close()
 
 

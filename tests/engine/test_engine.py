@@ -6,14 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from vigil.clock import FakeClock
 from vigil.config import DetectionSettings, RecoverySettings, Settings
-from vigil.drivers.notifier import MemoryNotifier
 from vigil.drivers.sim import SimCompute
 from vigil.engine.engine import Engine
 from vigil.engine.heartbeat import HeartbeatTable
+from vigil.events import payload_schema
 from vigil.model import FenceMethod, HaPolicy, Host, HostState, RecoveryStatus, Segment
 from vigil.server import sim_fence_factory
 from vigil.sim.cloud import SimCloud, SimLatency
@@ -40,7 +41,6 @@ class World:
         self.store.create_segment(Segment("s1"))
         for h in HOSTS:
             self.store.create_host(Host(h, "s1", fencing=(FenceMethod("sim"),)))
-        self.notifier = MemoryNotifier()
         self.heartbeats = HeartbeatTable(self.clock)
         self.settings = Settings(
             detection=DetectionSettings(),
@@ -52,7 +52,6 @@ class World:
             store=self.store,
             compute=SimCompute(self.cloud),
             fence_devices=sim_fence_factory(self.cloud),
-            notifier=self.notifier,
             settings=self.settings,
             clock=self.clock,
             heartbeats=self.heartbeats,
@@ -155,15 +154,25 @@ def test_whole_recovery_on_the_fake_clock_with_events_in_order(world: World) -> 
     # highest priority planned first
     evac = [s for s in recovery.steps if s.kind == "evacuate"]
     assert [s.instance_name for s in evac] == ["vm2", "vm1", "vm0"]
-    types = [e.event_type for e in world.notifier.events]
-    assert types[:5] == [
+    events = world.store.list_events(limit=1000)
+    types = [e.event_type for e in events]
+    assert types[:8] == [
         "vigil.host.failure.suspected",
         "vigil.host.failure.confirmed",
+        "vigil.host.fence.start",
         "vigil.host.fence.end",
+        "vigil.host.compute.force_down.start",
         "vigil.host.compute.force_down.end",
+        "vigil.host.instances.list.start",
         "vigil.host.instances.list.end",
     ]
-    assert types[5:8] == ["vigil.instance.evacuate.end"] * 3
+    evacuations = [t for t in types[8:-1] if t.startswith("vigil.instance.evacuate")]
+    assert sorted(evacuations) == sorted(
+        ["vigil.instance.evacuate.start"] * 3 + ["vigil.instance.evacuate.end"] * 3
+    )
     assert types[-1] == "vigil.recovery.end"
-    assert all(e.host == "c1" for e in world.notifier.events)
-    assert len({e.id for e in world.notifier.events}) == len(types)  # idempotency keys
+    assert all(e.host == "c1" for e in events)
+    assert len({e.id for e in events}) == len(types)  # idempotency keys
+    assert [e.seq for e in events] == sorted(e.seq for e in events)
+    for event in events:  # every emitted event matches its published schema
+        jsonschema.validate(event.payload, payload_schema(event.event_type))

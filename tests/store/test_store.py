@@ -19,8 +19,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from vigil.events import make_event
 from vigil.model import (
     Control,
+    Event,
     FailureKind,
     FailureStatus,
     FenceMethod,
@@ -33,8 +35,10 @@ from vigil.model import (
     Recovery,
     RecoveryStatus,
     Segment,
+    SinkState,
     StepKind,
     StepStatus,
+    Subscription,
 )
 from vigil.store.base import AlreadyExists, InUse, NotFoundError
 from vigil.store.sql import Base, SqlStore, alembic_config, make_engine, upgrade
@@ -824,3 +828,103 @@ def test_upgrade_does_not_depend_on_the_working_directory(
         assert store.create_segment(Segment("a")).name == "a"
     finally:
         store.close()
+
+
+# --- the outbox, sinks, subscriptions, consumer steps -------------------------------------
+
+
+def _event(host: str = "node1", n: int = 0) -> Event:
+    return make_event("vigil.host.failure.suspected", at=T0 + n, host=host, reason=f"r{n}")
+
+
+def test_events_are_committed_with_their_change_and_listed_in_order(store: SqlStore) -> None:
+    add_host(store, "node1")
+    add_host(store, "node2")
+    base = store.last_event_seq()
+    first, second, third = _event(n=1), _event("node2", 2), _event(n=3)
+    store.set_host_state("node1", HostState.SUSPECT, reason="x", at=T0, events=[first])
+    store.set_host_state("node2", HostState.SUSPECT, reason="x", at=T0, events=[second])
+    with pytest.raises(InvalidTransition):  # refused change: its event is not written either
+        store.set_host_state("node1", HostState.RECOVERED, reason="x", at=T0, events=[_event()])
+    store.append_events([third])
+    events = store.list_events(after=base)
+    assert [e.id for e in events] == [first.id, second.id, third.id]
+    assert [e.seq for e in events] == sorted(e.seq for e in events)
+    assert events[0].payload == first.payload and events[0].timestamp == T0 + 1
+    assert [e.id for e in store.list_events(after=base, host="node2")] == [second.id]
+    assert [e.id for e in store.list_events(after=events[0].seq, limit=1)] == [second.id]
+    assert store.last_event_seq() == events[-1].seq
+
+
+def test_sink_cursor_failures_and_dead_letters(store: SqlStore) -> None:
+    add_host(store)
+    store.append_events([_event(n=1)])
+    sink = store.ensure_sink("bus")
+    assert sink.cursor == store.last_event_seq()  # a new sink starts at the end
+    assert store.ensure_sink("bus") == sink
+    e2, e3 = _event(n=2), _event(n=3)
+    store.append_events([e2, e3])
+    s2, s3 = store.list_events(after=sink.cursor)
+    store.sink_failed("bus", attempts=2, next_attempt_at=T0 + 9, error="503")
+    assert store.get_sink("bus") == SinkState("bus", sink.cursor, 2, T0 + 9, "503")
+    store.dead_letter("bus", s2, attempts=3, error="503 again", at=T0 + 10)
+    assert store.get_sink("bus") == SinkState("bus", s2.seq, 0, 0.0, "503 again")
+    (letter,) = store.list_dead_letters(sink="bus")
+    assert (letter.event_id, letter.event_seq, letter.attempts) == (e2.id, s2.seq, 3)
+    store.sink_delivered("bus", s3.seq)
+    store.sink_delivered("bus", s2.seq)  # never backwards
+    assert store.get_sink("bus").cursor == s3.seq
+    with pytest.raises(NotFoundError):
+        store.get_sink("nowhere")
+
+
+def test_subscriptions_with_their_sink(store: SqlStore) -> None:
+    sub = Subscription("ops", "https://ops.example/hook", "s" * 20, ("vigil.recovery.*",), T0)
+    created = store.create_subscription(sub, sink="webhook:ops")
+    assert (created.name, created.url, created.secret, created.event_types) == (
+        sub.name,
+        sub.url,
+        sub.secret,
+        sub.event_types,
+    )
+    assert store.get_sink("webhook:ops").cursor == store.last_event_seq()
+    with pytest.raises(AlreadyExists):
+        store.create_subscription(sub, sink="webhook:ops")
+    assert [s.name for s in store.list_subscriptions()] == ["ops"]
+    assert store.get_subscription("ops").wants("vigil.recovery.end")
+    assert not store.get_subscription("ops").wants("vigil.host.fence.end")
+    store.delete_subscription("ops", sink="webhook:ops")
+    assert store.list_subscriptions() == []
+    with pytest.raises(NotFoundError):
+        store.get_sink("webhook:ops")
+    with pytest.raises(NotFoundError):
+        store.delete_subscription("ops", sink="webhook:ops")
+
+
+def test_consumer_steps_reopen_a_finished_recovery(store: SqlStore) -> None:
+    recovery = open_recovery(store)
+    store.finish_recovery(recovery.id, RecoveryStatus.SUCCEEDED, at=T0 + 5)
+    reopened = store.add_steps(
+        recovery.id,
+        [NewStep(StepKind.EVACUATE, "vm-1", "db", target_host="node9")],
+        at=T0 + 9,
+        reason="consumer asked",
+        events=[_event(n=9)],
+    )
+    assert reopened.status is RecoveryStatus.RUNNING and reopened.finished_at is None
+    step = reopened.steps[-1]
+    assert (step.seq, step.kind, step.target_host) == (4, StepKind.EVACUATE, "node9")
+    assert store.get_failure(recovery.failure_id).status is FailureStatus.RECOVERING
+    store.finish_recovery(recovery.id, RecoveryStatus.SUCCEEDED, at=T0 + 10)
+    with pytest.raises(InvalidTransition):  # only new steps reopen it
+        store.set_recovery_status(recovery.id, RecoveryStatus.RUNNING, at=T0 + 11)
+
+
+def test_a_failure_is_handled_only_once_its_recovery_ended(store: SqlStore) -> None:
+    recovery = open_recovery(store)
+    with pytest.raises(InvalidTransition):
+        store.resolve_failure(recovery.failure_id, at=T0 + 1, reason="by hand")
+    store.finish_recovery(recovery.id, RecoveryStatus.FAILED, at=T0 + 2, reason="fence failed")
+    done = store.resolve_failure(recovery.failure_id, at=T0 + 3, reason="by hand")
+    assert done.status is FailureStatus.RESOLVED
+    assert store.get_host("node1").state is HostState.RECOVERED

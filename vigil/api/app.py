@@ -8,20 +8,25 @@ naming the field — and a refused request changes nothing.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import secrets
 from collections.abc import Callable
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from vigil import __version__
 from vigil.api.schemas import (
     ControlOut,
+    EvacuateIn,
     FailureOut,
+    HandledIn,
     HostIn,
     HostOut,
     HostPatch,
@@ -32,20 +37,29 @@ from vigil.api.schemas import (
     SegmentIn,
     SegmentOut,
     SegmentPatch,
+    SubscriptionIn,
+    SubscriptionOut,
 )
 from vigil.clock import Clock
 from vigil.config import RecoverySettings
 from vigil.drivers.compute import ComputeDriver
 from vigil.drivers.errors import DriverError, NotFound
 from vigil.engine.engine import Engine
+from vigil.engine.outbox import webhook_sink
 from vigil.engine.steps import effective_policy
+from vigil.events import CATALOGUE, event_as_json, make_event
 from vigil.model import (
     FailureStatus,
     Host,
+    HostState,
     InstancePolicy,
     InvalidTransition,
+    NewStep,
     RecoveryStatus,
     Segment,
+    StepKind,
+    StepStatus,
+    Subscription,
 )
 from vigil.store import AlreadyExists, InUse, NotFoundError, Store
 
@@ -312,6 +326,228 @@ def create_app(
         LOG.warning("host %s: recovery %d retried by operator", recovery.host, recovery_id)
         engine.wake()
         return RecoveryOut.of(recovery)
+
+    # --- consumers: events, subscriptions, their own recovery ------------------------------
+    @app.get("/v1/events", dependencies=auth, tags=["events"])
+    def list_events(
+        after: Annotated[int, Query(ge=0, description="seq of the last event seen")] = 0,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        host: str | None = None,
+    ) -> list[dict[str, Any]]:
+        return [event_as_json(e) for e in store.list_events(after=after, limit=limit, host=host)]
+
+    @app.get("/v1/events/stream", dependencies=auth, tags=["events"])
+    async def stream_events(
+        request: Request,
+        after: Annotated[int | None, Query(ge=0)] = None,
+    ) -> StreamingResponse:
+        """Server-sent events, each with its seq as id; a client resumes after a drop with
+        Last-Event-ID (or ?after=). Without either it starts at the newest event."""
+        last_id = request.headers.get("last-event-id")
+        if after is None and last_id is not None:
+            if not last_id.isdigit():
+                raise HTTPException(400, "Last-Event-ID must be an event seq")
+            after = int(last_id)
+        start = after if after is not None else await asyncio.to_thread(store.last_event_seq)
+
+        async def frames() -> Any:
+            cursor, idle = start, 0.0
+            while not await request.is_disconnected():
+                events = await asyncio.to_thread(store.list_events, after=cursor, limit=200)
+                for e in events:
+                    cursor = e.seq
+                    data = json.dumps(event_as_json(e), separators=(",", ":"))
+                    yield f"id: {e.seq}\nevent: {e.event_type}\ndata: {data}\n\n"
+                if events:
+                    idle = 0.0
+                    continue
+                idle += 0.05
+                if idle >= 15:  # keep proxies from closing a quiet stream
+                    idle = 0.0
+                    yield ": keepalive\n\n"
+                await asyncio.sleep(0.05)
+
+        return StreamingResponse(
+            frames(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
+    def _check_subscription(body: SubscriptionIn) -> None:
+        url = urlsplit(body.url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise HTTPException(422, "url: must be an http:// or https:// URL with a host")
+        for t in body.event_types:
+            known = t in CATALOGUE or (
+                t.endswith(".*") and any(n.startswith(t[:-1]) for n in CATALOGUE)
+            )
+            if not known:
+                raise HTTPException(422, f"event_types: {t!r} matches no vigil event type")
+
+    def _subscription_out(sub: Subscription) -> SubscriptionOut:
+        return SubscriptionOut(
+            name=sub.name, url=sub.url, event_types=list(sub.event_types), created_at=sub.created_at
+        )
+
+    @app.post("/v1/subscriptions", status_code=201, dependencies=auth, tags=["subscriptions"])
+    def create_subscription(body: SubscriptionIn) -> SubscriptionOut:
+        _check_subscription(body)
+        sub = store.create_subscription(
+            Subscription(body.name, body.url, body.secret, tuple(body.event_types), clock.wall()),
+            sink=webhook_sink(body.name),
+        )
+        LOG.info("subscription %s created: %s", sub.name, sub.url)
+        return _subscription_out(sub)
+
+    @app.get("/v1/subscriptions", dependencies=auth, tags=["subscriptions"])
+    def list_subscriptions() -> list[SubscriptionOut]:
+        return [_subscription_out(s) for s in store.list_subscriptions()]
+
+    @app.get("/v1/subscriptions/{name}", dependencies=auth, tags=["subscriptions"])
+    def get_subscription(name: str) -> SubscriptionOut:
+        return _subscription_out(store.get_subscription(name))
+
+    @app.delete(
+        "/v1/subscriptions/{name}", status_code=204, dependencies=auth, tags=["subscriptions"]
+    )
+    def delete_subscription(name: str) -> None:
+        store.delete_subscription(name, sink=webhook_sink(name))
+        LOG.info("subscription %s deleted", name)
+
+    @app.post("/v1/subscriptions/{name}/test", dependencies=auth, tags=["subscriptions"])
+    def test_subscription(name: str) -> dict[str, Any]:
+        """Send one test event to this subscription now and say how it went."""
+        from vigil.drivers.webhook import WebhookNotifier
+
+        sub = store.get_subscription(name)
+        event = make_event(
+            "vigil.subscription.test",
+            at=clock.wall(),
+            subscription=name,
+            message="test event fired by an operator",
+        )
+        try:
+            WebhookNotifier(sub.url, sub.secret).publish(event)
+        except DriverError as exc:
+            return {"delivered": False, "error": str(exc), "event_id": event.id}
+        return {"delivered": True, "event_id": event.id}
+
+    @app.get("/v1/dead-letters", dependencies=auth, tags=["subscriptions"])
+    def list_dead_letters(sink: str | None = None) -> list[dict[str, Any]]:
+        return [dl.__dict__ for dl in store.list_dead_letters(sink=sink)]
+
+    def _fenced_recovery(host: str) -> int:
+        """The recovery of a host whose fence is confirmed: the only place a consumer's
+        evacuation may start from (S1)."""
+        record = store.get_host(host)
+        if record.state not in (HostState.FAILED, HostState.RECOVERED):
+            raise HTTPException(
+                409,
+                f"host {host} is {record.state.value}: vigil evacuates "
+                "only from a failed host it has fenced",
+            )
+        for recovery in store.list_recoveries(host=host, limit=1):
+            fence = recovery.step(StepKind.FENCE)
+            if fence is not None and fence.status == StepStatus.SUCCEEDED:
+                return recovery.id
+        raise HTTPException(409, f"host {host} is not fenced (yet): nothing may be evacuated")
+
+    @app.post(
+        "/v1/instances/{instance_id}/evacuate",
+        status_code=202,
+        dependencies=auth,
+        tags=["instances"],
+    )
+    def evacuate_instance(instance_id: str, body: EvacuateIn) -> RecoveryOut:
+        """A consumer's recovery: evacuate this instance of a fenced host (optionally to a
+        named host). Recorded as a step of the host's recovery, like vigil's own."""
+        try:
+            server = compute.get_server(instance_id)
+        except NotFound:
+            raise NotFoundError(f"instance {instance_id} not found") from None
+        if not server.host:
+            raise HTTPException(409, f"instance {instance_id} has no host")
+        if body.target_host is not None:
+            store.get_host(body.target_host)  # 404 for a host vigil does not know
+        recovery_id = _fenced_recovery(server.host)
+        now = clock.wall()
+        event = make_event(
+            "vigil.consumer.action",
+            at=now,
+            action="evacuate",
+            instance_id=instance_id,
+            host=server.host,
+            target_host=body.target_host,
+            recovery_id=recovery_id,
+            reason="requested through the API",
+        )
+        recovery = store.add_steps(
+            recovery_id,
+            [NewStep(StepKind.EVACUATE, instance_id, server.name, target_host=body.target_host)],
+            at=now,
+            reason=f"consumer asked to evacuate {server.name}",
+            events=[event],
+        )
+        LOG.info(
+            "host %s: consumer asked to evacuate instance %s (%s)%s",
+            server.host,
+            server.name,
+            instance_id,
+            f" to {body.target_host}" if body.target_host else "",
+        )
+        engine.wake()
+        return RecoveryOut.of(recovery)
+
+    @app.post("/v1/instances/{instance_id}/restart", dependencies=auth, tags=["instances"])
+    def restart_instance(instance_id: str) -> dict[str, Any]:
+        """A consumer's recovery: hard-reboot this instance on its (healthy) host."""
+        server = compute.get_server(instance_id)
+        if server.host:
+            state = store.get_host(server.host).state
+            if state in (HostState.SUSPECT, HostState.FAILED, HostState.RECOVERED):
+                raise HTTPException(409, f"host {server.host} is {state.value}: evacuate instead")
+
+        def act() -> None:
+            compute.reboot(instance_id, hard=True)
+            store.append_events(
+                [
+                    make_event(
+                        "vigil.consumer.action",
+                        at=clock.wall(),
+                        action="restart",
+                        instance_id=instance_id,
+                        host=server.host,
+                        reason="requested through the API",
+                    )
+                ]
+            )
+
+        engine.call(act)
+        LOG.info(
+            "host %s: instance %s (%s) restarted on a consumer's request",
+            server.host,
+            server.name,
+            instance_id,
+        )
+        engine.wake()
+        return {"instance_id": instance_id, "restarted": True}
+
+    @app.post("/v1/failures/{failure_id}/handled", dependencies=auth, tags=["failures"])
+    def failure_handled(failure_id: int, body: HandledIn) -> FailureOut:
+        """A consumer (or operator) says a failure is taken care of."""
+        failure = store.get_failure(failure_id)
+        event = make_event(
+            "vigil.consumer.action",
+            at=clock.wall(),
+            action="handled",
+            host=failure.host,
+            failure_id=failure_id,
+            reason=body.reason,
+        )
+        done = store.resolve_failure(
+            failure_id, at=clock.wall(), reason=body.reason, events=[event]
+        )
+        LOG.info("host %s: failure %d marked handled: %s", failure.host, failure_id, body.reason)
+        engine.wake()
+        return FailureOut.of(done)
 
     # --- cloud-wide pause (S4) ------------------------------------------------------------
     @app.get("/v1/control", dependencies=auth, tags=["control"])

@@ -245,3 +245,31 @@ class ControlOut(BaseModel):
     paused: bool
     reason: str
     changed_at: float
+
+
+class SubscriptionIn(_In):
+    name: str = Field(pattern=NAME)
+    url: str = Field(max_length=2048, description="http(s) URL events are POSTed to")
+    secret: str = Field(
+        min_length=16, max_length=256, description="HMAC-SHA256 key of X-Vigil-Signature"
+    )
+    event_types: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="event types, exact or 'prefix.*'; empty: every event",
+    )
+
+
+class SubscriptionOut(BaseModel):
+    name: str
+    url: str
+    event_types: list[str]
+    created_at: float
+
+
+class EvacuateIn(_In):
+    target_host: str | None = Field(None, pattern=NAME)
+
+
+class HandledIn(_In):
+    reason: str = Field("handled by consumer", max_length=1024)

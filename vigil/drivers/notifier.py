@@ -9,22 +9,11 @@ import abc
 import json
 import logging
 import threading
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict
 
+from vigil.model import Event
 
-@dataclass(frozen=True)
-class Event:
-    """One event. ``id`` is the idempotency key consumers deduplicate on."""
-
-    id: str
-    event_type: str  # e.g. vigil.host.failure.confirmed
-    timestamp: float
-    host: str | None = None
-    instance_id: str | None = None
-    priority: str = "INFO"
-    payload: Mapping[str, Any] = field(default_factory=dict)
+__all__ = ["Event", "LogNotifier", "MemoryNotifier", "Notifier"]
 
 
 class Notifier(abc.ABC):

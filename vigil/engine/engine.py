@@ -16,7 +16,6 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -26,7 +25,6 @@ from vigil.config import Settings
 from vigil.drivers.compute import ComputeDriver
 from vigil.drivers.errors import DriverError, PermanentError, TemporaryError
 from vigil.drivers.fencing import FenceDevice, PowerState
-from vigil.drivers.notifier import Event, Notifier
 from vigil.engine.decide import (
     ACTIVE_RECOVERY,
     Action,
@@ -46,12 +44,15 @@ from vigil.engine.decide import (
 from vigil.engine.heartbeat import HeartbeatTable
 from vigil.engine.lease import LeaseKeeper
 from vigil.engine.steps import StepContext, run_step
+from vigil.events import STEP_EVENT_NAMES, make_event
 from vigil.model import (
+    Event,
     Host,
     HostState,
     InvalidTransition,
     NewStep,
     RecoveryStatus,
+    Step,
     StepKind,
     StepStatus,
 )
@@ -68,18 +69,18 @@ class Engine:
         store: Store,
         compute: ComputeDriver,
         fence_devices: Callable[[Host], list[FenceDevice]],
-        notifier: Notifier,
         settings: Settings,
         clock: Clock,
         heartbeats: HeartbeatTable,
         leases: LeaseKeeper | None = None,
+        on_events: Callable[[], None] | None = None,
         wait: Callable[[float], None] = time.sleep,
     ) -> None:
+        self._on_events = on_events
         self._leases = leases
         self._store = store
         self._compute = compute
         self._fence_devices = fence_devices
-        self._notifier = notifier
         self._settings = settings
         self._clock = clock
         self._heartbeats = heartbeats
@@ -159,10 +160,13 @@ class Engine:
         if self._leases is not None:
             self._leases.reinstate(name)
         LOG.info("host %s: restored by operator; compute service up and enabled", name)
-        self._emit("vigil.host.restored", host=name)
-        return self._store.set_host_state(
-            name, HostState.NEW, reason="restored by operator", at=self._clock.wall()
+        now = self._clock.wall()
+        event = make_event("vigil.host.restored", at=now, host=name, reason="operator")
+        restored = self._store.set_host_state(
+            name, HostState.NEW, reason="restored by operator", at=now, events=[event]
         )
+        self._events_written()
+        return restored
 
     # --- the cycle ----------------------------------------------------------------------
 
@@ -220,17 +224,47 @@ class Engine:
         now = self._clock.wall()
         store = self._store
         if isinstance(action, MarkUp):
-            store.set_host_state(action.host, HostState.UP, reason=action.reason, at=now)
+            host = store.get_host(action.host)
+            events = []
+            if host.state == HostState.SUSPECT:
+                events.append(
+                    make_event(
+                        "vigil.host.failure.cleared",
+                        at=now,
+                        host=action.host,
+                        reason=action.reason,
+                        segment=host.segment,
+                    )
+                )
+            store.set_host_state(
+                action.host, HostState.UP, reason=action.reason, at=now, events=events
+            )
             LOG.info("host %s: up (%s)", action.host, action.reason)
         elif isinstance(action, MarkSuspect):
-            store.set_host_state(action.host, HostState.SUSPECT, reason=action.reason, at=now)
+            event = make_event(
+                "vigil.host.failure.suspected", at=now, host=action.host, reason=action.reason
+            )
+            store.set_host_state(
+                action.host, HostState.SUSPECT, reason=action.reason, at=now, events=[event]
+            )
             LOG.warning("host %s: suspect: %s; reading its BMC", action.host, action.reason)
-            self._emit("vigil.host.failure.suspected", host=action.host, reason=action.reason)
         elif isinstance(action, ProbePower):
             with self._lock:
                 self._probing.add(action.host)
             self._pool.submit(self._probe, action.host)
         elif isinstance(action, DeclareFailure):
+            # The recovery id is the store's to give: the event names the failure by host
+            # and reason, and the recovery id follows in every step event.
+            segment = store.get_host(action.host).segment
+            event = make_event(
+                "vigil.host.failure.confirmed",
+                at=now,
+                host=action.host,
+                reason=action.reason,
+                segment=segment,
+                sources=list(action.sources),
+                paused=action.paused_reason,
+            )
             recovery = store.open_host_recovery(
                 host=action.host,
                 reason=action.reason,
@@ -241,6 +275,7 @@ class Engine:
                     for k in (StepKind.FENCE, StepKind.FORCE_DOWN, StepKind.LIST_INSTANCES)
                 ],
                 paused_reason=action.paused_reason,
+                events=[event],
             )
             if action.paused_reason:
                 LOG.error(
@@ -257,37 +292,48 @@ class Engine:
                     action.reason,
                     recovery.id,
                 )
-            self._emit(
-                "vigil.host.failure.confirmed",
-                host=action.host,
-                priority="ERROR",
-                reason=action.reason,
-                recovery_id=recovery.id,
-                paused=action.paused_reason,
-            )
         elif isinstance(action, PauseSegment):
-            store.update_segment(action.segment, paused=True, pause_reason=action.reason)
+            event = make_event(
+                "vigil.segment.paused", at=now, segment=action.segment, reason=action.reason
+            )
+            store.update_segment(
+                action.segment, paused=True, pause_reason=action.reason, events=[event]
+            )
             LOG.critical(
                 "ALARM segment %s: automatic recovery paused: %s", action.segment, action.reason
             )
-            self._emit(
-                "vigil.segment.paused",
-                priority="CRITICAL",
-                segment=action.segment,
+        elif isinstance(action, PauseRecovery):
+            event = make_event(
+                "vigil.recovery.paused",
+                at=now,
+                host=action.host,
+                recovery_id=action.recovery_id,
                 reason=action.reason,
             )
-        elif isinstance(action, PauseRecovery):
             store.set_recovery_status(
-                action.recovery_id, RecoveryStatus.PAUSED, at=now, reason=action.reason
+                action.recovery_id,
+                RecoveryStatus.PAUSED,
+                at=now,
+                reason=action.reason,
+                events=[event],
             )
             LOG.warning(
                 "host %s: recovery %d paused: %s", action.host, action.recovery_id, action.reason
             )
         elif isinstance(action, ResumeRecovery):
-            store.set_recovery_status(action.recovery_id, RecoveryStatus.RUNNING, at=now)
+            event = make_event(
+                "vigil.recovery.resumed", at=now, host=action.host, recovery_id=action.recovery_id
+            )
+            store.set_recovery_status(
+                action.recovery_id, RecoveryStatus.RUNNING, at=now, events=[event]
+            )
             LOG.info("host %s: recovery %d resumed", action.host, action.recovery_id)
         elif isinstance(action, RunStep):
-            step = store.start_step(action.step.id, at=now)
+            step = action.step
+            event = self._step_event(
+                step, action.recovery_id, action.host, "start", attempt=step.attempts + 1
+            )
+            step = store.start_step(step.id, at=now, events=[event])
             with self._lock:
                 self._in_flight.add(step.id)
             try:
@@ -298,24 +344,28 @@ class Engine:
                 with self._lock:
                     self._in_flight.discard(step.id)
         elif isinstance(action, FinishRecovery):
-            store.finish_recovery(action.recovery_id, action.status, at=now, reason=action.reason)
-            level = logging.INFO if action.status == RecoveryStatus.SUCCEEDED else logging.ERROR
+            ok = action.status == RecoveryStatus.SUCCEEDED
+            event = make_event(
+                "vigil.recovery.end",
+                at=now,
+                host=action.host,
+                priority="INFO" if ok else "ERROR",
+                recovery_id=action.recovery_id,
+                outcome=action.status.value,
+                reason=action.reason,
+            )
+            store.finish_recovery(
+                action.recovery_id, action.status, at=now, reason=action.reason, events=[event]
+            )
             LOG.log(
-                level,
+                logging.INFO if ok else logging.ERROR,
                 "host %s: recovery %d %s: %s",
                 action.host,
                 action.recovery_id,
                 action.status.value,
                 action.reason,
             )
-            self._emit(
-                "vigil.recovery.end",
-                host=action.host,
-                priority="INFO" if action.status == RecoveryStatus.SUCCEEDED else "ERROR",
-                recovery_id=action.recovery_id,
-                outcome=action.status.value,
-                reason=action.reason,
-            )
+        self._events_written()
 
     # --- work on the pool ---------------------------------------------------------------
 
@@ -355,20 +405,18 @@ class Engine:
                     LOG.exception("host %s: %s crashed", host_name, label)
                 now = self._clock.wall()
                 if permanent or attempts >= settings.step_attempts:
-                    store.finish_step(step_id, StepStatus.FAILED, at=now, detail=str(exc))
+                    event = self._step_event(
+                        step, recovery_id, host_name, "error", attempt=attempts, detail=str(exc)
+                    )
+                    store.finish_step(
+                        step_id, StepStatus.FAILED, at=now, detail=str(exc), events=[event]
+                    )
                     LOG.error(
                         "host %s: %s FAILED after %d attempt(s): %s",
                         host_name,
                         label,
                         attempts,
                         exc,
-                    )
-                    self._emit(
-                        f"vigil.{_event_name(step.kind)}.error",
-                        host=host_name,
-                        instance_id=step.instance_id,
-                        priority="ERROR",
-                        detail=str(exc),
                     )
                 else:
                     delay = settings.backoff(attempts)
@@ -388,6 +436,15 @@ class Engine:
                         exc,
                     )
                 return
+            event = self._step_event(
+                step,
+                recovery_id,
+                host_name,
+                "end",
+                attempt=attempts,
+                detail=done.detail,
+                result=dict(done.result),
+            )
             store.finish_step(
                 step_id,
                 StepStatus.SUCCEEDED,
@@ -395,51 +452,44 @@ class Engine:
                 detail=done.detail,
                 result=done.result,
                 new_steps=done.new_steps,
+                events=[event],
             )
             LOG.info("host %s: %s done: %s", host_name, label, done.detail)
-            self._emit(
-                f"vigil.{_event_name(step.kind)}.end",
-                host=host_name,
-                instance_id=step.instance_id,
-                detail=done.detail,
-                **dict(done.result),
-            )
         except Exception:
             LOG.exception("host %s: recording step %d failed", host_name, step_id)
         finally:
             with self._lock:
                 self._in_flight.discard(step_id)
+            self._events_written()
             self.wake()
 
-    def _emit(
+    def _step_event(
         self,
-        event_type: str,
+        step: Step,
+        recovery_id: int,
+        host: str,
+        phase: str,
         *,
-        host: str | None = None,
-        instance_id: str | None = None,
-        priority: str = "INFO",
-        **payload: Any,
-    ) -> None:
-        event = Event(
-            id=str(uuid.uuid4()),
-            event_type=event_type,
-            timestamp=self._clock.wall(),
+        attempt: int,
+        detail: str = "",
+        result: dict[str, Any] | None = None,
+    ) -> Event:
+        return make_event(
+            f"{STEP_EVENT_NAMES[step.kind]}.{phase}",
+            at=self._clock.wall(),
             host=host,
-            instance_id=instance_id,
-            priority=priority,
-            payload=payload,
+            instance_id=step.instance_id,
+            recovery_id=recovery_id,
+            step_id=step.id,
+            step=step.kind.value,
+            attempt=attempt,
+            detail=detail,
+            result=result or {},
+            instance_name=step.instance_name,
+            target_host=step.target_host,
         )
-        try:
-            self._notifier.publish(event)
-        except Exception as exc:  # notification must never stop a recovery
-            LOG.warning("host %s: event %s not published: %s", host, event_type, exc)
 
-
-def _event_name(kind: StepKind) -> str:
-    return {
-        StepKind.FENCE: "host.fence",
-        StepKind.FORCE_DOWN: "host.compute.force_down",
-        StepKind.LIST_INSTANCES: "host.instances.list",
-        StepKind.EVACUATE: "instance.evacuate",
-        StepKind.NOTIFY: "instance.notify",
-    }[kind]
+    def _events_written(self) -> None:
+        """Events were committed: let the dispatcher deliver them now, not at its next poll."""
+        if self._on_events is not None:
+            self._on_events()

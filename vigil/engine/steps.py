@@ -172,7 +172,7 @@ def evacuate(ctx: StepContext, step: Step, recovery: Recovery, host: Host) -> Do
         if server.status not in nova.EVACUABLE:
             raise TemporaryError(f"{label} is {server.status}: Nova cannot evacuate it yet")
         LOG.info("host %s: evacuating %s", host.name, label)
-        ctx.compute.evacuate(sid)
+        ctx.compute.evacuate(sid, step.target_host)
     else:
         # Already leaving or gone: a previous run of this step asked Nova; never ask twice.
         LOG.info("host %s: %s already evacuating or moved; confirming", host.name, label)

@@ -8,6 +8,11 @@ between two separate writes would otherwise leave, say, a host FAILED with no re
 State changes are checked against the tables in ``vigil.model`` and raise
 ``vigil.model.InvalidTransition`` (nothing written) for a move the table forbids.
 Timestamps are passed in (``at``), never read from a clock here.
+
+The transactional outbox: the writing methods take ``events``, written in the same
+transaction as the change they report (so a crash can neither lose an event of a change
+that happened nor publish one of a change that did not). Delivery sinks (the bus, each
+webhook subscription) keep a cursor in it and deliver in ``seq`` order.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from typing import Any
 
 from vigil.model import (
     Control,
+    DeadLetter,
+    Event,
     Failure,
     FailureKind,
     FailureStatus,
@@ -28,8 +35,10 @@ from vigil.model import (
     Recovery,
     RecoveryStatus,
     Segment,
+    SinkState,
     Step,
     StepStatus,
+    Subscription,
 )
 
 
@@ -63,7 +72,7 @@ class Store(abc.ABC):
         """Ordered by name."""
 
     @abc.abstractmethod
-    def update_segment(self, name: str, **changes: Any) -> Segment:
+    def update_segment(self, name: str, *, events: Sequence[Event] = (), **changes: Any) -> Segment:
         """Fields: description, default_policy, max_failed_share, max_parallel_evacuations,
         paused, pause_reason. Unknown field -> ValueError."""
 
@@ -88,7 +97,15 @@ class Store(abc.ABC):
         """Fields: segment, maintenance, reserved, fencing. Unknown field -> ValueError."""
 
     @abc.abstractmethod
-    def set_host_state(self, name: str, state: HostState, *, reason: str, at: float) -> Host:
+    def set_host_state(
+        self,
+        name: str,
+        state: HostState,
+        *,
+        reason: str,
+        at: float,
+        events: Sequence[Event] = (),
+    ) -> Host:
         """Checked against HOST_TRANSITIONS."""
 
     @abc.abstractmethod
@@ -140,6 +157,7 @@ class Store(abc.ABC):
         at: float,
         steps: Sequence[NewStep],
         paused_reason: str | None = None,
+        events: Sequence[Event] = (),
     ) -> Recovery:
         """Declare a host failed, in one transaction: record (or fold into) its HOST_DOWN
         failure, move the host to FAILED (checked), and create a recovery with ``steps``
@@ -162,26 +180,40 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def set_recovery_status(
-        self, recovery_id: int, status: RecoveryStatus, *, at: float, reason: str = ""
+        self,
+        recovery_id: int,
+        status: RecoveryStatus,
+        *,
+        at: float,
+        reason: str = "",
+        events: Sequence[Event] = (),
     ) -> Recovery:
         """For RUNNING and PAUSED (checked against RECOVERY_TRANSITIONS). RUNNING sets
         started_at if unset and the failure to RECOVERING; PAUSED sets the failure OPEN."""
 
     @abc.abstractmethod
     def finish_recovery(
-        self, recovery_id: int, status: RecoveryStatus, *, at: float, reason: str = ""
+        self,
+        recovery_id: int,
+        status: RecoveryStatus,
+        *,
+        at: float,
+        reason: str = "",
+        events: Sequence[Event] = (),
     ) -> Recovery:
         """SUCCEEDED or FAILED, in one transaction with what follows from it:
         SUCCEEDED -> failure RESOLVED and host RECOVERED; FAILED -> failure ERROR."""
 
     @abc.abstractmethod
-    def retry_recovery(self, recovery_id: int, *, at: float) -> Recovery:
+    def retry_recovery(
+        self, recovery_id: int, *, at: float, events: Sequence[Event] = ()
+    ) -> Recovery:
         """An operator retries a FAILED recovery (its cause fixed, e.g. a BMC back): its
         FAILED steps go back to PENDING with a fresh attempt budget, the recovery to
         RUNNING and the failure to RECOVERING. InvalidTransition unless it is FAILED."""
 
     @abc.abstractmethod
-    def start_step(self, step_id: int, *, at: float) -> Step:
+    def start_step(self, step_id: int, *, at: float, events: Sequence[Event] = ()) -> Step:
         """PENDING -> RUNNING, attempts + 1, started_at = at (first start only)."""
 
     @abc.abstractmethod
@@ -195,6 +227,7 @@ class Store(abc.ABC):
         result: Mapping[str, Any] | None = None,
         next_attempt_at: float | None = None,
         new_steps: Sequence[NewStep] = (),
+        events: Sequence[Event] = (),
     ) -> Step:
         """RUNNING -> SUCCEEDED / FAILED (finished_at = at) or -> PENDING for a retry at
         ``next_attempt_at``. ``new_steps`` are appended to the same recovery in the same
@@ -208,6 +241,79 @@ class Store(abc.ABC):
     def requeue_running_steps(self, *, at: float) -> int:
         """After a restart: every RUNNING step back to PENDING (due now). Returns how many.
         Steps are idempotent, so running one again is safe."""
+
+    @abc.abstractmethod
+    def add_steps(
+        self,
+        recovery_id: int,
+        steps: Sequence[NewStep],
+        *,
+        at: float,
+        reason: str,
+        events: Sequence[Event] = (),
+    ) -> Recovery:
+        """Append steps (a consumer's "evacuate these now"); a finished recovery is
+        reopened (RUNNING, failure RECOVERING)."""
+
+    @abc.abstractmethod
+    def resolve_failure(
+        self, failure_id: int, *, at: float, reason: str, events: Sequence[Event] = ()
+    ) -> Failure:
+        """A consumer or operator marks a failure handled: RESOLVED, and a FAILED host
+        RECOVERED (out of use until restored). InvalidTransition while a recovery of the
+        failure is pending, running or paused."""
+
+    # --- the outbox -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def append_events(self, events: Sequence[Event]) -> None:
+        """Events not tied to another write (e.g. a consumer's action that changed nothing
+        here)."""
+
+    @abc.abstractmethod
+    def list_events(
+        self, *, after: int = 0, limit: int = 100, host: str | None = None
+    ) -> list[Event]:
+        """Events with seq > ``after``, oldest first."""
+
+    @abc.abstractmethod
+    def last_event_seq(self) -> int: ...
+
+    @abc.abstractmethod
+    def ensure_sink(self, name: str) -> SinkState:
+        """The sink's state; a new sink starts at the end of the outbox."""
+
+    @abc.abstractmethod
+    def get_sink(self, name: str) -> SinkState: ...
+
+    @abc.abstractmethod
+    def sink_delivered(self, name: str, seq: int) -> None:
+        """Move the cursor past event ``seq`` and clear the failure count."""
+
+    @abc.abstractmethod
+    def sink_failed(self, name: str, *, attempts: int, next_attempt_at: float, error: str) -> None:
+        """Record a failed attempt at the event after the cursor."""
+
+    @abc.abstractmethod
+    def dead_letter(self, name: str, event: Event, *, attempts: int, error: str, at: float) -> None:
+        """Give up on ``event`` for this sink: record it and move the cursor past it."""
+
+    @abc.abstractmethod
+    def list_dead_letters(self, *, sink: str | None = None, limit: int = 1000) -> list[DeadLetter]:
+        """Newest first."""
+
+    # --- webhook subscriptions --------------------------------------------------------------
+    @abc.abstractmethod
+    def create_subscription(self, subscription: Subscription, *, sink: str) -> Subscription:
+        """With its sink, starting at the end of the outbox. AlreadyExists for a taken name."""
+
+    @abc.abstractmethod
+    def list_subscriptions(self) -> list[Subscription]: ...
+
+    @abc.abstractmethod
+    def get_subscription(self, name: str) -> Subscription: ...
+
+    @abc.abstractmethod
+    def delete_subscription(self, name: str, *, sink: str) -> None: ...
 
     # --- cloud-wide control -----------------------------------------------------------
     @abc.abstractmethod

@@ -39,6 +39,8 @@ from vigil.model import (
     RECOVERY_TRANSITIONS,
     STEP_TRANSITIONS,
     Control,
+    DeadLetter,
+    Event,
     Failure,
     FailureKind,
     FailureStatus,
@@ -52,9 +54,11 @@ from vigil.model import (
     Recovery,
     RecoveryStatus,
     Segment,
+    SinkState,
     Step,
     StepKind,
     StepStatus,
+    Subscription,
     check_transition,
 )
 from vigil.store.base import AlreadyExists, InUse, NotFoundError, Store
@@ -182,6 +186,7 @@ class StepRow(Base):
     finished_at: Mapped[float | None] = mapped_column(sa.Double)
     detail: Mapped[str] = mapped_column(sa.Text)
     result: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    target_host: Mapped[str | None] = mapped_column(sa.String(_NAME))
 
 
 class ControlRow(Base):
@@ -195,6 +200,60 @@ class ControlRow(Base):
 
 
 _CONTROL_ID = 1  # the control table holds one row
+
+
+class EventRow(Base):
+    """The transactional outbox: written in the transaction of the change it reports;
+    ``seq`` is the delivery order."""
+
+    __tablename__ = "events"
+    __table_args__ = _MYSQL_TABLE
+
+    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    event_type: Mapped[str] = mapped_column(sa.String(_NAME))
+    timestamp: Mapped[float] = mapped_column(sa.Double)
+    host: Mapped[str | None] = mapped_column(sa.String(_NAME), index=True)
+    instance_id: Mapped[str | None] = mapped_column(sa.String(_NAME))
+    priority: Mapped[str] = mapped_column(sa.String(_ENUM))
+    payload: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+
+
+class SinkRow(Base):
+    __tablename__ = "sinks"
+    __table_args__ = _MYSQL_TABLE
+
+    name: Mapped[str] = mapped_column(sa.String(_NAME), primary_key=True)
+    cursor: Mapped[int] = mapped_column(sa.Integer)
+    attempts: Mapped[int] = mapped_column(sa.Integer)
+    next_attempt_at: Mapped[float] = mapped_column(sa.Double)
+    last_error: Mapped[str] = mapped_column(sa.Text)
+
+
+class DeadLetterRow(Base):
+    __tablename__ = "dead_letters"
+    __table_args__ = _MYSQL_TABLE
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    sink: Mapped[str] = mapped_column(sa.String(_NAME), index=True)
+    event_seq: Mapped[int] = mapped_column(sa.Integer)
+    event_id: Mapped[str] = mapped_column(sa.String(64))
+    event_type: Mapped[str] = mapped_column(sa.String(_NAME))
+    attempts: Mapped[int] = mapped_column(sa.Integer)
+    error: Mapped[str] = mapped_column(sa.Text)
+    at: Mapped[float] = mapped_column(sa.Double)
+
+
+class SubscriptionRow(Base):
+    __tablename__ = "subscriptions"
+    __table_args__ = _MYSQL_TABLE
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(_NAME), unique=True)
+    url: Mapped[str] = mapped_column(sa.Text)
+    secret: Mapped[str] = mapped_column(sa.Text)
+    event_types: Mapped[list[str]] = mapped_column(sa.JSON)
+    created_at: Mapped[float] = mapped_column(sa.Double)
 
 
 # --- engine and migrations ------------------------------------------------------------
@@ -325,6 +384,35 @@ def _step(row: StepRow) -> Step:
         finished_at=row.finished_at,
         detail=row.detail,
         result=dict(row.result),
+        target_host=row.target_host,
+    )
+
+
+def _event(row: EventRow) -> Event:
+    return Event(
+        id=row.id,
+        event_type=row.event_type,
+        timestamp=row.timestamp,
+        host=row.host,
+        instance_id=row.instance_id,
+        priority=row.priority,
+        payload=dict(row.payload),
+        seq=row.seq,
+    )
+
+
+def _sink(row: SinkRow) -> SinkState:
+    return SinkState(row.name, row.cursor, row.attempts, row.next_attempt_at, row.last_error)
+
+
+def _subscription(row: SubscriptionRow) -> Subscription:
+    return Subscription(
+        name=row.name,
+        url=row.url,
+        secret=row.secret,
+        event_types=tuple(row.event_types),
+        created_at=row.created_at,
+        id=row.id,
     )
 
 
@@ -420,9 +508,24 @@ class SqlStore(Store):
             yield session
 
     @contextmanager
-    def _write(self) -> Iterator[Session]:
+    def _write(self, events: Sequence[Event] = ()) -> Iterator[Session]:
+        """A write transaction; ``events`` go to the outbox in the same transaction."""
         with self._writes.begin() as session:
             yield session
+            if events:
+                session.add_all(
+                    EventRow(
+                        id=e.id,
+                        event_type=e.event_type,
+                        timestamp=e.timestamp,
+                        host=e.host,
+                        instance_id=e.instance_id,
+                        priority=e.priority,
+                        payload=dict(e.payload),
+                    )
+                    for e in events
+                )
+                session.flush()
 
     # --- segments ---------------------------------------------------------------------
 
@@ -452,9 +555,9 @@ class SqlStore(Store):
         with self._read() as s:
             return [_segment(r) for r in s.scalars(sa.select(SegmentRow).order_by(SegmentRow.name))]
 
-    def update_segment(self, name: str, **changes: Any) -> Segment:
+    def update_segment(self, name: str, *, events: Sequence[Event] = (), **changes: Any) -> Segment:
         values = _converted(changes, _SEGMENT_FIELDS, "update_segment")
-        with self._write() as s:
+        with self._write(events) as s:
             row = self._segment_row(s, name, lock=True)
             for field_name, value in values.items():
                 setattr(row, field_name, value)
@@ -529,8 +632,16 @@ class SqlStore(Store):
                 raise NotFoundError(f"segment {values.get('segment')!r} does not exist") from exc
             return _host(row)
 
-    def set_host_state(self, name: str, state: HostState, *, reason: str, at: float) -> Host:
-        with self._write() as s:
+    def set_host_state(
+        self,
+        name: str,
+        state: HostState,
+        *,
+        reason: str,
+        at: float,
+        events: Sequence[Event] = (),
+    ) -> Host:
+        with self._write(events) as s:
             row = self._host_row(s, name, lock=True)
             self._move_host(row, HostState(state), reason=reason, at=at)
             s.flush()
@@ -618,9 +729,10 @@ class SqlStore(Store):
         at: float,
         steps: Sequence[NewStep],
         paused_reason: str | None = None,
+        events: Sequence[Event] = (),
     ) -> Recovery:
         paused = paused_reason is not None
-        with self._write() as s:
+        with self._write(events) as s:
             host_row = self._host_row(s, host, lock=True)
             active = s.scalar(
                 sa.select(RecoveryRow.id)
@@ -676,13 +788,23 @@ class SqlStore(Store):
             return self._with_steps(s, list(s.scalars(query)))
 
     def set_recovery_status(
-        self, recovery_id: int, status: RecoveryStatus, *, at: float, reason: str = ""
+        self,
+        recovery_id: int,
+        status: RecoveryStatus,
+        *,
+        at: float,
+        reason: str = "",
+        events: Sequence[Event] = (),
     ) -> Recovery:
         status = RecoveryStatus(status)
         if status not in (RecoveryStatus.RUNNING, RecoveryStatus.PAUSED):
             raise ValueError(f"set_recovery_status: {status.value} (use finish_recovery)")
-        with self._write() as s:
+        with self._write(events) as s:
             row = self._lock_recovery(s, recovery_id)
+            if RecoveryStatus(row.status) is RecoveryStatus.SUCCEEDED:
+                raise InvalidTransition(
+                    f"recovery {recovery_id} succeeded: only new steps (add_steps) reopen it"
+                )
             failure = s.get_one(FailureRow, row.failure_id)
             self._move_recovery(row, status)
             if status is RecoveryStatus.RUNNING:
@@ -697,12 +819,18 @@ class SqlStore(Store):
             return self._with_steps(s, [row])[0]
 
     def finish_recovery(
-        self, recovery_id: int, status: RecoveryStatus, *, at: float, reason: str = ""
+        self,
+        recovery_id: int,
+        status: RecoveryStatus,
+        *,
+        at: float,
+        reason: str = "",
+        events: Sequence[Event] = (),
     ) -> Recovery:
         status = RecoveryStatus(status)
         if status not in (RecoveryStatus.SUCCEEDED, RecoveryStatus.FAILED):
             raise ValueError(f"finish_recovery: {status.value} is not a final status")
-        with self._write() as s:
+        with self._write(events) as s:
             row = self._lock_recovery(s, recovery_id)
             failure = s.get_one(FailureRow, row.failure_id)
             self._move_recovery(row, status)
@@ -722,8 +850,10 @@ class SqlStore(Store):
             s.flush()
             return self._with_steps(s, [row])[0]
 
-    def retry_recovery(self, recovery_id: int, *, at: float) -> Recovery:
-        with self._write() as s:
+    def retry_recovery(
+        self, recovery_id: int, *, at: float, events: Sequence[Event] = ()
+    ) -> Recovery:
+        with self._write(events) as s:
             row = self._lock_recovery(s, recovery_id)
             if RecoveryStatus(row.status) is not RecoveryStatus.FAILED:
                 raise InvalidTransition(
@@ -746,8 +876,8 @@ class SqlStore(Store):
             s.flush()
             return self._with_steps(s, [row])[0]
 
-    def start_step(self, step_id: int, *, at: float) -> Step:
-        with self._write() as s:
+    def start_step(self, step_id: int, *, at: float, events: Sequence[Event] = ()) -> Step:
+        with self._write(events) as s:
             row = self._lock_step(s, step_id)
             self._move_step(row, StepStatus.RUNNING, expect=StepStatus.PENDING)
             row.attempts += 1
@@ -766,11 +896,12 @@ class SqlStore(Store):
         result: Mapping[str, Any] | None = None,
         next_attempt_at: float | None = None,
         new_steps: Sequence[NewStep] = (),
+        events: Sequence[Event] = (),
     ) -> Step:
         status = StepStatus(status)
         if status not in (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.PENDING):
             raise ValueError(f"finish_step: {status.value} is not an outcome")
-        with self._write() as s:
+        with self._write(events) as s:
             row = self._lock_step(s, step_id)
             self._move_step(row, status, expect=StepStatus.RUNNING)
             if status is StepStatus.PENDING:
@@ -809,6 +940,181 @@ class SqlStore(Store):
                 .values(status=str(StepStatus.PENDING), next_attempt_at=at)
             )
             return result.rowcount
+
+    def add_steps(
+        self,
+        recovery_id: int,
+        steps: Sequence[NewStep],
+        *,
+        at: float,
+        reason: str,
+        events: Sequence[Event] = (),
+    ) -> Recovery:
+        with self._write(events) as s:
+            row = self._lock_recovery(s, recovery_id)
+            status = RecoveryStatus(row.status)
+            if status in (RecoveryStatus.SUCCEEDED, RecoveryStatus.FAILED):
+                self._move_recovery(row, RecoveryStatus.RUNNING)
+                self._move_failure(s.get_one(FailureRow, row.failure_id), FailureStatus.RECOVERING)
+                row.finished_at = None
+            row.reason = reason
+            last = s.scalar(
+                sa.select(sa.func.max(StepRow.seq)).where(StepRow.recovery_id == recovery_id)
+            )
+            self._add_steps(s, recovery_id, first_seq=(last or 0) + 1, steps=steps, at=at)
+            s.flush()
+            return self._with_steps(s, [row])[0]
+
+    def resolve_failure(
+        self, failure_id: int, *, at: float, reason: str, events: Sequence[Event] = ()
+    ) -> Failure:
+        with self._write(events) as s:
+            row = self._failure_row(s, failure_id)
+            host = self._host_row(s, row.host, lock=True)
+            row = self._failure_row(s, failure_id)
+            active = s.scalar(
+                sa.select(RecoveryRow.id)
+                .where(
+                    RecoveryRow.failure_id == failure_id,
+                    RecoveryRow.status.in_(_ACTIVE_RECOVERY),
+                )
+                .limit(1)
+            )
+            if active is not None:
+                raise InvalidTransition(
+                    f"failure {failure_id}: recovery {active} is still active; "
+                    "let it end (or fail) first"
+                )
+            self._move_failure(row, FailureStatus.RESOLVED)
+            row.reason = f"{row.reason}; {reason}" if reason else row.reason
+            row.last_seen = max(row.last_seen, at)
+            if HostState(host.state) is HostState.FAILED:
+                # Handled by hand: out of use, like a recovered host, until restored.
+                self._move_host(host, HostState.RECOVERED, reason=f"handled: {reason}", at=at)
+            s.flush()
+            return _failure(row)
+
+    # --- the outbox ---------------------------------------------------------------------
+
+    def append_events(self, events: Sequence[Event]) -> None:
+        with self._write(events):
+            pass
+
+    def list_events(
+        self, *, after: int = 0, limit: int = 100, host: str | None = None
+    ) -> list[Event]:
+        with self._read() as s:
+            query = sa.select(EventRow).where(EventRow.seq > after)
+            if host is not None:
+                query = query.where(EventRow.host == host)
+            rows = s.scalars(query.order_by(EventRow.seq).limit(limit))
+            return [_event(r) for r in rows]
+
+    def last_event_seq(self) -> int:
+        with self._read() as s:
+            return int(s.scalar(sa.select(sa.func.max(EventRow.seq))) or 0)
+
+    def ensure_sink(self, name: str) -> SinkState:
+        with self._write() as s:
+            row = s.get(SinkRow, name, with_for_update=True)
+            if row is None:
+                row = self._new_sink(s, name)
+            return _sink(row)
+
+    @staticmethod
+    def _new_sink(s: Session, name: str) -> SinkRow:
+        # A new sink starts at the end: it is not sent the history before it existed.
+        end = s.scalar(sa.select(sa.func.max(EventRow.seq))) or 0
+        row = SinkRow(name=name, cursor=end, attempts=0, next_attempt_at=0.0, last_error="")
+        s.add(row)
+        s.flush()
+        return row
+
+    def get_sink(self, name: str) -> SinkState:
+        with self._read() as s:
+            row = s.get(SinkRow, name)
+            if row is None:
+                raise NotFoundError(f"sink {name!r} does not exist")
+            return _sink(row)
+
+    def sink_delivered(self, name: str, seq: int) -> None:
+        with self._write() as s:
+            row = s.get_one(SinkRow, name, with_for_update=True)
+            row.cursor = max(row.cursor, seq)
+            row.attempts, row.next_attempt_at, row.last_error = 0, 0.0, ""
+
+    def sink_failed(self, name: str, *, attempts: int, next_attempt_at: float, error: str) -> None:
+        with self._write() as s:
+            row = s.get_one(SinkRow, name, with_for_update=True)
+            row.attempts, row.next_attempt_at, row.last_error = attempts, next_attempt_at, error
+
+    def dead_letter(self, name: str, event: Event, *, attempts: int, error: str, at: float) -> None:
+        with self._write() as s:
+            row = s.get_one(SinkRow, name, with_for_update=True)
+            s.add(
+                DeadLetterRow(
+                    sink=name,
+                    event_seq=event.seq,
+                    event_id=event.id,
+                    event_type=event.event_type,
+                    attempts=attempts,
+                    error=error,
+                    at=at,
+                )
+            )
+            row.cursor = max(row.cursor, event.seq)
+            row.attempts, row.next_attempt_at, row.last_error = 0, 0.0, error
+
+    def list_dead_letters(self, *, sink: str | None = None, limit: int = 1000) -> list[DeadLetter]:
+        with self._read() as s:
+            query = sa.select(DeadLetterRow)
+            if sink is not None:
+                query = query.where(DeadLetterRow.sink == sink)
+            rows = s.scalars(query.order_by(DeadLetterRow.id.desc()).limit(limit))
+            return [
+                DeadLetter(r.sink, r.event_seq, r.event_id, r.event_type, r.attempts, r.error, r.at)
+                for r in rows
+            ]
+
+    # --- webhook subscriptions ------------------------------------------------------------
+
+    def create_subscription(self, subscription: Subscription, *, sink: str) -> Subscription:
+        with self._write() as s:
+            row = SubscriptionRow(
+                name=subscription.name,
+                url=subscription.url,
+                secret=subscription.secret,
+                event_types=list(subscription.event_types),
+                created_at=subscription.created_at,
+            )
+            s.add(row)
+            try:
+                s.flush()
+            except IntegrityError:
+                raise AlreadyExists(f"subscription {subscription.name!r} already exists") from None
+            if s.get(SinkRow, sink) is None:
+                self._new_sink(s, sink)
+            return _subscription(row)
+
+    def list_subscriptions(self) -> list[Subscription]:
+        with self._read() as s:
+            rows = s.scalars(sa.select(SubscriptionRow).order_by(SubscriptionRow.name))
+            return [_subscription(r) for r in rows]
+
+    def get_subscription(self, name: str) -> Subscription:
+        with self._read() as s:
+            row = s.scalar(sa.select(SubscriptionRow).where(SubscriptionRow.name == name))
+            if row is None:
+                raise NotFoundError(f"subscription {name!r} does not exist")
+            return _subscription(row)
+
+    def delete_subscription(self, name: str, *, sink: str) -> None:
+        with self._write() as s:
+            row = s.scalar(sa.select(SubscriptionRow).where(SubscriptionRow.name == name))
+            if row is None:
+                raise NotFoundError(f"subscription {name!r} does not exist")
+            s.delete(row)
+            s.execute(sa.delete(SinkRow).where(SinkRow.name == sink))
 
     # --- cloud-wide control -----------------------------------------------------------
 
@@ -932,6 +1238,7 @@ class SqlStore(Store):
                     finished_at=at if status in _TERMINAL_STEP else None,
                     detail=new.detail,
                     result={},
+                    target_host=new.target_host,
                 )
             )
         s.add_all(rows)

@@ -1,0 +1,218 @@
+"""The outbox: events written with the change, delivered in order at least once, retried
+with backoff, dead-lettered after the last try — one sink's trouble never holds another."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vigil.clock import SystemClock
+from vigil.drivers.errors import PermanentError, TemporaryError
+from vigil.drivers.notifier import MemoryNotifier, Notifier
+from vigil.engine.outbox import DeliverySettings, OutboxDispatcher, Sink
+from vigil.events import make_event
+from vigil.model import Event, Host, HostState, Segment
+from vigil.store.sql import SqlStore, upgrade
+
+FAST = DeliverySettings(attempts=4, backoff=0.05, backoff_max=0.2, poll=0.05)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqlStore]:
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    upgrade(url)
+    s = SqlStore(url)
+    s.create_segment(Segment("s1"))
+    s.create_host(Host("c1", "s1"))
+    yield s
+    s.close()
+
+
+class Flaky(Notifier):
+    """Fails the first ``failures`` attempts at each event, then takes it."""
+
+    def __init__(self, failures: int, *, permanent: bool = False, delay: float = 0.0) -> None:
+        self.failures, self.permanent, self.delay = failures, permanent, delay
+        self.tries: dict[str, int] = {}
+        self.got: list[Event] = []
+        self.lock = threading.Lock()
+
+    def publish(self, event: Event) -> None:
+        time.sleep(self.delay)
+        with self.lock:
+            n = self.tries[event.id] = self.tries.get(event.id, 0) + 1
+            if n <= self.failures:
+                raise (PermanentError if self.permanent else TemporaryError)(f"try {n} refused")
+            self.got.append(event)
+
+
+def emit(store: SqlStore, n: int, start: int = 0) -> list[str]:
+    ids = []
+    for i in range(start, start + n):
+        e = make_event("vigil.host.failure.suspected", at=float(i), host="c1", reason=f"r{i}")
+        # each event written with a state change, as the engine does
+        state = HostState.SUSPECT if i % 2 == 0 else HostState.UP
+        store.set_host_state("c1", state, reason=f"r{i}", at=float(i), events=[e])
+        ids.append(e.id)
+    return ids
+
+
+def wait_for(pred, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_events_are_written_in_the_transaction_of_their_change(store: SqlStore) -> None:
+    e = make_event("vigil.host.failure.suspected", at=1.0, host="c1", reason="x")
+    # an invalid transition writes neither the state nor its event
+    with pytest.raises(Exception, match="not allowed"):
+        store.set_host_state("c1", HostState.RECOVERED, reason="x", at=1.0, events=[e])
+    assert store.list_events() == []
+    store.set_host_state("c1", HostState.SUSPECT, reason="x", at=1.0, events=[e])
+    (stored,) = store.list_events()
+    assert (stored.id, stored.host, stored.seq) == (e.id, "c1", 1)
+
+
+def test_every_event_delivered_in_order_to_every_sink(store: SqlStore) -> None:
+    a, b = MemoryNotifier(), MemoryNotifier()
+    d = OutboxDispatcher(
+        store, clock=SystemClock(), settings=FAST, sinks=lambda: [Sink("a", a), Sink("b", b)]
+    )
+    d.start()
+    try:
+        ids = emit(store, 30)
+        d.wake()
+        wait_for(lambda: len(a.events) == 30 and len(b.events) == 30)
+        assert [e.id for e in a.events] == ids
+        assert [e.id for e in b.events] == ids
+    finally:
+        d.stop()
+
+
+def test_a_failing_sink_retries_with_backoff_and_others_go_on(store: SqlStore) -> None:
+    good, flaky = MemoryNotifier(), Flaky(failures=3)
+    d = OutboxDispatcher(
+        store,
+        clock=SystemClock(),
+        settings=FAST,
+        sinks=lambda: [Sink("good", good), Sink("flaky", flaky)],
+    )
+    d.start()
+    try:
+        ids = emit(store, 3)
+        d.wake()
+        wait_for(lambda: len(good.events) == 3)
+        wait_for(lambda: len(flaky.got) == 3)
+        assert [e.id for e in flaky.got] == ids  # in order, each on its 4th try
+        assert all(n == 4 for n in flaky.tries.values())
+        assert store.list_dead_letters() == []
+    finally:
+        d.stop()
+
+
+def test_after_the_last_try_a_dead_letter_and_the_sink_moves_on(store: SqlStore) -> None:
+    dead = Flaky(failures=99)
+    d = OutboxDispatcher(
+        store, clock=SystemClock(), settings=FAST, sinks=lambda: [Sink("dead", dead)]
+    )
+    d.start()
+    try:
+        ids = emit(store, 2)
+        d.wake()
+        wait_for(lambda: len(store.list_dead_letters()) == 2)
+        letters = store.list_dead_letters(sink="dead")
+        assert sorted(dl.event_id for dl in letters) == sorted(ids)
+        assert all(dl.attempts == FAST.attempts for dl in letters)
+        assert store.get_sink("dead").cursor == store.last_event_seq()
+    finally:
+        d.stop()
+
+
+def test_a_permanent_refusal_is_dead_lettered_at_once(store: SqlStore) -> None:
+    refused = Flaky(failures=1, permanent=True)
+    d = OutboxDispatcher(
+        store, clock=SystemClock(), settings=FAST, sinks=lambda: [Sink("refused", refused)]
+    )
+    d.start()
+    try:
+        emit(store, 1)
+        d.wake()
+        wait_for(lambda: len(store.list_dead_letters()) == 1)
+        assert store.list_dead_letters()[0].attempts == 1
+    finally:
+        d.stop()
+
+
+def test_a_crash_before_delivery_delivers_after_restart(store: SqlStore) -> None:
+    first = MemoryNotifier()
+    d = OutboxDispatcher(
+        store, clock=SystemClock(), settings=FAST, sinks=lambda: [Sink("bus", first)]
+    )
+    d.start()
+    ids = emit(store, 5)
+    d.wake()
+    wait_for(lambda: len(first.events) == 5)
+    d.stop()
+    # the server "dies" after these changes were committed, before any delivery
+    later = emit(store, 4, start=5)
+    second = MemoryNotifier()
+    d2 = OutboxDispatcher(
+        store, clock=SystemClock(), settings=FAST, sinks=lambda: [Sink("bus", second)]
+    )
+    d2.start()
+    try:
+        wait_for(lambda: len(second.events) == 4)
+        assert [e.id for e in second.events] == later  # resumed at its cursor
+        assert not set(ids) & {e.id for e in second.events}
+    finally:
+        d2.stop()
+
+
+def test_filters_and_new_sinks_start_at_the_end(store: SqlStore) -> None:
+    emit(store, 3)  # history before the sink existed is not sent
+    got = MemoryNotifier()
+    d = OutboxDispatcher(
+        store,
+        clock=SystemClock(),
+        settings=FAST,
+        sinks=lambda: [Sink("filtered", got, lambda t: t.endswith(".recovery.end"))],
+    )
+    d.start()
+    try:
+        emit(store, 2, start=3)
+        end = make_event(
+            "vigil.recovery.end", at=9.0, host="c1", recovery_id=1, outcome="succeeded", reason="ok"
+        )
+        store.append_events([end])
+        d.wake()
+        wait_for(lambda: len(got.events) == 1)
+        assert got.events[0].id == end.id
+        wait_for(lambda: store.get_sink("filtered").cursor == store.last_event_seq())
+    finally:
+        d.stop()
+
+
+def test_a_slow_consumer_does_not_slow_the_others(store: SqlStore) -> None:
+    slow, fast = Flaky(failures=0, delay=0.3), MemoryNotifier()
+    d = OutboxDispatcher(
+        store,
+        clock=SystemClock(),
+        settings=FAST,
+        sinks=lambda: [Sink("slow", slow), Sink("fast", fast)],
+    )
+    d.start()
+    try:
+        t0 = time.monotonic()
+        emit(store, 5)
+        d.wake()
+        wait_for(lambda: len(fast.events) == 5)
+        assert time.monotonic() - t0 < 1.0  # the slow one needs 1.5 s for its five
+        wait_for(lambda: len(slow.got) == 5)
+    finally:
+        d.stop()

@@ -1,0 +1,244 @@
+"""The event catalogue: every event vigil publishes, its payload and its JSON schema.
+
+Payloads are versioned objects in the shape of OpenStack's versioned notifications, so a
+consumer of Nova's notifications reads vigil's the same way::
+
+    {"vigil_object.name": "HostFailurePayload", "vigil_object.namespace": "vigil",
+     "vigil_object.version": "1.0", "vigil_object.data": {...}}
+
+A payload's minor version grows when fields are added, its major version when a field
+changes meaning or disappears. ``doc/notification_samples`` holds one sample per event
+type; the tests validate every sample and every event a recovery emits against
+``payload_schema``.
+
+Step events come in three: ``.start`` when a step begins (each attempt), ``.end`` when it
+succeeded, ``.error`` when it failed for good. ``vigil.instance.notify.end`` is the
+message to the owner of a ``notify`` instance: its host failed and was fenced; vigil moved
+nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from vigil.model import Event, StepKind
+
+NAMESPACE = "vigil"
+
+_STR = {"type": "string"}
+_OPT_STR = {"type": ["string", "null"]}
+_INT = {"type": "integer"}
+
+
+def _obj(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    props = {**required, **(optional or {})}
+    return {
+        "type": "object",
+        "required": sorted(required),
+        "properties": props,
+        "additionalProperties": False,
+    }
+
+
+@dataclass(frozen=True)
+class Payload:
+    name: str
+    version: str
+    data: dict[str, Any]  # JSON schema of vigil_object.data
+
+
+HOST_FAILURE = Payload(
+    "HostFailurePayload",
+    "1.0",
+    _obj(
+        {"host": _STR, "reason": _STR},
+        {
+            "segment": _OPT_STR,
+            "sources": {"type": "array", "items": _STR},
+            "recovery_id": {"type": ["integer", "null"]},
+            "paused": _OPT_STR,
+        },
+    ),
+)
+STEP = Payload(
+    "RecoveryStepPayload",
+    "1.0",
+    _obj(
+        {
+            "host": _STR,
+            "recovery_id": _INT,
+            "step_id": _INT,
+            "step": {"enum": [k.value for k in StepKind]},
+            "attempt": _INT,
+        },
+        {
+            "instance_id": _OPT_STR,
+            "instance_name": _OPT_STR,
+            "target_host": _OPT_STR,
+            "detail": _STR,
+            "result": {"type": "object"},
+        },
+    ),
+)
+RECOVERY = Payload(
+    "RecoveryPayload",
+    "1.0",
+    _obj(
+        {"host": _STR, "recovery_id": _INT},
+        {"outcome": _STR, "reason": _STR, "requested_by": _STR},
+    ),
+)
+SEGMENT = Payload("SegmentPayload", "1.0", _obj({"segment": _STR, "reason": _STR}))
+HOST = Payload("HostPayload", "1.0", _obj({"host": _STR}, {"reason": _STR}))
+CONSUMER_ACTION = Payload(
+    "ConsumerActionPayload",
+    "1.0",
+    _obj(
+        {"action": {"enum": ["evacuate", "restart", "handled"]}},
+        {
+            "instance_id": _OPT_STR,
+            "host": _OPT_STR,
+            "target_host": _OPT_STR,
+            "failure_id": {"type": ["integer", "null"]},
+            "recovery_id": {"type": ["integer", "null"]},
+            "reason": _STR,
+        },
+    ),
+)
+TEST = Payload("TestPayload", "1.0", _obj({"subscription": _STR}, {"message": _STR}))
+
+STEP_EVENT_NAMES = {
+    StepKind.FENCE: "vigil.host.fence",
+    StepKind.FORCE_DOWN: "vigil.host.compute.force_down",
+    StepKind.LIST_INSTANCES: "vigil.host.instances.list",
+    StepKind.EVACUATE: "vigil.instance.evacuate",
+    StepKind.NOTIFY: "vigil.instance.notify",
+}
+
+
+@dataclass(frozen=True)
+class EventType:
+    name: str
+    payload: Payload
+    priority: str
+    description: str
+
+
+def _catalogue() -> dict[str, EventType]:
+    types = [
+        EventType(
+            "vigil.host.failure.suspected",
+            HOST_FAILURE,
+            "WARN",
+            "Heartbeats from the host stopped; its BMC is being read.",
+        ),
+        EventType(
+            "vigil.host.failure.cleared",
+            HOST_FAILURE,
+            "INFO",
+            "A suspect host's heartbeats resumed: nothing will be done.",
+        ),
+        EventType(
+            "vigil.host.failure.confirmed",
+            HOST_FAILURE,
+            "ERROR",
+            "The host is declared failed; a recovery starts (or is paused: see paused).",
+        ),
+        EventType(
+            "vigil.host.restored", HOST, "INFO", "An operator put a recovered host back into use."
+        ),
+        EventType(
+            "vigil.segment.paused",
+            SEGMENT,
+            "CRITICAL",
+            "Storm guard: automatic recovery in the segment is paused.",
+        ),
+        EventType("vigil.recovery.paused", RECOVERY, "WARN", "A recovery is held."),
+        EventType("vigil.recovery.resumed", RECOVERY, "INFO", "A held recovery goes on."),
+        EventType(
+            "vigil.recovery.retried", RECOVERY, "WARN", "An operator retried a failed recovery."
+        ),
+        EventType(
+            "vigil.recovery.end",
+            RECOVERY,
+            "INFO",
+            "A recovery ended; outcome is succeeded or failed.",
+        ),
+        EventType(
+            "vigil.consumer.action",
+            CONSUMER_ACTION,
+            "INFO",
+            "A consumer acted through vigil's API (evacuate, restart, handled).",
+        ),
+        EventType("vigil.subscription.test", TEST, "INFO", "A test event fired by an operator."),
+    ]
+    for kind, base in STEP_EVENT_NAMES.items():
+        what = kind.value
+        types += [
+            EventType(f"{base}.start", STEP, "INFO", f"The {what} step starts (each attempt)."),
+            EventType(f"{base}.end", STEP, "INFO", f"The {what} step succeeded."),
+            EventType(f"{base}.error", STEP, "ERROR", f"The {what} step failed for good."),
+        ]
+    return {t.name: t for t in types}
+
+
+CATALOGUE: dict[str, EventType] = _catalogue()
+
+
+def payload_schema(event_type: str) -> dict[str, Any]:
+    """The JSON schema of the payload of ``event_type``."""
+    payload = CATALOGUE[event_type].payload
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"{event_type} ({payload.name} {payload.version})",
+        "type": "object",
+        "required": [
+            "vigil_object.name",
+            "vigil_object.namespace",
+            "vigil_object.version",
+            "vigil_object.data",
+        ],
+        "properties": {
+            "vigil_object.name": {"const": payload.name},
+            "vigil_object.namespace": {"const": NAMESPACE},
+            "vigil_object.version": {"const": payload.version},
+            "vigil_object.data": payload.data,
+        },
+        "additionalProperties": False,
+    }
+
+
+def make_event(event_type: str, *, at: float, priority: str | None = None, **data: Any) -> Event:
+    """An event of a catalogued type with a fresh idempotency key; ``data`` is the payload's
+    ``vigil_object.data``, whose ``host`` and ``instance_id`` also index the event."""
+    kind = CATALOGUE[event_type]  # KeyError for an uncatalogued type: a bug, fail loudly
+    return Event(
+        id=str(uuid.uuid4()),
+        event_type=event_type,
+        timestamp=at,
+        host=data.get("host"),
+        instance_id=data.get("instance_id"),
+        priority=priority or kind.priority,
+        payload={
+            "vigil_object.name": kind.payload.name,
+            "vigil_object.namespace": NAMESPACE,
+            "vigil_object.version": kind.payload.version,
+            "vigil_object.data": data,
+        },
+    )
+
+
+def event_as_json(event: Event) -> dict[str, Any]:
+    """The event as the API, the event stream and webhooks show it."""
+    return {
+        "seq": event.seq,
+        "id": event.id,
+        "event_type": event.event_type,
+        "timestamp": event.timestamp,
+        "priority": event.priority,
+        "host": event.host,
+        "instance_id": event.instance_id,
+        "payload": dict(event.payload),
+    }

@@ -242,3 +242,108 @@ def event_as_json(event: Event) -> dict[str, Any]:
         "instance_id": event.instance_id,
         "payload": dict(event.payload),
     }
+
+
+def samples() -> dict[str, dict[str, Any]]:
+    """One documented example per event type, as published (``doc/notification_samples``).
+
+    Fixed ids and times, so the files only change when an event does."""
+    host, at = "compute-1", 1_800_000_000.0
+    rid, iid = 7, "0e5c1a8a-3f1e-4c4e-9d4b-2b8c1f0d9a11"
+    step_data: dict[StepKind, dict[str, Any]] = {
+        StepKind.FENCE: {"result": {"level": 1, "device": "redfish BMC 10.0.0.11"}},
+        StepKind.FORCE_DOWN: {},
+        StepKind.LIST_INSTANCES: {
+            "result": {
+                "instances": [
+                    {"id": iid, "name": "db-1", "status": "ACTIVE", "policy": "keep-running"}
+                ]
+            }
+        },
+        StepKind.EVACUATE: {
+            "instance_id": iid,
+            "instance_name": "db-1",
+            "result": {"from": host, "to": "compute-2", "status": "ACTIVE"},
+        },
+        StepKind.NOTIFY: {"instance_id": iid, "instance_name": "db-1"},
+    }
+    data: dict[str, dict[str, Any]] = {
+        "vigil.host.failure.suspected": {"host": host, "reason": "no heartbeat for 1.00s"},
+        "vigil.host.failure.cleared": {
+            "host": host,
+            "reason": "heartbeats resumed",
+            "segment": "rack-a",
+        },
+        "vigil.host.failure.confirmed": {
+            "host": host,
+            "segment": "rack-a",
+            "sources": ["heartbeat", "bmc"],
+            "reason": "no heartbeat for 1.04s and the BMC reads power off",
+            "paused": None,
+        },
+        "vigil.host.restored": {"host": host, "reason": "operator"},
+        "vigil.segment.paused": {
+            "segment": "rack-a",
+            "reason": "3 of 4 hosts of segment rack-a failing at once (more than 50%): storm guard",
+        },
+        "vigil.recovery.paused": {
+            "host": host,
+            "recovery_id": rid,
+            "reason": "segment rack-a paused: storm guard",
+        },
+        "vigil.recovery.resumed": {"host": host, "recovery_id": rid},
+        "vigil.recovery.retried": {"host": host, "recovery_id": rid, "requested_by": "operator"},
+        "vigil.recovery.end": {
+            "host": host,
+            "recovery_id": rid,
+            "outcome": "succeeded",
+            "reason": "host fenced; 1 instances evacuated, 0 notified",
+        },
+        "vigil.consumer.action": {
+            "action": "evacuate",
+            "instance_id": iid,
+            "host": host,
+            "target_host": "compute-3",
+            "recovery_id": rid,
+            "reason": "requested through the API",
+        },
+        "vigil.subscription.test": {
+            "subscription": "noc",
+            "message": "test event fired by an operator",
+        },
+    }
+    for n, (kind, base) in enumerate(STEP_EVENT_NAMES.items()):
+        common = {
+            "host": host,
+            "recovery_id": rid,
+            "step_id": 40 + n,
+            "step": kind.value,
+            "attempt": 1,
+            "instance_id": None,
+            "instance_name": None,
+            "target_host": None,
+        }
+        extra = step_data[kind]
+        data[f"{base}.start"] = {
+            **common,
+            **{k: v for k, v in extra.items() if k != "result"},
+            "detail": "",
+            "result": {},
+        }
+        data[f"{base}.end"] = {**common, **extra, "detail": f"{kind.value} done"}
+        data[f"{base}.error"] = {
+            **common,
+            **{k: v for k, v in extra.items() if k != "result"},
+            "attempt": 5,
+            "detail": f"{kind.value} failed: BMC unreachable",
+            "result": {},
+        }
+    out = {}
+    for n, name in enumerate(sorted(CATALOGUE)):
+        event = make_event(name, at=at + n, **data[name])
+        out[name] = {
+            **event_as_json(event),
+            "id": str(uuid.UUID(int=n + 1)),
+            "seq": n + 1,
+        }
+    return out

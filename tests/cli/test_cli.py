@@ -619,3 +619,67 @@ def test_table_values_for_people() -> None:
     assert "." not in stamp and ("+" in stamp or "-" in stamp[10:])
     assert output.timestamp(0) == "-"
     assert output.table(["A", "LONGER"], [["xyz", "1"]]) == "A    LONGER\n---  ------\nxyz  1"
+
+
+# ------------------------------------------------------------------ custom recovery
+
+
+def test_subscriptions_events_and_consumer_actions(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cli = world.cli
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("a-webhook-secret-of-some-length\n")
+    made = cli.ok(
+        "subscription",
+        "create",
+        "noc",
+        "--target-url",
+        "https://noc.example/hook",
+        "--secret-file",
+        str(secret_file),
+        "--event-type",
+        "vigil.recovery.*",
+    )
+    assert "vigil.recovery.*" in made.out and "noc.example" in made.out
+    listed = cli.ok("--json", "subscription", "list").json()
+    assert [s["name"] for s in listed] == ["noc"]
+    assert all("a-webhook-secret" not in seen for seen in cli.seen)  # never shown back
+    bad = cli(
+        "subscription",
+        "create",
+        "x",
+        "--target-url",
+        "ftp://nope",
+        "--secret-file",
+        str(secret_file),
+    )
+    assert bad.code == 1 and "url" in bad.err
+    bad = cli(
+        "subscription",
+        "create",
+        "y",
+        "--target-url",
+        "https://ok.example",
+        "--secret-file",
+        str(secret_file),
+        "--event-type",
+        "vigil.nothing.like.this",
+    )
+    assert bad.code == 1 and "event_types" in bad.err
+    monkeypatch.delenv("VIGIL_WEBHOOK_SECRET", raising=False)
+    assert cli("subscription", "create", "z", "--target-url", "https://ok.example").code == 2
+    cli.ok("subscription", "delete", "noc")
+    assert cli.ok("--json", "subscription", "list").json() == []
+
+    # consumer actions: an instance of a healthy host cannot be evacuated
+    cli.ok("segment", "create", "s")
+    cli.ok("host", "create", "compute-2", "--segment", "s", "--fence", "sim")
+    iid = world.cloud.add_instance("db", "compute-2")
+    refused = cli("instance", "evacuate", iid)
+    assert refused.code == 1 and "409" in refused.err
+    cli.ok("instance", "restart", iid)
+    assert world.cloud.calls("reboot", iid) == 1
+    events = cli.ok("--json", "event", "list").json()
+    assert [e["event_type"] for e in events] == ["vigil.consumer.action"]
+    assert "vigil.consumer.action" in cli.ok("event", "list").out

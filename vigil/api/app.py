@@ -322,7 +322,15 @@ def create_app(
     def retry_recovery(recovery_id: int) -> RecoveryOut:
         """Retry a failed recovery once its cause is fixed (e.g. the BMC answers again):
         its failed steps run again with a fresh attempt budget."""
-        recovery = store.retry_recovery(recovery_id, at=clock.wall())
+        current = store.get_recovery(recovery_id)
+        event = make_event(
+            "vigil.recovery.retried",
+            at=clock.wall(),
+            host=current.host,
+            recovery_id=recovery_id,
+            requested_by="operator",
+        )
+        recovery = store.retry_recovery(recovery_id, at=clock.wall(), events=[event])
         LOG.warning("host %s: recovery %d retried by operator", recovery.host, recovery_id)
         engine.wake()
         return RecoveryOut.of(recovery)

@@ -245,6 +245,56 @@ class VigilClient:
         result: Json = self._request("POST", f"/v1/recoveries/{_seg(recovery_id)}/retry")
         return result
 
+    # ----------------------------------------------------------------- consumers' side
+
+    def evacuate_instance(self, instance_id: str, target_host: str | None = None) -> Json:
+        body = {"target_host": target_host} if target_host else {}
+        result: Json = self._request(
+            "POST", f"/v1/instances/{_seg(instance_id)}/evacuate", body=body
+        )
+        return result
+
+    def restart_instance(self, instance_id: str) -> Json:
+        result: Json = self._request("POST", f"/v1/instances/{_seg(instance_id)}/restart")
+        return result
+
+    def failure_handled(self, failure_id: int, reason: str) -> Json:
+        result: Json = self._request(
+            "POST", f"/v1/failures/{_seg(failure_id)}/handled", body={"reason": reason}
+        )
+        return result
+
+    def list_events(
+        self, *, after: int | None = None, host: str | None = None, limit: int | None = None
+    ) -> list[Json]:
+        params = {"after": after, "host": host, "limit": limit}
+        result: list[Json] = self._request("GET", "/v1/events", params=params)
+        return result
+
+    def list_subscriptions(self) -> list[Json]:
+        result: list[Json] = self._request("GET", "/v1/subscriptions")
+        return result
+
+    def get_subscription(self, name: str) -> Json:
+        result: Json = self._request("GET", f"/v1/subscriptions/{_seg(name)}")
+        return result
+
+    def create_subscription(self, name: str, url: str, secret: str, event_types: list[str]) -> Json:
+        body = {"name": name, "url": url, "secret": secret, "event_types": event_types}
+        result: Json = self._request("POST", "/v1/subscriptions", body=body)
+        return result
+
+    def delete_subscription(self, name: str) -> None:
+        self._request("DELETE", f"/v1/subscriptions/{_seg(name)}")
+
+    def test_subscription(self, name: str) -> Json:
+        result: Json = self._request("POST", f"/v1/subscriptions/{_seg(name)}/test")
+        return result
+
+    def list_dead_letters(self, sink: str | None = None) -> list[Json]:
+        result: list[Json] = self._request("GET", "/v1/dead-letters", params={"sink": sink})
+        return result
+
     # ------------------------------------------------------------------------- control
 
     def get_control(self) -> Json:

@@ -204,6 +204,71 @@ def recovery_retry(c: VigilClient, args: argparse.Namespace, out: Output) -> Non
     out.one(output.RECOVERY, c.retry_recovery(args.id))
 
 
+# --------------------------------------------------------- consumers: events and actions
+
+
+def instance_evacuate(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    recovery = c.evacuate_instance(args.id, args.target_host)
+    out.line(f"evacuation of {args.id} requested (recovery {recovery['id']} of {recovery['host']})")
+    if out.as_json:
+        out.json(recovery)
+
+
+def instance_restart(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    result = c.restart_instance(args.id)
+    out.line(f"instance {args.id} restarted")
+    if out.as_json:
+        out.json(result)
+
+
+def failure_handled(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.FAILURE, c.failure_handled(args.id, args.reason))
+
+
+def event_list(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.many(output.EVENT, c.list_events(after=args.after, host=args.host, limit=args.limit))
+
+
+def subscription_create(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    if args.secret_file:
+        secret = Path(args.secret_file).read_text().splitlines()[0].strip()
+    else:
+        secret = os.environ.get("VIGIL_WEBHOOK_SECRET", "")
+    if not secret:
+        raise UsageError("give the signing secret with --secret-file or VIGIL_WEBHOOK_SECRET")
+    out.one(
+        output.SUBSCRIPTION,
+        c.create_subscription(args.name, args.webhook_url, secret, args.event_type or []),
+    )
+
+
+def subscription_list(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.many(output.SUBSCRIPTION, c.list_subscriptions())
+
+
+def subscription_show(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.SUBSCRIPTION, c.get_subscription(args.name))
+
+
+def subscription_delete(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    c.delete_subscription(args.name)
+    out.line(f"subscription {args.name} deleted")
+
+
+def subscription_test(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    result = c.test_subscription(args.name)
+    if out.as_json:
+        out.json(result)
+    elif result.get("delivered"):
+        out.line(f"test event {result['event_id']} delivered to {args.name}")
+    else:
+        raise ApiError(502, f"test event not delivered to {args.name}: {result.get('error')}")
+
+
+def dead_letter_list(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.many(output.DEAD_LETTER, c.list_dead_letters(args.sink))
+
+
 # ------------------------------------------------------------------- cloud-wide control
 
 
@@ -407,6 +472,45 @@ def build_parser() -> argparse.ArgumentParser:
     verb(
         inst, "unset-policy", instance_unset_policy, "remove an instance's policy override"
     ).add_argument("id")
+    p = verb(inst, "evacuate", instance_evacuate, "evacuate an instance of a fenced host")
+    p.add_argument("id")
+    p.add_argument("--target-host", metavar="H", help="where to (default: Nova's scheduler)")
+    verb(inst, "restart", instance_restart, "hard-reboot an instance").add_argument("id")
+
+    # events and subscriptions (custom recovery)
+    ev = noun("event", "what vigil observed and did")
+    p = verb(ev, "list", event_list, "list events, oldest first")
+    p.add_argument("--after", type=int, metavar="SEQ", help="only events after this seq")
+    p.add_argument("--host", metavar="H")
+    p.add_argument("--limit", type=int, metavar="N")
+    sub = noun("subscription", "webhooks that receive events")
+    verb(sub, "list", subscription_list, "list subscriptions")
+    verb(sub, "show", subscription_show, "show a subscription").add_argument("name")
+    p = verb(sub, "create", subscription_create, "POST events to a URL, signed")
+    p.add_argument("name")
+    p.add_argument(
+        "--target-url",
+        dest="webhook_url",
+        required=True,
+        metavar="URL",
+        help="http(s) URL events are POSTed to",
+    )
+    p.add_argument(
+        "--secret-file",
+        metavar="FILE",
+        help="signing secret (first line; or env VIGIL_WEBHOOK_SECRET)",
+    )
+    p.add_argument(
+        "--event-type",
+        action="append",
+        metavar="TYPE",
+        help="only these (exact or prefix.*); repeatable; default all",
+    )
+    verb(sub, "delete", subscription_delete, "delete a subscription").add_argument("name")
+    verb(sub, "test", subscription_test, "send a test event now").add_argument("name")
+    verb(sub, "dead-letters", dead_letter_list, "events given up on").add_argument(
+        "--sink", metavar="SINK"
+    )
 
     # failure, recovery
     for name, lister, shower, statuses in (
@@ -419,6 +523,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--status", choices=statuses)
         p.add_argument("--limit", type=int, metavar="N", help="at most N (server default 100)")
         verb(group, "show", shower, f"show one {name}").add_argument("id", type=int)
+        if name == "failure":
+            p = verb(group, "handled", failure_handled, "mark a failure taken care of")
+            p.add_argument("id", type=int)
+            p.add_argument("--reason", default="handled by operator")
         if name == "recovery":
             verb(
                 group, "retry", recovery_retry, "retry a failed recovery once its cause is fixed"

@@ -191,6 +191,31 @@ FAILURE: Sequence[Column] = [
     ("REASON", field("reason")),
 ]
 
+EVENT: Sequence[Column] = [
+    ("SEQ", field("seq")),
+    ("TIME", time_field("timestamp")),
+    ("TYPE", field("event_type")),
+    ("PRIORITY", field("priority")),
+    ("HOST", field("host")),
+    ("INSTANCE", field("instance_id")),
+]
+
+SUBSCRIPTION: Sequence[Column] = [
+    ("NAME", field("name")),
+    ("URL", field("url")),
+    ("EVENT TYPES", lambda s: ", ".join(s.get("event_types") or []) or "all"),
+    ("CREATED", time_field("created_at")),
+]
+
+DEAD_LETTER: Sequence[Column] = [
+    ("SINK", field("sink")),
+    ("EVENT SEQ", field("event_seq")),
+    ("EVENT", field("event_type")),
+    ("ATTEMPTS", field("attempts")),
+    ("WHEN", time_field("at")),
+    ("ERROR", field("error")),
+]
+
 _DONE_STEPS = frozenset({"succeeded", "skipped"})
 
 

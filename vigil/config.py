@@ -174,8 +174,21 @@ _recovery = [
 ]
 
 _compute = [
-    cfg.StrOpt("driver", default="sim", choices=["sim"], help="Compute driver."),
-    cfg.URIOpt("sim_url", help="URL of a simulated cloud served by vigil.sim.rpc."),
+    cfg.StrOpt(
+        "driver",
+        default="sim",
+        choices=["sim", "openstack"],
+        help="Compute driver: openstack (Nova through openstacksdk) or sim (the simulated "
+        "cloud of the demo and the tests).",
+    ),
+    cfg.StrOpt(
+        "cloud",
+        help="(openstack) Cloud name in clouds.yaml; unset: the OS_* environment variables.",
+    ),
+    cfg.FloatOpt(
+        "api_timeout", default=60.0, min=1.0, help="(openstack) Seconds per Nova API call."
+    ),
+    cfg.URIOpt("sim_url", help="(sim) URL of a simulated cloud served by vigil.sim.rpc."),
 ]
 
 _notifier = [
@@ -197,6 +210,11 @@ _notifier = [
         "topic",
         default="versioned_notifications",
         help="Topic of the messaging driver (Nova's versioned notifications use the default).",
+    ),
+    cfg.StrOpt(
+        "exchange",
+        default="vigil",
+        help="Exchange of the messaging driver (Nova publishes on 'nova').",
     ),
 ]
 
@@ -309,10 +327,13 @@ class Settings:
     recovery: RecoverySettings = field(default_factory=RecoverySettings)
     self_fencing: SelfFencingSettings = field(default_factory=SelfFencingSettings)
     compute_driver: str = "sim"
+    compute_cloud: str | None = None
+    compute_api_timeout: float = 60.0
     sim_url: str | None = None
     notifiers: tuple[str, ...] = ("log",)
     transport_url: str = field(default="", repr=False)
     topic: str = "versioned_notifications"
+    exchange: str = "vigil"
 
     def validate(self) -> None:
         self.detection.validate()
@@ -368,10 +389,13 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
             margin=conf.self_fencing.margin,
         ),
         compute_driver=conf.compute.driver,
+        compute_cloud=conf.compute.cloud,
+        compute_api_timeout=conf.compute.api_timeout,
         sim_url=conf.compute.sim_url,
         notifiers=tuple(conf.notifier.drivers),
         transport_url=conf.notifier.transport_url or "",
         topic=conf.notifier.topic,
+        exchange=conf.notifier.exchange,
     )
     settings.validate()
     return settings

@@ -21,9 +21,12 @@ from vigil.clock import Clock, SystemClock
 from vigil.config import Settings
 from vigil.drivers.compute import ComputeDriver
 from vigil.drivers.errors import PermanentError
+from vigil.drivers.fence_factory import fence_device_factory
 from vigil.drivers.fencing import FenceDevice
 from vigil.drivers.notifier import LogNotifier, MemoryNotifier
-from vigil.drivers.sim import SimCompute, SimFenceDevice
+from vigil.drivers.openstack import build_openstack_compute
+from vigil.drivers.sim import SimCompute
+from vigil.drivers.webhook import WebhookNotifier
 from vigil.engine.engine import Engine
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
 from vigil.engine.lease import LeaseKeeper, SelfFenceDevice
@@ -36,21 +39,14 @@ from vigil.store.sql import SqlStore, upgrade
 LOG = logging.getLogger("vigil.server")
 
 
-def sim_fence_factory(
-    cloud: CloudApi, leases: LeaseKeeper | None = None
+def fence_factory(
+    cloud: CloudApi | None, leases: LeaseKeeper | None = None
 ) -> Callable[[Host], list[FenceDevice]]:
-    def devices(host: Host) -> list[FenceDevice]:
-        out: list[FenceDevice] = []
-        for method in host.fencing:
-            if method.driver == "sim":
-                out.append(SimFenceDevice(cloud, method.options.get("host", host.name)))
-            elif method.driver == "self-fence" and leases is not None:
-                out.append(SelfFenceDevice(leases, host.name))
-            else:
-                raise PermanentError(f"host {host.name}: fencing driver {method.driver} unknown")
-        return out
-
-    return devices
+    """Every fencing driver: sim, redfish, ipmi, fence-agent, and self-fence (the lease)."""
+    extra = {}
+    if leases is not None:
+        extra["self-fence"] = lambda host, _options: SelfFenceDevice(leases, host)
+    return fence_device_factory(sim_cloud=cloud, extra_builders=extra)
 
 
 class VigilServer:
@@ -68,15 +64,24 @@ class VigilServer:
         if settings.auto_migrate:
             upgrade(settings.database_url)
         self.store = SqlStore(settings.database_url)
-        if cloud is None and (compute is None or fence_devices is None):
-            if not settings.sim_url:
-                raise config.ConfigError("compute.sim_url is required for the sim driver")
+        if compute is None and settings.compute_driver == "openstack":
+            try:
+                compute = build_openstack_compute(
+                    settings.compute_cloud, timeout=settings.compute_api_timeout
+                )
+            except PermanentError as exc:  # bad credentials: refuse to start, no crash loop
+                raise config.ConfigError(f"compute: {exc}") from exc
+        if cloud is None and settings.sim_url:
             cloud = RemoteCloud(settings.sim_url)
-        self.compute = compute or SimCompute(cloud)  # type: ignore[arg-type]
+        if compute is None:
+            if cloud is None:
+                raise config.ConfigError("compute.driver is sim: set compute.sim_url")
+            compute = SimCompute(cloud)
+        self.compute = compute
         self.leases = LeaseKeeper(
             self.clock, settings.self_fencing, may_grant=lambda h: self.engine.is_known_host(h)
         )
-        fence = fence_devices or sim_fence_factory(cloud, self.leases)  # type: ignore[arg-type]
+        fence = fence_devices or fence_factory(cloud, self.leases)
         # Kept in memory when configured: the demo and the tests read what was published.
         self.memory = MemoryNotifier()
         self._bus_sinks = [self._bus_sink(name) for name in settings.notifiers]
@@ -145,7 +150,11 @@ class VigilServer:
                 raise config.ConfigError("notifier.drivers has messaging: set transport_url")
             return Sink(
                 "messaging",
-                OsloMessagingNotifier(self.settings.transport_url, topic=self.settings.topic),
+                OsloMessagingNotifier(
+                    self.settings.transport_url,
+                    topic=self.settings.topic,
+                    exchange=self.settings.exchange,
+                ),
             )
         raise config.ConfigError(f"notifier driver {name} unknown")
 
@@ -153,8 +162,6 @@ class VigilServer:
         """The configured notifiers, and one sink per webhook subscription."""
         sinks = list(self._bus_sinks)
         for sub in self.store.list_subscriptions():
-            from vigil.drivers.webhook import WebhookNotifier
-
             sinks.append(
                 Sink(webhook_sink(sub.name), WebhookNotifier(sub.url, sub.secret), sub.wants)
             )
@@ -201,7 +208,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config.ConfigError as exc:
         LOG.error("configuration refused: %s", exc)
         return 2
-    server = VigilServer(settings)
+    try:
+        server = VigilServer(settings)
+    except config.ConfigError as exc:
+        LOG.error("configuration refused: %s", exc)
+        return 2
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

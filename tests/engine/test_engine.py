@@ -16,7 +16,7 @@ from vigil.engine.engine import Engine
 from vigil.engine.heartbeat import HeartbeatTable
 from vigil.events import payload_schema
 from vigil.model import FenceMethod, HaPolicy, Host, HostState, RecoveryStatus, Segment
-from vigil.server import sim_fence_factory
+from vigil.server import fence_factory
 from vigil.sim.cloud import SimCloud, SimLatency
 from vigil.store.sql import SqlStore, upgrade
 
@@ -51,7 +51,7 @@ class World:
         self.engine = Engine(
             store=self.store,
             compute=SimCompute(self.cloud),
-            fence_devices=sim_fence_factory(self.cloud),
+            fence_devices=fence_factory(self.cloud),
             settings=self.settings,
             clock=self.clock,
             heartbeats=self.heartbeats,

@@ -14,7 +14,6 @@ import logging
 import secrets
 from collections.abc import Callable
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,7 +42,8 @@ from vigil.api.schemas import (
 from vigil.clock import Clock
 from vigil.config import RecoverySettings
 from vigil.drivers.compute import ComputeDriver
-from vigil.drivers.errors import DriverError, NotFound
+from vigil.drivers.errors import Conflict, DriverError, NotFound
+from vigil.drivers.webhook import WebhookNotifier, validate_webhook_url
 from vigil.engine.engine import Engine
 from vigil.engine.outbox import webhook_sink
 from vigil.engine.steps import effective_policy
@@ -119,6 +119,8 @@ def create_app(
     app.add_exception_handler(InUse, _error(409))
     app.add_exception_handler(InvalidTransition, _error(409))
     app.add_exception_handler(ValueError, _error(400))
+    app.add_exception_handler(Conflict, _error(409))  # Nova refuses for now (e.g. cleaning up)
+    app.add_exception_handler(NotFound, _error(404))
     app.add_exception_handler(DriverError, _error(502))
 
     @app.get("/healthz", tags=["health"])
@@ -380,9 +382,9 @@ def create_app(
         )
 
     def _check_subscription(body: SubscriptionIn) -> None:
-        url = urlsplit(body.url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise HTTPException(422, "url: must be an http:// or https:// URL with a host")
+        problem = validate_webhook_url(body.url)
+        if problem:
+            raise HTTPException(422, f"url: {problem}")
         for t in body.event_types:
             known = t in CATALOGUE or (
                 t.endswith(".*") and any(n.startswith(t[:-1]) for n in CATALOGUE)
@@ -423,8 +425,6 @@ def create_app(
     @app.post("/v1/subscriptions/{name}/test", dependencies=auth, tags=["subscriptions"])
     def test_subscription(name: str) -> dict[str, Any]:
         """Send one test event to this subscription now and say how it went."""
-        from vigil.drivers.webhook import WebhookNotifier
-
         sub = store.get_subscription(name)
         event = make_event(
             "vigil.subscription.test",

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from vigil.drivers.fence_factory import validate_fence_options
+from vigil.drivers.fence_options import is_secret_name
 from vigil.model import (
     Failure,
     FenceMethod,
@@ -22,7 +24,6 @@ from vigil.model import (
 )
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"
-SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "credential")
 
 
 class _In(BaseModel):
@@ -72,8 +73,18 @@ class SegmentOut(BaseModel):
 
 
 class FenceMethodIn(_In):
-    driver: str = Field(pattern=r"^(sim|self-fence)$", description="fencing driver")
+    driver: str = Field(
+        pattern=r"^(sim|redfish|ipmi|fence-agent|self-fence)$", description="fencing driver"
+    )
     options: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _options_make_sense(self) -> FenceMethodIn:
+        # A bad fencing level is a 4xx now, not a failed fence at 3 a.m. (never the values).
+        problems = validate_fence_options(self.driver, self.options, extra_drivers=("self-fence",))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     def to_model(self) -> FenceMethod:
         return FenceMethod(self.driver, dict(self.options))
@@ -88,10 +99,7 @@ class FenceMethodOut(BaseModel):
         # Secrets are never returned (S5): any option whose name suggests one is masked.
         return cls(
             driver=m.driver,
-            options={
-                k: ("***" if any(w in k.lower() for w in SECRET_WORDS) else v)
-                for k, v in m.options.items()
-            },
+            options={k: ("***" if is_secret_name(k) else v) for k, v in m.options.items()},
         )
 
 

@@ -180,7 +180,12 @@ def evacuate(ctx: StepContext, step: Step, recovery: Recovery, host: Host) -> Do
     server = _poll(
         ctx,
         lambda: ctx.compute.get_server(sid),
-        lambda s: s.host != host.name and s.status in nova.EVACUABLE,
+        # Done when it landed elsewhere — or when Nova gave up (ERROR on the failed host
+        # with no task: no valid host, a late affinity check): then retry with backoff.
+        lambda s: (
+            (s.host != host.name and s.status in nova.EVACUABLE)
+            or (s.host == host.name and s.status == nova.ERROR and not s.task_state)
+        ),
         ctx.settings.evacuate_confirm_timeout,
     )
     if server.host == host.name:

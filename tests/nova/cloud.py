@@ -1,0 +1,242 @@
+"""The minicloud (tools/minicloud) as the nova tier's tests see it: start it once per
+session, kill and restart its processes, boot servers, and put every host back the way
+the next test expects it (up, enabled, not forced down, no servers).
+
+A test talks to Nova through openstacksdk with the minicloud's clouds.yaml, exactly like
+vigil's driver does; process control goes through the tool's pid files.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openstack.connection
+import pytest
+from openstack.config import OpenStackConfig
+
+REPO = Path(__file__).resolve().parents[2]
+TOOL = REPO / "tools" / "minicloud" / "minicloud"
+HOME = Path(os.environ.get("MINICLOUD_HOME") or REPO / ".minicloud").resolve()
+CLOUDS_YAML = HOME / "clouds.yaml"
+COMPUTES = ("compute1", "compute2", "compute3")
+IMAGE = "155d900f-4e14-4e4c-a73d-069cbf4541e6"  # "cirros", no properties
+HA_IMAGE = "a7c1d0b4-6a56-4b8e-9a55-2f0c3e7d9b10"  # "cirros-ha": vigil:ha_policy keep-running
+FLAVOR = "1"  # m1.tiny
+BOOT_MICROVERSION = "2.74"  # "host" in the create request: boot onto a chosen compute
+
+
+def report(config: pytest.Config, text: str) -> None:
+    """Print past pytest's output capture: timings belong in the CI log."""
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if capture is None or reporter is None:
+        print(f"[nova] {text}")
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(f"[nova] {text}")
+
+
+def installed() -> None:
+    """A check for services.require: the tool and its virtualenv are there."""
+    if not TOOL.exists():
+        raise FileNotFoundError(f"{TOOL} is missing")
+    if not (HOME / "venv" / ".minicloud-requirements").exists():
+        raise FileNotFoundError(f"minicloud is not installed: run {TOOL} install")
+
+
+def tool(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(TOOL), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def wait_until(condition: Callable[[], Any], what: str, timeout: float, step: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(step)
+
+
+@dataclass
+class Minicloud:
+    """A running minicloud; ``conn`` is an admin openstacksdk connection to it."""
+
+    started_here: bool
+    startup_seconds: float
+    conn: openstack.connection.Connection = field(init=False)
+
+    def __post_init__(self) -> None:
+        config = OpenStackConfig(config_files=[str(CLOUDS_YAML)])
+        self.conn = openstack.connection.Connection(config=config.get_one(cloud="minicloud"))
+
+    # ------------------------------------------------------------------ processes
+    def pid(self, service: str) -> int | None:
+        try:
+            pid = int((HOME / "run" / f"{service}.pid").read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (OSError, ValueError):
+            return None
+        if stat.split(") ", 1)[-1].startswith("Z"):
+            return None
+        return pid if str(HOME).encode() in cmdline else None
+
+    def running(self, service: str) -> bool:
+        return self.pid(service) is not None
+
+    def kill(self, service: str) -> None:
+        result = tool("kill", service, timeout=30)
+        assert result.returncode == 0, result.stderr
+
+    def start(self, service: str) -> None:
+        result = tool("start-service", service, timeout=30)
+        assert result.returncode == 0, result.stderr
+
+    # ------------------------------------------------------------------ nova
+    def nova(self, method: str, path: str, body: Any = None, mv: str = "2.94") -> Any:
+        response = self.conn.compute.request(path, method, json=body, microversion=mv)
+        status = response.status_code
+        assert status < 400, f"{method} {path}: {status} {response.text}"
+        return response.json() if response.content else None
+
+    def server(self, server_id: str) -> dict[str, Any]:
+        return dict(self.nova("GET", f"/servers/{server_id}")["server"])
+
+    def boot(
+        self,
+        name: str,
+        host: str,
+        metadata: Mapping[str, str] | None = None,
+        *,
+        image: str = IMAGE,
+        flavor: str = FLAVOR,
+        wait: bool = True,
+        hints: Mapping[str, str] | None = None,
+    ) -> str:
+        body = {
+            "server": {
+                "name": name,
+                "imageRef": image,
+                "flavorRef": flavor,
+                "networks": "none",
+                "host": host,
+                "metadata": dict(metadata or {}),
+            },
+            **({"os:scheduler_hints": dict(hints)} if hints else {}),
+        }
+        for attempt in (1, 2):
+            # The scheduler takes only a compute it has heard from lately.
+            wait_until(lambda: self.services()[host]["state"] == "up", f"{host} up", 60)
+            sid = str(self.nova("POST", "/servers", body, mv=BOOT_MICROVERSION)["server"]["id"])
+            if not wait:
+                return sid
+            try:
+                self.wait_active([sid])
+                return sid
+            except AssertionError as exc:
+                # A broker hiccup (another test restarting RabbitMQ on a shared machine)
+                # can cost a compute one state report: the scheduler then finds no host.
+                if attempt == 2 or "No valid host" not in str(exc):
+                    raise
+                self.conn.compute.request(f"/servers/{sid}", "DELETE", microversion="2.94")
+        raise AssertionError("unreachable")
+
+    def wait_active(self, ids: list[str], timeout: float = 60) -> None:
+        def active() -> bool:
+            servers = [self.server(i) for i in ids]
+            failed = [s for s in servers if s["status"] == "ERROR"]
+            assert not failed, f"boot failed: {failed[0].get('fault')}"
+            return all(s["status"] == "ACTIVE" for s in servers)
+
+        wait_until(active, f"{len(ids)} servers ACTIVE", timeout)
+
+    def services(self) -> dict[str, dict[str, Any]]:
+        body = self.nova("GET", "/os-services?binary=nova-compute", mv="2.53")
+        return {s["host"]: s for s in body["services"]}
+
+    def evacuations(self, server_id: str) -> list[dict[str, Any]]:
+        body = self.nova("GET", f"/os-migrations?instance_uuid={server_id}", mv="2.80")
+        return [m for m in body["migrations"] if m["migration_type"] == "evacuation"]
+
+    # ------------------------------------------------------------------ restore
+    def restore(self, timeout: float = 90) -> float:
+        """Every compute running, up, enabled and not forced down; no server left.
+
+        Order matters: a killed compute is started first, because Nova refuses to
+        un-force a host until its restarted nova-compute has cleaned up its evacuated
+        instances (and cleans up nothing for an instance already deleted)."""
+        t0 = time.monotonic()
+        for service in ("api", "stubs", "placement", "conductor", "scheduler", *COMPUTES):
+            if not self.running(service):
+                self.start(service)
+        wait_until(self._api_answers, "the Nova API", timeout)
+        for host, svc in self.services().items():
+            if svc["forced_down"]:
+                wait_until(
+                    lambda svc=svc: self._unforce(svc["id"]),
+                    f"Nova to let {host} be un-forced",
+                    timeout,
+                    step=0.5,
+                )
+        wait_until(
+            lambda: all(s["state"] == "up" for s in self.services().values()),
+            "every compute service up",
+            timeout,
+        )
+        # Enabled only once up: Nova tells a compute that is up to drop its
+        # COMPUTE_STATUS_DISABLED trait in placement; one that is down keeps it (and
+        # gets no new instance) until its next periodic resource update.
+        for host, svc in self.services().items():
+            if svc["status"] == "disabled" or self._disabled_trait(host):
+                self._set_status(svc["id"], "disabled")
+                self._set_status(svc["id"], "enabled")
+        self.delete_all_servers(timeout)
+        return time.monotonic() - t0
+
+    def _set_status(self, service_id: str, status: str) -> None:
+        self.nova("PUT", f"/os-services/{service_id}", {"status": status}, mv="2.53")
+
+    def _disabled_trait(self, host: str) -> bool:
+        # The minicloud's placement runs with noauth2: its admin is the token "admin".
+        base = self.conn.placement.get_endpoint()
+        headers = {"X-Auth-Token": "admin", "OpenStack-API-Version": "placement 1.6"}
+        with httpx.Client(base_url=base, headers=headers, timeout=10) as placement:
+            found = placement.get("/resource_providers", params={"name": host}).json()
+            for rp in found["resource_providers"]:
+                traits = placement.get(f"/resource_providers/{rp['uuid']}/traits").json()
+                if "COMPUTE_STATUS_DISABLED" in traits["traits"]:
+                    return True
+        return False
+
+    def _api_answers(self) -> bool:
+        try:
+            return bool(self.conn.compute.get("/", microversion=None).status_code == 200)
+        except Exception:
+            return False
+
+    def _unforce(self, service_id: str) -> bool:
+        response = self.conn.compute.request(
+            f"/os-services/{service_id}", "PUT", json={"forced_down": False}, microversion="2.53"
+        )
+        return bool(response.status_code == 200)
+
+    def delete_all_servers(self, timeout: float = 60) -> None:
+        servers = self.nova("GET", "/servers?all_tenants=1")["servers"]
+        for s in servers:
+            self.conn.compute.request(f"/servers/{s['id']}", "DELETE", microversion="2.94")
+        wait_until(
+            lambda: not self.nova("GET", "/servers?all_tenants=1")["servers"],
+            "every server deleted",
+            timeout,
+        )

@@ -1,0 +1,494 @@
+"""The compute driver production uses: Nova through openstacksdk.
+
+Credentials come from ``clouds.yaml`` or ``OS_*`` variables, like every OpenStack tool
+(``build_openstack_compute(cloud="mycloud")``). The driver speaks Nova's REST API through
+the SDK's authenticated compute adapter with an explicit microversion on every call, so
+what Nova answers does not change with the SDK's release.
+
+Microversion: ``2.94`` (or the cloud's maximum when it is older, at least ``2.53``):
+
+- ``2.53`` is the floor: services are addressed by UUID and ``PUT /os-services/{id}``
+  takes ``forced_down``, ``status`` and ``disabled_reason``;
+- ``2.47``/``2.71`` (below the pin) put the flavor's extra specs and the server groups
+  into every server body, which saves a call per instance;
+- ``2.95`` makes Nova leave every evacuated instance SHUTOFF. Pinned below it, Nova
+  brings an evacuated instance back in the power state it had (ACTIVE stays ACTIVE,
+  SHUTOFF stays SHUTOFF) in one operation: no extra start call per instance and no
+  window in which a running VM is seen stopped. The engine still starts an instance
+  that was ACTIVE and arrives SHUTOFF, so a cloud that forces 2.95 behaviour is covered.
+
+HA policy of an instance (``Server.policy``/``priority``): the first of these that says
+something, each read with ``ha_policy_from_metadata`` (vigil's keys ``vigil:ha_policy``
+and ``vigil:ha_priority``, or Masakari's ``HA_Enabled``):
+
+1. server metadata (the owner's own choice for this one instance),
+2. image properties (the image's author: "this appliance must keep running"),
+3. flavor extra specs (the operator's class of service),
+
+policy and priority each taken from the first source that sets it. Image properties are
+read from Glance and cached (``image_cache_ttl``); a deleted image counts as none.
+
+Errors are translated here, at the boundary: connection failures, timeouts, 5xx and
+429 → ``TemporaryError``; 409, Nova's ``ComputeServiceInUse`` (a 400 with that text) and
+its refusal to un-force a host whose evacuations are not cleaned up yet → ``Conflict``;
+404 → ``NotFound``; 401/403 and other 4xx → ``PermanentError``. Messages carry the method,
+the path and Nova's own sentence, never a password or a token.
+
+Not done here: locking instances during their recovery. Nova checks no lock on
+evacuation and admins pass locks anyway, so a lock would only keep owners out, and a
+crash of vigil between lock and unlock would leave them locked out. ``reset_state`` and
+``migrations`` are there for operators' tooling; the engine uses neither yet.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+import openstack
+import openstack.connection
+import openstack.exceptions
+from keystoneauth1 import exceptions as ksa_exc
+
+from vigil.drivers.compute import (
+    MASAKARI_KEY,
+    POLICY_KEY,
+    PRIORITY_KEY,
+    ComputeDriver,
+    ComputeService,
+    Server,
+    ha_policy_from_metadata,
+)
+from vigil.drivers.errors import (
+    Conflict,
+    DriverError,
+    NotFound,
+    PermanentError,
+    TemporaryError,
+)
+from vigil.model import HaPolicy
+
+LOG = logging.getLogger(__name__)
+
+#: The microversion every call is pinned to (see the module docstring).
+MICROVERSION = "2.94"
+#: The oldest microversion the driver works with.
+MIN_MICROVERSION = "2.53"
+_POLICY_KEYS = (POLICY_KEY, PRIORITY_KEY, MASAKARI_KEY)
+# Nova answers these refusals with 400 although they pass once the host is fenced and
+# forced down, or once the repaired host's nova-compute has cleaned up.
+_CONFLICT_400 = (
+    "is still in use",  # ComputeServiceInUse: evacuate while the source compute is up
+    "evacuation migration records remain",  # un-force a host not cleaned up yet
+)
+_PAGE = 1000  # Nova's default [api] max_limit
+
+
+def _version(text: str) -> tuple[int, int]:
+    major, _, minor = text.partition(".")
+    return int(major), int(minor or 0)
+
+
+def resolve_policy(
+    metadata: Mapping[str, Any],
+    image_properties: Mapping[str, Any],
+    flavor_extra_specs: Mapping[str, Any],
+) -> tuple[HaPolicy | None, int]:
+    """(policy, priority) from the first source that sets each: server metadata, then
+    image properties, then flavor extra specs. Policy None: the segment default applies."""
+    policy: HaPolicy | None = None
+    priority: int | None = None
+    for source in (metadata, image_properties, flavor_extra_specs):
+        strings = {k: str(v) for k, v in source.items() if k in _POLICY_KEYS}
+        found, prio = ha_policy_from_metadata(strings)
+        if policy is None:
+            policy = found
+        if priority is None and _is_int(strings.get(PRIORITY_KEY)):
+            priority = prio
+    return policy, priority or 0
+
+
+def _is_int(value: str | None) -> bool:
+    if value is None:
+        return False
+    try:
+        int(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _nova_message(response: Any) -> str:
+    """Nova's own sentence from an error body ({"badRequest": {"message": ...}})."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        for value in body.values():
+            if isinstance(value, dict) and "message" in value:
+                return str(value["message"])
+        if "message" in body:
+            return str(body["message"])
+    text = str(getattr(response, "text", "") or "").strip()
+    return text[:200] or "no message"
+
+
+class OpenStackCompute(ComputeDriver):
+    """``ComputeDriver`` on a real Nova. ``conn`` is an ``openstack.connect()`` result.
+
+    Thread-safe: the engine calls it from its step workers in parallel.
+    """
+
+    def __init__(
+        self,
+        conn: openstack.connection.Connection,
+        *,
+        image_cache_ttl: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._conn = conn
+        self._cache_ttl = image_cache_ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._microversion: str | None = None
+        self._images: dict[str, tuple[dict[str, Any], float]] = {}
+        self._secrets = self._collect_secrets(conn)
+
+    # ------------------------------------------------------------------ plumbing
+
+    @staticmethod
+    def _collect_secrets(conn: Any) -> list[str]:
+        """Values that must never appear in a message: the password and such."""
+        try:
+            auth = conn.config.config.get("auth", {}) or {}
+        except AttributeError:
+            return []
+        keys = ("password", "token", "application_credential_secret", "secret")
+        return [str(v) for k, v in auth.items() if k in keys and v and len(str(v)) >= 4]
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _translate(self, exc: Exception, what: str) -> DriverError:
+        """A library exception raised before Nova answered, as a vigil error."""
+        kind = type(exc).__name__
+        if isinstance(exc, ksa_exc.Unauthorized | ksa_exc.AuthorizationFailure):
+            return PermanentError(
+                f"{what}: OpenStack refused the credentials ({kind}): check the cloud's "
+                "username, password and project in clouds.yaml or OS_* variables"
+            )
+        if isinstance(exc, ksa_exc.EndpointNotFound):
+            return PermanentError(f"{what}: no compute endpoint in the service catalog ({kind})")
+        if isinstance(exc, ksa_exc.HttpError) and exc.http_status and exc.http_status < 500:
+            return PermanentError(f"{what}: identity service answered {exc.http_status} ({kind})")
+        if isinstance(exc, ksa_exc.ConnectionError | ksa_exc.HttpError | ksa_exc.ClientException):
+            # Unreachable, timed out, or a 5xx from Keystone: worth retrying.
+            return TemporaryError(self._scrub(f"{what}: OpenStack unreachable: {kind}: {exc}"))
+        if isinstance(exc, openstack.exceptions.SDKException):
+            return PermanentError(self._scrub(f"{what}: {kind}: {exc}"))
+        return TemporaryError(self._scrub(f"{what}: {kind}: {exc}"))
+
+    def microversion(self) -> str:
+        """The microversion in use: MICROVERSION, or the cloud's maximum if lower."""
+        with self._lock:
+            if self._microversion is not None:
+                return self._microversion
+        try:
+            response = self._conn.compute.get("/", microversion=None)
+        except (ksa_exc.ClientException, openstack.exceptions.SDKException) as exc:
+            raise self._translate(exc, "GET / (Nova versions)") from None
+        self._raise_for(response, "GET", "/ (Nova versions)")
+        doc = response.json().get("version", {})
+        top = str(doc.get("version") or "")
+        if not top:
+            raise PermanentError("Nova's version document has no microversion: legacy v2 API?")
+        if _version(top) < _version(MIN_MICROVERSION):
+            raise PermanentError(
+                f"Nova's API goes up to microversion {top}; vigil needs {MIN_MICROVERSION}"
+                " (Pike) or later"
+            )
+        chosen = MICROVERSION if _version(top) >= _version(MICROVERSION) else top
+        with self._lock:
+            self._microversion = chosen
+        LOG.info("Nova API microversions up to %s; vigil uses %s", top, chosen)
+        return chosen
+
+    def _raise_for(self, response: Any, method: str, path: str) -> None:
+        status = int(response.status_code)
+        if status < 400:
+            return
+        what = f"Nova {method} {path}"
+        message = self._scrub(_nova_message(response))
+        if status == 401:
+            raise PermanentError(f"{what}: 401 Unauthorized: the credentials were refused")
+        if status == 403:
+            raise PermanentError(
+                f"{what}: 403 Forbidden: {message} (vigil's account needs the admin role)"
+            )
+        if status == 404:
+            raise NotFound(f"{what}: {message}")
+        if status == 409 or (status == 400 and any(s in message for s in _CONFLICT_400)):
+            raise Conflict(f"{what}: {status}: {message}")
+        if status == 429 or status >= 500:
+            raise TemporaryError(f"{what}: {status}: {message}")
+        raise PermanentError(f"{what}: {status}: {message}")
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        """One Nova API call at the pinned microversion; the JSON answer or None."""
+        microversion = self.microversion()
+        try:
+            response = self._conn.compute.request(
+                path, method, json=body, microversion=microversion
+            )
+        except (ksa_exc.ClientException, openstack.exceptions.SDKException) as exc:
+            raise self._translate(exc, f"Nova {method} {path}") from None
+        self._raise_for(response, method, path)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            return None
+
+    # ------------------------------------------------------------------ start-up
+
+    def check(self) -> str:
+        """Authenticate, pick the microversion and list the compute services once.
+
+        For the server's start-up: wrong credentials or a Nova too old raise
+        PermanentError (a configuration to fix, not something to retry); Keystone or
+        Nova unreachable raises TemporaryError. Returns a one-line summary.
+        """
+        version = self.microversion()
+        services = self.list_services()
+        return f"Nova API at microversion {version}, {len(services)} compute services"
+
+    # ------------------------------------------------------------------ services
+
+    def _service_dicts(self, host: str | None = None) -> list[dict[str, Any]]:
+        query = {"binary": "nova-compute", **({"host": host} if host else {})}
+        body = self._call("GET", "/os-services?" + urlencode(query))
+        services = list(body.get("services", []))
+        if host is not None:
+            services = [s for s in services if s.get("host") == host]
+        return services
+
+    def _service_dict(self, host: str) -> dict[str, Any]:
+        services = self._service_dicts(host)
+        if not services:
+            raise NotFound(f"Nova has no nova-compute service on host {host}")
+        return services[0]
+
+    @staticmethod
+    def _service(data: Mapping[str, Any]) -> ComputeService:
+        return ComputeService(
+            host=str(data["host"]),
+            up=data.get("state") == "up",
+            forced_down=bool(data.get("forced_down")),
+            disabled=data.get("status") == "disabled",
+            disabled_reason=str(data.get("disabled_reason") or ""),
+        )
+
+    def list_services(self) -> list[ComputeService]:
+        return [self._service(s) for s in self._service_dicts()]
+
+    def get_service(self, host: str) -> ComputeService:
+        return self._service(self._service_dict(host))
+
+    def _update_service(self, host: str, body: dict[str, Any]) -> None:
+        service = self._service_dict(host)
+        self._call("PUT", f"/os-services/{service['id']}", body)
+
+    def set_forced_down(self, host: str, forced_down: bool) -> None:
+        # Un-forcing is refused (Conflict) until the repaired host's restarted
+        # nova-compute has destroyed its copies of the evacuated instances.
+        self._update_service(host, {"forced_down": forced_down})
+
+    def disable(self, host: str, reason: str) -> None:
+        self._update_service(host, {"status": "disabled", "disabled_reason": reason[:255]})
+
+    def enable(self, host: str) -> None:
+        self._update_service(host, {"status": "enabled"})
+
+    # ------------------------------------------------------------------ servers
+
+    def list_servers(self, host: str) -> list[Server]:
+        self._service_dict(host)  # NotFound for a misspelt host, not "nothing there"
+        servers: list[Server] = []
+        marker: str | None = None
+        while True:
+            query: dict[str, Any] = {"all_tenants": 1, "host": host, "limit": _PAGE}
+            if marker:
+                query["marker"] = marker
+            page = self._call("GET", "/servers/detail?" + urlencode(query)).get("servers", [])
+            # Nova's host filter is exact, but be sure: a listing drives evacuations.
+            servers.extend(self._server(s) for s in page if s.get("OS-EXT-SRV-ATTR:host") == host)
+            if len(page) < _PAGE:
+                return servers
+            marker = str(page[-1]["id"])
+
+    def get_server(self, server_id: str) -> Server:
+        return self._server(self._call("GET", f"/servers/{server_id}")["server"])
+
+    def _server(self, data: Mapping[str, Any]) -> Server:
+        metadata = data.get("metadata") or {}
+        flavor = data.get("flavor")
+        # Embedded in the server from 2.47 (admins see the extra specs).
+        extra_specs = (flavor.get("extra_specs") or {}) if isinstance(flavor, dict) else {}
+        image_properties: Mapping[str, Any] = {}
+        if not (POLICY_KEY in metadata and PRIORITY_KEY in metadata):
+            image = data.get("image")
+            if isinstance(image, dict) and image.get("id"):  # "" when booted from a volume
+                image_properties = self._image_properties(str(image["id"]))
+        policy, priority = resolve_policy(metadata, image_properties, extra_specs)
+        fault = data.get("fault")  # only ERROR (and DELETED) servers carry one
+        message = str(fault.get("message") or "") if isinstance(fault, dict) else ""
+        groups = data.get("server_groups") or []  # from 2.71
+        return Server(
+            id=str(data["id"]),
+            name=str(data.get("name") or ""),
+            host=data.get("OS-EXT-SRV-ATTR:host") or None,
+            status=str(data.get("status") or ""),
+            policy=policy,
+            priority=priority,
+            task_state=data.get("OS-EXT-STS:task_state") or None,
+            server_group=str(groups[0]) if groups else None,
+            fault=message or None,
+        )
+
+    def _image_properties(self, image_id: str) -> Mapping[str, Any]:
+        """vigil's keys among the image's properties, cached; {} for a deleted image."""
+        now = self._clock()
+        with self._lock:
+            cached = self._images.get(image_id)
+        if cached is not None and now - cached[1] < self._cache_ttl:
+            return cached[0]
+        try:
+            response = self._conn.image.get(f"/images/{image_id}")
+            if response.status_code == 404:
+                props: dict[str, Any] = {}
+            else:
+                self._raise_for(response, "GET", f"/images/{image_id} (Glance)")
+                body = response.json()
+                props = {k: v for k, v in body.items() if k in _POLICY_KEYS}
+        except (ksa_exc.ClientException, openstack.exceptions.SDKException) as exc:
+            error: DriverError = self._translate(exc, f"Glance GET /images/{image_id}")
+        except DriverError as exc:
+            error = exc
+        else:
+            with self._lock:
+                self._images[image_id] = (props, now)
+            return props
+        if cached is not None:  # a stale answer beats no answer while Glance is away
+            LOG.warning("image %s: %s; using properties read earlier", image_id, error)
+            return cached[0]
+        raise error
+
+    # ------------------------------------------------------------------ actions
+
+    def _action(self, server_id: str, body: dict[str, Any]) -> None:
+        self._call("POST", f"/servers/{server_id}/action", body)
+
+    def evacuate(self, server_id: str, target_host: str | None = None) -> None:
+        # Nova 34 accepts a second evacuation of an instance that is still being rebuilt
+        # (and records a second, failed migration): refuse it here. The engine reads the
+        # instance before asking too; this guards every other caller.
+        server = self._call("GET", f"/servers/{server_id}")["server"]
+        task = server.get("OS-EXT-STS:task_state")
+        if task:
+            raise Conflict(
+                f"instance {server_id} is {server.get('status')} with task {task} in "
+                "progress: not asking Nova to evacuate it again"
+            )
+        # No "force": a named target still goes through the scheduler's filters, so a
+        # server group's anti-affinity is checked before Nova accepts.
+        args: dict[str, Any] = {"host": target_host} if target_host else {}
+        self._action(server_id, {"evacuate": args})
+
+    def start(self, server_id: str) -> None:
+        self._action(server_id, {"os-start": None})
+
+    def stop(self, server_id: str) -> None:
+        self._action(server_id, {"os-stop": None})
+
+    def reboot(self, server_id: str, hard: bool = True) -> None:
+        self._action(server_id, {"reboot": {"type": "HARD" if hard else "SOFT"}})
+
+    def reset_state(self, server_id: str, state: str = "error") -> None:
+        """Nova's reset-state (``error`` or ``active``), for an instance whose task Nova
+        will never finish (its host died mid-operation) and which it then refuses to
+        evacuate. An operator's tool: resetting to ``active`` hides real damage."""
+        self._action(server_id, {"os-resetState": {"state": state}})
+
+    def migrations(self, server_id: str) -> list[dict[str, Any]]:
+        """Nova's migration records of an instance (evacuations included), oldest first."""
+        body = self._call("GET", "/os-migrations?" + urlencode({"instance_uuid": server_id}))
+        return sorted(body.get("migrations", []), key=lambda m: int(m.get("id", 0)))
+
+
+def discover_hosts(
+    conn: openstack.connection.Connection | OpenStackCompute,
+    aggregate: str | None = None,
+    availability_zone: str | None = None,
+) -> list[str]:
+    """The compute hosts of an aggregate and/or an availability zone (all when neither),
+    sorted: what fills a segment. NotFound for an unknown aggregate or zone."""
+    compute = conn if isinstance(conn, OpenStackCompute) else OpenStackCompute(conn)
+    hosts = {s.host for s in compute.list_services()}
+    if aggregate is not None:
+        aggregates = compute._call("GET", "/os-aggregates").get("aggregates", [])
+        match = [a for a in aggregates if aggregate in (a.get("name"), str(a.get("id")))]
+        if not match:
+            raise NotFound(f"Nova has no host aggregate {aggregate}")
+        hosts &= set(_strings(match[0].get("hosts")))
+    if availability_zone is not None:
+        zones = compute._call("GET", "/os-availability-zone/detail").get("availabilityZoneInfo", [])
+        zone = [z for z in zones if z.get("zoneName") == availability_zone]
+        if not zone:
+            raise NotFound(f"Nova has no availability zone {availability_zone}")
+        zone_hosts = zone[0].get("hosts") or {}
+        hosts &= {h for h, services in zone_hosts.items() if "nova-compute" in (services or {})}
+    return sorted(hosts)
+
+
+def _strings(values: Iterable[Any] | None) -> list[str]:
+    return [str(v) for v in values or []]
+
+
+def build_openstack_compute(
+    cloud: str | None = None,
+    *,
+    timeout: float = 60.0,
+    check: bool = True,
+) -> OpenStackCompute:
+    """Connect to the cloud named ``cloud`` in clouds.yaml (or the ``OS_*`` variables when
+    None) and check the credentials once.
+
+    Raises PermanentError with a sentence to act on when the cloud is unknown, the
+    credentials are refused or Nova is too old: the server should refuse to start (exit,
+    no restart loop). A cloud merely unreachable now is logged and not fatal: the engine
+    retries every call.
+    """
+    try:
+        # Retries are the engine's business (with backoff, after reading where an instance
+        # is): the library must not resend a request on its own.
+        conn = openstack.connect(
+            cloud=cloud, api_timeout=timeout, connect_retries=0, status_code_retries=0
+        )
+    except (openstack.exceptions.SDKException, ksa_exc.ClientException) as exc:
+        name = cloud or "from OS_* variables"
+        raise PermanentError(f"OpenStack cloud {name}: {type(exc).__name__}: {exc}") from None
+    compute = OpenStackCompute(conn)
+    if check:
+        try:
+            LOG.info("OpenStack cloud %s: %s", cloud or "(OS_* variables)", compute.check())
+        except TemporaryError as exc:
+            LOG.warning("OpenStack cloud not reachable at start-up (will retry): %s", exc)
+    return compute

@@ -34,6 +34,29 @@ def free_port(kind: int) -> int:
         return port
 
 
+def server_config(tmp_path: Path, cloud_url: str) -> tuple[Path, httpx.Client, int]:
+    """A vigil.conf for a server process on free ports, its API client and heartbeat port."""
+    api_port, hb_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+    conf = tmp_path / "vigil.conf"
+    conf.write_text(
+        f"""[database]
+connection = sqlite:///{tmp_path / "vigil.db"}
+[api]
+port = {api_port}
+auth_token = {TOKEN}
+[agent]
+key = {KEY}
+listen_port = {hb_port}
+[compute]
+sim_url = {cloud_url}
+"""
+    )
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{api_port}", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    return conf, api, hb_port
+
+
 class ServerProcess:
     def __init__(self, conf: Path, log: Path) -> None:
         self.conf, self.log = conf, log
@@ -94,24 +117,7 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
         for n in range(6)
     ]
     cloud_server, cloud_url = serve_cloud(cloud)
-    api_port, hb_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
-    conf = tmp_path / "vigil.conf"
-    conf.write_text(
-        f"""[database]
-connection = sqlite:///{tmp_path / "vigil.db"}
-[api]
-port = {api_port}
-auth_token = {TOKEN}
-[agent]
-key = {KEY}
-listen_port = {hb_port}
-[compute]
-sim_url = {cloud_url}
-"""
-    )
-    api = httpx.Client(
-        base_url=f"http://127.0.0.1:{api_port}", headers={"Authorization": f"Bearer {TOKEN}"}
-    )
+    conf, api, hb_port = server_config(tmp_path, cloud_url)
     server = ServerProcess(conf, tmp_path / "server.log")
     agents = SimAgents(cloud, server=("127.0.0.1", hb_port), key=KEY.encode(), interval=0.5)
     try:

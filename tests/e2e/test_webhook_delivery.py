@@ -3,13 +3,12 @@ delivered even when the server is killed between a change and its delivery."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
 import httpx
 from notify.receivers import WebhookReceiver
-from test_crash_safety import KEY, TOKEN, ServerProcess, free_port, wait_for
+from test_crash_safety import KEY, ServerProcess, server_config, wait_for
 
 from vigil.cli.demo import DemoOptions, Harness
 from vigil.clock import SystemClock
@@ -82,22 +81,7 @@ def test_server_killed_between_change_and_delivery_still_delivers(tmp_path: Path
     for n in range(3):
         cloud.add_instance(f"db-{n}", "compute-1", policy=HaPolicy.KEEP_RUNNING)
     cloud_server, cloud_url = serve_cloud(cloud)
-    api_port, hb_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
-    conf = tmp_path / "vigil.conf"
-    conf.write_text(f"""[database]
-connection = sqlite:///{tmp_path / "vigil.db"}
-[api]
-port = {api_port}
-auth_token = {TOKEN}
-[agent]
-key = {KEY}
-listen_port = {hb_port}
-[compute]
-sim_url = {cloud_url}
-""")
-    api = httpx.Client(
-        base_url=f"http://127.0.0.1:{api_port}", headers={"Authorization": f"Bearer {TOKEN}"}
-    )
+    conf, api, hb_port = server_config(tmp_path, cloud_url)
     server = ServerProcess(conf, tmp_path / "server.log")
     agents = SimAgents(cloud, server=("127.0.0.1", hb_port), key=KEY.encode(), interval=0.25)
     receiver = WebhookReceiver(default_status=503)  # the consumer is down at first

@@ -85,6 +85,7 @@ class VigilServer:
         # Kept in memory when configured: the demo and the tests read what was published.
         self.memory = MemoryNotifier()
         self._bus_sinks = [self._bus_sink(name) for name in settings.notifiers]
+        self._webhook_sinks: dict[tuple[str, str, str, tuple[str, ...]], Sink] = {}
         self.outbox = OutboxDispatcher(self.store, clock=self.clock, sinks=self._sinks)
         self.heartbeats = HeartbeatTable(self.clock)
         self.engine = Engine(
@@ -159,12 +160,18 @@ class VigilServer:
         raise config.ConfigError(f"notifier driver {name} unknown")
 
     def _sinks(self) -> list[Sink]:
-        """The configured notifiers, and one sink per webhook subscription."""
+        """The configured notifiers, and one sink per webhook subscription (built once per
+        subscription: each keeps its HTTP connections open)."""
         sinks = list(self._bus_sinks)
+        current = {}
         for sub in self.store.list_subscriptions():
-            sinks.append(
-                Sink(webhook_sink(sub.name), WebhookNotifier(sub.url, sub.secret), sub.wants)
-            )
+            key = (sub.name, sub.url, sub.secret, sub.event_types)
+            sink = self._webhook_sinks.get(key)
+            if sink is None:
+                sink = Sink(webhook_sink(sub.name), WebhookNotifier(sub.url, sub.secret), sub.wants)
+            current[key] = sink
+            sinks.append(sink)
+        self._webhook_sinks = current
         return sinks
 
     def start(self) -> None:

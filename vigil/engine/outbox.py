@@ -71,6 +71,12 @@ class _Worker:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout=10)
+        close = getattr(self.sink.notifier, "close", None)
+        if callable(close):  # connections to a broker or a webhook endpoint
+            try:
+                close()
+            except Exception as exc:
+                LOG.warning("sink %s: closing its notifier failed: %s", self.sink.name, exc)
 
     def _run(self) -> None:
         while not self._stop.is_set():

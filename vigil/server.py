@@ -125,6 +125,7 @@ class VigilServer:
                 # Leave logging to the process: uvicorn's dictConfig closes our handlers.
                 log_config=None,
                 lifespan="off",
+                timeout_graceful_shutdown=3,
             )
         )
         self._threads: list[threading.Thread] = []
@@ -196,6 +197,7 @@ class VigilServer:
         )
 
     def stop(self) -> None:
+        self.app.state.closing.set()
         self._stop.set()
         self.engine.wake()
         self._uvicorn.should_exit = True

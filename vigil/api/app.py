@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import secrets
+import threading
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -21,6 +22,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from vigil import __version__
+from vigil.api.guest import add_guest_routes
 from vigil.api.schemas import (
     ControlOut,
     EvacuateIn,
@@ -45,6 +47,7 @@ from vigil.drivers.compute import ComputeDriver
 from vigil.drivers.errors import Conflict, DriverError, NotFound
 from vigil.drivers.webhook import WebhookNotifier, validate_webhook_url
 from vigil.engine.engine import Engine
+from vigil.engine.guest_engine import GuestEngine
 from vigil.engine.outbox import webhook_sink
 from vigil.engine.steps import effective_policy
 from vigil.events import CATALOGUE, event_as_json, make_event
@@ -76,7 +79,10 @@ def create_app(
     clock: Clock,
     heartbeat_age: Callable[[str], float | None],
     defaults: RecoverySettings,
+    guest: GuestEngine | None = None,
+    agent_key: str = "",
 ) -> FastAPI:
+    closing = threading.Event()  # set by the server on shutdown: event streams end
     app = FastAPI(
         title="vigil",
         version=__version__,
@@ -128,6 +134,9 @@ def create_app(
         return {"status": "ok", "version": __version__}
 
     auth = [Depends(authenticated)]
+
+    if guest is not None:  # the agents' guest failure reports (signed, not bearer)
+        add_guest_routes(app, guest=guest, agent_key=agent_key, known_host=engine.is_known_host)
 
     # --- segments ---------------------------------------------------------------------
     @app.get("/v1/segments", dependencies=auth, tags=["segments"])
@@ -362,7 +371,7 @@ def create_app(
 
         async def frames() -> Any:
             cursor, idle = start, 0.0
-            while not await request.is_disconnected():
+            while not closing.is_set() and not await request.is_disconnected():
                 events = await asyncio.to_thread(store.list_events, after=cursor, limit=200)
                 for e in events:
                     cursor = e.seq
@@ -577,4 +586,5 @@ def create_app(
         engine.wake()
         return ControlOut(paused=c.paused, reason=c.reason, changed_at=c.changed_at)
 
+    app.state.closing = closing
     return app

@@ -195,7 +195,12 @@ class Harness:
                 tl.mark(
                     "suspect", view["state_changed_at"], f"{host} suspect: {view['state_reason']}"
                 )
-            recs = api.get("/v1/recoveries", params={"host": host}).json()
+            # Only a recovery of this failure: one the host had before does not count.
+            recs = [
+                r
+                for r in api.get("/v1/recoveries", params={"host": host}).json()
+                if r["created_at"] >= t0
+            ]
             if recs:
                 recovery = recs[0]
                 tl.mark("declared", recovery["created_at"], f"{host} failed: {recovery['reason']}")

@@ -62,6 +62,16 @@ _agent = [
     ),
     cfg.PortOpt("listen_port", default=8788, help="UDP port the server receives heartbeats on."),
     cfg.StrOpt("host", help="(agent) Name of this compute host, as Nova knows it."),
+    cfg.StrOpt(
+        "libvirt_uri",
+        default="",
+        help="(agent) libvirt URI to watch guests on (e.g. qemu:///system); empty: no guest "
+        "monitoring.",
+    ),
+    cfg.URIOpt(
+        "server_url",
+        help="(agent) vigil-server's API, where guest failure reports go (e.g. http://vigil:8787).",
+    ),
     cfg.BoolOpt(
         "self_fencing",
         default=False,

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from vigil.model import Event, StepKind
+from vigil.model import Event, GuestFailureKind, StepKind
 
 NAMESPACE = "vigil"
 
@@ -107,6 +107,28 @@ CONSUMER_ACTION = Payload(
         },
     ),
 )
+GUEST_FAILURE = Payload(
+    "GuestFailurePayload",
+    "1.0",
+    _obj(
+        {
+            "host": _STR,
+            "instance_id": _STR,
+            "failure_id": _INT,
+            "kind": {"enum": [k.value for k in GuestFailureKind]},
+            "reason": _STR,
+        },
+        {
+            "status": _STR,
+            "count": _INT,
+            "policy": _STR,
+            "restarts": _INT,
+            "attempt": _INT,
+            "detail": {"type": "object"},
+            "observed_at": {"type": "number"},
+        },
+    ),
+)
 TEST = Payload("TestPayload", "1.0", _obj({"subscription": _STR}, {"message": _STR}))
 
 STEP_EVENT_NAMES = {
@@ -171,6 +193,44 @@ def _catalogue() -> dict[str, EventType]:
             CONSUMER_ACTION,
             "INFO",
             "A consumer acted through vigil's API (evacuate, restart, handled).",
+        ),
+        EventType(
+            "vigil.instance.guest.failure",
+            GUEST_FAILURE,
+            "WARN",
+            "A host agent reported a guest failure (watchdog, crash, QEMU died, I/O error);"
+            " repeated reports fold into one failure, count says how many.",
+        ),
+        EventType(
+            "vigil.instance.guest.notify",
+            GUEST_FAILURE,
+            "WARN",
+            "Policy notify: the owner is told of the guest failure; the guest is left as it is.",
+        ),
+        EventType(
+            "vigil.instance.guest.escalated",
+            GUEST_FAILURE,
+            "ERROR",
+            "Restart budget exhausted, or a watchdog reset loop: vigil stops acting on the"
+            " instance; an operator or the owner must look.",
+        ),
+        EventType(
+            "vigil.instance.guest.restart.start",
+            GUEST_FAILURE,
+            "INFO",
+            "A crashed instance is restarted through Nova (each attempt).",
+        ),
+        EventType(
+            "vigil.instance.guest.restart.end",
+            GUEST_FAILURE,
+            "INFO",
+            "The restarted instance is ACTIVE again.",
+        ),
+        EventType(
+            "vigil.instance.guest.restart.error",
+            GUEST_FAILURE,
+            "ERROR",
+            "A restart attempt failed; the next one follows after a backoff, within budget.",
         ),
         EventType("vigil.subscription.test", TEST, "INFO", "A test event fired by an operator."),
     ]
@@ -244,6 +304,53 @@ def event_as_json(event: Event) -> dict[str, Any]:
     }
 
 
+def _guest_samples(iid: str) -> dict[str, dict[str, Any]]:
+    common = {"host": "compute-1", "instance_id": iid, "failure_id": 12}
+    crash = {**common, "kind": "crashed", "policy": "keep-running"}
+    return {
+        "vigil.instance.guest.failure": {
+            **crash,
+            "reason": "guest crashed: panicked",
+            "status": "open",
+            "count": 1,
+            "detail": {"event": "lifecycle", "state": "crashed", "reason": "panicked"},
+            "observed_at": 1_799_999_999.95,
+        },
+        "vigil.instance.guest.notify": {
+            **common,
+            "kind": "watchdog",
+            "policy": "notify",
+            "reason": "guest watchdog fired (libvirt action none)",
+            "count": 1,
+            "detail": {"event": "watchdog", "action": "none"},
+        },
+        "vigil.instance.guest.escalated": {
+            **crash,
+            "reason": "restart budget exhausted: 3 restarts within 600s",
+            "restarts": 3,
+            "count": 4,
+        },
+        "vigil.instance.guest.restart.start": {
+            **crash,
+            "reason": "guest crashed: panicked",
+            "restarts": 1,
+            "attempt": 1,
+        },
+        "vigil.instance.guest.restart.end": {
+            **crash,
+            "reason": "hard reboot through Nova: ACTIVE",
+            "restarts": 1,
+            "attempt": 1,
+        },
+        "vigil.instance.guest.restart.error": {
+            **crash,
+            "reason": "Nova refused: instance is locked",
+            "restarts": 1,
+            "attempt": 1,
+        },
+    }
+
+
 def samples() -> dict[str, dict[str, Any]]:
     """One documented example per event type, as published (``doc/notification_samples``).
 
@@ -307,6 +414,7 @@ def samples() -> dict[str, dict[str, Any]]:
             "recovery_id": rid,
             "reason": "requested through the API",
         },
+        **_guest_samples(iid),
         "vigil.subscription.test": {
             "subscription": "noc",
             "message": "test event fired by an operator",

@@ -303,3 +303,82 @@ class DeadLetter:
     attempts: int
     error: str
     at: float
+
+
+# --- guest OS failures (libvirt instance monitor) -------------------------------------
+
+
+class GuestFailureKind(enum.StrEnum):
+    """What the host agent saw happen to a guest (libvirt domain events)."""
+
+    WATCHDOG = "watchdog"  # the guest's i6300esb watchdog fired (detail: libvirt's action)
+    CRASHED = "crashed"  # kernel panic reported by pvpanic, or QEMU stopped on a crash
+    STOPPED_FAILED = "stopped-failed"  # QEMU died (killed, out of memory, assertion)
+    IO_ERROR = "io-error"  # a disk I/O error paused or reported by the guest
+
+
+class GuestFailureStatus(enum.StrEnum):
+    OPEN = "open"  # recorded; the rule decides what to do
+    RECOVERING = "recovering"  # a restart through Nova is planned or running
+    RESOLVED = "resolved"  # running again (agent saw it start) or nothing to do
+    NOTIFIED = "notified"  # policy notify: the owner was told, the guest left as it is
+    ESCALATED = "escalated"  # restart budget exhausted or reset loop: an operator must look
+
+
+GUEST_FAILURE_TRANSITIONS: Mapping[GuestFailureStatus, frozenset[GuestFailureStatus]] = {
+    GuestFailureStatus.OPEN: frozenset(
+        {
+            GuestFailureStatus.RECOVERING,
+            GuestFailureStatus.RESOLVED,
+            GuestFailureStatus.NOTIFIED,
+            GuestFailureStatus.ESCALATED,
+        }
+    ),
+    GuestFailureStatus.RECOVERING: frozenset(
+        {GuestFailureStatus.RESOLVED, GuestFailureStatus.ESCALATED, GuestFailureStatus.OPEN}
+    ),
+    GuestFailureStatus.RESOLVED: frozenset(),
+    GuestFailureStatus.NOTIFIED: frozenset({GuestFailureStatus.RESOLVED}),
+    GuestFailureStatus.ESCALATED: frozenset({GuestFailureStatus.RESOLVED}),
+}
+
+
+@dataclass(frozen=True)
+class GuestReport:
+    """One observation sent by a host agent. ``id`` (a UUID chosen by the agent) makes a
+    retried report idempotent."""
+
+    id: str
+    host: str
+    instance_id: str  # the libvirt domain UUID, which is the Nova instance UUID
+    kind: GuestFailureKind
+    at: float  # when the agent saw the event (epoch seconds)
+    detail: Mapping[str, Any] = field(default_factory=dict)  # libvirt event, action, reason
+
+
+@dataclass(frozen=True)
+class InstanceFailure:
+    """A guest failure episode of one instance. Reports of the same group (crashed and
+    stopped-failed are one group: a crash loop is one failure) fold into it until it is
+    resolved; ``count`` says how many arrived and ``seen_count`` how many the rule has
+    already acted on. ``occurrences`` keeps the latest report times (the reset-loop
+    window); ``restarts`` counts restarts issued in this episode (the budget)."""
+
+    id: int
+    instance_id: str
+    host: str
+    kind: GuestFailureKind
+    status: GuestFailureStatus
+    reason: str
+    first_seen: float
+    last_seen: float
+    count: int = 1
+    seen_count: int = 0
+    occurrences: tuple[float, ...] = ()
+    detail: Mapping[str, Any] = field(default_factory=dict)  # of the latest report
+    restarts: int = 0
+    next_restart_at: float = 0.0  # backoff: no restart before this
+    action_status: StepStatus | None = None  # the restart step, if one is planned
+    action_attempts: int = 0  # attempts of the current restart step
+    action_detail: str = ""
+    changed_at: float = 0.0  # last status or step change

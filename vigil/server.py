@@ -28,6 +28,7 @@ from vigil.drivers.openstack import build_openstack_compute
 from vigil.drivers.sim import SimCompute
 from vigil.drivers.webhook import WebhookNotifier
 from vigil.engine.engine import Engine
+from vigil.engine.guest_engine import GuestEngine
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
 from vigil.engine.lease import LeaseKeeper, SelfFenceDevice
 from vigil.engine.outbox import OutboxDispatcher, Sink, webhook_sink
@@ -98,6 +99,10 @@ class VigilServer:
             heartbeats=self.heartbeats,
             leases=self.leases,
         )
+        # Guest-OS failures reported by the agents' libvirt monitors.
+        self.guest = GuestEngine(
+            store=self.store, compute=self.compute, clock=self.clock, on_events=self.outbox.wake
+        )
         self.receiver = HeartbeatReceiver(
             self.heartbeats,
             key=settings.agent_key.encode(),
@@ -114,6 +119,8 @@ class VigilServer:
             clock=self.clock,
             heartbeat_age=self.heartbeats.age,
             defaults=settings.recovery,
+            guest=self.guest,
+            agent_key=settings.agent_key,
         )
         self._stop = threading.Event()
         self._uvicorn = uvicorn.Server(
@@ -177,6 +184,7 @@ class VigilServer:
 
     def start(self) -> None:
         self.outbox.start()
+        self.guest.start()
         self.receiver.start()
         engine = threading.Thread(
             target=self.engine.run, args=(self._stop,), name="engine", daemon=True
@@ -205,6 +213,7 @@ class VigilServer:
             t.join(timeout=10)
         self.receiver.stop()
         self.engine.close()
+        self.guest.stop()
         self.outbox.stop()
         self.store.close()
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from vigil import config
 from vigil.agent.heartbeat import HeartbeatSender
+from vigil.agent.libvirt_monitor import LibvirtMonitor, ReportSender
 from vigil.agent.selffence import DeviceWatchdog, SelfFencer
 
 LOG = logging.getLogger("vigil.agent")
@@ -62,6 +63,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         conf.agent.server_port,
         interval,
     )
+    monitor: LibvirtMonitor | None = None
+    reports: ReportSender | None = None
+    if conf.agent.libvirt_uri:
+        if not conf.agent.server_url:
+            LOG.error("configuration refused: agent.libvirt_uri needs agent.server_url")
+            return 2
+        reports = ReportSender(host=host, server_url=conf.agent.server_url, key=key.encode())
+        monitor = LibvirtMonitor(host=host, uri=conf.agent.libvirt_uri, report=reports.put)
+        reports.start()
+        monitor.start()
+        LOG.info("host %s: watching guests on %s", host, conf.agent.libvirt_uri)
     sender.start()
     if fencer is not None:
         LOG.info(
@@ -72,6 +84,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         fencer.start()
     stop.wait()
+    if monitor is not None and reports is not None:
+        monitor.stop()
+        reports.stop()
     sender.stop()
     if fencer is not None:
         fencer.stop(disarm=True)  # a clean stop must not reset the host

@@ -10,6 +10,11 @@ The rules, in the order a host failure meets them:
   its BMC is read; it is declared FAILED when the BMC reads power off, or after
   ``failed_after`` without a heartbeat whatever the BMC says (an isolated or hung host
   still reads "on"). A heartbeat before that makes it UP again.
+- reports (Masakari's COMPUTE_HOST notifications): another's word that a host is down is
+  one signal. It makes a host that is not heartbeating SUSPECT (a host without a vigil
+  agent too) and is named among the failure's sources, but never declares a failure on
+  its own: the BMC must read power off, or the host's own heartbeats must have been
+  silent for ``failed_after``. The fence comes first either way.
 - storm guard (S3): a declaration that would make more than the segment's
   ``max_failed_share`` of its hosts failing at once — or more than half of all hosts, which
   looks like vigil being cut off — is recorded PAUSED, and the segment is paused.
@@ -51,12 +56,25 @@ CUTOFF_SHARE = 0.5
 
 
 @dataclass(frozen=True)
+class DownReport:
+    """Someone else says the host is down (e.g. a Masakari monitor's notification)."""
+
+    source: str  # e.g. masakari
+    reason: str
+    age: float  # seconds since it arrived
+    # The reporter took it back (the host is started again). Kept, not forgotten: for a
+    # host vigil has never heard, silence alone must not declare it either.
+    withdrawn: bool = False
+
+
+@dataclass(frozen=True)
 class HostView:
     host: Host
     heartbeat_age: float | None  # seconds; None when none arrived since the server started
     power: PowerState | None = None  # last BMC read while suspect
     power_read_age: float | None = None
     probing: bool = False  # a BMC read is in flight
+    report: DownReport | None = None  # the latest unconsumed report that it is down
 
 
 @dataclass(frozen=True)
@@ -173,25 +191,39 @@ def _detect(snap: Snapshot, detection: DetectionSettings) -> list[Action]:
         if host.maintenance:
             continue
         beating = view.heartbeat_age is not None and view.heartbeat_age < detection.suspect_after
+        said = view.report
+        report = said if said is not None and not said.withdrawn else None
         if host.state == HostState.NEW:
             if beating:
                 actions.append(MarkUp(name, "first heartbeat received"))
+            elif report is not None:
+                # A host without a vigil agent: the report is the first sign of trouble.
+                actions.append(MarkSuspect(name, f"{report.source}: {report.reason}"))
         elif host.state == HostState.UP:
             silence = _silence(view, snap)
             if silence >= detection.suspect_after:
                 actions.append(MarkSuspect(name, f"no heartbeat for {silence:.2f}s"))
         elif host.state == HostState.SUSPECT:
             silence = _silence(view, snap)
+            # Silence is a signal only from a host vigil hears: for one never heard since
+            # the start, a report plus its silence would be one signal counted twice.
+            heard = view.heartbeat_age is not None or said is None
             if beating:
                 actions.append(MarkUp(name, "heartbeats resumed"))
-            elif view.power == PowerState.OFF or silence >= detection.failed_after:
+            elif said is not None and said.withdrawn and not heard:
+                pass  # reported down, then back: nothing to go on until it speaks again
+            elif view.power == PowerState.OFF or (heard and silence >= detection.failed_after):
+                said = f"{report.source}: {report.reason}; " if report else ""
                 if view.power == PowerState.OFF:
-                    reason = f"no heartbeat for {silence:.2f}s and the BMC reads power off"
-                    sources: tuple[str, ...] = ("heartbeat", "bmc")
+                    silent = f"no heartbeat for {silence:.2f}s and " if heard else ""
+                    reason = f"{said}{silent}the BMC reads power off"
+                    sources: tuple[str, ...] = ("heartbeat",) if heard else ()
+                    sources += (report.source,) if report else ()
+                    sources += ("bmc",)
                 else:
                     power = view.power.value if view.power else "unreadable"
-                    reason = f"no heartbeat for {silence:.2f}s (BMC power: {power})"
-                    sources = ("heartbeat",)
+                    reason = f"{said}no heartbeat for {silence:.2f}s (BMC power: {power})"
+                    sources = ("heartbeat", report.source) if report else ("heartbeat",)
                 paused = _held(snap, host.segment)
                 if paused is None:
                     paused = _storm(snap, host.segment)

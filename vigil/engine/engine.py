@@ -29,6 +29,7 @@ from vigil.engine.decide import (
     ACTIVE_RECOVERY,
     Action,
     DeclareFailure,
+    DownReport,
     FinishRecovery,
     HostView,
     MarkSuspect,
@@ -97,6 +98,9 @@ class Engine:
         self._in_flight: set[int] = set()
         self._probing: set[str] = set()
         self._power: dict[str, tuple[PowerState, float]] = {}
+        # Reports that a host is down (source, reason, monotonic time, withdrawn): one
+        # signal each for decide, consumed when the host is declared failed.
+        self._reports: dict[str, tuple[str, str, float, bool]] = {}
         self._known: frozenset[str] = frozenset(h.name for h in store.list_hosts())
         self._wake = threading.Event()
         self._requests: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
@@ -108,6 +112,23 @@ class Engine:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def report_down(self, host: str, *, source: str, reason: str) -> None:
+        """Another monitor says ``host`` is down (a Masakari COMPUTE_HOST notification).
+        One corroborating signal: decide still wants the BMC or the heartbeats to agree,
+        and the recovery still fences first. The caller persists the report itself."""
+        with self._lock:
+            self._reports[host] = (source, reason, self._clock.monotonic(), False)
+        LOG.warning("host %s: %s reports it down: %s", host, source, reason)
+        self.wake()
+
+    def withdraw_report(self, host: str) -> None:
+        """The reporter says the host is back (a STARTED notification)."""
+        with self._lock:
+            said = self._reports.get(host)
+            if said is not None:
+                self._reports[host] = (*said[:3], True)
+        self.wake()
 
     def resume_after_restart(self) -> None:
         count = self._store.requeue_running_steps(at=self._clock.wall())
@@ -180,6 +201,17 @@ class Engine:
             for host in hosts:
                 if host.state != HostState.SUSPECT:
                     self._power.pop(host.name, None)
+                if host.maintenance or host.state in (HostState.FAILED, HostState.RECOVERED):
+                    self._reports.pop(host.name, None)  # consumed by the declaration
+                said = self._reports.get(host.name)
+                if (
+                    said
+                    and host.state == HostState.UP
+                    and now_mono - said[2] > self._settings.detection.failed_after
+                ):
+                    # Heartbeats went on after the report: they contradict it.
+                    self._reports.pop(host.name, None)
+                    said = None
                 power = self._power.get(host.name)
                 views[host.name] = HostView(
                     host=host,
@@ -187,6 +219,9 @@ class Engine:
                     power=power[0] if power else None,
                     power_read_age=now_mono - power[1] if power else None,
                     probing=host.name in self._probing,
+                    report=(
+                        DownReport(said[0], said[1], now_mono - said[2], said[3]) if said else None
+                    ),
                 )
             in_flight = frozenset(self._in_flight)
         return Snapshot(

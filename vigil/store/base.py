@@ -18,7 +18,7 @@ webhook subscription) keep a cursor in it and deliver in ``seq`` order.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from vigil.model import (
@@ -28,8 +28,11 @@ from vigil.model import (
     Failure,
     FailureKind,
     FailureStatus,
+    GuestFailureStatus,
+    GuestReport,
     Host,
     HostState,
+    InstanceFailure,
     InstancePolicy,
     NewStep,
     Recovery,
@@ -262,6 +265,47 @@ class Store(abc.ABC):
         """A consumer or operator marks a failure handled: RESOLVED, and a FAILED host
         RECOVERED (out of use until restored). InvalidTransition while a recovery of the
         failure is pending, running or paused."""
+
+    # --- guest failures (reports of host agents' libvirt monitors) -------------------------
+    @abc.abstractmethod
+    def record_guest_report(
+        self,
+        report: GuestReport,
+        *,
+        reason: str,
+        received_at: float,
+        events: Callable[[InstanceFailure, bool], Sequence[Event]] = lambda f, new: (),
+    ) -> tuple[InstanceFailure, bool, bool]:
+        """Persist an agent's report, in one transaction: fold it into the instance's
+        unresolved failure of the same group (count + 1, latest detail and time), or open
+        one (OPEN). ``events(failure, new)`` gives the events to write with it. A report
+        whose ``id`` was recorded before changes nothing. Returns (failure, new, duplicate).
+        """
+
+    @abc.abstractmethod
+    def get_guest_failure(self, failure_id: int) -> InstanceFailure: ...
+
+    @abc.abstractmethod
+    def list_guest_failures(
+        self,
+        *,
+        instance_id: str | None = None,
+        statuses: Sequence[GuestFailureStatus] | None = None,
+        limit: int = 1000,
+    ) -> list[InstanceFailure]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    def update_guest_failure(
+        self, failure_id: int, *, at: float, events: Sequence[Event] = (), **changes: Any
+    ) -> InstanceFailure:
+        """Fields: status (checked against GUEST_FAILURE_TRANSITIONS), reason, seen_count,
+        restarts, next_restart_at, action_status, action_attempts, action_detail. Sets
+        changed_at = at. Unknown field -> ValueError."""
+
+    @abc.abstractmethod
+    def requeue_running_guest_actions(self, *, at: float) -> int:
+        """After a restart: restart steps left RUNNING back to PENDING (due now)."""
 
     # --- the outbox -----------------------------------------------------------------------
     @abc.abstractmethod

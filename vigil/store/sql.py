@@ -35,6 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 from vigil.model import (
     FAILURE_TRANSITIONS,
+    GUEST_FAILURE_TRANSITIONS,
     HOST_TRANSITIONS,
     RECOVERY_TRANSITIONS,
     STEP_TRANSITIONS,
@@ -45,9 +46,13 @@ from vigil.model import (
     FailureKind,
     FailureStatus,
     FenceMethod,
+    GuestFailureKind,
+    GuestFailureStatus,
+    GuestReport,
     HaPolicy,
     Host,
     HostState,
+    InstanceFailure,
     InstancePolicy,
     InvalidTransition,
     NewStep,
@@ -256,6 +261,55 @@ class SubscriptionRow(Base):
     created_at: Mapped[float] = mapped_column(sa.Double)
 
 
+class GuestFailureRow(Base):
+    """A guest failure episode of one instance (``vigil.model.InstanceFailure``)."""
+
+    __tablename__ = "guest_failures"
+    __table_args__ = _MYSQL_TABLE
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    instance_id: Mapped[str] = mapped_column(sa.String(_NAME), index=True)
+    host: Mapped[str] = mapped_column(sa.String(_NAME))  # history: not a foreign key
+    kind: Mapped[str] = mapped_column(sa.String(_ENUM))
+    status: Mapped[str] = mapped_column(sa.String(_ENUM), index=True)
+    reason: Mapped[str] = mapped_column(sa.Text)
+    first_seen: Mapped[float] = mapped_column(sa.Double)
+    last_seen: Mapped[float] = mapped_column(sa.Double)
+    count: Mapped[int] = mapped_column(sa.Integer)
+    seen_count: Mapped[int] = mapped_column(sa.Integer)
+    occurrences: Mapped[list[float]] = mapped_column(sa.JSON)
+    detail: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    restarts: Mapped[int] = mapped_column(sa.Integer)
+    next_restart_at: Mapped[float] = mapped_column(sa.Double)
+    action_status: Mapped[str | None] = mapped_column(sa.String(_ENUM))
+    action_attempts: Mapped[int] = mapped_column(sa.Integer)
+    action_detail: Mapped[str] = mapped_column(sa.Text)
+    changed_at: Mapped[float] = mapped_column(sa.Double)
+
+
+class GuestReportRow(Base):
+    """The id of every agent report received: a retried report is recorded once."""
+
+    __tablename__ = "guest_reports"
+    __table_args__ = _MYSQL_TABLE
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    failure_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("guest_failures.id", ondelete="CASCADE"), index=True
+    )
+    received_at: Mapped[float] = mapped_column(sa.Double)
+
+
+# Reports of these kinds fold into one failure: a crash loop is one episode.
+_GUEST_GROUPS: Mapping[GuestFailureKind, tuple[GuestFailureKind, ...]] = {
+    GuestFailureKind.CRASHED: (GuestFailureKind.CRASHED, GuestFailureKind.STOPPED_FAILED),
+    GuestFailureKind.STOPPED_FAILED: (GuestFailureKind.CRASHED, GuestFailureKind.STOPPED_FAILED),
+    GuestFailureKind.WATCHDOG: (GuestFailureKind.WATCHDOG,),
+    GuestFailureKind.IO_ERROR: (GuestFailureKind.IO_ERROR,),
+}
+_OCCURRENCES_KEPT = 32
+
+
 # --- engine and migrations ------------------------------------------------------------
 
 
@@ -431,6 +485,29 @@ def _recovery(row: RecoveryRow, steps: Sequence[Step]) -> Recovery:
     )
 
 
+def _guest_failure(row: GuestFailureRow) -> InstanceFailure:
+    return InstanceFailure(
+        id=row.id,
+        instance_id=row.instance_id,
+        host=row.host,
+        kind=GuestFailureKind(row.kind),
+        status=GuestFailureStatus(row.status),
+        reason=row.reason,
+        first_seen=row.first_seen,
+        last_seen=row.last_seen,
+        count=row.count,
+        seen_count=row.seen_count,
+        occurrences=tuple(row.occurrences),
+        detail=dict(row.detail),
+        restarts=row.restarts,
+        next_restart_at=row.next_restart_at,
+        action_status=StepStatus(row.action_status) if row.action_status else None,
+        action_attempts=row.action_attempts,
+        action_detail=row.action_detail,
+        changed_at=row.changed_at,
+    )
+
+
 def _control(row: ControlRow) -> Control:
     return Control(paused=row.paused, reason=row.reason, changed_at=row.changed_at)
 
@@ -474,6 +551,21 @@ def _converted(
     if unknown:
         raise ValueError(f"{what}: unknown field(s) {', '.join(unknown)}")
     return {name: fields[name](value) for name, value in changes.items()}
+
+
+def _optional_step_status(value: Any) -> str | None:
+    return None if value is None else str(StepStatus(value))
+
+
+_GUEST_FIELDS: Mapping[str, Callable[[Any], Any]] = {
+    "reason": _same,
+    "seen_count": int,
+    "restarts": int,
+    "next_restart_at": float,
+    "action_status": _optional_step_status,
+    "action_attempts": int,
+    "action_detail": _same,
+}
 
 
 # --- the store ------------------------------------------------------------------------
@@ -993,6 +1085,149 @@ class SqlStore(Store):
                 self._move_host(host, HostState.RECOVERED, reason=f"handled: {reason}", at=at)
             s.flush()
             return _failure(row)
+
+    # --- guest failures -----------------------------------------------------------------
+
+    def record_guest_report(
+        self,
+        report: GuestReport,
+        *,
+        reason: str,
+        received_at: float,
+        events: Callable[[InstanceFailure, bool], Sequence[Event]] = lambda f, new: (),
+    ) -> tuple[InstanceFailure, bool, bool]:
+        with self._write() as s:
+            # The host's lock serialises the reports of its instances (one "unresolved
+            # failure" per instance and group), in the module's lock order.
+            self._host_row(s, report.host, lock=True)
+            seen = s.get(GuestReportRow, report.id)
+            if seen is not None:
+                return _guest_failure(s.get_one(GuestFailureRow, seen.failure_id)), False, True
+            kind = GuestFailureKind(report.kind)
+            row = s.scalar(
+                sa.select(GuestFailureRow)
+                .where(
+                    GuestFailureRow.instance_id == report.instance_id,
+                    GuestFailureRow.kind.in_([str(k) for k in _GUEST_GROUPS[kind]]),
+                    GuestFailureRow.status != str(GuestFailureStatus.RESOLVED),
+                )
+                .order_by(GuestFailureRow.id.desc())
+                .limit(1)
+            )
+            new = row is None
+            if row is None:
+                row = GuestFailureRow(
+                    instance_id=report.instance_id,
+                    host=report.host,
+                    kind=str(kind),
+                    status=str(GuestFailureStatus.OPEN),
+                    reason=reason,
+                    first_seen=report.at,
+                    last_seen=report.at,
+                    count=1,
+                    seen_count=0,
+                    occurrences=[report.at],
+                    detail=dict(report.detail),
+                    restarts=0,
+                    next_restart_at=0.0,
+                    action_status=None,
+                    action_attempts=0,
+                    action_detail="",
+                    changed_at=received_at,
+                )
+                s.add(row)
+            else:
+                row.count += 1
+                row.host = report.host
+                row.reason = reason
+                row.last_seen = max(row.last_seen, report.at)
+                row.occurrences = [*row.occurrences, report.at][-_OCCURRENCES_KEPT:]
+                row.detail = dict(report.detail)
+            s.flush()
+            s.add(GuestReportRow(id=report.id, failure_id=row.id, received_at=received_at))
+            failure = _guest_failure(row)
+            self._outbox(s, events(failure, new))
+            return failure, new, False
+
+    def get_guest_failure(self, failure_id: int) -> InstanceFailure:
+        with self._read() as s:
+            row = s.get(GuestFailureRow, failure_id)
+            if row is None:
+                raise NotFoundError(f"guest failure {failure_id} does not exist")
+            return _guest_failure(row)
+
+    def list_guest_failures(
+        self,
+        *,
+        instance_id: str | None = None,
+        statuses: Sequence[GuestFailureStatus] | None = None,
+        limit: int = 1000,
+    ) -> list[InstanceFailure]:
+        query = sa.select(GuestFailureRow)
+        if instance_id is not None:
+            query = query.where(GuestFailureRow.instance_id == instance_id)
+        if statuses is not None:
+            query = query.where(
+                GuestFailureRow.status.in_([str(GuestFailureStatus(x)) for x in statuses])
+            )
+        query = query.order_by(GuestFailureRow.id.desc()).limit(limit)
+        with self._read() as s:
+            return [_guest_failure(r) for r in s.scalars(query)]
+
+    def update_guest_failure(
+        self, failure_id: int, *, at: float, events: Sequence[Event] = (), **changes: Any
+    ) -> InstanceFailure:
+        status = changes.pop("status", None)
+        values = _converted(changes, _GUEST_FIELDS, "guest failure")
+        with self._write(events) as s:
+            host = s.scalar(sa.select(GuestFailureRow.host).where(GuestFailureRow.id == failure_id))
+            if host is None:
+                raise NotFoundError(f"guest failure {failure_id} does not exist")
+            self._host_row(s, host, lock=True)
+            row = s.get_one(GuestFailureRow, failure_id)
+            if status is not None:
+                new = GuestFailureStatus(status)
+                check_transition(
+                    GUEST_FAILURE_TRANSITIONS,
+                    GuestFailureStatus(row.status),
+                    new,
+                    what=f"guest failure {failure_id}",
+                )
+                row.status = str(new)
+            for name, value in values.items():
+                setattr(row, name, value)
+            row.changed_at = at
+            s.flush()
+            return _guest_failure(row)
+
+    def requeue_running_guest_actions(self, *, at: float) -> int:
+        with self._write() as s:
+            rows = s.scalars(
+                sa.select(GuestFailureRow).where(
+                    GuestFailureRow.action_status == str(StepStatus.RUNNING)
+                )
+            ).all()
+            for row in rows:
+                row.action_status = str(StepStatus.PENDING)
+                row.next_restart_at = at
+                row.changed_at = at
+            return len(rows)
+
+    @staticmethod
+    def _outbox(s: Session, events: Sequence[Event]) -> None:
+        """Events computed inside a transaction (they name a row it just created)."""
+        s.add_all(
+            EventRow(
+                id=e.id,
+                event_type=e.event_type,
+                timestamp=e.timestamp,
+                host=e.host,
+                instance_id=e.instance_id,
+                priority=e.priority,
+                payload=dict(e.payload),
+            )
+            for e in events
+        )
 
     # --- the outbox ---------------------------------------------------------------------
 

@@ -1,0 +1,101 @@
+"""Guest OS failures on a real libvirt + QEMU guest (software emulation), end to end:
+libvirt event → agent monitor → signed HTTP report → persisted failure → policy → action.
+
+The guests of a test boot in parallel (~11 s each to init) to keep the tier short."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from lvstack import PrivateLibvirtd, Stack, until
+from lvstack import guest_files as guest_files
+from lvstack import lv_stack as lv_stack
+from lvstack import private_stack as private_stack
+from lvstack import shared_libvirt as shared_libvirt
+
+from vigil.engine.guest import GuestPolicy
+from vigil.model import GuestFailureKind, GuestFailureStatus, HaPolicy
+
+pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
+
+
+def test_watchdog_notify_reset_and_panic_restart(lv_stack: Stack) -> None:
+    stack = lv_stack
+    notify = stack.define("hang", watchdog="none")
+    reset = stack.define("hang", watchdog="reset")
+    panic = stack.define("panic", on_crash="destroy")
+    ids = {d: d.UUIDString() for d in (notify, reset, panic)}
+    stack.policies[ids[notify]] = GuestPolicy(HaPolicy.KEEP_RUNNING, watchdog_notify=True)
+    stack.policies[ids[reset]] = GuestPolicy(HaPolicy.KEEP_RUNNING)
+    stack.policies[ids[panic]] = GuestPolicy(HaPolicy.KEEP_RUNNING)
+    for dom in (notify, reset, panic):
+        dom.create()
+
+    # Panic → CRASHED/PANICKED (pvpanic), then STOPPED/CRASHED: one failure, restarted.
+    until(lambda: stack.compute.calls, 90, "the crashed guest to be restarted")
+    assert stack.compute.calls[0][:2] == ("start", ids[panic])
+    until(lambda: "vigil.instance.guest.restart.end" in stack.events(ids[panic]), 30, "ACTIVE")
+    assert panic.isActive()
+    [crash] = stack.failures(ids[panic])
+    assert crash.kind == GuestFailureKind.CRASHED and crash.restarts == 1
+
+    # Watchdog with libvirt action none + vigil notify: the owner told, the VM untouched.
+    until(lambda: "vigil.instance.guest.notify" in stack.events(ids[notify]), 60, "notify")
+    [fired] = stack.failures(ids[notify])
+    assert fired.kind == GuestFailureKind.WATCHDOG and fired.detail["action"] == "none"
+    assert fired.status == GuestFailureStatus.NOTIFIED
+    assert notify.isActive() and notify.state()[0] == 1  # running, not paused nor reset
+    assert not [c for c in stack.compute.calls if c[1] == ids[notify]]
+
+    # Watchdog reset: QEMU resets the guest (Nova's policy); vigil counts each firing.
+    until(lambda: stack.failures(ids[reset]), 60, "the reset to be recorded")
+    [resets] = stack.failures(ids[reset])
+    assert resets.detail["action"] == "reset" and resets.count >= 1
+    assert not [c for c in stack.compute.calls if c[1] == ids[reset]]
+    # ...and QEMU did reset the guest (libvirt's REBOOT event follows the firing).
+    until(
+        lambda: any(u == ids[reset] and e == "reboot" for _, u, e, _ in stack.seen),
+        10,
+        "the guest to be reset",
+    )
+
+
+def test_libvirtd_restart_misses_no_state_change(
+    private_stack: tuple[Stack, PrivateLibvirtd],
+) -> None:
+    stack, daemon = private_stack
+    dies = stack.define("idle")
+    lives = stack.define("idle")
+    for dom in (dies, lives):
+        stack.policies[dom.UUIDString()] = GuestPolicy(HaPolicy.KEEP_RUNNING)
+        dom.create()
+    until(
+        lambda: all(
+            (s := stack.monitor.known(d.UUIDString())) and s.state == "running"
+            for d in (dies, lives)
+        ),
+        30,
+        "the monitor to see both guests running",
+    )
+    qemu = daemon.qemu_pid(dies.name())
+
+    daemon.kill()  # the close callback fires at once
+    until(lambda: not stack.monitor.connected.is_set(), 15, "the monitor to notice")
+    os.kill(qemu, signal.SIGKILL)  # a guest dies while nobody is listening
+    time.sleep(1)
+    daemon.restart()
+
+    until(lambda: stack.monitor.connections >= 2, 30, "the monitor to reconnect")
+    dies_id, lives_id = dies.UUIDString(), lives.UUIDString()
+    until(lambda: stack.failures(dies_id), 30, "the death to be reported")
+    [failure] = stack.failures(dies_id)
+    # libvirtd, finding the QEMU gone when it starts, records the domain shut off
+    # with reason "crashed".
+    assert failure.kind == GuestFailureKind.CRASHED
+    assert failure.detail["event"] == "reconnect"
+    until(lambda: "vigil.instance.guest.restart.end" in stack.events(dies_id), 60, "restart")
+    assert stack.compute.get_server(dies_id).status == "ACTIVE"
+    assert stack.failures(lives_id) == []  # it kept running: nothing to report

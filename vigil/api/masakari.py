@@ -1,0 +1,1111 @@
+"""Masakari's instance-ha v1 API, served by vigil so that Masakari's monitors, the SDK's
+``instance_ha`` proxy and ``openstack segment … / notification …`` keep working.
+
+``masakari_app(...)`` is a FastAPI application to mount under vigil's server (at
+``/instance-ha``: the catalog endpoint is then ``http://vigil:port/instance-ha/v1`` or
+``…/v1/<project_id>``; every route answers with and without the project id).
+
+What maps onto what (``doc/masakari-compatibility.md`` has the whole table):
+
+- a Masakari segment is a vigil segment; a host is a vigil host. Masakari's own fields
+  (uuids, recovery method, service type, ``enabled``, host type and control attributes)
+  live in ``vigil.store.masakari``. ``on_maintenance`` and ``reserved`` are vigil's.
+- a COMPUTE_HOST ``STOPPED`` notification is one corroborating signal for vigil's engine
+  (``Engine.report_down``): the host becomes suspect, its BMC is read, and the recovery
+  that follows fences before it evacuates. The notification's status follows that
+  recovery; its vmoves are the recovery's evacuations.
+- VM and PROCESS notifications are recorded (and listed) but vigil does not act on them:
+  its own agent watches instances; they are ``ignored`` with a message saying so.
+
+The API records and wakes the engine; it never fences or evacuates itself. Like
+Masakari, every route is for the admin: the same token as vigil's API, sent as
+``X-Auth-Token`` (what keystoneauth sends) or as a bearer token.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vigil.clock import Clock
+from vigil.config import RecoverySettings
+from vigil.drivers.compute import ComputeDriver
+from vigil.drivers.errors import Conflict, DriverError, NotFound
+from vigil.engine.engine import Engine
+from vigil.model import (
+    HaPolicy,
+    Host,
+    HostState,
+    InvalidTransition,
+    Recovery,
+    RecoveryStatus,
+    Segment,
+    Step,
+    StepKind,
+    StepStatus,
+)
+from vigil.store import AlreadyExists, InUse, NotFoundError, Store
+from vigil.store.masakari import HostExtra, MasakariRecords, Notification, SegmentExtra
+
+LOG = logging.getLogger("vigil.api.masakari")
+
+MIN_VERSION = (1, 0)
+MAX_VERSION = (1, 3)  # 1.1 recovery workflow details, 1.2 segment enabled, 1.3 vmoves
+VERSION_HEADER = "OpenStack-API-Version"
+SERVICE = "instance-ha"
+MAX_LIMIT = 1000
+# Masakari's duplicate_notification_detection_interval default.
+DUPLICATE_INTERVAL = 180.0
+# A report about a host whose vigil heartbeats go on is contradicted after this long.
+REPORT_GRACE = 10.0
+# On start-up, reports younger than this are handed to the engine again (S2).
+REPORT_REPLAY = 3600.0
+
+RECOVERY_METHODS = ("auto", "reserved_host", "auto_priority", "rh_priority")
+NOTIFICATION_TYPES = ("COMPUTE_HOST", "VM", "PROCESS")
+EVENTS = ("STARTED", "STOPPED")
+TRUE = {"true", "1", "on", "yes"}
+FALSE = {"false", "0", "off", "no"}
+HOSTNAME = re.compile(r"^[a-zA-Z0-9-._]*$")
+HOST_TYPE = re.compile(r"^[a-zA-Z0-9]*$")
+PAYLOAD_KEY = re.compile(r"^[a-zA-Z0-9-_:. ]{1,255}$")
+UUID = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
+ERROR_KEYS = {
+    400: "badRequest",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "itemNotFound",
+    405: "badMethod",
+    406: "notAcceptable",
+    409: "conflictingRequest",
+    503: "serviceUnavailable",
+}
+# vigil's recovery and step states as Masakari's notification, task and vmove states.
+NOTIFICATION_STATUS = {
+    RecoveryStatus.PENDING: "new",
+    RecoveryStatus.RUNNING: "running",
+    RecoveryStatus.PAUSED: "running",
+    RecoveryStatus.SUCCEEDED: "finished",
+    RecoveryStatus.FAILED: "error",  # an operator may retry it, as Masakari's error
+}
+TASK_STATE = {
+    StepStatus.PENDING: "PENDING",
+    StepStatus.RUNNING: "RUNNING",
+    StepStatus.SUCCEEDED: "SUCCESS",
+    StepStatus.FAILED: "FAILURE",
+    StepStatus.SKIPPED: "SUCCESS",
+}
+VMOVE_STATUS = {
+    StepStatus.PENDING: "pending",
+    StepStatus.RUNNING: "ongoing",
+    StepStatus.SUCCEEDED: "succeeded",
+    StepStatus.FAILED: "failed",
+    StepStatus.SKIPPED: "ignored",
+}
+TASKS = (
+    ("FenceHostTask", (StepKind.FENCE,)),  # vigil's: Masakari does not fence
+    ("DisableComputeServiceTask", (StepKind.FORCE_DOWN,)),
+    ("PrepareHAEnabledInstancesTask", (StepKind.LIST_INSTANCES,)),
+    ("EvacuateInstancesTask", (StepKind.EVACUATE,)),
+)
+_VMOVE_NS = uuid.UUID("6f0b7a36-1c7e-4f5c-9d55-6a0c2f1e9b11")
+
+Handler = Callable[[Request, Any], Response]
+
+
+class ApiError(Exception):
+    """A refusal, answered in Masakari's fault format: {"itemNotFound": {...}}."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# --- small pure helpers ---------------------------------------------------------------
+
+
+def parse_version(header: str | None) -> tuple[int, int]:
+    """The requested microversion: none means 1.0, ``latest`` the newest. 400 for a
+    malformed one, 406 for one out of range (Masakari's answers)."""
+    if not header:
+        return MIN_VERSION
+    for part in header.split(","):
+        service, _, value = part.strip().partition(" ")
+        if service.lower() != SERVICE:
+            continue
+        value = value.strip()
+        if value == "latest":
+            return MAX_VERSION
+        match = re.fullmatch(r"([1-9]\d*)\.(0|[1-9]\d*)", value)
+        if not match:
+            raise ApiError(400, f"API Version String {value} is of invalid format.")
+        version = (int(match.group(1)), int(match.group(2)))
+        if not MIN_VERSION <= version <= MAX_VERSION:
+            raise ApiError(
+                406,
+                f"Version {value} is not supported by the API. Minimum is "
+                f"{_v(MIN_VERSION)} and maximum is {_v(MAX_VERSION)}.",
+            )
+        return version
+    return MIN_VERSION
+
+
+def _v(version: tuple[int, int]) -> str:
+    return f"{version[0]}.{version[1]}"
+
+
+def timestamp(epoch: float | None) -> str | None:
+    """Masakari's time format: naive UTC with microseconds."""
+    if epoch is None:
+        return None
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")
+
+
+def parse_time(value: str, what: str) -> float:
+    """ISO 8601; a time without a zone is UTC (what the monitors send)."""
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(400, f"Invalid input for field/attribute {what}.") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+def boolean(value: Any, what: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in TRUE | FALSE:
+        return value.lower() in TRUE
+    raise ApiError(400, f"Invalid input for field/attribute {what}. Value: {value}.")
+
+
+def _name(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 255 or value != value.strip():
+        raise ApiError(
+            400,
+            f"Invalid input for field/attribute {what}: a name is 1 to 255 characters "
+            "with no leading or trailing whitespace.",
+        )
+    return value
+
+
+def _text(value: Any, what: str, pattern: re.Pattern[str] | None = None) -> str:
+    """An optional string (null is empty); with ``pattern``, at most 255 characters."""
+    if value is None:
+        return ""
+    if not isinstance(value, str) or (pattern is not None and len(value) > 255):
+        raise ApiError(400, f"Invalid input for field/attribute {what}.")
+    if pattern is not None and not pattern.match(value):
+        raise ApiError(400, f"Invalid input for field/attribute {what}. Value: {value}.")
+    return value
+
+
+def _member(body: Any, key: str, allowed: Iterable[str]) -> dict[str, Any]:
+    """``{"segment": {...}}`` with nothing else, and only the allowed fields inside."""
+    if not isinstance(body, dict) or set(body) != {key} or not isinstance(body[key], dict):
+        raise ApiError(400, f"Invalid input: the body must be {{'{key}': {{...}}}}.")
+    inner: dict[str, Any] = body[key]
+    unknown = sorted(set(inner) - set(allowed))
+    if unknown:
+        raise ApiError(
+            400, f"Additional properties are not allowed ({', '.join(unknown)} unexpected)."
+        )
+    return inner
+
+
+def _require(fields: Mapping[str, Any], names: Iterable[str]) -> None:
+    for name in names:
+        if name not in fields:
+            raise ApiError(400, f"'{name}' is a required property")
+
+
+def page(
+    items: list[dict[str, Any]],
+    params: Any,
+    *,
+    sort_keys: Iterable[str],
+    marker_key: str = "uuid",
+) -> list[dict[str, Any]]:
+    """Sort (``sort_key``/``sort_dir``, repeatable; default newest first), then the page
+    after ``marker`` of at most ``limit`` items (Masakari's rules: 1000 at most; 0 or
+    none means the most; a negative or non-integer limit and an unknown marker are 400)."""
+    keys = [k.strip() for k in params.getlist("sort_key")] or ["created_at"]
+    dirs = [d.strip() for d in params.getlist("sort_dir")] or ["desc"]
+    for key in keys:
+        if key not in sort_keys:
+            raise ApiError(400, f"Invalid sort_key {key}")
+    for direction in dirs:
+        if direction not in ("asc", "desc"):
+            raise ApiError(400, f"Invalid sort_dir {direction}: asc or desc")
+    dirs += [dirs[-1]] * (len(keys) - len(dirs))
+    ordered = sorted(items, key=lambda i: i.get("id") or 0, reverse=dirs[0] == "desc")
+    for key, direction in reversed(list(zip(keys, dirs, strict=False))):
+        ordered.sort(key=_by(key), reverse=direction == "desc")
+    limit = MAX_LIMIT
+    if "limit" in params:
+        try:
+            limit = int(params["limit"])
+        except ValueError:
+            raise ApiError(400, "limit param must be an integer") from None
+        if limit < 0:
+            raise ApiError(400, "limit param must be positive")
+        limit = min(limit or MAX_LIMIT, MAX_LIMIT)
+    if "marker" in params:
+        marker = params["marker"]
+        index = next((n for n, i in enumerate(ordered) if str(i.get(marker_key)) == marker), None)
+        if index is None:
+            raise ApiError(400, f"Marker {marker} could not be found.")
+        ordered = ordered[index + 1 :]
+    return ordered[:limit]
+
+
+def _by(key: str) -> Callable[[dict[str, Any]], tuple[bool, Any]]:
+    """A sort key on a field: Nones first (ascending), never compared with a value."""
+
+    def sortable(item: dict[str, Any]) -> tuple[bool, Any]:
+        value = item.get(key)
+        return (value is not None, value if value is not None else 0)
+
+    return sortable
+
+
+def _filter(items: list[dict[str, Any]], field: str, wanted: Any) -> list[dict[str, Any]]:
+    return [i for i in items if i.get(field) == wanted]
+
+
+def workflow_details(recovery: Recovery) -> list[dict[str, Any]]:
+    """A vigil recovery as Masakari's recovery workflow details (microversion 1.1)."""
+    details: list[dict[str, Any]] = []
+    for name, kinds in TASKS:
+        steps = [s for s in recovery.steps if s.kind in kinds]
+        if not steps:
+            continue
+        done = [s for s in steps if s.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED)]
+        if any(s.status == StepStatus.FAILED for s in steps):
+            state = "FAILURE"
+        elif len(done) == len(steps):
+            state = "SUCCESS"
+        elif any(s.status == StepStatus.RUNNING or s.started_at for s in steps):
+            state = "RUNNING"
+        else:
+            state = TASK_STATE[steps[0].status]
+        details.append(
+            {
+                "name": name,
+                "state": state,
+                "progress": round(len(done) / len(steps), 2),
+                "progress_details": [
+                    {
+                        "timestamp": timestamp(
+                            s.finished_at or s.started_at or recovery.created_at
+                        ),
+                        "progress": 1.0 if s in done else 0.0,
+                        "message": s.detail or f"{s.kind.value} {s.status.value}",
+                    }
+                    for s in steps
+                ],
+            }
+        )
+    return details
+
+
+def vmove_view(notification: Notification, recovery: Recovery, step: Step) -> dict[str, Any]:
+    """An evacuation step of the recovery as Masakari's vmove (microversion 1.3)."""
+    dest = step.result.get("to") if step.status == StepStatus.SUCCEEDED else step.target_host
+    return {
+        "id": step.id,
+        "uuid": str(uuid.uuid5(_VMOVE_NS, f"{notification.uuid}/{step.id}")),
+        "notification_uuid": notification.uuid,
+        "instance_uuid": step.instance_id,
+        "instance_name": step.instance_name,
+        "source_host": recovery.host,
+        "dest_host": dest,
+        "start_time": timestamp(step.started_at),
+        "end_time": timestamp(step.finished_at),
+        "type": "evacuation",
+        "status": VMOVE_STATUS[step.status],
+        "message": step.detail or None,
+        "created_at": timestamp(step.started_at or recovery.created_at),
+        "updated_at": timestamp(step.finished_at),
+        "deleted": False,
+        "deleted_at": None,
+    }
+
+
+# --- the application --------------------------------------------------------------------
+
+
+def masakari_app(
+    *,
+    store: Store,
+    engine: Engine,
+    compute: ComputeDriver,
+    token: str,
+    clock: Clock,
+    records: MasakariRecords,
+    defaults: RecoverySettings | None = None,
+    duplicate_interval: float = DUPLICATE_INTERVAL,
+) -> FastAPI:
+    """Masakari's API on vigil's store and engine; mount it at ``/instance-ha``."""
+    app = FastAPI(
+        title="vigil: Masakari instance-ha v1",
+        description="Masakari's API for its monitors, SDK and CLI; vigil's rules apply.",
+        openapi_url=None,  # not an OpenAPI-described API: it is Masakari's
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    # --- plumbing: microversions, auth, faults ------------------------------------------
+    def version_of(request: Request) -> tuple[int, int]:
+        version: tuple[int, int] = request.state.version
+        return version
+
+    @app.middleware("http")
+    async def microversion_and_auth(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        try:
+            request.state.version = parse_version(request.headers.get(VERSION_HEADER))
+        except ApiError as exc:
+            return _fault(exc, MAX_VERSION)
+        path = request.scope["path"]
+        root = request.scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        if path not in ("", "/", "/v1", "/v1/"):  # the version documents are public
+            given = request.headers.get("x-auth-token", "")
+            bearer = request.headers.get("authorization", "")
+            if not given and bearer.lower().startswith("bearer "):
+                given = bearer[7:].strip()
+            if not given or not secrets.compare_digest(given.encode(), token.encode()):
+                client = request.client.host if request.client else "?"
+                LOG.warning(
+                    "Masakari API %s %s from %s refused: %s",
+                    request.method,
+                    request.url.path,
+                    client,
+                    "no token" if not given else "wrong token",
+                )
+                return _fault(
+                    ApiError(401, "The request you have made requires authentication."),
+                    request.state.version,
+                )
+        response = await call_next(request)
+        _version_headers(response, request.state.version)
+        return response
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return _fault(exc, getattr(request.state, "version", MIN_VERSION))
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        message = "The resource could not be found." if exc.status_code == 404 else exc.detail
+        return _fault(
+            ApiError(exc.status_code, str(message)),
+            getattr(request.state, "version", MIN_VERSION),
+        )
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+
+    def route(method: str, path: str, handler: Handler, status: int = 200) -> None:
+        """``path`` under /v1, with and without the project id. The handler runs on a
+        worker thread: the store and the engine block."""
+
+        async def endpoint(request: Request) -> Response:
+            body = await body_of(request) if method in ("POST", "PUT") else None
+            return await run_in_threadpool(handler, request, body)
+
+        for prefix in ("/v1", "/v1/{project_id}"):
+            app.add_api_route(
+                prefix + path, endpoint, methods=[method], status_code=status, response_model=None
+            )
+
+    async def body_of(request: Request) -> Any:
+        try:
+            return await request.json()
+        except ValueError:
+            raise ApiError(400, "Malformed request body") from None
+
+    # --- records: vigil's, with Masakari's extras (adopted on first sight) ----------------
+    def segment_extras() -> dict[str, SegmentExtra]:
+        extras = records.segments()
+        for seg in store.list_segments():
+            if seg.name not in extras:
+                # A segment made through vigil's own API: Masakari's defaults.
+                extras[seg.name] = records.put_segment(
+                    SegmentExtra(str(uuid.uuid4()), seg.name, created_at=clock.wall())
+                )
+        return extras
+
+    def host_extras() -> dict[str, HostExtra]:
+        extras = records.hosts()
+        for host in store.list_hosts():
+            if host.name not in extras:
+                extras[host.name] = records.put_host(
+                    HostExtra(str(uuid.uuid4()), host.name, "COMPUTE", "", clock.wall())
+                )
+        return extras
+
+    def segment_view(seg: Segment, extra: SegmentExtra) -> dict[str, Any]:
+        return {
+            "id": seg.id,
+            "uuid": extra.uuid,
+            "name": seg.name,
+            "description": seg.description or None,
+            "recovery_method": extra.recovery_method,
+            "service_type": extra.service_type,
+            "enabled": extra.enabled,
+            "created_at": timestamp(extra.created_at),
+            "updated_at": timestamp(extra.updated_at),
+            "deleted": False,
+            "deleted_at": None,
+        }
+
+    def find_segment(ident: str) -> tuple[Segment, SegmentExtra]:
+        extras = segment_extras()
+        for seg in store.list_segments():
+            extra = extras[seg.name]
+            if ident in (extra.uuid, str(seg.id)):
+                return seg, extra
+        raise ApiError(404, f"Failover segment {ident} could not be found.")
+
+    def host_view(host: Host, extra: HostExtra, seg: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "id": host.id,
+            "uuid": extra.uuid,
+            "name": host.name,
+            "failover_segment_id": seg["uuid"],
+            "failover_segment": seg,
+            "type": extra.type,
+            "reserved": host.reserved,
+            "control_attributes": extra.control_attributes,
+            # vigil's maintenance only: a recovered host is out of use by its state, and an
+            # operator's on_maintenance=false brings it back (see update_host).
+            "on_maintenance": host.maintenance,
+            "created_at": timestamp(extra.created_at),
+            "updated_at": timestamp(extra.updated_at),
+            "deleted": False,
+            "deleted_at": None,
+        }
+
+    def find_host(seg: Segment, ident: str) -> tuple[Host, HostExtra]:
+        extras = host_extras()
+        for host in store.list_hosts(seg.name):
+            extra = extras[host.name]
+            if ident in (extra.uuid, str(host.id)):
+                return host, extra
+        raise ApiError(404, f"Host {ident} could not be found.")
+
+    # --- notifications: status follows the recovery ----------------------------------------
+    def live(n: Notification) -> tuple[str, str, Recovery | None]:
+        """(status, message, recovery) of a notification now."""
+        if n.status != "new" or n.type != "COMPUTE_HOST":
+            return n.status, n.message, None
+        recovery: Recovery | None = None
+        if n.recovery_id is not None:
+            try:
+                recovery = store.get_recovery(n.recovery_id)
+            except NotFoundError:
+                return "failed", f"recovery {n.recovery_id} is gone", None
+        else:
+            # The first recovery of the host opened after the report, or running then.
+            for r in sorted(store.list_recoveries(host=n.hostname, limit=20), key=_created):
+                if r.created_at >= n.created_at - 1.0 or (
+                    r.finished_at is None or r.finished_at >= n.created_at
+                ):
+                    recovery = r
+                    records.link_recovery(n.uuid, r.id, at=clock.wall())
+                    break
+        if recovery is None:
+            try:
+                host = store.get_host(n.hostname)
+            except NotFoundError:
+                return "ignored", "the host is no longer known to vigil", None
+            if host.state == HostState.UP and clock.wall() - n.created_at > REPORT_GRACE:
+                return "ignored", "vigil hears the host's heartbeats: it is not down", None
+            return "new", "vigil is confirming the failure (BMC, heartbeats)", None
+        status = NOTIFICATION_STATUS[recovery.status]
+        return (
+            status,
+            recovery.reason or f"recovery {recovery.id} {recovery.status.value}",
+            recovery,
+        )
+
+    def notification_view(
+        n: Notification, version: tuple[int, int], *, details: bool = False
+    ) -> dict[str, Any]:
+        status, message, recovery = live(n)
+        view: dict[str, Any] = {
+            "id": n.id,
+            "notification_uuid": n.uuid,
+            "generated_time": timestamp(n.generated_time),
+            "source_host_uuid": n.source_host_uuid,
+            "type": n.type,
+            "payload": dict(n.payload),
+            "status": status,
+            "failover_segment_uuid": n.segment_uuid,
+            "message": message or None,
+            "created_at": timestamp(n.created_at),
+            "updated_at": timestamp(n.updated_at),
+            "deleted": False,
+            "deleted_at": None,
+        }
+        if details and version >= (1, 1):
+            view["recovery_workflow_details"] = workflow_details(recovery) if recovery else []
+        return view
+
+    def open_notifications(**match: str) -> list[str]:
+        busy = []
+        for n in records.notifications():
+            if all(getattr(n, k) == v for k, v in match.items()):
+                status, _, _ = live(n)
+                if status in ("new", "running", "error"):
+                    busy.append(n.uuid)
+        return busy
+
+    # --- versions -------------------------------------------------------------------------
+    def version_doc(request: Request) -> dict[str, Any]:
+        base = str(request.base_url).rstrip("/")
+        root = request.scope.get("root_path", "")
+        href = f"{base}{root}/v1/" if root and not base.endswith(root) else f"{base}/v1/"
+        return {
+            "id": "v1.0",
+            "status": "CURRENT",
+            "version": _v(MAX_VERSION),
+            "min_version": _v(MIN_VERSION),
+            "updated": "2016-07-01T11:33:21Z",
+            "links": [{"rel": "self", "href": href}],
+            "media-types": [
+                {
+                    "base": "application/json",
+                    "type": "application/vnd.openstack.masakari+json;version=1",
+                }
+            ],
+        }
+
+    async def versions(request: Request) -> Response:
+        return JSONResponse({"versions": [version_doc(request)]}, status_code=300)
+
+    async def version(request: Request) -> Response:
+        return JSONResponse({"version": version_doc(request)})
+
+    # --- segments ---------------------------------------------------------------------------
+    segment_fields = ("name", "description", "recovery_method", "service_type")
+
+    def segment_input(body: Any, version: tuple[int, int], *, create: bool) -> dict[str, Any]:
+        allowed = (*segment_fields, "enabled") if version >= (1, 2) else segment_fields
+        fields = _member(body, "segment", allowed)
+        if create:
+            _require(fields, ("name", "recovery_method", "service_type"))
+        elif not fields:
+            raise ApiError(400, "The segment update must change at least one field.")
+        if "name" in fields:
+            _name(fields["name"], "name")
+        if "service_type" in fields:
+            _name(fields["service_type"], "service_type")
+        if "description" in fields:
+            fields["description"] = _text(fields["description"], "description")
+        if "recovery_method" in fields and fields["recovery_method"] not in RECOVERY_METHODS:
+            raise ApiError(
+                400,
+                f"Invalid input for field/attribute recovery_method. Value: "
+                f"{fields['recovery_method']}. Must be one of {', '.join(RECOVERY_METHODS)}.",
+            )
+        if "enabled" in fields:
+            fields["enabled"] = boolean(fields["enabled"], "enabled")
+        return fields
+
+    def list_segments(request: Request, body: Any) -> Response:
+        extras = segment_extras()
+        views = [segment_view(s, extras[s.name]) for s in store.list_segments()]
+        q = request.query_params
+        for field in ("recovery_method", "service_type"):
+            if field in q:
+                views = _filter(views, field, q[field])
+        if "enabled" in q:
+            views = _filter(views, "enabled", boolean(q["enabled"], "enabled"))
+        keys = ("created_at", "description", "id", "name", "updated_at", "uuid", "recovery_method")
+        return JSONResponse({"segments": page(views, q, sort_keys=(*keys, "service_type"))})
+
+    def create_segment(request: Request, body: Any) -> Response:
+        fields = segment_input(body, version_of(request), create=True)
+        name = fields["name"]
+        try:
+            seg = store.create_segment(
+                Segment(
+                    name=name,
+                    description=fields.get("description") or "",
+                    # Masakari evacuates every instance of a failed host by default
+                    # (evacuate_all_instances); HA_Enabled=False or vigil:ha_policy opt out.
+                    default_policy=HaPolicy.KEEP_RUNNING,
+                    max_failed_share=defaults.max_failed_share if defaults else 0.5,
+                    max_parallel_evacuations=(defaults.max_parallel_evacuations if defaults else 8),
+                    paused=not fields.get("enabled", True),
+                    pause_reason="" if fields.get("enabled", True) else _DISABLED,
+                )
+            )
+        except AlreadyExists:
+            raise ApiError(409, f"Failover segment with name {name} already exists.") from None
+        extra = records.put_segment(
+            SegmentExtra(
+                str(uuid.uuid4()),
+                name,
+                fields["recovery_method"],
+                fields["service_type"],
+                fields.get("enabled", True),
+                clock.wall(),
+            )
+        )
+        LOG.info("segment %s created through the Masakari API", name)
+        return JSONResponse({"segment": segment_view(seg, extra)}, status_code=201)
+
+    def show_segment(request: Request, body: Any) -> Response:
+        seg, extra = find_segment(request.path_params["segment_id"])
+        return JSONResponse({"segment": segment_view(seg, extra)})
+
+    def update_segment(request: Request, body: Any) -> Response:
+        seg, extra = find_segment(request.path_params["segment_id"])
+        fields = segment_input(body, version_of(request), create=False)
+        if fields.get("name", seg.name) != seg.name:
+            if any(s.name == fields["name"] for s in store.list_segments()):
+                raise ApiError(409, f"Failover segment with name {fields['name']} already exists.")
+            raise ApiError(409, "vigil cannot rename a segment: create a new one instead.")
+        if open_notifications(segment_uuid=extra.uuid):
+            raise ApiError(
+                409, f"Failover segment {extra.uuid} is in use: a notification is being processed."
+            )
+        changes: dict[str, Any] = {}
+        if "description" in fields:
+            changes["description"] = fields["description"]
+        if "enabled" in fields and fields["enabled"] != extra.enabled:
+            changes["paused"] = not fields["enabled"]
+            changes["pause_reason"] = "" if fields["enabled"] else _DISABLED
+        if changes:
+            seg = store.update_segment(seg.name, **changes)
+        extra = records.put_segment(
+            SegmentExtra(
+                extra.uuid,
+                seg.name,
+                fields.get("recovery_method", extra.recovery_method),
+                fields.get("service_type", extra.service_type),
+                fields.get("enabled", extra.enabled),
+                extra.created_at,
+                clock.wall(),
+            )
+        )
+        engine.wake()
+        return JSONResponse({"segment": segment_view(seg, extra)})
+
+    def delete_segment(request: Request, body: Any) -> Response:
+        seg, extra = find_segment(request.path_params["segment_id"])
+        if open_notifications(segment_uuid=extra.uuid):
+            raise ApiError(
+                409, f"Failover segment {extra.uuid} is in use: a notification is being processed."
+            )
+        try:
+            # Masakari deletes a segment with its hosts.
+            for host in store.list_hosts(seg.name):
+                store.delete_host(host.name)
+                records.delete_host(host.name)
+            store.delete_segment(seg.name)
+        except InUse as exc:
+            raise ApiError(409, str(exc)) from None
+        records.delete_segment(seg.name)
+        LOG.info("segment %s deleted through the Masakari API", seg.name)
+        return Response(status_code=204)
+
+    # --- hosts ------------------------------------------------------------------------------
+    host_fields = ("name", "type", "control_attributes", "reserved", "on_maintenance")
+
+    def host_input(body: Any, *, create: bool) -> dict[str, Any]:
+        fields = _member(body, "host", host_fields)
+        if create:
+            _require(fields, ("name", "type", "control_attributes"))
+        elif not fields:
+            raise ApiError(400, "The host update must change at least one field.")
+        if "name" in fields:
+            _name(fields["name"], "name")
+        if "type" in fields:
+            fields["type"] = _text(fields["type"], "type", HOST_TYPE)
+        if "control_attributes" in fields:
+            fields["control_attributes"] = _text(fields["control_attributes"], "control_attributes")
+        for flag in ("reserved", "on_maintenance"):
+            if flag in fields:
+                fields[flag] = boolean(fields[flag], flag)
+        return fields
+
+    def check_compute(name: str) -> None:
+        try:
+            compute.get_service(name)
+        except NotFound:
+            raise ApiError(400, f"Compute service with name {name} could not be found.") from None
+        except DriverError as exc:
+            raise ApiError(503, f"Nova did not answer: {exc}") from None
+
+    def list_hosts(request: Request, body: Any) -> Response:
+        seg, extra = find_segment(request.path_params["segment_id"])
+        seg_view = segment_view(seg, extra)
+        extras = host_extras()
+        views = [host_view(h, extras[h.name], seg_view) for h in store.list_hosts(seg.name)]
+        q = request.query_params
+        for field in ("name", "type", "control_attributes"):
+            if field in q:
+                views = _filter(views, field, q[field])
+        for flag in ("on_maintenance", "reserved"):
+            if flag in q:
+                views = _filter(views, flag, boolean(q[flag], flag))
+        keys = ("created_at", "id", "name", "type", "updated_at", "uuid", "reserved")
+        sortable = (*keys, "on_maintenance", "control_attributes")
+        return JSONResponse({"hosts": page(views, q, sort_keys=sortable)})
+
+    def create_host(request: Request, body: Any) -> Response:
+        seg, seg_extra = find_segment(request.path_params["segment_id"])
+        fields = host_input(body, create=True)
+        name = fields["name"]
+        check_compute(name)
+        try:
+            host = store.create_host(
+                Host(
+                    name=name,
+                    segment=seg.name,
+                    maintenance=fields.get("on_maintenance", False),
+                    reserved=fields.get("reserved", False),
+                )
+            )
+        except AlreadyExists:
+            raise ApiError(409, f"Host with name {name} already exists.") from None
+        extra = records.put_host(
+            HostExtra(
+                str(uuid.uuid4()), name, fields["type"], fields["control_attributes"], clock.wall()
+            )
+        )
+        LOG.info("host %s created in segment %s through the Masakari API", name, seg.name)
+        engine.wake()
+        view = host_view(host, extra, segment_view(seg, seg_extra))
+        return JSONResponse({"host": view}, status_code=201)
+
+    def show_host(request: Request, body: Any) -> Response:
+        seg, seg_extra = find_segment(request.path_params["segment_id"])
+        host, extra = find_host(seg, request.path_params["host_id"])
+        return JSONResponse({"host": host_view(host, extra, segment_view(seg, seg_extra))})
+
+    def update_host(request: Request, body: Any) -> Response:
+        seg, seg_extra = find_segment(request.path_params["segment_id"])
+        host, extra = find_host(seg, request.path_params["host_id"])
+        fields = host_input(body, create=False)
+        if fields.get("name", host.name) != host.name:
+            raise ApiError(409, "vigil cannot rename a host: delete it and create it again.")
+        if open_notifications(source_host_uuid=extra.uuid):
+            raise ApiError(
+                409, f"Host {extra.uuid} is in use: a notification of it is being processed."
+            )
+        if fields.get("on_maintenance") is False and host.state == HostState.RECOVERED:
+            # Masakari's way to put a repaired host back: vigil's restore (compute service
+            # up and enabled, monitored again).
+            try:
+                host = engine.call(lambda: engine.restore_host(host.name))
+            except (Conflict, InvalidTransition) as exc:
+                raise ApiError(409, str(exc)) from None
+        changes = {
+            vigil: fields[masakari]
+            for masakari, vigil in (("on_maintenance", "maintenance"), ("reserved", "reserved"))
+            if masakari in fields
+        }
+        if changes:
+            host = store.update_host(host.name, **changes)
+        extra = records.put_host(
+            HostExtra(
+                extra.uuid,
+                host.name,
+                fields.get("type", extra.type),
+                fields.get("control_attributes", extra.control_attributes),
+                extra.created_at,
+                clock.wall(),
+            )
+        )
+        engine.wake()
+        return JSONResponse({"host": host_view(host, extra, segment_view(seg, seg_extra))})
+
+    def delete_host(request: Request, body: Any) -> Response:
+        seg, _ = find_segment(request.path_params["segment_id"])
+        host, extra = find_host(seg, request.path_params["host_id"])
+        if open_notifications(source_host_uuid=extra.uuid):
+            raise ApiError(
+                409, f"Host {extra.uuid} is in use: a notification of it is being processed."
+            )
+        try:
+            store.delete_host(host.name)
+        except InUse as exc:
+            raise ApiError(409, str(exc)) from None
+        records.delete_host(host.name)
+        LOG.info("host %s deleted through the Masakari API", host.name)
+        return Response(status_code=204)
+
+    # --- notifications --------------------------------------------------------------------
+    def notification_input(body: Any) -> dict[str, Any]:
+        fields = _member(body, "notification", ("type", "hostname", "generated_time", "payload"))
+        _require(fields, ("type", "hostname", "generated_time", "payload"))
+        if fields["type"] not in NOTIFICATION_TYPES:
+            raise ApiError(400, f"Invalid input for field/attribute type. Value: {fields['type']}.")
+        hostname = fields["hostname"]
+        if not isinstance(hostname, str) or not 1 <= len(hostname) <= 255:
+            raise ApiError(400, "Invalid input for field/attribute hostname.")
+        _text(hostname, "hostname", HOSTNAME)
+        if not isinstance(fields["generated_time"], str):
+            raise ApiError(400, "Invalid input for field/attribute generated_time.")
+        fields["generated_time"] = parse_time(fields["generated_time"], "generated_time")
+        payload = fields["payload"]
+        if not isinstance(payload, dict) or any(
+            not PAYLOAD_KEY.match(k) or not isinstance(v, str) or len(v) > 255
+            for k, v in payload.items()
+        ):
+            raise ApiError(400, "Invalid input for field/attribute payload: strings only.")
+        _check_payload(fields["type"], payload)
+        return fields
+
+    def create_notification(request: Request, body: Any) -> Response:
+        fields = notification_input(body)
+        hostname, kind, payload = fields["hostname"], fields["type"], fields["payload"]
+        try:
+            host = store.get_host(hostname)
+        except NotFoundError:
+            raise ApiError(400, f"Host with name {hostname} could not be found.") from None
+        if host.maintenance:
+            raise ApiError(
+                409,
+                f"Notification received from host {hostname} of type '{kind}' is ignored "
+                "as the host is already under maintenance.",
+            )
+        host_extra = host_extras()[hostname]
+        seg_extra = segment_extras()[host.segment]
+        since = fields["generated_time"] - duplicate_interval
+        for old in records.notifications(hostname=hostname):
+            if old.type == kind and old.generated_time >= since and dict(old.payload) == payload:
+                raise ApiError(
+                    409,
+                    f"Notification received from host {hostname} of type {kind} is duplicate.",
+                )
+        now = clock.wall()
+        status, message, recovery_id = "new", "", None
+        event = payload.get("event", "").upper()
+        if not seg_extra.enabled:
+            status, message = "ignored", f"segment {host.segment} is disabled"
+        elif kind == "COMPUTE_HOST":
+            if event == "STARTED":
+                status, message = "finished", "the host reports itself started"
+                engine.withdraw_report(hostname)
+            elif "host_status" not in payload:
+                status, message = "ignored", "no host_status in the payload"
+            elif host.state in (HostState.FAILED, HostState.RECOVERED):
+                # Already declared: this notification follows the recovery under way.
+                latest = store.list_recoveries(host=hostname, limit=1)
+                recovery_id = latest[0].id if latest else None
+            else:
+                engine.report_down(
+                    hostname,
+                    source="masakari",
+                    reason=(
+                        f"COMPUTE_HOST {event} notification (cluster "
+                        f"{payload.get('cluster_status', '?')}, host "
+                        f"{payload.get('host_status', '?')})"
+                    ),
+                )
+        else:
+            # vigil's own agent watches instances and processes; recorded, not acted on.
+            status = "ignored"
+            message = f"recorded: vigil does not act on {kind} notifications from Masakari"
+            LOG.warning(
+                "host %s: Masakari %s notification recorded, not acted on: %s",
+                hostname,
+                kind,
+                payload,
+            )
+        n = records.add_notification(
+            Notification(
+                uuid=str(uuid.uuid4()),
+                type=kind,
+                hostname=hostname,
+                source_host_uuid=host_extra.uuid,
+                segment_uuid=seg_extra.uuid,
+                generated_time=fields["generated_time"],
+                payload=payload,
+                status=status,
+                message=message,
+                recovery_id=recovery_id,
+                created_at=now,
+            )
+        )
+        LOG.info("host %s: Masakari %s notification %s: %s", hostname, kind, n.uuid, status)
+        view = notification_view(n, version_of(request))
+        return JSONResponse({"notification": view}, status_code=202)
+
+    def list_notifications(request: Request, body: Any) -> Response:
+        version = version_of(request)
+        views = [notification_view(n, version) for n in records.notifications()]
+        q = request.query_params
+        for field in ("status", "source_host_uuid", "type"):
+            if field in q:
+                views = _filter(views, field, q[field])
+        if "generated-since" in q:
+            try:
+                since = parse_time(q["generated-since"], "generated-since")
+            except ApiError:
+                raise ApiError(400, "Invalid generated-since value") from None
+            views = [v for v in views if parse_time(v["generated_time"], "") >= since]
+        keys = ("created_at", "generated_time", "id", "type", "status", "updated_at")
+        sortable = (*keys, "notification_uuid", "source_host_uuid")
+        listed = page(views, q, sort_keys=sortable, marker_key="notification_uuid")
+        return JSONResponse({"notifications": listed})
+
+    def find_notification(ident: str) -> Notification:
+        n = records.get_notification(ident) if UUID.match(ident) else None
+        if n is None:
+            raise ApiError(404, f"No notification with id {ident}.")
+        return n
+
+    def show_notification(request: Request, body: Any) -> Response:
+        n = find_notification(request.path_params["notification_id"])
+        view = notification_view(n, version_of(request), details=True)
+        return JSONResponse({"notification": view})
+
+    # --- vmoves (1.3) -------------------------------------------------------------------------
+    def vmoves_of(request: Request) -> list[dict[str, Any]]:
+        # Masakari serves vmoves at every microversion (1.3 only announces them); so
+        # does vigil, for the clients that send no version header (the SDK's VMove).
+        n = find_notification(request.path_params["notification_id"])
+        if n.type != "COMPUTE_HOST":
+            raise ApiError(400, f"Notification {n.uuid} has no vmoves: it is of type {n.type}.")
+        _, _, recovery = live(n)
+        if recovery is None:
+            return []
+        return [vmove_view(n, recovery, s) for s in recovery.steps if s.kind == StepKind.EVACUATE]
+
+    def list_vmoves(request: Request, body: Any) -> Response:
+        views = vmoves_of(request)
+        q = request.query_params
+        for field in ("status", "type"):
+            if field in q:
+                views = _filter(views, field, q[field])
+        sortable = ("created_at", "id", "uuid", "status", "type", "instance_name", "start_time")
+        return JSONResponse({"vmoves": page(views, q, sort_keys=sortable)})
+
+    def show_vmove(request: Request, body: Any) -> Response:
+        wanted = request.path_params["vmove_id"]
+        for view in vmoves_of(request):
+            if wanted in (view["uuid"], str(view["id"])):
+                return JSONResponse({"vmove": view})
+        raise ApiError(404, f"VM move {wanted} could not be found.")
+
+    route("GET", "/segments", list_segments)
+    route("POST", "/segments", create_segment, 201)
+    route("GET", "/segments/{segment_id}", show_segment)
+    route("PUT", "/segments/{segment_id}", update_segment)
+    route("DELETE", "/segments/{segment_id}", delete_segment, 204)
+    route("GET", "/segments/{segment_id}/hosts", list_hosts)
+    route("POST", "/segments/{segment_id}/hosts", create_host, 201)
+    route("GET", "/segments/{segment_id}/hosts/{host_id}", show_host)
+    route("PUT", "/segments/{segment_id}/hosts/{host_id}", update_host)
+    route("DELETE", "/segments/{segment_id}/hosts/{host_id}", delete_host, 204)
+    route("GET", "/notifications", list_notifications)
+    route("POST", "/notifications", create_notification, 202)
+    route("GET", "/notifications/{notification_id}", show_notification)
+    route("GET", "/notifications/{notification_id}/vmoves", list_vmoves)
+    route("GET", "/notifications/{notification_id}/vmoves/{vmove_id}", show_vmove)
+    app.add_api_route("/", versions, methods=["GET"], response_model=None)
+    for path in ("/v1", "/v1/", "/v1/{project_id}", "/v1/{project_id}/"):
+        app.add_api_route(path, version, methods=["GET"], response_model=None)
+
+    replay_reports(store=store, engine=engine, records=records, clock=clock)
+    return app
+
+
+_DISABLED = "disabled through the Masakari API (enabled=false)"
+
+
+def _created(r: Recovery) -> float:
+    return r.created_at
+
+
+def _check_payload(kind: str, payload: Mapping[str, str]) -> None:
+    """Masakari's payload rules per notification type."""
+    allowed: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+        "COMPUTE_HOST": (("event",), ("event", "host_status", "cluster_status")),
+        "PROCESS": (("process_name", "event"), ("process_name", "event")),
+        "VM": (
+            ("instance_uuid", "vir_domain_event", "event"),
+            ("instance_uuid", "vir_domain_event", "event"),
+        ),
+    }
+    required, known = allowed[kind]
+    for name in required:
+        if name not in payload:
+            raise ApiError(400, f"'{name}' is a required property")
+    unknown = sorted(set(payload) - set(known))
+    if unknown:
+        raise ApiError(
+            400, f"Additional properties are not allowed ({', '.join(unknown)} unexpected)."
+        )
+    enums = {
+        "event": EVENTS if kind != "VM" else None,
+        "host_status": ("NORMAL", "UNKNOWN"),
+        "cluster_status": ("ONLINE", "OFFLINE"),
+    }
+    for name, values in enums.items():
+        if values is not None and name in payload and payload[name] not in values:
+            raise ApiError(400, f"Invalid input for field/attribute {name}: {payload[name]}.")
+    if kind == "VM" and not UUID.match(payload["instance_uuid"]):
+        raise ApiError(400, "Invalid input for field/attribute instance_uuid: not a UUID.")
+
+
+def replay_reports(*, store: Store, engine: Engine, records: MasakariRecords, clock: Clock) -> int:
+    """Hand the engine again the COMPUTE_HOST reports it has not acted on yet (after a
+    restart: they were persisted before they were acknowledged)."""
+    count = 0
+    now = clock.wall()
+    for n in records.notifications():
+        if (
+            n.type != "COMPUTE_HOST"
+            or n.status != "new"
+            or n.recovery_id is not None
+            or now - n.created_at > REPORT_REPLAY
+            or n.payload.get("event", "").upper() != "STOPPED"
+        ):
+            continue
+        try:
+            host = store.get_host(n.hostname)
+        except NotFoundError:
+            continue
+        if host.state in (HostState.NEW, HostState.UP, HostState.SUSPECT):
+            engine.report_down(
+                n.hostname, source="masakari", reason="COMPUTE_HOST STOPPED (replayed)"
+            )
+            count += 1
+    return count
+
+
+def _fault(exc: ApiError, version: tuple[int, int]) -> Response:
+    key = ERROR_KEYS.get(exc.status, "computeFault")
+    response = JSONResponse({key: {"code": exc.status, "message": exc.message}}, exc.status)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    _version_headers(response, version)
+    return response
+
+
+def _version_headers(response: Response, version: tuple[int, int]) -> None:
+    response.headers[VERSION_HEADER] = f"{SERVICE} {_v(version)}"
+    response.headers["Vary"] = VERSION_HEADER

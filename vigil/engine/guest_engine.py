@@ -1,0 +1,470 @@
+"""The guest failure loop: record agents' reports, decide (``vigil.engine.guest``), act.
+
+``GuestEngine.receive`` persists reports — each with its ``vigil.instance.guest.failure``
+event, in the same transaction — before the API acknowledges them (S2), then wakes the
+loop. Each cycle reads the unresolved failures, looks up the policy of those with new
+reports, calls the pure ``decide_guest`` and performs its actions, logging one sentence
+each with host and instance.
+
+The restart is a persisted step on the failure row: PENDING (with its not-before time)
+→ RUNNING (written before Nova is called) → SUCCEEDED, or back to PENDING after a
+temporary error, or FAILED (escalated) when its attempts run out. It runs on a worker
+thread so a slow Nova never stalls the loop. It is idempotent enough to run again after
+a crash: it reads the instance first and starts a SHUTOFF one, hard-reboots any other
+(a crashed guest that Nova still believes ACTIVE) — at worst a guest that already came
+back is rebooted once more. Confirmation: Nova reads ACTIVE within
+``restart_confirm_timeout``.
+
+Limits: runs beside the host engine with its own tick rather than inside its cycle; the
+cloud-wide operator pause (S4) holds restarts, segment pauses do not (guest failures are
+not storms of hosts).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from vigil.clock import Clock
+from vigil.drivers import compute as nova
+from vigil.drivers.compute import ComputeDriver
+from vigil.drivers.errors import DriverError, PermanentError
+from vigil.engine.guest import (
+    Acknowledge,
+    Escalate,
+    GuestAction,
+    GuestPolicy,
+    GuestSettings,
+    GuestView,
+    NotifyOwner,
+    PlanRestart,
+    Resolve,
+    RunRestart,
+    decide_guest,
+    guest_policy_from_metadata,
+    needs_policy,
+)
+from vigil.events import make_event
+from vigil.model import (
+    GuestFailureStatus,
+    GuestReport,
+    HaPolicy,
+    InstanceFailure,
+    StepStatus,
+)
+from vigil.store import NotFoundError, Store
+
+LOG = logging.getLogger("vigil.engine.guest")
+UNRESOLVED = (
+    GuestFailureStatus.OPEN,
+    GuestFailureStatus.RECOVERING,
+    GuestFailureStatus.NOTIFIED,
+    GuestFailureStatus.ESCALATED,
+)
+REASONS = {
+    "watchdog": "guest watchdog fired",
+    "crashed": "guest crashed",
+    "stopped-failed": "guest stopped unexpectedly (QEMU failed)",
+    "io-error": "guest I/O error",
+}
+
+
+def describe(report: GuestReport) -> str:
+    what = REASONS.get(report.kind.value, report.kind.value)
+    extra = report.detail.get("action") or report.detail.get("reason")
+    return f"{what}: {extra}" if extra else what
+
+
+class ComputePolicies:
+    """The default policy lookup: an operator override, else what the compute driver says
+    of the instance (metadata, image, flavor), else the segment default of its host.
+    ``watchdog_notify`` follows the HA policy ``notify`` until the compute driver exposes
+    ``vigil:watchdog_action`` (see ``guest_policy_from_metadata``)."""
+
+    def __init__(self, store: Store, compute: ComputeDriver) -> None:
+        self._store = store
+        self._compute = compute
+
+    def __call__(self, failure: InstanceFailure) -> GuestPolicy:
+        override = self._store.get_instance_policy(failure.instance_id)
+        if override is not None:
+            return guest_policy_from_metadata(override.policy)
+        ha: HaPolicy | None = None
+        try:
+            ha = self._compute.get_server(failure.instance_id).policy
+        except DriverError as exc:
+            LOG.warning(
+                "host %s: instance %s: policy unreadable (%s); using the segment default",
+                failure.host,
+                failure.instance_id,
+                exc,
+            )
+        if ha is None:
+            try:
+                segment = self._store.get_segment(self._store.get_host(failure.host).segment)
+                ha = segment.default_policy
+            except NotFoundError:
+                ha = HaPolicy.OFF
+        return guest_policy_from_metadata(ha)
+
+
+class GuestEngine:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        compute: ComputeDriver,
+        clock: Clock,
+        settings: GuestSettings | None = None,
+        policies: Callable[[InstanceFailure], GuestPolicy] | None = None,
+        on_events: Callable[[], None] | None = None,
+        tick: float = 0.5,
+        wait: Callable[[float], None] = time.sleep,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self._store = store
+        self._compute = compute
+        self._clock = clock
+        self.settings = settings or GuestSettings()
+        self.settings.validate()
+        self._policies = policies or ComputePolicies(store, compute)
+        self._on_events = on_events
+        self._tick = tick
+        self._wait = wait
+        self._poll_interval = poll_interval
+        self._pool = ThreadPoolExecutor(4, thread_name_prefix="vigil-guest")
+        self._lock = threading.Lock()
+        self._in_flight: set[int] = set()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_wait = tick
+
+    # --- reports (the API calls this) -------------------------------------------------
+
+    def receive(self, reports: Sequence[GuestReport]) -> list[InstanceFailure]:
+        """Persist ``reports`` (duplicates ignored) with their events; wake the loop."""
+        out: list[InstanceFailure] = []
+        now = self._clock.wall()
+        for report in reports:
+            reason = describe(report)
+
+            def events(
+                f: InstanceFailure, new: bool, reason: str = reason, report: GuestReport = report
+            ) -> list[Any]:
+                return [
+                    make_event(
+                        "vigil.instance.guest.failure",
+                        at=now,
+                        host=f.host,
+                        instance_id=f.instance_id,
+                        failure_id=f.id,
+                        kind=report.kind.value,
+                        reason=reason,
+                        status=f.status.value,
+                        count=f.count,
+                        detail=dict(report.detail),
+                        observed_at=report.at,
+                    )
+                ]
+
+            failure, new, duplicate = self._store.record_guest_report(
+                report, reason=reason, received_at=now, events=events
+            )
+            if duplicate:
+                LOG.info(
+                    "host %s: instance %s: report %s already recorded",
+                    report.host,
+                    report.instance_id,
+                    report.id,
+                )
+            else:
+                LOG.warning(
+                    "host %s: instance %s: %s (failure %d, %s, count %d)",
+                    report.host,
+                    report.instance_id,
+                    reason,
+                    failure.id,
+                    "new" if new else "folded",
+                    failure.count,
+                )
+            out.append(failure)
+        self._events_written()
+        self.wake()
+        return out
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        count = self._store.requeue_running_guest_actions(at=self._clock.wall())
+        if count:
+            LOG.warning("resuming: %d instance restarts were running when vigil stopped", count)
+        self._thread = threading.Thread(target=self._run, name="vigil-guest-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._in_flight:
+                    return True
+            time.sleep(0.01)
+        return False
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            # Cleared before the cycle: a wake during it (a report, a finished restart)
+            # makes the next one start at once instead of being lost.
+            self._wake.clear()
+            try:
+                self.run_cycle()
+            except Exception:
+                LOG.exception("guest cycle failed; retrying next tick")
+            self._wake.wait(self._next_wait)
+
+    def run_cycle(self) -> list[GuestAction]:
+        failures = self._store.list_guest_failures(statuses=UNRESOLVED)
+        with self._lock:
+            in_flight = set(self._in_flight)
+        views = []
+        for f in failures:
+            policy = self._policies(f) if needs_policy(f) else None
+            views.append(GuestView(f, policy, in_flight=f.id in in_flight))
+        actions = decide_guest(views, self._clock.wall(), self.settings)
+        held = self._store.get_control().paused
+        now = self._clock.wall()
+        # A restart planned sooner than the next tick runs when it is due, not a tick late.
+        due = [a.at for a in actions if isinstance(a, PlanRestart)]
+        due += [
+            v.failure.next_restart_at
+            for v in views
+            if v.failure.action_status == StepStatus.PENDING and not needs_policy(v.failure)
+        ]
+        self._next_wait = max(0.0, min([self._tick, *(at - now for at in due)]))
+        for action in actions:
+            if held and isinstance(action, RunRestart):
+                continue  # the operator's pause (S4) holds restarts; reports still recorded
+            try:
+                self._perform(action)
+            except Exception:
+                LOG.exception("guest action %s failed", action)
+        return actions
+
+    # --- actions ------------------------------------------------------------------------
+
+    def _event(self, event_type: str, f: InstanceFailure, reason: str, **extra: Any) -> Any:
+        return make_event(
+            event_type,
+            at=self._clock.wall(),
+            host=f.host,
+            instance_id=f.instance_id,
+            failure_id=f.id,
+            kind=f.kind.value,
+            reason=reason,
+            count=f.count,
+            restarts=f.restarts,
+            **extra,
+        )
+
+    def _perform(self, action: GuestAction) -> None:
+        store, now = self._store, self._clock.wall()
+        f = action.failure
+        where = f"host {f.host}: instance {f.instance_id}"
+        if isinstance(action, Acknowledge):
+            store.update_guest_failure(f.id, at=now, seen_count=f.count)
+            LOG.info("%s: failure %d: %s", where, f.id, action.reason)
+        elif isinstance(action, NotifyOwner):
+            event = self._event(
+                "vigil.instance.guest.notify",
+                f,
+                action.reason,
+                policy="notify",
+                detail=dict(f.detail),
+            )
+            status = (
+                GuestFailureStatus.NOTIFIED if f.status == GuestFailureStatus.OPEN else f.status
+            )
+            store.update_guest_failure(
+                f.id, at=now, seen_count=f.count, status=status, events=[event]
+            )
+            LOG.warning("%s: owner notified, guest left as it is: %s", where, action.reason)
+        elif isinstance(action, PlanRestart):
+            store.update_guest_failure(
+                f.id,
+                at=now,
+                seen_count=f.count,
+                status=GuestFailureStatus.RECOVERING,
+                action_status=StepStatus.PENDING,
+                action_attempts=0,
+                next_restart_at=action.at,
+                action_detail="",
+            )
+            LOG.warning("%s: restart planned: %s", where, action.reason)
+        elif isinstance(action, Escalate):
+            event = self._event(
+                "vigil.instance.guest.escalated", f, action.reason, policy="keep-running"
+            )
+            store.update_guest_failure(
+                f.id,
+                at=now,
+                seen_count=f.count,
+                status=GuestFailureStatus.ESCALATED,
+                action_status=None,
+                events=[event],
+            )
+            LOG.error("%s: ESCALATED: %s", where, action.reason)
+        elif isinstance(action, Resolve):
+            store.update_guest_failure(
+                f.id, at=now, status=GuestFailureStatus.RESOLVED, action_status=None
+            )
+            LOG.info("%s: failure %d resolved: %s", where, f.id, action.reason)
+        elif isinstance(action, RunRestart):
+            attempt = f.action_attempts + 1
+            event = self._event(
+                "vigil.instance.guest.restart.start",
+                f,
+                f.reason,
+                policy="keep-running",
+                attempt=attempt,
+            )
+            started = store.update_guest_failure(
+                f.id,
+                at=now,
+                action_status=StepStatus.RUNNING,
+                action_attempts=attempt,
+                restarts=f.restarts + (1 if attempt == 1 else 0),
+                events=[event],
+            )
+            with self._lock:
+                self._in_flight.add(f.id)
+            try:
+                self._pool.submit(self._restart, started)
+            except RuntimeError:  # shutting down: requeued at the next start
+                with self._lock:
+                    self._in_flight.discard(f.id)
+        self._events_written()
+
+    def _restart(self, f: InstanceFailure) -> None:
+        where = f"host {f.host}: instance {f.instance_id}"
+        try:
+            try:
+                detail = self._restart_through_nova(f)
+            except Exception as exc:
+                if not isinstance(exc, DriverError):
+                    LOG.exception("%s: restart crashed", where)
+                self._restart_failed(f, exc)
+                return
+            now = self._clock.wall()
+            event = self._event(
+                "vigil.instance.guest.restart.end",
+                f,
+                detail,
+                policy="keep-running",
+                attempt=f.action_attempts,
+            )
+            # Back to OPEN: the episode stays open (and its budget counted) until it has
+            # been quiet for quiet_after; a crash meanwhile folds into it.
+            self._store.update_guest_failure(
+                f.id,
+                at=now,
+                status=GuestFailureStatus.OPEN,
+                action_status=StepStatus.SUCCEEDED,
+                action_detail=detail,
+                events=[event],
+            )
+            LOG.info(
+                "%s: restarted (%d of budget %d): %s",
+                where,
+                f.restarts,
+                self.settings.restart_budget,
+                detail,
+            )
+        except Exception:
+            LOG.exception("%s: recording the restart failed", where)
+        finally:
+            with self._lock:
+                self._in_flight.discard(f.id)
+            self._events_written()
+            self.wake()
+
+    def _restart_through_nova(self, f: InstanceFailure) -> str:
+        server = self._compute.get_server(f.instance_id)
+        if server.status == nova.SHUTOFF:
+            self._compute.start(f.instance_id)
+            how = "started through Nova (it was SHUTOFF)"
+        else:
+            self._compute.reboot(f.instance_id, hard=True)
+            how = f"hard reboot through Nova (it was {server.status})"
+        deadline = self._clock.monotonic() + self.settings.restart_confirm_timeout
+        while True:
+            server = self._compute.get_server(f.instance_id)
+            if server.status == nova.ACTIVE:
+                return f"{how}: ACTIVE"
+            if self._clock.monotonic() >= deadline:
+                raise DriverError(
+                    f"{how}, but it is {server.status} after "
+                    f"{self.settings.restart_confirm_timeout:g}s"
+                )
+            self._wait(self._poll_interval)
+
+    def _restart_failed(self, f: InstanceFailure, exc: Exception) -> None:
+        now = self._clock.wall()
+        where = f"host {f.host}: instance {f.instance_id}"
+        event = self._event(
+            "vigil.instance.guest.restart.error",
+            f,
+            str(exc),
+            policy="keep-running",
+            attempt=f.action_attempts,
+        )
+        if isinstance(exc, PermanentError) or f.action_attempts >= self.settings.restart_attempts:
+            escalate = self._event(
+                "vigil.instance.guest.escalated",
+                f,
+                f"restart failed after {f.action_attempts} attempt(s): {exc}",
+                policy="keep-running",
+            )
+            self._store.update_guest_failure(
+                f.id,
+                at=now,
+                status=GuestFailureStatus.ESCALATED,
+                action_status=StepStatus.FAILED,
+                action_detail=str(exc),
+                events=[event, escalate],
+            )
+            LOG.error("%s: restart FAILED, escalated: %s", where, exc)
+            return
+        delay = self.settings.backoff(f.action_attempts) or self.settings.backoff_base
+        self._store.update_guest_failure(
+            f.id,
+            at=now,
+            action_status=StepStatus.PENDING,
+            next_restart_at=now + delay,
+            action_detail=str(exc),
+            events=[event],
+        )
+        LOG.warning(
+            "%s: restart attempt %d failed, retrying in %.1fs: %s",
+            where,
+            f.action_attempts,
+            delay,
+            exc,
+        )
+
+    def _events_written(self) -> None:
+        if self._on_events is not None:
+            self._on_events()

@@ -17,6 +17,7 @@ import uvicorn
 
 from vigil import config
 from vigil.api.app import create_app
+from vigil.api.masakari import masakari_app
 from vigil.clock import Clock, SystemClock
 from vigil.config import Settings
 from vigil.drivers.compute import ComputeDriver
@@ -35,6 +36,7 @@ from vigil.engine.outbox import OutboxDispatcher, Sink, webhook_sink
 from vigil.model import Host
 from vigil.sim.api import CloudApi
 from vigil.sim.rpc import RemoteCloud
+from vigil.store.masakari import MasakariRecords
 from vigil.store.sql import SqlStore, upgrade
 
 LOG = logging.getLogger("vigil.server")
@@ -121,6 +123,20 @@ class VigilServer:
             defaults=settings.recovery,
             guest=self.guest,
             agent_key=settings.agent_key,
+        )
+        # Masakari's instance-ha v1 API, for clients and monitors written for Masakari.
+        self.masakari_records = MasakariRecords(settings.database_url)
+        self.app.mount(
+            "/instance-ha",
+            masakari_app(
+                store=self.store,
+                engine=self.engine,
+                compute=self.compute,
+                token=settings.api_token,
+                clock=self.clock,
+                records=self.masakari_records,
+                defaults=settings.recovery,
+            ),
         )
         self._stop = threading.Event()
         self._uvicorn = uvicorn.Server(
@@ -216,6 +232,7 @@ class VigilServer:
         self.guest.stop()
         self.outbox.stop()
         self.store.close()
+        self.masakari_records.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

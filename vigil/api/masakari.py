@@ -28,7 +28,7 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -264,7 +264,12 @@ def page(
         limit = min(limit or MAX_LIMIT, MAX_LIMIT)
     if "marker" in params:
         marker = params["marker"]
-        index = next((n for n, i in enumerate(ordered) if str(i.get(marker_key)) == marker), None)
+        # The uuid, as Masakari wants; or the integer id, which is what openstacksdk's
+        # pager sends (its resources' id is Masakari's "id" field).
+        index = next(
+            (n for n, i in enumerate(ordered) if marker in (i.get(marker_key), str(i.get("id")))),
+            None,
+        )
         if index is None:
             raise ApiError(400, f"Marker {marker} could not be found.")
         ordered = ordered[index + 1 :]
@@ -319,6 +324,22 @@ def workflow_details(recovery: Recovery) -> list[dict[str, Any]]:
             }
         )
     return details
+
+
+def evacuation_targets(method: str, reserved: Sequence[str]) -> tuple[str | None, ...]:
+    """Masakari's recovery methods as the destinations an evacuation tries in order, one
+    per attempt (None: Nova's scheduler). No fixed waits between them: the next
+    destination is the next attempt, after vigil's usual backoff."""
+    hosts: tuple[str | None, ...] = tuple(reserved)
+    if method == "reserved_host":
+        # Masakari fails a reserved_host recovery that has no reserved host left; vigil
+        # would rather recover: Nova's scheduler then chooses (and says so in the log).
+        return hosts or (None,)
+    if method == "rh_priority":
+        return (*hosts, None)
+    if method == "auto_priority":
+        return (None, *hosts)
+    return (None,)
 
 
 def vmove_view(notification: Notification, recovery: Recovery, step: Step) -> dict[str, Any]:
@@ -1029,6 +1050,25 @@ def masakari_app(
     for path in ("/v1", "/v1/", "/v1/{project_id}", "/v1/{project_id}/"):
         app.add_api_route(path, version, methods=["GET"], response_model=None)
 
+    def targets(host: Host, segment: Segment) -> tuple[str | None, ...]:
+        extra = records.segments().get(segment.name)
+        usable = (HostState.NEW, HostState.UP)
+        reserved = [
+            h.name
+            for h in store.list_hosts(segment.name)
+            if h.reserved and not h.maintenance and h.state in usable and h.name != host.name
+        ]
+        chosen = evacuation_targets(extra.recovery_method if extra else "auto", reserved)
+        if extra and extra.recovery_method == "reserved_host" and not reserved:
+            LOG.warning(
+                "host %s: segment %s recovers to reserved hosts but has none usable: "
+                "Nova's scheduler chooses",
+                host.name,
+                segment.name,
+            )
+        return chosen
+
+    engine.use_evacuation_targets(targets)
     replay_reports(store=store, engine=engine, records=records, clock=clock)
     return app
 

@@ -213,16 +213,16 @@ def _detect(snap: Snapshot, detection: DetectionSettings) -> list[Action]:
             elif said is not None and said.withdrawn and not heard:
                 pass  # reported down, then back: nothing to go on until it speaks again
             elif view.power == PowerState.OFF or (heard and silence >= detection.failed_after):
-                said = f"{report.source}: {report.reason}; " if report else ""
+                told = f"{report.source}: {report.reason}; " if report else ""
                 if view.power == PowerState.OFF:
                     silent = f"no heartbeat for {silence:.2f}s and " if heard else ""
-                    reason = f"{said}{silent}the BMC reads power off"
+                    reason = f"{told}{silent}the BMC reads power off"
                     sources: tuple[str, ...] = ("heartbeat",) if heard else ()
                     sources += (report.source,) if report else ()
                     sources += ("bmc",)
                 else:
                     power = view.power.value if view.power else "unreadable"
-                    reason = f"{said}no heartbeat for {silence:.2f}s (BMC power: {power})"
+                    reason = f"{told}no heartbeat for {silence:.2f}s (BMC power: {power})"
                     sources = ("heartbeat", report.source) if report else ("heartbeat",)
                 paused = _held(snap, host.segment)
                 if paused is None:

@@ -16,8 +16,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from vigil.clock import Clock
@@ -53,6 +54,7 @@ from vigil.model import (
     InvalidTransition,
     NewStep,
     RecoveryStatus,
+    Segment,
     Step,
     StepKind,
     StepStatus,
@@ -112,6 +114,12 @@ class Engine:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def use_evacuation_targets(
+        self, targets: Callable[[Host, Segment], Sequence[str | None]]
+    ) -> None:
+        """Where evacuations go, per host and segment (Masakari's recovery methods)."""
+        self._ctx = replace(self._ctx, targets=targets)
 
     def report_down(self, host: str, *, source: str, reason: str) -> None:
         """Another monitor says ``host`` is down (a Masakari COMPUTE_HOST notification).

@@ -33,6 +33,11 @@ class Done:
     new_steps: Sequence[NewStep] = ()
 
 
+def scheduler_chooses(_host: Host, _segment: Segment) -> tuple[str | None, ...]:
+    """Where evacuations go by default: wherever Nova's scheduler puts them."""
+    return (None,)
+
+
 @dataclass(frozen=True)
 class StepContext:
     """What a step may use. Sleeping goes through ``wait`` so tests need no real time."""
@@ -43,6 +48,17 @@ class StepContext:
     settings: RecoverySettings
     clock: Clock
     wait: Callable[[float], None]
+    # The destinations an evacuation from a host of a segment tries, in order, one per
+    # attempt (None: Nova's scheduler chooses); e.g. Masakari's reserved hosts.
+    targets: Callable[[Host, Segment], Sequence[str | None]] = scheduler_chooses
+
+
+def pick_target(candidates: Sequence[str | None], attempt: int) -> str | None:
+    """The destination of an evacuation's ``attempt`` (1, 2, ...): the candidates in
+    order, one attempt each, then the last one for every later attempt."""
+    if not candidates:
+        return None
+    return candidates[min(max(attempt, 1), len(candidates)) - 1]
 
 
 def run_step(
@@ -56,7 +72,7 @@ def run_step(
     if step.kind == StepKind.LIST_INSTANCES:
         return plan_instances(ctx, host, segment)
     if step.kind == StepKind.EVACUATE:
-        return evacuate(ctx, step, recovery, host)
+        return evacuate(ctx, step, recovery, host, segment)
     if step.kind == StepKind.NOTIFY:
         return Done(f"instance {step.instance_name} ({step.instance_id}): owner notified")
     raise PermanentError(f"unknown step kind {step.kind}")
@@ -163,7 +179,9 @@ def _status_before(recovery: Recovery, instance_id: str) -> str | None:
     return None
 
 
-def evacuate(ctx: StepContext, step: Step, recovery: Recovery, host: Host) -> Done:
+def evacuate(
+    ctx: StepContext, step: Step, recovery: Recovery, host: Host, segment: Segment | None = None
+) -> Done:
     """Move one instance off the fenced host and confirm it runs as it did before."""
     assert step.instance_id is not None
     sid, label = step.instance_id, f"instance {step.instance_name} ({step.instance_id})"
@@ -171,8 +189,14 @@ def evacuate(ctx: StepContext, step: Step, recovery: Recovery, host: Host) -> Do
     if server.host == host.name and server.status != nova.REBUILD:
         if server.status not in nova.EVACUABLE:
             raise TemporaryError(f"{label} is {server.status}: Nova cannot evacuate it yet")
-        LOG.info("host %s: evacuating %s", host.name, label)
-        ctx.compute.evacuate(sid, step.target_host)
+        target = step.target_host  # a consumer's choice wins
+        if target is None and segment is not None:
+            target = pick_target(ctx.targets(host, segment), step.attempts)
+            if target is not None and ctx.compute.get_service(target).disabled:
+                # A reserved host is kept disabled in Nova until it is needed.
+                ctx.compute.enable(target)
+        LOG.info("host %s: evacuating %s%s", host.name, label, f" to {target}" if target else "")
+        ctx.compute.evacuate(sid, target)
     else:
         # Already leaving or gone: a previous run of this step asked Nova; never ask twice.
         LOG.info("host %s: %s already evacuating or moved; confirming", host.name, label)

@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from vigil.store.sql import Base, make_engine
+from vigil.store.sql import _SQLITE_IMMEDIATE, Base, make_engine
 
 # On vigil's metadata, so that the check that the migrated schema matches the models
 # (tests/store) sees these tables too.
@@ -105,6 +105,13 @@ class MasakariRecords:
 
     def __init__(self, url: str) -> None:
         self._engine = make_engine(url)
+        # Writers take SQLite's write lock up front (as vigil's store does): a read that
+        # upgrades to a write inside a transaction would fail "database is locked".
+        self._writer = (
+            self._engine.execution_options(**{_SQLITE_IMMEDIATE: True})
+            if self._engine.dialect.name == "sqlite"
+            else self._engine
+        )
 
     def close(self) -> None:
         self._engine.dispose()
@@ -117,7 +124,13 @@ class MasakariRecords:
 
     def put_segment(self, extra: SegmentExtra) -> SegmentExtra:
         """Insert or replace (by name); an existing row keeps its uuid and created_at."""
-        with self._engine.begin() as c:
+        try:
+            return self._put_segment(extra)
+        except sa.exc.IntegrityError:  # another request adopted the same record first
+            return self._put_segment(extra)
+
+    def _put_segment(self, extra: SegmentExtra) -> SegmentExtra:
+        with self._writer.begin() as c:
             old = c.execute(sa.select(SEGMENTS).where(SEGMENTS.c.name == extra.name)).mappings()
             row = old.first()
             if row is None:
@@ -129,7 +142,7 @@ class MasakariRecords:
             return kept
 
     def delete_segment(self, name: str) -> None:
-        with self._engine.begin() as c:
+        with self._writer.begin() as c:
             c.execute(sa.delete(SEGMENTS).where(SEGMENTS.c.name == name))
 
     # --- hosts ------------------------------------------------------------------------
@@ -139,7 +152,14 @@ class MasakariRecords:
         return {r["name"]: HostExtra(**r) for r in rows}
 
     def put_host(self, extra: HostExtra) -> HostExtra:
-        with self._engine.begin() as c:
+        """Insert or replace (by name); an existing row keeps its uuid and created_at."""
+        try:
+            return self._put_host(extra)
+        except sa.exc.IntegrityError:  # another request adopted the same record first
+            return self._put_host(extra)
+
+    def _put_host(self, extra: HostExtra) -> HostExtra:
+        with self._writer.begin() as c:
             row = c.execute(sa.select(HOSTS).where(HOSTS.c.name == extra.name)).mappings().first()
             if row is None:
                 c.execute(sa.insert(HOSTS).values(**extra.__dict__))
@@ -150,18 +170,18 @@ class MasakariRecords:
             return kept
 
     def rename_host(self, old: str, new: str) -> None:
-        with self._engine.begin() as c:
+        with self._writer.begin() as c:
             c.execute(sa.update(HOSTS).where(HOSTS.c.name == old).values(name=new))
 
     def delete_host(self, name: str) -> None:
-        with self._engine.begin() as c:
+        with self._writer.begin() as c:
             c.execute(sa.delete(HOSTS).where(HOSTS.c.name == name))
 
     # --- notifications ----------------------------------------------------------------
     def add_notification(self, n: Notification) -> Notification:
         values = {k: v for k, v in n.__dict__.items() if k not in ("id", "extra")}
         values["payload"] = dict(n.payload)
-        with self._engine.begin() as c:
+        with self._writer.begin() as c:
             new_id = c.execute(sa.insert(NOTIFICATIONS).values(**values)).inserted_primary_key
         return replace(n, id=int(new_id[0]) if new_id else 0)
 
@@ -183,7 +203,7 @@ class MasakariRecords:
         return Notification(**row) if row else None
 
     def link_recovery(self, uuid: str, recovery_id: int, *, at: float) -> None:
-        with self._engine.begin() as c:
+        with self._writer.begin() as c:
             c.execute(
                 sa.update(NOTIFICATIONS)
                 .where(NOTIFICATIONS.c.uuid == uuid)

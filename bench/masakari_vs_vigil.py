@@ -58,7 +58,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.nova.cloud import COMPUTES, HOME, Minicloud, wait_until  # noqa: E402
+from tests.nova.cloud import COMPUTES, HOME, Minicloud, ProcessFence, wait_until  # noqa: E402
 from vigil import config  # noqa: E402
 from vigil.agent.heartbeat import HeartbeatSender  # noqa: E402
 from vigil.drivers.fencing import FenceDevice, PowerState  # noqa: E402
@@ -204,24 +204,6 @@ def watch(
 
 
 # --------------------------------------------------------------------------- vigil
-
-
-class ProcessFence(FenceDevice):
-    """The 'BMC' of a minicloud compute: its power is its nova-compute process."""
-
-    def __init__(self, cloud: Minicloud, host: str) -> None:
-        self.cloud, self.host = cloud, host
-        self.description = f"minicloud process of {host}"
-
-    def power_off(self) -> None:
-        if self.cloud.running(self.host):
-            self.cloud.kill(self.host)
-
-    def power_on(self) -> None:
-        self.cloud.start(self.host)
-
-    def power_status(self) -> PowerState:
-        return PowerState.ON if self.cloud.running(self.host) else PowerState.OFF
 
 
 def run_vigil(cloud: Minicloud, ids: list[str]) -> dict[str, Any]:

@@ -21,6 +21,8 @@ import openstack.connection
 import pytest
 from openstack.config import OpenStackConfig
 
+from vigil.drivers.fencing import FenceDevice, PowerState
+
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "minicloud" / "minicloud"
 HOME = Path(os.environ.get("MINICLOUD_HOME") or REPO / ".minicloud").resolve()
@@ -240,3 +242,21 @@ class Minicloud:
             "every server deleted",
             timeout,
         )
+
+
+class ProcessFence(FenceDevice):
+    """The 'BMC' of a minicloud compute: its power is its nova-compute process."""
+
+    def __init__(self, cloud: Minicloud, host: str) -> None:
+        self.cloud, self.host = cloud, host
+        self.description = f"minicloud process of {host}"
+
+    def power_off(self) -> None:
+        if self.cloud.running(self.host):
+            self.cloud.kill(self.host)
+
+    def power_on(self) -> None:
+        self.cloud.start(self.host)
+
+    def power_status(self) -> PowerState:
+        return PowerState.ON if self.cloud.running(self.host) else PowerState.OFF

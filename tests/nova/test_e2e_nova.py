@@ -26,32 +26,14 @@ import pytest
 from vigil import config
 from vigil.agent.heartbeat import HeartbeatSender
 from vigil.drivers.compute import MASAKARI_KEY, POLICY_KEY, PRIORITY_KEY
-from vigil.drivers.fencing import FenceDevice, PowerState
+from vigil.drivers.fencing import FenceDevice
 from vigil.drivers.openstack import OpenStackCompute, build_openstack_compute
 from vigil.model import Host
 from vigil.server import VigilServer
 
-from .cloud import COMPUTES, HA_IMAGE, Minicloud, report, wait_until
+from .cloud import COMPUTES, HA_IMAGE, Minicloud, ProcessFence, report, wait_until
 
 pytestmark = pytest.mark.nova
-
-
-class ProcessFence(FenceDevice):
-    """The 'BMC' of a minicloud compute: its power is its nova-compute process."""
-
-    def __init__(self, cloud: Minicloud, host: str) -> None:
-        self.cloud, self.host = cloud, host
-        self.description = f"minicloud process of {host}"
-
-    def power_off(self) -> None:
-        if self.cloud.running(self.host):
-            self.cloud.kill(self.host)
-
-    def power_on(self) -> None:
-        self.cloud.start(self.host)
-
-    def power_status(self) -> PowerState:
-        return PowerState.ON if self.cloud.running(self.host) else PowerState.OFF
 
 
 @dataclass

@@ -23,8 +23,7 @@ from vigil.drivers.fencing import FenceDevice
 from vigil.drivers.openstack import build_openstack_compute
 from vigil.model import Host
 
-from .cloud import COMPUTES, Minicloud, report, wait_until
-from .test_e2e_nova import ProcessFence
+from .cloud import COMPUTES, Minicloud, ProcessFence, report, wait_until
 
 pytestmark = [pytest.mark.nova, pytest.mark.masakari]
 

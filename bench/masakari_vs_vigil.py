@@ -42,7 +42,6 @@ import fcntl
 import json
 import os
 import platform
-import secrets
 import statistics
 import subprocess
 import sys
@@ -58,13 +57,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.nova.cloud import COMPUTES, HOME, Minicloud, ProcessFence, wait_until  # noqa: E402
-from vigil import config  # noqa: E402
-from vigil.agent.heartbeat import HeartbeatSender  # noqa: E402
-from vigil.drivers.fencing import FenceDevice, PowerState  # noqa: E402
-from vigil.drivers.openstack import build_openstack_compute  # noqa: E402
-from vigil.model import Host  # noqa: E402
-from vigil.server import VigilServer  # noqa: E402
+from tests.nova.cloud import (  # noqa: E402
+    COMPUTES,
+    HOME,
+    Minicloud,
+    ProcessFence,
+    running_vigil,
+    wait_until,
+)
+from vigil.drivers.fencing import PowerState  # noqa: E402
 
 MINICLOUD = ROOT / "tools" / "minicloud" / "minicloud"
 MASAKARI = ROOT / "tools" / "masakari-server" / "masakari-server"
@@ -208,81 +209,27 @@ def watch(
 
 def run_vigil(cloud: Minicloud, ids: list[str]) -> dict[str, Any]:
     """vigil-server with default settings watches compute1..3; compute1 dies."""
-    import httpx
-
-    with tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp:
-        conf = config.load([], config_files=[])
-        config.apply_overrides(
-            conf,
-            [
-                f"database.connection=sqlite:///{tmp}/vigil.db",
-                "api.port=0",
-                "agent.listen_port=0",
-                f"api.auth_token={secrets.token_urlsafe(16)}",
-                f"agent.key={secrets.token_urlsafe(16)}",
-            ],
+    with (
+        tempfile.TemporaryDirectory(prefix="vigil-bench-") as tmp,
+        # Default settings: vigil's own max_parallel_evacuations, not the tests' 4.
+        running_vigil(cloud, Path(tmp), max_parallel_evacuations=None) as vigil,
+    ):
+        wall0 = dt.datetime.now(dt.UTC)
+        t0 = time.monotonic()
+        cloud.kill(FAILED_HOST)  # power cut: nova-compute and the agent die together
+        result = watch(cloud, ids, t0, wall0, TIMEOUT["vigil"])
+        recovery = vigil.finished_recovery(FAILED_HOST, 60)
+        fence = [s for s in recovery["steps"] if s["kind"] == "fence"]
+        result["fenced"] = bool(
+            fence
+            and fence[0]["status"] == "succeeded"
+            and ProcessFence(cloud, FAILED_HOST).power_status() is PowerState.OFF
         )
-        settings = config.settings_from_conf(conf)
-        driver = build_openstack_compute("minicloud")
-
-        def fences(host: Host) -> list[FenceDevice]:
-            return [ProcessFence(cloud, host.name)]
-
-        server = VigilServer(settings, compute=driver, fence_devices=fences)
-        server.start()
-        api = httpx.Client(
-            base_url=server.api_url,
-            headers={"Authorization": f"Bearer {settings.api_token}"},
-            timeout=30,
-        )
-        sender = HeartbeatSender(
-            COMPUTES,
-            server=server.heartbeat_address,
-            key=settings.agent_key.encode(),
-            interval=settings.detection.heartbeat_interval,
-            alive=cloud.running,  # the host's agent lives and dies with its nova-compute
-        )
-        try:
-            api.post(
-                "/v1/segments", json={"name": "minicloud", "default_policy": "off"}
-            ).raise_for_status()
-            for host in COMPUTES:
-                api.post(
-                    "/v1/hosts",
-                    json={"name": host, "segment": "minicloud", "fencing": [{"driver": "sim"}]},
-                ).raise_for_status()
-            sender.start()
-            wait_until(
-                lambda: all(h["state"] == "up" for h in api.get("/v1/hosts").json()),
-                "every host's first heartbeat",
-                15,
-            )
-            wall0 = dt.datetime.now(dt.UTC)
-            t0 = time.monotonic()
-            cloud.kill(FAILED_HOST)  # power cut: nova-compute and the agent die together
-            result = watch(cloud, ids, t0, wall0, TIMEOUT["vigil"])
-
-            def finished() -> dict[str, Any] | None:
-                recs = api.get("/v1/recoveries", params={"host": FAILED_HOST}).json()
-                done = recs and recs[0]["status"] in ("succeeded", "failed")
-                return recs[0] if done else None
-
-            recovery = wait_until(finished, "vigil's recovery to finish", 60)
-            fence = [s for s in recovery["steps"] if s["kind"] == "fence"]
-            result["fenced"] = bool(
-                fence
-                and fence[0]["status"] == "succeeded"
-                and ProcessFence(cloud, FAILED_HOST).power_status() is PowerState.OFF
-            )
-            result["recovery_status"] = recovery["status"]
-            result["vigil_steps_s"] = step_timeline(recovery, wall0.timestamp())
-            # The recovery's creation is when vigil declared the host failed.
-            result["failure_declared_s"] = round(recovery["created_at"] - wall0.timestamp(), 2)
-            return result
-        finally:
-            sender.stop()
-            api.close()
-            server.stop()
+        result["recovery_status"] = recovery["status"]
+        result["vigil_steps_s"] = step_timeline(recovery, wall0.timestamp())
+        # The recovery's creation is when vigil declared the host failed.
+        result["failure_declared_s"] = round(recovery["created_at"] - wall0.timestamp(), 2)
+        return result
 
 
 def step_timeline(recovery: dict[str, Any], start: float) -> dict[str, Any]:

@@ -9,9 +9,11 @@ vigil's driver does; process control goes through the tool's pid files.
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,12 @@ import openstack.connection
 import pytest
 from openstack.config import OpenStackConfig
 
+from vigil import config
+from vigil.agent.heartbeat import HeartbeatSender
 from vigil.drivers.fencing import FenceDevice, PowerState
+from vigil.drivers.openstack import OpenStackCompute, build_openstack_compute
+from vigil.model import Host
+from vigil.server import VigilServer
 
 REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "minicloud" / "minicloud"
@@ -260,3 +267,94 @@ class ProcessFence(FenceDevice):
 
     def power_status(self) -> PowerState:
         return PowerState.ON if self.cloud.running(self.host) else PowerState.OFF
+
+
+@dataclass
+class Vigil:
+    server: VigilServer
+    api: httpx.Client
+    driver: OpenStackCompute
+
+    def recovery(self, host: str) -> dict[str, Any] | None:
+        recs = self.api.get("/v1/recoveries", params={"host": host}).json()
+        return recs[0] if recs else None
+
+    def finished_recovery(self, host: str, timeout: float) -> dict[str, Any]:
+        def done() -> dict[str, Any] | None:
+            rec = self.recovery(host)
+            return rec if rec and rec["status"] in ("succeeded", "failed") else None
+
+        result: dict[str, Any] = wait_until(done, f"the recovery of {host}", timeout, step=0.1)
+        return result
+
+
+@contextmanager
+def running_vigil(
+    cloud: Minicloud,
+    tmp_path: Path,
+    overrides: list[str] | None = None,
+    *,
+    max_parallel_evacuations: int | None = 4,
+) -> Iterator[Vigil]:
+    """vigil-server in-process on the minicloud: the openstack compute driver, compute1..3
+    in one segment fenced through their processes (ProcessFence), and their heartbeats;
+    returns once every host is up. ``max_parallel_evacuations`` None: the default."""
+    conf = config.load([], config_files=[])
+    config.apply_overrides(
+        conf,
+        [
+            f"database.connection=sqlite:///{tmp_path / 'vigil.db'}",
+            "api.port=0",
+            "agent.listen_port=0",
+            f"api.auth_token={secrets.token_urlsafe(16)}",
+            f"agent.key={secrets.token_urlsafe(16)}",
+            *(overrides or []),
+        ],
+    )
+    settings = config.settings_from_conf(conf)
+    driver = build_openstack_compute("minicloud")  # checks the credentials, like start-up
+
+    def fences(host: Host) -> list[FenceDevice]:
+        return [ProcessFence(cloud, host.name)]
+
+    server = VigilServer(settings, compute=driver, fence_devices=fences)
+    server.start()
+    api = httpx.Client(
+        base_url=server.api_url,
+        headers={"Authorization": f"Bearer {settings.api_token}"},
+        timeout=30,
+    )
+    # A host's agent lives and dies with its nova-compute here.
+    sender = HeartbeatSender(
+        COMPUTES,
+        server=server.heartbeat_address,
+        key=settings.agent_key.encode(),
+        interval=settings.detection.heartbeat_interval,
+        alive=cloud.running,
+    )
+    try:
+        api.post(
+            "/v1/segments",
+            json={"name": "minicloud", "default_policy": "off"}
+            | (
+                {"max_parallel_evacuations": max_parallel_evacuations}
+                if max_parallel_evacuations
+                else {}
+            ),
+        ).raise_for_status()
+        for host in COMPUTES:
+            api.post(
+                "/v1/hosts",
+                json={"name": host, "segment": "minicloud", "fencing": [{"driver": "sim"}]},
+            ).raise_for_status()
+        sender.start()
+        wait_until(
+            lambda: all(h["state"] == "up" for h in api.get("/v1/hosts").json()),
+            "every host's first heartbeat",
+            15,
+        )
+        yield Vigil(server, api, driver)
+    finally:
+        sender.stop()
+        api.close()
+        server.stop()

@@ -12,111 +12,28 @@ recovery: the steps retry, the recovery completes, and no instance is evacuated 
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from vigil import config
-from vigil.agent.heartbeat import HeartbeatSender
 from vigil.drivers.compute import MASAKARI_KEY, POLICY_KEY, PRIORITY_KEY
-from vigil.drivers.fencing import FenceDevice
-from vigil.drivers.openstack import OpenStackCompute, build_openstack_compute
-from vigil.model import Host
-from vigil.server import VigilServer
 
-from .cloud import COMPUTES, HA_IMAGE, Minicloud, ProcessFence, report, wait_until
+from .cloud import (
+    HA_IMAGE,
+    Minicloud,
+    report,
+    running_vigil,
+    wait_until,
+)
 
 pytestmark = pytest.mark.nova
 
 
-@dataclass
-class Vigil:
-    server: VigilServer
-    api: httpx.Client
-    driver: OpenStackCompute
-
-    def recovery(self, host: str) -> dict[str, Any] | None:
-        recs = self.api.get("/v1/recoveries", params={"host": host}).json()
-        return recs[0] if recs else None
-
-    def finished_recovery(self, host: str, timeout: float) -> dict[str, Any]:
-        def done() -> dict[str, Any] | None:
-            rec = self.recovery(host)
-            return rec if rec and rec["status"] in ("succeeded", "failed") else None
-
-        result: dict[str, Any] = wait_until(done, f"the recovery of {host}", timeout, step=0.1)
-        return result
-
-
 def say(request: pytest.FixtureRequest, text: str) -> None:
     report(request.config, text)
-
-
-@contextmanager
-def running_vigil(
-    cloud: Minicloud, tmp_path: Path, overrides: list[str] | None = None
-) -> Iterator[Vigil]:
-    conf = config.load([], config_files=[])
-    config.apply_overrides(
-        conf,
-        [
-            f"database.connection=sqlite:///{tmp_path / 'vigil.db'}",
-            "api.port=0",
-            "agent.listen_port=0",
-            f"api.auth_token={secrets.token_urlsafe(16)}",
-            f"agent.key={secrets.token_urlsafe(16)}",
-            *(overrides or []),
-        ],
-    )
-    settings = config.settings_from_conf(conf)
-    driver = build_openstack_compute("minicloud")  # checks the credentials, like start-up
-
-    def fences(host: Host) -> list[FenceDevice]:
-        return [ProcessFence(cloud, host.name)]
-
-    server = VigilServer(settings, compute=driver, fence_devices=fences)
-    server.start()
-    api = httpx.Client(
-        base_url=server.api_url,
-        headers={"Authorization": f"Bearer {settings.api_token}"},
-        timeout=30,
-    )
-    # A host's agent lives and dies with its nova-compute here.
-    sender = HeartbeatSender(
-        COMPUTES,
-        server=server.heartbeat_address,
-        key=settings.agent_key.encode(),
-        interval=settings.detection.heartbeat_interval,
-        alive=cloud.running,
-    )
-    try:
-        api.post(
-            "/v1/segments",
-            json={"name": "minicloud", "default_policy": "off", "max_parallel_evacuations": 4},
-        ).raise_for_status()
-        for host in COMPUTES:
-            api.post(
-                "/v1/hosts",
-                json={"name": host, "segment": "minicloud", "fencing": [{"driver": "sim"}]},
-            ).raise_for_status()
-        sender.start()
-        wait_until(
-            lambda: all(h["state"] == "up" for h in api.get("/v1/hosts").json()),
-            "every host's first heartbeat",
-            10,
-        )
-        yield Vigil(server, api, driver)
-    finally:
-        sender.stop()
-        api.close()
-        server.stop()
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ measured.
 
     .venv/bin/python bench/masakari_vs_vigil.py [--sizes 5 20 50] [--runs 3] \\
         [--systems vigil masakari-fast masakari-default] \\
-        [--out bench/results/masakari_vs_vigil.json]
+        [--out bench/results/masakari_vs_vigil.json] [--append [--replace]]
 
 Needs: tools/minicloud/minicloud install, tools/masakari-server/masakari-server install
 (both started here if needed), MariaDB and RabbitMQ. Takes the minicloud's test lock run by
@@ -446,7 +446,8 @@ def write_report(
         f"N instances with {HA_METADATA} on it",
         "settings": {
             "vigil": "defaults: heartbeat 0.25 s, suspect 1.0 s, failed 1.75 s, "
-            "8 parallel evacuations; fence = the compute's process",
+            "8 parallel evacuations, Nova polled 0.1 s after each call then 1.5x longer "
+            "up to 1 s; fence = the compute's process",
             "masakari-default": "Masakari 22.0.0 defaults: wait_period_after_service_update "
             "180, host_failure_recovery_threads 3, verify_interval 1, "
             "notification_delay_max 5 (a random 0-5 s pause in the API)",
@@ -538,6 +539,12 @@ def main() -> int:
         "--append", action="store_true", help="keep the runs already in --out and add to them"
     )
     parser.add_argument(
+        "--replace",
+        action="store_true",
+        help="with --append: drop the runs in --out of the systems and sizes measured now "
+        "(re-measure them after a change)",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="summarise the runs already in --out again, redraw the plot, and stop",
@@ -559,6 +566,9 @@ def main() -> int:
     if args.append and Path(args.out).exists():
         previous = json.loads(Path(args.out).read_text())
         runs = previous["runs"]
+        if args.replace:
+            again = {(system, n) for system in args.systems for n in args.sizes}
+            runs = [r for r in runs if (r["system"], r["n"]) not in again]
         invocations = [*(previous.get("invocations") or [previous["command"]]), *invocations]
     for n in args.sizes:
         for k in range(args.runs):

@@ -70,7 +70,29 @@ _agent = [
     ),
     cfg.URIOpt(
         "server_url",
-        help="(agent) vigil-server's API, where guest failure reports go (e.g. http://vigil:8787).",
+        help="(agent) vigil-server's API, where guest failure reports and the state of the "
+        "watched services go (e.g. http://vigil:8787). Unset: neither is sent.",
+    ),
+    cfg.MultiStrOpt(
+        "watch_service",
+        default=["nova-compute=nova-compute", "libvirtd=(^|/)(libvirtd|virtqemud)( |$)"],
+        help="(agent) A service of this host to watch, as NAME=REGEX: it runs while a "
+        "process's command line matches REGEX (like pgrep -f). Repeat the option for each. "
+        "While one is down, vigil-server disables the host's compute service for scheduling "
+        "and does not fence the host; it enables it again when all run.",
+    ),
+    cfg.FloatOpt(
+        "service_check_interval",
+        default=1.0,
+        min=0.1,
+        help="(agent) Seconds between two looks at the watched services.",
+    ),
+    cfg.IntOpt(
+        "service_down_after",
+        default=2,
+        min=1,
+        help="(agent) Checks in a row that must find no process before a service is down "
+        "(a restart by systemd in between is not a failure).",
     ),
     cfg.BoolOpt(
         "self_fencing",
@@ -179,7 +201,19 @@ _recovery = [
         min=1.0,
         help="Seconds to wait for an evacuated instance to be ACTIVE on its new host.",
     ),
-    cfg.FloatOpt("poll_interval", default=0.1, min=0.01, help="Seconds between status polls."),
+    cfg.FloatOpt(
+        "poll_interval",
+        default=0.1,
+        min=0.01,
+        help="Seconds before the first status poll of a step (BMC power, Nova server); each "
+        "next one waits 1.5 times longer, up to poll_interval_max.",
+    ),
+    cfg.FloatOpt(
+        "poll_interval_max",
+        default=1.0,
+        min=0.01,
+        help="Longest wait between two status polls of a step.",
+    ),
     cfg.IntOpt("workers", default=32, min=1, help="Threads that run recovery steps."),
 ]
 
@@ -316,6 +350,7 @@ class RecoverySettings:
     fence_confirm_timeout: float = 15.0
     evacuate_confirm_timeout: float = 300.0
     poll_interval: float = 0.1
+    poll_interval_max: float = 1.0
     workers: int = 32
 
     def backoff(self, attempts: int) -> float:
@@ -391,6 +426,7 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
             fence_confirm_timeout=r.fence_confirm_timeout,
             evacuate_confirm_timeout=r.evacuate_confirm_timeout,
             poll_interval=r.poll_interval,
+            poll_interval_max=r.poll_interval_max,
             workers=r.workers,
         ),
         self_fencing=SelfFencingSettings(

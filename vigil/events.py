@@ -129,6 +129,30 @@ GUEST_FAILURE = Payload(
         },
     ),
 )
+HOST_SERVICES = Payload(
+    "HostServicesPayload",
+    "1.0",
+    _obj(
+        {"host": _STR, "services_down": {"type": "array", "items": _STR}},
+        {
+            "services": {
+                "type": "object",
+                "additionalProperties": {
+                    "type": "object",
+                    "required": ["up", "since"],
+                    "properties": {
+                        "up": {"type": "boolean"},
+                        "since": {"type": "number"},
+                        "detail": _STR,
+                    },
+                },
+            },
+            "changed": {"type": "array", "items": _STR},
+            "action": {"enum": ["disabled", "enabled", "left-disabled", "released"]},
+            "reason": _STR,
+        },
+    ),
+)
 TEST = Payload("TestPayload", "1.0", _obj({"subscription": _STR}, {"message": _STR}))
 
 STEP_EVENT_NAMES = {
@@ -231,6 +255,35 @@ def _catalogue() -> dict[str, EventType]:
             GUEST_FAILURE,
             "ERROR",
             "A restart attempt failed; the next one follows after a backoff, within budget.",
+        ),
+        EventType(
+            "vigil.host.service.down",
+            HOST_SERVICES,
+            "WARNING",
+            "A watched service of the host (nova-compute, libvirtd) stopped running. Its"
+            " instances are left running and the host is not fenced.",
+        ),
+        EventType(
+            "vigil.host.service.up",
+            HOST_SERVICES,
+            "INFO",
+            "A watched service of the host that was down runs again.",
+        ),
+        EventType(
+            "vigil.host.compute.disabled",
+            HOST_SERVICES,
+            "WARNING",
+            "While a service of the host is down, its compute service is disabled for"
+            " scheduling (action 'disabled'); one already disabled by someone else is left"
+            " as it is (action 'left-disabled').",
+        ),
+        EventType(
+            "vigil.host.compute.enabled",
+            HOST_SERVICES,
+            "INFO",
+            "Every service of the host runs again: the compute service vigil disabled is"
+            " enabled (action 'enabled'), or, disabled by someone else meanwhile, left to"
+            " them (action 'released').",
         ),
         EventType("vigil.subscription.test", TEST, "INFO", "A test event fired by an operator."),
     ]
@@ -351,6 +404,45 @@ def _guest_samples(iid: str) -> dict[str, dict[str, Any]]:
     }
 
 
+def _service_samples(host: str) -> dict[str, dict[str, Any]]:
+    down = {
+        "nova-compute": {
+            "up": False,
+            "since": 1_799_999_998.0,
+            "detail": "no process matches 'nova-compute'",
+        },
+        "libvirtd": {"up": True, "since": 1_799_990_000.0, "detail": "pid 812"},
+    }
+    up = {**down, "nova-compute": {"up": True, "since": 1_800_000_000.0, "detail": "pid 4242"}}
+    reason = "vigil: host services down: nova-compute"
+    return {
+        "vigil.host.service.down": {
+            "host": host,
+            "services_down": ["nova-compute"],
+            "services": down,
+            "changed": ["nova-compute"],
+        },
+        "vigil.host.service.up": {
+            "host": host,
+            "services_down": [],
+            "services": up,
+            "changed": ["nova-compute"],
+        },
+        "vigil.host.compute.disabled": {
+            "host": host,
+            "services_down": ["nova-compute"],
+            "action": "disabled",
+            "reason": reason,
+        },
+        "vigil.host.compute.enabled": {
+            "host": host,
+            "services_down": [],
+            "action": "enabled",
+            "reason": f"services up again; was disabled with {reason!r}",
+        },
+    }
+
+
 def samples() -> dict[str, dict[str, Any]]:
     """One documented example per event type, as published (``doc/notification_samples``).
 
@@ -415,6 +507,7 @@ def samples() -> dict[str, dict[str, Any]]:
             "reason": "requested through the API",
         },
         **_guest_samples(iid),
+        **_service_samples(host),
         "vigil.subscription.test": {
             "subscription": "noc",
             "message": "test event fired by an operator",

@@ -305,6 +305,47 @@ class DeadLetter:
     at: float
 
 
+# --- host services (nova-compute, libvirtd) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceState:
+    """One watched service of a host as its agent last saw it (``vigil.agent.services``)."""
+
+    up: bool
+    since: float  # when the agent saw it change to this state (epoch seconds)
+    detail: str = ""  # e.g. "no process matches 'nova-compute'", "pid 4242"
+
+
+class ComputeHold(enum.StrEnum):
+    """What vigil did to a host's compute service because a service of the host was down."""
+
+    NONE = ""  # nothing: all up, or not yet acted on
+    DISABLED = "disabled"  # vigil disabled it (its reason starts with SERVICE_HOLD_PREFIX)
+    LEFT = "left"  # it was already disabled by someone else: left as it was, not to enable
+
+
+# The disabled_reason vigil gives a compute service it disables because a service of its
+# host is down; it enables again only a service whose reason still starts with this.
+SERVICE_HOLD_PREFIX = "vigil: host services down:"
+
+
+@dataclass(frozen=True)
+class HostServices:
+    """The latest service report of a host's agent and what vigil did about it."""
+
+    host: str
+    services: Mapping[str, ServiceState]
+    reported_at: float  # when the agent took the snapshot (newer snapshots replace it)
+    hold: ComputeHold = ComputeHold.NONE
+    hold_reason: str = ""  # the disabled_reason set, or the one found (LEFT)
+    changed_at: float = 0.0
+
+    @property
+    def down(self) -> tuple[str, ...]:
+        return tuple(sorted(name for name, s in self.services.items() if not s.up))
+
+
 # --- guest OS failures (libvirt instance monitor) -------------------------------------
 
 

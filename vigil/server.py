@@ -33,6 +33,7 @@ from vigil.engine.guest_engine import GuestEngine
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
 from vigil.engine.lease import LeaseKeeper, SelfFenceDevice
 from vigil.engine.outbox import OutboxDispatcher, Sink, webhook_sink
+from vigil.engine.service_keeper import ServiceKeeper
 from vigil.model import Host
 from vigil.sim.api import CloudApi
 from vigil.sim.rpc import RemoteCloud
@@ -102,8 +103,18 @@ class VigilServer:
             leases=self.leases,
         )
         # Guest-OS failures reported by the agents' libvirt monitors.
+        # ...and the agents' service watch (nova-compute, libvirtd down: disable, not fence).
         self.guest = GuestEngine(
-            store=self.store, compute=self.compute, clock=self.clock, on_events=self.outbox.wake
+            store=self.store,
+            compute=self.compute,
+            clock=self.clock,
+            on_events=self.outbox.wake,
+            services=ServiceKeeper(
+                store=self.store,
+                compute=self.compute,
+                clock=self.clock,
+                on_events=self.outbox.wake,
+            ),
         )
         self.receiver = HeartbeatReceiver(
             self.heartbeats,

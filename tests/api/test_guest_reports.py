@@ -11,12 +11,13 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from vigil.agent.reports import SIGNATURE_HEADER, encode_reports, sign
+from vigil.agent.reports import SIGNATURE_HEADER, encode_reports, encode_services, sign
 from vigil.api.guest import add_guest_routes
 from vigil.clock import FakeClock
 from vigil.drivers.sim import SimCompute
 from vigil.engine.guest_engine import GuestEngine
-from vigil.model import GuestFailureKind, GuestReport, Host, Segment
+from vigil.engine.service_keeper import ServiceKeeper
+from vigil.model import GuestFailureKind, GuestReport, Host, Segment, ServiceState
 from vigil.sim.cloud import SimCloud
 from vigil.store.sql import SqlStore, upgrade
 
@@ -31,7 +32,9 @@ def client(tmp_path: Path) -> Iterator[tuple[TestClient, SqlStore]]:
     store.create_segment(Segment("a"))
     store.create_host(Host("c1", "a"))
     clock = FakeClock()
-    guest = GuestEngine(store=store, compute=SimCompute(SimCloud(clock)), clock=clock)
+    compute = SimCompute(SimCloud(clock))
+    keeper = ServiceKeeper(store=store, compute=compute, clock=clock)
+    guest = GuestEngine(store=store, compute=compute, clock=clock, services=keeper)
     app = FastAPI()
     add_guest_routes(app, guest=guest, agent_key=KEY.decode(), known_host=lambda h: h == "c1")
     with TestClient(app) as c:
@@ -40,9 +43,11 @@ def client(tmp_path: Path) -> Iterator[tuple[TestClient, SqlStore]]:
     store.close()
 
 
-def post(c: TestClient, host: str, body: bytes, key: bytes | None = KEY) -> int:
+def post(
+    c: TestClient, host: str, body: bytes, key: bytes | None = KEY, route: str = "reports"
+) -> int:
     headers = {SIGNATURE_HEADER: sign(body, key)} if key is not None else {}
-    return c.post(f"/v1/agents/{host}/reports", content=body, headers=headers).status_code
+    return c.post(f"/v1/agents/{host}/{route}", content=body, headers=headers).status_code
 
 
 def report(host: str = "c1") -> GuestReport:
@@ -71,3 +76,40 @@ def test_refusals(client: tuple[TestClient, SqlStore], caplog: pytest.LogCapture
     assert store.list_guest_failures() == []
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 5 and all("host c" in m for m in refusals)
+
+
+def services(nova_up: bool, at: float) -> dict[str, ServiceState]:
+    return {
+        "nova-compute": ServiceState(nova_up, at, "pid 5" if nova_up else "no process"),
+        "libvirtd": ServiceState(True, 0.5, "pid 6"),
+    }
+
+
+def test_service_snapshots_are_persisted_and_an_older_one_ignored(
+    client: tuple[TestClient, SqlStore],
+) -> None:
+    c, store = client
+    down = encode_services("c1", 10.0, services(False, 9.0))
+    answer = c.post(
+        "/v1/agents/c1/services", content=down, headers={SIGNATURE_HEADER: sign(down, KEY)}
+    )
+    assert answer.status_code == 200
+    assert answer.json() == {"accepted": True, "services_down": ["nova-compute"]}
+    stale = encode_services("c1", 8.0, services(True, 8.0))
+    assert post(c, "c1", stale, route="services") == 200
+    stored = store.get_host_services("c1")
+    assert stored is not None and stored.down == ("nova-compute",) and stored.reported_at == 10
+    assert [e.event_type for e in store.list_events()] == ["vigil.host.service.down"]
+
+
+def test_service_snapshot_refusals(client: tuple[TestClient, SqlStore]) -> None:
+    c, store = client
+    body = encode_services("c1", 10.0, services(False, 9.0))
+    assert post(c, "c1", body, key=None, route="services") == 401
+    assert post(c, "c1", body, key=b"wrong", route="services") == 401
+    assert post(c, "c2", body, route="services") == 401  # signed for c1, posted as c2
+    assert post(c, "c9", encode_services("c9", 1.0, {}), route="services") == 404
+    not_bool = body.replace(b'"up":false', b'"up":"no"')
+    assert post(c, "c1", not_bool, route="services") == 400
+    assert post(c, "c1", b'{"host":"c1"}', route="services") == 400
+    assert store.get_host_services("c1") is None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
+from vigil.agent.reports import SIGNATURE_HEADER, encode_reports, encode_services, sign
 from vigil.cli import output
 from vigil.cli.main import fence_method, main
 from vigil.clock import SystemClock
 from vigil.config import Settings
-from vigil.model import HaPolicy
+from vigil.model import GuestFailureKind, GuestReport, HaPolicy, ServiceState
 from vigil.server import VigilServer
 from vigil.sim.agents import SimAgents
 from vigil.sim.cloud import SimCloud, SimLatency
@@ -687,3 +689,47 @@ def test_subscriptions_events_and_consumer_actions(
     events = cli.ok("--json", "event", "list").json()
     assert [e["event_type"] for e in events] == ["vigil.consumer.action"]
     assert "vigil.consumer.action" in cli.ok("event", "list").out
+
+
+def test_guest_failures_and_host_services_seen_and_handled(world: World, cli: Cli) -> None:
+    cli.ok("segment", "create", "rack-a")
+    cli.ok("host", "create", "compute-1", "--segment", "rack-a")
+    assert cli("host", "services", "compute-1").code == 1  # no agent report yet
+    key = b"k"  # the world's agent key
+    now = time.time()
+    report = GuestReport(
+        str(uuid.uuid4()), "compute-1", "inst-1", GuestFailureKind.WATCHDOG, now, {"action": "none"}
+    )
+    snapshot = {
+        "nova-compute": ServiceState(False, now - 1, "no process matches 'nova-compute'"),
+        "libvirtd": ServiceState(True, now - 100, "pid 812"),
+    }
+    with httpx.Client(base_url=world.server.api_url) as http:
+        for route, body in (
+            ("reports", encode_reports("compute-1", [report])),
+            ("services", encode_services("compute-1", now, snapshot)),
+        ):
+            answer = http.post(
+                f"/v1/agents/compute-1/{route}",
+                content=body,
+                headers={SIGNATURE_HEADER: sign(body, key)},
+            )
+            assert answer.status_code == 200, answer.text
+
+    [row] = cli.ok("guest-failure", "list").rows()
+    assert row[1:5] == ["inst-1", "compute-1", "watchdog", "open"]
+    failure_id = row[0]
+    shown = cli.ok("guest-failure", "show", failure_id).fields()
+    assert shown["reason"] == "guest watchdog fired: none"
+    done = cli.ok("guest-failure", "handled", failure_id, "--reason", "owner fixed the app")
+    assert done.fields()["status"] == "resolved"
+    assert cli.ok("guest-failure", "list", "--status", "open").out.count("\n") <= 2
+    assert cli("guest-failure", "show", "999").code == 1
+
+    services = cli.ok("host", "services", "compute-1").out
+    rows = table_rows(services.split("\n\n")[0])
+    assert [r[:2] for r in rows] == [["libvirtd", "yes"], ["nova-compute", "no"]]
+    assert "compute service: not held by vigil" in services
+    assert cli.ok("--json", "host", "services", "compute-1").json()["services_down"] == [
+        "nova-compute"
+    ]

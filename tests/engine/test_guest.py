@@ -4,6 +4,7 @@ notify, idempotent reports, resume after a crash."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import uuid
 from collections.abc import Iterator
@@ -357,3 +358,23 @@ def test_watchdog_key_precedence() -> None:
     assert guest_policy_from_metadata(HaPolicy.NOTIFY).watchdog_notify
     with pytest.raises(ValueError, match="quiet_after"):
         GuestSettings(quiet_after=10, backoff_max=60).validate()
+
+
+def test_the_watchdog_key_read_through_nova_turns_a_firing_into_a_notification(
+    world: World,
+) -> None:
+    """``vigil:watchdog_action=notify`` from the instance's flavor/image/metadata, as the
+    compute driver resolves it (``Server.watchdog_action``); without it, a firing of a
+    keep-running instance is only recorded."""
+    told, silent = world.nova.add(HaPolicy.KEEP_RUNNING), world.nova.add(HaPolicy.KEEP_RUNNING)
+    world.nova.servers[told] = dataclasses.replace(
+        world.nova.servers[told], watchdog_action="notify"
+    )
+    for sid in (told, silent):
+        world.report(sid, GuestFailureKind.WATCHDOG, action="none")
+    world.cycle()
+    assert "vigil.instance.guest.notify" in world.events(told)
+    assert world.failure(told).status == GuestFailureStatus.NOTIFIED
+    assert world.events(silent) == ["vigil.instance.guest.failure"]
+    assert world.failure(silent).status == GuestFailureStatus.OPEN
+    assert world.nova.calls == []  # the guests are left as they are

@@ -19,6 +19,7 @@ A missing piece skips on a developer's machine and fails with ``CI=true``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -45,6 +46,7 @@ from vigil.drivers.compute import ComputeDriver, ComputeService, Server
 from vigil.drivers.errors import NotFound
 from vigil.engine.guest import GuestPolicy, GuestSettings
 from vigil.engine.guest_engine import GuestEngine
+from vigil.engine.service_keeper import ServiceKeeper
 from vigil.model import HaPolicy, Host, InstanceFailure, Segment
 from vigil.store.sql import SqlStore, upgrade
 
@@ -65,6 +67,8 @@ class LibvirtCompute(ComputeDriver):
         self._uri = uri
         self._conn = libvirt.open(uri)
         self.calls: list[tuple[str, str, float]] = []
+        # The host's compute service, as Nova's os-services would keep it.
+        self.service = ComputeService(HOST, up=True, forced_down=False, disabled=False)
 
     def _dom(self, sid: str) -> Any:
         import libvirt
@@ -104,13 +108,24 @@ class LibvirtCompute(ComputeDriver):
         return []
 
     def get_service(self, host: str) -> ComputeService:
-        raise NotFound(host)
+        if host != HOST:
+            raise NotFound(host)
+        return self.service
 
-    def set_forced_down(self, host: str, forced_down: bool) -> None: ...
+    def set_forced_down(self, host: str, forced_down: bool) -> None:
+        self.service = dataclasses.replace(self.get_service(host), forced_down=forced_down)
 
-    def disable(self, host: str, reason: str) -> None: ...
+    def disable(self, host: str, reason: str) -> None:
+        self.calls.append(("disable", host, time.monotonic()))
+        self.service = dataclasses.replace(
+            self.get_service(host), disabled=True, disabled_reason=reason
+        )
 
-    def enable(self, host: str) -> None: ...
+    def enable(self, host: str) -> None:
+        self.calls.append(("enable", host, time.monotonic()))
+        self.service = dataclasses.replace(
+            self.get_service(host), disabled=False, disabled_reason=""
+        )
 
     def list_servers(self, host: str) -> list[Server]:
         return []
@@ -247,6 +262,7 @@ class Stack:
     sender: ReportSender
     files: GuestFiles
     uri: str
+    port: int = 0  # of the agents' API
     policies: dict[str, GuestPolicy] = field(default_factory=dict)
     seen: list[tuple[float, str, str, Observation]] = field(default_factory=list)
     domains: list[Any] = field(default_factory=list)
@@ -287,10 +303,12 @@ def make_stack(tmp_path: Path, files: GuestFiles, uri: str) -> Iterator[Stack]:
     store.create_host(Host(HOST, "lv"))
     compute = LibvirtCompute(uri)
     policies: dict[str, GuestPolicy] = {}
+    clock = SystemClock()
     engine = GuestEngine(
         store=store,
         compute=compute,
-        clock=SystemClock(),
+        clock=clock,
+        services=ServiceKeeper(store=store, compute=compute, clock=clock),
         settings=GuestSettings(restart_budget=2, backoff_base=1.0, backoff_max=10.0),
         policies=lambda f: policies.get(f.instance_id, GuestPolicy(HaPolicy.OFF)),
         tick=0.2,
@@ -313,7 +331,7 @@ def make_stack(tmp_path: Path, files: GuestFiles, uri: str) -> Iterator[Stack]:
         on_event=lambda u, e, o: seen.append((time.monotonic(), u, e, o)),
         backoff_max=1.0,
     )
-    stack = Stack(store, compute, engine, monitor, sender, files, uri, policies, seen)
+    stack = Stack(store, compute, engine, monitor, sender, files, uri, port, policies, seen)
     engine.start()
     sender.start()
     monitor.start()

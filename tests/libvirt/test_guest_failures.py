@@ -6,18 +6,20 @@ The guests of a test boot in parallel (~11 s each to init) to keep the tier shor
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
 import pytest
-from lvstack import PrivateLibvirtd, Stack, until
+from lvstack import HOST, KEY, PrivateLibvirtd, Stack, until
 from lvstack import guest_files as guest_files
 from lvstack import lv_stack as lv_stack
 from lvstack import private_stack as private_stack
 from lvstack import shared_libvirt as shared_libvirt
 
+from vigil.agent.services import ServiceWatch
 from vigil.engine.guest import GuestPolicy
-from vigil.model import GuestFailureKind, GuestFailureStatus, HaPolicy
+from vigil.model import GuestFailureKind, GuestFailureStatus, HaPolicy, HostState
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
@@ -99,3 +101,53 @@ def test_libvirtd_restart_misses_no_state_change(
     until(lambda: "vigil.instance.guest.restart.end" in stack.events(dies_id), 60, "restart")
     assert stack.compute.get_server(dies_id).status == "ACTIVE"
     assert stack.failures(lives_id) == []  # it kept running: nothing to report
+
+
+def test_libvirtd_down_disables_the_host_for_scheduling_until_it_is_back(
+    private_stack: tuple[Stack, PrivateLibvirtd],
+) -> None:
+    """libvirtd killed: its guest runs on, the agent's service watch reports it down, the
+    server disables the host's compute service (no fencing); restarted: enabled again."""
+    stack, daemon = private_stack
+    # The host's heartbeats arrive (this stack has no host engine): it is UP.
+    stack.store.set_host_state(HOST, HostState.UP, reason="heartbeats", at=time.time())
+    dom = stack.define("idle")
+    dom.create()
+    watch = ServiceWatch(
+        host=HOST,
+        server_url=f"http://127.0.0.1:{stack.port}",
+        key=KEY.encode(),
+        # This test's own libvirtd, told apart from the machine's by its pid file.
+        services={"libvirtd": rf"^libvirtd .*{re.escape(str(daemon.pid_file))}"},
+        interval=0.2,
+    )
+    watch.start()
+    try:
+        until(lambda: stack.store.get_host_services(HOST), 15, "the first snapshot")
+        assert not stack.compute.service.disabled
+        qemu = daemon.qemu_pid(dom.name())
+
+        daemon.kill()
+        until(lambda: stack.compute.service.disabled, 15, "the host to be disabled")
+        assert stack.compute.service.disabled_reason == "vigil: host services down: libvirtd"
+        assert not stack.compute.service.forced_down
+        os.kill(qemu, 0)  # the guest still runs without its libvirtd
+
+        daemon.restart()
+        until(lambda: not stack.compute.service.disabled, 15, "the host to be enabled")
+
+        def host_events() -> list[str]:
+            events = stack.store.list_events(limit=1000)
+            return [e.event_type for e in events if e.instance_id is None]
+
+        # The hold and its event are written right after the compute service's answer.
+        until(lambda: "vigil.host.compute.enabled" in host_events(), 5, "the last event")
+        assert host_events() == [
+            "vigil.host.service.down",
+            "vigil.host.compute.disabled",
+            "vigil.host.service.up",
+            "vigil.host.compute.enabled",
+        ]
+        assert stack.failures(dom.UUIDString()) == []  # its guest never failed
+    finally:
+        watch.stop()

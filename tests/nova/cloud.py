@@ -295,10 +295,13 @@ def running_vigil(
     overrides: list[str] | None = None,
     *,
     max_parallel_evacuations: int | None = 4,
+    alive: Callable[[str], bool] | None = None,
 ) -> Iterator[Vigil]:
     """vigil-server in-process on the minicloud: the openstack compute driver, compute1..3
     in one segment fenced through their processes (ProcessFence), and their heartbeats;
-    returns once every host is up. ``max_parallel_evacuations`` None: the default."""
+    returns once every host is up. ``max_parallel_evacuations`` None: the default.
+    ``alive(host)``: whether the host's agent sends heartbeats; by default while its
+    nova-compute runs (killing it is the host's power cut)."""
     conf = config.load([], config_files=[])
     config.apply_overrides(
         conf,
@@ -330,7 +333,7 @@ def running_vigil(
         server=server.heartbeat_address,
         key=settings.agent_key.encode(),
         interval=settings.detection.heartbeat_interval,
-        alive=cloud.running,
+        alive=alive or cloud.running,
     )
     try:
         api.post(

@@ -111,6 +111,36 @@ def test_image_properties_give_the_policy_on_a_real_nova(minicloud: Minicloud) -
         minicloud.delete_all_servers()
 
 
+def test_the_watchdog_key_from_a_flavor_then_metadata_on_a_real_nova(
+    minicloud: Minicloud,
+) -> None:
+    """Nova takes ``vigil:watchdog_action`` as an extra spec beside its own
+    ``hw:watchdog_action`` (which refuses "notify"); the driver reads it back embedded in
+    the server, and the owner's metadata overrides it."""
+    flavor = minicloud.nova(
+        "POST",
+        "/flavors",
+        {"flavor": {"name": "ct-watchdog-notify", "ram": 512, "vcpus": 1, "disk": 1}},
+    )["flavor"]["id"]
+    try:
+        minicloud.nova(
+            "POST",
+            f"/flavors/{flavor}/os-extra_specs",
+            {"extra_specs": {"hw:watchdog_action": "none", "vigil:watchdog_action": "notify"}},
+        )
+        compute = OpenStackCompute(minicloud.conn)
+        sid = minicloud.boot("ct-wd", "compute3", flavor=flavor)
+        assert compute.get_server(sid).watchdog_action == "notify"
+        sid = minicloud.boot(
+            "ct-wd-md", "compute3", {"vigil:watchdog_action": "none"}, flavor=flavor
+        )
+        assert compute.get_server(sid).watchdog_action == "none"
+        assert compute.get_server(minicloud.boot("ct-wd-plain", "compute3")).watchdog_action is None
+    finally:
+        minicloud.delete_all_servers()
+        minicloud.nova("DELETE", f"/flavors/{flavor}")
+
+
 def test_a_refused_evacuation_surfaces_as_error_on_the_source_with_nova_s_fault(
     minicloud: Minicloud,
 ) -> None:

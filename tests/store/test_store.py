@@ -21,6 +21,7 @@ from alembic.script import ScriptDirectory
 
 from vigil.events import make_event
 from vigil.model import (
+    ComputeHold,
     Control,
     Event,
     FailureKind,
@@ -28,6 +29,7 @@ from vigil.model import (
     FenceMethod,
     HaPolicy,
     Host,
+    HostServices,
     HostState,
     InstancePolicy,
     InvalidTransition,
@@ -35,6 +37,7 @@ from vigil.model import (
     Recovery,
     RecoveryStatus,
     Segment,
+    ServiceState,
     SinkState,
     StepKind,
     StepStatus,
@@ -928,3 +931,53 @@ def test_a_failure_is_handled_only_once_its_recovery_ended(store: SqlStore) -> N
     done = store.resolve_failure(recovery.failure_id, at=T0 + 3, reason="by hand")
     assert done.status is FailureStatus.RESOLVED
     assert store.get_host("node1").state is HostState.RECOVERED
+
+
+# --- host services ------------------------------------------------------------------------
+
+
+def test_a_service_snapshot_is_replaced_only_by_a_newer_one(store: SqlStore) -> None:
+    add_host(store)
+    down = {
+        "nova-compute": ServiceState(False, T0, "no process"),
+        "libvirtd": ServiceState(True, T0 - 60, "pid 7"),
+    }
+    seen: list[tuple[HostServices | None, HostServices]] = []
+
+    def events(old: HostServices | None, new: HostServices) -> list[Any]:
+        seen.append((old, new))
+        return [_event(n=len(seen))]
+
+    first, newer = store.record_host_services(
+        "node1", down, reported_at=T0, at=T0 + 0.1, events=events
+    )
+    assert newer and first.down == ("nova-compute",) and first.hold is ComputeHold.NONE
+    assert first.services["nova-compute"] == ServiceState(False, T0, "no process")
+    up = {**down, "nova-compute": ServiceState(True, T0 + 5, "pid 9")}
+    stale, newer = store.record_host_services(
+        "node1", up, reported_at=T0 - 1, at=T0 + 6, events=events
+    )
+    assert not newer and stale == first  # a retry overtaken by a later report
+    held = store.set_compute_hold(
+        "node1", ComputeHold.DISABLED, "vigil: host services down: nova-compute", at=T0 + 7
+    )
+    assert held.hold is ComputeHold.DISABLED
+    latest, newer = store.record_host_services(
+        "node1", up, reported_at=T0 + 5, at=T0 + 8, events=events
+    )
+    assert newer and latest.down == () and latest.hold is ComputeHold.DISABLED  # hold kept
+    assert [old for old, _ in seen] == [None, held]
+    assert len(store.list_events(limit=10)) == 2  # written with the snapshots, not the stale one
+    assert store.list_host_services() == [latest]
+    assert store.get_host_services("node1") == latest and store.get_host_services("x") is None
+
+
+def test_host_services_need_a_known_host_and_go_with_it(store: SqlStore) -> None:
+    with pytest.raises(NotFoundError):
+        store.record_host_services("ghost", {}, reported_at=T0, at=T0)
+    add_host(store)
+    store.record_host_services("node1", {}, reported_at=T0, at=T0)
+    with pytest.raises(NotFoundError):
+        store.set_compute_hold("node2", ComputeHold.LEFT, "", at=T0)
+    store.delete_host("node1")
+    assert store.list_host_services() == []

@@ -17,7 +17,7 @@ import pytest
 from keystoneauth1 import exceptions as ksa_exc
 
 from vigil.drivers import openstack as driver_module
-from vigil.drivers.compute import MASAKARI_KEY, POLICY_KEY, PRIORITY_KEY
+from vigil.drivers.compute import MASAKARI_KEY, POLICY_KEY, PRIORITY_KEY, WATCHDOG_ACTION_KEY
 from vigil.drivers.errors import Conflict, NotFound, PermanentError, TemporaryError
 from vigil.drivers.openstack import OpenStackCompute, discover_hosts, resolve_policy
 from vigil.model import HaPolicy
@@ -217,10 +217,28 @@ def test_server_reads_fault_group_and_falls_back_to_image_then_flavor(
     assert compute.get_server("b").policy == HaPolicy.KEEP_RUNNING, "a deleted image says nothing"
     nova.servers["c"] = server_body("c", image="", metadata={MASAKARI_KEY: "False"})
     assert compute.get_server("c").policy == HaPolicy.OFF  # volume-backed: no image to read
-    nova.servers["d"] = server_body("d", metadata={POLICY_KEY: "off", PRIORITY_KEY: "1"})
+    nova.servers["d"] = server_body(
+        "d", metadata={POLICY_KEY: "off", PRIORITY_KEY: "1", WATCHDOG_ACTION_KEY: "none"}
+    )
     before = len(nova.image.calls)
     compute.get_server("d")
     assert len(nova.image.calls) == before, "metadata that says everything needs no image"
+
+
+def test_watchdog_action_from_metadata_then_image_then_flavor(
+    nova: FakeNova, compute: OpenStackCompute
+) -> None:
+    nova.images["img-1"] = {"id": "img-1", WATCHDOG_ACTION_KEY: "Notify"}
+    flavor = {"extra_specs": {WATCHDOG_ACTION_KEY: "none"}}
+    nova.servers["a"] = server_body("a", flavor=flavor)
+    assert compute.get_server("a").watchdog_action == "notify"  # the image's author
+    nova.servers["b"] = server_body("b", flavor=flavor, metadata={WATCHDOG_ACTION_KEY: "none"})
+    assert compute.get_server("b").watchdog_action == "none"  # the owner's own choice
+    nova.images["plain"] = {"id": "plain"}
+    nova.servers["c"] = server_body("c", image={"id": "plain"}, flavor=flavor)
+    assert compute.get_server("c").watchdog_action == "none"  # the operator's flavor
+    nova.servers["d"] = server_body("d", image={"id": "plain"})
+    assert compute.get_server("d").watchdog_action is None
 
 
 def test_glance_outage_uses_a_stale_answer_or_is_temporary(nova: FakeNova) -> None:

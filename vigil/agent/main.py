@@ -13,6 +13,7 @@ from vigil import config
 from vigil.agent.heartbeat import HeartbeatSender
 from vigil.agent.libvirt_monitor import LibvirtMonitor, ReportSender
 from vigil.agent.selffence import DeviceWatchdog, SelfFencer
+from vigil.agent.services import ServiceWatch, parse_watched
 
 LOG = logging.getLogger("vigil.agent")
 
@@ -74,6 +75,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         reports.start()
         monitor.start()
         LOG.info("host %s: watching guests on %s", host, conf.agent.libvirt_uri)
+    services: ServiceWatch | None = None
+    if conf.agent.server_url and conf.agent.watch_service:
+        try:
+            watched = parse_watched(conf.agent.watch_service)
+        except ValueError as exc:
+            LOG.error("configuration refused: agent.watch_service: %s", exc)
+            return 2
+        services = ServiceWatch(
+            host=host,
+            server_url=conf.agent.server_url,
+            key=key.encode(),
+            services=watched,
+            interval=conf.agent.service_check_interval,
+            down_after=conf.agent.service_down_after,
+        )
+        services.start()
+        LOG.info("host %s: watching services %s", host, ", ".join(watched))
     sender.start()
     if fencer is not None:
         LOG.info(
@@ -84,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         fencer.start()
     stop.wait()
+    if services is not None:
+        services.stop()
     if monitor is not None and reports is not None:
         monitor.stop()
         reports.stop()

@@ -8,6 +8,12 @@ its host in the body, which must match the URL. Its ``id`` (a UUID) makes a retr
 idempotent: the server records each id once.
 
 Body: ``{"host": ..., "reports": [{"id", "instance_id", "kind", "at", "detail"}, ...]}``.
+
+The service watch (``vigil.agent.services``) posts the whole state of the host's watched
+services to ``POST /v1/agents/{host}/services``, signed the same way:
+``{"host": ..., "at": <when the snapshot was taken>, "services": {name: {"up", "since",
+"detail"}}}``. A snapshot is a level, not an edge: the latest one wins, an older one
+(a retry overtaken by a later report) changes nothing, so no ordering is needed.
 """
 
 from __future__ import annotations
@@ -15,10 +21,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from vigil.model import GuestFailureKind, GuestReport
+from vigil.model import GuestFailureKind, GuestReport, ServiceState
 
 SIGNATURE_HEADER = "X-Vigil-Agent-Signature"
 MAX_BODY = 256 * 1024
@@ -53,16 +59,61 @@ def encode_reports(host: str, reports: Sequence[GuestReport]) -> bytes:
     ).encode()
 
 
-def decode_reports(
-    body: bytes, signature: str | None, key: bytes, *, host: str
-) -> list[GuestReport]:
-    """Verify and parse a report body for ``host``; raises BadReport."""
+def encode_services(host: str, at: float, services: Mapping[str, ServiceState]) -> bytes:
+    return json.dumps(
+        {
+            "host": host,
+            "at": at,
+            "services": {
+                name: {"up": s.up, "since": s.since, "detail": s.detail}
+                for name, s in services.items()
+            },
+        },
+        separators=(",", ":"),
+        sort_keys=True,
+    ).encode()
+
+
+def _verify(body: bytes, signature: str | None, key: bytes) -> None:
     if signature is None:
         raise BadReport("unsigned report (no agent signature)")
     if len(body) > MAX_BODY:
         raise BadReport("report too large")
     if not key or not hmac.compare_digest(sign(body, key), signature.strip()):
         raise BadReport("bad signature (wrong or missing agent key)")
+
+
+def decode_services(
+    body: bytes, signature: str | None, key: bytes, *, host: str
+) -> tuple[float, dict[str, ServiceState]]:
+    """Verify and parse a service snapshot of ``host``: (taken at, services)."""
+    _verify(body, signature, key)
+    try:
+        data: Any = json.loads(body)
+        if data["host"] != host:
+            raise BadReport(f"report for host {data['host']!r} posted as {host!r}")
+        items = data["services"]
+        if not isinstance(items, dict) or len(items) > 64:
+            raise BadReport("malformed report: services must be an object of at most 64")
+        services = {}
+        for name, item in items.items():
+            if not isinstance(item["up"], bool):
+                raise BadReport(f"malformed report: services.{name}.up must be true or false")
+            services[str(name)] = ServiceState(
+                up=item["up"], since=float(item["since"]), detail=str(item.get("detail", ""))[:500]
+            )
+        return float(data["at"]), services
+    except BadReport:
+        raise
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadReport(f"malformed report: {exc}") from exc
+
+
+def decode_reports(
+    body: bytes, signature: str | None, key: bytes, *, host: str
+) -> list[GuestReport]:
+    """Verify and parse a report body for ``host``; raises BadReport."""
+    _verify(body, signature, key)
     try:
         data: Any = json.loads(body)
         if data["host"] != host:

@@ -27,10 +27,12 @@ from vigil.api.schemas import (
     ControlOut,
     EvacuateIn,
     FailureOut,
+    GuestFailureOut,
     HandledIn,
     HostIn,
     HostOut,
     HostPatch,
+    HostServicesOut,
     InstanceOut,
     InstancePolicyIn,
     PauseIn,
@@ -53,6 +55,7 @@ from vigil.engine.steps import effective_policy
 from vigil.events import CATALOGUE, event_as_json, make_event
 from vigil.model import (
     FailureStatus,
+    GuestFailureStatus,
     Host,
     HostState,
     InstancePolicy,
@@ -565,6 +568,69 @@ def create_app(
         LOG.info("host %s: failure %d marked handled: %s", failure.host, failure_id, body.reason)
         engine.wake()
         return FailureOut.of(done)
+
+    # --- guest-OS failures and host services (reported by the agents) ---------------------
+    @app.get("/v1/guest-failures", dependencies=auth, tags=["guest failures"])
+    def list_guest_failures(
+        instance_id: str | None = None,
+        status: GuestFailureStatus | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[GuestFailureOut]:
+        statuses = [status] if status is not None else None
+        failures = store.list_guest_failures(
+            instance_id=instance_id, statuses=statuses, limit=limit
+        )
+        return [GuestFailureOut.of(f) for f in failures]
+
+    @app.get("/v1/guest-failures/{failure_id}", dependencies=auth, tags=["guest failures"])
+    def get_guest_failure(failure_id: int) -> GuestFailureOut:
+        return GuestFailureOut.of(store.get_guest_failure(failure_id))
+
+    @app.post("/v1/guest-failures/{failure_id}/handled", dependencies=auth, tags=["guest failures"])
+    def guest_failure_handled(failure_id: int, body: HandledIn) -> GuestFailureOut:
+        """An operator or the owner says a guest failure is taken care of (typically an
+        escalated one): resolved, a planned restart cancelled; the next failure of the
+        instance starts a new episode with a fresh restart budget."""
+        f = store.get_guest_failure(failure_id)
+        if f.action_status is StepStatus.RUNNING:
+            raise HTTPException(409, f"guest failure {failure_id}: its restart is running")
+        if f.status is GuestFailureStatus.RESOLVED:
+            return GuestFailureOut.of(f)
+        event = make_event(
+            "vigil.consumer.action",
+            at=clock.wall(),
+            action="handled",
+            host=f.host,
+            instance_id=f.instance_id,
+            failure_id=failure_id,
+            reason=body.reason,
+        )
+        done = store.update_guest_failure(
+            failure_id,
+            at=clock.wall(),
+            status=GuestFailureStatus.RESOLVED,
+            action_status=None,
+            seen_count=f.count,
+            events=[event],
+        )
+        LOG.info(
+            "host %s: instance %s: guest failure %d marked handled: %s",
+            f.host,
+            f.instance_id,
+            failure_id,
+            body.reason,
+        )
+        if guest is not None:
+            guest.wake()
+        return GuestFailureOut.of(done)
+
+    @app.get("/v1/hosts/{name}/services", dependencies=auth, tags=["hosts"])
+    def get_host_services(name: str) -> HostServicesOut:
+        store.get_host(name)  # 404 for an unknown host
+        services = store.get_host_services(name)
+        if services is None:
+            raise HTTPException(404, f"host {name!r}: no service report from its agent yet")
+        return HostServicesOut.of(services)
 
     # --- cloud-wide pause (S4) ------------------------------------------------------------
     @app.get("/v1/control", dependencies=auth, tags=["control"])

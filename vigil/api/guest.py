@@ -1,4 +1,5 @@
-"""The agents' guest failure reports: ``POST /v1/agents/{host}/reports``.
+"""The agents' reports: guest failures (``POST /v1/agents/{host}/reports``) and the state
+of the host's watched services (``POST /v1/agents/{host}/services``).
 
 Authenticated by the agent key, not the operator's bearer token: the body is signed
 with HMAC-SHA256 (``vigil.agent.reports``), so an agent holds no operator credential.
@@ -15,8 +16,9 @@ from collections.abc import Callable
 import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
 
-from vigil.agent.reports import SIGNATURE_HEADER, BadReport, decode_reports
+from vigil.agent.reports import SIGNATURE_HEADER, BadReport, decode_reports, decode_services
 from vigil.engine.guest_engine import GuestEngine
+from vigil.model import HostServices
 
 LOG = logging.getLogger("vigil.api.guest")
 
@@ -45,3 +47,30 @@ def add_guest_routes(
             "accepted": [r.id for r in reports],
             "failures": [{"id": f.id, "instance_id": f.instance_id} for f in failures],
         }
+
+    @app.post("/v1/agents/{host}/services", tags=["agents"])
+    async def agent_services(host: str, request: Request) -> dict[str, object]:
+        if guest.services is None:
+            raise HTTPException(404, "this server does not watch host services")
+        keeper = guest.services
+        body = await request.body()
+        client = request.client.host if request.client else "?"
+        try:
+            at, services = decode_services(
+                body, request.headers.get(SIGNATURE_HEADER), key, host=host
+            )
+        except BadReport as exc:
+            status = 400 if str(exc).startswith("malformed") else 401
+            LOG.warning("service report for host %s from %s refused: %s", host, client, exc)
+            raise HTTPException(status, str(exc)) from exc
+        if not known_host(host):
+            LOG.warning("service report from %s refused: unknown host %s", client, host)
+            raise HTTPException(404, f"unknown host {host!r}")
+
+        def record() -> tuple[HostServices, bool]:
+            return keeper.receive(host, services, reported_at=at)
+
+        stored, newer = await anyio.to_thread.run_sync(record)
+        if newer:
+            guest.wake()
+        return {"accepted": newer, "services_down": list(stored.down)}

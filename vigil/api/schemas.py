@@ -17,7 +17,9 @@ from vigil.model import (
     FenceMethod,
     HaPolicy,
     Host,
+    HostServices,
     HostState,
+    InstanceFailure,
     Recovery,
     Segment,
     Step,
@@ -182,6 +184,69 @@ class FailureOut(BaseModel):
             first_seen=f.first_seen,
             last_seen=f.last_seen,
             count=f.count,
+        )
+
+
+class GuestFailureOut(BaseModel):
+    id: int
+    instance_id: str
+    host: str
+    kind: str
+    status: str
+    reason: str
+    first_seen: float
+    last_seen: float
+    count: int
+    restarts: int
+    restart_status: str | None  # the restart step: pending, running, succeeded, failed
+    restart_detail: str
+    detail: dict[str, Any]
+
+    @classmethod
+    def of(cls, f: InstanceFailure) -> GuestFailureOut:
+        return cls(
+            id=f.id,
+            instance_id=f.instance_id,
+            host=f.host,
+            kind=f.kind.value,
+            status=f.status.value,
+            reason=f.reason,
+            first_seen=f.first_seen,
+            last_seen=f.last_seen,
+            count=f.count,
+            restarts=f.restarts,
+            restart_status=f.action_status.value if f.action_status else None,
+            restart_detail=f.action_detail,
+            detail=dict(f.detail),
+        )
+
+
+class ServiceStateOut(BaseModel):
+    up: bool
+    since: float
+    detail: str
+
+
+class HostServicesOut(BaseModel):
+    host: str
+    services: dict[str, ServiceStateOut]
+    services_down: list[str]
+    reported_at: float
+    compute_hold: str  # "", "disabled" (by vigil), "left" (someone else's disable)
+    compute_hold_reason: str
+
+    @classmethod
+    def of(cls, h: HostServices) -> HostServicesOut:
+        return cls(
+            host=h.host,
+            services={
+                n: ServiceStateOut(up=s.up, since=s.since, detail=s.detail)
+                for n, s in sorted(h.services.items())
+            },
+            services_down=list(h.down),
+            reported_at=h.reported_at,
+            compute_hold=h.hold.value,
+            compute_hold_reason=h.hold_reason,
         )
 
 

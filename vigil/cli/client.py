@@ -258,6 +258,31 @@ class VigilClient:
         result: Json = self._request("POST", f"/v1/instances/{_seg(instance_id)}/restart")
         return result
 
+    def list_guest_failures(
+        self,
+        *,
+        instance_id: str | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+    ) -> list[Json]:
+        params = {"instance_id": instance_id, "status": status, "limit": limit}
+        result: list[Json] = self._request("GET", "/v1/guest-failures", params=params)
+        return result
+
+    def get_guest_failure(self, failure_id: int) -> Json:
+        result: Json = self._request("GET", f"/v1/guest-failures/{_seg(failure_id)}")
+        return result
+
+    def guest_failure_handled(self, failure_id: int, reason: str) -> Json:
+        result: Json = self._request(
+            "POST", f"/v1/guest-failures/{_seg(failure_id)}/handled", body={"reason": reason}
+        )
+        return result
+
+    def get_host_services(self, name: str) -> Json:
+        result: Json = self._request("GET", f"/v1/hosts/{_seg(name)}/services")
+        return result
+
     def failure_handled(self, failure_id: int, reason: str) -> Json:
         result: Json = self._request(
             "POST", f"/v1/failures/{_seg(failure_id)}/handled", body={"reason": reason}

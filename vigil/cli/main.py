@@ -2,7 +2,8 @@
 
     vigil [--url URL] [--token TOKEN | --token-file FILE] [--json] NOUN VERB [ARGS]
 
-Nouns: ``segment``, ``host``, ``instance``, ``failure``, ``recovery``; and the cloud-wide
+Nouns: ``segment``, ``host``, ``instance``, ``failure``, ``recovery``, ``guest-failure``,
+``event``, ``subscription``; and the cloud-wide
 ``pause``, ``resume`` and ``status``. ``demo`` runs the simulated demonstration.
 
 Exit status: 0 done; 1 the server refused or could not be reached (one line on stderr,
@@ -23,7 +24,7 @@ from typing import Any
 from vigil.cli import output
 from vigil.cli.client import DEFAULT_TIMEOUT, DEFAULT_URL, ApiError, Json, VigilClient
 from vigil.cli.output import Output
-from vigil.model import FailureStatus, HaPolicy, HostState, RecoveryStatus
+from vigil.model import FailureStatus, GuestFailureStatus, HaPolicy, HostState, RecoveryStatus
 
 Handler = Callable[[VigilClient, argparse.Namespace, Output], None]
 
@@ -117,6 +118,23 @@ def host_list(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
 
 def host_show(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
     out.one(output.HOST, c.get_host(args.name))
+
+
+def host_services(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    report = c.get_host_services(args.name)
+    if out.as_json:
+        out.json(report)
+        return
+    rows = [{"name": n, **s} for n, s in sorted(report["services"].items())]
+    print(output.records(output.SERVICE, rows), file=out.stream)
+    hold = report.get("compute_hold") or ""
+    if hold == "disabled":
+        state = f"disabled by vigil ({report.get('compute_hold_reason')})"
+    elif hold == "left":
+        state = f"disabled by someone else, left as is ({report.get('compute_hold_reason')})"
+    else:
+        state = "not held by vigil"
+    print(f"\ncompute service: {state}", file=out.stream)
 
 
 def host_create(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
@@ -223,6 +241,19 @@ def instance_restart(c: VigilClient, args: argparse.Namespace, out: Output) -> N
 
 def failure_handled(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
     out.one(output.FAILURE, c.failure_handled(args.id, args.reason))
+
+
+def guest_failure_list(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    items = c.list_guest_failures(instance_id=args.instance, status=args.status, limit=args.limit)
+    out.many(output.GUEST_FAILURE, items)
+
+
+def guest_failure_show(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.GUEST_FAILURE, c.get_guest_failure(args.id))
+
+
+def guest_failure_handled(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.GUEST_FAILURE, c.guest_failure_handled(args.id, args.reason))
 
 
 def event_list(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
@@ -458,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fence", action="store_true", help="remove every fencing level")
     verb(host, "delete", host_delete, "remove a host").add_argument("name")
     verb(host, "restore", host_restore, "put a recovered host back into use").add_argument("name")
+    verb(
+        host, "services", host_services, "nova-compute, libvirtd... as the host's agent sees them"
+    ).add_argument("name")
 
     # instance
     inst = noun("instance", "instances and their HA policy")
@@ -531,6 +565,17 @@ def build_parser() -> argparse.ArgumentParser:
             verb(
                 group, "retry", recovery_retry, "retry a failed recovery once its cause is fixed"
             ).add_argument("id", type=int)
+
+    # guest-OS failures
+    gf = noun("guest-failure", "guest OS failures the agents report (watchdog, crash, I/O)")
+    p = verb(gf, "list", guest_failure_list, "list guest failures, newest first")
+    p.add_argument("--instance", metavar="ID")
+    p.add_argument("--status", choices=[s.value for s in GuestFailureStatus])
+    p.add_argument("--limit", type=int, metavar="N", help="at most N (server default 100)")
+    verb(gf, "show", guest_failure_show, "show one guest failure").add_argument("id", type=int)
+    p = verb(gf, "handled", guest_failure_handled, "mark a guest failure taken care of")
+    p.add_argument("id", type=int)
+    p.add_argument("--reason", default="handled by operator")
 
     # cloud-wide
     p = nouns.add_parser("pause", parents=[common], help="pause all automatic recovery")

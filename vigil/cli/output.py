@@ -191,6 +191,25 @@ FAILURE: Sequence[Column] = [
     ("REASON", field("reason")),
 ]
 
+GUEST_FAILURE: Sequence[Column] = [
+    ("ID", field("id")),
+    ("INSTANCE", field("instance_id")),
+    ("HOST", field("host")),
+    ("KIND", field("kind")),
+    ("STATUS", field("status")),
+    ("COUNT", field("count")),
+    ("RESTARTS", field("restarts")),
+    ("LAST SEEN", time_field("last_seen")),
+    ("REASON", field("reason")),
+]
+
+SERVICE: Sequence[Column] = [
+    ("SERVICE", field("name")),
+    ("UP", field("up")),
+    ("SINCE", time_field("since")),
+    ("DETAIL", field("detail")),
+]
+
 EVENT: Sequence[Column] = [
     ("SEQ", field("seq")),
     ("TIME", time_field("timestamp")),

@@ -26,6 +26,9 @@ EVACUABLE = frozenset({ACTIVE, SHUTOFF, ERROR})
 POLICY_KEY = "vigil:ha_policy"
 PRIORITY_KEY = "vigil:ha_priority"
 MASAKARI_KEY = "HA_Enabled"
+# vigil's own guest watchdog key, beside Nova's hw:watchdog_action (which refuses values
+# it does not know): "notify" asks vigil to publish each firing (vigil.engine.guest).
+WATCHDOG_ACTION_KEY = "vigil:watchdog_action"
 
 
 def ha_policy_from_metadata(metadata: Mapping[str, str]) -> tuple[HaPolicy | None, int]:
@@ -81,6 +84,8 @@ class Server:
     task_state: str | None = None
     server_group: str | None = None
     fault: str | None = None  # Nova's fault message, e.g. "No valid host was found"
+    # vigil:watchdog_action from the first of metadata, image, flavor that sets it
+    watchdog_action: str | None = None
 
 
 class ComputeDriver(abc.ABC):

@@ -25,8 +25,9 @@ and ``vigil:ha_priority``, or Masakari's ``HA_Enabled``):
 2. image properties (the image's author: "this appliance must keep running"),
 3. flavor extra specs (the operator's class of service),
 
-policy and priority each taken from the first source that sets it. Image properties are
-read from Glance and cached (``image_cache_ttl``); a deleted image counts as none.
+policy and priority each taken from the first source that sets it; the guest watchdog
+key ``vigil:watchdog_action`` (``Server.watchdog_action``) the same way. Image properties
+are read from Glance and cached (``image_cache_ttl``); a deleted image counts as none.
 
 Errors are translated here, at the boundary: connection failures, timeouts, 5xx and
 429 → ``TemporaryError``; 409, Nova's ``ComputeServiceInUse`` (a 400 with that text) and
@@ -58,6 +59,7 @@ from vigil.drivers.compute import (
     MASAKARI_KEY,
     POLICY_KEY,
     PRIORITY_KEY,
+    WATCHDOG_ACTION_KEY,
     ComputeDriver,
     ComputeService,
     Server,
@@ -78,7 +80,7 @@ LOG = logging.getLogger(__name__)
 MICROVERSION = "2.94"
 #: The oldest microversion the driver works with.
 MIN_MICROVERSION = "2.53"
-_POLICY_KEYS = (POLICY_KEY, PRIORITY_KEY, MASAKARI_KEY)
+_POLICY_KEYS = (POLICY_KEY, PRIORITY_KEY, MASAKARI_KEY, WATCHDOG_ACTION_KEY)
 # Nova answers these refusals with 400 although they pass once the host is fenced and
 # forced down, or once the repaired host's nova-compute has cleaned up.
 _CONFLICT_400 = (
@@ -110,6 +112,15 @@ def resolve_policy(
         if priority is None and _is_int(strings.get(PRIORITY_KEY)):
             priority = prio
     return policy, priority or 0
+
+
+def resolve_watchdog_action(*sources: Mapping[str, Any]) -> str | None:
+    """``vigil:watchdog_action`` from the first source that sets it, lower case."""
+    for source in sources:
+        value = source.get(WATCHDOG_ACTION_KEY)
+        if value is not None and str(value).strip():
+            return str(value).strip().lower()
+    return None
 
 
 def _is_int(value: str | None) -> bool:
@@ -343,11 +354,12 @@ class OpenStackCompute(ComputeDriver):
         # Embedded in the server from 2.47 (admins see the extra specs).
         extra_specs = (flavor.get("extra_specs") or {}) if isinstance(flavor, dict) else {}
         image_properties: Mapping[str, Any] = {}
-        if not (POLICY_KEY in metadata and PRIORITY_KEY in metadata):
+        if not all(k in metadata for k in (POLICY_KEY, PRIORITY_KEY, WATCHDOG_ACTION_KEY)):
             image = data.get("image")
             if isinstance(image, dict) and image.get("id"):  # "" when booted from a volume
                 image_properties = self._image_properties(str(image["id"]))
         policy, priority = resolve_policy(metadata, image_properties, extra_specs)
+        watchdog = resolve_watchdog_action(metadata, image_properties, extra_specs)
         fault = data.get("fault")  # only ERROR (and DELETED) servers carry one
         message = str(fault.get("message") or "") if isinstance(fault, dict) else ""
         groups = data.get("server_groups") or []  # from 2.71
@@ -361,6 +373,7 @@ class OpenStackCompute(ComputeDriver):
             task_state=data.get("OS-EXT-STS:task_state") or None,
             server_group=str(groups[0]) if groups else None,
             fault=message or None,
+            watchdog_action=watchdog,
         )
 
     def _image_properties(self, image_id: str) -> Mapping[str, Any]:

@@ -35,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from vigil.drivers import compute
 from vigil.model import (
     GuestFailureKind,
     GuestFailureStatus,
@@ -44,7 +45,7 @@ from vigil.model import (
 )
 
 # vigil's own watchdog key (Nova validates hw:watchdog_action and refuses unknown values).
-WATCHDOG_ACTION_KEY = "vigil:watchdog_action"
+WATCHDOG_ACTION_KEY = compute.WATCHDOG_ACTION_KEY
 CRASH_KINDS = frozenset({GuestFailureKind.CRASHED, GuestFailureKind.STOPPED_FAILED})
 
 

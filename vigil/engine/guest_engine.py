@@ -31,7 +31,7 @@ from typing import Any
 
 from vigil.clock import Clock
 from vigil.drivers import compute as nova
-from vigil.drivers.compute import ComputeDriver
+from vigil.drivers.compute import WATCHDOG_ACTION_KEY, ComputeDriver
 from vigil.drivers.errors import DriverError, PermanentError
 from vigil.engine.guest import (
     Acknowledge,
@@ -48,6 +48,7 @@ from vigil.engine.guest import (
     guest_policy_from_metadata,
     needs_policy,
 )
+from vigil.engine.service_keeper import ServiceKeeper
 from vigil.events import make_event
 from vigil.model import (
     GuestFailureStatus,
@@ -81,9 +82,8 @@ def describe(report: GuestReport) -> str:
 
 class ComputePolicies:
     """The default policy lookup: an operator override, else what the compute driver says
-    of the instance (metadata, image, flavor), else the segment default of its host.
-    ``watchdog_notify`` follows the HA policy ``notify`` until the compute driver exposes
-    ``vigil:watchdog_action`` (see ``guest_policy_from_metadata``)."""
+    of the instance (metadata, image, flavor: the HA policy and ``vigil:watchdog_action``,
+    each from the first that sets it), else the segment default of its host."""
 
     def __init__(self, store: Store, compute: ComputeDriver) -> None:
         self._store = store
@@ -91,17 +91,21 @@ class ComputePolicies:
 
     def __call__(self, failure: InstanceFailure) -> GuestPolicy:
         override = self._store.get_instance_policy(failure.instance_id)
-        if override is not None:
-            return guest_policy_from_metadata(override.policy)
-        ha: HaPolicy | None = None
+        ha: HaPolicy | None = override.policy if override is not None else None
+        watchdog: dict[str, str] = {}
         try:
-            ha = self._compute.get_server(failure.instance_id).policy
+            server = self._compute.get_server(failure.instance_id)
+            if ha is None:
+                ha = server.policy
+            if server.watchdog_action is not None:
+                watchdog[WATCHDOG_ACTION_KEY] = server.watchdog_action
         except DriverError as exc:
             LOG.warning(
-                "host %s: instance %s: policy unreadable (%s); using the segment default",
+                "host %s: instance %s: policy unreadable (%s); using the %s",
                 failure.host,
                 failure.instance_id,
                 exc,
+                "operator's override" if ha is not None else "segment default",
             )
         if ha is None:
             try:
@@ -109,7 +113,7 @@ class ComputePolicies:
                 ha = segment.default_policy
             except NotFoundError:
                 ha = HaPolicy.OFF
-        return guest_policy_from_metadata(ha)
+        return guest_policy_from_metadata(ha, watchdog)
 
 
 class GuestEngine:
@@ -125,8 +129,11 @@ class GuestEngine:
         tick: float = 0.5,
         wait: Callable[[float], None] = time.sleep,
         poll_interval: float = 0.5,
+        services: ServiceKeeper | None = None,
     ) -> None:
         self._store = store
+        # The agents' service snapshots (nova-compute, libvirtd) are acted on in this loop.
+        self.services = services
         self._compute = compute
         self._clock = clock
         self.settings = settings or GuestSettings()
@@ -234,6 +241,11 @@ class GuestEngine:
                 self.run_cycle()
             except Exception:
                 LOG.exception("guest cycle failed; retrying next tick")
+            if self.services is not None:
+                try:
+                    self.services.run_cycle()
+                except Exception:
+                    LOG.exception("host services cycle failed; retrying next tick")
             self._wake.wait(self._next_wait)
 
     def run_cycle(self) -> list[GuestAction]:

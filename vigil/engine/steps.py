@@ -79,12 +79,19 @@ def run_step(
 
 
 def _poll(ctx: StepContext, read: Callable[[], T], ok: Callable[[T], bool], timeout: float) -> T:
+    """Read until ``ok`` or ``timeout``: first after ``poll_interval``, then 1.5 times
+    longer each time up to ``poll_interval_max``. A power-off shows at once and is caught
+    at once; an evacuation takes seconds, and eight of them polling Nova ten times a
+    second each would load the very API that does the work."""
     deadline = ctx.clock.monotonic() + timeout
+    interval = ctx.settings.poll_interval
+    longest = max(interval, ctx.settings.poll_interval_max)
     value = read()
     while not ok(value):
         if ctx.clock.monotonic() >= deadline:
             return value
-        ctx.wait(ctx.settings.poll_interval)
+        ctx.wait(interval)
+        interval = min(longest, interval * 1.5)
         value = read()
     return value
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from vigil.model import (
+    ComputeHold,
     Control,
     DeadLetter,
     Event,
@@ -31,6 +32,7 @@ from vigil.model import (
     GuestFailureStatus,
     GuestReport,
     Host,
+    HostServices,
     HostState,
     InstanceFailure,
     InstancePolicy,
@@ -38,6 +40,7 @@ from vigil.model import (
     Recovery,
     RecoveryStatus,
     Segment,
+    ServiceState,
     SinkState,
     Step,
     StepStatus,
@@ -306,6 +309,43 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def requeue_running_guest_actions(self, *, at: float) -> int:
         """After a restart: restart steps left RUNNING back to PENDING (due now)."""
+
+    # --- host services (agents' service watch: nova-compute, libvirtd) --------------------
+    @abc.abstractmethod
+    def record_host_services(
+        self,
+        host: str,
+        services: Mapping[str, ServiceState],
+        *,
+        reported_at: float,
+        at: float,
+        events: Callable[[HostServices | None, HostServices], Sequence[Event]] = (
+            lambda old, new: ()
+        ),
+    ) -> tuple[HostServices, bool]:
+        """Replace the host's service snapshot with a newer one, in one transaction with
+        ``events(old, new)``. A snapshot not newer than the stored one (a retry, or one
+        overtaken by a later report) changes nothing: returns (stored, False). The hold
+        is kept. NotFoundError for an unknown host."""
+
+    @abc.abstractmethod
+    def get_host_services(self, host: str) -> HostServices | None: ...
+
+    @abc.abstractmethod
+    def list_host_services(self) -> list[HostServices]:
+        """Every host with a service report, by name."""
+
+    @abc.abstractmethod
+    def set_compute_hold(
+        self,
+        host: str,
+        hold: ComputeHold,
+        reason: str,
+        *,
+        at: float,
+        events: Sequence[Event] = (),
+    ) -> HostServices:
+        """Record what vigil did to the host's compute service (with its events)."""
 
     # --- the outbox -----------------------------------------------------------------------
     @abc.abstractmethod

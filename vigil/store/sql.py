@@ -39,6 +39,7 @@ from vigil.model import (
     HOST_TRANSITIONS,
     RECOVERY_TRANSITIONS,
     STEP_TRANSITIONS,
+    ComputeHold,
     Control,
     DeadLetter,
     Event,
@@ -51,6 +52,7 @@ from vigil.model import (
     GuestReport,
     HaPolicy,
     Host,
+    HostServices,
     HostState,
     InstanceFailure,
     InstancePolicy,
@@ -59,6 +61,7 @@ from vigil.model import (
     Recovery,
     RecoveryStatus,
     Segment,
+    ServiceState,
     SinkState,
     Step,
     StepKind,
@@ -300,6 +303,23 @@ class GuestReportRow(Base):
     received_at: Mapped[float] = mapped_column(sa.Double)
 
 
+class HostServicesRow(Base):
+    """The latest service report of a host's agent (``vigil.model.HostServices``)."""
+
+    __tablename__ = "host_services"
+    __table_args__ = _MYSQL_TABLE
+
+    host: Mapped[str] = mapped_column(
+        sa.ForeignKey("hosts.name", ondelete="CASCADE"), primary_key=True
+    )
+    # {name: {"up": bool, "since": float, "detail": str}}
+    services: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    reported_at: Mapped[float] = mapped_column(sa.Double)
+    hold: Mapped[str] = mapped_column(sa.String(_ENUM))
+    hold_reason: Mapped[str] = mapped_column(sa.Text)
+    changed_at: Mapped[float] = mapped_column(sa.Double)
+
+
 # Reports of these kinds fold into one failure: a crash loop is one episode.
 _GUEST_GROUPS: Mapping[GuestFailureKind, tuple[GuestFailureKind, ...]] = {
     GuestFailureKind.CRASHED: (GuestFailureKind.CRASHED, GuestFailureKind.STOPPED_FAILED),
@@ -504,6 +524,20 @@ def _guest_failure(row: GuestFailureRow) -> InstanceFailure:
         action_status=StepStatus(row.action_status) if row.action_status else None,
         action_attempts=row.action_attempts,
         action_detail=row.action_detail,
+        changed_at=row.changed_at,
+    )
+
+
+def _host_services(row: HostServicesRow) -> HostServices:
+    return HostServices(
+        host=row.host,
+        services={
+            name: ServiceState(bool(v["up"]), float(v["since"]), str(v.get("detail", "")))
+            for name, v in row.services.items()
+        },
+        reported_at=row.reported_at,
+        hold=ComputeHold(row.hold),
+        hold_reason=row.hold_reason,
         changed_at=row.changed_at,
     )
 
@@ -749,6 +783,8 @@ class SqlStore(Store):
             )
             if active is not None:
                 raise InUse(f"host {name!r} is under recovery {active}")
+            # SQLite enforces no foreign keys here: the cascade is done by hand.
+            s.execute(sa.delete(HostServicesRow).where(HostServicesRow.host == name))
             s.delete(row)
 
     # --- instance policy overrides ----------------------------------------------------
@@ -1212,6 +1248,77 @@ class SqlStore(Store):
                 row.next_restart_at = at
                 row.changed_at = at
             return len(rows)
+
+    # --- host services ------------------------------------------------------------------
+
+    def record_host_services(
+        self,
+        host: str,
+        services: Mapping[str, ServiceState],
+        *,
+        reported_at: float,
+        at: float,
+        events: Callable[[HostServices | None, HostServices], Sequence[Event]] = (
+            lambda old, new: ()
+        ),
+    ) -> tuple[HostServices, bool]:
+        with self._write() as s:
+            self._host_row(s, host, lock=True)
+            row = s.get(HostServicesRow, host)
+            old = _host_services(row) if row is not None else None
+            if row is not None and reported_at <= row.reported_at:
+                return _host_services(row), False  # a retried or reordered older report
+            data = {
+                name: {"up": st.up, "since": st.since, "detail": st.detail}
+                for name, st in services.items()
+            }
+            if row is None:
+                row = HostServicesRow(
+                    host=host,
+                    services=data,
+                    reported_at=reported_at,
+                    hold=str(ComputeHold.NONE),
+                    hold_reason="",
+                    changed_at=at,
+                )
+                s.add(row)
+            else:
+                row.services = data
+                row.reported_at = reported_at
+            s.flush()
+            new = _host_services(row)
+            self._outbox(s, events(old, new))
+            return new, True
+
+    def get_host_services(self, host: str) -> HostServices | None:
+        with self._read() as s:
+            row = s.get(HostServicesRow, host)
+            return _host_services(row) if row is not None else None
+
+    def list_host_services(self) -> list[HostServices]:
+        with self._read() as s:
+            rows = s.scalars(sa.select(HostServicesRow).order_by(HostServicesRow.host))
+            return [_host_services(r) for r in rows]
+
+    def set_compute_hold(
+        self,
+        host: str,
+        hold: ComputeHold,
+        reason: str,
+        *,
+        at: float,
+        events: Sequence[Event] = (),
+    ) -> HostServices:
+        with self._write(events) as s:
+            self._host_row(s, host, lock=True)
+            row = s.get(HostServicesRow, host)
+            if row is None:
+                raise NotFoundError(f"host {host!r} has no service report")
+            row.hold = str(ComputeHold(hold))
+            row.hold_reason = reason
+            row.changed_at = at
+            s.flush()
+            return _host_services(row)
 
     @staticmethod
     def _outbox(s: Session, events: Sequence[Event]) -> None:

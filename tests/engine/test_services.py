@@ -1,0 +1,240 @@
+"""Host services down (nova-compute, libvirtd): the pure rule, and the keeper with a real
+(SQLite) store and the simulated Nova — disabled for scheduling, never fenced, enabled
+again by rule, an operator's own disable respected, Nova errors retried."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from vigil.clock import FakeClock
+from vigil.drivers.compute import ComputeService
+from vigil.drivers.errors import TemporaryError
+from vigil.drivers.sim import SimCompute
+from vigil.engine.service_keeper import ServiceKeeper
+from vigil.engine.services import (
+    DisableCompute,
+    ForgetHold,
+    ReleaseCompute,
+    decide_services,
+    hold_reason,
+)
+from vigil.events import payload_schema
+from vigil.model import (
+    SERVICE_HOLD_PREFIX,
+    ComputeHold,
+    Host,
+    HostServices,
+    HostState,
+    Segment,
+    ServiceState,
+)
+from vigil.sim.cloud import SimCloud
+from vigil.store.sql import SqlStore, upgrade
+
+T0 = 1_800_000_000.0
+UP = ServiceState(True, T0 - 100, "pid 1")
+DOWN = ServiceState(False, T0, "no process matches 'nova-compute' for 2 checks")
+
+
+def snapshot(hold: ComputeHold = ComputeHold.NONE, **up: bool) -> HostServices:
+    services = {name.replace("_", "-"): UP if ok else DOWN for name, ok in up.items()}
+    return HostServices("c1", services, T0, hold)
+
+
+def host(state: HostState = HostState.UP, *, maintenance: bool = False) -> dict[str, Host]:
+    return {"c1": Host("c1", "seg", state=state, maintenance=maintenance)}
+
+
+# --- the rule ---------------------------------------------------------------------------
+
+
+def test_a_service_down_disables_an_up_host_once() -> None:
+    down = snapshot(nova_compute=False, libvirtd=True)
+    assert decide_services([down], host()) == [
+        DisableCompute("c1", ("nova-compute",), f"{SERVICE_HOLD_PREFIX} nova-compute")
+    ]
+    held = snapshot(ComputeHold.DISABLED, nova_compute=False, libvirtd=False)
+    assert decide_services([held], host()) == []  # already held: nothing more
+
+
+def test_all_up_again_releases_the_hold_whatever_it_was() -> None:
+    for hold in (ComputeHold.DISABLED, ComputeHold.LEFT):
+        assert decide_services([snapshot(hold, nova_compute=True)], host()) == [
+            ReleaseCompute("c1", hold)
+        ]
+    assert decide_services([snapshot(nova_compute=True)], host()) == []
+
+
+@pytest.mark.parametrize(
+    "state,maintenance",
+    [(HostState.SUSPECT, False), (HostState.NEW, False), (HostState.UP, True)],
+)
+def test_no_action_while_the_host_is_suspect_new_or_in_maintenance(
+    state: HostState, maintenance: bool
+) -> None:
+    hosts = host(state, maintenance=maintenance)
+    assert decide_services([snapshot(nova_compute=False)], hosts) == []
+    assert decide_services([snapshot(ComputeHold.DISABLED, nova_compute=True)], hosts) == []
+
+
+def test_a_failed_host_belongs_to_its_recovery_and_the_hold_is_forgotten() -> None:
+    for state in (HostState.FAILED, HostState.RECOVERED):
+        held = snapshot(ComputeHold.DISABLED, nova_compute=False)
+        [action] = decide_services([held], host(state))
+        assert isinstance(action, ForgetHold)
+        assert decide_services([snapshot(nova_compute=False)], host(state)) == []
+
+
+def test_an_unknown_host_is_skipped() -> None:
+    assert decide_services([snapshot(nova_compute=False)], {}) == []
+
+
+# --- the keeper -------------------------------------------------------------------------
+
+
+class World:
+    def __init__(self, tmp_path: Path) -> None:
+        self.clock = FakeClock(start=T0)
+        url = f"sqlite:///{tmp_path / 'vigil.db'}"
+        upgrade(url)
+        self.store = SqlStore(url)
+        self.store.create_segment(Segment("seg"))
+        self.store.create_host(Host("c1", "seg", state=HostState.UP))
+        self.cloud = SimCloud(self.clock, sleep=lambda s: None)
+        self.cloud.add_host("c1")
+        self.cloud.add_host("c2")
+        self.compute = FlakyCompute(self.cloud)
+        self.keeper = ServiceKeeper(
+            store=self.store, compute=self.compute, clock=self.clock, retry_after=5.0
+        )
+
+    def report(self, at: float, **up: bool) -> HostServices:
+        services = {
+            name.replace("_", "-"): ServiceState(ok, at, "pid 3" if ok else "no process")
+            for name, ok in up.items()
+        }
+        stored, _ = self.keeper.receive("c1", services, reported_at=at)
+        return stored
+
+    def service(self) -> ComputeService:
+        return self.cloud.get_service("c1")
+
+    def events(self) -> list[tuple[str, dict[str, object]]]:
+        out = []
+        for e in self.store.list_events(limit=1000):
+            jsonschema.validate(e.payload, payload_schema(e.event_type))
+            out.append((e.event_type, dict(e.payload["vigil_object.data"])))
+        return out
+
+
+class FlakyCompute(SimCompute):
+    def __init__(self, cloud: SimCloud) -> None:
+        super().__init__(cloud)
+        self.fail = 0
+
+    def disable(self, host: str, reason: str) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise TemporaryError("nova-api: 503 Service Unavailable")
+        super().disable(host, reason)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    yield w
+    w.store.close()
+
+
+def test_nova_compute_down_disables_the_host_and_up_again_enables_it(world: World) -> None:
+    world.report(T0, nova_compute=True, libvirtd=True)
+    assert world.keeper.run_cycle() == [] and world.events() == []  # all up: not news
+
+    world.report(T0 + 1, nova_compute=False, libvirtd=True)
+    world.keeper.run_cycle()
+    service = world.service()
+    assert service.disabled and service.disabled_reason == hold_reason(["nova-compute"])
+    assert not service.forced_down  # not fenced, not forced down: its guests run on
+    assert world.store.get_host("c1").state is HostState.UP
+    assert world.keeper.run_cycle() == []  # held: nothing more to do
+
+    world.report(T0 + 9, nova_compute=True, libvirtd=True)
+    world.keeper.run_cycle()
+    assert not world.service().disabled
+    assert world.store.get_host_services("c1").hold is ComputeHold.NONE  # type: ignore[union-attr]
+    types = [t for t, _ in world.events()]
+    assert types == [
+        "vigil.host.service.down",
+        "vigil.host.compute.disabled",
+        "vigil.host.service.up",
+        "vigil.host.compute.enabled",
+    ]
+    down = world.events()[0][1]
+    assert down["changed"] == ["nova-compute"] and down["services_down"] == ["nova-compute"]
+    assert world.events()[3][1]["action"] == "enabled"
+
+
+def test_an_operators_disable_is_left_alone_both_ways(world: World) -> None:
+    world.cloud.disable("c1", "maintenance: new DIMM on Thursday")
+    world.report(T0, nova_compute=False, libvirtd=True)
+    world.keeper.run_cycle()
+    assert world.service().disabled_reason == "maintenance: new DIMM on Thursday"
+    stored = world.store.get_host_services("c1")
+    assert stored is not None and stored.hold is ComputeHold.LEFT
+    world.report(T0 + 5, nova_compute=True, libvirtd=True)
+    world.keeper.run_cycle()
+    assert world.service().disabled  # vigil did not disable it, so it does not enable it
+    assert world.events()[1][1]["action"] == "left-disabled"
+
+
+def test_an_operator_taking_over_while_held_keeps_their_disable(world: World) -> None:
+    world.report(T0, libvirtd=False, nova_compute=True)
+    world.keeper.run_cycle()
+    assert world.service().disabled_reason == hold_reason(["libvirtd"])
+    world.cloud.disable("c1", "operator: investigating libvirtd")
+    world.report(T0 + 5, libvirtd=True, nova_compute=True)
+    world.keeper.run_cycle()
+    assert world.service().disabled_reason == "operator: investigating libvirtd"
+    event_type, data = world.events()[-1]
+    assert (event_type, data["action"]) == ("vigil.host.compute.enabled", "released")
+
+
+def test_a_nova_error_is_retried_after_a_pause(world: World) -> None:
+    world.compute.fail = 1
+    world.report(T0, nova_compute=False, libvirtd=True)
+    world.keeper.run_cycle()
+    assert not world.service().disabled
+    assert world.store.get_host_services("c1").hold is ComputeHold.NONE  # type: ignore[union-attr]
+    world.clock.advance(1)
+    assert world.keeper.run_cycle() == []  # not before retry_after
+    world.clock.advance(5)
+    world.keeper.run_cycle()
+    assert world.service().disabled
+
+
+def test_after_a_host_failure_the_hold_is_forgotten_and_taken_again_after_restore(
+    world: World,
+) -> None:
+    world.report(T0, nova_compute=False, libvirtd=True)
+    world.keeper.run_cycle()
+    world.store.set_host_state("c1", HostState.SUSPECT, reason="no heartbeat", at=T0 + 1)
+    world.store.set_host_state("c1", HostState.FAILED, reason="power off", at=T0 + 2)
+    world.keeper.run_cycle()
+    assert world.store.get_host_services("c1").hold is ComputeHold.NONE  # type: ignore[union-attr]
+    world.cloud.enable("c1")  # the operator's restore enables it...
+    world.store.set_host_state("c1", HostState.RECOVERED, reason="evacuated", at=T0 + 3)
+    world.store.set_host_state("c1", HostState.NEW, reason="restored", at=T0 + 4)
+    world.store.set_host_state("c1", HostState.UP, reason="heartbeat", at=T0 + 5)
+    world.keeper.run_cycle()
+    assert world.service().disabled  # ...and nova-compute still down: held again
+
+
+def test_a_stale_snapshot_changes_nothing(world: World) -> None:
+    world.report(T0 + 10, nova_compute=True, libvirtd=True)
+    world.report(T0 + 5, nova_compute=False, libvirtd=True)  # a late retry
+    assert world.keeper.run_cycle() == []
+    assert not world.service().disabled and world.events() == []

@@ -1,0 +1,229 @@
+"""Host services: record the agents' snapshots, decide (``vigil.engine.services``), act.
+
+``receive`` persists a snapshot with its ``vigil.host.service.down``/``.up`` events in one
+transaction before the API acknowledges it (S2). ``run_cycle`` — called by the guest
+engine's loop, which serves the agents' reports — reads the snapshots that may need an
+action, calls the pure ``decide_services`` and performs its answer against Nova:
+
+- disable: read the compute service first. Disabled with a reason that is not vigil's →
+  hold LEFT (someone else's); else disable it with vigil's reason → hold DISABLED. The
+  hold and its event are written after Nova answered: a crash in between disables again,
+  which Nova takes as a no-op.
+- release: enable only a service Nova still shows disabled with vigil's reason.
+
+A Nova error leaves the hold as it was; the action is tried again after ``retry_after``
+seconds (logged each time, with the host).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from vigil.clock import Clock
+from vigil.drivers.compute import ComputeDriver
+from vigil.drivers.errors import DriverError
+from vigil.engine.services import (
+    DisableCompute,
+    ForgetHold,
+    ServiceAction,
+    decide_services,
+    may_act,
+)
+from vigil.events import make_event
+from vigil.model import SERVICE_HOLD_PREFIX, ComputeHold, Event, HostServices, ServiceState
+from vigil.store import NotFoundError, Store
+
+LOG = logging.getLogger("vigil.engine.services")
+
+
+def _services_json(services: HostServices) -> dict[str, dict[str, Any]]:
+    return {
+        name: {"up": s.up, "since": s.since, "detail": s.detail}
+        for name, s in sorted(services.services.items())
+    }
+
+
+class ServiceKeeper:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        compute: ComputeDriver,
+        clock: Clock,
+        on_events: Callable[[], None] | None = None,
+        retry_after: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._compute = compute
+        self._clock = clock
+        self._on_events = on_events
+        self._retry_after = retry_after
+        self._not_before: dict[str, float] = {}  # host -> next attempt after a Nova error
+
+    # --- reports (the API calls this) -------------------------------------------------
+
+    def receive(
+        self, host: str, services: Mapping[str, ServiceState], *, reported_at: float
+    ) -> tuple[HostServices, bool]:
+        """Persist ``host``'s snapshot (an older one than stored changes nothing)."""
+        now = self._clock.wall()
+
+        def events(old: HostServices | None, new: HostServices) -> list[Event]:
+            was_up = {n: st.up for n, st in old.services.items()} if old is not None else {}
+            # A service seen for the first time is news only when it is down.
+            went_down = sorted(
+                n for n, st in new.services.items() if not st.up and was_up.get(n, True)
+            )
+            came_up = sorted(
+                n for n, st in new.services.items() if st.up and not was_up.get(n, True)
+            )
+            out = []
+            for event_type, changed in (
+                ("vigil.host.service.down", went_down),
+                ("vigil.host.service.up", came_up),
+            ):
+                if changed:
+                    out.append(
+                        make_event(
+                            event_type,
+                            at=now,
+                            host=host,
+                            services_down=list(new.down),
+                            services=_services_json(new),
+                            changed=changed,
+                        )
+                    )
+                    for name in changed:
+                        state = new.services[name]
+                        LOG.log(
+                            logging.WARNING if not state.up else logging.INFO,
+                            "host %s: %s %s (%s)%s",
+                            host,
+                            name,
+                            "up again" if state.up else "DOWN",
+                            state.detail or "no detail",
+                            "" if state.up else "; its instances are left running, not fenced",
+                        )
+            return out
+
+        result = self._store.record_host_services(
+            host, services, reported_at=reported_at, at=now, events=events
+        )
+        self._events_written()
+        return result
+
+    # --- the cycle ----------------------------------------------------------------------
+
+    def run_cycle(self) -> list[ServiceAction]:
+        now = self._clock.wall()
+        candidates = [
+            s
+            for s in self._store.list_host_services()
+            if may_act(s) and self._not_before.get(s.host, 0.0) <= now
+        ]
+        if not candidates:
+            return []
+        hosts = {}
+        for s in candidates:
+            try:
+                hosts[s.host] = self._store.get_host(s.host)
+            except NotFoundError:
+                continue  # deleted meanwhile
+        actions = decide_services(candidates, hosts)
+        by_host = {s.host: s for s in candidates}
+        for action in actions:
+            try:
+                self._perform(action, by_host[action.host])
+            except DriverError as exc:
+                self._not_before[action.host] = now + self._retry_after
+                LOG.warning(
+                    "host %s: %s failed, retrying in %gs: %s",
+                    action.host,
+                    "disabling its compute service"
+                    if isinstance(action, DisableCompute)
+                    else "enabling its compute service",
+                    self._retry_after,
+                    exc,
+                )
+            else:
+                self._not_before.pop(action.host, None)
+        return actions
+
+    def _perform(self, action: ServiceAction, services: HostServices) -> None:
+        now, host = self._clock.wall(), action.host
+        if isinstance(action, ForgetHold):
+            self._store.set_compute_hold(host, ComputeHold.NONE, "", at=now)
+            LOG.info("host %s: service hold forgotten: %s", host, action.why)
+            return
+        if isinstance(action, DisableCompute):
+            service = self._compute.get_service(host)
+            if service.disabled and not service.disabled_reason.startswith(SERVICE_HOLD_PREFIX):
+                hold, reason, what = ComputeHold.LEFT, service.disabled_reason, "left-disabled"
+                LOG.warning(
+                    "host %s: %s down; its compute service was already disabled (%r): "
+                    "left as it is, and vigil will not enable it",
+                    host,
+                    ", ".join(action.down),
+                    service.disabled_reason,
+                )
+            else:
+                self._compute.disable(host, action.reason)
+                hold, reason, what = ComputeHold.DISABLED, action.reason, "disabled"
+                LOG.warning(
+                    "host %s: compute service disabled for scheduling while %s down "
+                    "(instances left running, host not fenced)",
+                    host,
+                    ", ".join(action.down),
+                )
+            event = make_event(
+                "vigil.host.compute.disabled",
+                at=now,
+                host=host,
+                services_down=list(action.down),
+                action=what,
+                reason=reason,
+            )
+            self._store.set_compute_hold(host, hold, reason, at=now, events=[event])
+        else:
+            what, reason = "released", ""
+            if action.hold is ComputeHold.DISABLED:
+                service = self._compute.get_service(host)
+                if service.disabled and service.disabled_reason.startswith(SERVICE_HOLD_PREFIX):
+                    self._compute.enable(host)
+                    what = "enabled"
+                    reason = f"services up again; was disabled with {service.disabled_reason!r}"
+                    LOG.info("host %s: compute service enabled again: %s", host, reason)
+                else:
+                    reason = (
+                        "services up again; the compute service was changed by someone else "
+                        f"meanwhile (disabled: {service.disabled}, reason "
+                        f"{service.disabled_reason!r}): left as it is"
+                    )
+                    LOG.warning("host %s: %s", host, reason)
+            else:
+                LOG.info(
+                    "host %s: services up again; its compute service stays as its owner "
+                    "left it (%r)",
+                    host,
+                    services.hold_reason,
+                )
+            events = []
+            if action.hold is ComputeHold.DISABLED:
+                events.append(
+                    make_event(
+                        "vigil.host.compute.enabled",
+                        at=now,
+                        host=host,
+                        services_down=[],
+                        action=what,
+                        reason=reason,
+                    )
+                )
+            self._store.set_compute_hold(host, ComputeHold.NONE, "", at=now, events=events)
+        self._events_written()
+
+    def _events_written(self) -> None:
+        if self._on_events is not None:
+            self._on_events()

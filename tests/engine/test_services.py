@@ -120,6 +120,11 @@ class World:
         stored, _ = self.keeper.receive("c1", services, reported_at=at)
         return stored
 
+    def cycle(self) -> list[object]:
+        actions: list[object] = list(self.keeper.run_cycle())
+        assert self.keeper.drain()
+        return actions
+
     def service(self) -> ComputeService:
         return self.cloud.get_service("c1")
 
@@ -147,23 +152,24 @@ class FlakyCompute(SimCompute):
 def world(tmp_path: Path) -> Iterator[World]:
     w = World(tmp_path)
     yield w
+    w.keeper.stop()
     w.store.close()
 
 
 def test_nova_compute_down_disables_the_host_and_up_again_enables_it(world: World) -> None:
     world.report(T0, nova_compute=True, libvirtd=True)
-    assert world.keeper.run_cycle() == [] and world.events() == []  # all up: not news
+    assert world.cycle() == [] and world.events() == []  # all up: not news
 
     world.report(T0 + 1, nova_compute=False, libvirtd=True)
-    world.keeper.run_cycle()
+    world.cycle()
     service = world.service()
     assert service.disabled and service.disabled_reason == hold_reason(["nova-compute"])
     assert not service.forced_down  # not fenced, not forced down: its guests run on
     assert world.store.get_host("c1").state is HostState.UP
-    assert world.keeper.run_cycle() == []  # held: nothing more to do
+    assert world.cycle() == []  # held: nothing more to do
 
     world.report(T0 + 9, nova_compute=True, libvirtd=True)
-    world.keeper.run_cycle()
+    world.cycle()
     assert not world.service().disabled
     assert world.store.get_host_services("c1").hold is ComputeHold.NONE  # type: ignore[union-attr]
     types = [t for t, _ in world.events()]
@@ -181,23 +187,23 @@ def test_nova_compute_down_disables_the_host_and_up_again_enables_it(world: Worl
 def test_an_operators_disable_is_left_alone_both_ways(world: World) -> None:
     world.cloud.disable("c1", "maintenance: new DIMM on Thursday")
     world.report(T0, nova_compute=False, libvirtd=True)
-    world.keeper.run_cycle()
+    world.cycle()
     assert world.service().disabled_reason == "maintenance: new DIMM on Thursday"
     stored = world.store.get_host_services("c1")
     assert stored is not None and stored.hold is ComputeHold.LEFT
     world.report(T0 + 5, nova_compute=True, libvirtd=True)
-    world.keeper.run_cycle()
+    world.cycle()
     assert world.service().disabled  # vigil did not disable it, so it does not enable it
     assert world.events()[1][1]["action"] == "left-disabled"
 
 
 def test_an_operator_taking_over_while_held_keeps_their_disable(world: World) -> None:
     world.report(T0, libvirtd=False, nova_compute=True)
-    world.keeper.run_cycle()
+    world.cycle()
     assert world.service().disabled_reason == hold_reason(["libvirtd"])
     world.cloud.disable("c1", "operator: investigating libvirtd")
     world.report(T0 + 5, libvirtd=True, nova_compute=True)
-    world.keeper.run_cycle()
+    world.cycle()
     assert world.service().disabled_reason == "operator: investigating libvirtd"
     event_type, data = world.events()[-1]
     assert (event_type, data["action"]) == ("vigil.host.compute.enabled", "released")
@@ -206,13 +212,13 @@ def test_an_operator_taking_over_while_held_keeps_their_disable(world: World) ->
 def test_a_nova_error_is_retried_after_a_pause(world: World) -> None:
     world.compute.fail = 1
     world.report(T0, nova_compute=False, libvirtd=True)
-    world.keeper.run_cycle()
+    world.cycle()
     assert not world.service().disabled
     assert world.store.get_host_services("c1").hold is ComputeHold.NONE  # type: ignore[union-attr]
     world.clock.advance(1)
-    assert world.keeper.run_cycle() == []  # not before retry_after
+    assert world.cycle() == []  # not before retry_after
     world.clock.advance(5)
-    world.keeper.run_cycle()
+    world.cycle()
     assert world.service().disabled
 
 
@@ -220,21 +226,21 @@ def test_after_a_host_failure_the_hold_is_forgotten_and_taken_again_after_restor
     world: World,
 ) -> None:
     world.report(T0, nova_compute=False, libvirtd=True)
-    world.keeper.run_cycle()
+    world.cycle()
     world.store.set_host_state("c1", HostState.SUSPECT, reason="no heartbeat", at=T0 + 1)
     world.store.set_host_state("c1", HostState.FAILED, reason="power off", at=T0 + 2)
-    world.keeper.run_cycle()
+    world.cycle()
     assert world.store.get_host_services("c1").hold is ComputeHold.NONE  # type: ignore[union-attr]
     world.cloud.enable("c1")  # the operator's restore enables it...
     world.store.set_host_state("c1", HostState.RECOVERED, reason="evacuated", at=T0 + 3)
     world.store.set_host_state("c1", HostState.NEW, reason="restored", at=T0 + 4)
     world.store.set_host_state("c1", HostState.UP, reason="heartbeat", at=T0 + 5)
-    world.keeper.run_cycle()
+    world.cycle()
     assert world.service().disabled  # ...and nova-compute still down: held again
 
 
 def test_a_stale_snapshot_changes_nothing(world: World) -> None:
     world.report(T0 + 10, nova_compute=True, libvirtd=True)
     world.report(T0 + 5, nova_compute=False, libvirtd=True)  # a late retry
-    assert world.keeper.run_cycle() == []
+    assert world.cycle() == []
     assert not world.service().disabled and world.events() == []

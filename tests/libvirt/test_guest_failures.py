@@ -129,6 +129,11 @@ def test_libvirtd_down_disables_the_host_for_scheduling_until_it_is_back(
 
         daemon.kill()
         until(lambda: stack.compute.service.disabled, 15, "the host to be disabled")
+        until(
+            lambda: stack.store.get_host_services(HOST).hold.value == "disabled",  # type: ignore[union-attr]
+            5,
+            "the hold to be recorded",
+        )
         assert stack.compute.service.disabled_reason == "vigil: host services down: libvirtd"
         assert not stack.compute.service.forced_down
         os.kill(qemu, 0)  # the guest still runs without its libvirtd

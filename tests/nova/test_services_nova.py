@@ -66,6 +66,12 @@ def test_nova_compute_down_disables_the_host_and_does_not_fence_it(
                 step=0.1,
             )
             disabled_in = time.monotonic() - t0
+            # Nova shows the change before its answer reaches vigil, which records it then.
+            wait_until(
+                lambda: vigil.server.store.get_host_services(HOST).hold.value == "disabled",  # type: ignore[union-attr]
+                "vigil to record its hold",
+                10,
+            )
             service = nova_service(cloud)
             assert service["disabled_reason"] == f"{SERVICE_HOLD_PREFIX} nova-compute"
             assert service["forced_down"] is False

@@ -26,8 +26,11 @@ The policies:
 
 Intentional stops (a clean shutdown from inside, a stop through Nova) never reach here:
 the agent does not report them (``vigil.agent.libvirt_monitor``).
-Limits: escalation only publishes an event; rebuilding or evacuating the instance is not
-done, and there is no API yet to mark an escalated failure handled.
+An operator or the owner closes an escalated failure with ``POST
+/v1/guest-failures/{id}/handled`` (``vigil guest-failure handled``); the next failure
+starts a new episode with a fresh budget.
+Limits: escalation only publishes an event; rebuilding or migrating the instance is left
+to whoever receives it.
 """
 
 from __future__ import annotations

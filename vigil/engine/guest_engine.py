@@ -26,7 +26,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from vigil.clock import Clock
@@ -49,6 +48,7 @@ from vigil.engine.guest import (
     needs_policy,
 )
 from vigil.engine.service_keeper import ServiceKeeper
+from vigil.engine.workers import KeyedWorkers
 from vigil.events import make_event
 from vigil.model import (
     GuestFailureStatus,
@@ -143,9 +143,7 @@ class GuestEngine:
         self._tick = tick
         self._wait = wait
         self._poll_interval = poll_interval
-        self._pool = ThreadPoolExecutor(4, thread_name_prefix="vigil-guest")
-        self._lock = threading.Lock()
-        self._in_flight: set[int] = set()
+        self._workers = KeyedWorkers(4, "vigil-guest")  # restarts, by failure id
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -221,16 +219,12 @@ class GuestEngine:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._workers.stop()
+        if self.services is not None:
+            self.services.stop()
 
     def drain(self, timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._in_flight:
-                    return True
-            time.sleep(0.01)
-        return False
+        return self._workers.drain(timeout)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -250,8 +244,7 @@ class GuestEngine:
 
     def run_cycle(self) -> list[GuestAction]:
         failures = self._store.list_guest_failures(statuses=UNRESOLVED)
-        with self._lock:
-            in_flight = set(self._in_flight)
+        in_flight = self._workers.busy()
         views = []
         for f in failures:
             policy = self._policies(f) if needs_policy(f) else None
@@ -361,13 +354,9 @@ class GuestEngine:
                 restarts=f.restarts + (1 if attempt == 1 else 0),
                 events=[event],
             )
-            with self._lock:
-                self._in_flight.add(f.id)
-            try:
-                self._pool.submit(self._restart, started)
-            except RuntimeError:  # shutting down: requeued at the next start
-                with self._lock:
-                    self._in_flight.discard(f.id)
+            # Not submitted when shutting down: requeued at the next start.
+            # The loop is woken once the failure is no longer busy.
+            self._workers.submit(f.id, self._restart, started, then=self.wake)
         self._events_written()
 
     def _restart(self, f: InstanceFailure) -> None:
@@ -408,10 +397,7 @@ class GuestEngine:
         except Exception:
             LOG.exception("%s: recording the restart failed", where)
         finally:
-            with self._lock:
-                self._in_flight.discard(f.id)
             self._events_written()
-            self.wake()
 
     def _restart_through_nova(self, f: InstanceFailure) -> str:
         server = self._compute.get_server(f.instance_id)

@@ -11,8 +11,9 @@ action, calls the pure ``decide_services`` and performs its answer against Nova:
   which Nova takes as a no-op.
 - release: enable only a service Nova still shows disabled with vigil's reason.
 
-A Nova error leaves the hold as it was; the action is tried again after ``retry_after``
-seconds (logged each time, with the host).
+Actions run on two worker threads, one at a time per host. A Nova error leaves the hold
+as it was; the action is tried again after ``retry_after`` seconds (logged each time,
+with the host).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from vigil.engine.services import (
     decide_services,
     may_act,
 )
+from vigil.engine.workers import KeyedWorkers
 from vigil.events import make_event
 from vigil.model import SERVICE_HOLD_PREFIX, ComputeHold, Event, HostServices, ServiceState
 from vigil.store import NotFoundError, Store
@@ -61,6 +63,7 @@ class ServiceKeeper:
         self._on_events = on_events
         self._retry_after = retry_after
         self._not_before: dict[str, float] = {}  # host -> next attempt after a Nova error
+        self._workers = KeyedWorkers(2, "vigil-services")  # one action per host at a time
 
     # --- reports (the API calls this) -------------------------------------------------
 
@@ -117,11 +120,15 @@ class ServiceKeeper:
     # --- the cycle ----------------------------------------------------------------------
 
     def run_cycle(self) -> list[ServiceAction]:
+        """Decide, and hand each action to a worker: Nova may hold a disable call for its
+        rpc_response_timeout (it asks the compute, dead or not, to update its placement
+        trait), and the loop that calls this must not wait for it."""
         now = self._clock.wall()
+        busy = self._workers.busy()
         candidates = [
             s
             for s in self._store.list_host_services()
-            if may_act(s) and self._not_before.get(s.host, 0.0) <= now
+            if may_act(s) and s.host not in busy and self._not_before.get(s.host, 0.0) <= now
         ]
         if not candidates:
             return []
@@ -134,22 +141,34 @@ class ServiceKeeper:
         actions = decide_services(candidates, hosts)
         by_host = {s.host: s for s in candidates}
         for action in actions:
-            try:
-                self._perform(action, by_host[action.host])
-            except DriverError as exc:
-                self._not_before[action.host] = now + self._retry_after
-                LOG.warning(
-                    "host %s: %s failed, retrying in %gs: %s",
-                    action.host,
-                    "disabling its compute service"
-                    if isinstance(action, DisableCompute)
-                    else "enabling its compute service",
-                    self._retry_after,
-                    exc,
-                )
-            else:
-                self._not_before.pop(action.host, None)
+            self._workers.submit(action.host, self._run, action, by_host[action.host])
         return actions
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until no action runs (tests, and a clean stop)."""
+        return self._workers.drain(timeout)
+
+    def stop(self) -> None:
+        self._workers.stop()
+
+    def _run(self, action: ServiceAction, services: HostServices) -> None:
+        try:
+            self._perform(action, services)
+            self._not_before.pop(action.host, None)
+        except DriverError as exc:
+            self._not_before[action.host] = self._clock.wall() + self._retry_after
+            LOG.warning(
+                "host %s: %s failed, retrying in %gs: %s",
+                action.host,
+                "disabling its compute service"
+                if isinstance(action, DisableCompute)
+                else "enabling its compute service",
+                self._retry_after,
+                exc,
+            )
+        except Exception:
+            self._not_before[action.host] = self._clock.wall() + self._retry_after
+            LOG.exception("host %s: service action %s crashed", action.host, action)
 
     def _perform(self, action: ServiceAction, services: HostServices) -> None:
         now, host = self._clock.wall(), action.host
@@ -177,6 +196,7 @@ class ServiceKeeper:
                     host,
                     ", ".join(action.down),
                 )
+            now = self._clock.wall()  # after Nova's answer
             event = make_event(
                 "vigil.host.compute.disabled",
                 at=now,
@@ -209,6 +229,7 @@ class ServiceKeeper:
                     host,
                     services.hold_reason,
                 )
+            now = self._clock.wall()
             events = []
             if action.hold is ComputeHold.DISABLED:
                 events.append(

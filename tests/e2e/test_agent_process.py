@@ -1,0 +1,137 @@
+"""``vigil-agent`` as an operator runs it, against a vigil-server on the simulated cloud.
+
+The agent process reads its configuration file, sends heartbeats (the host comes up) and
+watches a service — here a real process standing in for nova-compute, found by its
+command line. The process is killed: the server disables the host's compute service and
+the host stays up, never fenced; the process comes back: enabled again. A bad
+``watch_service`` is refused at start with exit status 2 and a sentence saying why.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from vigil.clock import SystemClock
+from vigil.config import Settings
+from vigil.server import VigilServer
+from vigil.sim.cloud import SimCloud, SimLatency
+
+TOKEN = "t0ken-for-agent-tests"
+KEY = "agent-key-for-agent-tests"
+AGENT = Path(sys.executable).with_name("vigil-agent")
+
+
+def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[VigilServer, SimCloud]]:
+    cloud = SimCloud(SystemClock(), latency=SimLatency.zero())
+    cloud.add_host("compute-1")
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path}/v.db",
+        api_port=0,
+        heartbeat_port=0,
+        api_token=TOKEN,
+        agent_key=KEY,
+        sim_url=None,
+    )
+    server = VigilServer(settings, cloud=cloud)
+    server.start()
+    try:
+        yield server, cloud
+    finally:
+        server.stop()
+
+
+def agent_conf(tmp_path: Path, server: VigilServer, *watch: str) -> Path:
+    host, port = server.heartbeat_address
+    lines = [
+        "[agent]",
+        "host = compute-1",
+        f"key = {KEY}",
+        f"server_url = {server.api_url}",
+        f"server_host = {host}",
+        f"server_port = {port}",
+        "service_check_interval = 0.2",
+        *(f"watch_service = {w}" for w in watch),
+    ]
+    path = tmp_path / "agent.conf"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def stand_in(marker: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(600)", f"--stand-in={marker}"]
+    )
+
+
+def test_the_agent_process_reports_a_dead_service_and_the_host_is_held_not_fenced(
+    server: tuple[VigilServer, SimCloud], tmp_path: Path
+) -> None:
+    vigil, cloud = server
+    api = httpx.Client(base_url=vigil.api_url, headers={"Authorization": f"Bearer {TOKEN}"})
+    api.post("/v1/segments", json={"name": "rack-a"}).raise_for_status()
+    api.post(
+        "/v1/hosts", json={"name": "compute-1", "segment": "rack-a", "fencing": [{"driver": "sim"}]}
+    ).raise_for_status()
+    marker = uuid.uuid4().hex
+    nova = stand_in(marker)
+    conf = agent_conf(tmp_path, vigil, f"nova-compute=--stand-in={marker}")
+    agent = subprocess.Popen([str(AGENT), "--config-file", str(conf)])
+    try:
+        until(lambda: api.get("/v1/hosts/compute-1").json()["state"] == "up", 15, "heartbeats")
+        until(lambda: api.get("/v1/hosts/compute-1/services").status_code == 200, 15, "report")
+
+        nova.kill()
+        nova.wait()
+        until(lambda: cloud.get_service("compute-1").disabled, 15, "the host disabled")
+        report = api.get("/v1/hosts/compute-1/services").json()
+        assert report["services_down"] == ["nova-compute"]
+        until(
+            lambda: api.get("/v1/hosts/compute-1/services").json()["compute_hold"] == "disabled",
+            10,
+            "the hold recorded",
+        )
+        host = api.get("/v1/hosts/compute-1").json()
+        assert host["state"] == "up"  # heartbeats go on: not suspect, not fenced
+        assert api.get("/v1/recoveries", params={"host": "compute-1"}).json() == []
+        assert not cloud.get_service("compute-1").forced_down
+
+        nova = stand_in(marker)
+        until(lambda: not cloud.get_service("compute-1").disabled, 15, "the host enabled")
+    finally:
+        agent.terminate()
+        assert agent.wait(15) == 0  # a clean stop
+        nova.kill()
+        nova.wait()
+        api.close()
+
+
+def test_a_bad_watch_service_is_refused_at_start(
+    server: tuple[VigilServer, SimCloud], tmp_path: Path
+) -> None:
+    vigil, _ = server
+    conf = agent_conf(tmp_path, vigil, "nova-compute=(unclosed")
+    done = subprocess.run(
+        [str(AGENT), "--config-file", str(conf)], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert "watch_service" in done.stderr and "(unclosed" in done.stderr

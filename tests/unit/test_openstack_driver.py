@@ -8,6 +8,7 @@ What Nova itself does is tested against a real one in tests/nova.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -85,6 +86,9 @@ class FakeNova:
             for h in ("compute1", "compute2", "compute3")
         ]
         self.servers: dict[str, dict[str, Any]] = {}
+        self.changed: set[str] = set()  # what a changes-since listing returns
+        self.listings: list[str] = []  # the changes-since of each such listing
+        self.reads: list[str] = []  # servers read one by one
         self.images: dict[str, dict[str, Any]] = {"img-1": {"id": "img-1"}}
         self.image_status = 200
         self.answer: Response | Exception | None = None  # forced answer of compute calls
@@ -104,6 +108,9 @@ class FakeNova:
             return Response(
                 200, {"services": [s for s in self.services if host in (None, s["host"])]}
             )
+        if path == "/servers/detail" and "changes-since" in query:
+            self.listings.append(query["changes-since"][0])
+            return Response(200, {"servers": [self.servers[k] for k in sorted(self.changed)]})
         if path == "/servers/detail":
             host = query["host"][0]
             listed = sorted(
@@ -120,6 +127,7 @@ class FakeNova:
                 return Response(404, {"itemNotFound": {"code": 404, "message": "not found"}})
             if path.endswith("/action"):
                 return Response(202)
+            self.reads.append(sid)
             return Response(200, {"server": self.servers[sid]})
         if path.startswith("/os-services/") and method == "PUT":
             return Response(200, {"service": {}})
@@ -239,6 +247,40 @@ def test_watchdog_action_from_metadata_then_image_then_flavor(
     assert compute.get_server("c").watchdog_action == "none"  # the operator's flavor
     nova.servers["d"] = server_body("d", image={"id": "plain"})
     assert compute.get_server("d").watchdog_action is None
+
+
+def test_confirmation_polls_share_one_listing_of_the_servers_changed_lately(
+    nova: FakeNova,
+) -> None:
+    now = [100.0]
+    compute = OpenStackCompute(
+        nova,  # type: ignore[arg-type]
+        clock=lambda: now[0],
+        wall=lambda: 1_800_000_000.0 + now[0],
+        poll_refresh=0.25,
+    )
+    for sid in ("a", "b", "c"):
+        nova.servers[sid] = server_body(sid, **{"OS-EXT-STS:task_state": "rebuilding"})
+    # First sight: each read on its own.
+    assert [compute.poll_server(s).task_state for s in "abc"] == ["rebuilding"] * 3
+    assert nova.reads == ["a", "b", "c"] and nova.listings == []
+    # Nova finishes "a" on compute2; "b" and "c" do not change.
+    nova.servers["a"] = server_body("a", **{"OS-EXT-SRV-ATTR:host": "compute2"})
+    nova.changed = {"a"}
+    now[0] += 0.3
+    polled = {s: compute.poll_server(s) for s in "abc"}
+    assert polled["a"].host == "compute2" and polled["a"].task_state is None
+    assert polled["b"].task_state == "rebuilding"  # unchanged: as last seen
+    assert len(nova.listings) == 1 and nova.reads == ["a", "b", "c"]  # one call for three
+    # The listing reaches back before the previous one began (whole seconds in Nova).
+    assert nova.listings[0] == time.strftime(
+        "%Y-%m-%dT%H:%M:%SZ", time.gmtime(1_800_000_000.0 + 100.0 - 5.0)
+    )
+    assert compute.poll_server("a").host == "compute2"  # within poll_refresh: no call
+    assert len(nova.listings) == 1
+    # get_server, which decisions use, is never served from the listing.
+    compute.get_server("b")
+    assert nova.reads[-1] == "b"
 
 
 def test_glance_outage_uses_a_stale_answer_or_is_temporary(nova: FakeNova) -> None:

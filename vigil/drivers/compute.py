@@ -119,6 +119,12 @@ class ComputeDriver(abc.ABC):
     def get_server(self, server_id: str) -> Server:
         """Raises NotFound for an unknown instance."""
 
+    def poll_server(self, server_id: str) -> Server:
+        """A read for confirmation polls only — never to decide an action. A driver may
+        serve it from a recent shared read of many servers (one Nova call for all the
+        evacuations being confirmed rather than one per instance and poll)."""
+        return self.get_server(server_id)
+
     @abc.abstractmethod
     def evacuate(self, server_id: str, target_host: str | None = None) -> None:
         """Ask Nova to rebuild the instance on another host.

@@ -210,7 +210,7 @@ def evacuate(
 
     server = _poll(
         ctx,
-        lambda: ctx.compute.get_server(sid),
+        lambda: ctx.compute.poll_server(sid),
         # Done when it landed elsewhere — or when Nova gave up (ERROR on the failed host
         # with no task: no valid host, a late affinity check): then retry with backoff.
         lambda s: (
@@ -232,7 +232,7 @@ def evacuate(
         ctx.compute.start(sid)
         server = _poll(
             ctx,
-            lambda: ctx.compute.get_server(sid),
+            lambda: ctx.compute.poll_server(sid),
             lambda s: s.status == nova.ACTIVE,
             ctx.settings.evacuate_confirm_timeout,
         )

@@ -448,6 +448,7 @@ def invocation(args: argparse.Namespace) -> str:
         + f" --runs {args.runs} --systems "
         + " ".join(args.systems)
         + (" --append" if args.append else "")
+        + (" --replace" if args.append and args.replace else "")
     )
 
 

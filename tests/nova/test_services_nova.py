@@ -20,7 +20,7 @@ import pytest
 from vigil.agent.services import ServiceWatch
 from vigil.model import SERVICE_HOLD_PREFIX
 
-from .cloud import HOME, Minicloud, report, running_vigil, wait_until
+from .cloud import HOME, Minicloud, Vigil, report, running_vigil, wait_until
 
 pytestmark = pytest.mark.nova
 HOST = "compute2"
@@ -39,19 +39,24 @@ def nova_service(cloud: Minicloud) -> dict[str, object]:
     return dict(service)
 
 
+def watch_nova_compute(vigil: Vigil) -> ServiceWatch:
+    """compute2's agent service watch: its nova-compute, told apart by its config file."""
+    config = HOME / "etc" / HOST / "nova-compute.conf"
+    return ServiceWatch(
+        host=HOST,
+        server_url=vigil.server.api_url,
+        key=vigil.server.settings.agent_key.encode(),
+        services={"nova-compute": rf"nova-compute .*{re.escape(str(config))}"},
+        interval=0.2,
+    )
+
+
 def test_nova_compute_down_disables_the_host_and_does_not_fence_it(
     cloud: Minicloud, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     server_id = cloud.boot("svc-watched", HOST, {"HA_Enabled": "True"})
     with running_vigil(cloud, tmp_path, alive=lambda host: True) as vigil:
-        config = HOME / "etc" / HOST / "nova-compute.conf"
-        watch = ServiceWatch(
-            host=HOST,
-            server_url=vigil.server.api_url,
-            key=vigil.server.settings.agent_key.encode(),
-            services={"nova-compute": rf"nova-compute .*{re.escape(str(config))}"},
-            interval=0.2,
-        )
+        watch = watch_nova_compute(vigil)
         watch.start()
         try:
             wait_until(lambda: watch.acknowledged, "the first service snapshot", 15)
@@ -126,14 +131,7 @@ def test_an_operators_disable_survives_nova_compute_coming_back(
     cloud: Minicloud, tmp_path: Path
 ) -> None:
     with running_vigil(cloud, tmp_path, alive=lambda host: True) as vigil:
-        config = HOME / "etc" / HOST / "nova-compute.conf"
-        watch = ServiceWatch(
-            host=HOST,
-            server_url=vigil.server.api_url,
-            key=vigil.server.settings.agent_key.encode(),
-            services={"nova-compute": rf"nova-compute .*{re.escape(str(config))}"},
-            interval=0.2,
-        )
+        watch = watch_nova_compute(vigil)
         watch.start()
         try:
             wait_until(lambda: watch.acknowledged, "the first service snapshot", 15)

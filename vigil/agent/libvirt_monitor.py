@@ -41,7 +41,7 @@ from typing import Any
 
 import httpx
 
-from vigil.agent.reports import SIGNATURE_HEADER, encode_reports, sign
+from vigil.agent.reports import encode_reports, post_signed
 from vigil.model import GuestFailureKind, GuestReport
 
 LOG = logging.getLogger("vigil.agent.libvirt")
@@ -258,20 +258,8 @@ class ReportSender:
                         return
                     batch = list(self._queue)[:100]
                 body = encode_reports(self._host, batch)
-                try:
-                    response = client.post(
-                        self._url,
-                        content=body,
-                        headers={
-                            SIGNATURE_HEADER: sign(body, self._key),
-                            "Content-Type": "application/json",
-                        },
-                    )
-                    ok = response.status_code // 100 == 2
-                    error = "" if ok else f"HTTP {response.status_code}: {response.text[:200]}"
-                except httpx.HTTPError as exc:
-                    ok, error = False, str(exc) or type(exc).__name__
-                if ok:
+                error = post_signed(client, self._url, body, self._key)
+                if error is None:
                     with self._cv:
                         for _ in batch:
                             if self._queue and self._queue[0] in batch:

@@ -24,6 +24,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import httpx
+
 from vigil.model import GuestFailureKind, GuestReport, ServiceState
 
 SIGNATURE_HEADER = "X-Vigil-Agent-Signature"
@@ -136,3 +138,19 @@ def decode_reports(
         raise
     except (ValueError, KeyError, TypeError) as exc:
         raise BadReport(f"malformed report: {exc}") from exc
+
+
+def post_signed(client: httpx.Client, url: str, body: bytes, key: bytes) -> str | None:
+    """POST ``body`` signed with ``key``; None when the server accepted it (2xx), else
+    why not."""
+    try:
+        response = client.post(
+            url,
+            content=body,
+            headers={SIGNATURE_HEADER: sign(body, key), "Content-Type": "application/json"},
+        )
+    except httpx.HTTPError as exc:
+        return str(exc) or type(exc).__name__
+    if response.status_code // 100 == 2:
+        return None
+    return f"HTTP {response.status_code}: {response.text[:200]}"

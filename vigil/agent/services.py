@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import httpx
 import psutil
 
-from vigil.agent.reports import SIGNATURE_HEADER, encode_services, sign
+from vigil.agent.reports import encode_services, post_signed
 from vigil.model import ServiceState
 
 LOG = logging.getLogger("vigil.agent.services")
@@ -164,7 +164,7 @@ class ServiceWatch:
                     pending = encode_services(self._host, self._clock(), self.states())
                     last_sent, next_try, delay = now, now, 0.0
                 if pending is not None and now >= next_try:
-                    error = self._post(client, pending)
+                    error = post_signed(client, self._url, pending, self._key)
                     if error is None:
                         pending = None
                         self.acknowledged += 1
@@ -179,19 +179,3 @@ class ServiceWatch:
                             delay,
                         )
                 self._stop.wait(self._interval)
-
-    def _post(self, client: httpx.Client, body: bytes) -> str | None:
-        try:
-            response = client.post(
-                self._url,
-                content=body,
-                headers={
-                    SIGNATURE_HEADER: sign(body, self._key),
-                    "Content-Type": "application/json",
-                },
-            )
-        except httpx.HTTPError as exc:
-            return str(exc) or type(exc).__name__
-        if response.status_code // 100 == 2:
-            return None
-        return f"HTTP {response.status_code}: {response.text[:200]}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TypeVar
 
 import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
@@ -21,6 +22,7 @@ from vigil.engine.guest_engine import GuestEngine
 from vigil.model import HostServices
 
 LOG = logging.getLogger("vigil.api.guest")
+T = TypeVar("T")
 
 
 def add_guest_routes(
@@ -28,19 +30,25 @@ def add_guest_routes(
 ) -> None:
     key = agent_key.encode()
 
-    @app.post("/v1/agents/{host}/reports", tags=["agents"])
-    async def agent_reports(host: str, request: Request) -> dict[str, object]:
+    async def _accepted(host: str, request: Request, decode: Callable[..., T], what: str) -> T:
+        """The body, verified and parsed by ``decode``; else 401 (signature), 400
+        (malformed) or 404 (unknown host), each refusal logged with host and client."""
         body = await request.body()
         client = request.client.host if request.client else "?"
         try:
-            reports = decode_reports(body, request.headers.get(SIGNATURE_HEADER), key, host=host)
+            parsed = decode(body, request.headers.get(SIGNATURE_HEADER), key, host=host)
         except BadReport as exc:
             status = 400 if str(exc).startswith("malformed") else 401
-            LOG.warning("agent report for host %s from %s refused: %s", host, client, exc)
+            LOG.warning("%s for host %s from %s refused: %s", what, host, client, exc)
             raise HTTPException(status, str(exc)) from exc
         if not known_host(host):
-            LOG.warning("agent report from %s refused: unknown host %s", client, host)
+            LOG.warning("%s from %s refused: unknown host %s", what, client, host)
             raise HTTPException(404, f"unknown host {host!r}")
+        return parsed
+
+    @app.post("/v1/agents/{host}/reports", tags=["agents"])
+    async def agent_reports(host: str, request: Request) -> dict[str, object]:
+        reports = await _accepted(host, request, decode_reports, "agent report")
         # The store is synchronous: keep the event loop free while it writes.
         failures = await anyio.to_thread.run_sync(guest.receive, reports)
         return {
@@ -53,19 +61,7 @@ def add_guest_routes(
         if guest.services is None:
             raise HTTPException(404, "this server does not watch host services")
         keeper = guest.services
-        body = await request.body()
-        client = request.client.host if request.client else "?"
-        try:
-            at, services = decode_services(
-                body, request.headers.get(SIGNATURE_HEADER), key, host=host
-            )
-        except BadReport as exc:
-            status = 400 if str(exc).startswith("malformed") else 401
-            LOG.warning("service report for host %s from %s refused: %s", host, client, exc)
-            raise HTTPException(status, str(exc)) from exc
-        if not known_host(host):
-            LOG.warning("service report from %s refused: unknown host %s", client, host)
-            raise HTTPException(404, f"unknown host {host!r}")
+        at, services = await _accepted(host, request, decode_services, "service report")
 
         def record() -> tuple[HostServices, bool]:
             return keeper.receive(host, services, reported_at=at)

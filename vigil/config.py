@@ -202,6 +202,17 @@ _recovery = [
         help="Seconds to wait for an evacuated instance to be ACTIVE on its new host.",
     ),
     cfg.FloatOpt(
+        "evacuate_stall_timeout",
+        default=60.0,
+        min=1.0,
+        help="Seconds an evacuated instance may stay in REBUILD on the failed host before "
+        "vigil asks Nova whether anything took the request up. If Nova lost it (its API "
+        "died between saving the instance and sending the request on, while a conductor "
+        "is up), vigil resets the instance to error and evacuates it again. A conductor "
+        "slower than this to pick a request from its queue would then rebuild it twice: "
+        "keep it well above the conductor's normal delay.",
+    ),
+    cfg.FloatOpt(
         "poll_interval",
         default=0.1,
         min=0.01,
@@ -349,6 +360,7 @@ class RecoverySettings:
     retry_backoff_max: float = 15.0
     fence_confirm_timeout: float = 15.0
     evacuate_confirm_timeout: float = 300.0
+    evacuate_stall_timeout: float = 60.0
     poll_interval: float = 0.1
     poll_interval_max: float = 1.0
     workers: int = 32
@@ -425,6 +437,7 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
             retry_backoff_max=r.retry_backoff_max,
             fence_confirm_timeout=r.fence_confirm_timeout,
             evacuate_confirm_timeout=r.evacuate_confirm_timeout,
+            evacuate_stall_timeout=r.evacuate_stall_timeout,
             poll_interval=r.poll_interval,
             poll_interval_max=r.poll_interval_max,
             workers=r.workers,

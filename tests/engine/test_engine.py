@@ -176,3 +176,94 @@ def test_whole_recovery_on_the_fake_clock_with_events_in_order(world: World) -> 
     assert [e.seq for e in events] == sorted(e.seq for e in events)
     for event in events:  # every emitted event matches its published schema
         jsonschema.validate(event.payload, payload_schema(event.event_type))
+
+
+def _recover(w: World, host: str, ticks: int = 400) -> None:
+    for _ in range(ticks):
+        w.tick()
+        recs = w.store.list_recoveries(host=host)
+        if recs and recs[0].status in (RecoveryStatus.SUCCEEDED, RecoveryStatus.FAILED):
+            return
+
+
+def _stall_world(tmp_path: Path, compute: type[SimCompute] = SimCompute) -> World:
+    """A world whose Nova loses the first evacuation it accepts (its API died between
+    saving REBUILD and sending the request on), with a short stall timeout."""
+    w = World(tmp_path)
+    w.settings = Settings(
+        detection=DetectionSettings(),
+        recovery=RecoverySettings(
+            poll_interval=0.05,
+            evacuate_stall_timeout=0.4,
+            # The fake clock jumps while a step polls: kept short of failed_after, so that
+            # the hosts that beat on keep reading up.
+            evacuate_confirm_timeout=1.0,
+            step_attempts=3,
+        ),
+        api_token="t",
+        agent_key="k",
+    )
+    w.engine.close()
+    w.engine = Engine(
+        store=w.store,
+        compute=compute(w.cloud),
+        fence_devices=fence_factory(w.cloud),
+        settings=w.settings,
+        clock=w.clock,
+        heartbeats=w.heartbeats,
+        wait=w.clock.advance,
+    )
+    for _ in range(10):
+        w.tick()
+    w.cloud.lose_evacuations(1)
+    return w
+
+
+def test_an_evacuation_nova_lost_is_reset_and_asked_for_once_more(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    w = _stall_world(tmp_path)
+    try:
+        w.cloud.isolate("c1")
+        _recover(w, "c1")
+        (recovery,) = w.store.list_recoveries(host="c1")
+        assert recovery.status == RecoveryStatus.SUCCEEDED
+        for iid in w.instances:
+            inst = w.cloud.instance(iid)
+            assert inst.status == "ACTIVE" and inst.host != "c1"
+        # exactly one instance was lost, reset once and evacuated a second time
+        assert w.cloud.calls("reset_state") == 1
+        assert sorted(w.cloud.calls("evacuate", i) for i in w.instances) == [1, 1, 2]
+        assert w.cloud.double_running() == []
+        lost = next(s for s in recovery.steps if s.kind == "evacuate" and s.attempts == 2)
+        assert w.cloud.calls("reset_state", lost.instance_id) == 1
+        said = [m for m in caplog.messages if "never took the evacuation up" in m]
+        assert len(said) == 1 and "host c1" in said[0] and str(lost.instance_id) in said[0]
+    finally:
+        w.engine.close()
+        w.store.close()
+
+
+class _CannotTell(SimCompute):
+    """Every conductor down: Nova's record cannot say whether the request waits in a queue."""
+
+    def evacuation_started(self, server_id: str) -> bool | None:
+        return None
+
+
+def test_an_evacuation_that_may_still_be_queued_is_never_asked_for_twice(
+    tmp_path: Path,
+) -> None:
+    w = _stall_world(tmp_path, _CannotTell)
+    try:
+        w.cloud.isolate("c1")
+        _recover(w, "c1")
+        (recovery,) = w.store.list_recoveries(host="c1")
+        assert recovery.status == RecoveryStatus.FAILED
+        assert w.cloud.calls("reset_state") == 0
+        assert all(w.cloud.calls("evacuate", i) == 1 for i in w.instances)
+        stuck = [i for i in w.instances if w.cloud.instance(i).status == "REBUILD"]
+        assert len(stuck) == 1 and w.cloud.instance(stuck[0]).host == "c1"
+    finally:
+        w.engine.close()
+        w.store.close()

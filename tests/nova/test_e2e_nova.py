@@ -156,6 +156,8 @@ def test_nova_api_outage_mid_recovery_retries_and_never_evacuates_twice(
         "recovery.step_attempts=12",
         "recovery.retry_backoff=0.5",
         "recovery.retry_backoff_max=2",
+        # An API killed mid-POST may have saved REBUILD and never sent the request on.
+        "recovery.evacuate_stall_timeout=10",
     ]
     with running_vigil(cloud, tmp_path, overrides) as vigil:
         vigil.api.patch("/v1/segments/minicloud", json={"max_parallel_evacuations": 2})
@@ -188,5 +190,42 @@ def test_nova_api_outage_mid_recovery_retries_and_never_evacuates_twice(
             server = cloud.server(sid)
             assert server["status"] == "ACTIVE", (name, server["status"])
             assert server["OS-EXT-SRV-ATTR:host"] != "compute2", name
-            migrations = cloud.evacuations(sid)
+            # A request the killed API lost leaves a migration 'accepted' that nothing acts on.
+            migrations = [m for m in cloud.evacuations(sid) if m["status"] != "accepted"]
             assert len(migrations) == 1, f"{name} evacuated {len(migrations)} times"
+
+
+def test_an_evacuation_nova_accepted_and_lost_is_asked_for_again(
+    cloud: Minicloud, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """Nova's API saves REBUILD, then sends the request to a conductor: an API that dies in
+    between leaves the instance in REBUILD for ever. Made here for certain: the conductor is
+    down when vigil evacuates, and its queue is purged before it comes back."""
+    sid = _boot_all(cloud, "compute2", {"lost": {"metadata": {POLICY_KEY: "keep-running"}}})["lost"]
+    with running_vigil(cloud, tmp_path, ["recovery.evacuate_stall_timeout=5"]) as vigil:
+        cloud.kill("conductor")
+        t0 = time.monotonic()
+        cloud.kill("compute2")
+        wait_until(
+            lambda: cloud.server(sid)["OS-EXT-STS:task_state"] == "rebuilding",
+            "Nova to accept the evacuation",
+            60,
+        )
+        dropped = cloud.drop_queued("conductor")
+        cloud.start("conductor")
+        recovery = vigil.finished_recovery("compute2", 120)
+        took = time.monotonic() - t0
+        assert dropped >= 1, "nothing was queued for the conductor: the request was not lost"
+        assert recovery["status"] == "succeeded", recovery
+        server = cloud.server(sid)
+        assert server["status"] == "ACTIVE" and server["OS-EXT-SRV-ATTR:host"] != "compute2"
+        (step,) = [s for s in recovery["steps"] if s["kind"] == "evacuate"]
+        assert step["attempts"] == 2, step
+        # The lost request's migration record stays 'accepted': Nova never acted on it.
+        acted = [m for m in cloud.evacuations(sid) if m["status"] != "accepted"]
+        assert [m["status"] for m in acted] == ["done"], cloud.evacuations(sid)
+        say(
+            request,
+            f"an evacuation Nova lost ({dropped} queued requests dropped) re-issued: "
+            f"ACTIVE on {server['OS-EXT-SRV-ATTR:host']} {took:.1f}s after the kill",
+        )

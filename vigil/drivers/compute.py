@@ -134,6 +134,21 @@ class ComputeDriver(abc.ABC):
         service is up and not forced down, and for instances not in EVACUABLE.
         """
 
+    def evacuation_started(self, server_id: str) -> bool | None:
+        """For a server Nova shows in REBUILD: did Nova begin the evacuation it accepted?
+
+        Nova's API saves the instance as rebuilding, then casts the rebuild to a conductor;
+        an API process that dies between the two (a crash, a kill mid-request) leaves the
+        instance in REBUILD for ever, with nothing working on it. False: nothing has picked
+        the request up although Nova could (a conductor is up), so it is lost. True: it is
+        under way. None: the driver cannot tell, and the evacuation is never re-issued."""
+        return None
+
+    def reset_state(self, server_id: str) -> None:
+        """Nova's os-resetState to ``error`` (task cleared), so that an evacuation Nova lost
+        can be asked for again. Only after ``evacuation_started`` answered False."""
+        raise NotImplementedError(f"{type(self).__name__} cannot reset an instance's state")
+
     @abc.abstractmethod
     def start(self, server_id: str) -> None: ...
 

@@ -47,6 +47,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -89,6 +90,17 @@ _CONFLICT_400 = (
 )
 _PAGE = 1000  # Nova's default [api] max_limit
 _POLL_OVERLAP = 5.0  # seconds each poll listing reaches back before the previous one
+
+
+def _nova_time(text: Any) -> float:
+    """A Nova timestamp (UTC, ``2026-11-24T06:55:31Z`` or with microseconds and no zone)
+    as seconds since the epoch; 0 for none."""
+    if not text:
+        return 0.0
+    when = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
 
 
 def _version(text: str) -> tuple[int, int]:
@@ -493,6 +505,40 @@ class OpenStackCompute(ComputeDriver):
 
     def reboot(self, server_id: str, hard: bool = True) -> None:
         self._action(server_id, {"reboot": {"type": "HARD" if hard else "SOFT"}})
+
+    def evacuation_started(self, server_id: str) -> bool | None:
+        """Nova's own records say. The API saves the instance as rebuilding, records an
+        instance action ``evacuate``, then casts to a conductor, whose first act is to add
+        an event to that action (``conductor_rebuild_server``). The latest evacuate action
+        without an event (or none since the instance was saved) although a nova-conductor
+        reported alive after the request was accepted: the request never reached the
+        queue, since a live conductor takes a queued one at once. No conductor alive since
+        then: the request may wait in the queue for one: None, cannot tell. (An API that
+        died between saving the instance and recording the action, for an instance
+        evacuated once before, shows the older action's events: True, and the evacuation
+        times out instead of being re-issued.)"""
+        server = self._call("GET", f"/servers/{server_id}")["server"]
+        if server.get("OS-EXT-STS:task_state") != "rebuilding":
+            return True  # moved on (or never was): nothing lost to re-issue
+        accepted = _nova_time(server.get("updated"))
+        body = self._call("GET", f"/servers/{server_id}/os-instance-actions")
+        actions = [a for a in body.get("instanceActions", []) if a.get("action") == "evacuate"]
+        if actions:
+            latest = max(actions, key=lambda a: _nova_time(a.get("start_time")))
+            path = f"/servers/{server_id}/os-instance-actions/{latest['request_id']}"
+            if self._call("GET", path)["instanceAction"].get("events"):
+                return True
+            accepted = max(accepted, _nova_time(latest.get("start_time")))
+        body = self._call("GET", "/os-services?" + urlencode({"binary": "nova-conductor"}))
+        alive_since = [
+            _nova_time(c.get("updated_at"))
+            for c in body.get("services", [])
+            if c.get("state") == "up"
+        ]
+        # Nova stamps whole seconds: a report in the same second may precede the request.
+        if any(t > accepted + 1.0 for t in alive_since):
+            return False
+        return None
 
     def reset_state(self, server_id: str, state: str = "error") -> None:
         """Nova's reset-state (``error`` or ``active``), for an instance whose task Nova

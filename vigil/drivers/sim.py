@@ -41,6 +41,12 @@ class SimCompute(ComputeDriver):
     def evacuate(self, server_id: str, target_host: str | None = None) -> None:
         self._cloud.evacuate(server_id, target_host)
 
+    def evacuation_started(self, server_id: str) -> bool | None:
+        return self._cloud.evacuation_started(server_id)
+
+    def reset_state(self, server_id: str) -> None:
+        self._cloud.reset_state(server_id)
+
     def start(self, server_id: str) -> None:
         self._cloud.start(server_id)
 

@@ -186,6 +186,52 @@ def _status_before(recovery: Recovery, instance_id: str) -> str | None:
     return None
 
 
+def _confirm_evacuation(ctx: StepContext, sid: str, label: str, host: Host) -> Server:
+    """Poll until the instance landed elsewhere — or Nova gave up (ERROR on the failed host
+    with no task: no valid host, a late affinity check), for the step to retry with backoff.
+
+    An instance still REBUILD on the failed host after ``evacuate_stall_timeout`` may be
+    an evacuation Nova accepted and lost (its API died before sending the request on):
+    Nova is asked then, and every ``evacuate_stall_timeout`` after; once it says it lost
+    it, the state is reset and the step fails, so that its next attempt evacuates again.
+    Anything else waits out ``evacuate_confirm_timeout``."""
+
+    def landed(s: Server) -> bool:
+        return (s.host != host.name and s.status in nova.EVACUABLE) or (
+            s.host == host.name and s.status == nova.ERROR and not s.task_state
+        )
+
+    settings, began = ctx.settings, ctx.clock.monotonic()
+    deadline = began + settings.evacuate_confirm_timeout
+    while True:
+        # Asked again every evacuate_stall_timeout: right after a conductor comes back,
+        # Nova's records cannot tell yet.
+        check_at = min(deadline, ctx.clock.monotonic() + settings.evacuate_stall_timeout)
+
+        def settled(s: Server, at: float = check_at) -> bool:
+            return landed(s) or ctx.clock.monotonic() >= at
+
+        server = _poll(
+            ctx,
+            lambda: ctx.compute.poll_server(sid),
+            settled,
+            max(0.0, check_at - ctx.clock.monotonic()),
+        )
+        if landed(server) or ctx.clock.monotonic() >= deadline:
+            return server
+        stuck = server.host == host.name and server.status == nova.REBUILD
+        if stuck and ctx.compute.evacuation_started(sid) is False:
+            LOG.warning(
+                "host %s: %s has been REBUILD for %.1fs and Nova never took the evacuation "
+                "up (its API lost the request): resetting it to error to evacuate it again",
+                host.name,
+                label,
+                ctx.clock.monotonic() - began,
+            )
+            ctx.compute.reset_state(sid)
+            raise TemporaryError(f"Nova lost the evacuation of {label}; its state was reset")
+
+
 def evacuate(
     ctx: StepContext, step: Step, recovery: Recovery, host: Host, segment: Segment | None = None
 ) -> Done:
@@ -208,17 +254,7 @@ def evacuate(
         # Already leaving or gone: a previous run of this step asked Nova; never ask twice.
         LOG.info("host %s: %s already evacuating or moved; confirming", host.name, label)
 
-    server = _poll(
-        ctx,
-        lambda: ctx.compute.poll_server(sid),
-        # Done when it landed elsewhere — or when Nova gave up (ERROR on the failed host
-        # with no task: no valid host, a late affinity check): then retry with backoff.
-        lambda s: (
-            (s.host != host.name and s.status in nova.EVACUABLE)
-            or (s.host == host.name and s.status == nova.ERROR and not s.task_state)
-        ),
-        ctx.settings.evacuate_confirm_timeout,
-    )
+    server = _confirm_evacuation(ctx, sid, label, host)
     if server.host == host.name:
         why = f": {server.fault}" if server.fault else ""
         raise TemporaryError(f"{label} still on {host.name} ({server.status}){why}")

@@ -224,6 +224,8 @@ class SimCloud:
         self._calls: Counter[tuple[str, str]] = Counter()
         self._attempts: Counter[tuple[str, str]] = Counter()
         self._network = (0.0, 0.0)
+        self._lose_evacuations = 0
+        self._lost: set[str] = set()  # instances whose evacuation Nova accepted and lost
 
     # ----------------------------------------------------------------- building the world
 
@@ -350,6 +352,12 @@ class SimCloud:
         """The BMC acknowledges power-off but the power stays on (status still reads ON)."""
         self._set_flag(host, "bmc_lies", flag)
 
+    def lose_evacuations(self, count: int = 1) -> None:
+        """Nova's API dies mid-request, ``count`` times: the next evacuations are accepted
+        (the instance reads REBUILD) but never carried out, until ``reset_state``."""
+        with self._lock:
+            self._lose_evacuations = count
+
     def set_network(self, loss: float = 0.0, jitter: float = 0.0) -> None:
         """Conditions for agent heartbeats (applied by the agent harness, not here)."""
         if not 0.0 <= loss <= 1.0:
@@ -432,7 +440,8 @@ class SimCloud:
 
     def calls(self, method: str, target: str | None = None) -> int:
         """Accepted calls of a mutating method (``evacuate``, ``start``, ``stop``, ``reboot``,
-        ``set_forced_down``, ``disable``, ``enable``, ``bmc_power_off``, ``bmc_power_on``),
+        ``set_forced_down``, ``disable``, ``enable``, ``bmc_power_off``, ``bmc_power_on``,
+        ``reset_state``),
         per target (server id or host name) or in all. A call that raised is not counted.
         ``disable_rpc_timeout`` counts disable/enable calls that waited for a silent compute.
         """
@@ -516,6 +525,12 @@ class SimCloud:
                 dest: str | None = target_host
             else:
                 dest = self._schedule(inst, now)
+            if self._lose_evacuations > 0:
+                self._lose_evacuations -= 1
+                self._lost.add(inst.id)
+                inst.status, inst.task_state, inst.fault = REBUILD, "rebuilding", None
+                self._calls["evacuate", server_id] += 1
+                return
             op = self._new_op("evacuate", inst.id, actor=dest, dest=dest, status=inst.status)
             # A scheduling failure surfaces about as fast as a start or stop would.
             op.due = now + self._delay(self._latency.evacuate if dest else self._latency.action)
@@ -524,6 +539,22 @@ class SimCloud:
             inst.status, inst.task_state, inst.fault = REBUILD, "rebuilding", None
             self._queue(op)
             self._calls["evacuate", server_id] += 1
+
+    def evacuation_started(self, server_id: str) -> bool | None:
+        self._api_latency()
+        with self._lock:
+            self._advance()
+            return server_id not in self._lost
+
+    def reset_state(self, server_id: str) -> None:
+        """Nova's os-resetState to error: the task is cleared whatever it was."""
+        self._api_latency()
+        with self._lock:
+            self._advance()
+            inst = self._instance_or_not_found(server_id)
+            self._lost.discard(server_id)
+            inst.status, inst.task_state = ERROR, None
+            self._calls["reset_state", server_id] += 1
 
     def start(self, server_id: str) -> None:
         self._action("start", server_id)

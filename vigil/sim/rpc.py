@@ -46,6 +46,8 @@ _DECODE: dict[str, Callable[[Any], Any]] = {
     "list_servers": lambda r: [_server(s) for s in r],
     "get_server": lambda r: _server(r),
     "evacuate": lambda r: None,
+    "evacuation_started": lambda r: r,
+    "reset_state": lambda r: None,
     "start": lambda r: None,
     "stop": lambda r: None,
     "reboot": lambda r: None,
@@ -255,6 +257,12 @@ class RemoteCloud:
 
     def evacuate(self, server_id: str, target_host: str | None = None) -> None:
         self._call("evacuate", server_id=server_id, target_host=target_host)
+
+    def evacuation_started(self, server_id: str) -> bool | None:
+        return cast("bool | None", self._call("evacuation_started", server_id=server_id))
+
+    def reset_state(self, server_id: str) -> None:
+        self._call("reset_state", server_id=server_id)
 
     def start(self, server_id: str) -> None:
         self._call("start", server_id=server_id)

@@ -278,14 +278,9 @@ class ComputeContract:
         )
         assert server.status == SHUTOFF
 
-    def test_evacuate_while_rebuilding_conflicts(self, compute_world: ComputeWorld) -> None:
-        source = compute_world.hosts[0]
-        sid = compute_world.boot("ct-twice", source)
-        self._fail_and_force_down(compute_world, source)
-        compute_world.driver.evacuate(sid)
-        with pytest.raises(Conflict):
-            compute_world.driver.evacuate(sid)
-        self._evacuated(compute_world, sid, source)
+    # A second evacuation while the first is being rebuilt is not refused by every Nova
+    # (34 accepts it and records a second, failed migration): the evacuate step reads the
+    # instance and asks only when no task is in progress (tests/engine/test_engine.py).
 
     def test_evacuate_to_the_source_host_is_refused(self, compute_world: ComputeWorld) -> None:
         source = compute_world.hosts[0]

@@ -4,6 +4,7 @@ with its events in order — no sockets, no sleeping, the same decisions as prod
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
@@ -11,11 +12,26 @@ import pytest
 
 from vigil.clock import FakeClock
 from vigil.config import DetectionSettings, RecoverySettings, Settings
+from vigil.drivers.compute import Server
+from vigil.drivers.errors import TemporaryError
 from vigil.drivers.sim import SimCompute
+from vigil.engine import steps
 from vigil.engine.engine import Engine
 from vigil.engine.heartbeat import HeartbeatTable
+from vigil.engine.steps import StepContext
 from vigil.events import payload_schema
-from vigil.model import FenceMethod, HaPolicy, Host, HostState, RecoveryStatus, Segment
+from vigil.model import (
+    FenceMethod,
+    HaPolicy,
+    Host,
+    HostState,
+    Recovery,
+    RecoveryStatus,
+    Segment,
+    Step,
+    StepKind,
+    StepStatus,
+)
 from vigil.server import fence_factory
 from vigil.sim.cloud import SimCloud, SimLatency
 from vigil.store.sql import SqlStore, upgrade
@@ -267,3 +283,28 @@ def test_an_evacuation_that_may_still_be_queued_is_never_asked_for_twice(
     finally:
         w.engine.close()
         w.store.close()
+
+
+def test_an_instance_with_a_task_in_progress_is_not_evacuated_yet(world: World) -> None:
+    """Nova 34 accepts a second evacuation of an instance still being rebuilt: the step
+    reads the instance and asks Nova only when no task is in progress."""
+    iid = world.instances[0]
+    busy = replace(world.cloud.get_server(iid), task_state="powering-off")
+
+    class Busy(SimCompute):
+        def get_server(self, server_id: str) -> Server:
+            return busy if server_id == iid else super().get_server(server_id)
+
+    ctx = StepContext(
+        compute=Busy(world.cloud),
+        fence_devices=lambda host: [],
+        policies=lambda instance_id: None,
+        settings=world.settings.recovery,
+        clock=world.clock,
+        wait=world.clock.advance,
+    )
+    step = Step(1, 1, 1, StepKind.EVACUATE, StepStatus.RUNNING, iid, "vm0")
+    recovery = Recovery(1, 1, "c1", "s1", RecoveryStatus.RUNNING, created_at=0.0)
+    with pytest.raises(TemporaryError, match="with task powering-off: Nova cannot evacuate"):
+        steps.evacuate(ctx, step, recovery, world.store.get_host("c1"))
+    assert world.cloud.attempts("evacuate") == 0

@@ -131,7 +131,9 @@ class ComputeDriver(abc.ABC):
 
         Returns once Nova accepted the request; the rebuild goes on asynchronously and is
         confirmed by reading the server. Nova refuses (Conflict) while the source compute
-        service is up and not forced down, and for instances not in EVACUABLE.
+        service is up and not forced down, and for instances not in EVACUABLE. Nova 34
+        accepts a second evacuation of an instance still being rebuilt, though: the caller
+        reads the instance just before and asks only when no task is in progress.
         """
 
     def evacuation_started(self, server_id: str) -> bool | None:

@@ -174,8 +174,9 @@ class OpenStackCompute(ComputeDriver):
         *,
         image_cache_ttl: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
-        poll_refresh: float = 0.25,
+        poll_refresh: float = 0.5,
         wall: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._conn = conn
         self._cache_ttl = image_cache_ttl
@@ -185,9 +186,12 @@ class OpenStackCompute(ComputeDriver):
         # poll_server: the servers polled lately, as the last shared listing showed them.
         self._poll_refresh = poll_refresh
         self._poll_lock = threading.Lock()
-        self._polled: dict[str, tuple[Mapping[str, Any], float]] = {}  # id -> (body, used)
+        self._sleep = sleep
+        # id -> (body, monotonic time last polled); body None: not seen yet, in the next listing
+        self._polled: dict[str, tuple[Mapping[str, Any] | None, float]] = {}
         self._polled_at = float("-inf")  # monotonic time of the last listing
-        self._listed_since: float | None = None  # wall time the last listing covered from
+        self._listed_since: float | None = None  # wall time the last listing began
+        self._unlisted_since: float | None = None  # first poll of a server not listed yet
         self._microversion: str | None = None
         self._images: dict[str, tuple[dict[str, Any], float]] = {}
         self._secrets = self._collect_secrets(conn)
@@ -373,36 +377,51 @@ class OpenStackCompute(ComputeDriver):
     def poll_server(self, server_id: str) -> Server:
         """Confirmation polls share one listing: ``GET /servers/detail?changes-since=…``,
         at most every ``poll_refresh`` seconds whoever asks, gives every server changed
-        lately; a server not in it has not changed and its last known body stands (a
-        server never seen is read on its own). Eight evacuations each polling its
-        instance cost Nova eight reads per poll; this costs it one, whatever the count.
+        lately; a server not in it has not changed and its last known body stands. A
+        server polled for the first time joins the next listing (waiting for it at most
+        ``poll_refresh``), reaching back before it was first asked for: it was just
+        evacuated, so it is in it. Fifty evacuations each polling its instance would cost
+        Nova fifty reads per round, and one read each to begin; this costs it one.
 
         Nova stamps ``updated_at`` in whole seconds, and clocks differ a little: each
-        listing reaches back ``_POLL_OVERLAP`` seconds before the previous one began."""
-        with self._poll_lock:  # one listing at a time; the others wait and share it
-            now = self._clock()
-            if now - self._polled_at >= self._poll_refresh:
-                self._list_changed(now)
-            entry = self._polled.get(server_id)
-            if entry is not None:
-                self._polled[server_id] = (entry[0], now)
-        if entry is None:
-            data = self._call("GET", f"/servers/{server_id}")["server"]
-            with self._poll_lock:
-                self._polled.setdefault(server_id, (data, self._clock()))
-            return self._server(data)
-        return self._server(entry[0])
+        listing reaches back ``_POLL_OVERLAP`` seconds before the previous one began (or
+        the first poll of a server it is the first to cover)."""
+        while True:
+            with self._poll_lock:  # one listing at a time; the others wait and share it
+                now = self._clock()
+                entry = self._polled.get(server_id)
+                if entry is None:
+                    self._polled[server_id] = entry = (None, now)
+                    first = self._wall()
+                    if self._unlisted_since is None or first < self._unlisted_since:
+                        self._unlisted_since = first
+                due = self._polled_at + self._poll_refresh
+                if now >= due:
+                    self._list_changed(now)
+                    entry = self._polled.get(server_id, entry)
+                if entry[0] is not None or now >= due:
+                    break
+            self._sleep(due - now)
+        body = entry[0]
+        if body is None:  # not in a listing meant to hold it: read it on its own
+            body = self._call("GET", f"/servers/{server_id}")["server"]
+        with self._poll_lock:
+            self._polled[server_id] = (body, self._clock())
+        return self._server(body)
 
     def _list_changed(self, now: float) -> None:
         """Refresh ``_polled`` from Nova (the caller holds ``_poll_lock``)."""
         started = self._wall()
-        if now - self._polled_at > 60.0:
-            self._polled.clear()  # a new round of polls: nothing known is fresh
-        if self._listed_since is None or not self._polled:
-            # Nothing watched yet: the servers polled next are read on their own first.
-            self._listed_since, self._polled_at = started, now
-            return
-        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._listed_since - _POLL_OVERLAP))
+        # Forget the servers nobody polled for a minute (their evacuations are done).
+        self._polled = {k: v for k, v in self._polled.items() if now - v[1] < 60.0}
+        # From the previous listing (unless it is a minute old: a new round of polls) or
+        # from the first poll of a server not listed yet, whichever is earlier.
+        reach = [t for t in (self._unlisted_since, self._listed_since) if t is not None]
+        if now - self._polled_at > 60.0 and self._unlisted_since is not None:
+            reach = [self._unlisted_since]
+        since = time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime(min(reach, default=started) - _POLL_OVERLAP)
+        )
         marker: str | None = None
         while True:
             query: dict[str, Any] = {"all_tenants": 1, "changes-since": since, "limit": _PAGE}
@@ -416,9 +435,7 @@ class OpenStackCompute(ComputeDriver):
             if len(page) < _PAGE:
                 break
             marker = str(page[-1]["id"])
-        # Forget the servers nobody polled for a minute (their evacuations are done).
-        self._polled = {k: v for k, v in self._polled.items() if now - v[1] < 60.0}
-        self._listed_since, self._polled_at = started, now
+        self._listed_since, self._polled_at, self._unlisted_since = started, now, None
 
     def _server(self, data: Mapping[str, Any]) -> Server:
         metadata = data.get("metadata") or {}
@@ -482,16 +499,6 @@ class OpenStackCompute(ComputeDriver):
         self._call("POST", f"/servers/{server_id}/action", body)
 
     def evacuate(self, server_id: str, target_host: str | None = None) -> None:
-        # Nova 34 accepts a second evacuation of an instance that is still being rebuilt
-        # (and records a second, failed migration): refuse it here. The engine reads the
-        # instance before asking too; this guards every other caller.
-        server = self._call("GET", f"/servers/{server_id}")["server"]
-        task = server.get("OS-EXT-STS:task_state")
-        if task:
-            raise Conflict(
-                f"instance {server_id} is {server.get('status')} with task {task} in "
-                "progress: not asking Nova to evacuate it again"
-            )
         # No "force": a named target still goes through the scheduler's filters, so a
         # server group's anti-affinity is checked before Nova accepts.
         args: dict[str, Any] = {"host": target_host} if target_host else {}

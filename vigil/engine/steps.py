@@ -240,8 +240,9 @@ def evacuate(
     sid, label = step.instance_id, f"instance {step.instance_name} ({step.instance_id})"
     server = ctx.compute.get_server(sid)
     if server.host == host.name and server.status != nova.REBUILD:
-        if server.status not in nova.EVACUABLE:
-            raise TemporaryError(f"{label} is {server.status}: Nova cannot evacuate it yet")
+        if server.status not in nova.EVACUABLE or server.task_state:
+            task = f" with task {server.task_state}" if server.task_state else ""
+            raise TemporaryError(f"{label} is {server.status}{task}: Nova cannot evacuate it yet")
         target = step.target_host  # a consumer's choice wins
         if target is None and segment is not None:
             target = pick_target(ctx.targets(host, segment), step.attempts)

@@ -41,7 +41,12 @@ TICK = 0.05
 
 
 class World:
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        recovery: RecoverySettings | None = None,
+        compute: type[SimCompute] = SimCompute,
+    ) -> None:
         self.clock = FakeClock()
         self.cloud = SimCloud(self.clock, latency=SimLatency.zero())
         for h in HOSTS:
@@ -60,13 +65,13 @@ class World:
         self.heartbeats = HeartbeatTable(self.clock)
         self.settings = Settings(
             detection=DetectionSettings(),
-            recovery=RecoverySettings(poll_interval=0.05),
+            recovery=recovery or RecoverySettings(poll_interval=0.05),
             api_token="t",
             agent_key="k",
         )
         self.engine = Engine(
             store=self.store,
-            compute=SimCompute(self.cloud),
+            compute=compute(self.cloud),
             fence_devices=fence_factory(self.cloud),
             settings=self.settings,
             clock=self.clock,
@@ -205,30 +210,15 @@ def _recover(w: World, host: str, ticks: int = 400) -> None:
 def _stall_world(tmp_path: Path, compute: type[SimCompute] = SimCompute) -> World:
     """A world whose Nova loses the first evacuation it accepts (its API died between
     saving REBUILD and sending the request on), with a short stall timeout."""
-    w = World(tmp_path)
-    w.settings = Settings(
-        detection=DetectionSettings(),
-        recovery=RecoverySettings(
-            poll_interval=0.05,
-            evacuate_stall_timeout=0.4,
-            # The fake clock jumps while a step polls: kept short of failed_after, so that
-            # the hosts that beat on keep reading up.
-            evacuate_confirm_timeout=1.0,
-            step_attempts=3,
-        ),
-        api_token="t",
-        agent_key="k",
+    recovery = RecoverySettings(
+        poll_interval=0.05,
+        evacuate_stall_timeout=0.4,
+        # The fake clock jumps while a step polls: kept short of failed_after, so that
+        # the hosts that beat on keep reading up.
+        evacuate_confirm_timeout=1.0,
+        step_attempts=3,
     )
-    w.engine.close()
-    w.engine = Engine(
-        store=w.store,
-        compute=compute(w.cloud),
-        fence_devices=fence_factory(w.cloud),
-        settings=w.settings,
-        clock=w.clock,
-        heartbeats=w.heartbeats,
-        wait=w.clock.advance,
-    )
+    w = World(tmp_path, recovery, compute)
     for _ in range(10):
         w.tick()
     w.cloud.lose_evacuations(1)

@@ -135,8 +135,10 @@ def prepare_cloud(cloud: Minicloud, n: int) -> list[str]:
         "/os-quota-class-sets/default",
         {"quota_class_set": {"instances": -1, "cores": -1, "ram": -1}},
     )
-    ids = [cloud.boot(f"ha-{i:02d}", FAILED_HOST, HA_METADATA, wait=False) for i in range(n)]
-    cloud.wait_active(ids, timeout=60 + 6 * n)
+    names = [f"ha-{i:02d}" for i in range(n)]
+    bodies = {name: cloud.server_body(name, FAILED_HOST, HA_METADATA) for name in names}
+    booted = cloud.boot_many(FAILED_HOST, bodies, timeout=60 + 6 * n)
+    ids = [booted[name] for name in names]
     # The scheduler and the computes settle before the failure (a fresh boot still has
     # its host's resource tracker busy).
     time.sleep(2)

@@ -136,12 +136,26 @@ class Minicloud:
         host: str,
         metadata: Mapping[str, str] | None = None,
         *,
+        wait: bool = True,
+        **kw: Any,
+    ) -> str:
+        body = self.server_body(name, host, metadata, **kw)
+        if not wait:
+            return self._post_server(host, body)
+        return self.boot_many(host, {name: body})[name]
+
+    @staticmethod
+    def server_body(
+        name: str,
+        host: str,
+        metadata: Mapping[str, str] | None = None,
+        *,
         image: str = IMAGE,
         flavor: str = FLAVOR,
-        wait: bool = True,
         hints: Mapping[str, str] | None = None,
-    ) -> str:
-        body = {
+    ) -> dict[str, Any]:
+        """A POST /servers body for ``host``."""
+        return {
             "server": {
                 "name": name,
                 "imageRef": image,
@@ -152,22 +166,31 @@ class Minicloud:
             },
             **({"os:scheduler_hints": dict(hints)} if hints else {}),
         }
-        for attempt in (1, 2):
-            # The scheduler takes only a compute it has heard from lately.
-            wait_until(lambda: self.services()[host]["state"] == "up", f"{host} up", 60)
-            sid = str(self.nova("POST", "/servers", body, mv=BOOT_MICROVERSION)["server"]["id"])
-            if not wait:
-                return sid
-            try:
-                self.wait_active([sid])
-                return sid
-            except AssertionError as exc:
-                # A broker hiccup (another test restarting RabbitMQ on a shared machine)
-                # can cost a compute one state report: the scheduler then finds no host.
-                if attempt == 2 or "No valid host" not in str(exc):
-                    raise
-                self.conn.compute.request(f"/servers/{sid}", "DELETE", microversion="2.94")
-        raise AssertionError("unreachable")
+
+    def boot_many(
+        self, host: str, bodies: Mapping[str, Mapping[str, Any]], timeout: float = 60
+    ) -> dict[str, str]:
+        """Boot servers in parallel (name -> ``server_body``) and wait until all are
+        ACTIVE. Those Nova finds no host for are booted once more: a broker hiccup or a
+        loaded machine can cost a compute one state report, and the scheduler then takes
+        it for down."""
+        ids = {name: self._post_server(host, body) for name, body in bodies.items()}
+        try:
+            self.wait_active(list(ids.values()), timeout)
+        except AssertionError as exc:
+            if "No valid host" not in str(exc):
+                raise
+            for name, sid in ids.items():
+                if self.server(sid)["status"] == "ERROR":
+                    self.conn.compute.request(f"/servers/{sid}", "DELETE", microversion="2.94")
+                    ids[name] = self._post_server(host, bodies[name])
+            self.wait_active(list(ids.values()), timeout)
+        return ids
+
+    def _post_server(self, host: str, body: Mapping[str, Any]) -> str:
+        # The scheduler takes only a compute it has heard from lately.
+        wait_until(lambda: self.services()[host]["state"] == "up", f"{host} up", 60)
+        return str(self.nova("POST", "/servers", body, mv=BOOT_MICROVERSION)["server"]["id"])
 
     def wait_active(self, ids: list[str], timeout: float = 60) -> None:
         def active() -> bool:

@@ -45,12 +45,13 @@ def cloud(minicloud: Minicloud) -> Iterator[Minicloud]:
 
 
 def _boot_all(cloud: Minicloud, host: str, specs: dict[str, dict[str, Any]]) -> dict[str, str]:
-    ids = {
-        name: cloud.boot(name, host, spec.get("metadata"), wait=False, **spec.get("kw", {}))
-        for name, spec in specs.items()
-    }
-    cloud.wait_active(list(ids.values()))
-    return ids
+    return cloud.boot_many(
+        host,
+        {
+            name: cloud.server_body(name, host, spec.get("metadata"), **spec.get("kw", {}))
+            for name, spec in specs.items()
+        },
+    )
 
 
 def test_host_failure_evacuates_ha_instances_then_restore(

@@ -46,8 +46,10 @@ def test_compute_host_notification_fences_and_evacuates_on_real_nova(
         "plain": None,  # Masakari evacuates every instance by default: so does the segment
         "scratch": {POLICY_KEY: "off"},  # an owner's opt-out
     }
-    ids = {name: cloud.boot(name, "compute1", meta, wait=False) for name, meta in specs.items()}
-    cloud.wait_active(list(ids.values()))
+    ids = cloud.boot_many(
+        "compute1",
+        {name: cloud.server_body(name, "compute1", meta) for name, meta in specs.items()},
+    )
     moved = {n: ids[n] for n in ("legacy", "plain")}
 
     def fences(host: Host) -> list[FenceDevice]:

@@ -207,14 +207,10 @@ def _confirm_evacuation(ctx: StepContext, sid: str, label: str, host: Host) -> S
         # Asked again every evacuate_stall_timeout: right after a conductor comes back,
         # Nova's records cannot tell yet.
         check_at = min(deadline, ctx.clock.monotonic() + settings.evacuate_stall_timeout)
-
-        def settled(s: Server, at: float = check_at) -> bool:
-            return landed(s) or ctx.clock.monotonic() >= at
-
         server = _poll(
             ctx,
             lambda: ctx.compute.poll_server(sid),
-            settled,
+            landed,
             max(0.0, check_at - ctx.clock.monotonic()),
         )
         if landed(server) or ctx.clock.monotonic() >= deadline:

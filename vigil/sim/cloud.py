@@ -12,7 +12,9 @@ instances, server groups, and a Nova API that enforces the rules vigil depends o
   ``evacuate_leaves_stopped``, like microversion >= 2.95); without a valid destination the
   request is still accepted and the instance ends ERROR on its source host;
 - anti-affinity is checked by the scheduler against members already placed and again on
-  arrival (Nova's late check), so members evacuated in parallel can race and end ERROR.
+  arrival (Nova's late check), so members evacuated in parallel can race and end ERROR;
+- ``lose_evacuations`` makes the next evacuations accepted and lost (REBUILD for ever, as
+  when Nova's API dies before sending the request on) until ``reset_state``.
 
 Errors raised by the Nova and BMC methods, chosen where Nova's HTTP status would not tell
 vigil whether to retry:

@@ -155,6 +155,8 @@ class _Host:
     disabled_reason: str = ""
     stopped_reporting_at: float | None = None  # None: nova-compute is reporting
     pending_power: _Op | None = None
+    boots: int = 1  # how many times the host has booted: its kernel boot id changes each time
+    cut_from_server: bool = False  # the control network to vigil-server is cut; peers reachable
 
     @property
     def compute_works(self) -> bool:
@@ -337,6 +339,11 @@ class SimCloud:
     def reconnect(self, host: str) -> None:
         self._set_flag(host, "isolated", False)
 
+    def cut_from_server(self, host: str, flag: bool) -> None:
+        """Cut (or mend) only the path between the host and vigil-server: its heartbeats
+        are lost, but it still reaches its peer hosts and Nova."""
+        self._set_flag(host, "cut_from_server", flag)
+
     def hang(self, host: str) -> None:
         """Freeze a powered host: no agent, no nova-compute; its instances still count."""
         with self._lock:
@@ -394,6 +401,24 @@ class SimCloud:
             h = self._host_or_value_error(host)
             return h.powered and not h.hung and h.agent_running and not h.isolated
 
+    def boot_id(self, host: str) -> str:
+        """The host's kernel boot id (``/proc/sys/kernel/random/boot_id``): new at every boot."""
+        with self._lock:
+            self._advance()
+            h = self._host_or_value_error(host)
+            return f"{h.name}-boot-{h.boots}"
+
+    def peer_reachable(self, host: str, peer: str) -> bool:
+        """Whether ``host``'s agent can exchange datagrams with ``peer``'s agent now: both
+        powered, not hung, their agents running, neither isolated (a host cut off only from
+        vigil-server still reaches its peers)."""
+        with self._lock:
+            self._advance()
+            a, b = self._host_or_value_error(host), self._host_or_value_error(peer)
+            return all(
+                h.powered and not h.hung and h.agent_running and not h.isolated for h in (a, b)
+            )
+
     def can_pet_watchdog(self, host: str) -> bool:
         """Whether the host's agent runs and can reach its watchdog device (isolation does
         not stop it; a hung host or a dead agent cannot)."""
@@ -417,6 +442,7 @@ class SimCloud:
                 # Back up but still cut off: nova-compute cannot tell Nova its instances
                 # are off, so Nova keeps believing what it believed.
                 h.powered, h.agent_running = True, True
+                h.boots += 1
                 self._update_reporting(h, now)
             else:
                 self._restore_power(h, now)
@@ -919,6 +945,7 @@ class SimCloud:
 
     def _restore_power(self, h: _Host, at: float) -> None:
         h.powered, h.agent_running = True, True
+        h.boots += 1
         self._update_reporting(h, at)
         # Like a restarted nova-compute: the copies of instances evacuated away are gone
         # (power loss ended them and nothing restarts them), and the instances still

@@ -103,7 +103,12 @@ class Engine:
         # Reports that a host is down (source, reason, monotonic time, withdrawn): one
         # signal each for decide, consumed when the host is declared failed.
         self._reports: dict[str, tuple[str, str, float, bool]] = {}
-        self._known: frozenset[str] = frozenset(h.name for h in store.list_hosts())
+        hosts = store.list_hosts()
+        self._known: frozenset[str] = frozenset(h.name for h in hosts)
+        # The latest snapshot's hosts, for threads that must not read the store per call
+        # (lease grants, evacuation targets); replaced whole each cycle.
+        self._hosts: dict[str, Host] = {h.name: h for h in hosts}
+        self._states: dict[str, HostState] = {h.name: h.state for h in hosts}
         self._wake = threading.Event()
         self._requests: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
 
@@ -111,6 +116,13 @@ class Engine:
 
     def is_known_host(self, name: str) -> bool:
         return name in self._known
+
+    def may_grant(self, name: str) -> bool:
+        """Whether a self-fencing lease may go to this host: a known host that is not
+        failed or recovered, by the stored state (which survives a restart of this
+        server, unlike the lease keeper's revocations)."""
+        state = self._states.get(name)
+        return state is not None and state not in (HostState.FAILED, HostState.RECOVERED)
 
     def wake(self) -> None:
         self._wake.set()
@@ -202,6 +214,8 @@ class Engine:
     def snapshot(self) -> Snapshot:
         hosts = self._store.list_hosts()
         self._known = frozenset(h.name for h in hosts)
+        self._hosts = {h.name: h for h in hosts}
+        self._states = {h.name: h.state for h in hosts}
         ages = self._heartbeats.ages()
         now_mono = self._clock.monotonic()
         views: dict[str, HostView] = {}

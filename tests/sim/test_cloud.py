@@ -729,3 +729,89 @@ def test_latency_validation() -> None:
         SimLatency(jitter=1.0)
     zero = SimLatency.zero()
     assert (zero.api_call, zero.evacuate, zero.bmc_timeout, zero.jitter) == (0, 0, 0, 0)
+
+
+# ------------------------------------------------------------------ ground-truth records
+
+
+def test_cut_from_server_silences_heartbeats_only(cloud: SimCloud) -> None:
+    cloud.cut_from_server("h1", True)
+    assert not cloud.host_can_heartbeat("h1")
+    assert cloud.peer_reachable("h1", "h2")
+    assert cloud.get_service("h1").up
+    cloud.cut_from_server("h1", False)
+    assert cloud.host_can_heartbeat("h1")
+
+
+def test_dead_destination_leaves_the_evacuation_in_rebuild_until_reset(clock: FakeClock) -> None:
+    c = SimCloud(clock, latency=lat(evacuate=1.0), dead_destination_hangs=True)
+    for h in HOSTS:
+        c.add_host(h)
+    sid = c.add_instance("vm", "h1")
+    c.disable("h3", "maintenance")
+    fence(c, "h1")
+    c.evacuate(sid)  # the scheduler picks h2
+    c.power_loss("h2")  # before the rebuild lands; Nova still believes h2 up
+    clock.advance(5.0)
+    server = c.get_server(sid)
+    assert (server.host, server.status, server.task_state) == ("h1", REBUILD, "rebuilding")
+    assert c.evacuation_started(sid)  # the conductor did its part
+    c.power_restore("h2")
+    clock.advance(5.0)
+    assert c.get_server(sid).status == REBUILD  # the cast is never answered
+    c.reset_state(sid)
+    c.enable("h3")
+    c.evacuate(sid, "h3")
+    clock.advance(2.0)
+    assert (c.get_server(sid).host, c.get_server(sid).status) == ("h3", ACTIVE)
+
+
+def test_dead_destination_chosen_after_power_loss_hangs_too(clock: FakeClock) -> None:
+    c = SimCloud(clock, latency=SimLatency.zero(), dead_destination_hangs=True)
+    for h in HOSTS:
+        c.add_host(h)
+    sid = c.add_instance("vm", "h1")
+    c.disable("h3", "maintenance")
+    fence(c, "h1")
+    c.power_loss("h2")
+    c.evacuate(sid)
+    assert c.get_server(sid).status == REBUILD
+    (rec,) = c.evacuations()
+    assert (rec.source, rec.dest, rec.named, rec.lost) == ("h1", "h2", False, False)
+    assert rec.dest_condition is not None and not rec.dest_condition.powered
+    assert rec.dest_condition.describe() == "powered off"
+
+
+def test_power_offs_record_the_host_condition(cloud: SimCloud, clock: FakeClock) -> None:
+    t0 = clock.monotonic()
+    clock.advance(1.0)
+    cloud.isolate("h1")
+    clock.advance(2.0)
+    cloud.bmc_power_off("h1")
+    cloud.bmc_power_off("h2")  # a healthy host: what a checker must flag
+    cloud.bmc_lies("h3", True)
+    cloud.bmc_power_off("h3")
+    cloud.watchdog_reset("h1")
+    a, b, c, d = cloud.power_offs()
+    assert (a.host, a.cause, a.effective, a.condition.healthy) == ("h1", "bmc", True, False)
+    assert a.condition.isolated and a.condition.describe() == "isolated"
+    assert a.condition.compute_down_since == t0 + 1.0
+    assert (b.host, b.effective, b.condition.healthy) == ("h2", True, True)
+    assert b.condition.healthy_since == t0
+    assert (c.host, c.effective) == ("h3", False)  # the BMC lied
+    assert (d.host, d.cause, d.condition.powered) == ("h1", "watchdog", False)
+
+
+def test_healthy_since_restarts_when_a_fault_heals(cloud: SimCloud, clock: FakeClock) -> None:
+    t0 = clock.monotonic()
+    clock.advance(1.0)
+    cloud.agent_crash("h1")
+    assert cloud.host_condition("h1").healthy_since is None
+    assert cloud.host_condition("h1").describe() == "agent down"
+    clock.advance(1.0)
+    cloud.agent_restart("h1")
+    assert cloud.host_condition("h1").healthy_since == t0 + 2.0
+    cloud.power_loss("h2")
+    clock.advance(1.0)
+    cloud.power_restore("h2")
+    assert cloud.host_condition("h2").healthy_since == t0 + 3.0

@@ -14,7 +14,12 @@ instances, server groups, and a Nova API that enforces the rules vigil depends o
 - anti-affinity is checked by the scheduler against members already placed and again on
   arrival (Nova's late check), so members evacuated in parallel can race and end ERROR;
 - ``lose_evacuations`` makes the next evacuations accepted and lost (REBUILD for ever, as
-  when Nova's API dies before sending the request on) until ``reset_state``.
+  when Nova's API dies before sending the request on) until ``reset_state``;
+- with ``dead_destination_hangs``, an evacuation whose destination has no power when the
+  rebuild is due (Nova's scheduler picked a host whose service still read "up") stays
+  REBUILD with task ``rebuilding`` until ``reset_state``, as in Nova: the conductor casts
+  the rebuild to the dead compute's queue and nobody ever answers. Without it (the
+  default, older tests) such an evacuation ends ERROR on the source host.
 
 Errors raised by the Nova and BMC methods, chosen where Nova's HTTP status would not tell
 vigil whether to retry:
@@ -44,6 +49,16 @@ When power returns, nothing is restarted: instances still placed on the host rea
 and those evacuated away stay away (a restarted nova-compute destroys its copies of them).
 A host that reconnects or unfreezes, on the other hand, keeps running what it ran -- Nova
 cleans up only when nova-compute restarts -- which is why vigil must fence, not hope.
+
+Ground-truth records, for checkers that must not trust vigil's own account
+(``vigil.sim.schedules``): every accepted ``evacuate`` (``evacuations()``: time, source,
+destination and the destination's condition then) and every power-off request through a
+BMC or watchdog reset (``power_offs()``: time, cause and the host's condition then). A
+host's condition says whether it was *healthy* -- powered, not hung, not isolated, its
+agent running, not cut from vigil-server -- and since when without a break, so a checker
+can tell "fenced while it was plainly working" from "fenced just after it came back".
+``host_can_heartbeat`` is false for a host cut off from vigil-server: its datagrams are
+lost on the way.
 
 Limits: capacity is a count of instances (placement claims an in-flight evacuation's
 destination at once); the only server group policies are ``anti-affinity`` (enforced) and
@@ -140,6 +155,70 @@ class SimInstance:
     running_on: frozenset[str]
 
 
+@dataclass(frozen=True)
+class HostCondition:
+    """A host's faults at one moment (ground truth, not what vigil or Nova believe)."""
+
+    powered: bool
+    hung: bool
+    isolated: bool
+    agent_running: bool
+    cut_from_server: bool
+    healthy_since: float | None  # continuously healthy since then; None: faulty now
+    compute_down_since: float | None  # nova-compute stopped working then; None: works
+
+    @property
+    def healthy(self) -> bool:
+        """Nothing wrong with it: powered, running, reaching vigil-server and Nova."""
+        return self.healthy_since is not None
+
+    @property
+    def compute_works(self) -> bool:
+        return self.compute_down_since is None
+
+    def describe(self) -> str:
+        if self.healthy:
+            return "healthy"
+        if not self.powered:
+            return "powered off"
+        faults = [
+            name
+            for name, on in (
+                ("hung", self.hung),
+                ("isolated", self.isolated),
+                ("agent down", not self.agent_running),
+                ("cut from server", self.cut_from_server),
+            )
+            if on
+        ]
+        return ", ".join(faults)
+
+
+@dataclass(frozen=True)
+class PowerOffRecord:
+    """A BMC power-off request (``cause`` "bmc"; ``effective`` unless the BMC lied or
+    the host was already off) or a watchdog reset (``cause`` "watchdog")."""
+
+    at: float
+    host: str
+    cause: Literal["bmc", "watchdog"]
+    effective: bool
+    condition: HostCondition
+
+
+@dataclass(frozen=True)
+class EvacuationRecord:
+    """An evacuate call Nova accepted; ``dest`` None when no valid host was found."""
+
+    at: float
+    instance: str
+    source: str
+    dest: str | None
+    named: bool  # the caller named the destination; else Nova's scheduler chose it
+    lost: bool  # lose_evacuations swallowed it
+    dest_condition: HostCondition | None
+
+
 @dataclass(eq=False)
 class _Host:
     name: str
@@ -157,11 +236,27 @@ class _Host:
     pending_power: _Op | None = None
     boots: int = 1  # how many times the host has booted: its kernel boot id changes each time
     cut_from_server: bool = False  # the control network to vigil-server is cut; peers reachable
+    healthy_since: float | None = 0.0  # see HostCondition
 
     @property
     def compute_works(self) -> bool:
         """nova-compute runs and reaches Nova: it reports and carries out requests."""
         return self.powered and not self.hung and not self.isolated
+
+    @property
+    def healthy(self) -> bool:
+        return self.compute_works and self.agent_running and not self.cut_from_server
+
+    def condition(self) -> HostCondition:
+        return HostCondition(
+            powered=self.powered,
+            hung=self.hung,
+            isolated=self.isolated,
+            agent_running=self.agent_running,
+            cut_from_server=self.cut_from_server,
+            healthy_since=self.healthy_since,
+            compute_down_since=self.stopped_reporting_at,
+        )
 
 
 @dataclass(eq=False)
@@ -202,6 +297,7 @@ class SimCloud:
         latency: SimLatency | None = None,
         service_down_time: float = 60.0,
         evacuate_leaves_stopped: bool = False,
+        dead_destination_hangs: bool = False,
         seed: int = 0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -209,6 +305,7 @@ class SimCloud:
         self._latency = latency if latency is not None else SimLatency()
         self._service_down_time = service_down_time
         self._leaves_stopped = evacuate_leaves_stopped
+        self._dead_dest_hangs = dead_destination_hangs
         self._rng = random.Random(seed)
         self._sleep = sleep
         self._lock = threading.Lock()
@@ -230,6 +327,8 @@ class SimCloud:
         self._network = (0.0, 0.0)
         self._lose_evacuations = 0
         self._lost: set[str] = set()  # instances whose evacuation Nova accepted and lost
+        self._evacuations: list[EvacuationRecord] = []
+        self._power_offs: list[PowerOffRecord] = []
 
     # ----------------------------------------------------------------- building the world
 
@@ -239,7 +338,7 @@ class SimCloud:
         with self._lock:
             if name in self._hosts:
                 raise ValueError(f"host {name} already exists")
-            self._hosts[name] = _Host(name, capacity)
+            self._hosts[name] = _Host(name, capacity, healthy_since=self._clock.monotonic())
             self._on_host[name] = set()
             self._copies[name] = set()
 
@@ -399,7 +498,7 @@ class SimCloud:
         with self._lock:
             self._advance()
             h = self._host_or_value_error(host)
-            return h.powered and not h.hung and h.agent_running and not h.isolated
+            return h.healthy
 
     def boot_id(self, host: str) -> str:
         """The host's kernel boot id (``/proc/sys/kernel/random/boot_id``): new at every boot."""
@@ -435,6 +534,7 @@ class SimCloud:
             h = self._host_or_value_error(host)
             self._cancel_power_op(h)
             now = self._clock.monotonic()
+            self._power_offs.append(PowerOffRecord(now, host, "watchdog", True, h.condition()))
             if h.powered:
                 self._lose_power(h, now)
             h.hung = False
@@ -444,6 +544,7 @@ class SimCloud:
                 h.powered, h.agent_running = True, True
                 h.boots += 1
                 self._update_reporting(h, now)
+                self._note_health(h, now)
             else:
                 self._restore_power(h, now)
 
@@ -465,6 +566,23 @@ class SimCloud:
         with self._lock:
             self._advance()
             return list(self._double)
+
+    def evacuations(self) -> list[EvacuationRecord]:
+        """Every evacuate call Nova accepted, in order, with its destination's condition."""
+        with self._lock:
+            self._advance()
+            return list(self._evacuations)
+
+    def power_offs(self) -> list[PowerOffRecord]:
+        """Every BMC power-off request and watchdog reset, with the host's condition."""
+        with self._lock:
+            self._advance()
+            return list(self._power_offs)
+
+    def host_condition(self, host: str) -> HostCondition:
+        with self._lock:
+            self._advance()
+            return self._host_or_value_error(host).condition()
 
     def calls(self, method: str, target: str | None = None) -> int:
         """Accepted calls of a mutating method (``evacuate``, ``start``, ``stop``, ``reboot``,
@@ -553,7 +671,19 @@ class SimCloud:
                 dest: str | None = target_host
             else:
                 dest = self._schedule(inst, now)
-            if self._lose_evacuations > 0:
+            lost = self._lose_evacuations > 0
+            self._evacuations.append(
+                EvacuationRecord(
+                    now,
+                    inst.id,
+                    source.name,
+                    dest,
+                    target_host is not None,
+                    lost,
+                    self._hosts[dest].condition() if dest is not None else None,
+                )
+            )
+            if lost:
                 self._lose_evacuations -= 1
                 self._lost.add(inst.id)
                 inst.status, inst.task_state, inst.fault = REBUILD, "rebuilding", None
@@ -601,6 +731,15 @@ class SimCloud:
             self._advance()
             h = self._host_or_not_found(host)
             self._calls["bmc_power_off", host] += 1
+            self._power_offs.append(
+                PowerOffRecord(
+                    self._clock.monotonic(),
+                    host,
+                    "bmc",
+                    h.powered and not h.bmc_lies,
+                    h.condition(),
+                )
+            )
             if h.bmc_lies:
                 return
             self._request_power(h, "power_off")
@@ -721,6 +860,13 @@ class SimCloud:
             h = self._host_or_value_error(host)
             setattr(h, flag, value)
             self._update_reporting(h, self._clock.monotonic())
+            self._note_health(h, self._clock.monotonic())
+
+    def _note_health(self, h: _Host, at: float) -> None:
+        if not h.healthy:
+            h.healthy_since = None
+        elif h.healthy_since is None:
+            h.healthy_since = at
 
     def _update_reporting(self, h: _Host, at: float) -> None:
         if h.compute_works:
@@ -882,7 +1028,10 @@ class SimCloud:
             actor = self._hosts[op.actor]
             if not actor.powered:
                 # Possible when Nova still believed the host up when it accepted the request.
-                self._fail_op(op)
+                if op.kind == "evacuate" and self._dead_dest_hangs:
+                    self._claims[actor.name] -= 1  # REBUILD until reset_state
+                else:
+                    self._fail_op(op)
                 return True
             if not actor.compute_works:
                 return False
@@ -924,7 +1073,10 @@ class SimCloud:
         for op in sorted([*queued, *self._waiting.pop(host, [])], key=lambda o: o.seq):
             if not op.done and op.actor == host:
                 op.done = True
-                self._fail_op(op)
+                if op.kind == "evacuate" and self._dead_dest_hangs:
+                    self._claims[host] -= 1  # the rebuild never happens: REBUILD until reset
+                else:
+                    self._fail_op(op)
 
     def _fail_op(self, op: _Op) -> None:
         inst = self._instances[op.subject]
@@ -939,6 +1091,7 @@ class SimCloud:
     def _lose_power(self, h: _Host, at: float) -> None:
         h.powered, h.hung, h.agent_running = False, False, False
         self._update_reporting(h, at)
+        self._note_health(h, at)
         for iid in list(self._copies[h.name]):
             self._drop_copy(self._instances[iid], h.name)
         self._fail_ops_of(h.name)
@@ -947,6 +1100,7 @@ class SimCloud:
         h.powered, h.agent_running = True, True
         h.boots += 1
         self._update_reporting(h, at)
+        self._note_health(h, at)
         # Like a restarted nova-compute: the copies of instances evacuated away are gone
         # (power loss ended them and nothing restarts them), and the instances still
         # placed here that Nova believed ACTIVE are found off and recorded SHUTOFF.

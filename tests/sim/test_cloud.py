@@ -815,3 +815,4 @@ def test_healthy_since_restarts_when_a_fault_heals(cloud: SimCloud, clock: FakeC
     clock.advance(1.0)
     cloud.power_restore("h2")
     assert cloud.host_condition("h2").healthy_since == t0 + 3.0
+    assert cloud.faulty_spans() == {"h1": [(t0 + 1.0, t0 + 2.0)], "h2": [(t0 + 2.0, t0 + 3.0)]}

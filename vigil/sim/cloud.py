@@ -329,6 +329,7 @@ class SimCloud:
         self._lost: set[str] = set()  # instances whose evacuation Nova accepted and lost
         self._evacuations: list[EvacuationRecord] = []
         self._power_offs: list[PowerOffRecord] = []
+        self._faulty_spans: dict[str, list[tuple[float, float | None]]] = {}
 
     # ----------------------------------------------------------------- building the world
 
@@ -578,6 +579,13 @@ class SimCloud:
         with self._lock:
             self._advance()
             return list(self._power_offs)
+
+    def faulty_spans(self) -> dict[str, list[tuple[float, float | None]]]:
+        """Per host, every span of time it was not healthy: (start, end or None if it
+        still is not). Hosts never faulty are absent."""
+        with self._lock:
+            self._advance()
+            return {h: list(spans) for h, spans in self._faulty_spans.items() if spans}
 
     def host_condition(self, host: str) -> HostCondition:
         with self._lock:
@@ -863,10 +871,15 @@ class SimCloud:
             self._note_health(h, self._clock.monotonic())
 
     def _note_health(self, h: _Host, at: float) -> None:
+        spans = self._faulty_spans.setdefault(h.name, [])
         if not h.healthy:
+            if h.healthy_since is not None:
+                spans.append((at, None))
             h.healthy_since = None
         elif h.healthy_since is None:
             h.healthy_since = at
+            if spans and spans[-1][1] is None:
+                spans[-1] = (spans[-1][0], at)
 
     def _update_reporting(self, h: _Host, at: float) -> None:
         if h.compute_works:

@@ -1,0 +1,185 @@
+"""Randomized, seeded fault schedules against a real vigil-server, judged by ground truth.
+
+Each schedule (``vigil.sim.schedules.generate(seed)``) builds a simulated cloud of 3-8
+hosts, starts a real ``python -m vigil.server`` on SQLite with accelerated settings,
+applies a random list of faults at random times (power, isolation, hangs, agent crashes,
+BMC faults, lost evacuations, packet loss, SIGKILL of the server...), heals them, lets
+the world settle and checks the simulated cloud's own records: never two copies, no
+healthy host fenced, every keep-running instance running again, every recovery ended,
+no evacuation aimed at a host known down. See ``vigil/sim/schedules.py``.
+
+    .venv/bin/python bench/fault_schedules.py --schedules 300 --jobs 3 \\
+        --out bench/results/fault_schedules.json
+    .venv/bin/python bench/fault_schedules.py --seed 17      # rerun one, keep its logs
+
+``--server-rev REV`` runs the server from ``git archive REV`` (a tree being edited by
+others cannot break the runs half-way); the default runs this working tree.
+``--findings FILE`` appends the first schedule of each violation kind, with the server's
+log lines, for whoever fixes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from vigil.sim.schedules import Timing, generate, run_schedule  # noqa: E402
+
+
+def run_seed(seed: int, server_src: str | None, state_root: str, keep: bool) -> dict[str, Any]:
+    """One schedule in a worker process; its result as JSON-ready data."""
+    result = run_schedule(
+        generate(seed),
+        Timing(),
+        state_dir=Path(state_root) / f"seed-{seed}",
+        keep=keep,
+        server_src=server_src,
+    )
+    return result.to_json()
+
+
+def server_tree(rev: str) -> str:
+    """``git archive rev`` of the vigil package into a temporary directory."""
+    dest = tempfile.mkdtemp(prefix=f"vigil-{rev[:12]}-")
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "vigil"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
+    return dest
+
+
+def report(res: dict[str, Any], out: Any = sys.stdout) -> None:
+    viol = res["violations"]
+    status = "ok" if not viol else f"{len(viol)} VIOLATION(S)"
+    out.write(f"seed {res['seed']}: {status} ({res['duration_s']}s)\n")
+    if viol:
+        for line in res["schedule"]:
+            out.write(f"    {line}\n")
+        for v in viol:
+            out.write(f"  ! {v['kind']}: {v['detail']}\n")
+        out.write(f"    state: {res['state_dir']}\n")
+    out.flush()
+
+
+def append_findings(path: Path, res: dict[str, Any], kinds: set[str], rev: str) -> None:
+    """Append the violations of a kind not yet reported by this run."""
+    new = [v for v in res["violations"] if v["kind"] not in kinds]
+    if not new:
+        return
+    kinds.update(v["kind"] for v in new)
+    lines = [
+        f"\n## {', '.join(sorted({v['kind'] for v in new}))}: seed {res['seed']} "
+        f"(fault-schedule runner, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"server {rev})\n",
+        "Schedule:\n",
+        *(f"    {line}\n" for line in res["schedule"]),
+        "Ground truth (SimCloud):\n",
+        *(f"- {v['kind']}: {v['detail']}\n" for v in new),
+        "vigil-server log (lines naming the host/instance):\n",
+    ]
+    for host, excerpt in res["log_excerpts"].items():
+        lines.append(f"  {host}:\n")
+        lines.extend(f"    {ln}\n" for ln in excerpt[-12:])
+    lines.append(
+        f"Reproduce: .venv/bin/python bench/fault_schedules.py --seed {res['seed']} "
+        f"(state dir with server.log and ground-truth.json: {res['state_dir']})\n"
+    )
+    with open(path, "a") as f:
+        f.writelines(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--schedules", type=int, default=20)
+    parser.add_argument("--first-seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, action="append", help="run only these seeds")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--server-rev", help="run the server from git archive REV")
+    parser.add_argument("--findings", help="append new kinds of violation to this file")
+    parser.add_argument("--state-root", default=str(Path(tempfile.gettempdir()) / "vigil-sched"))
+    parser.add_argument("--keep", action="store_true", help="keep every state dir")
+    args = parser.parse_args(argv)
+    seeds = args.seed or list(range(args.first_seed, args.first_seed + args.schedules))
+    keep = args.keep or bool(args.seed)
+    src = server_tree(args.server_rev) if args.server_rev else None
+    rev = args.server_rev or "working tree"
+    started = time.monotonic()
+    results: list[dict[str, Any]] = []
+    kinds: set[str] = set()
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+        futures = [pool.submit(run_seed, s, src, args.state_root, keep) for s in seeds]
+        for fut in concurrent.futures.as_completed(futures):
+            res = fut.result()
+            results.append(res)
+            report(res)
+            if args.findings:
+                append_findings(Path(args.findings), res, kinds, rev)
+    results.sort(key=lambda r: r["seed"])
+    by_kind = Counter(v["kind"] for r in results for v in r["violations"])
+    bad = [r for r in results if r["violations"]]
+    summary: dict[str, Any] = {
+        "schedules": len(results),
+        "violations": sum(by_kind.values()),
+        "schedules_with_violations": len(bad),
+        "violations_by_kind": dict(sorted(by_kind.items())),
+        "seeds_by_kind": {
+            k: [r["seed"] for r in results if any(v["kind"] == k for v in r["violations"])]
+            for k in sorted(by_kind)
+        },
+        "stranded_with_reason": sum(len(r["stranded_with_reason"]) for r in results),
+        "fenced_after_return": sum(len(r["fenced_after_return"]) for r in results),
+        "evacuations_to_fresh_dead": sum(len(r["evacuations_to_fresh_dead"]) for r in results),
+        "duration_s": round(time.monotonic() - started, 1),
+        "mean_schedule_s": round(sum(r["duration_s"] for r in results) / max(1, len(results)), 1),
+        "settings": {
+            "jobs": args.jobs,
+            "seeds": [seeds[0], seeds[-1]] if not args.seed else seeds,
+            "server": rev,
+            "timing": asdict(Timing()),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cpus, Python "
+            f"{platform.python_version()}",
+        },
+        "details": [
+            {k: r[k] for k in ("seed", "schedule", "violations", "stranded_with_reason", "error")}
+            for r in bad
+        ],
+        "results": [
+            {
+                "seed": r["seed"],
+                "violations": len(r["violations"]),
+                "duration_s": r["duration_s"],
+                "stranded_with_reason": len(r["stranded_with_reason"]),
+                "fenced_after_return": len(r["fenced_after_return"]),
+            }
+            for r in results
+        ],
+    }
+    print(
+        f"\n{summary['schedules']} schedules, {summary['violations']} violations in "
+        f"{summary['schedules_with_violations']} ({dict(by_kind)}), "
+        f"{summary['duration_s']}s with {args.jobs} jobs"
+    )
+    if args.out:
+        Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,825 @@
+"""Seeded randomized fault schedules against a real vigil-server, judged by ground truth.
+
+Three parts:
+
+- ``generate(seed)`` (pure): a world of 3-8 hosts in 1-2 segments, 3-5 instances per host
+  (mostly ``keep-running``, some ``notify``/``off``), fencing by BMC (``sim``), by
+  self-fencing (``self-fence``) or both, and a timed list of faults: power loss and
+  restore, power blips shorter than detection (a reboot), isolation, hangs, agent
+  crashes, hosts cut off from vigil-server only, unreachable / lying / flapping BMCs,
+  several hosts at once, lost evacuations, packet loss and jitter, and vigil-server
+  killed with SIGKILL and restarted. The same seed gives the same schedule.
+- ``run_schedule`` (not pure): the ``SimCloud`` in this process, served over RPC to a
+  real ``python -m vigil.server`` subprocess on its default SQLite store, real signed UDP
+  heartbeats from ``SimAgents``; the faults are applied at their times, healed at
+  ``heal_at``, and the world settles (every recovery ended and every keep-running
+  instance running, for a quiet while, or ``Timing.settle_bound``).
+- ``check`` (pure): the verdict from the simulated cloud's own records (where copies ran,
+  every power-off and watchdog reset with the host's condition then, every evacuation
+  with its destination's condition then), not from what vigil says -- except the
+  recoveries' statuses, read through ``/v1/recoveries``, for "never ends".
+
+Violations (``Violation.kind``):
+
+- ``double-running``: an instance ran on two hosts at once (``SimCloud.double_running``).
+- ``healthy-fenced``: an effective BMC power-off or a watchdog reset of a host that was
+  healthy then and had never been faulty long enough for vigil to declare it failed
+  (a span of at least ``suspect_after - heartbeat_interval``: a suspect host whose BMC
+  reads off is declared at once). A host fenced after it came back from a real failure
+  is counted as ``fenced_after_return``, not a violation: once declared, fencing is the
+  safe end of it.
+- ``stranded``: after the settle, a keep-running instance runs nowhere. If vigil recorded
+  a failed recovery of the instance's host it is *stranded-with-reason*, a violation only
+  when fencing was possible (the host self-fences, or its BMC was never made unreachable
+  nor lying in the schedule); else counted in ``stranded_with_reason``.
+- ``endless-recovery``: a recovery still pending, running or paused at the end (the
+  settle bound is ``Timing.settle_bound`` after the heal, about 120 s of unaccelerated
+  time).
+- ``evacuation-to-down-host``: an evacuation whose destination's nova-compute had stopped
+  working more than ``failed_after + known_down_margin`` before the call (vigil could
+  know). One to a host that died just before is counted in ``evacuations_to_fresh_dead``.
+
+Limits: real time drives the server, so a seed reproduces the schedule, not every
+interleaving; timings are accelerated (``Timing``) and a loaded machine can delay
+heartbeats -- a ``healthy-fenced`` under heavy load should be rerun with ``--seed``
+before it is believed. Faults that cannot apply at their time (hanging a host that is
+off) are skipped and reported as such.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vigil.drivers.compute import POLICY_KEY
+from vigil.model import HaPolicy
+from vigil.sim.cloud import EvacuationRecord, PowerOffRecord, SimInstance
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Accelerated settings (about 2.5x faster than the defaults) and the checker's bounds."""
+
+    heartbeat_interval: float = 0.1
+    suspect_after: float = 0.4
+    failed_after: float = 0.7
+    probe_interval: float = 0.1
+    lease_ttl: float = 0.6
+    watchdog_timeout: float = 1.2
+    margin: float = 0.3
+    fence_confirm_timeout: float = 3.0
+    evacuate_confirm_timeout: float = 20.0
+    evacuate_stall_timeout: float = 4.0
+    retry_backoff: float = 0.2
+    retry_backoff_max: float = 2.0
+    poll_interval: float = 0.05
+    service_down_time: float = 8.0  # Nova's, scaled from 60 s
+    fault_window: float = 10.0  # faults start within [1, fault_window] s
+    settle_min: float = 4.0  # after the heal, wait at least this long
+    settle_quiet: float = 2.0  # ... and until all is settled for this long
+    settle_bound: float = 48.0  # ~120 s of unaccelerated time: a recovery must end by then
+    known_down_margin: float = 1.0  # vigil's time to act on a declared failure
+
+    def overrides(self) -> dict[str, dict[str, str]]:
+        """The vigil-server options these settings mean, by group."""
+        return {
+            "detection": {
+                "heartbeat_interval": str(self.heartbeat_interval),
+                "suspect_after": str(self.suspect_after),
+                "failed_after": str(self.failed_after),
+                "probe_interval": str(self.probe_interval),
+            },
+            "self_fencing": {
+                "lease_ttl": str(self.lease_ttl),
+                "watchdog_timeout": str(self.watchdog_timeout),
+                "margin": str(self.margin),
+            },
+            "recovery": {
+                "fence_confirm_timeout": str(self.fence_confirm_timeout),
+                "evacuate_confirm_timeout": str(self.evacuate_confirm_timeout),
+                "evacuate_stall_timeout": str(self.evacuate_stall_timeout),
+                "retry_backoff": str(self.retry_backoff),
+                "retry_backoff_max": str(self.retry_backoff_max),
+                "poll_interval": str(self.poll_interval),
+            },
+        }
+
+    @property
+    def declare_min(self) -> float:
+        """The shortest fault after which vigil may rightly declare a host failed."""
+        return self.suspect_after - self.heartbeat_interval
+
+
+# ------------------------------------------------------------------------- schedules
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    name: str
+    segment: str
+    fencing: tuple[str, ...]  # fence drivers, in order: "sim", "self-fence"
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    name: str
+    host: str
+    policy: str  # HaPolicy value
+    priority: int
+
+
+# Actions a Fault can take; ``host`` is None for the cloud-wide ones.
+HOST_ACTIONS = frozenset(
+    {
+        "power-loss",
+        "power-restore",
+        "isolate",
+        "reconnect",
+        "hang",
+        "unhang",
+        "agent-crash",
+        "agent-restart",
+        "cut",
+        "mend",
+        "bmc-down",
+        "bmc-up",
+        "bmc-lies",
+        "bmc-honest",
+    }
+)
+CLOUD_ACTIONS = frozenset({"lose-evacuations", "network", "server-kill", "server-start", "heal"})
+
+
+@dataclass(frozen=True)
+class Fault:
+    at: float  # seconds after the schedule's start
+    action: str
+    host: str | None = None
+    value: float = 0.0  # lose-evacuations: count; network: loss fraction
+    value2: float = 0.0  # network: jitter (s)
+
+    def describe(self) -> str:
+        text = f"t+{self.at:.2f} {self.action}"
+        if self.host:
+            text += f" {self.host}"
+        if self.action == "lose-evacuations":
+            text += f" x{int(self.value)}"
+        elif self.action == "network":
+            text += f" loss={self.value:.3f} jitter={self.value2:.3f}s"
+        return text
+
+
+@dataclass(frozen=True)
+class Schedule:
+    seed: int
+    fencing_mode: str  # "bmc", "self" or "both"
+    hosts: tuple[HostSpec, ...]
+    instances: tuple[InstanceSpec, ...]
+    faults: tuple[Fault, ...]  # in time order, ending with the "heal"
+
+    @property
+    def heal_at(self) -> float:
+        return self.faults[-1].at
+
+    @property
+    def segments(self) -> list[str]:
+        return sorted({h.segment for h in self.hosts})
+
+    def describe(self) -> list[str]:
+        segs = ", ".join(
+            f"{s}: {' '.join(h.name for h in self.hosts if h.segment == s)}" for s in self.segments
+        )
+        return [
+            f"seed {self.seed}: {len(self.hosts)} hosts ({segs}), {len(self.instances)} "
+            f"instances, fencing {self.fencing_mode}",
+            *(f.describe() for f in self.faults),
+        ]
+
+
+FENCING = {"bmc": ("sim",), "self": ("self-fence",), "both": ("sim", "self-fence")}
+
+
+def generate(seed: int, timing: Timing | None = None) -> Schedule:
+    """The schedule of ``seed`` (pure: the same seed, the same schedule)."""
+    t = timing or Timing()
+    rng = random.Random(seed)
+    n = rng.randint(3, 8)
+    two = n >= 5 and rng.random() < 0.5
+    mode = rng.choices(["bmc", "self", "both"], weights=[4, 2, 4])[0]
+    hosts = tuple(
+        HostSpec(f"compute-{i + 1}", "seg-b" if two and i % 2 else "seg-a", FENCING[mode])
+        for i in range(n)
+    )
+    instances: list[InstanceSpec] = []
+    for h in hosts:
+        for _ in range(rng.randint(3, 5)):
+            policy = rng.choices(
+                [HaPolicy.KEEP_RUNNING, HaPolicy.NOTIFY, HaPolicy.OFF], weights=[16, 2, 2]
+            )[0]
+            instances.append(
+                InstanceSpec(
+                    f"vm-{len(instances) + 1:02d}", h.name, policy.value, rng.randint(0, 3)
+                )
+            )
+    names = [h.name for h in hosts]
+    faults: list[Fault] = []
+    faulted: list[str] = []
+
+    def when() -> float:
+        return round(rng.uniform(1.0, t.fault_window), 2)
+
+    def lasting(lo: float = 0.5, hi: float = 6.0) -> float:
+        return round(rng.uniform(lo, hi), 2)
+
+    def episode(start: str, end: str, host: str, at: float, heal_p: float = 0.6) -> None:
+        faults.append(Fault(at, start, host))
+        if rng.random() < heal_p:
+            faults.append(Fault(round(at + lasting(), 2), end, host))
+
+    kinds = {
+        "power-loss": 5,
+        "blip": 2,
+        "isolate": 3,
+        "hang": 2,
+        "agent-crash": 2,
+        "cut": 3,
+        "several": 2,
+        "bmc-down": 2,
+        "bmc-flap": 2,
+        "bmc-lies": 2,
+        "lose-evacuations": 1,
+        "network": 1,
+        "server-kill": 2,
+    }
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
+        at = when()
+        host = rng.choice(names)
+        if kind in ("bmc-down", "bmc-flap", "bmc-lies"):
+            # A BMC fault matters on a host that fails: usually one already faulted.
+            host = rng.choice(faulted) if faulted and rng.random() < 0.7 else host
+            at = round(max(0.5, at - 2.0), 2)
+        if kind == "power-loss":
+            episode("power-loss", "power-restore", host, at)
+        elif kind == "blip":
+            faults.append(Fault(at, "power-loss", host))
+            blip = round(rng.uniform(0.02, 0.5 * t.declare_min), 3)
+            faults.append(Fault(round(at + blip, 3), "power-restore", host))
+        elif kind == "isolate":
+            episode("isolate", "reconnect", host, at)
+        elif kind == "hang":
+            episode("hang", "unhang", host, at)
+        elif kind == "agent-crash":
+            episode("agent-crash", "agent-restart", host, at)
+        elif kind == "cut":
+            episode("cut", "mend", host, at)
+        elif kind == "several":
+            for victim in rng.sample(names, rng.randint(2, min(3, n - 1))):
+                action = rng.choice(["power-loss", "isolate"])
+                heal = "power-restore" if action == "power-loss" else "reconnect"
+                episode(action, heal, victim, at)
+                faulted.append(victim)
+            continue
+        elif kind == "bmc-down":
+            episode("bmc-down", "bmc-up", host, at, heal_p=0.5)
+        elif kind == "bmc-flap":
+            flip = at
+            for i in range(rng.randint(2, 5)):
+                faults.append(Fault(round(flip, 2), "bmc-down" if i % 2 == 0 else "bmc-up", host))
+                flip += rng.uniform(0.3, 2.0)
+            faults.append(Fault(round(flip, 2), "bmc-up", host))
+        elif kind == "bmc-lies":
+            episode("bmc-lies", "bmc-honest", host, at, heal_p=0.4)
+        elif kind == "lose-evacuations":
+            faults.append(Fault(at, "lose-evacuations", None, float(rng.randint(1, 3))))
+        elif kind == "network":
+            loss = round(rng.uniform(0.0, 0.05), 3)
+            jitter = round(rng.uniform(0.0, t.heartbeat_interval), 3)
+            faults.append(Fault(at, "network", None, loss, jitter))
+            faults.append(Fault(round(at + lasting(2.0, 8.0), 2), "network", None))
+        elif kind == "server-kill":
+            faults.append(Fault(at, "server-kill"))
+            faults.append(Fault(round(at + lasting(0.3, 3.0), 2), "server-start"))
+        if kind not in ("lose-evacuations", "network", "server-kill"):
+            faulted.append(host)
+    faults.sort(key=lambda f: f.at)
+    heal_at = round(max(f.at for f in faults) + 1.0, 2)
+    faults.append(Fault(heal_at, "heal"))
+    return Schedule(seed, mode, hosts, tuple(instances), tuple(faults))
+
+
+# ---------------------------------------------------------------------------- checker
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a run saw, as plain data; times are the cloud's clock (monotonic) unless said."""
+
+    t0: float  # the schedule's start
+    heal_at: float
+    instances: Sequence[SimInstance]
+    double_running: Sequence[str]
+    power_offs: Sequence[PowerOffRecord]
+    evacuations: Sequence[EvacuationRecord]
+    faulty_spans: Mapping[str, Sequence[tuple[float, float | None]]]
+    recoveries: Sequence[Mapping[str, Any]]  # as GET /v1/recoveries shows them
+    server_down: Sequence[tuple[float, float | None]] = ()
+    skipped: Sequence[str] = ()  # faults that could not apply
+
+
+@dataclass(frozen=True)
+class Violation:
+    kind: str
+    host: str | None
+    detail: str
+    instance: str | None = None
+
+
+@dataclass
+class Verdict:
+    violations: list[Violation] = field(default_factory=list)
+    stranded_with_reason: list[str] = field(default_factory=list)
+    fenced_after_return: list[str] = field(default_factory=list)
+    evacuations_to_fresh_dead: list[str] = field(default_factory=list)
+
+
+ENDED = frozenset({"succeeded", "failed"})
+
+
+def fencing_possible(schedule: Schedule, host: str) -> bool:
+    """Could vigil have fenced ``host`` whenever it failed? Self-fencing always can; a
+    BMC only if the schedule never made it unreachable nor lying."""
+    spec = next(h for h in schedule.hosts if h.name == host)
+    if "self-fence" in spec.fencing:
+        return True
+    return not any(f.host == host and f.action in ("bmc-down", "bmc-lies") for f in schedule.faults)
+
+
+def _during(spans: Sequence[tuple[float, float | None]], at: float) -> bool:
+    return any(start <= at and (end is None or at < end) for start, end in spans)
+
+
+def check(schedule: Schedule, timing: Timing, obs: Observation) -> Verdict:
+    """Judge one run from the cloud's ground truth (pure)."""
+    v = Verdict()
+    rel = obs.t0
+    names = {i.id: i.name for i in obs.instances}
+    for iid in obs.double_running:
+        inst = next((i for i in obs.instances if i.id == iid), None)
+        v.violations.append(
+            Violation(
+                "double-running",
+                inst.host if inst else None,
+                f"{names.get(iid, iid)} ran on two hosts at once",
+                names.get(iid, iid),
+            )
+        )
+    for r in obs.power_offs:
+        if not r.effective or not r.condition.healthy:
+            continue
+        spans = obs.faulty_spans.get(r.host, ())
+        real = [(s, e) for s, e in spans if s < r.at and (e or r.at) - s >= timing.declare_min]
+        what = "BMC power-off" if r.cause == "bmc" else "watchdog reset"
+        if real:
+            v.fenced_after_return.append(
+                f"{r.host}: {what} at t+{r.at - rel:.2f}, healthy again since "
+                f"t+{(r.condition.healthy_since or 0) - rel:.2f}"
+            )
+            continue
+        note = " (vigil-server was down)" if _during(obs.server_down, r.at) else ""
+        short = ", ".join(f"t+{s - rel:.2f}..t+{(e or r.at) - rel:.2f}" for s, e in spans)
+        v.violations.append(
+            Violation(
+                "healthy-fenced",
+                r.host,
+                f"{what} of {r.host} at t+{r.at - rel:.2f}{note}: healthy since "
+                f"t+{(r.condition.healthy_since or 0) - rel:.2f}, never faulty for "
+                f"{timing.declare_min:.2f}s (faulty spans: {short or 'none'})",
+            )
+        )
+    origin = {i.name: i.host for i in schedule.instances}
+    failed_hosts = {str(r["host"]) for r in obs.recoveries if r.get("status") == "failed"}
+    for inst in obs.instances:
+        if inst.metadata.get(POLICY_KEY) != HaPolicy.KEEP_RUNNING.value:
+            continue
+        if inst.running_on:
+            continue
+        state = (
+            f"{inst.name} (placed on {origin.get(inst.name, '?')} at the start) is "
+            f"{inst.status} on {inst.host} (task {inst.task_state}), running nowhere"
+        )
+        if inst.host in failed_hosts:
+            reasons = "; ".join(
+                str(r.get("reason"))
+                for r in obs.recoveries
+                if r.get("host") == inst.host and r.get("status") == "failed"
+            )
+            if not fencing_possible(schedule, inst.host):
+                v.stranded_with_reason.append(f"{state}: {reasons}")
+                continue
+            state += f"; vigil's failed recovery says: {reasons} (fencing was possible)"
+        v.violations.append(Violation("stranded", inst.host, state, inst.name))
+    for rec in obs.recoveries:
+        if rec.get("status") in ENDED:
+            continue
+        open_steps = ", ".join(
+            f"{st.get('kind')} {st.get('instance_name') or ''}".strip() + f"={st.get('status')}"
+            for st in rec.get("steps", [])
+            if st.get("status") not in ENDED
+        )
+        v.violations.append(
+            Violation(
+                "endless-recovery",
+                str(rec.get("host")),
+                f"recovery {rec.get('id')} of {rec.get('host')} still {rec.get('status')} "
+                f"{timing.settle_bound:.0f}s after the heal: {rec.get('reason')}; open steps: "
+                f"{open_steps or 'none'}",
+            )
+        )
+    for e in obs.evacuations:
+        c = e.dest_condition
+        if e.dest is None or c is None or c.compute_works:
+            continue
+        down_for = e.at - (c.compute_down_since or e.at)
+        text = (
+            f"evacuation of {names.get(e.instance, e.instance)} from {e.source} at "
+            f"t+{e.at - rel:.2f} aimed at {e.dest} ({'named' if e.named else 'Nova chose'}), "
+            f"{c.describe()} for {down_for:.2f}s"
+        )
+        if down_for >= timing.failed_after + timing.known_down_margin:
+            v.violations.append(
+                Violation("evacuation-to-down-host", e.dest, text, names.get(e.instance))
+            )
+        else:
+            v.evacuations_to_fresh_dead.append(text)
+    return v
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(Exception):
+            value = pred()
+            if value:
+                return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class RunResult:
+    schedule: Schedule
+    verdict: Verdict
+    duration: float
+    state_dir: str
+    log_excerpts: dict[str, list[str]]
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seed": self.schedule.seed,
+            "schedule": self.schedule.describe(),
+            "duration_s": round(self.duration, 1),
+            "violations": [asdict(x) for x in self.verdict.violations],
+            "stranded_with_reason": self.verdict.stranded_with_reason,
+            "fenced_after_return": self.verdict.fenced_after_return,
+            "evacuations_to_fresh_dead": self.verdict.evacuations_to_fresh_dead,
+            "state_dir": self.state_dir,
+            "log_excerpts": self.log_excerpts,
+            "error": self.error,
+        }
+
+
+def _log_excerpts(log: Path, verdict: Verdict, limit: int = 25) -> dict[str, list[str]]:
+    """Per violating host, the server's warnings and recovery lines that name it."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    out: dict[str, list[str]] = {}
+    for viol in verdict.violations:
+        key = viol.host or "-"
+        if key in out:
+            continue
+        words = [w for w in (viol.host, viol.instance) if w]
+        hits = [
+            ln
+            for ln in lines
+            if any(w in ln for w in words)
+            and any(m in ln for m in ("WARNING", "ERROR", "INFO vigil.engine", "recover", "fenc"))
+        ]
+        out[key] = hits[-limit:]
+    return out
+
+
+def run_schedule(
+    schedule: Schedule,
+    timing: Timing | None = None,
+    *,
+    state_dir: Path,
+    keep: bool = False,
+    server_src: str | None = None,
+) -> RunResult:
+    """Run ``schedule`` against a real vigil-server subprocess and judge it.
+
+    ``state_dir`` holds the server's config, SQLite file and ``server.log``; it is removed
+    when the run has no violation, unless ``keep``. ``server_src``: a directory whose
+    ``vigil`` package the server runs (e.g. a ``git archive`` of one commit, so that a
+    working tree in the middle of an edit does not break the runs); default: this one.
+    """
+    import os
+    import shutil
+
+    import httpx
+
+    from vigil.clock import SystemClock
+    from vigil.sim.agents import SimAgents
+    from vigil.sim.cloud import SimCloud, SimLatency
+    from vigil.sim.rpc import serve_cloud
+
+    t = timing or Timing()
+    started = time.monotonic()
+    shutil.rmtree(state_dir, ignore_errors=True)  # a fresh database: a rerun starts clean
+    state_dir.mkdir(parents=True)
+    cloud = SimCloud(
+        SystemClock(),
+        latency=SimLatency(api_call=0.005, evacuate=0.3, power_off=0.15, bmc_timeout=0.3),
+        service_down_time=t.service_down_time,
+        dead_destination_hangs=True,
+        seed=schedule.seed,
+    )
+    for h in schedule.hosts:
+        cloud.add_host(h.name, capacity=40)
+    for i in schedule.instances:
+        cloud.add_instance(i.name, i.host, policy=HaPolicy(i.policy), priority=i.priority)
+    token, key = f"tok-{schedule.seed}", f"key-{schedule.seed}"
+    cloud_server, cloud_url = serve_cloud(cloud)
+    api_port, hb_port = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM)
+    conf = state_dir / "vigil.conf"
+    groups: dict[str, dict[str, str]] = {
+        "database": {"connection": f"sqlite:///{state_dir / 'vigil.db'}"},
+        "api": {"port": str(api_port), "auth_token": token},
+        "agent": {"key": key, "listen_port": str(hb_port)},
+        "compute": {"sim_url": cloud_url},
+        "notifier": {"drivers": "memory"},
+        **t.overrides(),
+    }
+    conf.write_text(
+        "".join(
+            f"[{g}]\n" + "".join(f"{k} = {v}\n" for k, v in opts.items())
+            for g, opts in groups.items()
+        )
+    )
+    log = state_dir / "server.log"
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{api_port}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10.0,
+    )
+    proc: list[subprocess.Popen[bytes]] = []
+    down: list[tuple[float, float | None]] = []
+
+    env = dict(os.environ)
+    if server_src:
+        env["PYTHONPATH"] = os.pathsep.join([server_src, env.get("PYTHONPATH", "")])
+
+    def start_server() -> None:
+        with open(log, "ab") as out:
+            proc.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "vigil.server", "--config-file", str(conf)],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    cwd=server_src or None,
+                )
+            )
+
+    def healthy() -> bool:
+        return api.get("/healthz").status_code == 200
+
+    self_fencing = [h.name for h in schedule.hosts if "self-fence" in h.fencing]
+    agents = SimAgents(
+        cloud,
+        server=("127.0.0.1", hb_port),
+        key=key.encode(),
+        interval=t.heartbeat_interval,
+        seed=schedule.seed,
+        self_fencing=self_fencing,
+        watchdog_timeout=t.watchdog_timeout,
+    )
+    skipped: list[str] = []
+    error: str | None = None
+    recoveries: list[dict[str, Any]] = []
+    t0 = heal_at = time.monotonic()
+    try:
+        start_server()
+        _wait(healthy, 30, "vigil-server to answer")
+        for seg in schedule.segments:
+            api.post(
+                "/v1/segments", json={"name": seg, "max_parallel_evacuations": 4}
+            ).raise_for_status()
+        for h in schedule.hosts:
+            api.post(
+                "/v1/hosts",
+                json={
+                    "name": h.name,
+                    "segment": h.segment,
+                    "fencing": [{"driver": d} for d in h.fencing],
+                },
+            ).raise_for_status()
+        agents.start()
+        _wait(
+            lambda: all(h["state"] == "up" for h in api.get("/v1/hosts").json()),
+            20,
+            "every host's first heartbeat",
+        )
+        time.sleep(2 * t.lease_ttl)  # self-fencing hosts hold a lease before anything fails
+        t0 = time.monotonic()
+        cut_power: set[str] = set()
+        for f in schedule.faults:
+            delay = t0 + f.at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                _apply(cloud, f, cut_power, start_server, proc, down, skipped)
+            except ValueError as exc:
+                skipped.append(f"{f.describe()}: {exc}")
+            if f.action == "heal":
+                heal_at = time.monotonic()
+        _wait(healthy, 30, "vigil-server to answer after the heal")
+        recoveries = _settle(api, cloud, t, heal_at)
+    except Exception as exc:  # the run itself broke: reported, never a silent pass
+        error = f"{type(exc).__name__}: {exc}"
+    finally:
+        agents.stop()
+        for p in proc:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        cloud_server.close()
+        api.close()
+    obs = Observation(
+        t0=t0,
+        heal_at=heal_at,
+        instances=cloud.instances(),
+        double_running=cloud.double_running(),
+        power_offs=cloud.power_offs(),
+        evacuations=cloud.evacuations(),
+        faulty_spans=cloud.faulty_spans(),
+        recoveries=recoveries,
+        server_down=down,
+        skipped=skipped,
+    )
+    verdict = check(schedule, t, obs)
+    if error is not None:
+        verdict.violations.append(Violation("run-error", None, error))
+    excerpts = _log_excerpts(log, verdict)
+    if verdict.violations or keep:
+        (state_dir / "ground-truth.json").write_text(
+            json.dumps(
+                {
+                    "schedule": schedule.describe(),
+                    "skipped": skipped,
+                    "t0": t0,
+                    "power_offs": [asdict(r) for r in obs.power_offs],
+                    "evacuations": [asdict(r) for r in obs.evacuations],
+                    "faulty_spans": obs.faulty_spans,
+                    "instances": [
+                        {**asdict(i), "running_on": sorted(i.running_on)} for i in obs.instances
+                    ],
+                    "recoveries": recoveries,
+                },
+                indent=1,
+                default=str,
+            )
+        )
+    else:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    return RunResult(schedule, verdict, time.monotonic() - started, str(state_dir), excerpts, error)
+
+
+def _apply(
+    cloud: Any,
+    f: Fault,
+    cut_power: set[str],
+    start_server: Callable[[], None],
+    proc: list[subprocess.Popen[bytes]],
+    down: list[tuple[float, float | None]],
+    skipped: list[str],
+) -> None:
+    """Apply one fault to the cloud (or the server process)."""
+    h = f.host or ""
+    a = f.action
+    if a == "power-loss":
+        cut_power.add(h)
+        cloud.power_loss(h)
+    elif a == "power-restore":
+        cut_power.discard(h)
+        cloud.power_restore(h)
+    elif a in ("isolate", "reconnect"):
+        (cloud.isolate if a == "isolate" else cloud.reconnect)(h)
+    elif a == "hang":
+        cloud.hang(h)
+    elif a == "unhang":
+        cloud.unhang(h)
+    elif a == "agent-crash":
+        cloud.agent_crash(h)
+    elif a == "agent-restart":
+        cloud.agent_restart(h)
+    elif a in ("cut", "mend"):
+        cloud.cut_from_server(h, a == "cut")
+    elif a in ("bmc-down", "bmc-up"):
+        cloud.bmc_unreachable(h, a == "bmc-down")
+    elif a in ("bmc-lies", "bmc-honest"):
+        cloud.bmc_lies(h, a == "bmc-lies")
+    elif a == "lose-evacuations":
+        cloud.lose_evacuations(int(f.value))
+    elif a == "network":
+        cloud.set_network(f.value, f.value2)
+    elif a == "server-kill":
+        if proc and proc[-1].poll() is None:
+            proc[-1].kill()
+            proc[-1].wait(10)
+            down.append((time.monotonic(), None))
+        else:
+            skipped.append(f"{f.describe()}: the server is not running")
+    elif a == "server-start":
+        if proc and proc[-1].poll() is not None:
+            start_server()
+            if down and down[-1][1] is None:
+                down[-1] = (down[-1][0], time.monotonic())
+    elif a == "heal":
+        if proc and proc[-1].poll() is not None:
+            start_server()
+            if down and down[-1][1] is None:
+                down[-1] = (down[-1][0], time.monotonic())
+        cloud.set_network(0.0, 0.0)
+        cloud.lose_evacuations(0)
+        for host in cloud.hosts():
+            cloud.bmc_unreachable(host, False)
+            cloud.bmc_lies(host, False)
+            cloud.cut_from_server(host, False)
+            cloud.reconnect(host)
+            cloud.unhang(host)
+            if host in cut_power and not cloud.is_powered(host):
+                cloud.power_restore(host)
+            if cloud.is_powered(host):
+                cloud.agent_restart(host)
+    else:
+        raise ValueError(f"unknown fault action {a}")
+
+
+def _settle(api: Any, cloud: Any, t: Timing, heal_at: float) -> list[dict[str, Any]]:
+    """Wait until every recovery has ended and every keep-running instance runs, for
+    ``settle_quiet`` s (at least ``settle_min`` s after the heal), or ``settle_bound``;
+    return the recoveries as the API shows them then."""
+    quiet_since: float | None = None
+    recoveries: list[dict[str, Any]] = []
+    while True:
+        now = time.monotonic()
+        try:
+            recoveries = api.get("/v1/recoveries", params={"limit": 1000}).json()
+        except Exception:  # a server restarting answers a moment later
+            recoveries = recoveries or []
+            settled = False
+        else:
+            settled = all(r["status"] in ENDED for r in recoveries) and all(
+                i.running_on
+                for i in cloud.instances()
+                if i.metadata.get(POLICY_KEY) == HaPolicy.KEEP_RUNNING.value
+            )
+        if not settled:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        if now - heal_at >= t.settle_min and quiet_since and now - quiet_since >= t.settle_quiet:
+            return recoveries
+        if now - heal_at >= t.settle_bound:
+            return recoveries
+        time.sleep(0.25)

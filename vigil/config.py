@@ -98,7 +98,28 @@ _agent = [
         "self_fencing",
         default=False,
         help="(agent) Hold a lease from the server and pet the hardware watchdog only while "
-        "it is valid, so that this host resets itself when cut off from vigil.",
+        "it is valid — or, once it ran out, while a strict majority of this host's segment "
+        "(asked over the peer port) has lost vigil-server too — so that this host resets "
+        "itself when *it* is cut off, never because vigil is down. A host alone in its "
+        "segment never resets itself this way, and is never confirmed self-fenced.",
+    ),
+    cfg.ListOpt(
+        "peers",
+        default=[],
+        help="(agent, self-fencing) The other agents of this host's segment, as "
+        "HOST=ADDR:PORT or ADDR:PORT (PORT: their peer_port). Asked when the lease ran out. "
+        "The segment size comes from the server, so listing too few peers only makes this "
+        "host reset more readily.",
+    ),
+    cfg.HostAddressOpt(
+        "peer_host",
+        default="0.0.0.0",
+        help="(agent, self-fencing) Address this agent answers its peers on.",
+    ),
+    cfg.PortOpt(
+        "peer_port",
+        default=8789,
+        help="(agent, self-fencing) UDP port this agent answers its peers on.",
     ),
     cfg.StrOpt(
         "watchdog_device", default="/dev/watchdog", help="(agent) The watchdog device to pet."
@@ -152,7 +173,8 @@ _self_fencing = [
         default=3.0,
         min=0.1,
         help="Seconds a self-fencing agent may pet its watchdog after sending a heartbeat "
-        "the server granted. At least four heartbeat intervals.",
+        "the server granted. At least six heartbeat intervals. A peer that heard a grant "
+        "less than half of it ago tells an agent asking that the server is alive.",
     ),
     cfg.FloatOpt(
         "watchdog_timeout",
@@ -167,6 +189,22 @@ _self_fencing = [
         min=0.0,
         help="Extra seconds before a silent self-fencing host counts as reset: covers clock "
         "rate differences. At least a tenth of lease_ttl + watchdog_timeout.",
+    ),
+    cfg.FloatOpt(
+        "peer_interval",
+        default=1.0,
+        min=0.05,
+        help="Seconds between two checks of its peers by an agent whose lease ran out (one "
+        "passing check lets it pet for peer_interval + peer_timeout). Read by the agents "
+        "too; the server waits for the longer of its own and what agents report.",
+    ),
+    cfg.FloatOpt(
+        "peer_timeout",
+        default=0.5,
+        min=0.01,
+        help="Seconds an agent waits for its peers' answers. At most peer_interval, and "
+        "with two heartbeat intervals less than watchdog_timeout: a host that survives "
+        "vigil's loss must decide before its watchdog fires.",
     ),
 ]
 
@@ -329,24 +367,54 @@ class SelfFencingSettings:
     lease_ttl: float = 3.0
     watchdog_timeout: float = 8.0
     margin: float = 2.0
+    peer_interval: float = 1.0
+    peer_timeout: float = 0.5
+
+    @property
+    def peer_window(self) -> float:
+        """Seconds one passing peer check lets an agent pet after its lease ran out."""
+        return self.peer_interval + self.peer_timeout
 
     @property
     def wait(self) -> float:
-        """Seconds after the last grant before a silent self-fencing host counts as reset."""
-        return self.lease_ttl + self.watchdog_timeout + self.margin
+        """Seconds after the last grant (and after the start of its peers' runs) before a
+        silent self-fencing host counts as reset."""
+        return self.lease_ttl + self.peer_window + self.watchdog_timeout + self.margin
 
     def validate(self, detection: DetectionSettings) -> None:
-        if self.lease_ttl < 4 * detection.heartbeat_interval:
+        """Refuse timing that would reset healthy hosts or confirm a live one.
+
+        What the server's deadline needs is built into ``wait`` (lease TTL + peer window
+        + watchdog + margin) and the majority proof; what is checked here is what the
+        agents need so that a healthy host is not reset: grants often enough to keep
+        the lease (and a peer's "fresh" state, half a lease) across lost datagrams, and
+        a peer check that ends before the watchdog fires."""
+        if self.lease_ttl < 6 * detection.heartbeat_interval:
             raise ConfigError(
-                f"self_fencing.lease_ttl ({self.lease_ttl}s) must be at least four heartbeat "
-                f"intervals ({4 * detection.heartbeat_interval}s): a healthy host that misses "
-                "a few grants would otherwise reset itself"
+                f"self_fencing.lease_ttl ({self.lease_ttl}s) must be at least six heartbeat "
+                f"intervals ({6 * detection.heartbeat_interval}s): a healthy host that misses "
+                "a few grants would otherwise reset itself, and the server proves a peer "
+                "connected only when each grant's acknowledgement (in the heartbeat after "
+                "next) comes within half a lease, one lost datagram included"
             )
         if self.margin < 0.1 * (self.lease_ttl + self.watchdog_timeout):
             raise ConfigError(
                 f"self_fencing.margin ({self.margin}s) must be at least a tenth of lease_ttl + "
                 f"watchdog_timeout ({0.1 * (self.lease_ttl + self.watchdog_timeout):g}s): "
                 "clocks run at slightly different rates"
+            )
+        if self.peer_timeout > self.peer_interval:
+            raise ConfigError(
+                f"self_fencing.peer_timeout ({self.peer_timeout}s) must not exceed "
+                f"peer_interval ({self.peer_interval}s): an agent runs one peer check at a "
+                "time, and each passing one must last until the next one ends"
+            )
+        if self.peer_timeout + 2 * detection.heartbeat_interval >= self.watchdog_timeout:
+            raise ConfigError(
+                f"self_fencing.peer_timeout ({self.peer_timeout}s) plus two heartbeat "
+                f"intervals must be less than watchdog_timeout ({self.watchdog_timeout}s): "
+                "when vigil-server is down, a host stops petting from its lease's end until "
+                "its peers have answered, and its watchdog would fire meanwhile"
             )
 
 
@@ -446,6 +514,8 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
             lease_ttl=conf.self_fencing.lease_ttl,
             watchdog_timeout=conf.self_fencing.watchdog_timeout,
             margin=conf.self_fencing.margin,
+            peer_interval=conf.self_fencing.peer_interval,
+            peer_timeout=conf.self_fencing.peer_timeout,
         ),
         compute_driver=conf.compute.driver,
         compute_cloud=conf.compute.cloud,

@@ -83,7 +83,10 @@ class VigilServer:
             compute = SimCompute(cloud)
         self.compute = compute
         self.leases = LeaseKeeper(
-            self.clock, settings.self_fencing, may_grant=lambda h: self.engine.is_known_host(h)
+            self.clock,
+            settings.self_fencing,
+            may_grant=lambda h: self.engine.may_grant(h),
+            members=lambda: [(h.name, h.segment) for h in self.store.list_hosts()],
         )
         fence = fence_devices or fence_factory(cloud, self.leases)
         # Kept in memory when configured: the demo and the tests read what was published.

@@ -26,66 +26,174 @@ from vigil.drivers.fencing import PowerState
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
 from vigil.engine.lease import LeaseKeeper, SelfFenceDevice
 
-FAST = SelfFencingSettings(lease_ttl=1.0, watchdog_timeout=1.0, margin=0.5)
+FAST = SelfFencingSettings(
+    lease_ttl=1.5, watchdog_timeout=1.0, margin=0.5, peer_interval=0.5, peer_timeout=0.3
+)
 FAST_OVERRIDES = (
-    "self_fencing.lease_ttl=1.0",
+    "self_fencing.lease_ttl=1.5",
     "self_fencing.watchdog_timeout=1.0",
     "self_fencing.margin=0.5",
+    "self_fencing.peer_interval=0.5",
+    "self_fencing.peer_timeout=0.3",
     "recovery.fence_confirm_timeout=0.6",
     "recovery.retry_backoff=0.1",
 )
+SEGMENT = [("c1", "s"), ("c2", "s"), ("c3", "s")]
 
 # --- the server's side, on a fake clock -------------------------------------------------
 
 
-def test_fence_confirmed_only_after_last_grant_plus_ttl_watchdog_and_margin() -> None:
+class Agents:
+    """Agents beating on the fake clock, each acknowledging the grant of its last beat."""
+
+    def __init__(self, keeper: LeaseKeeper) -> None:
+        self.keeper = keeper
+        self.seq: dict[str, int] = {}
+        self.acked: dict[str, int] = {}
+
+    def beat(self, host: str, *, hears_grant: bool = True, watchdog: float = 1.0) -> float | None:
+        seq = self.seq[host] = self.seq.get(host, 0) + 1
+        ttl = self.keeper.grant(host, watchdog, boot_id="b", seq=seq, ack=self.acked.get(host, 0))
+        if ttl is not None and hears_grant:
+            self.acked[host] = seq
+        return ttl
+
+
+def run(clock: FakeClock, agents: Agents, seconds: float, hosts: tuple[str, ...]) -> None:
+    """``hosts`` beat every 0.25 s for ``seconds``, the last time at the end."""
+    for _ in range(round(seconds / 0.25)):
+        clock.advance(0.25)
+        for h in hosts:
+            agents.beat(h)
+
+
+def keeper_for(clock: FakeClock) -> tuple[LeaseKeeper, Agents]:
+    keeper = LeaseKeeper(clock, FAST, members=lambda: SEGMENT, refresh=0.0)
+    return keeper, Agents(keeper)
+
+
+def test_fence_confirmed_after_the_wait_while_a_majority_of_peers_is_connected() -> None:
     clock = FakeClock()
-    keeper = LeaseKeeper(clock, FAST)
+    keeper, agents = keeper_for(clock)
     clock.advance(100)
-    assert keeper.grant("c1", 1.0) == 1.0
+    run(clock, agents, 2.0, ("c1", "c2", "c3"))
     device = SelfFenceDevice(keeper, "c1")
-    clock.advance(0.2)
     # not revoked yet: never OFF, however long the silence
-    clock.advance(10)
+    run(clock, agents, 10.0, ("c2", "c3"))
     assert device.power_status() == PowerState.ON
-    assert keeper.grant("c1", 1.0) == 1.0  # it came back and beat
+    assert agents.beat("c1") == FAST.lease_ttl  # it came back and beat
     last = clock.monotonic()
     device.power_off()  # the fence starts: no more grants
-    assert keeper.grant("c1", 1.0) is None
-    clock.advance(FAST.wait - 0.01)
+    assert agents.beat("c1") is None
+    run(clock, agents, FAST.wait - 0.05, ("c2", "c3"))
+    clock.advance(0.04)
     assert device.power_status() == PowerState.ON
-    clock.advance(0.01)
-    assert clock.monotonic() - last == pytest.approx(2.5)
+    assert keeper.deadline("c1") == pytest.approx(last + FAST.wait)
+    clock.advance(0.02)
+    assert FAST.wait == pytest.approx(1.5 + 0.8 + 1.0 + 0.5)  # ttl + peer window + wd + margin
     assert device.power_status() == PowerState.OFF
 
 
-def test_an_agent_with_a_slower_watchdog_than_configured_is_waited_for() -> None:
+def test_no_confirmation_without_a_connected_majority_of_the_segment() -> None:
+    # c1 and c3 are cut off together (or vigil is cut from them): c1 could survive on
+    # c3's "lost", so the server must not count c1 as fenced, however long it waits.
     clock = FakeClock()
-    keeper = LeaseKeeper(clock, FAST)
-    keeper.grant("c1", 6.0)  # the agent says its watchdog waits 6 s, not 1
+    keeper, agents = keeper_for(clock)
+    run(clock, agents, 2.0, ("c1", "c2", "c3"))
     keeper.revoke("c1")
-    clock.advance(FAST.wait + 1)
-    assert not keeper.self_fenced("c1")
-    clock.advance(5.0)
+    run(clock, agents, 60.0, ("c2",))
+    assert keeper.deadline("c1") is None and not keeper.self_fenced("c1")
+    # c3 is back: from the start of its run on, c1's checks fail
+    run(clock, agents, FAST.wait + 0.75, ("c2", "c3"))
+    back = keeper.run_since("c3")
+    assert back is not None and back > 60
+    assert keeper.deadline("c1") == pytest.approx(back + FAST.wait)
     assert keeper.self_fenced("c1")
 
 
-def test_after_a_restart_the_server_waits_from_its_own_start() -> None:
-    # A previous server process may have granted a lease just before it died.
+def test_grants_a_peer_never_acknowledged_prove_nothing() -> None:
+    # The server hears c2 and c3 and grants, but their grants are lost on the way back:
+    # they answer c1 "lost", so their runs must not count.
     clock = FakeClock()
-    keeper = LeaseKeeper(clock, FAST)
+    keeper, agents = keeper_for(clock)
+    run(clock, agents, 1.0, ("c1",))
     keeper.revoke("c1")
-    clock.advance(FAST.wait - 0.1)
+    for _ in range(80):
+        agents.beat("c2", hears_grant=False)
+        agents.beat("c3", hears_grant=False)
+        clock.advance(0.25)
+    assert keeper.run_since("c2") is None and not keeper.self_fenced("c1")
+
+
+def test_a_run_breaks_when_acknowledgements_are_half_a_lease_apart() -> None:
+    clock = FakeClock()
+    keeper, agents = keeper_for(clock)
+    run(clock, agents, 1.0, ("c2",))
+    first = keeper.run_since("c2")
+    assert first is not None
+    clock.advance(FAST.lease_ttl / 2)  # no acknowledgement for half a lease
+    assert keeper.run_since("c2") is None
+    run(clock, agents, 0.5, ("c2",))
+    again = keeper.run_since("c2")
+    assert again is not None and again > first
+
+
+def test_a_host_alone_in_its_segment_is_never_confirmed() -> None:
+    clock = FakeClock()
+    keeper = LeaseKeeper(clock, FAST, members=lambda: [("c1", "alone")], refresh=0.0)
+    keeper.grant("c1", 1.0)
+    keeper.revoke("c1")
+    clock.advance(1000)
     assert not keeper.self_fenced("c1")
-    clock.advance(0.1)
+    assert LeaseKeeper(clock, FAST).deadline("c1") is None  # no membership: no peers
+
+
+def test_the_grant_names_the_segment_and_its_size() -> None:
+    keeper, _ = keeper_for(FakeClock())
+    assert keeper.segment("c2") == ("s", 3)
+    assert keeper.segment("unknown") == ("", 0)
+
+
+def test_an_agent_with_a_slower_watchdog_or_peer_window_than_configured_is_waited_for() -> None:
+    clock = FakeClock()
+    keeper, agents = keeper_for(clock)
+    run(clock, agents, 1.0, ("c2", "c3"))
+    keeper.grant("c1", 6.0, peer_window=2.0)  # its watchdog waits 6 s, its window is 2 s
+    last = clock.monotonic()
+    keeper.revoke("c1")
+    assert keeper.deadline("c1") == pytest.approx(last + 1.5 + 2.0 + 6.0 + 0.5)
+
+
+def test_after_a_restart_the_server_waits_from_its_own_start_and_the_peers_runs() -> None:
+    # A previous server process may have granted a lease just before it died, and the
+    # host may have been surviving on its peers meanwhile.
+    clock = FakeClock()
+    keeper, agents = keeper_for(clock)
+    started = clock.monotonic()
+    keeper.revoke("c1")
+    run(clock, agents, FAST.wait + 0.75, ("c2", "c3"))
+    runs_from = keeper.run_since("c3")
+    assert runs_from == pytest.approx(started + 0.5)  # its first ack, in its second beat
+    assert keeper.deadline("c1") == pytest.approx(runs_from + FAST.wait)
     assert keeper.self_fenced("c1")
+
+
+def test_a_failed_or_recovered_host_is_granted_nothing() -> None:
+    keeper = LeaseKeeper(FakeClock(), FAST, may_grant=lambda h: h != "c1")
+    assert keeper.grant("c1", 1.0) is None
+    assert keeper.grant("c2", 1.0) == FAST.lease_ttl
 
 
 @pytest.mark.parametrize(
     ("sf", "why"),
     [
-        (SelfFencingSettings(lease_ttl=0.5), "four heartbeat intervals"),
+        (SelfFencingSettings(lease_ttl=1.0), "six heartbeat intervals"),
         (SelfFencingSettings(margin=0.1), "clocks run"),
+        (SelfFencingSettings(peer_interval=0.2, peer_timeout=0.3), "one peer check at a time"),
+        (
+            SelfFencingSettings(watchdog_timeout=1.0, margin=0.5, peer_timeout=0.6),
+            "its watchdog would fire",
+        ),
     ],
 )
 def test_unsafe_self_fencing_timing_is_refused(sf: SelfFencingSettings, why: str) -> None:

@@ -14,6 +14,7 @@ from vigil.agent.protocol import (
     MAX_DATAGRAM,
     BadHeartbeat,
     Heartbeat,
+    LeaseGrant,
     decode_grant,
     encode,
 )
@@ -34,7 +35,13 @@ class HeartbeatSender:
     With ``watchdog`` > 0 (self-fencing), each heartbeat reports that watchdog timeout and
     the server answers with a lease grant; ``on_lease(host, expires)`` then receives the
     monotonic time the lease ends: the heartbeat's *send* time plus the TTL, so network
-    delay can only shorten a lease, never lengthen it.
+    delay can only shorten a lease, never lengthen it. ``on_grant(grant, received_at)``
+    receives every valid grant with its monotonic receipt time (the peer guard's input),
+    and each next heartbeat acknowledges the last grant received (``ack``): the server
+    counts only acknowledged grants when it judges whether a peer was connected.
+
+    ``kernel_boot_id(host)`` gives the host's kernel boot id, sent with every heartbeat
+    (a real agent reads ``/proc/sys/kernel/random/boot_id``; see ``read_kernel_boot_id``).
     """
 
     def __init__(
@@ -48,6 +55,9 @@ class HeartbeatSender:
         delay: Callable[[str], float | None] | None = None,
         watchdog: float = 0.0,
         on_lease: Callable[[str, float], None] | None = None,
+        on_grant: Callable[[LeaseGrant, float], None] | None = None,
+        kernel_boot_id: Callable[[str], str] | None = None,
+        peer_window: float = 0.0,
     ) -> None:
         self._hosts = list(hosts)
         self._server = server
@@ -57,6 +67,10 @@ class HeartbeatSender:
         self._delay = delay
         self._watchdog = watchdog
         self._on_lease = on_lease
+        self._on_grant = on_grant
+        self._kernel_boot_id = kernel_boot_id
+        self._peer_window = peer_window
+        self._acked = dict.fromkeys(self._hosts, 0)
         self._boot = {h: uuid.uuid4().hex for h in self._hosts}
         self._seq = dict.fromkeys(self._hosts, 0)
         self._sent: dict[tuple[str, str, int], float] = {}
@@ -87,6 +101,7 @@ class HeartbeatSender:
         with self._lock:
             self._boot[host] = uuid.uuid4().hex
             self._seq[host] = 0
+            self._acked[host] = 0
 
     def _send(self, datagram: bytes, host: str) -> None:
         try:
@@ -97,10 +112,26 @@ class HeartbeatSender:
     def _beat(self, host: str) -> None:
         with self._lock:
             self._seq[host] += 1
-            boot, seq = self._boot[host], self._seq[host]
+            boot, seq, ack = self._boot[host], self._seq[host], self._acked[host]
             now = time.monotonic()
             self._sent[(host, boot, seq)] = now
-        datagram = encode(Heartbeat(host, boot, seq, time.time(), self._watchdog), self._key)
+        kernel = ""
+        if self._kernel_boot_id is not None:
+            try:
+                kernel = self._kernel_boot_id(host)
+            except (OSError, ValueError) as exc:
+                LOG.debug("host %s: no kernel boot id: %s", host, exc)
+        beat = Heartbeat(
+            host,
+            boot,
+            seq,
+            time.time(),
+            self._watchdog,
+            kernel_boot_id=kernel,
+            ack=ack,
+            peer_window=self._peer_window if self._watchdog else 0.0,
+        )
+        datagram = encode(beat, self._key)
         extra = 0.0 if self._delay is None else self._delay(host)
         if extra is None:
             return  # lost on the way
@@ -142,8 +173,21 @@ class HeartbeatSender:
             except BadHeartbeat as exc:
                 LOG.warning("lease grant refused: %s", exc)
                 continue
+            received = time.monotonic()
             with self._lock:
                 sent = self._sent.get((grant.host, grant.boot_id, grant.seq))
+                if self._boot.get(grant.host) != grant.boot_id:
+                    sent = None  # a grant to an earlier agent process
+                if sent is not None and grant.seq > self._acked.get(grant.host, 0):
+                    self._acked[grant.host] = grant.seq
             if sent is None:
                 continue  # for an earlier boot, or too old to matter
             self._on_lease(grant.host, sent + grant.ttl)
+            if self._on_grant is not None:
+                self._on_grant(grant, received)
+
+
+def read_kernel_boot_id(_host: str = "") -> str:
+    """This machine's kernel boot id: new at every boot of the host."""
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()

@@ -10,8 +10,9 @@ import threading
 from collections.abc import Sequence
 
 from vigil import config
-from vigil.agent.heartbeat import HeartbeatSender
+from vigil.agent.heartbeat import HeartbeatSender, read_kernel_boot_id
 from vigil.agent.libvirt_monitor import LibvirtMonitor, ReportSender
+from vigil.agent.peers import PeerGuard, PeerLink, parse_peers
 from vigil.agent.selffence import DeviceWatchdog, SelfFencer
 from vigil.agent.services import ServiceWatch, parse_watched
 
@@ -31,6 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         LOG.error("configuration refused: %s", exc)
         return 2
     fencer: SelfFencer | None = None
+    guard: PeerGuard | None = None
+    link: PeerLink | None = None
     if conf.agent.self_fencing:
         if conf.agent.watchdog_timeout < 2 * interval:
             LOG.error(
@@ -40,11 +43,47 @@ def main(argv: Sequence[str] | None = None) -> int:
                 2 * interval,
             )
             return 2
+        sf = conf.self_fencing
+        try:
+            config.SelfFencingSettings(
+                lease_ttl=sf.lease_ttl,
+                watchdog_timeout=conf.agent.watchdog_timeout,
+                margin=sf.margin,
+                peer_interval=sf.peer_interval,
+                peer_timeout=sf.peer_timeout,
+            ).validate(config.DetectionSettings(heartbeat_interval=interval))
+            peers = parse_peers(conf.agent.peers, conf.agent.peer_port)
+        except (config.ConfigError, ValueError) as exc:
+            LOG.error("configuration refused: %s", exc)
+            return 2
+        guard = PeerGuard(
+            host,
+            list(peers),
+            peer_interval=sf.peer_interval,
+            peer_timeout=sf.peer_timeout,
+            send=lambda nonce: link.ask(nonce) if link is not None else None,
+        )
+        try:
+            link = PeerLink(
+                guard,
+                key=key.encode(),
+                bind=(conf.agent.peer_host, conf.agent.peer_port),
+                peers=peers,
+            )
+        except OSError as exc:
+            LOG.error(
+                "configuration refused: peer port %s:%s: %s",
+                conf.agent.peer_host,
+                conf.agent.peer_port,
+                exc,
+            )
+            return 2
         fencer = SelfFencer(
             host,
             DeviceWatchdog(conf.agent.watchdog_device),
             interval=interval,
             watchdog_timeout=conf.agent.watchdog_timeout,
+            peers=guard,
         )
     sender = HeartbeatSender(
         [host],
@@ -53,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         interval=interval,
         watchdog=conf.agent.watchdog_timeout if fencer else 0.0,
         on_lease=fencer.on_lease if fencer else None,
+        on_grant=guard.on_grant if guard else None,
+        kernel_boot_id=read_kernel_boot_id,
+        peer_window=guard.window if guard else 0.0,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -101,7 +143,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             conf.agent.watchdog_timeout,
         )
         fencer.start()
+    if link is not None:
+        link.start()
+        LOG.info(
+            "host %s: answering peers on %s:%s; %d peers configured",
+            host,
+            *link.address,
+            len(conf.agent.peers),
+        )
     stop.wait()
+    if link is not None:
+        link.stop()
     if services is not None:
         services.stop()
     if monitor is not None and reports is not None:

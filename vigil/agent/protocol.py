@@ -6,13 +6,25 @@ expensive, and a lost datagram is exactly the signal the detector measures. Each
 is signed with HMAC-SHA256 over the agent key, and carries the agent's boot id and a
 sequence number so that a replayed or reordered datagram is not mistaken for a live host.
 
-A self-fencing agent also says how long its hardware watchdog waits (``watchdog``), and
-the server answers each of its heartbeats with a signed lease grant: the agent may pet
-its watchdog until the heartbeat's send time plus the lease TTL. An agent that hears no
-grant stops petting, and its host resets.
+``boot_id`` is the agent *process*'s id (its sequence numbers start again with it);
+``kernel_boot_id`` is the host's (``/proc/sys/kernel/random/boot_id``), new at every boot
+of the host, so the server can tell that a host has really rebooted.
+
+A self-fencing agent also says how long its hardware watchdog waits (``watchdog``) and
+how long its peer checks may keep it alive (``peer_window``), and acknowledges the last
+lease grant it received (``ack``, a sequence number of its own). The server answers each
+of its heartbeats with a signed lease grant: the agent may pet its watchdog until the
+heartbeat's send time plus the lease TTL. The grant also names the host's segment and
+how many hosts it has (``segment``, ``n``): the agent needs both to ask its peers (see
+``vigil.agent.peers``).
+
+Peers: an agent whose lease ran out asks the other agents of its segment (``VGLQ``, with
+a random nonce) how long ago they last heard a grant; each answers (``VGLA``, the same
+nonce, so an old answer cannot be replayed into a new question).
 
 Wire format: ``MAGIC + json + b"." + hex(hmac_sha256(key, MAGIC + json))`` with MAGIC
-``VGL1`` for heartbeats and ``VGLG`` for grants.
+``VGL1`` for heartbeats, ``VGLG`` for grants, ``VGLQ`` / ``VGLA`` for peer queries and
+answers.
 """
 
 from __future__ import annotations
@@ -25,6 +37,8 @@ from typing import Any
 
 MAGIC = b"VGL1"
 GRANT_MAGIC = b"VGLG"
+QUERY_MAGIC = b"VGLQ"
+ANSWER_MAGIC = b"VGLA"
 MAX_DATAGRAM = 1024
 
 
@@ -39,6 +53,9 @@ class Heartbeat:
     seq: int
     sent_at: float
     watchdog: float = 0.0  # seconds the host's watchdog waits; 0: no self-fencing
+    kernel_boot_id: str = ""  # the host's kernel boot id; "" when unknown
+    ack: int = 0  # sequence number of the last lease grant received (this boot); 0: none
+    peer_window: float = 0.0  # seconds one passing peer check lets the agent pet
 
 
 @dataclass(frozen=True)
@@ -49,6 +66,28 @@ class LeaseGrant:
     boot_id: str
     seq: int
     ttl: float
+    segment: str = ""  # the host's segment
+    n: int = 0  # hosts in that segment (the host included); 0: unknown
+
+
+@dataclass(frozen=True)
+class PeerQuery:
+    """``host`` asks a peer how long ago it last received a lease grant."""
+
+    host: str
+    nonce: str
+
+
+@dataclass(frozen=True)
+class PeerAnswer:
+    """``host`` answers ``to``'s query ``nonce``: its last grant was ``grant_age`` seconds
+    ago (None: it holds none from this boot), for a host of ``segment``."""
+
+    host: str
+    to: str
+    nonce: str
+    grant_age: float | None
+    segment: str
 
 
 def _sign(magic: bytes, fields: dict[str, Any], key: bytes) -> bytes:
@@ -78,6 +117,12 @@ def encode(beat: Heartbeat, key: bytes) -> bytes:
     fields: dict[str, Any] = {"h": beat.host, "b": beat.boot_id, "s": beat.seq, "t": beat.sent_at}
     if beat.watchdog:
         fields["w"] = beat.watchdog
+    if beat.kernel_boot_id:
+        fields["k"] = beat.kernel_boot_id
+    if beat.ack:
+        fields["a"] = beat.ack
+    if beat.peer_window:
+        fields["p"] = beat.peer_window
     return _sign(MAGIC, fields, key)
 
 
@@ -90,22 +135,72 @@ def decode(datagram: bytes, key: bytes) -> Heartbeat:
             seq=int(data["s"]),
             sent_at=float(data["t"]),
             watchdog=float(data.get("w", 0.0)),
+            kernel_boot_id=str(data.get("k", "")),
+            ack=int(data.get("a", 0)),
+            peer_window=float(data.get("p", 0.0)),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise BadHeartbeat(f"malformed heartbeat: {exc}") from exc
 
 
 def encode_grant(grant: LeaseGrant, key: bytes) -> bytes:
-    return _sign(
-        GRANT_MAGIC, {"h": grant.host, "b": grant.boot_id, "s": grant.seq, "l": grant.ttl}, key
-    )
+    fields: dict[str, Any] = {"h": grant.host, "b": grant.boot_id, "s": grant.seq, "l": grant.ttl}
+    if grant.segment:
+        fields["g"] = grant.segment
+    if grant.n:
+        fields["n"] = grant.n
+    return _sign(GRANT_MAGIC, fields, key)
 
 
 def decode_grant(datagram: bytes, key: bytes) -> LeaseGrant:
     data = _verify(datagram, GRANT_MAGIC, key)
     try:
         return LeaseGrant(
-            host=str(data["h"]), boot_id=str(data["b"]), seq=int(data["s"]), ttl=float(data["l"])
+            host=str(data["h"]),
+            boot_id=str(data["b"]),
+            seq=int(data["s"]),
+            ttl=float(data["l"]),
+            segment=str(data.get("g", "")),
+            n=int(data.get("n", 0)),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise BadHeartbeat(f"malformed lease grant: {exc}") from exc
+
+
+def encode_query(query: PeerQuery, key: bytes) -> bytes:
+    return _sign(QUERY_MAGIC, {"h": query.host, "q": query.nonce}, key)
+
+
+def decode_query(datagram: bytes, key: bytes) -> PeerQuery:
+    data = _verify(datagram, QUERY_MAGIC, key)
+    try:
+        return PeerQuery(host=str(data["h"]), nonce=str(data["q"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadHeartbeat(f"malformed peer query: {exc}") from exc
+
+
+def encode_answer(answer: PeerAnswer, key: bytes) -> bytes:
+    fields: dict[str, Any] = {
+        "h": answer.host,
+        "to": answer.to,
+        "q": answer.nonce,
+        "g": answer.segment,
+    }
+    if answer.grant_age is not None:
+        fields["age"] = answer.grant_age
+    return _sign(ANSWER_MAGIC, fields, key)
+
+
+def decode_answer(datagram: bytes, key: bytes) -> PeerAnswer:
+    data = _verify(datagram, ANSWER_MAGIC, key)
+    try:
+        age = data.get("age")
+        return PeerAnswer(
+            host=str(data["h"]),
+            to=str(data["to"]),
+            nonce=str(data["q"]),
+            grant_age=None if age is None else float(age),
+            segment=str(data["g"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadHeartbeat(f"malformed peer answer: {exc}") from exc

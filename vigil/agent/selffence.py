@@ -6,6 +6,11 @@ when the lease runs out — the server stopped granting, or cannot be reached �
 stops and the watchdog resets the host ``watchdog_timeout`` later. The server counts on
 exactly that before it treats the host as fenced (see ``vigil.engine.lease``).
 
+With peers (``vigil.agent.peers``), an expired lease is not yet the end: the agent asks
+the other agents of its segment, and keeps petting only while a strict majority of the
+segment has lost vigil-server too — so losing vigil resets nobody, while a host cut off
+alone still resets.
+
 An agent that stops cleanly disarms the watchdog with the magic close character; one
 that crashes leaves it armed, and the host resets: a host whose HA agent died cannot
 be trusted to stop its VMs when cut off.
@@ -19,6 +24,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Protocol
+
+from vigil.agent.peers import PeerGuard
 
 LOG = logging.getLogger("vigil.agent.selffence")
 
@@ -58,7 +65,8 @@ class DeviceWatchdog:
 
 
 class SelfFencer:
-    """Pets ``watchdog`` every ``interval`` while the lease is valid."""
+    """Pets ``watchdog`` every ``interval`` while the lease is valid, or, with ``peers``,
+    while the peers vouch that vigil-server is gone for a majority of the segment."""
 
     def __init__(
         self,
@@ -68,8 +76,10 @@ class SelfFencer:
         interval: float,
         watchdog_timeout: float,
         monotonic: Callable[[], float] = time.monotonic,
+        peers: PeerGuard | None = None,
     ) -> None:
         self._host = host
+        self._peers = peers
         self._watchdog = watchdog
         self._interval = interval
         self._timeout = watchdog_timeout
@@ -91,12 +101,23 @@ class SelfFencer:
         with self._lock:
             return self._monotonic() < self._expires
 
+    def armed(self) -> bool:
+        with self._lock:
+            return self._expires > 0.0
+
     def tick(self) -> bool:
-        """One round: pet if the lease is valid. Returns whether it petted."""
+        """One round: pet if the lease is valid (or the peers vouch). Returns whether it
+        petted."""
         if self.lease_valid():
             self._watchdog.pet()
             self._lost_logged = False
             return True
+        if self._peers is not None and self.armed():
+            # The peer guard logs its verdicts itself, each on a change only.
+            if self._peers.vouched(self._monotonic()):
+                self._watchdog.pet()
+                return True
+            return False
         if not self._lost_logged:
             self._lost_logged = True
             LOG.critical(

@@ -123,6 +123,10 @@ class Harness:
             seed=opts.seed,
             self_fencing=self.cloud.hosts() if opts.self_fencing else (),
             watchdog_timeout=self.settings.self_fencing.watchdog_timeout,
+            # Every host is in the one segment "demo": the others are its peers.
+            peers={h: self.cloud.hosts() for h in self.cloud.hosts()},
+            peer_interval=self.settings.self_fencing.peer_interval,
+            peer_timeout=self.settings.self_fencing.peer_timeout,
         )
         self._segment = {"name": "demo", "max_parallel_evacuations": 8, **(segment or {})}
         self.api: httpx.Client | None = None

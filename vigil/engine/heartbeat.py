@@ -27,17 +27,27 @@ class HeartbeatTable:
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}
         self._seq: dict[str, tuple[str, int]] = {}
+        self._kernel: dict[str, str] = {}
         self.started_at = clock.monotonic()
 
-    def beat(self, host: str, boot_id: str, seq: int) -> bool:
-        """Record a heartbeat; False for a replayed or reordered one (not newer)."""
+    def beat(self, host: str, boot_id: str, seq: int, kernel_boot_id: str = "") -> bool:
+        """Record a heartbeat; False for a replayed or reordered one (not newer).
+        ``kernel_boot_id``: the host's, when the agent sends it."""
         with self._lock:
             last = self._seq.get(host)
             if last is not None and last[0] == boot_id and seq <= last[1]:
                 return False
             self._seq[host] = (boot_id, seq)
             self._last[host] = self._clock.monotonic()
+            if kernel_boot_id:
+                self._kernel[host] = kernel_boot_id
             return True
+
+    def kernel_boot_ids(self) -> dict[str, str]:
+        """The last kernel boot id heard from each host (hosts whose agent sends one):
+        a new one means the host has rebooted since."""
+        with self._lock:
+            return dict(self._kernel)
 
     def age(self, host: str) -> float | None:
         """Seconds since the host's last heartbeat; None if none since this process began."""
@@ -113,13 +123,21 @@ class HeartbeatReceiver:
             if not self._known(beat.host):
                 self._refuse(f"host {beat.host} at {addr}", "unknown host")
                 continue
-            if not self._table.beat(beat.host, beat.boot_id, beat.seq):
+            if not self._table.beat(beat.host, beat.boot_id, beat.seq, beat.kernel_boot_id):
                 self._refuse(f"host {beat.host} at {addr}", "replayed or out-of-order sequence")
                 continue
             if beat.watchdog and self._leases is not None:
-                ttl = self._leases.grant(beat.host, beat.watchdog)
+                ttl = self._leases.grant(
+                    beat.host,
+                    beat.watchdog,
+                    boot_id=beat.boot_id,
+                    seq=beat.seq,
+                    ack=beat.ack,
+                    peer_window=beat.peer_window,
+                )
                 if ttl is not None:
-                    grant = LeaseGrant(beat.host, beat.boot_id, beat.seq, ttl)
+                    segment, n = self._leases.segment(beat.host)
+                    grant = LeaseGrant(beat.host, beat.boot_id, beat.seq, ttl, segment, n)
                     try:
                         self._sock.sendto(encode_grant(grant, self._key), (addr, port))
                     except OSError as exc:

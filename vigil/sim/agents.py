@@ -8,18 +8,38 @@ datagram.
 Hosts listed in ``self_fencing`` also hold leases and have a simulated hardware watchdog:
 petted while the host's agent runs and its lease is valid, it resets the host
 ``watchdog_timeout`` after the last pet — the behaviour ``vigil.agent.selffence`` gives
-a real host.
+a real host. When a host's lease has run out it asks its ``peers`` (the same pure rule as
+a real agent, ``vigil.agent.peers.judge``): a peer answers if the cloud says the two can
+reach each other, with the age of its own last grant; a check that passes lets the host
+pet for one peer window, and one is made every ``peer_interval``. Heartbeats carry the
+host's kernel boot id from the cloud (new at every boot).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 from vigil.agent.heartbeat import HeartbeatSender
+from vigil.agent.peers import PeerState, Verdict, judge, segment_size
+from vigil.agent.protocol import LeaseGrant
 from vigil.sim.cloud import SimCloud
+
+LOG = logging.getLogger(__name__)
+
+
+@dataclass
+class _Grant:
+    """What a simulated agent knows of its last grant."""
+
+    received_at: float
+    segment: str
+    n: int
+    ttl: float
 
 
 class SimAgents:
@@ -33,6 +53,9 @@ class SimAgents:
         seed: int = 0,
         self_fencing: Collection[str] = (),
         watchdog_timeout: float = 0.0,
+        peers: Mapping[str, Sequence[str]] | None = None,
+        peer_interval: float = 1.0,
+        peer_timeout: float = 0.5,
     ) -> None:
         self._cloud = cloud
         self._random = random.Random(seed)
@@ -42,6 +65,13 @@ class SimAgents:
         self._watchdog_timeout = watchdog_timeout
         self._lease: dict[str, float] = {}
         self._last_pet: dict[str, float] = {}
+        self._peers = {h: [p for p in ps if p != h] for h, ps in (peers or {}).items()}
+        self._peer_interval = peer_interval
+        self._peer_window = peer_interval + peer_timeout
+        self._grant: dict[str, _Grant] = {}
+        self._checked_at: dict[str, float] = {}
+        self._vouched_until: dict[str, float] = {}
+        self._verdict: dict[str, Verdict] = {}
         self.resets: list[str] = []
         self._stop = threading.Event()
         self._watchdogs = threading.Thread(target=self._run_watchdogs, daemon=True)
@@ -54,6 +84,9 @@ class SimAgents:
             delay=self._delay,
             watchdog=watchdog_timeout if self._self_fencing else 0.0,
             on_lease=self._on_lease if self._self_fencing else None,
+            on_grant=self._on_grant if self._self_fencing else None,
+            kernel_boot_id=cloud.boot_id,
+            peer_window=self._peer_window,
         )
 
     def _delay(self, host: str) -> float | None:
@@ -68,6 +101,54 @@ class SimAgents:
             if host in self._self_fencing and expires > self._lease.get(host, 0.0):
                 self._lease[host] = expires
 
+    def _on_grant(self, grant: LeaseGrant, received_at: float) -> None:
+        with self._lock:
+            if grant.host in self._self_fencing:
+                self._grant[grant.host] = _Grant(received_at, grant.segment, grant.n, grant.ttl)
+                self._checked_at.pop(grant.host, None)
+                self._vouched_until.pop(grant.host, None)
+                self._verdict.pop(grant.host, None)
+
+    def _vouched(self, host: str, now: float) -> bool:
+        """The peer rule for a host whose lease ran out (the caller holds the lock)."""
+        if now - self._checked_at.get(host, -1e18) >= self._peer_interval:
+            self._checked_at[host] = now
+            mine = self._grant.get(host)
+            answers = []
+            for peer in self._peers.get(host, ()):
+                if not self._cloud.peer_reachable(host, peer):
+                    continue
+                theirs = self._grant.get(peer)
+                answers.append(
+                    PeerState(
+                        peer,
+                        None if theirs is None else now - theirs.received_at,
+                        "" if theirs is None else theirs.segment,
+                    )
+                )
+            verdict = judge(
+                answers,
+                me=host,
+                segment=mine.segment if mine else "",
+                n=segment_size(mine.n if mine else 0, len(self._peers.get(host, ()))),
+                lease_ttl=mine.ttl if mine else 0.0,
+            )
+            if verdict.verdict is Verdict.SURVIVE:
+                self._vouched_until[host] = now + self._peer_window
+            if self._verdict.get(host) is not verdict.verdict:
+                self._verdict[host] = verdict.verdict
+                LOG.info("sim host %s: lease lost: %s", host, verdict.reason)
+        return now < self._vouched_until.get(host, -1e18)
+
+    def _forget(self, host: str) -> None:
+        """The host reset or lost power: its agent starts again with nothing."""
+        self._lease.pop(host, None)
+        self._last_pet.pop(host, None)
+        self._grant.pop(host, None)
+        self._checked_at.pop(host, None)
+        self._vouched_until.pop(host, None)
+        self._verdict.pop(host, None)
+
     def _run_watchdogs(self) -> None:
         while not self._stop.wait(min(self._interval, 0.05)):
             now = time.monotonic()
@@ -78,17 +159,16 @@ class SimAgents:
                     if lease is None:
                         continue  # not armed before the first lease
                     if not powered:  # a host without power has no watchdog running
-                        del self._lease[host]
-                        self._last_pet.pop(host, None)
+                        self._forget(host)
                         continue
-                    if now < lease and self._cloud.can_pet_watchdog(host):
+                    can_pet = self._cloud.can_pet_watchdog(host)
+                    if can_pet and (now < lease or self._vouched(host, now)):
                         self._last_pet[host] = now
                     last = self._last_pet.get(host, now)
                     fire = now - last >= self._watchdog_timeout
                     if fire:
                         # Reset: the rebooted agent arms again at its next lease.
-                        del self._lease[host]
-                        self._last_pet.pop(host, None)
+                        self._forget(host)
                 if fire:
                     self._cloud.watchdog_reset(host)
                     self.sender.restart_agent(host)

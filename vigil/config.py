@@ -251,6 +251,15 @@ _recovery = [
         "keep it well above the conductor's normal delay.",
     ),
     cfg.FloatOpt(
+        "max_duration",
+        default=1800.0,
+        min=10.0,
+        help="Seconds after which a recovery still running ends FAILED, naming the steps "
+        "that had not finished, so that every recovery ends and an operator is told. Each "
+        "step is bounded well before this by its attempts (step_attempts) and timeouts "
+        "(fence_confirm_timeout, evacuate_confirm_timeout); time spent paused counts too.",
+    ),
+    cfg.FloatOpt(
         "poll_interval",
         default=0.1,
         min=0.01,
@@ -429,6 +438,7 @@ class RecoverySettings:
     fence_confirm_timeout: float = 15.0
     evacuate_confirm_timeout: float = 300.0
     evacuate_stall_timeout: float = 60.0
+    max_duration: float = 1800.0
     poll_interval: float = 0.1
     poll_interval_max: float = 1.0
     workers: int = 32
@@ -506,6 +516,7 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
             fence_confirm_timeout=r.fence_confirm_timeout,
             evacuate_confirm_timeout=r.evacuate_confirm_timeout,
             evacuate_stall_timeout=r.evacuate_stall_timeout,
+            max_duration=r.max_duration,
             poll_interval=r.poll_interval,
             poll_interval_max=r.poll_interval_max,
             workers=r.workers,

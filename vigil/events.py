@@ -59,6 +59,8 @@ HOST_FAILURE = Payload(
             "sources": {"type": "array", "items": _STR},
             "recovery_id": {"type": ["integer", "null"]},
             "paused": _OPT_STR,
+            "boot_id": _OPT_STR,
+            "previous_boot_id": _OPT_STR,
         },
     ),
 )
@@ -161,6 +163,9 @@ STEP_EVENT_NAMES = {
     StepKind.LIST_INSTANCES: "vigil.host.instances.list",
     StepKind.EVACUATE: "vigil.instance.evacuate",
     StepKind.NOTIFY: "vigil.instance.notify",
+    StepKind.RECORD_INSTANCES: "vigil.host.instances.record",
+    StepKind.FIND_STOPPED: "vigil.host.instances.find_stopped",
+    StepKind.START: "vigil.instance.start",
 }
 
 
@@ -193,6 +198,21 @@ def _catalogue() -> dict[str, EventType]:
             "The host is declared failed; a recovery starts (or is paused: see paused).",
         ),
         EventType(
+            "vigil.host.failure.withdrawn",
+            HOST_FAILURE,
+            "WARN",
+            "A paused declaration that never acted is taken back (the host's heartbeats"
+            " returned, or an operator dismissed it): nothing was fenced or moved.",
+        ),
+        EventType(
+            "vigil.host.rebooted",
+            HOST_FAILURE,
+            "ERROR",
+            "The host came back with a new kernel boot id without a declared failure (its"
+            " watchdog reset it, or a power blip shorter than detection): a recovery starts"
+            " its stopped HA instances.",
+        ),
+        EventType(
             "vigil.host.restored", HOST, "INFO", "An operator put a recovered host back into use."
         ),
         EventType(
@@ -200,6 +220,13 @@ def _catalogue() -> dict[str, EventType]:
             SEGMENT,
             "CRITICAL",
             "Storm guard: automatic recovery in the segment is paused.",
+        ),
+        EventType(
+            "vigil.segment.resumed",
+            SEGMENT,
+            "WARN",
+            "A segment the storm guard paused resumes by itself: every declaration it held"
+            " was withdrawn.",
         ),
         EventType("vigil.recovery.paused", RECOVERY, "WARN", "A recovery is held."),
         EventType("vigil.recovery.resumed", RECOVERY, "INFO", "A held recovery goes on."),
@@ -465,6 +492,21 @@ def samples() -> dict[str, dict[str, Any]]:
             "result": {"from": host, "to": "compute-2", "status": "ACTIVE"},
         },
         StepKind.NOTIFY: {"instance_id": iid, "instance_name": "db-1"},
+        StepKind.RECORD_INSTANCES: {
+            "result": {"instances": [{"id": iid, "name": "db-1", "status": "ACTIVE"}]}
+        },
+        StepKind.FIND_STOPPED: {
+            "result": {
+                "instances": [
+                    {"id": iid, "name": "db-1", "status": "SHUTOFF", "policy": "keep-running"}
+                ]
+            }
+        },
+        StepKind.START: {
+            "instance_id": iid,
+            "instance_name": "db-1",
+            "result": {"status": "ACTIVE"},
+        },
     }
     data: dict[str, dict[str, Any]] = {
         "vigil.host.failure.suspected": {"host": host, "reason": "no heartbeat for 1.00s"},
@@ -480,10 +522,27 @@ def samples() -> dict[str, dict[str, Any]]:
             "reason": "no heartbeat for 1.04s and the BMC reads power off",
             "paused": None,
         },
+        "vigil.host.failure.withdrawn": {
+            "host": host,
+            "recovery_id": rid,
+            "reason": "heartbeats returned before anything was fenced or moved",
+        },
+        "vigil.host.rebooted": {
+            "host": host,
+            "segment": "rack-a",
+            "reason": "host compute-1 booted again (boot id 5f0c… -> 9a21…) without vigil "
+            "declaring it failed: its guests were stopped",
+            "boot_id": "9a21c3d4-0b7e-4f55-8d2a-6c1e0f3b7a90",
+            "previous_boot_id": "5f0c9e1a-2d3b-4c6f-9e8a-1b7d5c3a2f10",
+        },
         "vigil.host.restored": {"host": host, "reason": "operator"},
         "vigil.segment.paused": {
             "segment": "rack-a",
             "reason": "3 of 4 hosts of segment rack-a failing at once (more than 50%): storm guard",
+        },
+        "vigil.segment.resumed": {
+            "segment": "rack-a",
+            "reason": "every declaration the storm guard held was withdrawn",
         },
         "vigil.recovery.paused": {
             "host": host,

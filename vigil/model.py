@@ -40,6 +40,9 @@ class HostState(enum.StrEnum):
 
 class FailureKind(enum.StrEnum):
     HOST_DOWN = "host-down"
+    # The host came back with a new kernel boot id without vigil declaring it failed (its
+    # watchdog reset it, or a power blip shorter than detection): its guests are off.
+    HOST_REBOOTED = "host-rebooted"
 
 
 class FailureStatus(enum.StrEnum):
@@ -55,6 +58,9 @@ class RecoveryStatus(enum.StrEnum):
     PAUSED = "paused"  # automatic action held (storm guard or operator); reason recorded
     SUCCEEDED = "succeeded"
     FAILED = "failed"  # a step failed for good (e.g. a fence that could not be confirmed)
+    # A paused declaration that never acted, taken back: the host's heartbeats returned,
+    # or an operator dismissed it. Nothing was fenced or moved.
+    WITHDRAWN = "withdrawn"
 
 
 class StepStatus(enum.StrEnum):
@@ -73,13 +79,21 @@ class StepKind(enum.StrEnum):
     LIST_INSTANCES = "list-instances"  # read the host's instances, plan one step each
     EVACUATE = "evacuate"  # one instance: evacuate, then confirm ACTIVE elsewhere
     NOTIFY = "notify"  # one instance whose policy is notify: tell, move nothing
+    # Read the host's instances and their states as they were before anything acts (runs
+    # beside the fence, gates nothing): an evacuation restores each to that state.
+    RECORD_INSTANCES = "record-instances"
+    # A host that rebooted: read its instances, plan a start for each stopped HA one.
+    FIND_STOPPED = "find-stopped"
+    START = "start"  # one instance found stopped after its host rebooted: start it
 
 
 HOST_TRANSITIONS: Mapping[HostState, frozenset[HostState]] = {
     HostState.NEW: frozenset({HostState.UP, HostState.SUSPECT}),
     HostState.UP: frozenset({HostState.SUSPECT}),
     HostState.SUSPECT: frozenset({HostState.UP, HostState.FAILED}),
-    HostState.FAILED: frozenset({HostState.RECOVERED}),
+    # FAILED -> UP or NEW only when a paused declaration that never acted is withdrawn
+    # (heartbeats back: UP; dismissed by an operator while silent: NEW).
+    HostState.FAILED: frozenset({HostState.RECOVERED, HostState.UP, HostState.NEW}),
     # Only an operator's restore brings a recovered host back into use.
     HostState.RECOVERED: frozenset({HostState.NEW}),
 }
@@ -101,7 +115,10 @@ RECOVERY_TRANSITIONS: Mapping[RecoveryStatus, frozenset[RecoveryStatus]] = {
     RecoveryStatus.RUNNING: frozenset(
         {RecoveryStatus.SUCCEEDED, RecoveryStatus.FAILED, RecoveryStatus.PAUSED}
     ),
-    RecoveryStatus.PAUSED: frozenset({RecoveryStatus.RUNNING, RecoveryStatus.FAILED}),
+    RecoveryStatus.PAUSED: frozenset(
+        {RecoveryStatus.RUNNING, RecoveryStatus.FAILED, RecoveryStatus.WITHDRAWN}
+    ),
+    RecoveryStatus.WITHDRAWN: frozenset(),
     # An operator may retry a failed recovery once the cause is fixed.
     RecoveryStatus.FAILED: frozenset({RecoveryStatus.RUNNING}),
     # A consumer asks, after the fact, for more steps (evacuate these instances now).
@@ -161,6 +178,7 @@ class Host:
     fencing: tuple[FenceMethod, ...] = ()
     state_reason: str = ""
     state_changed_at: float = 0.0
+    boot_id: str | None = None  # the kernel boot id its agent last reported (None: never)
     id: int | None = None
 
 

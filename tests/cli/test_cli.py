@@ -590,7 +590,7 @@ def test_a_recovery_seen_through_the_cli(world: World, cli: Cli) -> None:
         "DETAIL",
     ]
     kinds = [line.split()[1] for line in step_lines[2:]]
-    assert kinds[:3] == ["fence", "force-down", "list-instances"]
+    assert kinds[:4] == ["record-instances", "fence", "force-down", "list-instances"]
     evacuate = next(line for line in step_lines[2:] if line.split()[1] == "evacuate")
     assert f"web-1 ({vm})" in evacuate
     assert "succeeded" in evacuate

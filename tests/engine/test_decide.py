@@ -7,17 +7,22 @@ from dataclasses import replace
 from vigil.config import DetectionSettings
 from vigil.drivers.fencing import PowerState
 from vigil.engine.decide import (
+    GUARD_PREFIX,
     DeclareFailure,
     FinishRecovery,
+    HostRebooted,
     HostView,
     MarkSuspect,
     MarkUp,
     PauseRecovery,
     PauseSegment,
     ProbePower,
+    RecordBoot,
     ResumeRecovery,
+    ResumeSegment,
     RunStep,
     Snapshot,
+    WithdrawDeclaration,
     decide,
 )
 from vigil.model import (
@@ -271,3 +276,110 @@ def test_paused_segment_holds_its_recoveries() -> None:
         snap(failed_host(), recoveries=(recovery(*host_steps()),), segments=segs), DET
     )
     assert isinstance(action, PauseRecovery)
+
+
+# --- issue 12: reboots, withdrawals, the bound on a recovery ----------------------------
+
+
+def _beating(name: str, *, boot: str | None, stored: str | None, state: HostState) -> HostView:
+    return HostView(Host(name, "s1", state=state, boot_id=stored), 0.1, boot_id=boot)
+
+
+def test_a_first_boot_id_is_remembered_and_a_new_one_is_a_reboot() -> None:
+    first = _beating("c1", boot="b1", stored=None, state=HostState.UP)
+    assert decide(snap(first), DET) == [RecordBoot("c1", "b1")]
+    same = _beating("c1", boot="b1", stored="b1", state=HostState.UP)
+    assert decide(snap(same), DET) == []
+    new = _beating("c1", boot="b2", stored="b1", state=HostState.UP)
+    [action] = decide(snap(new), DET)
+    assert isinstance(action, HostRebooted) and action.boot_id == "b2"
+
+
+def test_a_reboot_vigil_caused_or_expects_is_only_remembered() -> None:
+    # restored after a recovery (NEW -> up at its first beat): the fence rebooted it
+    restored = _beating("c1", boot="b2", stored="b1", state=HostState.NEW)
+    assert RecordBoot("c1", "b2") in decide(snap(restored), DET)
+    # a failed host belongs to its recovery
+    failed = _beating("c1", boot="b2", stored="b1", state=HostState.FAILED)
+    assert not any(isinstance(a, (RecordBoot, HostRebooted)) for a in decide(snap(failed), DET))
+
+
+def _paused(*, attempts: int = 0, status: StepStatus = StepStatus.PENDING) -> Recovery:
+    steps = (
+        Step(1, 9, 1, StepKind.RECORD_INSTANCES, StepStatus.PENDING),
+        Step(2, 9, 2, StepKind.FENCE, status, attempts=attempts),
+    )
+    return Recovery(9, 3, "c1", "s1", RecoveryStatus.PAUSED, NOW - 5, steps=steps)
+
+
+def test_heartbeats_back_withdraw_a_paused_declaration_that_never_acted() -> None:
+    back = view("c1", HostState.FAILED, 0.1)
+    actions = decide(snap(back, recoveries=(_paused(),)), DET)
+    assert actions == [
+        WithdrawDeclaration(9, "c1", "heartbeats returned before anything was fenced or moved")
+    ]
+    # still silent: it stays held (the segment is paused by the guard)
+    silent = view("c1", HostState.FAILED, 30.0)
+    held = Segment("s1", paused=True, pause_reason=GUARD_PREFIX + "3 of 4")
+    assert decide(snap(silent, recoveries=(_paused(),), segments={"s1": held}), DET) == []
+    # once a step has run, only an operator's resume goes on: never withdrawn
+    acted = _paused(attempts=1)
+    assert not any(
+        isinstance(a, WithdrawDeclaration)
+        for a in decide(snap(back, recoveries=(acted,), segments={"s1": held}), DET)
+    )
+
+
+def test_a_guard_pause_lifts_when_nothing_is_held_an_operator_pause_never() -> None:
+    guard = Segment("s1", paused=True, pause_reason=GUARD_PREFIX + "3 of 4 hosts")
+    assert decide(snap(*healthy(3), segments={"s1": guard}), DET) == [
+        ResumeSegment("s1", "every declaration the storm guard held was withdrawn")
+    ]
+    operator = Segment("s1", paused=True, pause_reason="rack maintenance")
+    assert decide(snap(*healthy(3), segments={"s1": operator}), DET) == []
+    still = (*healthy(3), view("c1", HostState.SUSPECT, 1.2))
+    assert not any(
+        isinstance(a, ResumeSegment) for a in decide(snap(*still, segments={"s1": guard}), DET)
+    )
+
+
+def test_a_recovery_running_longer_than_max_duration_ends_failed() -> None:
+    steps = (
+        Step(1, 9, 1, StepKind.FENCE, StepStatus.SUCCEEDED),
+        Step(2, 9, 2, StepKind.FORCE_DOWN, StepStatus.SUCCEEDED),
+        Step(3, 9, 3, StepKind.LIST_INSTANCES, StepStatus.SUCCEEDED),
+        Step(4, 9, 4, StepKind.EVACUATE, StepStatus.PENDING, instance_id="i", instance_name="db"),
+    )
+    rec = Recovery(9, 3, "c1", "s1", RecoveryStatus.RUNNING, NOW - 100, NOW - 100, steps=steps)
+    assert decide(snap(recoveries=(rec,)), DET, max_duration=100.0) == [RunStep(9, "c1", steps[3])]
+    late = snap(recoveries=(rec,), now=NOW + 0.5)
+    assert decide(late, DET, max_duration=100.0) == [
+        FinishRecovery(
+            9, "c1", RecoveryStatus.FAILED, "did not end within 100s; unfinished: evacuate db"
+        )
+    ]
+
+
+def test_record_instances_runs_beside_the_fence_and_gates_only_the_planning() -> None:
+    steps = (
+        Step(1, 9, 1, StepKind.RECORD_INSTANCES, StepStatus.PENDING),
+        Step(2, 9, 2, StepKind.FENCE, StepStatus.PENDING),
+        Step(3, 9, 3, StepKind.FORCE_DOWN, StepStatus.PENDING),
+        Step(4, 9, 4, StepKind.LIST_INSTANCES, StepStatus.PENDING),
+    )
+    rec = Recovery(9, 3, "c1", "s1", RecoveryStatus.RUNNING, NOW, NOW, steps=steps)
+    assert decide(snap(recoveries=(rec,)), DET) == [
+        RunStep(9, "c1", steps[0]),
+        RunStep(9, "c1", steps[1]),
+    ]
+    # fenced and forced down, the recording still running: the planning waits for it
+    s2 = (
+        replace(steps[0], status=StepStatus.RUNNING),
+        replace(steps[1], status=StepStatus.SUCCEEDED),
+        replace(steps[2], status=StepStatus.SUCCEEDED),
+        steps[3],
+    )
+    assert decide(snap(recoveries=(replace(rec, steps=s2),), in_flight=frozenset({1})), DET) == []
+    # a recording that failed for good loses only the states before: planning goes on
+    s3 = (replace(s2[0], status=StepStatus.FAILED), *s2[1:])
+    assert decide(snap(recoveries=(replace(rec, steps=s3),)), DET) == [RunStep(9, "c1", s3[3])]

@@ -25,6 +25,7 @@ from vigil import __version__
 from vigil.api.guest import add_guest_routes
 from vigil.api.schemas import (
     ControlOut,
+    DismissIn,
     EvacuateIn,
     FailureOut,
     GuestFailureOut,
@@ -568,6 +569,24 @@ def create_app(
         LOG.info("host %s: failure %d marked handled: %s", failure.host, failure_id, body.reason)
         engine.wake()
         return FailureOut.of(done)
+
+    @app.post("/v1/failures/{failure_id}/dismiss", dependencies=auth, tags=["failures"])
+    def failure_dismiss(failure_id: int, body: DismissIn) -> FailureOut:
+        """An operator takes back a declaration the storm guard paused before it acted
+        (nothing was fenced or moved). 409 once any of its steps has run."""
+        failure = store.get_failure(failure_id)
+        held = [
+            r
+            for r in store.list_recoveries(host=failure.host, statuses=[RecoveryStatus.PAUSED])
+            if r.failure_id == failure_id
+        ]
+        if not held:
+            raise InvalidTransition(
+                f"failure {failure_id} of host {failure.host} has no paused recovery: only a "
+                "paused declaration that never acted can be dismissed"
+            )
+        engine.dismiss(held[0].id, f"dismissed by operator: {body.reason}")
+        return FailureOut.of(store.get_failure(failure_id))
 
     # --- guest-OS failures and host services (reported by the agents) ---------------------
     @app.get("/v1/guest-failures", dependencies=auth, tags=["guest failures"])

@@ -97,6 +97,7 @@ NOTIFICATION_STATUS = {
     RecoveryStatus.PAUSED: "running",
     RecoveryStatus.SUCCEEDED: "finished",
     RecoveryStatus.FAILED: "error",  # an operator may retry it, as Masakari's error
+    RecoveryStatus.WITHDRAWN: "ignored",  # the host came back before anything acted
 }
 TASK_STATE = {
     StepStatus.PENDING: "PENDING",

@@ -346,3 +346,7 @@ class EvacuateIn(_In):
 
 class HandledIn(_In):
     reason: str = Field("handled by consumer", max_length=1024)
+
+
+class DismissIn(_In):
+    reason: str = Field("dismissed by operator", max_length=1024)

@@ -289,6 +289,12 @@ class VigilClient:
         )
         return result
 
+    def failure_dismiss(self, failure_id: int, reason: str) -> Json:
+        result: Json = self._request(
+            "POST", f"/v1/failures/{_seg(failure_id)}/dismiss", body={"reason": reason}
+        )
+        return result
+
     def list_events(
         self, *, after: int | None = None, host: str | None = None, limit: int | None = None
     ) -> list[Json]:

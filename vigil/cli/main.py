@@ -243,6 +243,10 @@ def failure_handled(c: VigilClient, args: argparse.Namespace, out: Output) -> No
     out.one(output.FAILURE, c.failure_handled(args.id, args.reason))
 
 
+def failure_dismiss(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.FAILURE, c.failure_dismiss(args.id, args.reason))
+
+
 def guest_failure_list(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
     items = c.list_guest_failures(instance_id=args.instance, status=args.status, limit=args.limit)
     out.many(output.GUEST_FAILURE, items)
@@ -561,6 +565,14 @@ def build_parser() -> argparse.ArgumentParser:
             p = verb(group, "handled", failure_handled, "mark a failure taken care of")
             p.add_argument("id", type=int)
             p.add_argument("--reason", default="handled by operator")
+            p = verb(
+                group,
+                "dismiss",
+                failure_dismiss,
+                "take back a declaration the storm guard paused before it acted",
+            )
+            p.add_argument("id", type=int)
+            p.add_argument("--reason", default="dismissed by operator")
         if name == "recovery":
             verb(
                 group, "retry", recovery_retry, "retry a failed recovery once its cause is fixed"

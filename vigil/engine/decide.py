@@ -25,6 +25,16 @@ The rules, in the order a host failure meets them:
   from a host whose fence was not confirmed (S1).
 - pause (S4): an operator's cloud-wide pause or a paused segment holds every recovery
   between steps; a step already running finishes.
+- withdrawal: a paused declaration none of whose steps ever ran is withdrawn when the
+  host's heartbeats return (it was vigil, or the network, not the host); a segment the
+  storm guard paused resumes by itself once nothing in it is failing or held any more.
+- reboots: a host that heartbeats with a new kernel boot id, never declared failed (its
+  watchdog reset it, or its power blinked for less than the detection time), had a
+  failure all the same: its guests are off. A recovery without a fence starts its
+  stopped HA instances again (``find-stopped`` → ``start`` per instance, or ``notify``).
+- every recovery ends: one still running ``max_duration`` after it started ends FAILED,
+  naming the steps that had not finished (each step's attempts and timeouts bound it
+  well before that; this is the bound an operator can count on).
 """
 
 from __future__ import annotations
@@ -46,7 +56,18 @@ from vigil.model import (
     StepStatus,
 )
 
-HOST_STEPS = (StepKind.FENCE, StepKind.FORCE_DOWN, StepKind.LIST_INSTANCES)
+# The host-level steps, in the order they gate one another. ``record-instances`` runs
+# beside the fence and gates only the planning; ``find-stopped`` plans a reboot's starts.
+HOST_STEPS = (
+    StepKind.RECORD_INSTANCES,
+    StepKind.FENCE,
+    StepKind.FORCE_DOWN,
+    StepKind.LIST_INSTANCES,
+    StepKind.FIND_STOPPED,
+)
+# Why the storm guard paused a segment starts with this: such a pause lifts by itself
+# once every declaration it held was withdrawn; an operator's pause never does.
+GUARD_PREFIX = "storm guard: "
 TERMINAL_STEP = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED})
 ACTIVE_RECOVERY = (RecoveryStatus.PENDING, RecoveryStatus.RUNNING, RecoveryStatus.PAUSED)
 # With fewer monitored hosts than this, "most hosts failing" says nothing about vigil
@@ -75,6 +96,7 @@ class HostView:
     power_read_age: float | None = None
     probing: bool = False  # a BMC read is in flight
     report: DownReport | None = None  # the latest unconsumed report that it is down
+    boot_id: str | None = None  # the kernel boot id in its latest heartbeat
 
 
 @dataclass(frozen=True)
@@ -136,6 +158,36 @@ class ResumeRecovery:
 
 
 @dataclass(frozen=True)
+class RecordBoot:
+    """Remember the host's kernel boot id (first heard, or after a reboot vigil expected)."""
+
+    host: str
+    boot_id: str
+
+
+@dataclass(frozen=True)
+class HostRebooted:
+    """The host came back with a new kernel boot id, never declared failed."""
+
+    host: str
+    boot_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class WithdrawDeclaration:
+    recovery_id: int
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResumeSegment:
+    segment: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class RunStep:
     recovery_id: int
     host: str
@@ -160,14 +212,74 @@ Action = (
     | ResumeRecovery
     | RunStep
     | FinishRecovery
+    | RecordBoot
+    | HostRebooted
+    | WithdrawDeclaration
+    | ResumeSegment
 )
 
 
-def decide(snap: Snapshot, detection: DetectionSettings) -> list[Action]:
+def decide(
+    snap: Snapshot, detection: DetectionSettings, *, max_duration: float = float("inf")
+) -> list[Action]:
     actions: list[Action] = []
     actions.extend(_detect(snap, detection))
+    actions.extend(_reboots(snap, detection))
     for recovery in snap.recoveries:
-        actions.extend(_drive(snap, recovery))
+        actions.extend(_drive(snap, recovery, detection, max_duration))
+    actions.extend(_unpause(snap))
+    return actions
+
+
+def _beating(view: HostView | None, detection: DetectionSettings) -> bool:
+    return (
+        view is not None
+        and view.heartbeat_age is not None
+        and view.heartbeat_age < detection.suspect_after
+    )
+
+
+def _reboots(snap: Snapshot, detection: DetectionSettings) -> list[Action]:
+    """A new kernel boot id: remembered, and for a host in use a failure that happened."""
+    busy = {r.host for r in snap.recoveries}
+    actions: list[Action] = []
+    for name, view in sorted(snap.hosts.items()):
+        host, boot = view.host, view.boot_id
+        if boot is None or boot == host.boot_id or not _beating(view, detection):
+            continue
+        if host.state == HostState.FAILED:
+            continue  # its recovery owns it (a withdrawal comes first, if it never acted)
+        if (
+            host.boot_id is not None
+            and host.state in (HostState.UP, HostState.SUSPECT)
+            and not host.maintenance
+        ):
+            if name in busy:
+                continue  # after the recovery it has (for example restarting its guests)
+            actions.append(
+                HostRebooted(
+                    name,
+                    boot,
+                    f"host {name} booted again (boot id {host.boot_id} -> {boot}) "
+                    "without vigil declaring it failed: its guests were stopped",
+                )
+            )
+        else:
+            actions.append(RecordBoot(name, boot))
+    return actions
+
+
+def _unpause(snap: Snapshot) -> list[Action]:
+    """Segments the storm guard paused, whose held declarations were all withdrawn."""
+    actions: list[Action] = []
+    for name, segment in sorted(snap.segments.items()):
+        if not segment.paused or not segment.pause_reason.startswith(GUARD_PREFIX):
+            continue
+        if any(r.segment == name for r in snap.recoveries):
+            continue
+        if any(v.host.segment == name and _failing(v) for v in snap.hosts.values()):
+            continue
+        actions.append(ResumeSegment(name, "every declaration the storm guard held was withdrawn"))
     return actions
 
 
@@ -257,7 +369,7 @@ def _storm(snap: Snapshot, segment_name: str) -> str | None:
     if segment is not None and members:
         share = len(failing_here) / len(members)
         if share > segment.max_failed_share:
-            return (
+            return GUARD_PREFIX + (
                 f"{len(failing_here)} of {len(members)} hosts of segment {segment_name} failing "
                 f"at once (more than {segment.max_failed_share:.0%}): storm guard"
             )
@@ -265,7 +377,7 @@ def _storm(snap: Snapshot, segment_name: str) -> str | None:
     if len(monitored) >= MIN_HOSTS_FOR_CUTOFF_GUARD and len(failing) > CUTOFF_SHARE * len(
         monitored
     ):
-        return (
+        return GUARD_PREFIX + (
             f"{len(failing)} of {len(monitored)} hosts silent at once: vigil may be cut off "
             "from them; not fencing"
         )
@@ -283,18 +395,53 @@ def _due(step: Step, snap: Snapshot) -> bool:
     )
 
 
-def _drive(snap: Snapshot, recovery: Recovery) -> list[Action]:
+def _drive(
+    snap: Snapshot, recovery: Recovery, detection: DetectionSettings, max_duration: float
+) -> list[Action]:
     hold = _held(snap, recovery.segment)
+    steps = sorted(recovery.steps, key=lambda s: s.seq)
     if recovery.status == RecoveryStatus.PAUSED:
+        never_acted = all(s.status == StepStatus.PENDING and not s.attempts for s in steps)
+        if never_acted and _beating(snap.hosts.get(recovery.host), detection):
+            return [
+                WithdrawDeclaration(
+                    recovery.id,
+                    recovery.host,
+                    "heartbeats returned before anything was fenced or moved",
+                )
+            ]
         return [] if hold else [ResumeRecovery(recovery.id, recovery.host)]
     if hold:
         return [PauseRecovery(recovery.id, recovery.host, hold)]
-
-    steps = sorted(recovery.steps, key=lambda s: s.seq)
     busy = any(s.id in snap.in_flight for s in steps)
+    started = recovery.started_at if recovery.started_at is not None else recovery.created_at
+    if snap.now - started > max_duration:
+        unfinished = [s for s in steps if s.status not in TERMINAL_STEP]
+        names = ", ".join(
+            s.kind.value + (f" {s.instance_name or s.instance_id}" if s.instance_id else "")
+            for s in unfinished
+        )
+        return [
+            FinishRecovery(
+                recovery.id,
+                recovery.host,
+                RecoveryStatus.FAILED,
+                f"did not end within {max_duration:g}s; unfinished: {names or 'none'}",
+            )
+        ]
+
+    actions: list[Action] = []
+    record = recovery.step(StepKind.RECORD_INSTANCES)
+    if record is not None and _due(record, snap):
+        actions.append(RunStep(recovery.id, recovery.host, record))
     for step in (s for s in steps if s.kind in HOST_STEPS):
+        if step.kind == StepKind.RECORD_INSTANCES:
+            continue  # beside the others; a failed read only loses the states before
         if step.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED):
             continue
+        planning = step.kind == StepKind.LIST_INSTANCES and record is not None
+        if planning and record is not None and record.status not in TERMINAL_STEP:
+            return actions  # plan with the states before the failure in hand
         if step.status == StepStatus.FAILED:
             if busy:
                 return []
@@ -306,7 +453,9 @@ def _drive(snap: Snapshot, recovery: Recovery) -> list[Action]:
                     f"{step.kind.value} failed: {step.detail}",
                 )
             ]
-        return [RunStep(recovery.id, recovery.host, step)] if _due(step, snap) else []
+        if _due(step, snap):
+            actions.append(RunStep(recovery.id, recovery.host, step))
+        return actions
 
     instance_steps = [s for s in steps if s.kind not in HOST_STEPS]
     segment = snap.segments.get(recovery.segment)
@@ -314,7 +463,6 @@ def _drive(snap: Snapshot, recovery: Recovery) -> list[Action]:
     running = sum(
         1 for s in instance_steps if s.id in snap.in_flight or s.status == StepStatus.RUNNING
     )
-    actions: list[Action] = []
     for step in instance_steps:
         if running >= limit:
             break
@@ -334,12 +482,11 @@ def _drive(snap: Snapshot, recovery: Recovery) -> list[Action]:
                 )
             ]
         moved = sum(1 for s in instance_steps if s.kind == StepKind.EVACUATE)
-        return [
-            FinishRecovery(
-                recovery.id,
-                recovery.host,
-                RecoveryStatus.SUCCEEDED,
-                f"host fenced; {moved} instances evacuated, {len(instance_steps) - moved} notified",
-            )
-        ]
+        started_again = sum(1 for s in instance_steps if s.kind == StepKind.START)
+        told = len(instance_steps) - moved - started_again
+        if recovery.step(StepKind.FIND_STOPPED) is not None:
+            summary = f"host rebooted; {started_again} instances started, {told} notified"
+        else:
+            summary = f"host fenced; {moved} instances evacuated, {told} notified"
+        return [FinishRecovery(recovery.id, recovery.host, RecoveryStatus.SUCCEEDED, summary)]
     return actions

@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
@@ -32,15 +33,19 @@ from vigil.engine.decide import (
     DeclareFailure,
     DownReport,
     FinishRecovery,
+    HostRebooted,
     HostView,
     MarkSuspect,
     MarkUp,
     PauseRecovery,
     PauseSegment,
     ProbePower,
+    RecordBoot,
     ResumeRecovery,
+    ResumeSegment,
     RunStep,
     Snapshot,
+    WithdrawDeclaration,
     decide,
 )
 from vigil.engine.heartbeat import HeartbeatTable
@@ -49,6 +54,7 @@ from vigil.engine.steps import StepContext, run_step
 from vigil.events import STEP_EVENT_NAMES, make_event
 from vigil.model import (
     Event,
+    FailureKind,
     Host,
     HostState,
     InvalidTransition,
@@ -94,6 +100,9 @@ class Engine:
             settings=settings.recovery,
             clock=clock,
             wait=wait,
+            hosts=lambda: self._hosts,
+            fenced=lambda name: name in self._fenced,
+            spread=self._spread,
         )
         self._pool = ThreadPoolExecutor(settings.recovery.workers, thread_name_prefix="vigil-step")
         self._lock = threading.Lock()
@@ -109,6 +118,8 @@ class Engine:
         # (lease grants, evacuation targets); replaced whole each cycle.
         self._hosts: dict[str, Host] = {h.name: h for h in hosts}
         self._states: dict[str, HostState] = {h.name: h.state for h in hosts}
+        self._fenced: frozenset[str] = frozenset()  # recovered, or fence confirmed
+        self._aimed: Counter[str] = Counter()  # evacuations aimed at each host
         self._wake = threading.Event()
         self._requests: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
 
@@ -217,6 +228,7 @@ class Engine:
         self._hosts = {h.name: h for h in hosts}
         self._states = {h.name: h.state for h in hosts}
         ages = self._heartbeats.ages()
+        boots = self._heartbeats.kernel_boot_ids()
         now_mono = self._clock.monotonic()
         views: dict[str, HostView] = {}
         with self._lock:
@@ -244,20 +256,34 @@ class Engine:
                     report=(
                         DownReport(said[0], said[1], now_mono - said[2], said[3]) if said else None
                     ),
+                    boot_id=boots.get(host.name),
                 )
             in_flight = frozenset(self._in_flight)
+        recoveries = tuple(self._store.list_recoveries(statuses=ACTIVE_RECOVERY))
+        self._fenced = frozenset(
+            {h.name for h in hosts if h.state == HostState.RECOVERED}
+            | {
+                r.host
+                for r in recoveries
+                if (fence := r.step(StepKind.FENCE)) and fence.status == StepStatus.SUCCEEDED
+            }
+        )
         return Snapshot(
             now=self._clock.wall(),
             uptime=self._heartbeats.since_start(),
             control=self._store.get_control(),
             segments={s.name: s for s in self._store.list_segments()},
             hosts=views,
-            recoveries=tuple(self._store.list_recoveries(statuses=ACTIVE_RECOVERY)),
+            recoveries=recoveries,
             in_flight=in_flight,
         )
 
     def run_cycle(self) -> list[Action]:
-        actions = decide(self.snapshot(), self._settings.detection)
+        actions = decide(
+            self.snapshot(),
+            self._settings.detection,
+            max_duration=self._settings.recovery.max_duration,
+        )
         for action in actions:
             try:
                 self._perform(action)
@@ -329,7 +355,12 @@ class Engine:
                 at=now,
                 steps=[
                     NewStep(k)
-                    for k in (StepKind.FENCE, StepKind.FORCE_DOWN, StepKind.LIST_INSTANCES)
+                    for k in (
+                        StepKind.RECORD_INSTANCES,
+                        StepKind.FENCE,
+                        StepKind.FORCE_DOWN,
+                        StepKind.LIST_INSTANCES,
+                    )
                 ],
                 paused_reason=action.paused_reason,
                 events=[event],
@@ -349,6 +380,45 @@ class Engine:
                     action.reason,
                     recovery.id,
                 )
+        elif isinstance(action, RecordBoot):
+            store.update_host(action.host, boot_id=action.boot_id)
+        elif isinstance(action, HostRebooted):
+            host = store.get_host(action.host)
+            event = make_event(
+                "vigil.host.rebooted",
+                at=now,
+                host=action.host,
+                reason=action.reason,
+                segment=host.segment,
+                boot_id=action.boot_id,
+                previous_boot_id=host.boot_id,
+            )
+            recovery = store.open_host_recovery(
+                host=action.host,
+                reason=action.reason,
+                sources=("heartbeat",),
+                at=now,
+                steps=[NewStep(StepKind.FIND_STOPPED)],
+                events=[event],
+                kind=FailureKind.HOST_REBOOTED,
+                boot_id=action.boot_id,
+            )
+            LOG.error(
+                "host %s: rebooted without a declared failure (boot id %s -> %s); recovery %d "
+                "starts its stopped HA instances",
+                action.host,
+                host.boot_id,
+                action.boot_id,
+                recovery.id,
+            )
+        elif isinstance(action, WithdrawDeclaration):
+            self._withdraw(action.recovery_id, action.host, action.reason, HostState.UP, now)
+        elif isinstance(action, ResumeSegment):
+            event = make_event(
+                "vigil.segment.resumed", at=now, segment=action.segment, reason=action.reason
+            )
+            store.update_segment(action.segment, paused=False, pause_reason="", events=[event])
+            LOG.warning("segment %s: automatic recovery resumed: %s", action.segment, action.reason)
         elif isinstance(action, PauseSegment):
             event = make_event(
                 "vigil.segment.paused", at=now, segment=action.segment, reason=action.reason
@@ -423,6 +493,41 @@ class Engine:
                 action.reason,
             )
         self._events_written()
+
+    def _withdraw(
+        self, recovery_id: int, host: str, reason: str, state: HostState, now: float
+    ) -> None:
+        event = make_event(
+            "vigil.host.failure.withdrawn",
+            at=now,
+            host=host,
+            recovery_id=recovery_id,
+            reason=reason,
+        )
+        self._store.withdraw_recovery(
+            recovery_id, at=now, reason=reason, host_state=state, events=[event]
+        )
+        LOG.warning(
+            "host %s: failure declaration withdrawn (recovery %d): %s", host, recovery_id, reason
+        )
+
+    def _spread(self, candidates: Sequence[str]) -> str:
+        """The candidate destination aimed at least so far (then by name)."""
+        with self._lock:
+            chosen = min(candidates, key=lambda h: (self._aimed[h], h))
+            self._aimed[chosen] += 1
+            return chosen
+
+    def dismiss(self, recovery_id: int, reason: str) -> None:
+        """An operator dismisses a paused declaration that never acted. The host waits for
+        its first heartbeat again (NEW), or is UP at once if it beats."""
+        recovery = self._store.get_recovery(recovery_id)
+        age = self._heartbeats.age(recovery.host)
+        beating = age is not None and age < self._settings.detection.suspect_after
+        state = HostState.UP if beating else HostState.NEW
+        self._withdraw(recovery_id, recovery.host, reason, state, self._clock.wall())
+        self._events_written()
+        self.wake()
 
     # --- work on the pool ---------------------------------------------------------------
 

@@ -5,6 +5,17 @@ a crash is simply run again: a fence of a host already off reads OFF and succeed
 evacuation first reads where the instance is, and does not evacuate an instance that has
 already left (or is leaving) the failed host. That is what makes "resume after kill -9
 without repeating a completed action" hold.
+
+Destinations: vigil names the host of every evacuation itself (Nova validates a named
+host through its scheduler's filters), chosen among the segment's hosts vigil hears
+(UP) and Nova reports up and enabled — never a host vigil knows is suspect, failed,
+fenced or in maintenance, which Nova's own scheduler would still pick until its
+``service_down_time`` passes. Only when no host of the segment is UP are hosts vigil
+has no agent on (NEW) taken, as Nova reports them.
+
+An evacuation ends as it began: the instance's state is the one recorded *before* the
+fence (``record-instances``), because after a fence, a self-fence reset or power that
+came back Nova already shows the instance SHUTOFF; one that ran before runs after.
 """
 
 from __future__ import annotations
@@ -20,7 +31,17 @@ from vigil.drivers import compute as nova
 from vigil.drivers.compute import ComputeDriver, Server
 from vigil.drivers.errors import DriverError, PermanentError, TemporaryError
 from vigil.drivers.fencing import FenceDevice, PowerState
-from vigil.model import HaPolicy, Host, InstancePolicy, NewStep, Recovery, Segment, Step, StepKind
+from vigil.model import (
+    HaPolicy,
+    Host,
+    HostState,
+    InstancePolicy,
+    NewStep,
+    Recovery,
+    Segment,
+    Step,
+    StepKind,
+)
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -51,6 +72,13 @@ class StepContext:
     # The destinations an evacuation from a host of a segment tries, in order, one per
     # attempt (None: Nova's scheduler chooses); e.g. Masakari's reserved hosts.
     targets: Callable[[Host, Segment], Sequence[str | None]] = scheduler_chooses
+    # The hosts as the engine last saw them (their states), and whether a host has been
+    # fenced (its recovery's fence confirmed): read on the worker, never the store.
+    hosts: Callable[[], Mapping[str, Host]] = dict
+    fenced: Callable[[str], bool] = lambda _host: False
+    # Picks one of the candidate destinations; the engine's spreads the evacuations of a
+    # recovery (and retries move on) by choosing the host it aimed at least so far.
+    spread: Callable[[Sequence[str]], str] = lambda candidates: candidates[0]
 
 
 def pick_target(candidates: Sequence[str | None], attempt: int) -> str | None:
@@ -70,11 +98,17 @@ def run_step(
     if step.kind == StepKind.FORCE_DOWN:
         return force_down(ctx, host)
     if step.kind == StepKind.LIST_INSTANCES:
-        return plan_instances(ctx, host, segment)
+        return plan_instances(ctx, host, segment, recovery)
     if step.kind == StepKind.EVACUATE:
         return evacuate(ctx, step, recovery, host, segment)
     if step.kind == StepKind.NOTIFY:
         return Done(f"instance {step.instance_name} ({step.instance_id}): owner notified")
+    if step.kind == StepKind.RECORD_INSTANCES:
+        return record_instances(ctx, host)
+    if step.kind == StepKind.FIND_STOPPED:
+        return plan_restarts(ctx, host, segment)
+    if step.kind == StepKind.START:
+        return start_again(ctx, step, host)
     raise PermanentError(f"unknown step kind {step.kind}")
 
 
@@ -152,10 +186,22 @@ def effective_policy(
     return segment.default_policy, server.priority
 
 
-def plan_instances(ctx: StepContext, host: Host, segment: Segment) -> Done:
+def plan_instances(
+    ctx: StepContext, host: Host, segment: Segment, recovery: Recovery | None = None
+) -> Done:
+    """One step per protected instance. Only instances that were on the host when its
+    failure was declared (``record-instances``, when that read succeeded): a fence proves
+    gone what ran then, not what Nova put on the host afterwards — a host reset by its
+    watchdog boots again and may run an instance that arrived meanwhile; it is listed and
+    left where it is."""
     servers = ctx.compute.list_servers(host.name)
+    record = recovery.step(StepKind.RECORD_INSTANCES) if recovery is not None else None
+    before: set[str] | None = None
+    if record is not None and record.status == "succeeded":
+        before = {str(i.get("id")) for i in record.result.get("instances", [])}
     planned: list[tuple[int, str, NewStep]] = []
     seen: list[dict[str, Any]] = []
+    late: list[str] = []
     for server in servers:
         policy, priority = effective_policy(server, ctx.policies(server.id), segment)
         seen.append(
@@ -163,30 +209,99 @@ def plan_instances(ctx: StepContext, host: Host, segment: Segment) -> Done:
         )
         if policy == HaPolicy.OFF:
             continue
+        if before is not None and server.id not in before:
+            late.append(server.name)
+            LOG.warning(
+                "host %s: instance %s (%s) arrived after the failure was declared: not moved",
+                host.name,
+                server.name,
+                server.id,
+            )
+            continue
         kind = StepKind.EVACUATE if policy == HaPolicy.KEEP_RUNNING else StepKind.NOTIFY
         planned.append((-priority, server.name, NewStep(kind, server.id, server.name, priority)))
     planned.sort(key=lambda p: (p[0], p[1]))
     steps = [p[2] for p in planned]
     evacuations = sum(1 for s in steps if s.kind == StepKind.EVACUATE)
+    arrived = f", {len(late)} arrived after the failure (left)" if late else ""
     return Done(
         f"{len(servers)} instances on {host.name}: {evacuations} to evacuate, "
-        f"{len(steps) - evacuations} to notify, {len(servers) - len(steps)} unprotected",
-        {"instances": seen},
+        f"{len(steps) - evacuations} to notify, "
+        f"{len(servers) - len(steps) - len(late)} unprotected{arrived}",
+        {"instances": seen, **({"arrived_after_failure": late} if late else {})},
         steps,
     )
 
 
+def record_instances(ctx: StepContext, host: Host) -> Done:
+    """The host's instances and their states before anything acts on the host."""
+    servers = ctx.compute.list_servers(host.name)
+    running = sum(1 for s in servers if s.status == nova.ACTIVE)
+    return Done(
+        f"{len(servers)} instances on {host.name} before the fence, {running} ACTIVE",
+        {"instances": [{"id": s.id, "name": s.name, "status": s.status} for s in servers]},
+    )
+
+
 def _status_before(recovery: Recovery, instance_id: str) -> str | None:
-    listing = recovery.step(StepKind.LIST_INSTANCES)
-    if listing is None:
-        return None
-    for item in listing.result.get("instances", []):
-        if item.get("id") == instance_id:
-            return str(item.get("status"))
+    """The instance's state before the failure: recorded before the fence when that read
+    succeeded, else as the planning listing (after the fence) saw it."""
+    for kind in (StepKind.RECORD_INSTANCES, StepKind.LIST_INSTANCES):
+        listing = recovery.step(kind)
+        if listing is None:
+            continue
+        for item in listing.result.get("instances", []):
+            if item.get("id") == instance_id:
+                return str(item.get("status"))
     return None
 
 
-def _confirm_evacuation(ctx: StepContext, sid: str, label: str, host: Host) -> Server:
+def destinations(ctx: StepContext, host: Host, segment: Segment) -> list[str]:
+    """Where vigil may send an instance of ``host``: see the module docstring."""
+    services = {s.host: s for s in ctx.compute.list_services()}
+
+    def nova_takes(name: str) -> bool:
+        s = services.get(name)
+        return s is not None and s.up and not s.disabled and not s.forced_down
+
+    members = [
+        h
+        for h in ctx.hosts().values()
+        if h.segment == segment.name and h.name != host.name and not h.maintenance
+    ]
+    for state in (HostState.UP, HostState.NEW):
+        chosen = sorted(
+            h.name for h in members if h.state == state and not h.reserved and nova_takes(h.name)
+        )
+        if chosen:
+            return chosen
+    return []
+
+
+def _choose(ctx: StepContext, step: Step, host: Host, segment: Segment, label: str) -> str:
+    """This attempt's destination: the segment's recovery method's (Masakari's reserved
+    hosts), unless vigil knows it is down; else one of ``destinations``, spread."""
+    known = ctx.hosts()
+    named = pick_target(ctx.targets(host, segment), step.attempts)
+    if named is not None:
+        state = known[named].state if named in known else HostState.NEW
+        if state in (HostState.NEW, HostState.UP):
+            return named
+        LOG.warning(
+            "host %s: %s: not evacuating to %s, which is %s", host.name, label, named, state
+        )
+    candidates = destinations(ctx, host, segment)
+    if not candidates:
+        raise TemporaryError(
+            f"no destination for {label}: no other host of segment {segment.name} is up "
+            "and enabled in Nova"
+        )
+    return ctx.spread(candidates)
+
+
+def _confirm_evacuation(
+    ctx: StepContext, sid: str, label: str, host: Host, target: str | None = None
+) -> Server:
     """Poll until the instance landed elsewhere — or Nova gave up (ERROR on the failed host
     with no task: no valid host, a late affinity check), for the step to retry with backoff.
 
@@ -201,6 +316,17 @@ def _confirm_evacuation(ctx: StepContext, sid: str, label: str, host: Host) -> S
             s.host == host.name and s.status == nova.ERROR and not s.task_state
         )
 
+    def dead_end(s: Server) -> bool:
+        # Aimed at a host that failed since and has been fenced: the rebuild it was
+        # sent can never run there (and no copy can start there), so it is safe to
+        # reset the instance and evacuate it again, elsewhere.
+        return (
+            s.host == host.name
+            and s.status == nova.REBUILD
+            and target is not None
+            and (ctx.fenced(target))
+        )
+
     settings, began = ctx.settings, ctx.clock.monotonic()
     deadline = began + settings.evacuate_confirm_timeout
     while True:
@@ -210,9 +336,19 @@ def _confirm_evacuation(ctx: StepContext, sid: str, label: str, host: Host) -> S
         server = _poll(
             ctx,
             lambda: ctx.compute.poll_server(sid),
-            landed,
+            lambda s: landed(s) or dead_end(s),
             max(0.0, check_at - ctx.clock.monotonic()),
         )
+        if dead_end(server):
+            LOG.warning(
+                "host %s: %s was sent to %s, which failed and was fenced: resetting it to "
+                "error to evacuate it again",
+                host.name,
+                label,
+                target,
+            )
+            ctx.compute.reset_state(sid)
+            raise TemporaryError(f"{label}: its destination {target} failed; its state was reset")
         if landed(server) or ctx.clock.monotonic() >= deadline:
             return server
         stuck = server.host == host.name and server.status == nova.REBUILD
@@ -241,17 +377,24 @@ def evacuate(
             raise TemporaryError(f"{label} is {server.status}{task}: Nova cannot evacuate it yet")
         target = step.target_host  # a consumer's choice wins
         if target is None and segment is not None:
-            target = pick_target(ctx.targets(host, segment), step.attempts)
-            if target is not None and ctx.compute.get_service(target).disabled:
+            target = _choose(ctx, step, host, segment, label)
+            if ctx.compute.get_service(target).disabled:
                 # A reserved host is kept disabled in Nova until it is needed.
                 ctx.compute.enable(target)
         LOG.info("host %s: evacuating %s%s", host.name, label, f" to {target}" if target else "")
-        ctx.compute.evacuate(sid, target)
+        try:
+            ctx.compute.evacuate(sid, target)
+        except PermanentError as exc:
+            if step.target_host is not None:
+                raise
+            # Nova refused vigil's own choice (full, anti-affinity): the next attempt
+            # takes the next host.
+            raise TemporaryError(f"{label}: Nova refused {target}: {exc}") from exc
     else:
         # Already leaving or gone: a previous run of this step asked Nova; never ask twice.
         LOG.info("host %s: %s already evacuating or moved; confirming", host.name, label)
 
-    server = _confirm_evacuation(ctx, sid, label, host)
+    server = _confirm_evacuation(ctx, sid, label, host, target)
     if server.host == host.name:
         why = f": {server.fault}" if server.fault else ""
         raise TemporaryError(f"{label} still on {host.name} ({server.status}){why}")
@@ -275,3 +418,51 @@ def evacuate(
         f"{label} {server.status} on {server.host}",
         {"from": host.name, "to": server.host, "status": server.status},
     )
+
+
+def plan_restarts(ctx: StepContext, host: Host, segment: Segment) -> Done:
+    """A host that rebooted: one ``start`` per stopped keep-running instance on it, one
+    ``notify`` per stopped notify one; running or unprotected ones are left alone."""
+    servers = ctx.compute.list_servers(host.name)
+    steps: list[NewStep] = []
+    seen: list[dict[str, Any]] = []
+    for server in servers:
+        policy, priority = effective_policy(server, ctx.policies(server.id), segment)
+        seen.append(
+            {"id": server.id, "name": server.name, "status": server.status, "policy": policy.value}
+        )
+        if policy == HaPolicy.OFF or server.status != nova.SHUTOFF:
+            continue
+        kind = StepKind.START if policy == HaPolicy.KEEP_RUNNING else StepKind.NOTIFY
+        steps.append(NewStep(kind, server.id, server.name, priority))
+    steps.sort(key=lambda n: (-n.priority, n.instance_name or ""))
+    starts = sum(1 for n in steps if n.kind == StepKind.START)
+    return Done(
+        f"{len(servers)} instances on {host.name} after its reboot: {starts} to start, "
+        f"{len(steps) - starts} to notify",
+        {"instances": seen},
+        steps,
+    )
+
+
+def start_again(ctx: StepContext, step: Step, host: Host) -> Done:
+    """Start an instance its host's reboot stopped, and confirm it ACTIVE."""
+    assert step.instance_id is not None
+    sid, label = step.instance_id, f"instance {step.instance_name} ({step.instance_id})"
+    server = ctx.compute.get_server(sid)
+    if server.host != host.name:
+        return Done(f"{label} is on {server.host} now: left as it is", {"status": server.status})
+    if server.status == nova.SHUTOFF and not server.task_state:
+        LOG.info("host %s: starting %s after the host's reboot", host.name, label)
+        ctx.compute.start(sid)
+    elif server.status != nova.ACTIVE:
+        raise TemporaryError(f"{label} is {server.status}: cannot start it yet")
+    server = _poll(
+        ctx,
+        lambda: ctx.compute.poll_server(sid),
+        lambda s: s.status == nova.ACTIVE,
+        ctx.settings.evacuate_confirm_timeout,
+    )
+    if server.status != nova.ACTIVE:
+        raise TemporaryError(f"{label} did not start on {host.name}: {server.status}")
+    return Done(f"{label} ACTIVE again on {host.name}", {"status": server.status})

@@ -164,11 +164,33 @@ class Store(abc.ABC):
         steps: Sequence[NewStep],
         paused_reason: str | None = None,
         events: Sequence[Event] = (),
+        kind: FailureKind = FailureKind.HOST_DOWN,
+        boot_id: str | None = None,
     ) -> Recovery:
         """Declare a host failed, in one transaction: record (or fold into) its HOST_DOWN
         failure, move the host to FAILED (checked), and create a recovery with ``steps``
         (seq 1, 2, ...). The recovery is RUNNING and the failure RECOVERING — or, with
-        ``paused_reason``, PAUSED and OPEN. Returns the recovery with its steps."""
+        ``paused_reason``, PAUSED and OPEN. Returns the recovery with its steps.
+
+        With ``kind`` HOST_REBOOTED (the host came back with a new boot id) the host's
+        state is left as it is; a HOST_DOWN declaration ends such a recovery, still
+        active, as FAILED (superseded). InvalidTransition for any other active recovery.
+        ``boot_id``, if given, is stored as the host's boot id in the same transaction."""
+
+    @abc.abstractmethod
+    def withdraw_recovery(
+        self,
+        recovery_id: int,
+        *,
+        at: float,
+        reason: str,
+        host_state: HostState,
+        events: Sequence[Event] = (),
+    ) -> Recovery:
+        """Take back a PAUSED declaration none of whose steps ever ran: the recovery
+        WITHDRAWN, its steps SKIPPED, its failure RESOLVED and a FAILED host moved to
+        ``host_state`` (UP: its heartbeats are back; NEW: dismissed while silent).
+        InvalidTransition otherwise."""
 
     @abc.abstractmethod
     def get_recovery(self, recovery_id: int) -> Recovery:
@@ -208,7 +230,8 @@ class Store(abc.ABC):
         events: Sequence[Event] = (),
     ) -> Recovery:
         """SUCCEEDED or FAILED, in one transaction with what follows from it:
-        SUCCEEDED -> failure RESOLVED and host RECOVERED; FAILED -> failure ERROR."""
+        SUCCEEDED -> failure RESOLVED and host RECOVERED (a rebooted host stays as it is);
+        FAILED -> failure ERROR."""
 
     @abc.abstractmethod
     def retry_recovery(

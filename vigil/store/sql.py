@@ -130,6 +130,7 @@ class HostRow(Base):
     fencing: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON)
     state_reason: Mapped[str] = mapped_column(sa.Text)
     state_changed_at: Mapped[float] = mapped_column(sa.Double)
+    boot_id: Mapped[str | None] = mapped_column(sa.String(_NAME), default=None)
 
 
 class InstancePolicyRow(Base):
@@ -418,6 +419,7 @@ def _host(row: HostRow) -> Host:
         fencing=tuple(FenceMethod(m["driver"], dict(m["options"])) for m in row.fencing),
         state_reason=row.state_reason,
         state_changed_at=row.state_changed_at,
+        boot_id=row.boot_id,
         id=row.id,
     )
 
@@ -575,6 +577,7 @@ _HOST_FIELDS: Mapping[str, Callable[[Any], Any]] = {
     "maintenance": _same,
     "reserved": _same,
     "fencing": _fencing_to_json,
+    "boot_id": _same,
 }
 
 
@@ -858,22 +861,36 @@ class SqlStore(Store):
         steps: Sequence[NewStep],
         paused_reason: str | None = None,
         events: Sequence[Event] = (),
+        kind: FailureKind = FailureKind.HOST_DOWN,
+        boot_id: str | None = None,
     ) -> Recovery:
         paused = paused_reason is not None
         with self._write(events) as s:
             host_row = self._host_row(s, host, lock=True)
             active = s.scalar(
-                sa.select(RecoveryRow.id)
+                sa.select(RecoveryRow)
                 .where(RecoveryRow.host == host, RecoveryRow.status.in_(_ACTIVE_RECOVERY))
                 .limit(1)
             )
             if active is not None:
-                # FAILED -> FAILED passes the table as "no change", but a second recovery
-                # would fence and evacuate the same host twice.
-                raise InvalidTransition(f"host {host}: recovery {active} is already open")
-            self._move_host(host_row, HostState.FAILED, reason=reason, at=at)
+                superseded = kind is FailureKind.HOST_DOWN and s.get_one(
+                    FailureRow, active.failure_id
+                ).kind == str(FailureKind.HOST_REBOOTED)
+                if not superseded:
+                    # FAILED -> FAILED passes the table as "no change", but a second
+                    # recovery would fence and evacuate the same host twice.
+                    raise InvalidTransition(f"host {host}: recovery {active.id} is already open")
+                # Restarting the guests of a host that rebooted ends when the host fails:
+                # its recovery takes the instances over.
+                self._move_recovery(active, RecoveryStatus.FAILED)
+                self._move_failure(s.get_one(FailureRow, active.failure_id), FailureStatus.ERROR)
+                active.finished_at, active.reason = at, f"superseded: {reason}"
+            if boot_id is not None:
+                host_row.boot_id = boot_id
+            if kind is FailureKind.HOST_DOWN:
+                self._move_host(host_row, HostState.FAILED, reason=reason, at=at)
             failure, _ = self._fold_failure(
-                s, host=host, kind=FailureKind.HOST_DOWN, reason=reason, sources=sources, at=at
+                s, host=host, kind=kind, reason=reason, sources=sources, at=at
             )
             self._move_failure(failure, FailureStatus.OPEN if paused else FailureStatus.RECOVERING)
             s.flush()
@@ -962,8 +979,12 @@ class SqlStore(Store):
             row = self._lock_recovery(s, recovery_id)
             failure = s.get_one(FailureRow, row.failure_id)
             self._move_recovery(row, status)
+            rebooted = failure.kind == str(FailureKind.HOST_REBOOTED)
             if status is RecoveryStatus.SUCCEEDED:
                 self._move_failure(failure, FailureStatus.RESOLVED)
+            if status is RecoveryStatus.SUCCEEDED and not rebooted:
+                # A fenced host stays out of use until an operator restores it; a host
+                # whose guests were only started again after its reboot stays in use.
                 host = self._host_row(s, row.host)  # locked by _lock_recovery
                 self._move_host(
                     host,
@@ -971,10 +992,43 @@ class SqlStore(Store):
                     reason=reason or f"recovery {recovery_id} succeeded",
                     at=at,
                 )
-            else:
+            elif status is RecoveryStatus.FAILED:
                 self._move_failure(failure, FailureStatus.ERROR)
             row.finished_at = at
             row.reason = reason
+            s.flush()
+            return self._with_steps(s, [row])[0]
+
+    def withdraw_recovery(
+        self,
+        recovery_id: int,
+        *,
+        at: float,
+        reason: str,
+        host_state: HostState,
+        events: Sequence[Event] = (),
+    ) -> Recovery:
+        with self._write(events) as s:
+            row = self._lock_recovery(s, recovery_id)
+            steps = list(s.scalars(sa.select(StepRow).where(StepRow.recovery_id == recovery_id)))
+            acted = [
+                st for st in steps if st.attempts or StepStatus(st.status) != StepStatus.PENDING
+            ]
+            if RecoveryStatus(row.status) is not RecoveryStatus.PAUSED or acted:
+                raise InvalidTransition(
+                    f"recovery {recovery_id} is {row.status}"
+                    + (f" and its {acted[0].kind} step has run" if acted else "")
+                    + ": only a paused declaration that never acted can be withdrawn"
+                )
+            self._move_recovery(row, RecoveryStatus.WITHDRAWN)
+            for st in steps:
+                self._move_step(st, StepStatus.SKIPPED, expect=StepStatus.PENDING)
+                st.finished_at, st.detail = at, f"withdrawn: {reason}"
+            self._move_failure(s.get_one(FailureRow, row.failure_id), FailureStatus.RESOLVED)
+            host = self._host_row(s, row.host)  # locked by _lock_recovery
+            if HostState(host.state) is HostState.FAILED:
+                self._move_host(host, host_state, reason=f"declaration withdrawn: {reason}", at=at)
+            row.finished_at, row.reason = at, f"withdrawn: {reason}"
             s.flush()
             return self._with_steps(s, [row])[0]
 

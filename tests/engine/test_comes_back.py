@@ -1,0 +1,215 @@
+"""Nothing strands an instance (issue 12), on the fake clock with the simulated cloud:
+an evacuation ends as it began, no evacuation aims at a host vigil knows is down, a host
+that rebooted gets its instances running again, a paused declaration whose host comes
+back is withdrawn (or dismissed by an operator), and every recovery ends."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_engine import HOSTS, World
+
+from vigil.config import RecoverySettings
+from vigil.model import (
+    FailureKind,
+    HostState,
+    InvalidTransition,
+    RecoveryStatus,
+    StepKind,
+)
+
+
+@pytest.fixture
+def w(tmp_path: Path) -> Iterator[World]:
+    world = World(tmp_path)
+    for _ in range(10):
+        world.tick()
+    assert all(world.state(h) == HostState.UP for h in HOSTS)
+    yield world
+    world.engine.close()
+    world.store.close()
+
+
+def tick_until(w: World, done: object, ticks: int = 600) -> None:
+    assert callable(done)
+    for _ in range(ticks):
+        if done():
+            return
+        w.tick()
+    raise AssertionError("not reached in time")
+
+
+def recovery_of(w: World, host: str) -> RecoveryStatus | None:
+    recs = w.store.list_recoveries(host=host)
+    return recs[0].status if recs else None
+
+
+def ended(w: World, host: str) -> bool:
+    return recovery_of(w, host) in (RecoveryStatus.SUCCEEDED, RecoveryStatus.FAILED)
+
+
+def types(w: World) -> list[str]:
+    return [e.event_type for e in w.store.list_events(limit=10_000)]
+
+
+def test_an_instance_running_before_the_failure_runs_after_its_evacuation(w: World) -> None:
+    """After the fence, power that came back (or a self-fence reset) leaves Nova showing
+    the instances SHUTOFF; what counts is how they were before the failure."""
+    w.cloud.isolate("c1")
+    tick_until(w, lambda: w.state("c1") == HostState.FAILED)
+    w.tick()  # record-instances and the fence run
+    recovery = w.store.list_recoveries(host="c1")[0]
+    record = recovery.step(StepKind.RECORD_INSTANCES)
+    assert record is not None and record.status == "succeeded"
+    w.cloud.reconnect("c1")
+    w.cloud.power_restore("c1")  # someone powers it on again: Nova reads SHUTOFF now
+    assert {w.cloud.instance(i).status for i in w.instances} == {"SHUTOFF"}
+    tick_until(w, lambda: ended(w, "c1"))
+    assert recovery_of(w, "c1") == RecoveryStatus.SUCCEEDED
+    for iid in w.instances:
+        inst = w.cloud.instance(iid)
+        assert (inst.status, inst.host != "c1") == ("ACTIVE", True), inst
+        assert len(inst.running_on) == 1
+    assert w.cloud.double_running() == []
+
+
+def test_an_instance_stopped_before_the_failure_stays_stopped(w: World) -> None:
+    w.cloud.stop(w.instances[0])
+    w.tick()
+    assert w.cloud.instance(w.instances[0]).status == "SHUTOFF"
+    w.cloud.power_loss("c1")
+    tick_until(w, lambda: ended(w, "c1"))
+    assert recovery_of(w, "c1") == RecoveryStatus.SUCCEEDED
+    assert w.cloud.instance(w.instances[0]).status == "SHUTOFF"
+    assert {w.cloud.instance(i).status for i in w.instances[1:]} == {"ACTIVE"}
+
+
+def test_no_evacuation_aims_at_a_host_vigil_knows_is_down(w: World) -> None:
+    """c2 is cut off (Nova reads it up for a minute yet): nothing of c1 may go there."""
+    w.cloud.isolate("c2")
+    tick_until(w, lambda: w.state("c2") == HostState.FAILED)
+    w.cloud.power_loss("c1")
+    tick_until(w, lambda: ended(w, "c1") and ended(w, "c2"))
+    assert recovery_of(w, "c1") == RecoveryStatus.SUCCEEDED
+    for iid in w.instances:
+        assert w.cloud.instance(iid).host in ("c3", "c4")
+        assert w.cloud.instance(iid).status == "ACTIVE"
+    evacuations = [
+        s for s in w.store.list_recoveries(host="c1")[0].steps if s.kind == StepKind.EVACUATE
+    ]
+    assert {s.result["to"] for s in evacuations} <= {"c3", "c4"}
+    assert len({s.result["to"] for s in evacuations}) == 2  # spread, not piled on one
+
+
+def test_a_host_that_rebooted_gets_its_keep_running_instances_back(w: World) -> None:
+    """A power blip shorter than detection: never declared failed, but its guests are off."""
+    w.cloud.power_loss("c1")
+    w.tick(0.3)
+    w.cloud.power_restore("c1")
+    assert {w.cloud.instance(i).status for i in w.instances} == {"SHUTOFF"}
+    tick_until(w, lambda: ended(w, "c1"))
+    recovery = w.store.list_recoveries(host="c1")[0]
+    assert recovery.status == RecoveryStatus.SUCCEEDED, recovery.reason
+    assert recovery.reason == "host rebooted; 3 instances started, 0 notified"
+    failure = w.store.get_failure(recovery.failure_id)
+    assert failure.kind == FailureKind.HOST_REBOOTED
+    assert w.state("c1") == HostState.UP  # never declared failed, still in use
+    for iid in w.instances:
+        inst = w.cloud.instance(iid)
+        assert (inst.host, inst.status) == ("c1", "ACTIVE")
+    scratch = next(i for i in w.cloud.instances() if i.name == "scratch")
+    assert scratch.status == "SHUTOFF"  # policy off: left alone
+    seen = types(w)
+    assert "vigil.host.rebooted" in seen
+    assert seen.count("vigil.instance.start.end") == 3
+    assert "vigil.host.failure.confirmed" not in seen
+    # Once handled, the same boot id is no failure again.
+    for _ in range(20):
+        w.tick()
+    assert len(w.store.list_recoveries(host="c1")) == 1
+
+
+def test_a_paused_declaration_is_withdrawn_when_the_heartbeats_return(w: World) -> None:
+    """Three of four hosts silent at once: the storm guard holds every declaration. When
+    their heartbeats return, the declarations are withdrawn and the segment resumes."""
+    for h in ("c1", "c2", "c3"):
+        w.cloud.isolate(h)
+    tick_until(w, lambda: all(w.state(h) == HostState.FAILED for h in ("c1", "c2", "c3")))
+    assert w.store.get_segment("s1").paused
+    assert {recovery_of(w, h) for h in ("c1", "c2", "c3")} == {RecoveryStatus.PAUSED}
+    for h in ("c1", "c2", "c3"):
+        w.cloud.reconnect(h)
+    tick_until(w, lambda: not w.store.get_segment("s1").paused)
+    assert all(w.state(h) == HostState.UP for h in HOSTS)
+    assert {recovery_of(w, h) for h in ("c1", "c2", "c3")} == {RecoveryStatus.WITHDRAWN}
+    assert all(w.cloud.is_powered(h) for h in HOSTS)  # nothing was fenced
+    seen = types(w)
+    assert seen.count("vigil.host.failure.withdrawn") == 3
+    assert seen[-1] == "vigil.segment.resumed"
+    # and the segment protects again: a real failure now recovers
+    w.cloud.power_loss("c4")
+    tick_until(w, lambda: ended(w, "c4"))
+    assert recovery_of(w, "c4") == RecoveryStatus.SUCCEEDED
+
+
+def test_an_operator_dismisses_a_paused_declaration(w: World) -> None:
+    w.store.update_segment("s1", paused=True, pause_reason="operator: rack work")
+    w.cloud.isolate("c1")
+    tick_until(w, lambda: recovery_of(w, "c1") == RecoveryStatus.PAUSED)
+    recovery = w.store.list_recoveries(host="c1")[0]
+    w.engine.dismiss(recovery.id, "dismissed by operator: known rack work")
+    assert recovery_of(w, "c1") == RecoveryStatus.WITHDRAWN
+    assert w.state("c1") == HostState.NEW  # silent: waits for its first heartbeat again
+    for _ in range(40):
+        w.tick()
+    assert w.state("c1") == HostState.NEW  # not suspected again while silent
+    assert w.store.get_segment("s1").paused  # an operator's pause stays
+    w.cloud.reconnect("c1")
+    tick_until(w, lambda: w.state("c1") == HostState.UP)
+    with pytest.raises(InvalidTransition):
+        w.engine.dismiss(recovery.id, "twice")
+
+
+def test_a_declaration_that_acted_cannot_be_withdrawn(w: World) -> None:
+    w.cloud.isolate("c1")
+    tick_until(w, lambda: w.state("c1") == HostState.FAILED)
+    w.tick()  # its fence ran
+    recovery = w.store.list_recoveries(host="c1")[0]
+    with pytest.raises(InvalidTransition, match="only a paused declaration"):
+        w.engine.dismiss(recovery.id, "too late")
+
+
+def test_every_recovery_ends_within_max_duration(tmp_path: Path) -> None:
+    """An evacuation that can never land (every other host full) ends the recovery FAILED
+    with the reason, at max_duration at the latest."""
+    w = World(
+        tmp_path,
+        RecoverySettings(
+            poll_interval=0.05,
+            evacuate_confirm_timeout=0.5,
+            retry_backoff=5.0,
+            retry_backoff_max=5.0,
+            step_attempts=1000,
+            max_duration=20.0,
+        ),
+    )
+    try:
+        for h in ("c2", "c3", "c4"):
+            w.cloud.power_loss(h)
+        for _ in range(10):
+            w.tick()
+        w.store.update_segment("s1", max_failed_share=1.0)
+        for h in ("c2", "c3", "c4"):
+            w.store.update_host(h, maintenance=True)
+        w.cloud.power_loss("c1")
+        tick_until(w, lambda: ended(w, "c1"), ticks=2000)
+        recovery = w.store.list_recoveries(host="c1")[0]
+        assert recovery.status == RecoveryStatus.FAILED
+        assert recovery.reason.startswith("did not end within 20s; unfinished: evacuate vm2")
+        assert recovery.finished_at is not None and recovery.started_at is not None
+        assert 20 < recovery.finished_at - recovery.started_at < 21
+    finally:
+        w.engine.close()
+        w.store.close()

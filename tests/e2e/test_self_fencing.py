@@ -299,10 +299,41 @@ def test_isolated_host_with_dead_bmc_resets_itself_before_anything_moves() -> No
         recovery = h.watch("compute-1", t0, timeout=20)
         assert recovery is not None and recovery["status"] == "succeeded", recovery
         assert "compute-1" in h.agents.resets  # its watchdog fired
+        assert_reset_before_any_evacuation(h, "compute-1")
         assert h.cloud.double_running() == []  # so nothing ever ran twice
         for iid in victims:
             inst = h.cloud.instance(iid)
             assert inst.host != "compute-1" and inst.running_on == {inst.host}
+
+
+def assert_reset_before_any_evacuation(h: Harness, host: str) -> None:
+    resets = [r.at for r in h.cloud.power_offs() if r.host == host and r.cause == "watchdog"]
+    moves = [e.at for e in h.cloud.evacuations() if e.source == host]
+    assert resets and moves and min(resets) < min(moves), (resets, moves)
+
+
+def test_a_host_cut_from_the_server_only_resets_since_its_peers_still_hear_vigil() -> None:
+    opts = DemoOptions(hosts=3, instances=6, self_fencing=True, overrides=FAST_OVERRIDES)
+    with Harness(opts) as h:
+        h.cloud.bmc_unreachable("compute-1", True)
+        t0 = time.time()
+        h.cloud.cut_from_server("compute-1", True)  # its peers still answer it: "fresh"
+        recovery = h.watch("compute-1", t0, timeout=20)
+        assert recovery is not None and recovery["status"] == "succeeded", recovery
+        assert h.agents.resets == ["compute-1"]
+        assert_reset_before_any_evacuation(h, "compute-1")
+        assert h.cloud.double_running() == []
+
+
+def test_vigil_server_down_for_longer_than_a_lease_resets_no_host() -> None:
+    opts = DemoOptions(hosts=3, instances=3, self_fencing=True, overrides=FAST_OVERRIDES)
+    with Harness(opts) as h:
+        time.sleep(1.0)  # every agent holds a lease
+        h.server.stop()  # vigil is gone: nobody is granted anything any more
+        h.server.stop = lambda: None  # type: ignore[method-assign]  # (stopped once)
+        time.sleep(3 * FAST.wait)
+        assert h.agents.resets == []
+        assert [r for r in h.cloud.power_offs() if r.cause == "watchdog"] == []
 
 
 def test_healthy_self_fencing_hosts_never_reset() -> None:

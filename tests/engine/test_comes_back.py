@@ -6,18 +6,25 @@ back is withdrawn (or dismissed by an operator), and every recovery ends."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from test_engine import HOSTS, World
 
 from vigil.config import RecoverySettings
+from vigil.drivers.compute import Server
+from vigil.drivers.sim import SimCompute
+from vigil.engine import steps
+from vigil.engine.steps import StepContext
 from vigil.model import (
     FailureKind,
     HostState,
     InvalidTransition,
     RecoveryStatus,
+    Step,
     StepKind,
+    StepStatus,
 )
 
 
@@ -213,3 +220,48 @@ def test_every_recovery_ends_within_max_duration(tmp_path: Path) -> None:
     finally:
         w.engine.close()
         w.store.close()
+
+
+def test_an_instance_nova_still_calls_active_after_the_reboot_is_hard_rebooted(
+    w: World,
+) -> None:
+    """Real Nova keeps an instance ACTIVE with power_state shutdown after its host rebooted,
+    until its power sync (10 min) stops it: vigil hard-reboots it (start is refused for an
+    ACTIVE instance) and confirms it running."""
+    off = set(w.instances)
+
+    class StaleNova(SimCompute):
+        def _as_nova(self, server: Server) -> Server:
+            return replace(server, power_state=4 if server.id in off else 1)
+
+        def get_server(self, server_id: str) -> Server:
+            return self._as_nova(super().get_server(server_id))
+
+        def poll_server(self, server_id: str) -> Server:
+            return self._as_nova(super().poll_server(server_id))
+
+        def list_servers(self, host: str) -> list[Server]:
+            return [self._as_nova(s) for s in super().list_servers(host)]
+
+        def reboot(self, server_id: str, hard: bool = True) -> None:
+            off.discard(server_id)
+            super().reboot(server_id, hard=hard)
+
+    ctx = StepContext(
+        compute=StaleNova(w.cloud),
+        fence_devices=lambda host: [],
+        policies=lambda instance_id: None,
+        settings=w.settings.recovery,
+        clock=w.clock,
+        wait=w.clock.advance,
+    )
+    c1, segment = w.store.get_host("c1"), w.store.get_segment("s1")
+    planned = steps.plan_restarts(ctx, c1, segment)
+    assert sorted(n.instance_name or "" for n in planned.new_steps) == ["vm0", "vm1", "vm2"]
+    assert {n.kind for n in planned.new_steps} == {StepKind.START}
+    for n, new in enumerate(planned.new_steps):
+        step = Step(n + 2, 1, n + 2, new.kind, StepStatus.RUNNING, new.instance_id, "vm")
+        done = steps.start_again(ctx, step, c1)
+        assert done.result == {"status": "ACTIVE"}
+    assert off == set()
+    assert w.cloud.calls("reboot") == 3 and w.cloud.calls("start") == 0

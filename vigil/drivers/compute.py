@@ -67,6 +67,9 @@ class ComputeService:
     disabled_reason: str = ""
 
 
+POWER_RUNNING = 1  # Nova's power_state of a running guest
+
+
 @dataclass(frozen=True)
 class Server:
     """An instance as Nova reports it, with the HA policy read from its metadata.
@@ -86,6 +89,10 @@ class Server:
     fault: str | None = None  # Nova's fault message, e.g. "No valid host was found"
     # vigil:watchdog_action from the first of metadata, image, flavor that sets it
     watchdog_action: str | None = None
+    # Nova's OS-EXT-STS:power_state (1 running, 4 shutdown, ...); None when not reported.
+    # After its host reboots, Nova keeps an instance ACTIVE with power_state shutdown
+    # until its periodic power sync (10 min) stops it.
+    power_state: int | None = None
 
 
 class ComputeDriver(abc.ABC):

@@ -463,6 +463,7 @@ class OpenStackCompute(ComputeDriver):
             server_group=str(groups[0]) if groups else None,
             fault=message or None,
             watchdog_action=watchdog,
+            power_state=_int_or_none(data.get("OS-EXT-STS:power_state")),
         )
 
     def _image_properties(self, image_id: str) -> Mapping[str, Any]:
@@ -618,3 +619,10 @@ def build_openstack_compute(
         except TemporaryError as exc:
             LOG.warning("OpenStack cloud not reachable at start-up (will retry): %s", exc)
     return compute
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

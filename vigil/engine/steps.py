@@ -431,7 +431,7 @@ def plan_restarts(ctx: StepContext, host: Host, segment: Segment) -> Done:
         seen.append(
             {"id": server.id, "name": server.name, "status": server.status, "policy": policy.value}
         )
-        if policy == HaPolicy.OFF or server.status != nova.SHUTOFF:
+        if policy == HaPolicy.OFF or not _stopped(server):
             continue
         kind = StepKind.START if policy == HaPolicy.KEEP_RUNNING else StepKind.NOTIFY
         steps.append(NewStep(kind, server.id, server.name, priority))
@@ -445,24 +445,45 @@ def plan_restarts(ctx: StepContext, host: Host, segment: Segment) -> Done:
     )
 
 
+def _stopped(server: Server) -> bool:
+    """Off: SHUTOFF, or still ACTIVE in Nova while its guest is not running (Nova has not
+    synchronised its power state since the host rebooted)."""
+    if server.status == nova.SHUTOFF:
+        return True
+    return (
+        server.status == nova.ACTIVE
+        and server.power_state is not None
+        and server.power_state != nova.POWER_RUNNING
+    )
+
+
 def start_again(ctx: StepContext, step: Step, host: Host) -> Done:
-    """Start an instance its host's reboot stopped, and confirm it ACTIVE."""
+    """Start an instance its host's reboot stopped, and confirm it ACTIVE and running
+    (a SHUTOFF one is started; one Nova still calls ACTIVE is hard-rebooted, which starts
+    its guest)."""
     assert step.instance_id is not None
     sid, label = step.instance_id, f"instance {step.instance_name} ({step.instance_id})"
     server = ctx.compute.get_server(sid)
     if server.host != host.name:
         return Done(f"{label} is on {server.host} now: left as it is", {"status": server.status})
-    if server.status == nova.SHUTOFF and not server.task_state:
+    if server.task_state:
+        raise TemporaryError(f"{label} has task {server.task_state}: not starting it yet")
+    if server.status == nova.SHUTOFF:
         LOG.info("host %s: starting %s after the host's reboot", host.name, label)
         ctx.compute.start(sid)
+    elif _stopped(server):
+        LOG.info(
+            "host %s: hard-rebooting %s: Nova shows it ACTIVE, its guest is off", host.name, label
+        )
+        ctx.compute.reboot(sid, hard=True)
     elif server.status != nova.ACTIVE:
         raise TemporaryError(f"{label} is {server.status}: cannot start it yet")
     server = _poll(
         ctx,
         lambda: ctx.compute.poll_server(sid),
-        lambda s: s.status == nova.ACTIVE,
+        lambda s: s.status == nova.ACTIVE and not s.task_state and not _stopped(s),
         ctx.settings.evacuate_confirm_timeout,
     )
-    if server.status != nova.ACTIVE:
+    if server.status != nova.ACTIVE or _stopped(server):
         raise TemporaryError(f"{label} did not start on {host.name}: {server.status}")
     return Done(f"{label} ACTIVE again on {host.name}", {"status": server.status})

@@ -90,9 +90,7 @@ class World:
             self.seq += 1
             for h in HOSTS:
                 if self.cloud.host_can_heartbeat(h):
-                    self.heartbeats.beat(
-                        h, "boot", self.seq, kernel_boot_id=self.cloud.boot_id(h)
-                    )
+                    self.heartbeats.beat(h, "boot", self.seq, kernel_boot_id=self.cloud.boot_id(h))
         self.engine.run_cycle()
         assert self.engine.drain(5)
 

@@ -81,6 +81,7 @@ class HeartbeatSender:
         self._thread = threading.Thread(target=self._run, name="heartbeat-sender", daemon=True)
         self._listener = threading.Thread(target=self._listen, name="lease-listener", daemon=True)
         self._timers: list[threading.Timer] = []
+        self._failing: set[str] = set()  # hosts whose last heartbeat could not be sent
 
     def start(self) -> None:
         self._thread.start()
@@ -107,7 +108,13 @@ class HeartbeatSender:
         try:
             self._sock.sendto(datagram, self._server)
         except OSError as exc:  # the server being away must not stop the agent
-            LOG.warning("host %s: heartbeat not sent: %s", host, exc)
+            if host not in self._failing:  # said once, until heartbeats go out again
+                self._failing.add(host)
+                LOG.warning("host %s: heartbeats not sent: %s", host, exc)
+            return
+        if host in self._failing:
+            self._failing.discard(host)
+            LOG.warning("host %s: heartbeats sent again", host)
 
     def _beat(self, host: str) -> None:
         with self._lock:

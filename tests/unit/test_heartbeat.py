@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from vigil.agent.heartbeat import read_kernel_boot_id
 from vigil.agent.protocol import BadHeartbeat, Heartbeat, decode, encode
 from vigil.clock import SystemClock
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
@@ -102,3 +103,23 @@ def test_valid_heartbeat_is_recorded_and_a_replay_is_not(
     assert rx.refused == 1
     age = table.age("compute-1")
     assert age is not None and age >= 0.2  # the replay did not refresh it
+
+
+def test_the_kernel_boot_id_is_recorded_per_host(
+    receiver: tuple[HeartbeatReceiver, HeartbeatTable],
+) -> None:
+    rx, table = receiver
+    _send(rx, encode(Heartbeat("compute-1", "b", 1, time.time()), KEY))  # an older agent
+    _settle(rx, table, 0, "compute-1")
+    assert table.kernel_boot_ids() == {}
+    for seq, kernel in ((2, "k-1"), (3, "k-2")):
+        _send(rx, encode(Heartbeat("compute-1", "b", seq, time.time(), kernel_boot_id=kernel), KEY))
+    deadline = time.monotonic() + 2
+    while table.kernel_boot_ids() != {"compute-1": "k-2"} and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert table.kernel_boot_ids() == {"compute-1": "k-2"}  # the host rebooted once
+
+
+def test_the_real_agent_reads_this_machines_kernel_boot_id() -> None:
+    boot = read_kernel_boot_id()
+    assert len(boot) == 36 and boot == read_kernel_boot_id()

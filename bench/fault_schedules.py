@@ -12,8 +12,10 @@ no evacuation aimed at a host known down. See ``vigil/sim/schedules.py``.
         --out bench/results/fault_schedules.json
     .venv/bin/python bench/fault_schedules.py --seed 17      # rerun one, keep its logs
 
-``--server-rev REV`` runs the server from ``git archive REV`` (a tree being edited by
-others cannot break the runs half-way); the default runs this working tree.
+``--rev REV`` runs everything -- this runner, the simulated cloud and agents, and the
+server -- from ``git archive REV`` (a tree being edited by others can neither break the
+runs half-way nor mix two versions of agent and server); the default runs this working
+tree.
 ``--findings FILE`` appends the first schedule of each violation kind, with the server's
 log lines, for whoever fixes them.
 """
@@ -41,26 +43,30 @@ sys.path.insert(0, str(ROOT))
 from vigil.sim.schedules import Timing, generate, run_schedule  # noqa: E402
 
 
-def run_seed(seed: int, server_src: str | None, state_root: str, keep: bool) -> dict[str, Any]:
+def run_seed(seed: int, state_root: str, keep: bool) -> dict[str, Any]:
     """One schedule in a worker process; its result as JSON-ready data."""
     result = run_schedule(
-        generate(seed),
-        Timing(),
-        state_dir=Path(state_root) / f"seed-{seed}",
-        keep=keep,
-        server_src=server_src,
+        generate(seed), Timing(), state_dir=Path(state_root) / f"seed-{seed}", keep=keep
     )
     return result.to_json()
 
 
-def server_tree(rev: str) -> str:
-    """``git archive rev`` of the vigil package into a temporary directory."""
-    dest = tempfile.mkdtemp(prefix=f"vigil-{rev[:12]}-")
+def rerun_from(rev: str, argv: list[str]) -> int:
+    """Run this command again from ``git archive rev`` (runner, agents and server alike)."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", rev],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    dest = tempfile.mkdtemp(prefix=f"vigil-{commit}-")
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", rev, "vigil"], check=True, capture_output=True
+        ["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
-    return dest
+    env = {**os.environ, "PYTHONPATH": dest, "VIGIL_SCHEDULES_REV": commit}
+    script = str(Path(dest) / "bench" / "fault_schedules.py")
+    return subprocess.run([sys.executable, script, *argv], env=env, cwd=dest).returncode
 
 
 def report(res: dict[str, Any], out: Any = sys.stdout) -> None:
@@ -97,7 +103,7 @@ def append_findings(path: Path, res: dict[str, Any], kinds: set[str], rev: str) 
         lines.extend(f"    {ln}\n" for ln in excerpt[-12:])
     lines.append(
         f"Reproduce: .venv/bin/python bench/fault_schedules.py --seed {res['seed']} "
-        f"(state dir with server.log and ground-truth.json: {res['state_dir']})\n"
+        f"--rev {rev} (state dir with server.log and ground-truth.json: {res['state_dir']})\n"
     )
     with open(path, "a") as f:
         f.writelines(lines)
@@ -110,21 +116,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, action="append", help="run only these seeds")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", help="write the results as JSON here")
-    parser.add_argument("--server-rev", help="run the server from git archive REV")
+    parser.add_argument("--rev", help="run runner, agents and server from git archive REV")
     parser.add_argument("--findings", help="append new kinds of violation to this file")
     parser.add_argument("--state-root", default=str(Path(tempfile.gettempdir()) / "vigil-sched"))
     parser.add_argument("--keep", action="store_true", help="keep every state dir")
     args = parser.parse_args(argv)
+    if args.rev:
+        given = list(sys.argv[1:] if argv is None else argv)
+        rest: list[str] = []
+        skip = False
+        for a in given:  # every argument but --rev
+            if skip or a.startswith("--rev="):
+                skip = False
+                continue
+            skip = a == "--rev"
+            if not skip:
+                rest.append(a)
+        for flag in ("--out", "--findings", "--state-root"):  # paths stay where they were
+            if flag in rest:
+                j = rest.index(flag) + 1
+                rest[j] = str(Path(rest[j]).resolve())
+        return rerun_from(args.rev, rest)
     seeds = args.seed or list(range(args.first_seed, args.first_seed + args.schedules))
     keep = args.keep or bool(args.seed)
-    src = server_tree(args.server_rev) if args.server_rev else None
-    rev = args.server_rev or "working tree"
+    rev = os.environ.get("VIGIL_SCHEDULES_REV") or "working tree"
     started = time.monotonic()
     results: list[dict[str, Any]] = []
     kinds: set[str] = set()
     ctx = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
-        futures = [pool.submit(run_seed, s, src, args.state_root, keep) for s in seeds]
+        futures = [pool.submit(run_seed, s, args.state_root, keep) for s in seeds]
         for fut in concurrent.futures.as_completed(futures):
             res = fut.result()
             results.append(res)

@@ -75,9 +75,11 @@ class Timing:
     suspect_after: float = 0.4
     failed_after: float = 0.7
     probe_interval: float = 0.1
-    lease_ttl: float = 0.6
+    lease_ttl: float = 0.7
     watchdog_timeout: float = 1.2
     margin: float = 0.3
+    peer_interval: float = 0.4
+    peer_timeout: float = 0.2
     fence_confirm_timeout: float = 3.0
     evacuate_confirm_timeout: float = 20.0
     evacuate_stall_timeout: float = 4.0
@@ -104,6 +106,8 @@ class Timing:
                 "lease_ttl": str(self.lease_ttl),
                 "watchdog_timeout": str(self.watchdog_timeout),
                 "margin": str(self.margin),
+                "peer_interval": str(self.peer_interval),
+                "peer_timeout": str(self.peer_timeout),
             },
             "recovery": {
                 "fence_confirm_timeout": str(self.fence_confirm_timeout),
@@ -621,6 +625,9 @@ def run_schedule(
         return api.get("/healthz").status_code == 200
 
     self_fencing = [h.name for h in schedule.hosts if "self-fence" in h.fencing]
+    # Each self-fencing agent's peers are the other hosts of its segment, as configured
+    # on a real host.
+    members = {s: [h.name for h in schedule.hosts if h.segment == s] for s in schedule.segments}
     agents = SimAgents(
         cloud,
         server=("127.0.0.1", hb_port),
@@ -629,6 +636,9 @@ def run_schedule(
         seed=schedule.seed,
         self_fencing=self_fencing,
         watchdog_timeout=t.watchdog_timeout,
+        peers={h.name: members[h.segment] for h in schedule.hosts},
+        peer_interval=t.peer_interval,
+        peer_timeout=t.peer_timeout,
     )
     skipped: list[str] = []
     error: str | None = None

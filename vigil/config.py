@@ -398,10 +398,10 @@ class SelfFencingSettings:
         agents need so that a healthy host is not reset: grants often enough to keep
         the lease (and a peer's "fresh" state, half a lease) across lost datagrams, and
         a peer check that ends before the watchdog fires."""
-        if self.lease_ttl < 6 * detection.heartbeat_interval:
+        if self.lease_ttl < 6 * detection.heartbeat_interval - 1e-9:  # (float rounding)
             raise ConfigError(
                 f"self_fencing.lease_ttl ({self.lease_ttl}s) must be at least six heartbeat "
-                f"intervals ({6 * detection.heartbeat_interval}s): a healthy host that misses "
+                f"intervals ({6 * detection.heartbeat_interval:g}s): a healthy host that misses "
                 "a few grants would otherwise reset itself, and the server proves a peer "
                 "connected only when each grant's acknowledgement (in the heartbeat after "
                 "next) comes within half a lease, one lost datagram included"

@@ -22,7 +22,8 @@ heartbeat names the last grant its agent received): the agent received grant j a
 after the server sent it (G_j) and before the server heard the acknowledgement (h_j), so
 between two acknowledged grants its grant age stays below ``h_{j+1} - G_j``; a run goes
 on while each acknowledgement arrives less than ``ttl / 2`` after the previous
-acknowledged grant, and holds until ``G_last + ttl / 2``. A lost grant datagram therefore
+acknowledged grant, and holds until ``G_last + ttl / 2`` (the server uses 0.45 TTL rather
+than 0.5, for the agents' clocks). A lost grant datagram therefore
 breaks a run (the server cannot know the host heard it), never counts as heard. Those
 hosts answer X "fresh" or not at all, at most ``floor(N_X / 2) - 1`` others can answer
 "lost", and no check of X passes after T0. Every pet of X therefore ends by
@@ -56,6 +57,9 @@ from vigil.drivers.fencing import FenceDevice, PowerState
 LOG = logging.getLogger(__name__)
 # Grant times kept per host to match acknowledgements to; an older one breaks the run.
 _GRANTS_KEPT = 64
+# A run proves a host "fresh" for 0.45 TTL after each acknowledged grant, not the 0.5 its
+# agent uses: the agent measures on its own clock, which may run a little fast.
+_FRESH_SHARE = 0.45
 
 
 @dataclass
@@ -106,6 +110,10 @@ class LeaseKeeper:
     @property
     def ttl(self) -> float:
         return self._settings.lease_ttl
+
+    @property
+    def _fresh(self) -> float:
+        return _FRESH_SHARE * self._settings.lease_ttl
 
     # --- segments -------------------------------------------------------------------------
 
@@ -178,7 +186,7 @@ class LeaseKeeper:
         run = self._runs.get(host)
         if run is not None and run.boot == boot and ack <= run.last_seq:
             return  # already counted
-        if run is not None and run.boot == boot and now < run.last_grant + self.ttl / 2:
+        if run is not None and run.boot == boot and now < run.last_grant + self._fresh:
             run.last_grant, run.last_seq = granted, ack
         else:
             self._runs[host] = _Run(boot, now, granted, ack)
@@ -187,7 +195,7 @@ class LeaseKeeper:
         """Start of the host's current unbroken run of acknowledged grants, or None."""
         with self._lock:
             run = self._runs.get(host)
-            if run is None or self._clock.monotonic() >= run.last_grant + self.ttl / 2:
+            if run is None or self._clock.monotonic() >= run.last_grant + self._fresh:
                 return None
             return run.start
 
@@ -224,7 +232,7 @@ class LeaseKeeper:
                 for peer, run in self._runs.items()
                 if peer != host
                 and self._segment_of.get(peer) == seg
-                and now < run.last_grant + self.ttl / 2
+                and now < run.last_grant + self._fresh
             )
             last = max(self._granted.get(host, self._started), self._started)
         if len(starts) < need:

@@ -330,17 +330,44 @@ def test_heartbeats_back_withdraw_a_paused_declaration_that_never_acted() -> Non
     )
 
 
-def test_a_guard_pause_lifts_when_nothing_is_held_an_operator_pause_never() -> None:
+def test_a_guard_pause_lifts_when_the_guard_would_not_pause_an_operator_pause_never() -> None:
     guard = Segment("s1", paused=True, pause_reason=GUARD_PREFIX + "3 of 4 hosts")
-    assert decide(snap(*healthy(3), segments={"s1": guard}), DET) == [
-        ResumeSegment("s1", "every declaration the storm guard held was withdrawn")
-    ]
+    [resume] = decide(snap(*healthy(3), segments={"s1": guard}), DET)
+    assert isinstance(resume, ResumeSegment) and resume.segment == "s1"
     operator = Segment("s1", paused=True, pause_reason="rack maintenance")
     assert decide(snap(*healthy(3), segments={"s1": operator}), DET) == []
     still = (*healthy(3), view("c1", HostState.SUSPECT, 1.2))
     assert not any(
         isinstance(a, ResumeSegment) for a in decide(snap(*still, segments={"s1": guard}), DET)
     )
+
+
+def test_a_real_failure_held_by_the_guard_goes_on_once_the_others_came_back() -> None:
+    """Two hosts of two failed at once (fault schedule seed 13): c1 lost its power (its
+    fence ran before the guard paused it), c2 was only cut off and came back. Once c2's
+    declaration is withdrawn, 1 of 2 failing is within the guard's share: c1's recovery
+    must go on, not stay paused for ever."""
+    guard = Segment("s1", paused=True, pause_reason=GUARD_PREFIX + "2 of 2 hosts")
+    fenced = (
+        Step(1, 9, 1, StepKind.FENCE, StepStatus.SUCCEEDED, attempts=1),
+        Step(2, 9, 2, StepKind.FORCE_DOWN, StepStatus.PENDING),
+    )
+    c1 = Recovery(9, 3, "c1", "s1", RecoveryStatus.PAUSED, NOW - 9, NOW - 9, steps=fenced)
+    held = (Step(5, 10, 1, StepKind.FENCE, StepStatus.PENDING),)
+    c2 = Recovery(10, 4, "c2", "s1", RecoveryStatus.PAUSED, NOW - 8, steps=held)
+    dead, back = view("c1", HostState.FAILED, 30.0), view("c2", HostState.FAILED, 0.1)
+    # this cycle: c2's declaration is withdrawn; the segment waits for that
+    first = decide(snap(dead, back, recoveries=(c1, c2), segments={"s1": guard}), DET)
+    assert [type(a) for a in first] == [WithdrawDeclaration]
+    # next cycle: c2 is up, the guard would not pause for c1 alone: the segment resumes
+    up = view("c2", HostState.UP, 0.1)
+    second = decide(snap(dead, up, recoveries=(c1,), segments={"s1": guard}), DET)
+    assert [type(a) for a in second] == [ResumeSegment]
+    # and then c1's recovery resumes where it stopped
+    free = replace(guard, paused=False, pause_reason="")
+    assert decide(snap(dead, up, recoveries=(c1,), segments={"s1": free}), DET) == [
+        ResumeRecovery(9, "c1")
+    ]
 
 
 def test_a_recovery_running_longer_than_max_duration_ends_failed() -> None:

@@ -27,7 +27,8 @@ The rules, in the order a host failure meets them:
   between steps; a step already running finishes.
 - withdrawal: a paused declaration none of whose steps ever ran is withdrawn when the
   host's heartbeats return (it was vigil, or the network, not the host); a segment the
-  storm guard paused resumes by itself once nothing in it is failing or held any more.
+  storm guard paused resumes by itself once the guard would not pause it any more (no
+  host suspect, the hosts still failing within its share): their recoveries go on.
 - reboots: a host that heartbeats with a new kernel boot id, never declared failed (its
   watchdog reset it, or its power blinked for less than the detection time), had a
   failure all the same: its guests are off. A recovery without a fence starts its
@@ -227,7 +228,7 @@ def decide(
     actions.extend(_reboots(snap, detection))
     for recovery in snap.recoveries:
         actions.extend(_drive(snap, recovery, detection, max_duration))
-    actions.extend(_unpause(snap))
+    actions.extend(_unpause(snap, detection))
     return actions
 
 
@@ -269,18 +270,41 @@ def _reboots(snap: Snapshot, detection: DetectionSettings) -> list[Action]:
     return actions
 
 
-def _unpause(snap: Snapshot) -> list[Action]:
-    """Segments the storm guard paused, whose held declarations were all withdrawn."""
+def _unpause(snap: Snapshot, detection: DetectionSettings) -> list[Action]:
+    """Segments the storm guard paused where it would not pause any more: no host of the
+    segment is suspect, no held declaration waits to be withdrawn, and the failing hosts
+    left (those whose failure is real) are within the guard's share. Their recoveries
+    then go on; an operator's pause never lifts by itself."""
     actions: list[Action] = []
     for name, segment in sorted(snap.segments.items()):
         if not segment.paused or not segment.pause_reason.startswith(GUARD_PREFIX):
             continue
-        if any(r.segment == name for r in snap.recoveries):
+        members = [v for v in snap.hosts.values() if v.host.segment == name]
+        if any(v.host.state == HostState.SUSPECT and not v.host.maintenance for v in members):
             continue
-        if any(v.host.segment == name and _failing(v) for v in snap.hosts.values()):
+        if any(
+            r.segment == name and _withdrawable(r) and _beating(snap.hosts.get(r.host), detection)
+            for r in snap.recoveries
+        ):
+            continue  # withdrawn this cycle: judge the segment without it next cycle
+        if _storm(snap, name) is not None:
             continue
-        actions.append(ResumeSegment(name, "every declaration the storm guard held was withdrawn"))
+        failing = sum(1 for v in members if _failing(v))
+        actions.append(
+            ResumeSegment(
+                name,
+                f"the storm guard's condition is over: {failing} of {len(members)} hosts "
+                "failing, the other declarations withdrawn",
+            )
+        )
     return actions
+
+
+def _withdrawable(recovery: Recovery) -> bool:
+    """A paused declaration none of whose steps ever ran."""
+    return recovery.status == RecoveryStatus.PAUSED and all(
+        s.status == StepStatus.PENDING and not s.attempts for s in recovery.steps
+    )
 
 
 # --- detection ------------------------------------------------------------------------
@@ -401,8 +425,7 @@ def _drive(
     hold = _held(snap, recovery.segment)
     steps = sorted(recovery.steps, key=lambda s: s.seq)
     if recovery.status == RecoveryStatus.PAUSED:
-        never_acted = all(s.status == StepStatus.PENDING and not s.attempts for s in steps)
-        if never_acted and _beating(snap.hosts.get(recovery.host), detection):
+        if _withdrawable(recovery) and _beating(snap.hosts.get(recovery.host), detection):
             return [
                 WithdrawDeclaration(
                     recovery.id,

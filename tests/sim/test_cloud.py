@@ -800,6 +800,7 @@ def test_power_offs_record_the_host_condition(cloud: SimCloud, clock: FakeClock)
     assert b.condition.healthy_since == t0
     assert (c.host, c.effective) == ("h3", False)  # the BMC lied
     assert (d.host, d.cause, d.condition.powered) == ("h1", "watchdog", False)
+    assert cloud.power_losses() == {"h1": [t0 + 3.0], "h2": [t0 + 3.0]}
 
 
 def test_healthy_since_restarts_when_a_fault_heals(cloud: SimCloud, clock: FakeClock) -> None:

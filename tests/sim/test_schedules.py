@@ -240,3 +240,23 @@ def test_an_evacuation_to_a_host_long_down_is_a_violation() -> None:
     assert [(x.kind, x.host) for x in verdict.violations] == [("evacuation-to-down-host", "h2")]
     assert "Nova chose" in verdict.violations[0].detail
     assert len(verdict.evacuations_to_fresh_dead) == 1
+
+
+def _fenced(done: float) -> dict[str, Any]:
+    step = {"kind": "fence", "status": "succeeded", "finished_at": done, "detail": "self"}
+    return {"id": 1, "host": "h1", "status": "succeeded", "created_at": 1005.0, "steps": [step]}
+
+
+def test_a_fence_confirmed_while_the_host_never_lost_power_is_a_violation() -> None:
+    base = observe(recoveries=[_fenced(1007.0)])
+    obs = Observation(**{**base.__dict__, "t0_wall": 1000.0, "power_losses": {}})
+    v = check(schedule(), T, obs).violations
+    assert [(x.kind, x.host) for x in v] == [("fence-confirmed-while-running", "h1")]
+    assert "succeeded at t+7.00" in v[0].detail
+
+
+def test_a_fence_after_a_reset_or_power_loss_is_fine() -> None:
+    base = observe(recoveries=[_fenced(1007.0)])
+    for losses in ([106.5], [104.0], [107.1]):  # a reset, the failure itself, just after
+        obs = Observation(**{**base.__dict__, "t0_wall": 1000.0, "power_losses": {"h1": losses}})
+        assert check(schedule(), T, obs).violations == []

@@ -57,6 +57,7 @@ BMC or watchdog reset (``power_offs()``: time, cause and the host's condition th
 host's condition says whether it was *healthy* -- powered, not hung, not isolated, its
 agent running, not cut from vigil-server -- and since when without a break, so a checker
 can tell "fenced while it was plainly working" from "fenced just after it came back".
+``power_losses()`` lists when each host lost power, whatever the cause.
 ``host_can_heartbeat`` is false for a host cut off from vigil-server: its datagrams are
 lost on the way.
 
@@ -330,6 +331,7 @@ class SimCloud:
         self._evacuations: list[EvacuationRecord] = []
         self._power_offs: list[PowerOffRecord] = []
         self._faulty_spans: dict[str, list[tuple[float, float | None]]] = {}
+        self._power_losses: dict[str, list[float]] = {}
 
     # ----------------------------------------------------------------- building the world
 
@@ -586,6 +588,14 @@ class SimCloud:
         with self._lock:
             self._advance()
             return {h: list(spans) for h, spans in self._faulty_spans.items() if spans}
+
+    def power_losses(self) -> dict[str, list[float]]:
+        """Per host, every time it lost power, whatever the cause (a fault, a BMC power-off
+        taking effect, a watchdog reset): what a fence must have caused before vigil
+        trusts it."""
+        with self._lock:
+            self._advance()
+            return {h: list(times) for h, times in self._power_losses.items()}
 
     def host_condition(self, host: str) -> HostCondition:
         with self._lock:
@@ -1103,6 +1113,7 @@ class SimCloud:
 
     def _lose_power(self, h: _Host, at: float) -> None:
         h.powered, h.hung, h.agent_running = False, False, False
+        self._power_losses.setdefault(h.name, []).append(at)
         self._update_reporting(h, at)
         self._note_health(h, at)
         for iid in list(self._copies[h.name]):

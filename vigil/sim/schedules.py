@@ -35,6 +35,12 @@ Violations (``Violation.kind``):
 - ``endless-recovery``: a recovery still pending, running or paused at the end (the
   settle bound is ``Timing.settle_bound`` after the heal, about 120 s of unaccelerated
   time).
+- ``fence-confirmed-while-running``: vigil recorded a fence step succeeded (``/v1/recoveries``)
+  although the host had not lost power (fault, BMC or watchdog) from 10 s before the
+  declaration to the step's end (+0.2 s) (a declaration comes within a few seconds of the
+  failure, a killed server's downtime included): a self-fence taken for done
+  while the host still ran -- what lets Nova accept evacuations of instances still
+  running on it.
 - ``evacuation-to-down-host``: an evacuation whose destination's nova-compute had stopped
   working more than ``failed_after + known_down_margin`` before the call (vigil could
   know). One to a host that died just before is counted in ``evacuations_to_fresh_dead``.
@@ -340,6 +346,8 @@ class Observation:
     recoveries: Sequence[Mapping[str, Any]]  # as GET /v1/recoveries shows them
     server_down: Sequence[tuple[float, float | None]] = ()
     skipped: Sequence[str] = ()  # faults that could not apply
+    power_losses: Mapping[str, Sequence[float]] = field(default_factory=dict)
+    t0_wall: float | None = None  # time.time() at t0: maps the API's wall times
 
 
 @dataclass(frozen=True)
@@ -451,6 +459,31 @@ def check(schedule: Schedule, timing: Timing, obs: Observation) -> Verdict:
                 f"{open_steps or 'none'}",
             )
         )
+    if obs.t0_wall is not None:
+        for rec in obs.recoveries:
+            for st in rec.get("steps", []):
+                if st.get("kind") != "fence" or st.get("status") != "succeeded":
+                    continue
+                done = st.get("finished_at")
+                if done is None:
+                    continue
+                host = str(rec.get("host"))
+                end = obs.t0 + (float(done) - obs.t0_wall)
+                start = obs.t0 + (float(rec.get("created_at", done)) - obs.t0_wall) - 10.0
+                losses = obs.power_losses.get(host, ())
+                if any(start <= at <= end + 0.2 for at in losses):
+                    continue
+                v.violations.append(
+                    Violation(
+                        "fence-confirmed-while-running",
+                        host,
+                        f"recovery {rec.get('id')}: fence of {host} succeeded at "
+                        f"t+{end - rel:.2f} ({st.get('detail')}) but the host had not lost "
+                        f"power since t+{start - rel:.2f} (power losses: "
+                        + (", ".join(f"t+{a - rel:.2f}" for a in losses) or "none")
+                        + ")",
+                    )
+                )
     for e in obs.evacuations:
         c = e.dest_condition
         if e.dest is None or c is None or c.compute_works:
@@ -644,6 +677,7 @@ def run_schedule(
     error: str | None = None
     recoveries: list[dict[str, Any]] = []
     t0 = heal_at = time.monotonic()
+    t0_wall = time.time()
     try:
         start_server()
         _wait(healthy, 30, "vigil-server to answer")
@@ -667,7 +701,7 @@ def run_schedule(
             "every host's first heartbeat",
         )
         time.sleep(2 * t.lease_ttl)  # self-fencing hosts hold a lease before anything fails
-        t0 = time.monotonic()
+        t0, t0_wall = time.monotonic(), time.time()
         cut_power: set[str] = set()
         for f in schedule.faults:
             delay = t0 + f.at - time.monotonic()
@@ -705,6 +739,8 @@ def run_schedule(
         recoveries=recoveries,
         server_down=down,
         skipped=skipped,
+        power_losses=cloud.power_losses(),
+        t0_wall=t0_wall,
     )
     verdict = check(schedule, t, obs)
     if error is not None:
@@ -720,6 +756,8 @@ def run_schedule(
                     "power_offs": [asdict(r) for r in obs.power_offs],
                     "evacuations": [asdict(r) for r in obs.evacuations],
                     "faulty_spans": obs.faulty_spans,
+                    "power_losses": obs.power_losses,
+                    "t0_wall": t0_wall,
                     "instances": [
                         {**asdict(i), "running_on": sorted(i.running_on)} for i in obs.instances
                     ],

@@ -22,19 +22,25 @@ heartbeat names the last grant its agent received): the agent received grant j a
 after the server sent it (G_j) and before the server heard the acknowledgement (h_j), so
 between two acknowledged grants its grant age stays below ``h_{j+1} - G_j``; a run goes
 on while each acknowledgement arrives less than ``ttl / 2`` after the previous
-acknowledged grant, and holds until ``G_last + ttl / 2`` (the server uses 0.45 TTL rather
-than 0.5, for the agents' clocks). A lost grant datagram therefore
-breaks a run (the server cannot know the host heard it), never counts as heard. Those
-hosts answer X "fresh" or not at all, at most ``floor(N_X / 2) - 1`` others can answer
-"lost", and no check of X passes after T0. Every pet of X therefore ends by
-``max(S, T0) + ttl + peer window``, S being the later of X's last grant and this
-process's start, and its watchdog has reset it ``watchdog`` later:
+acknowledged grant, and holds until ``G_last + ttl / 2`` (the server uses 0.45 TTL
+rather than 0.5, for the agents' clocks). A lost grant datagram therefore breaks a run
+(the server cannot know the host heard it); it never counts as heard. Those hosts answer
+X "fresh" or not at all, so at most ``floor(N_X / 2) - 1`` others can answer "lost" and
+no check of X answered after T0 passes; a check answered before T0 lets X pet until
+T0 + peer window at the latest. Every pet of X therefore ends by
+``max(S + ttl, T0 + peer window)``, S being the later of X's last grant and this
+process's start, and its watchdog has reset it ``watchdog`` later. So once
 
     max(S, T0) + lease TTL + peer window + watchdog timeout + margin
 
-has then passed on the server's clock and the fence is confirmed without a BMC (S1),
-which is what makes a total power loss — BMC dead too — recoverable. A host alone in its
-segment, or whose segment has no connected majority, is never confirmed this way.
+has passed on the server's clock the fence is confirmed without a BMC (S1), which is
+what makes a total power loss — BMC dead too — recoverable. A host alone in its segment,
+or whose segment has no provably connected majority, is never confirmed this way (its
+recovery fails rather than risk a second copy).
+
+Limits: a host moved out of X's segment keeps naming that segment in its answers until
+its next grant, and after a restart the server takes N_X to be the segment's size now;
+changing a segment's membership while some of its hosts are cut off is not covered.
 
 The deadline counts from this process's start for hosts it never granted to, because an
 earlier server process may have granted just before it stopped. The watchdog timeout and

@@ -817,3 +817,21 @@ def test_healthy_since_restarts_when_a_fault_heals(cloud: SimCloud, clock: FakeC
     cloud.power_restore("h2")
     assert cloud.host_condition("h2").healthy_since == t0 + 3.0
     assert cloud.faulty_spans() == {"h1": [(t0 + 1.0, t0 + 2.0)], "h2": [(t0 + 2.0, t0 + 3.0)]}
+
+
+def test_power_state_is_what_the_host_last_reported(cloud: SimCloud) -> None:
+    sid = cloud.add_instance("vm", "h1")
+    assert cloud.get_server(sid).power_state == 1
+    cloud.isolate("h1")
+    cloud.watchdog_reset("h1")  # back up, still cut off: Nova hears nothing
+    server = cloud.get_server(sid)
+    assert (server.status, server.power_state) == (ACTIVE, 1)
+    assert cloud.instance(sid).running_on == frozenset()
+    cloud.reconnect("h1")  # nova-compute reports the guest off; Nova keeps it ACTIVE
+    server = cloud.get_server(sid)
+    assert (server.status, server.power_state) == (ACTIVE, 4)
+    cloud.reboot(sid)  # a hard reboot starts it
+    assert (cloud.get_server(sid).power_state, cloud.instance(sid).running_on) == (
+        1,
+        frozenset({"h1"}),
+    )

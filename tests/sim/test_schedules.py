@@ -260,3 +260,9 @@ def test_a_fence_after_a_reset_or_power_loss_is_fine() -> None:
     for losses in ([106.5], [104.0], [107.1]):  # a reset, the failure itself, just after
         obs = Observation(**{**base.__dict__, "t0_wall": 1000.0, "power_losses": {"h1": losses}})
         assert check(schedule(), T, obs).violations == []
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed", "withdrawn"])
+def test_ended_recoveries_are_not_endless(status: str) -> None:
+    rec = {"id": 3, "host": "h1", "status": status, "reason": "x", "steps": []}
+    assert check(schedule(), T, observe(recoveries=[rec])).violations == []

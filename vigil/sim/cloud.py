@@ -45,6 +45,11 @@ Safety accounting: for each instance the set of hosts on which a copy runs (ACTI
 on a powered host; isolated and hung hosts still run theirs). Evacuation never stops the
 source copy, power loss ends every copy on the host, and any instance that ever ran on two
 hosts at once is recorded in ``double_running()``: the tests of "never run a VM twice".
+Nova's ``power_state`` of an instance (1 running, 4 shutdown) is what its host's
+nova-compute last reported: the truth while that compute works, frozen while it is
+isolated or hung -- so an instance of a host reset while cut off reads ACTIVE and running
+until the host reconnects, then ACTIVE with power_state shutdown (Nova's periodic sync,
+which would stop it, is not simulated).
 When power returns, nothing is restarted: instances still placed on the host read SHUTOFF,
 and those evacuated away stay away (a restarted nova-compute destroys its copies of them).
 A host that reconnects or unfreezes, on the other hand, keeps running what it ran -- Nova
@@ -88,6 +93,7 @@ from vigil.drivers.compute import (
     ERROR,
     EVACUABLE,
     POLICY_KEY,
+    POWER_RUNNING,
     PRIORITY_KEY,
     REBUILD,
     SHUTOFF,
@@ -101,6 +107,8 @@ from vigil.model import HaPolicy
 
 if TYPE_CHECKING:
     from vigil.sim.api import CloudApi
+
+POWER_SHUTDOWN = 4  # Nova's power_state of a guest that is not running
 
 HARD_REBOOT = "HARD_REBOOT"
 REBOOT = "REBOOT"
@@ -271,6 +279,7 @@ class _Instance:
     task_state: str | None = None
     fault: str | None = None
     running_on: set[str] = field(default_factory=set)
+    power_state: int = POWER_SHUTDOWN  # Nova's, as its host's nova-compute last reported
 
 
 _OpKind = Literal["evacuate", "start", "stop", "reboot", "power_off", "power_on"]
@@ -406,6 +415,7 @@ class SimCloud:
                 self._group_members[server_group].add(iid)
             if status == ACTIVE and h.powered:
                 self._add_copy(inst, host)
+                inst.power_state = POWER_RUNNING
         return iid
 
     # ------------------------------------------------------------------------ host faults
@@ -917,6 +927,8 @@ class SimCloud:
 
     def _server(self, inst: _Instance) -> Server:
         policy, priority = ha_policy_from_metadata(inst.metadata)
+        if self._hosts[inst.host].compute_works:  # its nova-compute reports what runs
+            inst.power_state = POWER_RUNNING if inst.host in inst.running_on else POWER_SHUTDOWN
         return Server(
             id=inst.id,
             name=inst.name,
@@ -927,6 +939,7 @@ class SimCloud:
             task_state=inst.task_state,
             server_group=inst.group,
             fault=inst.fault,
+            power_state=inst.power_state,
         )
 
     def _snapshot(self, inst: _Instance) -> SimInstance:

@@ -366,7 +366,8 @@ class Verdict:
     evacuations_to_fresh_dead: list[str] = field(default_factory=list)
 
 
-ENDED = frozenset({"succeeded", "failed"})
+# withdrawn: a paused declaration taken back (heartbeats returned, or an operator)
+ENDED = frozenset({"succeeded", "failed", "withdrawn"})
 
 
 def fencing_possible(schedule: Schedule, host: str) -> bool:

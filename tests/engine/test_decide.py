@@ -321,7 +321,23 @@ def test_heartbeats_back_withdraw_a_paused_declaration_that_never_acted() -> Non
     # still silent: it stays held (the segment is paused by the guard)
     silent = view("c1", HostState.FAILED, 30.0)
     held = Segment("s1", paused=True, pause_reason=GUARD_PREFIX + "3 of 4")
-    assert decide(snap(silent, recoveries=(_paused(),), segments={"s1": held}), DET) == []
+    # ... and its instances are read meanwhile (that acts on nothing): their states are
+    # those before the failure, not after a reboot during the pause (schedule seed 18)
+    recovery = _paused()
+    assert decide(snap(silent, recoveries=(recovery,), segments={"s1": held}), DET) == [
+        RunStep(9, "c1", recovery.steps[0])
+    ]
+    read = replace(
+        recovery,
+        steps=(
+            replace(recovery.steps[0], status=StepStatus.SUCCEEDED, attempts=1),
+            recovery.steps[1],
+        ),
+    )
+    assert decide(snap(silent, recoveries=(read,), segments={"s1": held}), DET) == []
+    assert decide(snap(back, recoveries=(read,)), DET) == [
+        WithdrawDeclaration(9, "c1", "heartbeats returned before anything was fenced or moved")
+    ]
     # once a step has run, only an operator's resume goes on: never withdrawn
     acted = _paused(attempts=1)
     assert not any(

@@ -301,9 +301,12 @@ def _unpause(snap: Snapshot, detection: DetectionSettings) -> list[Action]:
 
 
 def _withdrawable(recovery: Recovery) -> bool:
-    """A paused declaration none of whose steps ever ran."""
+    """A paused declaration none of whose steps ever acted (reading its instances is
+    not acting)."""
     return recovery.status == RecoveryStatus.PAUSED and all(
-        s.status == StepStatus.PENDING and not s.attempts for s in recovery.steps
+        s.status == StepStatus.PENDING and not s.attempts
+        for s in recovery.steps
+        if s.kind != StepKind.RECORD_INSTANCES
     )
 
 
@@ -424,7 +427,13 @@ def _drive(
 ) -> list[Action]:
     hold = _held(snap, recovery.segment)
     steps = sorted(recovery.steps, key=lambda s: s.seq)
+    record = recovery.step(StepKind.RECORD_INSTANCES)
     if recovery.status == RecoveryStatus.PAUSED:
+        # Reading the instances acts on nothing: it runs while held too, so that the
+        # states are those before the failure, not after a reboot during the pause.
+        reading: list[Action] = []
+        if record is not None and _due(record, snap):
+            reading.append(RunStep(recovery.id, recovery.host, record))
         if _withdrawable(recovery) and _beating(snap.hosts.get(recovery.host), detection):
             return [
                 WithdrawDeclaration(
@@ -433,7 +442,7 @@ def _drive(
                     "heartbeats returned before anything was fenced or moved",
                 )
             ]
-        return [] if hold else [ResumeRecovery(recovery.id, recovery.host)]
+        return reading if hold else [*reading, ResumeRecovery(recovery.id, recovery.host)]
     if hold:
         return [PauseRecovery(recovery.id, recovery.host, hold)]
     busy = any(s.id in snap.in_flight for s in steps)
@@ -454,7 +463,6 @@ def _drive(
         ]
 
     actions: list[Action] = []
-    record = recovery.step(StepKind.RECORD_INSTANCES)
     if record is not None and _due(record, snap):
         actions.append(RunStep(recovery.id, recovery.host, record))
     for step in (s for s in steps if s.kind in HOST_STEPS):

@@ -1011,8 +1011,12 @@ class SqlStore(Store):
         with self._write(events) as s:
             row = self._lock_recovery(s, recovery_id)
             steps = list(s.scalars(sa.select(StepRow).where(StepRow.recovery_id == recovery_id)))
+            # Reading the instances (record-instances) acts on nothing.
             acted = [
-                st for st in steps if st.attempts or StepStatus(st.status) != StepStatus.PENDING
+                st
+                for st in steps
+                if st.kind != str(StepKind.RECORD_INSTANCES)
+                and (st.attempts or StepStatus(st.status) != StepStatus.PENDING)
             ]
             if RecoveryStatus(row.status) is not RecoveryStatus.PAUSED or acted:
                 raise InvalidTransition(
@@ -1022,8 +1026,9 @@ class SqlStore(Store):
                 )
             self._move_recovery(row, RecoveryStatus.WITHDRAWN)
             for st in steps:
-                self._move_step(st, StepStatus.SKIPPED, expect=StepStatus.PENDING)
-                st.finished_at, st.detail = at, f"withdrawn: {reason}"
+                if StepStatus(st.status) is StepStatus.PENDING:
+                    self._move_step(st, StepStatus.SKIPPED, expect=StepStatus.PENDING)
+                    st.finished_at, st.detail = at, f"withdrawn: {reason}"
             self._move_failure(s.get_one(FailureRow, row.failure_id), FailureStatus.RESOLVED)
             host = self._host_row(s, row.host)  # locked by _lock_recovery
             if HostState(host.state) is HostState.FAILED:

@@ -162,7 +162,7 @@ def test_notify_policy_fences_and_tells_but_moves_nothing() -> None:
         done = h.watch("compute-1", t0)
         assert done is not None and done["status"] == "succeeded"
         kinds = [s["kind"] for s in done["steps"]]
-        assert kinds == ["fence", "force-down", "list-instances", "notify"]
+        assert kinds == ["record-instances", "fence", "force-down", "list-instances", "notify"]
         assert h.cloud.calls("evacuate") == 0
         assert h.cloud.instance(inst.id).host == "compute-1"
 

@@ -98,8 +98,8 @@ def test_compute_host_notification_fences_and_evacuates_on_real_nova(
         # Fenced before anything moved; the compute service forced down.
         (recovery,) = vigil.api.get("/v1/recoveries", params={"host": "compute1"}).json()
         kinds = [s["kind"] for s in recovery["steps"]]
-        assert kinds[:3] == ["fence", "force-down", "list-instances"]
-        fence = recovery["steps"][0]
+        assert kinds[:4] == ["record-instances", "fence", "force-down", "list-instances"]
+        fence = recovery["steps"][1]
         first_move = min(s["started_at"] for s in recovery["steps"] if s["kind"] == "evacuate")
         assert fence["status"] == "succeeded" and fence["finished_at"] <= first_move
         failure = vigil.api.get("/v1/failures", params={"host": "compute1"}).json()[0]

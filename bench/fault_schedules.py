@@ -73,7 +73,9 @@ def report(res: dict[str, Any], out: Any = sys.stdout) -> None:
     viol = res["violations"]
     status = "ok" if not viol else f"{len(viol)} VIOLATION(S)"
     out.write(f"seed {res['seed']}: {status} ({res['duration_s']}s)\n")
-    if viol:
+    if not viol:
+        out.write(f"    {res['schedule'][0].split(': ', 1)[1]}; {'; '.join(res['schedule'][1:])}\n")
+    else:
         for line in res["schedule"]:
             out.write(f"    {line}\n")
         for v in viol:

@@ -48,9 +48,14 @@ def verdict(answers: list[PeerState], n: int, segment: str = "s") -> Verdict:
 # --- the rule -------------------------------------------------------------------------------
 
 
-def test_a_fresh_peer_means_the_server_is_alive_and_does_not_grant_to_me() -> None:
-    answers = [lost("c2"), lost("c3"), lost("c4"), PeerState("c5", 1.0, "s")]
-    assert verdict(answers, n=5) is Verdict.RESET
+def test_fresh_peers_do_not_vouch_a_majority_decides() -> None:
+    # the server hears c4 and c5 only: 3 of 5 lost it, a majority: nobody resets (the
+    # server cannot confirm them fenced either: too few of the segment hear it)
+    answers = [lost("c2"), lost("c3"), PeerState("c4", 0.1, "s"), PeerState("c5", 0.1, "s")]
+    assert verdict(answers, n=5) is Verdict.SURVIVE
+    # the server hears all the others: I am the one cut off
+    fresh = [PeerState(f"c{i}", 0.1, "s") for i in range(2, 6)]
+    assert verdict(fresh, n=5) is Verdict.RESET
 
 
 @pytest.mark.parametrize(
@@ -163,12 +168,12 @@ def test_replayed_late_or_misaddressed_answers_are_ignored() -> None:
     assert not g.vouched()
 
 
-def test_a_fresh_peer_resets_even_if_others_lost_vigil() -> None:
+def test_a_fresh_peer_does_not_vouch() -> None:
     now, net = [100.0], Net()
     g = guard(now, net)
     now[0] += TTL
     g.vouched()
-    g.on_answer(PeerAnswer("c2", "c1", net.asked[0], 9.0, "s"))
+    g.on_answer(PeerAnswer("c2", "c1", net.asked[0], 0.2, "s"))
     g.on_answer(PeerAnswer("c3", "c1", net.asked[0], 0.3, "s"))
     assert not g.vouched()
 

@@ -6,14 +6,18 @@ vigil-server is down for longer than a lease: losing vigil would reboot healthy 
 So, like medik8s self-node-remediation, an agent whose lease ran out asks the other
 agents of its segment (its peers) how long ago *they* last received a grant, and:
 
-- a peer heard a grant less than ``lease_ttl / 2`` ago ("fresh"): the server is alive
-  and does not grant to me — I am the one cut off, or being fenced → stop petting;
-- else, if ``1 + lost > N / 2``, where ``lost`` counts the distinct peers *of my segment*
+- if ``1 + lost > N / 2``, where ``lost`` counts the distinct peers *of my segment*
   whose last grant is at least ``lease_ttl / 2`` old, and N is the segment's size: vigil
   is gone for a majority of the segment → keep petting for one peer window
   (``peer_interval + peer_timeout`` from the start of the check) and ask again every
   ``peer_interval``;
-- else (no majority answered "lost" within ``peer_timeout``) → stop petting.
+- else (no majority answered "lost" within ``peer_timeout``: the others still hear the
+  server, which does not grant to me, or I reach too few of them) → stop petting.
+
+A peer that heard a grant less than ``lease_ttl / 2`` ago ("fresh") does not vouch.
+It does not force a reset either: in a partial partition where the server still
+reaches a minority of the segment, the others would reset although the server can
+never confirm them fenced (below) and so never evacuate them — an outage for nothing.
 
 Resetting is the default; surviving needs positive evidence from a strict majority.
 
@@ -101,13 +105,13 @@ def judge(
     for a in answers:
         if a.peer == me:
             continue
-        if a.grant_age is not None and a.grant_age < fresh_limit:
-            return Judgement(
-                Verdict.RESET,
-                f"peer {a.peer} heard vigil-server {a.grant_age:.1f}s ago: the server is "
-                "alive and does not grant to this host",
-            )
-        if a.grant_age is not None and segment and a.segment == segment:
+        # A peer that heard the server lately ("fresh") simply does not vouch: a strict
+        # majority of the segment must have lost vigil-server for this host to go on.
+        # (Resetting at once because one peer is fresh would also reset hosts the
+        # server cannot reach in a partial partition, where it could never confirm
+        # them fenced and evacuate their instances: an outage for nothing.)
+        vouches = a.grant_age is not None and a.grant_age >= fresh_limit
+        if vouches and segment and a.segment == segment:
             lost.add(a.peer)
     if 1 + len(lost) > n / 2:
         return Judgement(

@@ -559,6 +559,9 @@ def masakari_app(
                 return "ignored", "the host is no longer known to vigil", None
             if host.state == HostState.UP and clock.wall() - n.created_at > REPORT_GRACE:
                 return "ignored", "vigil hears the host's heartbeats: it is not down", None
+            if host.state == HostState.NEW and host.state_changed_at >= n.created_at:
+                # The engine closed the report: nothing corroborated it (its reason says).
+                return "ignored", host.state_reason, None
             return "new", "vigil is confirming the failure (BMC, heartbeats)", None
         status = NOTIFICATION_STATUS[recovery.status]
         return (

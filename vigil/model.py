@@ -90,7 +90,8 @@ class StepKind(enum.StrEnum):
 HOST_TRANSITIONS: Mapping[HostState, frozenset[HostState]] = {
     HostState.NEW: frozenset({HostState.UP, HostState.SUSPECT}),
     HostState.UP: frozenset({HostState.SUSPECT}),
-    HostState.SUSPECT: frozenset({HostState.UP, HostState.FAILED}),
+    # SUSPECT -> NEW: another's report about a host vigil never heard, not corroborated.
+    HostState.SUSPECT: frozenset({HostState.UP, HostState.FAILED, HostState.NEW}),
     # FAILED -> UP or NEW only when a paused declaration that never acted is withdrawn
     # (heartbeats back: UP; dismissed by an operator while silent: NEW).
     HostState.FAILED: frozenset({HostState.RECOVERED, HostState.UP, HostState.NEW}),

@@ -87,6 +87,7 @@ class VigilServer:
             settings.self_fencing,
             may_grant=lambda h: self.engine.may_grant(h),
             members=lambda: [(h.name, h.segment) for h in self.store.list_hosts()],
+            agent_known=lambda h: self.engine.agent_known(h),
         )
         fence = fence_devices or fence_factory(cloud, self.leases)
         # Kept in memory when configured: the demo and the tests read what was published.

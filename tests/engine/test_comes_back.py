@@ -12,13 +12,17 @@ from pathlib import Path
 import pytest
 from test_engine import HOSTS, World
 
-from vigil.config import RecoverySettings
+from vigil.clock import FakeClock
+from vigil.config import RecoverySettings, SelfFencingSettings
 from vigil.drivers.compute import Server
+from vigil.drivers.errors import PermanentError
 from vigil.drivers.sim import SimCompute
 from vigil.engine import steps
+from vigil.engine.lease import LeaseKeeper, SelfFenceDevice
 from vigil.engine.steps import StepContext
 from vigil.model import (
     FailureKind,
+    Host,
     HostState,
     InvalidTransition,
     RecoveryStatus,
@@ -265,3 +269,39 @@ def test_an_instance_nova_still_calls_active_after_the_reboot_is_hard_rebooted(
         assert done.result == {"status": "ACTIVE"}
     assert off == set()
     assert w.cloud.calls("reboot") == 3 and w.cloud.calls("start") == 0
+
+
+def test_a_report_about_a_host_vigil_cannot_fence_ends_within_the_detection_time(
+    w: World,
+) -> None:
+    """A Masakari monitor reports a host that has no vigil agent and no fencing level:
+    the failure is declared and its recovery ends FAILED, saying why, nothing moved."""
+    w.store.create_host(Host("legacy-1", "s1"))
+    w.tick()
+    at = w.clock.monotonic()
+    w.engine.report_down("legacy-1", source="masakari", reason="COMPUTE_HOST STOPPED")
+    tick_until(w, lambda: ended(w, "legacy-1"), ticks=200)
+    assert w.clock.monotonic() - at <= w.settings.detection.failed_after + 0.5
+    recovery = w.store.list_recoveries(host="legacy-1")[0]
+    assert recovery.status == RecoveryStatus.FAILED
+    assert "has no fencing configured: refusing to recover it unfenced" in recovery.reason
+    assert w.cloud.calls("evacuate") == 0
+
+
+def test_a_host_never_heard_is_never_taken_as_self_fenced(tmp_path: Path) -> None:
+    """Its only level is self-fence, but no vigil agent was ever heard from it: no
+    watchdog can have reset it, so the wait proves nothing and the fence fails."""
+    clock = FakeClock()
+    keeper = LeaseKeeper(
+        clock,
+        SelfFencingSettings(),
+        members=lambda: [("c1", "s1"), ("c2", "s1"), ("c3", "s1")],
+        refresh=0.0,
+        agent_known=lambda host: host != "c1",
+    )
+    device = SelfFenceDevice(keeper, "c1")
+    with pytest.raises(PermanentError, match="no vigil agent has ever been heard"):
+        device.power_off()
+    keeper.revoke("c1")
+    clock.advance(3600)
+    assert not keeper.self_fenced("c1")

@@ -7,7 +7,14 @@ from __future__ import annotations
 from test_decide import DET, healthy, snap, view
 
 from vigil.drivers.fencing import PowerState
-from vigil.engine.decide import DeclareFailure, DownReport, MarkSuspect, ProbePower, decide
+from vigil.engine.decide import (
+    ClearReport,
+    DeclareFailure,
+    DownReport,
+    MarkSuspect,
+    ProbePower,
+    decide,
+)
 from vigil.model import HostState
 
 REPORT = DownReport("masakari", "COMPUTE_HOST STOPPED", 0.1)
@@ -83,3 +90,38 @@ def test_withdrawn_report_leaves_a_never_heard_host_alone() -> None:
     # A host vigil hears is judged by its heartbeats as ever.
     (action,) = decide(snap(view("c1", HostState.SUSPECT, 2.0, report=withdrawn), *healthy(3)), DET)
     assert isinstance(action, DeclareFailure) and action.sources == ("heartbeat",)
+
+
+# --- a report always ends (issue 13): within failed_after, with a reason ------------------
+
+OLD = DownReport("masakari", "COMPUTE_HOST STOPPED", 1.8)  # older than failed_after (1.75)
+
+
+def test_an_uncorroborated_report_is_closed_with_its_reason() -> None:
+    on = {"power": PowerState.ON, "power_read_age": 0.1}
+    (action,) = decide(
+        snap(view("c1", HostState.SUSPECT, None, report=OLD, **on), *healthy(3)), DET
+    )
+    assert action == ClearReport(
+        "c1",
+        "masakari: COMPUTE_HOST STOPPED; not corroborated: the BMC reads power on and no "
+        "vigil agent heartbeats from the host: not fenced, nothing moved",
+    )
+
+
+def test_a_report_about_a_host_vigil_cannot_read_is_declared_for_the_fence_to_decide() -> None:
+    unknown = {"power": PowerState.UNKNOWN, "power_read_age": 0.1}
+    young = view("c1", HostState.SUSPECT, None, report=REPORT, **unknown)
+    assert decide(snap(young, *healthy(3)), DET) == []  # still within failed_after
+    (action,) = decide(
+        snap(view("c1", HostState.SUSPECT, None, report=OLD, **unknown), *healthy(3)), DET
+    )
+    assert action == DeclareFailure(
+        "c1",
+        "masakari: COMPUTE_HOST STOPPED; no vigil agent heartbeats from the host and its BMC "
+        "cannot be read: the fence decides",
+        ("masakari",),
+    )
+    # not before the BMC was read at least once
+    unread = view("c1", HostState.SUSPECT, None, report=OLD)
+    assert decide(snap(unread, *healthy(3)), DET) == [ProbePower("c1")]

@@ -14,7 +14,11 @@ The rules, in the order a host failure meets them:
   one signal. It makes a host that is not heartbeating SUSPECT (a host without a vigil
   agent too) and is named among the failure's sources, but never declares a failure on
   its own: the BMC must read power off, or the host's own heartbeats must have been
-  silent for ``failed_after``. The fence comes first either way.
+  silent for ``failed_after``. The fence comes first either way. A report about a host
+  vigil never heard ends within ``failed_after`` all the same: with the BMC reading on,
+  it is closed as not corroborated; with no readable BMC (none configured, unreachable)
+  the failure is declared so that the fence decides — a recovery that cannot fence ends
+  failed, saying why, and moves nothing.
 - storm guard (S3): a declaration that would make more than the segment's
   ``max_failed_share`` of its hosts failing at once — or more than half of all hosts, which
   looks like vigil being cut off — is recorded PAUSED, and the segment is paused.
@@ -176,6 +180,15 @@ class HostRebooted:
 
 
 @dataclass(frozen=True)
+class ClearReport:
+    """Another's report that the host is down, not corroborated: closed, the host back to
+    waiting for its first heartbeat (a host without a vigil agent stays so)."""
+
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class WithdrawDeclaration:
     recovery_id: int
     host: str
@@ -217,6 +230,7 @@ Action = (
     | HostRebooted
     | WithdrawDeclaration
     | ResumeSegment
+    | ClearReport
 )
 
 
@@ -351,12 +365,48 @@ def _detect(snap: Snapshot, detection: DetectionSettings) -> list[Action]:
                 actions.append(MarkUp(name, "heartbeats resumed"))
             elif said is not None and said.withdrawn and not heard:
                 pass  # reported down, then back: nothing to go on until it speaks again
-            elif view.power == PowerState.OFF or (heard and silence >= detection.failed_after):
+            elif (
+                report is not None
+                and not heard
+                and report.age >= detection.failed_after
+                and view.power == PowerState.ON
+                and view.power_read_age is not None
+            ):
+                # Nothing corroborates the report (no agent, the BMC reads on): vigil does
+                # not fence on one signal. Said at once, once, and the report is closed.
+                actions.append(
+                    ClearReport(
+                        name,
+                        f"{report.source}: {report.reason}; not corroborated: the BMC reads "
+                        "power on and no vigil agent heartbeats from the host: not fenced, "
+                        "nothing moved",
+                    )
+                )
+            elif (
+                view.power == PowerState.OFF
+                or (heard and silence >= detection.failed_after)
+                or (
+                    report is not None
+                    and not heard
+                    and report.age >= detection.failed_after
+                    and view.power == PowerState.UNKNOWN
+                )
+            ):
                 told = f"{report.source}: {report.reason}; " if report else ""
-                if view.power == PowerState.OFF:
+                if report is not None and not heard and view.power == PowerState.UNKNOWN:
+                    # No agent and no readable BMC: declared, so that the recovery's fence
+                    # decides — and says why it cannot, if it cannot: the reporter is told
+                    # within the detection time instead of waiting for ever (S1 holds: the
+                    # fence must be confirmed before anything moves).
+                    reason = (
+                        f"{told}no vigil agent heartbeats from the host and its BMC cannot "
+                        "be read: the fence decides"
+                    )
+                    sources: tuple[str, ...] = (report.source,)
+                elif view.power == PowerState.OFF:
                     silent = f"no heartbeat for {silence:.2f}s and " if heard else ""
                     reason = f"{told}{silent}the BMC reads power off"
-                    sources: tuple[str, ...] = ("heartbeat",) if heard else ()
+                    sources = ("heartbeat",) if heard else ()
                     sources += (report.source,) if report else ()
                     sources += ("bmc",)
                 else:

@@ -30,6 +30,7 @@ from vigil.drivers.fencing import FenceDevice, PowerState
 from vigil.engine.decide import (
     ACTIVE_RECOVERY,
     Action,
+    ClearReport,
     DeclareFailure,
     DownReport,
     FinishRecovery,
@@ -127,6 +128,15 @@ class Engine:
 
     def is_known_host(self, name: str) -> bool:
         return name in self._known
+
+    def agent_known(self, name: str) -> bool:
+        """Whether a vigil agent has ever been heard from the host: in this process, or
+        (its kernel boot id stored) in an earlier one. A host never heard cannot have
+        reset itself by its watchdog: it is never taken as self-fenced."""
+        host = self._hosts.get(name)
+        return self._heartbeats.age(name) is not None or (
+            host is not None and host.boot_id is not None
+        )
 
     def may_grant(self, name: str) -> bool:
         """Whether a self-fencing lease may go to this host: a known host that is not
@@ -411,6 +421,16 @@ class Engine:
                 action.boot_id,
                 recovery.id,
             )
+        elif isinstance(action, ClearReport):
+            with self._lock:
+                self._reports.pop(action.host, None)
+            event = make_event(
+                "vigil.host.failure.cleared", at=now, host=action.host, reason=action.reason
+            )
+            store.set_host_state(
+                action.host, HostState.NEW, reason=action.reason, at=now, events=[event]
+            )
+            LOG.warning("host %s: report closed: %s", action.host, action.reason)
         elif isinstance(action, WithdrawDeclaration):
             self._withdraw(action.recovery_id, action.host, action.reason, HostState.UP, now)
         elif isinstance(action, ResumeSegment):
@@ -542,9 +562,12 @@ class Engine:
         except Exception:
             LOG.exception("host %s: BMC power read failed", name)
         with self._lock:
+            before = self._power.get(name)
             self._power[name] = (state, self._clock.monotonic())
             self._probing.discard(name)
-        LOG.info("host %s: BMC reads power %s", name, state.value)
+            changed = before is None or before[0] != state
+        if changed:  # said when it changes, not at every read of a suspect host
+            LOG.info("host %s: BMC reads power %s", name, state.value)
         self.wake()
 
     def _execute(self, recovery_id: int, host_name: str, step_id: int, attempts: int) -> None:

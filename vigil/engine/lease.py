@@ -58,6 +58,7 @@ from dataclasses import dataclass
 
 from vigil.clock import Clock
 from vigil.config import SelfFencingSettings
+from vigil.drivers.errors import PermanentError
 from vigil.drivers.fencing import FenceDevice, PowerState
 
 LOG = logging.getLogger(__name__)
@@ -94,7 +95,9 @@ class LeaseKeeper:
         may_grant: Callable[[str], bool] = lambda _h: True,
         members: Callable[[], Iterable[tuple[str, str]]] | None = None,
         refresh: float = 2.0,
+        agent_known: Callable[[str], bool] = lambda _h: True,
     ) -> None:
+        self._agent_known = agent_known
         self._clock = clock
         self._settings = settings
         self._may_grant = may_grant
@@ -245,12 +248,19 @@ class LeaseKeeper:
             return None
         return max(last, starts[need - 1]) + self.wait_after_last_grant(host)
 
+    def agent_known(self, host: str) -> bool:
+        """Whether a vigil agent was ever heard from the host (see ``Engine.agent_known``)."""
+        return self._agent_known(host)
+
     def self_fenced(self, host: str) -> bool:
         """True once the host is revoked and its deadline has passed. Revoked first, so a
-        host that comes back after its reset cannot be granted a new lease meanwhile."""
+        host that comes back after its reset cannot be granted a new lease meanwhile. Never
+        for a host no vigil agent was ever heard from."""
         with self._lock:
             if host not in self._revoked:
                 return False
+        if not self._agent_known(host):
+            return False
         deadline = self.deadline(host)
         return deadline is not None and self._clock.monotonic() >= deadline
 
@@ -268,6 +278,13 @@ class SelfFenceDevice(FenceDevice):
         self.confirm_within = wait + 1.0
 
     def power_off(self) -> None:
+        if not self._keeper.agent_known(self._host):
+            # A host no vigil agent was ever heard from has no watchdog petted by one:
+            # waiting would "confirm" a fence that never happened (S1).
+            raise PermanentError(
+                f"host {self._host}: no vigil agent has ever been heard from it, so it has "
+                "no self-fencing watchdog: it cannot be self-fenced"
+            )
         self._keeper.revoke(self._host)
 
     def power_on(self) -> None:

@@ -981,3 +981,68 @@ def test_host_services_need_a_known_host_and_go_with_it(store: SqlStore) -> None
         store.set_compute_hold("node2", ComputeHold.LEFT, "", at=T0)
     store.delete_host("node1")
     assert store.list_host_services() == []
+
+
+# --- ids are never given again (issue 13) ----------------------------------------------
+
+
+def test_a_deleted_rows_id_is_never_given_again(store: SqlStore) -> None:
+    """An old client's id (Masakari's API puts them in URLs) must not address a newer
+    record: SQLite reuses the highest deleted rowid unless the table has AUTOINCREMENT."""
+    store.create_segment(Segment("first"))
+    last = store.create_segment(Segment("second"))
+    store.delete_segment("second")
+    assert store.create_segment(Segment("third")).id > last.id
+    old_host = add_host(store, "node1", segment="first")
+    store.delete_host("node1")
+    assert add_host(store, "node2", segment="first").id > old_host.id
+    add_host(store, "node3", segment="first")
+    old_failure, _ = store.record_failure(
+        host="node3", kind=DOWN, reason="r", source="heartbeat", at=T0
+    )
+    store.delete_host("node3")  # its failures go with it
+    add_host(store, "node4", segment="first")
+    failure, _ = store.record_failure(host="node4", kind=DOWN, reason="r", source="x", at=T0)
+    assert failure.id > old_failure.id
+
+
+def test_migration_0007_keeps_every_row_and_link_on_sqlite(tmp_path: Path) -> None:
+    """The tables are copied to add AUTOINCREMENT: no row may be lost on the way (a
+    cascade from the copy would empty failures, recoveries and steps)."""
+    from alembic import command
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config()
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0006")
+        old = SqlStore(url)
+        recovery = open_recovery(old, "node1")
+        old.create_segment(Segment("spare"))
+        old.delete_segment("spare")
+        old.close()
+        upgrade(url)
+
+        def count(c: sa.Connection, sql: str) -> Any:
+            return c.exec_driver_sql(sql).all()
+
+        with engine.connect() as c:
+            assert count(c, "PRAGMA foreign_key_check") == []
+            assert (
+                "AUTOINCREMENT"
+                in count(c, "SELECT sql FROM sqlite_master WHERE name = 'segments'")[0][0]
+            )
+        store = SqlStore(url)
+        try:
+            assert store.get_recovery(recovery.id).steps == recovery.steps
+            assert store.get_host("node1").segment == "seg"
+            # From now on a deleted id stays taken.
+            new = store.create_segment(Segment("new"))
+            store.delete_segment("new")
+            assert store.create_segment(Segment("newer")).id > new.id
+        finally:
+            store.close()
+    finally:
+        engine.dispose()

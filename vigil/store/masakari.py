@@ -58,6 +58,7 @@ NOTIFICATIONS = sa.Table(
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("updated_at", sa.Double, nullable=True),
     sa.Index("ix_masakari_notifications_host", "hostname", "type"),
+    sqlite_autoincrement=True,  # ids never reused (migration 0007)
 )
 
 

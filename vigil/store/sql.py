@@ -98,7 +98,14 @@ class Base(DeclarativeBase):
 
 # MySQL/MariaDB: utf8mb4 for any text, and a binary collation so that names compare and
 # sort exactly as on PostgreSQL and SQLite ("node1" and "Node1" are different hosts).
-_MYSQL_TABLE: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+# SQLite: AUTOINCREMENT, so that a deleted row's integer id is never given again (an old
+# client's id must not address a new segment; PostgreSQL and MariaDB sequences never
+# reuse). It only applies to a single integer primary key; migration 0007.
+_MYSQL_TABLE: dict[str, Any] = {
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+    "sqlite_autoincrement": True,
+}
 
 
 class SegmentRow(Base):

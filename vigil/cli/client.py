@@ -114,10 +114,11 @@ class VigilClient:
         *,
         body: Json | None = None,
         params: Mapping[str, str | int | None] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> Any:
         query = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            resp = self._http.request(method, path, json=body, params=query)
+            resp = self._http.request(method, path, json=body, params=query, headers=headers)
         except httpx.TimeoutException:
             raise ApiError(0, f"vigil-server at {self._shown_url} did not answer in time") from None
         except httpx.TransportError as exc:
@@ -135,6 +136,17 @@ class VigilClient:
                 resp.status_code, f"{self._shown_url} answered with something other than JSON"
             ) from None
 
+    def request_raw(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Json | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """Any route of the server (e.g. its Masakari API), with this client's auth."""
+        return self._request(method, path, body=body, headers=headers)
+
     @staticmethod
     def _error_detail(resp: httpx.Response) -> str:
         try:
@@ -144,6 +156,11 @@ class VigilClient:
             return text.splitlines()[0] if text else resp.reason_phrase
         if isinstance(payload, Mapping) and "detail" in payload:
             return render_detail(payload["detail"])
+        if isinstance(payload, Mapping) and len(payload) == 1:
+            # Masakari's error format: {"conflictingRequest": {"message": ..., "code": ...}}
+            (inner,) = payload.values()
+            if isinstance(inner, Mapping) and "message" in inner:
+                return str(inner["message"])
         return resp.reason_phrase
 
     # -------------------------------------------------------------------------- health

@@ -243,6 +243,36 @@ def failure_handled(c: VigilClient, args: argparse.Namespace, out: Output) -> No
     out.one(output.FAILURE, c.failure_handled(args.id, args.reason))
 
 
+def import_masakari(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    # Imported here: openstacksdk is slow to import and only this command needs it.
+    import openstack
+    from keystoneauth1 import exceptions as ks_exceptions
+    from openstack import exceptions as sdk_exceptions
+
+    from vigil.cli import import_masakari as imp
+
+    try:
+        conn = openstack.connect(cloud=args.os_cloud) if args.os_cloud else openstack.connect()
+        source = imp.read_masakari(conn)
+    except (sdk_exceptions.SDKException, ks_exceptions.ClientException, OSError) as exc:
+        where = f"cloud {args.os_cloud}" if args.os_cloud else "OS_CLOUD / OS_* variables"
+        raise ApiError(0, f"cannot read Masakari ({where}): {exc}") from None
+    outcomes = imp.import_segments(source, imp.MasakariApi(c), c.get_host, dry_run=args.dry_run)
+    if out.as_json:
+        out.json({"outcomes": [o.as_json() for o in outcomes], "summary": imp.summary(outcomes)})
+        return
+    out.line(
+        output.table(
+            ["KIND", "NAME", "SEGMENT", "RESULT", "MISSING", "DETAIL"],
+            [
+                [o.kind, o.name, o.segment, o.result, ",".join(o.missing) or "-", o.detail]
+                for o in outcomes
+            ],
+        )
+    )
+    out.line(imp.summary(outcomes))
+
+
 def failure_dismiss(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
     out.one(output.FAILURE, c.failure_dismiss(args.id, args.reason))
 
@@ -597,6 +627,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=resume, usage=p)
     p = nouns.add_parser("status", parents=[common], help="pause state, hosts, recoveries")
     p.set_defaults(handler=status, usage=p)
+
+    # import from another HA service
+    imp = noun("import", "move another HA service's configuration to vigil")
+    p = verb(
+        imp,
+        "masakari",
+        import_masakari,
+        "copy a Masakari deployment's segments and hosts (through its API) and name the "
+        "hosts vigil cannot protect yet",
+    )
+    p.add_argument(
+        "--os-cloud",
+        metavar="CLOUD",
+        default=os.environ.get("OS_CLOUD"),
+        help="the cloud in clouds.yaml whose instance-ha endpoint is Masakari's "
+        "(default: OS_CLOUD, else the OS_* variables)",
+    )
+    p.add_argument("--dry-run", action="store_true", help="say what would be created")
 
     # Its own options are added by run_demo (add_help=False lets "vigil demo --help" through).
     p = nouns.add_parser("demo", parents=[common], add_help=False, help=DEMO_HELP)

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -24,6 +24,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from vigil import __version__
 from vigil.api.guest import add_guest_routes
 from vigil.api.schemas import (
+    MAX_ID,
     ControlOut,
     DismissIn,
     EvacuateIn,
@@ -37,12 +38,14 @@ from vigil.api.schemas import (
     InstanceOut,
     InstancePolicyIn,
     PauseIn,
+    Problem,
     RecoveryOut,
     SegmentIn,
     SegmentOut,
     SegmentPatch,
     SubscriptionIn,
     SubscriptionOut,
+    ValidationProblem,
 )
 from vigil.clock import Clock
 from vigil.config import RecoverySettings
@@ -72,6 +75,32 @@ from vigil.store import AlreadyExists, InUse, NotFoundError, Store
 
 LOG = logging.getLogger("vigil.api")
 _BEARER = HTTPBearer(auto_error=False)
+
+# Integer ids and cursors within what every store holds: a larger one is a 422 naming
+# the parameter, not an OverflowError from the database driver.
+Id = Annotated[int, Path(ge=1, le=MAX_ID)]
+Cursor = Annotated[int, Query(ge=0, le=MAX_ID, description="seq of the last event seen")]
+_WHY = {
+    400: "a value the store refuses (named in detail)",
+    401: "missing or wrong bearer token",
+    404: "no such record (named in detail)",
+    409: "the record's state forbids it now, or it already exists",
+    422: "a field, parameter or header that does not validate",
+    502: "Nova (the compute driver) failed",
+}
+
+
+def answers(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The refusals a route can answer, with their body, for the OpenAPI document: the
+    document is the API (schemathesis holds every route to it)."""
+    return {
+        code: {"model": ValidationProblem if code == 422 else Problem, "description": _WHY[code]}
+        for code in codes
+    }
+
+
+def _refused(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": loc, "msg": msg, "type": "value_error"}])
 
 
 def create_app(
@@ -143,11 +172,17 @@ def create_app(
         add_guest_routes(app, guest=guest, agent_key=agent_key, known_host=engine.is_known_host)
 
     # --- segments ---------------------------------------------------------------------
-    @app.get("/v1/segments", dependencies=auth, tags=["segments"])
+    @app.get("/v1/segments", responses=answers(401), dependencies=auth, tags=["segments"])
     def list_segments() -> list[SegmentOut]:
         return [SegmentOut.of(s) for s in store.list_segments()]
 
-    @app.post("/v1/segments", status_code=201, dependencies=auth, tags=["segments"])
+    @app.post(
+        "/v1/segments",
+        responses=answers(400, 401, 409, 422),
+        status_code=201,
+        dependencies=auth,
+        tags=["segments"],
+    )
     def create_segment(body: SegmentIn) -> SegmentOut:
         fields = body.model_dump()
         if fields["max_failed_share"] is None:
@@ -158,11 +193,18 @@ def create_app(
         LOG.info("segment %s created", seg.name)
         return SegmentOut.of(seg)
 
-    @app.get("/v1/segments/{name}", dependencies=auth, tags=["segments"])
+    @app.get(
+        "/v1/segments/{name}", responses=answers(401, 404), dependencies=auth, tags=["segments"]
+    )
     def get_segment(name: str) -> SegmentOut:
         return SegmentOut.of(store.get_segment(name))
 
-    @app.patch("/v1/segments/{name}", dependencies=auth, tags=["segments"])
+    @app.patch(
+        "/v1/segments/{name}",
+        responses=answers(400, 401, 404, 409, 422),
+        dependencies=auth,
+        tags=["segments"],
+    )
     def update_segment(name: str, body: SegmentPatch) -> SegmentOut:
         changes = body.model_dump(exclude_none=True)
         if changes.get("paused") is False:
@@ -174,17 +216,29 @@ def create_app(
         engine.wake()
         return SegmentOut.of(seg)
 
-    @app.delete("/v1/segments/{name}", status_code=204, dependencies=auth, tags=["segments"])
+    @app.delete(
+        "/v1/segments/{name}",
+        responses=answers(401, 404, 409),
+        status_code=204,
+        dependencies=auth,
+        tags=["segments"],
+    )
     def delete_segment(name: str) -> None:
         store.delete_segment(name)
         LOG.info("segment %s deleted", name)
 
     # --- hosts --------------------------------------------------------------------------
-    @app.get("/v1/hosts", dependencies=auth, tags=["hosts"])
+    @app.get("/v1/hosts", responses=answers(401, 404), dependencies=auth, tags=["hosts"])
     def list_hosts(segment: str | None = None) -> list[HostOut]:
         return [HostOut.of(h, heartbeat_age(h.name)) for h in store.list_hosts(segment)]
 
-    @app.post("/v1/hosts", status_code=201, dependencies=auth, tags=["hosts"])
+    @app.post(
+        "/v1/hosts",
+        responses=answers(400, 401, 404, 409, 422),
+        status_code=201,
+        dependencies=auth,
+        tags=["hosts"],
+    )
     def create_host(body: HostIn) -> HostOut:
         host = store.create_host(
             Host(
@@ -199,11 +253,16 @@ def create_app(
         engine.wake()
         return HostOut.of(host)
 
-    @app.get("/v1/hosts/{name}", dependencies=auth, tags=["hosts"])
+    @app.get("/v1/hosts/{name}", responses=answers(401, 404), dependencies=auth, tags=["hosts"])
     def get_host(name: str) -> HostOut:
         return HostOut.of(store.get_host(name), heartbeat_age(name))
 
-    @app.patch("/v1/hosts/{name}", dependencies=auth, tags=["hosts"])
+    @app.patch(
+        "/v1/hosts/{name}",
+        responses=answers(400, 401, 404, 409, 422),
+        dependencies=auth,
+        tags=["hosts"],
+    )
     def update_host(name: str, body: HostPatch) -> HostOut:
         changes: dict[str, Any] = body.model_dump(exclude_none=True, exclude={"fencing"})
         if body.fencing is not None:
@@ -213,18 +272,31 @@ def create_app(
         engine.wake()
         return HostOut.of(host, heartbeat_age(name))
 
-    @app.delete("/v1/hosts/{name}", status_code=204, dependencies=auth, tags=["hosts"])
+    @app.delete(
+        "/v1/hosts/{name}",
+        responses=answers(401, 404, 409),
+        status_code=204,
+        dependencies=auth,
+        tags=["hosts"],
+    )
     def delete_host(name: str) -> None:
         store.delete_host(name)
         LOG.info("host %s deleted", name)
 
-    @app.post("/v1/hosts/{name}/restore", dependencies=auth, tags=["hosts"])
+    @app.post(
+        "/v1/hosts/{name}/restore",
+        responses=answers(401, 404, 409, 502),
+        dependencies=auth,
+        tags=["hosts"],
+    )
     def restore_host(name: str) -> HostOut:
         """Put a recovered host back into use (compute service up and enabled)."""
         return HostOut.of(engine.call(lambda: engine.restore_host(name)))
 
     # --- instances ----------------------------------------------------------------------
-    @app.get("/v1/instances", dependencies=auth, tags=["instances"])
+    @app.get(
+        "/v1/instances", responses=answers(401, 404, 502), dependencies=auth, tags=["instances"]
+    )
     def list_instances(host: str | None = None) -> list[InstanceOut]:
         """With ``host``: the instances Nova places there and their effective policy.
         Without: the instances with an operator override."""
@@ -254,7 +326,12 @@ def create_app(
             )
         return out
 
-    @app.get("/v1/instances/{instance_id}", dependencies=auth, tags=["instances"])
+    @app.get(
+        "/v1/instances/{instance_id}",
+        responses=answers(401, 404, 502),
+        dependencies=auth,
+        tags=["instances"],
+    )
     def get_instance(instance_id: str) -> InstanceOut:
         override = store.get_instance_policy(instance_id)
         try:
@@ -287,7 +364,12 @@ def create_app(
             policy_source=source,
         )
 
-    @app.put("/v1/instances/{instance_id}/policy", dependencies=auth, tags=["instances"])
+    @app.put(
+        "/v1/instances/{instance_id}/policy",
+        responses=answers(400, 401, 422),
+        dependencies=auth,
+        tags=["instances"],
+    )
     def set_instance_policy(instance_id: str, body: InstancePolicyIn) -> InstanceOut:
         p = store.set_instance_policy(InstancePolicy(instance_id, body.policy, body.priority))
         LOG.info("instance %s: policy override %s priority %d", instance_id, p.policy, p.priority)
@@ -296,14 +378,18 @@ def create_app(
         )
 
     @app.delete(
-        "/v1/instances/{instance_id}/policy", status_code=204, dependencies=auth, tags=["instances"]
+        "/v1/instances/{instance_id}/policy",
+        status_code=204,
+        responses=answers(401, 404),
+        dependencies=auth,
+        tags=["instances"],
     )
     def delete_instance_policy(instance_id: str) -> None:
         store.delete_instance_policy(instance_id)
         LOG.info("instance %s: policy override removed", instance_id)
 
     # --- failures and recoveries --------------------------------------------------------
-    @app.get("/v1/failures", dependencies=auth, tags=["failures"])
+    @app.get("/v1/failures", responses=answers(401, 422), dependencies=auth, tags=["failures"])
     def list_failures(
         host: str | None = None,
         status: FailureStatus | None = None,
@@ -313,11 +399,16 @@ def create_app(
             FailureOut.of(f) for f in store.list_failures(host=host, status=status, limit=limit)
         ]
 
-    @app.get("/v1/failures/{failure_id}", dependencies=auth, tags=["failures"])
-    def get_failure(failure_id: int) -> FailureOut:
+    @app.get(
+        "/v1/failures/{failure_id}",
+        responses=answers(401, 404, 422),
+        dependencies=auth,
+        tags=["failures"],
+    )
+    def get_failure(failure_id: Id) -> FailureOut:
         return FailureOut.of(store.get_failure(failure_id))
 
-    @app.get("/v1/recoveries", dependencies=auth, tags=["recoveries"])
+    @app.get("/v1/recoveries", responses=answers(401, 422), dependencies=auth, tags=["recoveries"])
     def list_recoveries(
         host: str | None = None,
         status: RecoveryStatus | None = None,
@@ -329,12 +420,22 @@ def create_app(
             for r in store.list_recoveries(host=host, statuses=statuses, limit=limit)
         ]
 
-    @app.get("/v1/recoveries/{recovery_id}", dependencies=auth, tags=["recoveries"])
-    def get_recovery(recovery_id: int) -> RecoveryOut:
+    @app.get(
+        "/v1/recoveries/{recovery_id}",
+        responses=answers(401, 404, 422),
+        dependencies=auth,
+        tags=["recoveries"],
+    )
+    def get_recovery(recovery_id: Id) -> RecoveryOut:
         return RecoveryOut.of(store.get_recovery(recovery_id))
 
-    @app.post("/v1/recoveries/{recovery_id}/retry", dependencies=auth, tags=["recoveries"])
-    def retry_recovery(recovery_id: int) -> RecoveryOut:
+    @app.post(
+        "/v1/recoveries/{recovery_id}/retry",
+        responses=answers(401, 404, 409, 422),
+        dependencies=auth,
+        tags=["recoveries"],
+    )
+    def retry_recovery(recovery_id: Id) -> RecoveryOut:
         """Retry a failed recovery once its cause is fixed (e.g. the BMC answers again):
         its failed steps run again with a fresh attempt budget."""
         current = store.get_recovery(recovery_id)
@@ -351,26 +452,25 @@ def create_app(
         return RecoveryOut.of(recovery)
 
     # --- consumers: events, subscriptions, their own recovery ------------------------------
-    @app.get("/v1/events", dependencies=auth, tags=["events"])
+    @app.get("/v1/events", responses=answers(401, 422), dependencies=auth, tags=["events"])
     def list_events(
-        after: Annotated[int, Query(ge=0, description="seq of the last event seen")] = 0,
+        after: Cursor = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         host: str | None = None,
     ) -> list[dict[str, Any]]:
         return [event_as_json(e) for e in store.list_events(after=after, limit=limit, host=host)]
 
-    @app.get("/v1/events/stream", dependencies=auth, tags=["events"])
+    @app.get("/v1/events/stream", responses=answers(401, 422), dependencies=auth, tags=["events"])
     async def stream_events(
         request: Request,
-        after: Annotated[int | None, Query(ge=0)] = None,
+        after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
+        last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=MAX_ID)] = None,
     ) -> StreamingResponse:
         """Server-sent events, each with its seq as id; a client resumes after a drop with
-        Last-Event-ID (or ?after=). Without either it starts at the newest event."""
-        last_id = request.headers.get("last-event-id")
-        if after is None and last_id is not None:
-            if not last_id.isdigit():
-                raise HTTPException(400, "Last-Event-ID must be an event seq")
-            after = int(last_id)
+        Last-Event-ID (or ?after=). Without either it starts at the newest event. Both are
+        validated before the 200: a bad one is a 422, not a stream that breaks."""
+        if after is None:
+            after = last_event_id
         start = after if after is not None else await asyncio.to_thread(store.last_event_seq)
 
         async def frames() -> Any:
@@ -395,22 +495,29 @@ def create_app(
         )
 
     def _check_subscription(body: SubscriptionIn) -> None:
+        """The checks pydantic cannot make, refused as its own are (422, field named)."""
         problem = validate_webhook_url(body.url)
         if problem:
-            raise HTTPException(422, f"url: {problem}")
-        for t in body.event_types:
+            raise _refused(("body", "url"), problem)
+        for n, t in enumerate(body.event_types):
             known = t in CATALOGUE or (
-                t.endswith(".*") and any(n.startswith(t[:-1]) for n in CATALOGUE)
+                t.endswith(".*") and any(e.startswith(t[:-1]) for e in CATALOGUE)
             )
             if not known:
-                raise HTTPException(422, f"event_types: {t!r} matches no vigil event type")
+                raise _refused(("body", "event_types", n), f"{t!r} matches no vigil event type")
 
     def _subscription_out(sub: Subscription) -> SubscriptionOut:
         return SubscriptionOut(
             name=sub.name, url=sub.url, event_types=list(sub.event_types), created_at=sub.created_at
         )
 
-    @app.post("/v1/subscriptions", status_code=201, dependencies=auth, tags=["subscriptions"])
+    @app.post(
+        "/v1/subscriptions",
+        responses=answers(401, 409, 422),
+        status_code=201,
+        dependencies=auth,
+        tags=["subscriptions"],
+    )
     def create_subscription(body: SubscriptionIn) -> SubscriptionOut:
         _check_subscription(body)
         sub = store.create_subscription(
@@ -420,22 +527,36 @@ def create_app(
         LOG.info("subscription %s created: %s", sub.name, sub.url)
         return _subscription_out(sub)
 
-    @app.get("/v1/subscriptions", dependencies=auth, tags=["subscriptions"])
+    @app.get("/v1/subscriptions", responses=answers(401), dependencies=auth, tags=["subscriptions"])
     def list_subscriptions() -> list[SubscriptionOut]:
         return [_subscription_out(s) for s in store.list_subscriptions()]
 
-    @app.get("/v1/subscriptions/{name}", dependencies=auth, tags=["subscriptions"])
+    @app.get(
+        "/v1/subscriptions/{name}",
+        responses=answers(401, 404),
+        dependencies=auth,
+        tags=["subscriptions"],
+    )
     def get_subscription(name: str) -> SubscriptionOut:
         return _subscription_out(store.get_subscription(name))
 
     @app.delete(
-        "/v1/subscriptions/{name}", status_code=204, dependencies=auth, tags=["subscriptions"]
+        "/v1/subscriptions/{name}",
+        status_code=204,
+        responses=answers(401, 404),
+        dependencies=auth,
+        tags=["subscriptions"],
     )
     def delete_subscription(name: str) -> None:
         store.delete_subscription(name, sink=webhook_sink(name))
         LOG.info("subscription %s deleted", name)
 
-    @app.post("/v1/subscriptions/{name}/test", dependencies=auth, tags=["subscriptions"])
+    @app.post(
+        "/v1/subscriptions/{name}/test",
+        responses=answers(401, 404),
+        dependencies=auth,
+        tags=["subscriptions"],
+    )
     def test_subscription(name: str) -> dict[str, Any]:
         """Send one test event to this subscription now and say how it went."""
         sub = store.get_subscription(name)
@@ -451,7 +572,7 @@ def create_app(
             return {"delivered": False, "error": str(exc), "event_id": event.id}
         return {"delivered": True, "event_id": event.id}
 
-    @app.get("/v1/dead-letters", dependencies=auth, tags=["subscriptions"])
+    @app.get("/v1/dead-letters", responses=answers(401), dependencies=auth, tags=["subscriptions"])
     def list_dead_letters(sink: str | None = None) -> list[dict[str, Any]]:
         return [dl.__dict__ for dl in store.list_dead_letters(sink=sink)]
 
@@ -474,6 +595,7 @@ def create_app(
     @app.post(
         "/v1/instances/{instance_id}/evacuate",
         status_code=202,
+        responses=answers(401, 404, 409, 422, 502),
         dependencies=auth,
         tags=["instances"],
     )
@@ -517,7 +639,12 @@ def create_app(
         engine.wake()
         return RecoveryOut.of(recovery)
 
-    @app.post("/v1/instances/{instance_id}/restart", dependencies=auth, tags=["instances"])
+    @app.post(
+        "/v1/instances/{instance_id}/restart",
+        responses=answers(401, 404, 409, 502),
+        dependencies=auth,
+        tags=["instances"],
+    )
     def restart_instance(instance_id: str) -> dict[str, Any]:
         """A consumer's recovery: hard-reboot this instance on its (healthy) host."""
         server = compute.get_server(instance_id)
@@ -551,8 +678,13 @@ def create_app(
         engine.wake()
         return {"instance_id": instance_id, "restarted": True}
 
-    @app.post("/v1/failures/{failure_id}/handled", dependencies=auth, tags=["failures"])
-    def failure_handled(failure_id: int, body: HandledIn) -> FailureOut:
+    @app.post(
+        "/v1/failures/{failure_id}/handled",
+        responses=answers(401, 404, 409, 422),
+        dependencies=auth,
+        tags=["failures"],
+    )
+    def failure_handled(failure_id: Id, body: HandledIn) -> FailureOut:
         """A consumer (or operator) says a failure is taken care of."""
         failure = store.get_failure(failure_id)
         event = make_event(
@@ -570,8 +702,13 @@ def create_app(
         engine.wake()
         return FailureOut.of(done)
 
-    @app.post("/v1/failures/{failure_id}/dismiss", dependencies=auth, tags=["failures"])
-    def failure_dismiss(failure_id: int, body: DismissIn) -> FailureOut:
+    @app.post(
+        "/v1/failures/{failure_id}/dismiss",
+        responses=answers(401, 404, 409, 422),
+        dependencies=auth,
+        tags=["failures"],
+    )
+    def failure_dismiss(failure_id: Id, body: DismissIn) -> FailureOut:
         """An operator takes back a declaration the storm guard paused before it acted
         (nothing was fenced or moved). 409 once any of its steps has run."""
         failure = store.get_failure(failure_id)
@@ -589,7 +726,12 @@ def create_app(
         return FailureOut.of(store.get_failure(failure_id))
 
     # --- guest-OS failures and host services (reported by the agents) ---------------------
-    @app.get("/v1/guest-failures", dependencies=auth, tags=["guest failures"])
+    @app.get(
+        "/v1/guest-failures",
+        responses=answers(401, 422),
+        dependencies=auth,
+        tags=["guest failures"],
+    )
     def list_guest_failures(
         instance_id: str | None = None,
         status: GuestFailureStatus | None = None,
@@ -601,12 +743,22 @@ def create_app(
         )
         return [GuestFailureOut.of(f) for f in failures]
 
-    @app.get("/v1/guest-failures/{failure_id}", dependencies=auth, tags=["guest failures"])
-    def get_guest_failure(failure_id: int) -> GuestFailureOut:
+    @app.get(
+        "/v1/guest-failures/{failure_id}",
+        responses=answers(401, 404, 422),
+        dependencies=auth,
+        tags=["guest failures"],
+    )
+    def get_guest_failure(failure_id: Id) -> GuestFailureOut:
         return GuestFailureOut.of(store.get_guest_failure(failure_id))
 
-    @app.post("/v1/guest-failures/{failure_id}/handled", dependencies=auth, tags=["guest failures"])
-    def guest_failure_handled(failure_id: int, body: HandledIn) -> GuestFailureOut:
+    @app.post(
+        "/v1/guest-failures/{failure_id}/handled",
+        responses=answers(401, 404, 409, 422),
+        dependencies=auth,
+        tags=["guest failures"],
+    )
+    def guest_failure_handled(failure_id: Id, body: HandledIn) -> GuestFailureOut:
         """An operator or the owner says a guest failure is taken care of (typically an
         escalated one): resolved, a planned restart cancelled; the next failure of the
         instance starts a new episode with a fresh restart budget."""
@@ -643,7 +795,9 @@ def create_app(
             guest.wake()
         return GuestFailureOut.of(done)
 
-    @app.get("/v1/hosts/{name}/services", dependencies=auth, tags=["hosts"])
+    @app.get(
+        "/v1/hosts/{name}/services", responses=answers(401, 404), dependencies=auth, tags=["hosts"]
+    )
     def get_host_services(name: str) -> HostServicesOut:
         store.get_host(name)  # 404 for an unknown host
         services = store.get_host_services(name)
@@ -652,19 +806,19 @@ def create_app(
         return HostServicesOut.of(services)
 
     # --- cloud-wide pause (S4) ------------------------------------------------------------
-    @app.get("/v1/control", dependencies=auth, tags=["control"])
+    @app.get("/v1/control", responses=answers(401), dependencies=auth, tags=["control"])
     def get_control() -> ControlOut:
         c = store.get_control()
         return ControlOut(paused=c.paused, reason=c.reason, changed_at=c.changed_at)
 
-    @app.post("/v1/control/pause", dependencies=auth, tags=["control"])
+    @app.post("/v1/control/pause", responses=answers(401, 422), dependencies=auth, tags=["control"])
     def pause(body: PauseIn) -> ControlOut:
         c = store.set_control(paused=True, reason=body.reason, at=clock.wall())
         LOG.warning("all automatic recovery paused by operator: %s", body.reason)
         engine.wake()
         return ControlOut(paused=c.paused, reason=c.reason, changed_at=c.changed_at)
 
-    @app.post("/v1/control/resume", dependencies=auth, tags=["control"])
+    @app.post("/v1/control/resume", responses=answers(401), dependencies=auth, tags=["control"])
     def resume() -> ControlOut:
         c = store.set_control(paused=False, reason="", at=clock.wall())
         LOG.warning("automatic recovery resumed by operator")

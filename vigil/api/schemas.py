@@ -1,12 +1,16 @@
 """Request and response bodies of the REST API (they make its OpenAPI document).
 
 Requests forbid unknown fields, so a typo is a 422 naming the field rather than a
-silently ignored setting.
+silently ignored setting, and they are strict: ``false`` is not a share of 0.0 nor
+``"yes"`` a boolean (pydantic's strict mode; enums stay lax, since FastAPI validates the
+decoded JSON, where an enum arrives as its value). Every refusal has one declared shape:
+``Problem`` (``{"detail": "..."}``) or, for 422, ``ValidationProblem`` (the fields and
+why, never the rejected values).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -26,16 +30,40 @@ from vigil.model import (
 )
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"
+# The largest id a store holds (SQLite's INTEGER, PostgreSQL's and MariaDB's BIGINT are
+# signed 64-bit): anything larger is a 422 naming the parameter, never a database error.
+MAX_ID = 2**63 - 1
+Policy = Annotated[HaPolicy, Field(strict=False)]  # the enum's value, as JSON carries it
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Problem(BaseModel):
+    """Every refusal but a validation error: what was refused and why, naming the field or
+    record (``detail``)."""
+
+    detail: str
+
+
+class FieldProblem(BaseModel):
+    loc: list[str | int] = Field(description="where: body, query, path or header, then the field")
+    msg: str
+    type: str
+
+
+class ValidationProblem(BaseModel):
+    """A 422: each field that was refused and why (the value itself is never echoed: it
+    could be a BMC password)."""
+
+    detail: list[FieldProblem]
 
 
 class SegmentIn(_In):
     name: str = Field(pattern=NAME)
     description: str = Field("", max_length=1024)
-    default_policy: HaPolicy = HaPolicy.OFF
+    default_policy: Policy = HaPolicy.OFF
     max_failed_share: float | None = Field(
         None, ge=0.0, le=1.0, description="default: [recovery] max_failed_share"
     )
@@ -46,7 +74,7 @@ class SegmentIn(_In):
 
 class SegmentPatch(_In):
     description: str | None = Field(None, max_length=1024)
-    default_policy: HaPolicy | None = None
+    default_policy: Policy | None = None
     max_failed_share: float | None = Field(None, ge=0.0, le=1.0)
     max_parallel_evacuations: int | None = Field(None, ge=1, le=1000)
     paused: bool | None = Field(None, description="false resumes a segment the storm guard paused")
@@ -147,7 +175,7 @@ class HostOut(BaseModel):
 
 
 class InstancePolicyIn(_In):
-    policy: HaPolicy
+    policy: Policy
     priority: int = Field(0, ge=-1000, le=1000)
 
 

@@ -60,6 +60,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -643,6 +644,17 @@ def run_schedule(
     if server_src:
         env["PYTHONPATH"] = os.pathsep.join([server_src, env.get("PYTHONPATH", "")])
 
+    def healthy() -> bool:
+        return api.get("/healthz").status_code == 200
+
+    def mark_up() -> None:
+        # The server is down until it answers again, not merely until it is started
+        # (its start-up takes seconds on a loaded machine).
+        with contextlib.suppress(TimeoutError):
+            _wait(healthy, 30, "vigil-server to answer")
+        if down and down[-1][1] is None:
+            down[-1] = (down[-1][0], time.monotonic())
+
     def start_server() -> None:
         with open(log, "ab") as out:
             proc.append(
@@ -654,9 +666,8 @@ def run_schedule(
                     cwd=server_src or None,
                 )
             )
-
-    def healthy() -> bool:
-        return api.get("/healthz").status_code == 200
+        if down and down[-1][1] is None:
+            threading.Thread(target=mark_up, daemon=True).start()
 
     self_fencing = [h.name for h in schedule.hosts if "self-fence" in h.fencing]
     # Each self-fencing agent's peers are the other hosts of its segment, as configured
@@ -820,14 +831,10 @@ def _apply(
             skipped.append(f"{f.describe()}: the server is not running")
     elif a == "server-start":
         if proc and proc[-1].poll() is not None:
-            start_server()
-            if down and down[-1][1] is None:
-                down[-1] = (down[-1][0], time.monotonic())
+            start_server()  # the down span ends when it answers again
     elif a == "heal":
         if proc and proc[-1].poll() is not None:
             start_server()
-            if down and down[-1][1] is None:
-                down[-1] = (down[-1][0], time.monotonic())
         cloud.set_network(0.0, 0.0)
         cloud.lose_evacuations(0)
         for host in cloud.hosts():

@@ -305,3 +305,41 @@ def test_a_host_never_heard_is_never_taken_as_self_fenced(tmp_path: Path) -> Non
     keeper.revoke("c1")
     clock.advance(3600)
     assert not keeper.self_fenced("c1")
+
+
+def test_a_retry_of_an_evacuation_still_in_flight_confirms_it_and_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nova took the evacuation up (so it is not re-issued) but it never lands: each
+    attempt confirms the same evacuation (no second request, no crash) and the recovery
+    ends FAILED with the reason once the attempts are spent (fault schedule seed 80)."""
+
+    class TookItUp(SimCompute):
+        def evacuation_started(self, server_id: str) -> bool | None:
+            return True
+
+    w = World(
+        tmp_path,
+        RecoverySettings(
+            poll_interval=0.05,
+            evacuate_stall_timeout=0.3,
+            evacuate_confirm_timeout=1.0,
+            step_attempts=2,
+        ),
+        TookItUp,
+    )
+    try:
+        for _ in range(10):
+            w.tick()
+        w.cloud.lose_evacuations(1)
+        w.cloud.power_loss("c1")
+        tick_until(w, lambda: ended(w, "c1"), ticks=1500)
+        recovery = w.store.list_recoveries(host="c1")[0]
+        assert recovery.status == RecoveryStatus.FAILED
+        stuck = [s for s in recovery.steps if s.status == "failed"]
+        assert len(stuck) == 1 and "still on c1 (REBUILD)" in stuck[0].detail
+        assert w.cloud.attempts("evacuate", stuck[0].instance_id) == 1  # never asked twice
+        assert "crashed" not in caplog.text
+    finally:
+        w.engine.close()
+        w.store.close()

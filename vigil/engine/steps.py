@@ -79,6 +79,8 @@ class StepContext:
     # Picks one of the candidate destinations; the engine's spreads the evacuations of a
     # recovery (and retries move on) by choosing the host it aimed at least so far.
     spread: Callable[[Sequence[str]], str] = lambda candidates: candidates[0]
+    # instance id -> the host vigil last sent it to (one dict shared by the workers)
+    aimed: dict[str, str] = field(default_factory=dict)
 
 
 def pick_target(candidates: Sequence[str | None], attempt: int) -> str | None:
@@ -371,6 +373,9 @@ def evacuate(
     assert step.instance_id is not None
     sid, label = step.instance_id, f"instance {step.instance_name} ({step.instance_id})"
     server = ctx.compute.get_server(sid)
+    # Where this instance was sent: a consumer's choice, else vigil's last one for it
+    # (kept in memory: after a restart an evacuation in flight is confirmed without it).
+    target = step.target_host or ctx.aimed.get(sid)
     if server.host == host.name and server.status != nova.REBUILD:
         if server.status not in nova.EVACUABLE or server.task_state:
             task = f" with task {server.task_state}" if server.task_state else ""
@@ -382,6 +387,8 @@ def evacuate(
                 # A reserved host is kept disabled in Nova until it is needed.
                 ctx.compute.enable(target)
         LOG.info("host %s: evacuating %s%s", host.name, label, f" to {target}" if target else "")
+        if target is not None:
+            ctx.aimed[sid] = target
         try:
             ctx.compute.evacuate(sid, target)
         except PermanentError as exc:

@@ -9,7 +9,7 @@ The seeds were picked from ``bench/fault_schedules.py`` runs to cover BMC and
 self-fencing, reboots, hangs, several hosts at once and a killed server. Those that still
 show a known engine defect are ``xfail`` (not strict) with the finding named (the
 findings are described in the report of issue 12); when the engine fix lands they pass
-and the mark should go. About four minutes in all.
+and the mark should go. About five minutes in all.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ TIMING = Timing(settle_bound=25.0)
 # 20 BMC + self-fence, isolation then SIGKILL of the server (reset while cut off, Nova
 #   still says ACTIVE: hard-rebooted);
 # 26 BMC + self-fence, lost evacuations, an unreachable BMC, a host cut from the server;
-# 13, 18 the storm guard pauses a recovery while its host reboots (F5).
+# 13, 18 the storm guard pauses a recovery while its host reboots (F5);
+# 80 an evacuation aimed at a host that dies right after (the rebuild never happens, F7).
 SEEDS: dict[int, str | None] = {
     1: None,
     3: None,
@@ -42,6 +43,7 @@ SEEDS: dict[int, str | None] = {
     26: None,
     13: "F5: instance states recorded only after a storm-guard pause, once the host rebooted",
     18: "F5: instance states recorded only after a storm-guard pause, once the host rebooted",
+    80: "F7: evacuate()'s retry path raises UnboundLocalError (target) after a dead destination",
 }
 
 

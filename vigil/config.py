@@ -122,6 +122,14 @@ _agent = [
         help="(agent, self-fencing) UDP port this agent answers its peers on.",
     ),
     cfg.StrOpt(
+        "state_file",
+        default="/var/lib/vigil/agent-state.json",
+        help="(agent, self-fencing) Where the agent keeps the segment its last lease named, "
+        "so that after its host reboots it can tell its peers it has not heard vigil-server "
+        "since (while vigil is down, a rebooted host still counts toward its segment's "
+        "majority). Written only when the segment changes.",
+    ),
+    cfg.StrOpt(
         "watchdog_device", default="/dev/watchdog", help="(agent) The watchdog device to pet."
     ),
     cfg.FloatOpt(

@@ -250,6 +250,7 @@ watchdog_device = {pets.files[host]}
 watchdog_timeout = {WATCHDOG}
 peers = {peers}
 peer_port = {PEER_PORT}
+state_file = {tmp / f"{host}-state.json"}
 [detection]
 heartbeat_interval = {INTERVAL}
 [self_fencing]

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pytest
 
 from vigil.agent.peers import (
+    AgentState,
     PeerGuard,
     PeerLink,
     PeerState,
@@ -256,3 +258,45 @@ def test_peer_links_ask_and_answer_over_udp() -> None:
     finally:
         for link in links.values():
             link.stop()
+
+
+def test_a_rebooted_peer_vouches_with_the_segment_it_remembers(tmp_path: Path) -> None:
+    """After its host rebooted while vigil was down, an agent holds no grant; it still
+    tells its peers it has not heard vigil since it started, in the segment its state
+    file remembers (fault schedule seed 82: otherwise two healthy hosts of four reset)."""
+    now = [100.0]
+    state = AgentState(tmp_path / "state.json")
+    first = PeerGuard("c3", [], peer_interval=1.0, peer_timeout=0.5, monotonic=lambda: now[0])
+    assert first.answer(PeerQuery("c1", "n")).grant_age is None  # knows no segment
+    remembering = PeerGuard(
+        "c3",
+        [],
+        peer_interval=1.0,
+        peer_timeout=0.5,
+        monotonic=lambda: now[0],
+        on_segment=state.save,
+    )
+    remembering.on_grant(LeaseGrant("c3", "b", 1, TTL, "s", 4), received_at=now[0])
+    assert state.load() == ("s", 4)
+    now[0] += 50.0  # the host rebooted; a new agent starts
+    rebooted = PeerGuard(
+        "c3",
+        [],
+        peer_interval=1.0,
+        peer_timeout=0.5,
+        monotonic=lambda: now[0],
+        remembered=state.load(),
+    )
+    now[0] += TTL
+    answer = rebooted.answer(PeerQuery("c1", "n2"))
+    assert (answer.grant_age, answer.segment) == (TTL, "s")
+    lost = PeerState("c3", answer.grant_age, answer.segment)
+    assert verdict([lost, PeerState("c2", 9.0, "s")], n=4) is Verdict.SURVIVE
+
+
+def test_an_unreadable_state_file_is_no_segment(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text("{not json")
+    assert AgentState(path).load() is None
+    AgentState(tmp_path / "missing" / "state.json").save("s", 3)  # creates its folder
+    assert AgentState(tmp_path / "missing" / "state.json").load() == ("s", 3)

@@ -8,11 +8,12 @@ import socket
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from vigil import config
 from vigil.agent.heartbeat import HeartbeatSender, read_kernel_boot_id
 from vigil.agent.libvirt_monitor import LibvirtMonitor, ReportSender
-from vigil.agent.peers import PeerGuard, PeerLink, parse_peers
+from vigil.agent.peers import AgentState, PeerGuard, PeerLink, parse_peers
 from vigil.agent.selffence import DeviceWatchdog, SelfFencer
 from vigil.agent.services import ServiceWatch, parse_watched
 
@@ -56,12 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (config.ConfigError, ValueError) as exc:
             LOG.error("configuration refused: %s", exc)
             return 2
+        state = AgentState(Path(conf.agent.state_file))
         guard = PeerGuard(
             host,
             list(peers),
             peer_interval=sf.peer_interval,
             peer_timeout=sf.peer_timeout,
             send=lambda nonce: link.ask(nonce) if link is not None else None,
+            remembered=state.load(),
+            on_segment=state.save,
         )
         try:
             link = PeerLink(

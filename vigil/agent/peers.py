@@ -24,8 +24,13 @@ Resetting is the default; surviving needs positive evidence from a strict majori
 N is the larger of the segment size the server put in the last grant and the configured
 peers + 1: an agent configured with too few peers cannot make N small enough to survive
 in a minority. A peer counts as "lost" only when its own last grant named the same
-segment, so a peer of another segment (a configuration mistake) cannot vouch; a peer that
-holds no grant since its agent started cannot vouch either.
+segment, so a peer of another segment (a configuration mistake) cannot vouch. A peer
+that holds no grant since its agent started (its host rebooted) answers with the time
+since it started and the segment its previous agent last heard (the agent's state
+file), so a reboot during an outage of vigil does not take a vouching peer away; one
+that knows no segment cannot vouch. This is safe for the same reason as any "lost"
+answer: the server counts as connected only peers with acknowledged grants, and one
+without a grant is not.
 
 Why the server may still treat a silent host X as fenced (``vigil.engine.lease``): the
 server confirms X only when at least ``N - floor(N_X / 2)`` of the *other* hosts of the
@@ -47,13 +52,16 @@ sends this agent's.
 from __future__ import annotations
 
 import enum
+import json
 import logging
+import os
 import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from vigil.agent.protocol import (
     MAX_DATAGRAM,
@@ -153,8 +161,16 @@ class PeerGuard:
         peer_timeout: float,
         send: Callable[[str], None] = lambda _nonce: None,
         monotonic: Callable[[], float] = time.monotonic,
+        remembered: tuple[str, int] | None = None,
+        on_segment: Callable[[str, int], None] | None = None,
     ) -> None:
         self.host = host
+        # The segment (and its size) named by the last grant of an earlier agent process
+        # (kept in the agent's state file): a host that just rebooted holds no grant yet,
+        # but has not heard vigil since it started either, and can vouch for that.
+        self._remembered = remembered or ("", 0)
+        self._on_segment = on_segment
+        self._started = monotonic()
         self._peers = [p for p in peers if p != host]
         self._interval = peer_interval
         self._timeout = peer_timeout
@@ -177,22 +193,38 @@ class PeerGuard:
 
     def on_grant(self, grant: LeaseGrant, received_at: float) -> None:
         with self._lock:
+            changed = (grant.segment, grant.n) != self._remembered
             if self._grant_at is None or received_at >= self._grant_at:
                 self._grant_at = received_at
                 self._segment = grant.segment
                 self._n = grant.n
                 self._ttl = grant.ttl
+                self._remembered = (grant.segment, grant.n)
             self._check = None
             self._vouched_until = -1e18
             if self._verdict is Verdict.SURVIVE:
                 LOG.warning("host %s: vigil-server grants again", self.host)
             self._verdict = None
+        if changed and self._on_segment is not None:
+            self._on_segment(grant.segment, grant.n)
 
     def answer(self, query: PeerQuery) -> PeerAnswer:
         """What this agent tells a peer that asks."""
         with self._lock:
-            age = None if self._grant_at is None else max(0.0, self._monotonic() - self._grant_at)
-            return PeerAnswer(self.host, query.host, query.nonce, age, self._segment)
+            now = self._monotonic()
+            if self._grant_at is not None:
+                return PeerAnswer(
+                    self.host,
+                    query.host,
+                    query.nonce,
+                    max(0.0, now - self._grant_at),
+                    self._segment,
+                )
+            segment = self._remembered[0]
+            # No grant since this agent started: as long ago as it started, if it knows
+            # its segment (a rebooted host); else it cannot vouch at all.
+            age = max(0.0, now - self._started) if segment else None
+            return PeerAnswer(self.host, query.host, query.nonce, age, segment)
 
     def on_answer(self, answer: PeerAnswer) -> None:
         with self._lock:
@@ -237,6 +269,38 @@ class PeerGuard:
                 )
             else:
                 LOG.critical("host %s: lease lost and %s: stop petting", self.host, j.reason)
+
+
+class AgentState:
+    """The agent's state file: the segment and size its last lease named. Read at start,
+    written (atomically: a temporary file renamed) only when they change; a file that
+    cannot be read or written is said once and otherwise ignored (the agent then simply
+    cannot vouch for its peers after a reboot until its first grant)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._warned = False
+
+    def load(self) -> tuple[str, int] | None:
+        try:
+            data = json.loads(self._path.read_text())
+            return str(data["segment"]), int(data["n"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            LOG.warning("agent state %s not read: %s", self._path, exc)
+            return None
+
+    def save(self, segment: str, n: int) -> None:
+        tmp = self._path.with_name(self._path.name + ".tmp")
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"segment": segment, "n": n}))
+            os.replace(tmp, self._path)
+        except OSError as exc:
+            if not self._warned:
+                self._warned = True
+                LOG.warning("agent state %s not written: %s", self._path, exc)
 
 
 def parse_peers(items: Iterable[str], default_port: int) -> dict[str, tuple[str, int]]:

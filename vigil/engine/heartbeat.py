@@ -99,11 +99,11 @@ class HeartbeatReceiver:
         self._sock.close()
 
     def _refuse(self, source: str, why: str) -> None:
-        self.refused += 1
         now = self._clock.monotonic()
         if now - self._warned.get((source, why), -1e9) >= 30.0:
             self._warned[(source, why)] = now
             LOG.warning("heartbeat from %s refused: %s", source, why)
+        self.refused += 1  # counted once said: a reader of the count finds the line too
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -69,6 +69,9 @@ class SimAgents:
         self._peer_interval = peer_interval
         self._peer_window = peer_interval + peer_timeout
         self._grant: dict[str, _Grant] = {}
+        # host -> (segment of its last grant, when its agent last started): what a real
+        # agent keeps in its state file across a reboot (``vigil.agent.peers.AgentState``)
+        self._remembered: dict[str, tuple[str, float]] = {}
         self._checked_at: dict[str, float] = {}
         self._vouched_until: dict[str, float] = {}
         self._verdict: dict[str, Verdict] = {}
@@ -105,6 +108,7 @@ class SimAgents:
         with self._lock:
             if grant.host in self._self_fencing:
                 self._grant[grant.host] = _Grant(received_at, grant.segment, grant.n, grant.ttl)
+                self._remembered[grant.host] = (grant.segment, received_at)
                 self._checked_at.pop(grant.host, None)
                 self._vouched_until.pop(grant.host, None)
                 self._verdict.pop(grant.host, None)
@@ -119,13 +123,13 @@ class SimAgents:
                 if not self._cloud.peer_reachable(host, peer):
                     continue
                 theirs = self._grant.get(peer)
-                answers.append(
-                    PeerState(
-                        peer,
-                        None if theirs is None else now - theirs.received_at,
-                        "" if theirs is None else theirs.segment,
-                    )
-                )
+                if theirs is not None:
+                    answers.append(PeerState(peer, now - theirs.received_at, theirs.segment))
+                elif peer in self._remembered:  # rebooted: no grant since its agent started
+                    segment, started = self._remembered[peer]
+                    answers.append(PeerState(peer, now - started, segment))
+                else:
+                    answers.append(PeerState(peer, None, ""))
             verdict = judge(
                 answers,
                 me=host,
@@ -141,7 +145,11 @@ class SimAgents:
         return now < self._vouched_until.get(host, -1e18)
 
     def _forget(self, host: str) -> None:
-        """The host reset or lost power: its agent starts again with nothing."""
+        """The host reset or lost power: its agent starts again with nothing but its
+        state file (the segment of its last grant); counted from now, which is no later
+        than its new agent's start."""
+        if host in self._remembered:
+            self._remembered[host] = (self._remembered[host][0], time.monotonic())
         self._lease.pop(host, None)
         self._last_pet.pop(host, None)
         self._grant.pop(host, None)

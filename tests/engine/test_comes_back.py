@@ -343,3 +343,36 @@ def test_a_retry_of_an_evacuation_still_in_flight_confirms_it_and_ends(
     finally:
         w.engine.close()
         w.store.close()
+
+
+def test_a_host_whose_fence_failed_and_that_rebooted_gets_its_instances_back(
+    tmp_path: Path,
+) -> None:
+    """Its BMC cannot be read, so the fence was never confirmed and the recovery failed,
+    moving nothing (fault schedule seed 79). When the host heartbeats again with a new
+    boot id it did reset: its stopped instances are started where they are, the host is
+    in use again, and the failed declaration is resolved."""
+    w = World(tmp_path, RecoverySettings(poll_interval=0.05, step_attempts=2))
+    try:
+        for _ in range(10):
+            w.tick()
+        w.cloud.bmc_unreachable("c1", True)
+        w.cloud.isolate("c1")
+        tick_until(w, lambda: ended(w, "c1"), ticks=2000)
+        failed = w.store.list_recoveries(host="c1")[0]
+        assert failed.status == RecoveryStatus.FAILED and "fence failed" in failed.reason
+        assert w.cloud.calls("evacuate") == 0
+        w.cloud.watchdog_reset("c1")  # it reset itself (its own watchdog, say)
+        w.cloud.reconnect("c1")
+        w.cloud.bmc_unreachable("c1", False)
+        tick_until(w, lambda: len(w.store.list_recoveries(host="c1")) == 2 and ended(w, "c1"))
+        again = w.store.list_recoveries(host="c1")[0]
+        assert again.status == RecoveryStatus.SUCCEEDED, again.reason
+        assert again.reason == "host rebooted; 3 instances started, 0 notified"
+        assert w.state("c1") == HostState.UP
+        assert w.store.get_failure(failed.failure_id).status == "resolved"
+        for iid in w.instances:
+            assert (w.cloud.instance(iid).host, w.cloud.instance(iid).status) == ("c1", "ACTIVE")
+    finally:
+        w.engine.close()
+        w.store.close()

@@ -45,7 +45,7 @@ The rules, in the order a host failure meets them:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vigil.config import DetectionSettings
 from vigil.drivers.fencing import PowerState
@@ -113,6 +113,9 @@ class Snapshot:
     hosts: Mapping[str, HostView]
     recoveries: tuple[Recovery, ...]  # the active ones
     in_flight: frozenset[int] = frozenset()  # ids of steps being executed now
+    # For failed hosts with no active recovery: the last recovery, if it ended FAILED at
+    # the fence (nothing forced down, nothing moved).
+    unfenced: Mapping[str, Recovery] = field(default_factory=dict)
 
 
 # --- actions --------------------------------------------------------------------------
@@ -172,11 +175,13 @@ class RecordBoot:
 
 @dataclass(frozen=True)
 class HostRebooted:
-    """The host came back with a new kernel boot id, never declared failed."""
+    """The host came back with a new kernel boot id, never declared failed — or declared,
+    but its fence never confirmed (``unfenced``: that recovery's id): it did reset."""
 
     host: str
     boot_id: str
     reason: str
+    unfenced: int | None = None
 
 
 @dataclass(frozen=True)
@@ -263,7 +268,19 @@ def _reboots(snap: Snapshot, detection: DetectionSettings) -> list[Action]:
         if boot is None or boot == host.boot_id or not _beating(view, detection):
             continue
         if host.state == HostState.FAILED:
-            continue  # its recovery owns it (a withdrawal comes first, if it never acted)
+            gave_up = snap.unfenced.get(name)
+            if gave_up is not None and host.boot_id is not None:
+                actions.append(
+                    HostRebooted(
+                        name,
+                        boot,
+                        f"host {name} booted again (boot id {host.boot_id} -> {boot}) after "
+                        f"recovery {gave_up.id} could not confirm its fence: it did reset, "
+                        "and its stopped HA instances are started where they are",
+                        unfenced=gave_up.id,
+                    )
+                )
+            continue  # else its recovery owns it (a withdrawal first, if it never acted)
         if (
             host.boot_id is not None
             and host.state in (HostState.UP, HostState.SUSPECT)

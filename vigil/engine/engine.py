@@ -60,6 +60,7 @@ from vigil.model import (
     HostState,
     InvalidTransition,
     NewStep,
+    Recovery,
     RecoveryStatus,
     Segment,
     Step,
@@ -278,6 +279,16 @@ class Engine:
                 if (fence := r.step(StepKind.FENCE)) and fence.status == StepStatus.SUCCEEDED
             }
         )
+        busy = {r.host for r in recoveries}
+        unfenced: dict[str, Recovery] = {}
+        for host in hosts:  # only failed hosts without a recovery: few, read each cycle
+            if host.state != HostState.FAILED or host.name in busy:
+                continue
+            last = self._store.list_recoveries(host=host.name, limit=1)
+            fence = last[0].step(StepKind.FENCE) if last else None
+            gave_up = bool(last) and last[0].status == RecoveryStatus.FAILED
+            if gave_up and fence is not None and fence.status == StepStatus.FAILED:
+                unfenced[host.name] = last[0]
         return Snapshot(
             now=self._clock.wall(),
             uptime=self._heartbeats.since_start(),
@@ -286,6 +297,7 @@ class Engine:
             hosts=views,
             recoveries=recoveries,
             in_flight=in_flight,
+            unfenced=unfenced,
         )
 
     def run_cycle(self) -> list[Action]:
@@ -412,6 +424,7 @@ class Engine:
                 events=[event],
                 kind=FailureKind.HOST_REBOOTED,
                 boot_id=action.boot_id,
+                unfenced=action.unfenced,
             )
             LOG.error(
                 "host %s: rebooted without a declared failure (boot id %s -> %s); recovery %d "

@@ -166,6 +166,7 @@ class Store(abc.ABC):
         events: Sequence[Event] = (),
         kind: FailureKind = FailureKind.HOST_DOWN,
         boot_id: str | None = None,
+        unfenced: int | None = None,
     ) -> Recovery:
         """Declare a host failed, in one transaction: record (or fold into) its HOST_DOWN
         failure, move the host to FAILED (checked), and create a recovery with ``steps``
@@ -175,7 +176,9 @@ class Store(abc.ABC):
         With ``kind`` HOST_REBOOTED (the host came back with a new boot id) the host's
         state is left as it is; a HOST_DOWN declaration ends such a recovery, still
         active, as FAILED (superseded). InvalidTransition for any other active recovery.
-        ``boot_id``, if given, is stored as the host's boot id in the same transaction."""
+        ``boot_id``, if given, is stored as the host's boot id in the same transaction.
+        ``unfenced``: a FAILED recovery of this FAILED host whose fence was never confirmed
+        (the host has since rebooted): its failure is resolved and the host is UP again."""
 
     @abc.abstractmethod
     def withdraw_recovery(

@@ -870,10 +870,21 @@ class SqlStore(Store):
         events: Sequence[Event] = (),
         kind: FailureKind = FailureKind.HOST_DOWN,
         boot_id: str | None = None,
+        unfenced: int | None = None,
     ) -> Recovery:
         paused = paused_reason is not None
         with self._write(events) as s:
             host_row = self._host_row(s, host, lock=True)
+            if unfenced is not None:
+                # A failed host whose fence was never confirmed came back with a new boot
+                # id: it did reset. Its declaration is over (resolved), the host in use.
+                earlier = s.get_one(RecoveryRow, unfenced)
+                old = s.get_one(FailureRow, earlier.failure_id)
+                if RecoveryStatus(earlier.status) is not RecoveryStatus.FAILED:
+                    raise InvalidTransition(f"recovery {unfenced} is {earlier.status}")
+                self._move_failure(old, FailureStatus.RESOLVED)
+                old.reason = f"{old.reason}; the host rebooted since (new boot id)"
+                self._move_host(host_row, HostState.UP, reason=reason, at=at)
             active = s.scalar(
                 sa.select(RecoveryRow)
                 .where(RecoveryRow.host == host, RecoveryRow.status.in_(_ACTIVE_RECOVERY))

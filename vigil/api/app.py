@@ -19,7 +19,9 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.routing import Match
 
 from vigil import __version__
 from vigil.api.guest import add_guest_routes
@@ -81,13 +83,27 @@ _BEARER = HTTPBearer(auto_error=False)
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 Cursor = Annotated[int, Query(ge=0, le=MAX_ID, description="seq of the last event seen")]
 _WHY = {
-    400: "a value the store refuses (named in detail)",
+    400: "a body that is not JSON, or a value the store refuses (named in detail)",
     401: "missing or wrong bearer token",
     404: "no such record (named in detail)",
     409: "the record's state forbids it now, or it already exists",
     422: "a field, parameter or header that does not validate",
     502: "Nova (the compute driver) failed",
 }
+
+
+def _links(kind: str, param: str, ops: dict[str, str]) -> dict[int | str, Any]:
+    """OpenAPI links from a creation to what addresses the created record: the document
+    says how calls chain (schemathesis follows them in its stateful phase)."""
+    return {
+        201: {
+            "description": f"the {kind} created",
+            "links": {
+                name: {"operationId": op, "parameters": {param: f"$response.body#/{param}"}}
+                for name, op in ops.items()
+            },
+        }
+    }
 
 
 def answers(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -152,6 +168,22 @@ def create_app(
         errors = [{"loc": e["loc"], "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         return JSONResponse({"detail": errors}, status_code=422)
 
+    async def wrong_method(request: Request, _: Exception) -> JSONResponse:
+        # Starlette's 405 names only the first route of the path in Allow; a client (and
+        # the OpenAPI document) knows every method the path has.
+        allowed = sorted(
+            {
+                m
+                for route in app.routes
+                if isinstance(route, APIRoute) and route.matches(request.scope)[0] != Match.NONE
+                for m in route.methods or ()
+            }
+        )
+        return JSONResponse(
+            {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(allowed)}
+        )
+
+    app.add_exception_handler(405, wrong_method)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(NotFoundError, _error(404))
     app.add_exception_handler(AlreadyExists, _error(409))
@@ -178,7 +210,18 @@ def create_app(
 
     @app.post(
         "/v1/segments",
-        responses=answers(400, 401, 409, 422),
+        responses={
+            **answers(400, 401, 409, 422),
+            **_links(
+                "segment",
+                "name",
+                {
+                    "GetSegment": "get_segment_v1_segments__name__get",
+                    "UpdateSegment": "update_segment_v1_segments__name__patch",
+                    "DeleteSegment": "delete_segment_v1_segments__name__delete",
+                },
+            ),
+        },
         status_code=201,
         dependencies=auth,
         tags=["segments"],
@@ -234,7 +277,18 @@ def create_app(
 
     @app.post(
         "/v1/hosts",
-        responses=answers(400, 401, 404, 409, 422),
+        responses={
+            **answers(400, 401, 404, 409, 422),
+            **_links(
+                "host",
+                "name",
+                {
+                    "GetHost": "get_host_v1_hosts__name__get",
+                    "UpdateHost": "update_host_v1_hosts__name__patch",
+                    "DeleteHost": "delete_host_v1_hosts__name__delete",
+                },
+            ),
+        },
         status_code=201,
         dependencies=auth,
         tags=["hosts"],
@@ -513,7 +567,7 @@ def create_app(
 
     @app.post(
         "/v1/subscriptions",
-        responses=answers(401, 409, 422),
+        responses=answers(400, 401, 409, 422),
         status_code=201,
         dependencies=auth,
         tags=["subscriptions"],
@@ -595,7 +649,7 @@ def create_app(
     @app.post(
         "/v1/instances/{instance_id}/evacuate",
         status_code=202,
-        responses=answers(401, 404, 409, 422, 502),
+        responses=answers(400, 401, 404, 409, 422, 502),
         dependencies=auth,
         tags=["instances"],
     )
@@ -680,7 +734,7 @@ def create_app(
 
     @app.post(
         "/v1/failures/{failure_id}/handled",
-        responses=answers(401, 404, 409, 422),
+        responses=answers(400, 401, 404, 409, 422),
         dependencies=auth,
         tags=["failures"],
     )
@@ -704,7 +758,7 @@ def create_app(
 
     @app.post(
         "/v1/failures/{failure_id}/dismiss",
-        responses=answers(401, 404, 409, 422),
+        responses=answers(400, 401, 404, 409, 422),
         dependencies=auth,
         tags=["failures"],
     )
@@ -754,7 +808,7 @@ def create_app(
 
     @app.post(
         "/v1/guest-failures/{failure_id}/handled",
-        responses=answers(401, 404, 409, 422),
+        responses=answers(400, 401, 404, 409, 422),
         dependencies=auth,
         tags=["guest failures"],
     )
@@ -811,7 +865,9 @@ def create_app(
         c = store.get_control()
         return ControlOut(paused=c.paused, reason=c.reason, changed_at=c.changed_at)
 
-    @app.post("/v1/control/pause", responses=answers(401, 422), dependencies=auth, tags=["control"])
+    @app.post(
+        "/v1/control/pause", responses=answers(400, 401, 422), dependencies=auth, tags=["control"]
+    )
     def pause(body: PauseIn) -> ControlOut:
         c = store.set_control(paused=True, reason=body.reason, at=clock.wall())
         LOG.warning("all automatic recovery paused by operator: %s", body.reason)

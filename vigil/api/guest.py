@@ -18,11 +18,18 @@ import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
 
 from vigil.agent.reports import SIGNATURE_HEADER, BadReport, decode_reports, decode_services
+from vigil.api.schemas import Problem
 from vigil.engine.guest_engine import GuestEngine
 from vigil.model import HostServices
 
 LOG = logging.getLogger("vigil.api.guest")
 T = TypeVar("T")
+# Declared in the OpenAPI document: the body is the agent's signed bytes, not a model.
+_REFUSALS: dict[int | str, dict[str, object]] = {
+    400: {"model": Problem, "description": "malformed report"},
+    401: {"model": Problem, "description": "missing or wrong agent signature"},
+    404: {"model": Problem, "description": "unknown host (or host services not watched)"},
+}
 
 
 def add_guest_routes(
@@ -46,7 +53,7 @@ def add_guest_routes(
             raise HTTPException(404, f"unknown host {host!r}")
         return parsed
 
-    @app.post("/v1/agents/{host}/reports", tags=["agents"])
+    @app.post("/v1/agents/{host}/reports", tags=["agents"], responses=_REFUSALS)
     async def agent_reports(host: str, request: Request) -> dict[str, object]:
         reports = await _accepted(host, request, decode_reports, "agent report")
         # The store is synchronous: keep the event loop free while it writes.
@@ -56,7 +63,7 @@ def add_guest_routes(
             "failures": [{"id": f.id, "instance_id": f.instance_id} for f in failures],
         }
 
-    @app.post("/v1/agents/{host}/services", tags=["agents"])
+    @app.post("/v1/agents/{host}/services", tags=["agents"], responses=_REFUSALS)
     async def agent_services(host: str, request: Request) -> dict[str, object]:
         if guest.services is None:
             raise HTTPException(404, "this server does not watch host services")

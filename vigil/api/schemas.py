@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from vigil.drivers.fence_factory import validate_fence_options
 from vigil.drivers.fence_options import is_secret_name
@@ -34,6 +34,19 @@ NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"
 # signed 64-bit): anything larger is a 422 naming the parameter, never a database error.
 MAX_ID = 2**63 - 1
 Policy = Annotated[HaPolicy, Field(strict=False)]  # the enum's value, as JSON carries it
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema's integer: 4.0 is 4 (what schema-driven clients may send); 4.5, "4"
+    and true stay refused by the strict check that follows."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Bounds before the validator, so that the OpenAPI document shows them (minimum/maximum).
+Evacuations = Annotated[int, Field(ge=1, le=1000), BeforeValidator(_integral)]
+Priority = Annotated[int, Field(ge=-1000, le=1000), BeforeValidator(_integral)]
 
 
 class _In(BaseModel):
@@ -67,8 +80,8 @@ class SegmentIn(_In):
     max_failed_share: float | None = Field(
         None, ge=0.0, le=1.0, description="default: [recovery] max_failed_share"
     )
-    max_parallel_evacuations: int | None = Field(
-        None, ge=1, le=1000, description="default: [recovery] max_parallel_evacuations"
+    max_parallel_evacuations: Evacuations | None = Field(
+        None, description="default: [recovery] max_parallel_evacuations"
     )
 
 
@@ -76,7 +89,7 @@ class SegmentPatch(_In):
     description: str | None = Field(None, max_length=1024)
     default_policy: Policy | None = None
     max_failed_share: float | None = Field(None, ge=0.0, le=1.0)
-    max_parallel_evacuations: int | None = Field(None, ge=1, le=1000)
+    max_parallel_evacuations: Evacuations | None = None
     paused: bool | None = Field(None, description="false resumes a segment the storm guard paused")
 
 
@@ -176,7 +189,7 @@ class HostOut(BaseModel):
 
 class InstancePolicyIn(_In):
     policy: Policy
-    priority: int = Field(0, ge=-1000, le=1000)
+    priority: Priority = 0
 
 
 class InstanceOut(BaseModel):
@@ -350,7 +363,11 @@ class ControlOut(BaseModel):
 
 class SubscriptionIn(_In):
     name: str = Field(pattern=NAME)
-    url: str = Field(max_length=2048, description="http(s) URL events are POSTed to")
+    url: str = Field(
+        max_length=2048,
+        pattern=r"^[hH][tT][tT][pP][sS]?://[^\s/?#@]+",
+        description="http(s) URL events are POSTed to",
+    )
     secret: str = Field(
         min_length=16, max_length=256, description="HMAC-SHA256 key of X-Vigil-Signature"
     )

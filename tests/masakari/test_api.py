@@ -124,10 +124,17 @@ def test_microversions(vigil: Running) -> None:
 
 def test_version_documents_are_public(vigil: Running) -> None:
     root = httpx.get(vigil.endpoint.removesuffix("/v1") + "/")
+    # Masakari's versions controller answers / with 300 Multiple Choices.
     assert root.status_code == 300
-    (version,) = root.json()["versions"]
+    assert root.headers["OpenStack-API-Version"] == "instance-ha 1.0"
+    (choice,) = root.json()["choices"]
+    assert (choice["id"], choice["status"]) == ("v1.0", "CURRENT")
+    assert choice["links"] == [{"rel": "self", "href": vigil.endpoint + "/"}]
+    assert choice["media-types"][0]["type"] == "application/vnd.openstack.masakari+json;version=1"
+    version = httpx.get(vigil.endpoint).json()["version"]
     assert (version["id"], version["min_version"], version["version"]) == ("v1.0", "1.0", "1.3")
-    assert httpx.get(vigil.endpoint).json()["version"]["version"] == "1.3"
+    assert [link["rel"] for link in version["links"]] == ["self", "describedby"]
+    assert version["links"][1]["href"] == "https://docs.openstack.org/"
 
 
 def test_authentication(vigil: Running) -> None:

@@ -96,9 +96,18 @@ NOTIFICATION_STATUS = {
     RecoveryStatus.RUNNING: "running",
     RecoveryStatus.PAUSED: "running",
     RecoveryStatus.SUCCEEDED: "finished",
-    RecoveryStatus.FAILED: "error",  # an operator may retry it, as Masakari's error
+    # Masakari's "error" is one its engine retries by itself, and it holds the host and
+    # segment (409 on update and delete); "failed" is the end. vigil retries a failed
+    # recovery only when an operator asks (the notification then follows it again), so a
+    # failed recovery is Masakari's end: the client can then change or delete the host.
+    RecoveryStatus.FAILED: "failed",
     RecoveryStatus.WITHDRAWN: "ignored",  # the host came back before anything acted
 }
+# Masakari's version document links its API reference (Masakari's versions.py).
+DESCRIBEDBY = {"rel": "describedby", "type": "text/html", "href": "https://docs.openstack.org/"}
+MEDIA_TYPES = [
+    {"base": "application/json", "type": "application/vnd.openstack.masakari+json;version=1"}
+]
 TASK_STATE = {
     StepStatus.PENDING: "PENDING",
     StepStatus.RUNNING: "RUNNING",
@@ -603,27 +612,33 @@ def masakari_app(
         return busy
 
     # --- versions -------------------------------------------------------------------------
-    def version_doc(request: Request) -> dict[str, Any]:
+    def v1_href(request: Request) -> str:
         base = str(request.base_url).rstrip("/")
         root = request.scope.get("root_path", "")
-        href = f"{base}{root}/v1/" if root and not base.endswith(root) else f"{base}/v1/"
+        return f"{base}{root}/v1/" if root and not base.endswith(root) else f"{base}/v1/"
+
+    def version_doc(request: Request) -> dict[str, Any]:
+        """GET /v1: Masakari's version document, self then describedby."""
         return {
             "id": "v1.0",
             "status": "CURRENT",
             "version": _v(MAX_VERSION),
             "min_version": _v(MIN_VERSION),
             "updated": "2016-07-01T11:33:21Z",
-            "links": [{"rel": "self", "href": href}],
-            "media-types": [
-                {
-                    "base": "application/json",
-                    "type": "application/vnd.openstack.masakari+json;version=1",
-                }
-            ],
+            "links": [{"rel": "self", "href": v1_href(request)}, dict(DESCRIBEDBY)],
+            "media-types": [dict(m) for m in MEDIA_TYPES],
         }
 
     async def versions(request: Request) -> Response:
-        return JSONResponse({"versions": [version_doc(request)]}, status_code=300)
+        """GET /: Masakari answers 300 Multiple Choices with its "choices" (id, status, a
+        self link and the media types), as its versions controller's ``multi`` does."""
+        choice = {
+            "id": "v1.0",
+            "status": "CURRENT",
+            "links": [{"rel": "self", "href": v1_href(request)}],
+            "media-types": [dict(m) for m in MEDIA_TYPES],
+        }
+        return JSONResponse({"choices": [choice]}, status_code=300)
 
     async def version(request: Request) -> Response:
         return JSONResponse({"version": version_doc(request)})

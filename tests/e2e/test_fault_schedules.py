@@ -33,17 +33,19 @@ TIMING = Timing(settle_bound=25.0)
 # 20 BMC + self-fence, isolation then SIGKILL of the server (reset while cut off, Nova
 #   still says ACTIVE: hard-rebooted);
 # 26 BMC + self-fence, lost evacuations, an unreachable BMC, a host cut from the server;
-# 13, 18 the storm guard pauses a recovery while its host reboots (F5);
-# 80 an evacuation aimed at a host that dies right after (the rebuild never happens, F7).
+# 13, 18 the storm guard pauses a recovery while its host reboots (F5, fixed);
+# 80 an evacuation aimed at a host that dies right after (the rebuild never happens, F7);
+# 187 a host reset while isolated comes back during a storm-guard pause (F10).
 SEEDS: dict[int, str | None] = {
     1: None,
     3: None,
     6: None,
     20: None,
     26: None,
-    13: "F5: instance states recorded only after a storm-guard pause, once the host rebooted",
-    18: "F5: instance states recorded only after a storm-guard pause, once the host rebooted",
-    80: "F7: evacuate()'s retry path raises UnboundLocalError (target) after a dead destination",
+    13: None,
+    18: None,
+    80: "F7: a rebuild cast to a destination that died is waited out, never reset and retried",
+    187: "F10: the reboot recovery (find-stopped) is withdrawn with the paused declaration",
 }
 
 

@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         "stranded_with_reason": sum(len(r["stranded_with_reason"]) for r in results),
         "fenced_after_return": sum(len(r["fenced_after_return"]) for r in results),
         "evacuations_to_fresh_dead": sum(len(r["evacuations_to_fresh_dead"]) for r in results),
+        "resets_without_quorum": sum(len(r.get("resets_without_quorum", [])) for r in results),
         "duration_s": round(time.monotonic() - started, 1),
         "mean_schedule_s": round(sum(r["duration_s"] for r in results) / max(1, len(results)), 1),
         "settings": {

@@ -173,6 +173,27 @@ def test_a_watchdog_reset_while_the_server_was_down_says_so() -> None:
     assert v[0].kind == "healthy-fenced" and "vigil-server was down" in v[0].detail
 
 
+def test_a_reset_without_a_quorum_while_the_server_was_down_is_no_violation() -> None:
+    """vigil down and h1 off as well: h2 and h3 reach 2 of 3 — a majority — so a reset of
+    h2 breaks the promise; with h3 off too, h2 alone cannot tell, and resets by design."""
+    po = PowerOffRecord(105.0, "h2", "watchdog", True, healthy(100.0))
+    down = [(104.0, 106.0)]
+    one_off = {"h1": [(103.0, None)]}
+    v = check(schedule(), T, observe(power_offs=[po], server_down=down, spans=one_off))
+    assert [x.kind for x in v.violations] == ["healthy-fenced"]
+    two_off = {"h1": [(103.0, None)], "h3": [(103.5, None)]}
+    v = check(schedule(), T, observe(power_offs=[po], server_down=down, spans=two_off))
+    assert v.violations == []
+    assert v.resets_without_quorum == [
+        "h2: watchdog reset at t+5.00 with vigil-server down and only 1 of 3 hosts of its "
+        "segment able to vouch (h2)"
+    ]
+    # a host cut from the server only still vouches: that reset is a violation again
+    cut = schedule(faults=[Fault(3.5, "cut", "h3")])
+    v = check(cut, T, observe(power_offs=[po], server_down=down, spans=two_off))
+    assert [x.kind for x in v.violations] == ["healthy-fenced"]
+
+
 def test_fencing_a_faulty_or_returned_host_is_not_a_violation() -> None:
     po_faulty = PowerOffRecord(105.0, "h1", "bmc", True, isolated(103.0))
     po_back = PowerOffRecord(107.0, "h2", "bmc", True, healthy(106.0))

@@ -25,7 +25,10 @@ Violations (``Violation.kind``):
 - ``healthy-fenced``: an effective BMC power-off or a watchdog reset of a host that was
   healthy then and had never been faulty long enough for vigil to declare it failed
   (a span of at least ``suspect_after - heartbeat_interval``: a suspect host whose BMC
-  reads off is declared at once). A host fenced after it came back from a real failure
+  reads off is declared at once). Not one: a watchdog reset while vigil-server was down
+  and at most half of the host's segment could vouch (healthy, or cut from the server
+  only) — the peer rule promises survival only with a strict majority, as any quorum
+  does (``resets_without_quorum``). A host fenced after it came back from a real failure
   is counted as ``fenced_after_return``, not a violation: once declared, fencing is the
   safe end of it.
 - ``stranded``: after the settle, a keep-running instance runs nowhere. If vigil recorded
@@ -365,6 +368,7 @@ class Verdict:
     stranded_with_reason: list[str] = field(default_factory=list)
     fenced_after_return: list[str] = field(default_factory=list)
     evacuations_to_fresh_dead: list[str] = field(default_factory=list)
+    resets_without_quorum: list[str] = field(default_factory=list)
 
 
 # withdrawn: a paused declaration taken back (heartbeats returned, or an operator)
@@ -378,6 +382,40 @@ def fencing_possible(schedule: Schedule, host: str) -> bool:
     if "self-fence" in spec.fencing:
         return True
     return not any(f.host == host and f.action in ("bmc-down", "bmc-lies") for f in schedule.faults)
+
+
+def _segment(schedule: Schedule, host: str) -> str:
+    return next(h.segment for h in schedule.hosts if h.name == host)
+
+
+def _cut_spans(schedule: Schedule, host: str, t0: float) -> list[tuple[float, float | None]]:
+    """When the schedule had ``host`` cut from vigil-server only (it still reaches its
+    peers): until "mend" or the final "heal"."""
+    spans: list[tuple[float, float | None]] = []
+    for f in schedule.faults:
+        if f.action == "cut" and f.host == host:
+            spans.append((t0 + f.at, None))
+        elif (
+            spans
+            and spans[-1][1] is None
+            and ((f.action == "mend" and f.host == host) or f.action == "heal")
+        ):
+            spans[-1] = (spans[-1][0], t0 + f.at)
+    return spans
+
+
+def _vouchers(schedule: Schedule, obs: Observation, host: str, at: float) -> set[str]:
+    """The hosts of ``host``'s segment (itself included) that could answer its peers at
+    ``at``: healthy, or faulty only because cut from vigil-server."""
+    segment = _segment(schedule, host)
+    alive = set()
+    for h in schedule.hosts:
+        if h.segment != segment:
+            continue
+        spans = obs.faulty_spans.get(h.name, ())
+        if not _during(spans, at) or _during(_cut_spans(schedule, h.name, obs.t0), at):
+            alive.add(h.name)
+    return alive
 
 
 def _during(spans: Sequence[tuple[float, float | None]], at: float) -> bool:
@@ -411,7 +449,22 @@ def check(schedule: Schedule, timing: Timing, obs: Observation) -> Verdict:
                 f"t+{(r.condition.healthy_since or 0) - rel:.2f}"
             )
             continue
-        note = " (vigil-server was down)" if _during(obs.server_down, r.at) else ""
+        server_down = _during(obs.server_down, r.at)
+        if r.cause != "bmc" and server_down:
+            alive = _vouchers(schedule, obs, r.host, r.at - 0.05)
+            members = [h.name for h in schedule.hosts if h.segment == _segment(schedule, r.host)]
+            if len(alive) * 2 <= len(members):
+                # The peer rule's promise holds only while a strict majority of the
+                # segment can vouch that vigil is gone for them too: with vigil down and
+                # half of it down as well, a host cannot tell that from being the one cut
+                # off (its reset is what lets the server confirm it, if it is).
+                v.resets_without_quorum.append(
+                    f"{r.host}: watchdog reset at t+{r.at - rel:.2f} with vigil-server down "
+                    f"and only {len(alive)} of {len(members)} hosts of its segment able to "
+                    f"vouch ({', '.join(sorted(alive)) or 'none'})"
+                )
+                continue
+        note = " (vigil-server was down)" if server_down else ""
         short = ", ".join(f"t+{s - rel:.2f}..t+{(e or r.at) - rel:.2f}" for s, e in spans)
         v.violations.append(
             Violation(
@@ -545,6 +598,7 @@ class RunResult:
             "stranded_with_reason": self.verdict.stranded_with_reason,
             "fenced_after_return": self.verdict.fenced_after_return,
             "evacuations_to_fresh_dead": self.verdict.evacuations_to_fresh_dead,
+            "resets_without_quorum": self.verdict.resets_without_quorum,
             "state_dir": self.state_dir,
             "log_excerpts": self.log_excerpts,
             "error": self.error,

@@ -426,3 +426,23 @@ def test_record_instances_runs_beside_the_fence_and_gates_only_the_planning() ->
     # a recording that failed for good loses only the states before: planning goes on
     s3 = (replace(s2[0], status=StepStatus.FAILED), *s2[1:])
     assert decide(snap(recoveries=(replace(rec, steps=s3),)), DET) == [RunStep(9, "c1", s3[3])]
+
+
+def test_a_reboot_recovery_is_never_withdrawn_nor_held_by_the_storm_guard() -> None:
+    """Its cause is the heartbeats that came back with a new boot id (fault schedule seed
+    187); it fences and moves nothing. An operator's pause still holds it."""
+    find = Step(1, 9, 1, StepKind.FIND_STOPPED, StepStatus.PENDING)
+    paused = Recovery(9, 3, "c1", "s1", RecoveryStatus.PAUSED, NOW - 1, steps=(find,))
+    guard = Segment("s1", paused=True, pause_reason=GUARD_PREFIX + "4 of 5 hosts")
+    back = view("c1", HostState.UP, 0.1)
+    other = view("c2", HostState.SUSPECT, 1.2, power=PowerState.ON, power_read_age=0.1)
+    assert decide(snap(back, other, recoveries=(paused,), segments={"s1": guard}), DET) == [
+        ResumeRecovery(9, "c1")
+    ]
+    running = replace(paused, status=RecoveryStatus.RUNNING)
+    assert decide(snap(back, other, recoveries=(running,), segments={"s1": guard}), DET) == [
+        RunStep(9, "c1", find)
+    ]
+    operator = Control(paused=True, reason="maintenance")
+    actions = decide(snap(back, recoveries=(running,), control=operator), DET)
+    assert [type(a) for a in actions] == [PauseRecovery]

@@ -331,9 +331,22 @@ def _unpause(snap: Snapshot, detection: DetectionSettings) -> list[Action]:
     return actions
 
 
+def _guard_only(snap: Snapshot, recovery: Recovery) -> bool:
+    """Whether what holds the recovery is only the storm guard's pause of its segment."""
+    segment = snap.segments.get(recovery.segment)
+    return (
+        not snap.control.paused
+        and segment is not None
+        and segment.pause_reason.startswith(GUARD_PREFIX)
+    )
+
+
 def _withdrawable(recovery: Recovery) -> bool:
     """A paused declaration none of whose steps ever acted (reading its instances is
-    not acting)."""
+    not acting). A host's reboot recovery is no declaration: its cause is the very
+    heartbeats that came back."""
+    if recovery.step(StepKind.FENCE) is None:
+        return False
     return recovery.status == RecoveryStatus.PAUSED and all(
         s.status == StepStatus.PENDING and not s.attempts
         for s in recovery.steps
@@ -493,6 +506,10 @@ def _drive(
     snap: Snapshot, recovery: Recovery, detection: DetectionSettings, max_duration: float
 ) -> list[Action]:
     hold = _held(snap, recovery.segment)
+    if hold and recovery.step(StepKind.FIND_STOPPED) is not None and _guard_only(snap, recovery):
+        # Starting the instances of a host that rebooted and is up again fences and moves
+        # nothing: the storm guard does not hold it (an operator's pause does).
+        hold = None
     steps = sorted(recovery.steps, key=lambda s: s.seq)
     record = recovery.step(StepKind.RECORD_INSTANCES)
     if recovery.status == RecoveryStatus.PAUSED:

@@ -743,8 +743,12 @@ def test_cut_from_server_silences_heartbeats_only(cloud: SimCloud) -> None:
     assert cloud.host_can_heartbeat("h1")
 
 
-def test_dead_destination_leaves_the_evacuation_in_rebuild_until_reset(clock: FakeClock) -> None:
-    c = SimCloud(clock, latency=lat(evacuate=1.0), dead_destination_hangs=True)
+def test_dead_destination_leaves_the_evacuation_in_rebuild_until_it_is_back(
+    clock: FakeClock,
+) -> None:
+    """The rebuild cast waits in the dead compute's queue: carried out once the host is
+    back and has booted."""
+    c = SimCloud(clock, latency=lat(evacuate=1.0, boot=3.0), dead_destination_hangs=True)
     for h in HOSTS:
         c.add_host(h)
     sid = c.add_instance("vm", "h1")
@@ -757,13 +761,33 @@ def test_dead_destination_leaves_the_evacuation_in_rebuild_until_reset(clock: Fa
     assert (server.host, server.status, server.task_state) == ("h1", REBUILD, "rebuilding")
     assert c.evacuation_started(sid)  # the conductor did its part
     c.power_restore("h2")
+    clock.advance(2.0)
+    assert c.get_server(sid).status == REBUILD  # h2 still boots
+    assert not c.host_can_heartbeat("h2")
+    clock.advance(1.5)
+    assert (c.get_server(sid).host, c.get_server(sid).status) == ("h2", ACTIVE)
+    assert c.instance(sid).running_on == frozenset({"h2"})
+
+
+def test_a_stale_rebuild_of_an_instance_reset_meanwhile_is_refused(clock: FakeClock) -> None:
+    c = SimCloud(clock, latency=lat(evacuate=1.0), dead_destination_hangs=True)
+    for h in HOSTS:
+        c.add_host(h)
+    sid = c.add_instance("vm", "h1")
+    c.disable("h3", "maintenance")
+    fence(c, "h1")
+    c.evacuate(sid)  # the scheduler picks h2
+    c.power_loss("h2")
     clock.advance(5.0)
-    assert c.get_server(sid).status == REBUILD  # the cast is never answered
     c.reset_state(sid)
     c.enable("h3")
     c.evacuate(sid, "h3")
     clock.advance(2.0)
     assert (c.get_server(sid).host, c.get_server(sid).status) == ("h3", ACTIVE)
+    c.power_restore("h2")  # its queue still holds the old cast
+    clock.advance(2.0)
+    assert (c.get_server(sid).host, c.get_server(sid).status) == ("h3", ACTIVE)
+    assert c.double_running() == []
 
 
 def test_dead_destination_chosen_after_power_loss_hangs_too(clock: FakeClock) -> None:

@@ -17,9 +17,13 @@ instances, server groups, and a Nova API that enforces the rules vigil depends o
   when Nova's API dies before sending the request on) until ``reset_state``;
 - with ``dead_destination_hangs``, an evacuation whose destination has no power when the
   rebuild is due (Nova's scheduler picked a host whose service still read "up") stays
-  REBUILD with task ``rebuilding`` until ``reset_state``, as in Nova: the conductor casts
-  the rebuild to the dead compute's queue and nobody ever answers. Without it (the
-  default, older tests) such an evacuation ends ERROR on the source host.
+  REBUILD with task ``rebuilding``, as in Nova: the conductor casts the rebuild to the
+  dead compute's queue, where it waits. When that host is back its nova-compute carries
+  the rebuild out (the instance lands there) — unless the instance was reset meanwhile
+  (Nova's expected task state refuses a stale rebuild). Without it (the default, older
+  tests) such an evacuation ends ERROR on the source host.
+- ``SimLatency.boot``: a host whose power comes back boots for that long before its
+  agent and nova-compute run (then nova-compute finds its instances off).
 
 Errors raised by the Nova and BMC methods, chosen where Nova's HTTP status would not tell
 vigil whether to retry:
@@ -134,10 +138,21 @@ class SimLatency:
     # Disabling/enabling a compute that Nova believes up but that does not answer waits
     # for the RPC to time out (rpc_response_timeout, 60 s in Nova): force down first.
     rpc_timeout: float = 1.0
+    # Power back on -> the host has booted: its agent and nova-compute run again (then
+    # nova-compute finds its instances off). 0: at once.
+    boot: float = 0.0
     jitter: float = 0.25
 
     def __post_init__(self) -> None:
-        for name in ("api_call", "evacuate", "power_off", "action", "bmc_timeout", "rpc_timeout"):
+        for name in (
+            "api_call",
+            "evacuate",
+            "power_off",
+            "action",
+            "bmc_timeout",
+            "rpc_timeout",
+            "boot",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"SimLatency.{name} must not be negative")
         if not 0.0 <= self.jitter < 1.0:
@@ -146,7 +161,7 @@ class SimLatency:
     @classmethod
     def zero(cls) -> SimLatency:
         """Everything immediate and nothing sleeps: for unit tests on a FakeClock."""
-        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, boot=0.0, jitter=0.0)
 
 
 @dataclass(frozen=True)
@@ -244,13 +259,14 @@ class _Host:
     stopped_reporting_at: float | None = None  # None: nova-compute is reporting
     pending_power: _Op | None = None
     boots: int = 1  # how many times the host has booted: its kernel boot id changes each time
+    booting: bool = False  # powered on, its agent and nova-compute not running yet
     cut_from_server: bool = False  # the control network to vigil-server is cut; peers reachable
     healthy_since: float | None = 0.0  # see HostCondition
 
     @property
     def compute_works(self) -> bool:
         """nova-compute runs and reaches Nova: it reports and carries out requests."""
-        return self.powered and not self.hung and not self.isolated
+        return self.powered and not self.booting and not self.hung and not self.isolated
 
     @property
     def healthy(self) -> bool:
@@ -282,7 +298,7 @@ class _Instance:
     power_state: int = POWER_SHUTDOWN  # Nova's, as its host's nova-compute last reported
 
 
-_OpKind = Literal["evacuate", "start", "stop", "reboot", "power_off", "power_on"]
+_OpKind = Literal["evacuate", "start", "stop", "reboot", "power_off", "power_on", "boot"]
 
 
 @dataclass(eq=False)
@@ -1052,6 +1068,11 @@ class SimCloud:
 
     def _apply(self, op: _Op) -> bool:
         """Carry out a due operation; False if its host cannot act yet (hung or isolated)."""
+        if op.kind == "boot":
+            h = self._hosts[op.subject]
+            if h.powered and h.booting:
+                self._booted(h, op.due)
+            return True
         if op.kind in ("power_off", "power_on"):
             h = self._hosts[op.subject]
             h.pending_power = None
@@ -1065,14 +1086,20 @@ class SimCloud:
             if not actor.powered:
                 # Possible when Nova still believed the host up when it accepted the request.
                 if op.kind == "evacuate" and self._dead_dest_hangs:
-                    self._claims[actor.name] -= 1  # REBUILD until reset_state
-                else:
-                    self._fail_op(op)
+                    return False  # the cast waits in the dead compute's queue
+                self._fail_op(op)
                 return True
             if not actor.compute_works:
                 return False
         inst = self._instances[op.subject]
         if op.kind == "evacuate":
+            if self._dead_dest_hangs and (
+                inst.status != REBUILD or inst.task_state != "rebuilding"
+            ):
+                # A rebuild cast that waited for a dead compute, for an instance reset
+                # (or landed) meanwhile: Nova's expected task state refuses it.
+                self._claims[op.actor or ""] -= 1
+                return True
             self._land(op, inst)
         elif op.kind == "stop":
             inst.status, inst.task_state = SHUTOFF, None
@@ -1106,13 +1133,18 @@ class SimCloud:
     def _fail_ops_of(self, host: str) -> None:
         """The host lost power: what its nova-compute was doing will never finish."""
         queued = [entry[2] for entry in self._heap]
-        for op in sorted([*queued, *self._waiting.pop(host, [])], key=lambda o: o.seq):
+        waiting = self._waiting.pop(host, [])
+        for op in sorted([*queued, *waiting], key=lambda o: o.seq):
             if not op.done and op.actor == host:
-                op.done = True
                 if op.kind == "evacuate" and self._dead_dest_hangs:
-                    self._claims[host] -= 1  # the rebuild never happens: REBUILD until reset
-                else:
-                    self._fail_op(op)
+                    # The cast stays in the compute's queue: its nova-compute carries it
+                    # out when the host is back, unless the instance was reset meanwhile.
+                    # (One still on the heap gets here when it falls due.)
+                    if any(op is w for w in waiting):
+                        self._waiting.setdefault(host, []).append(op)
+                    continue
+                op.done = True
+                self._fail_op(op)
 
     def _fail_op(self, op: _Op) -> None:
         inst = self._instances[op.subject]
@@ -1125,7 +1157,7 @@ class SimCloud:
             inst.status = op.status_before
 
     def _lose_power(self, h: _Host, at: float) -> None:
-        h.powered, h.hung, h.agent_running = False, False, False
+        h.powered, h.hung, h.agent_running, h.booting = False, False, False, False
         self._power_losses.setdefault(h.name, []).append(at)
         self._update_reporting(h, at)
         self._note_health(h, at)
@@ -1134,8 +1166,20 @@ class SimCloud:
         self._fail_ops_of(h.name)
 
     def _restore_power(self, h: _Host, at: float) -> None:
-        h.powered, h.agent_running = True, True
+        h.powered = True
         h.boots += 1
+        if self._latency.boot > 0:
+            h.booting = True
+            self._update_reporting(h, at)
+            self._note_health(h, at)
+            op = self._new_op("boot", h.name, actor=None)
+            op.due = at + self._latency.boot
+            self._queue(op)
+            return
+        self._booted(h, at)
+
+    def _booted(self, h: _Host, at: float) -> None:
+        h.booting, h.agent_running = False, True
         self._update_reporting(h, at)
         self._note_health(h, at)
         # Like a restarted nova-compute: the copies of instances evacuated away are gone

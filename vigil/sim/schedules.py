@@ -97,6 +97,9 @@ class Timing:
     retry_backoff_max: float = 2.0
     poll_interval: float = 0.05
     service_down_time: float = 8.0  # Nova's, scaled from 60 s
+    # A host whose power returns boots this long before its agent and nova-compute run
+    # (minutes in reality; longer than detection here, as there)
+    boot: float = 1.0
     fault_window: float = 10.0  # faults start within [1, fault_window] s
     settle_min: float = 4.0  # after the heal, wait at least this long
     settle_quiet: float = 2.0  # ... and until all is settled for this long
@@ -658,7 +661,9 @@ def run_schedule(
     state_dir.mkdir(parents=True)
     cloud = SimCloud(
         SystemClock(),
-        latency=SimLatency(api_call=0.005, evacuate=0.3, power_off=0.15, bmc_timeout=0.3),
+        latency=SimLatency(
+            api_call=0.005, evacuate=0.3, power_off=0.15, bmc_timeout=0.3, boot=t.boot
+        ),
         service_down_time=t.service_down_time,
         dead_destination_hangs=True,
         seed=schedule.seed,

@@ -72,6 +72,7 @@ def observe(
     spans: Mapping[str, Sequence[tuple[float, float | None]]] | None = None,
     recoveries: Sequence[Mapping[str, Any]] = (),
     server_down: Sequence[tuple[float, float | None]] = (),
+    losses: Mapping[str, Sequence[float]] | None = None,
 ) -> Observation:
     return Observation(
         t0=100.0,
@@ -83,6 +84,7 @@ def observe(
         faulty_spans=spans or {},
         recoveries=recoveries,
         server_down=server_down,
+        power_losses=losses or {},
     )
 
 
@@ -192,6 +194,10 @@ def test_a_reset_without_a_quorum_while_the_server_was_down_is_no_violation() ->
     cut = schedule(faults=[Fault(3.5, "cut", "h3")])
     v = check(cut, T, observe(power_offs=[po], server_down=down, spans=two_off))
     assert [x.kind for x in v.violations] == ["healthy-fenced"]
+    # ... unless it lost its power since (fenced, say): then it cannot
+    fenced = observe(power_offs=[po], server_down=down, spans=two_off, losses={"h3": [104.5]})
+    v = check(cut, T, fenced)
+    assert v.violations == [] and len(v.resets_without_quorum) == 1
 
 
 def test_fencing_a_faulty_or_returned_host_is_not_a_violation() -> None:

@@ -416,7 +416,14 @@ def _vouchers(schedule: Schedule, obs: Observation, host: str, at: float) -> set
         if h.segment != segment:
             continue
         spans = obs.faulty_spans.get(h.name, ())
-        if not _during(spans, at) or _during(_cut_spans(schedule, h.name, obs.t0), at):
+        if not _during(spans, at):
+            alive.add(h.name)
+            continue
+        # Faulty only because cut from the server: it still answers its peers, unless it
+        # lost power (a fence, a reset, a fault) since the cut began.
+        cut = [(s, e) for s, e in _cut_spans(schedule, h.name, obs.t0) if _during([(s, e)], at)]
+        losses = obs.power_losses.get(h.name, ())
+        if cut and not any(cut[0][0] <= lost <= at for lost in losses):
             alive.add(h.name)
     return alive
 

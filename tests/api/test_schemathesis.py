@@ -1,7 +1,8 @@
-"""Schemathesis against the OpenAPI documents, served by a real vigil-server on the
-simulated cloud: every check (server errors, status codes, content types, response
-schemas and headers, negative data rejected, auth enforced, Allow on 405 …), the
-stateful phase following the documents' links, a fixed seed and bounded examples.
+"""Schemathesis against the OpenAPI documents — vigil's (/openapi.json) and its Masakari
+API's (/instance-ha/openapi.json) — served by a real vigil-server on the simulated cloud:
+every check (server errors, status codes, content types, response schemas and headers,
+negative data rejected, auth enforced, Allow on 405 …), the stateful phase following the
+documents' links, deterministic generation and a time budget (75 s each).
 
 The documents are the API: 0 server errors and 0 responses outside them. The run is
 Schemathesis's own CLI (a subprocess, hence ``slow``) with the config file below, so a
@@ -64,13 +65,27 @@ def h() -> Iterator[Harness]:
         yield harness
 
 
+# Masakari's own validation goes beyond any schema (a host must be a Nova compute, a
+# notification's payload follows its type, a duplicate is refused): a schema-valid body
+# may be a 400 there, as on Masakari itself.
+MASAKARI_CONFIG = """
+[checks]
+enabled = true
+positive_data_acceptance.enabled = false
+
+[phases.stateful]
+max-steps = 6
+inference.algorithms = ["location-headers"]
+"""
+
+
 def schemathesis(
-    url: str, token_header: str, tmp_path: Path, *extra: str
+    url: str, token_header: str, tmp_path: Path, *extra: str, config_text: str = CONFIG
 ) -> subprocess.CompletedProcess[str]:
     if not SCHEMATHESIS.exists():
         pytest.skip("schemathesis is not installed (pip install -e '.[test]')")
     config = tmp_path / "schemathesis.toml"
-    config.write_text(CONFIG)
+    config.write_text(config_text)
     return subprocess.run(
         [
             str(SCHEMATHESIS),
@@ -90,14 +105,14 @@ def schemathesis(
             "--request-timeout",
             "10",
             "--max-time",
-            "100",
+            "75",
             "-H",
             token_header,
             *extra,
         ],
         capture_output=True,
         text=True,
-        timeout=170,
+        timeout=120,
         cwd=tmp_path,
     )
 
@@ -115,4 +130,16 @@ def test_the_native_api_is_its_openapi_document(h: Harness, tmp_path: Path) -> N
     summary = result.stdout[-3000:]
     print(summary, f"\n(schemathesis took {time.monotonic() - started:.1f}s)")
     assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-3000:]
-    assert "0 failures" in summary or " passed" in summary, summary
+
+
+def test_the_masakari_api_is_its_openapi_document(h: Harness, tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = schemathesis(
+        f"{h.server.api_url}/instance-ha/openapi.json",
+        f"X-Auth-Token: {h.settings.api_token}",
+        tmp_path,
+        config_text=MASAKARI_CONFIG,
+    )
+    summary = result.stdout[-3000:]
+    print(summary, f"\n(schemathesis took {time.monotonic() - started:.1f}s)")
+    assert result.returncode == 0, result.stdout[-20000:] + result.stderr[-3000:]

@@ -18,13 +18,15 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from vigil import __version__
 from vigil.api.guest import add_guest_routes
+from vigil.api.masakari import not_found_fault
 from vigil.api.schemas import (
     MAX_ID,
     ControlOut,
@@ -183,6 +185,13 @@ def create_app(
             {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": ", ".join(allowed)}
         )
 
+    async def not_found(request: Request, exc: Exception) -> Response:
+        if request.url.path.startswith("/instance-ha/"):
+            return not_found_fault()  # Masakari's clients read Masakari's faults
+        assert isinstance(exc, StarletteHTTPException)
+        return JSONResponse({"detail": exc.detail}, status_code=404, headers=exc.headers)
+
+    app.add_exception_handler(404, not_found)
     app.add_exception_handler(405, wrong_method)
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(NotFoundError, _error(404))

@@ -33,10 +33,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
+from vigil.api import masakari_openapi as doc
 from vigil.clock import Clock
 from vigil.config import RecoverySettings
 from vigil.drivers.compute import ComputeDriver
@@ -76,6 +80,8 @@ NOTIFICATION_TYPES = ("COMPUTE_HOST", "VM", "PROCESS")
 EVENTS = ("STARTED", "STOPPED")
 TRUE = {"true", "1", "on", "yes"}
 FALSE = {"false", "0", "off", "no"}
+# The version documents (keystoneauth reads them for discovery) and the API's description.
+PUBLIC = ("", "/", "/v1", "/v1/", "/openapi.json")
 HOSTNAME = re.compile(r"^[a-zA-Z0-9-._]*$")
 HOST_TYPE = re.compile(r"^[a-zA-Z0-9]*$")
 PAYLOAD_KEY = re.compile(r"^[a-zA-Z0-9-_:. ]{1,255}$")
@@ -190,6 +196,12 @@ def parse_time(value: str, what: str) -> float:
         raise ApiError(400, f"Invalid input for field/attribute {what}.") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
+    try:
+        # A time whose UTC falls outside years 1-9999 (9999-12-31T23:00-05:00) could not
+        # be shown again (Masakari's naive UTC format): refused now, not a 500 later.
+        datetime.fromtimestamp(parsed.timestamp(), UTC)
+    except (ValueError, OverflowError):
+        raise ApiError(400, f"Invalid input for field/attribute {what}.") from None
     return parsed.timestamp()
 
 
@@ -393,7 +405,7 @@ def masakari_app(
     app = FastAPI(
         title="vigil: Masakari instance-ha v1",
         description="Masakari's API for its monitors, SDK and CLI; vigil's rules apply.",
-        openapi_url=None,  # not an OpenAPI-described API: it is Masakari's
+        openapi_url="/openapi.json",  # described by masakari_openapi (why: there)
         docs_url=None,
         redoc_url=None,
     )
@@ -415,7 +427,7 @@ def masakari_app(
         root = request.scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
-        if path not in ("", "/", "/v1", "/v1/"):  # the version documents are public
+        if path not in PUBLIC:
             given = request.headers.get("x-auth-token", "")
             bearer = request.headers.get("authorization", "")
             if not given and bearer.lower().startswith("bearer "):
@@ -444,25 +456,67 @@ def masakari_app(
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         message = "The resource could not be found." if exc.status_code == 404 else exc.detail
-        return _fault(
+        response = _fault(
             ApiError(exc.status_code, str(message)),
             getattr(request.state, "version", MIN_VERSION),
         )
+        if exc.status_code == 405:
+            # Starlette names only the first route of the path; a client wants them all.
+            response.headers["Allow"] = ", ".join(
+                sorted(
+                    {
+                        m
+                        for r in app.routes
+                        if isinstance(r, APIRoute) and r.matches(request.scope)[0] != Match.NONE
+                        for m in r.methods or ()
+                    }
+                )
+            )
+        return response
 
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
 
-    def route(method: str, path: str, handler: Handler, status: int = 200) -> None:
+    def route(
+        method: str,
+        path: str,
+        handler: Handler,
+        status: int = 200,
+        *,
+        answer: doc.Schema | None,
+        body: doc.Schema | None = None,
+        params: list[doc.Schema] | None = None,
+        refusals: tuple[int, ...] = (),
+        links: dict[str, tuple[str, dict[str, str]]] | None = None,
+    ) -> None:
         """``path`` under /v1, with and without the project id. The handler runs on a
-        worker thread: the store and the engine block."""
+        worker thread: the store and the engine block. ``answer``, ``body``, ``params``,
+        ``refusals`` and ``links`` describe it in the OpenAPI document (operation id: the
+        handler's name; ``…_in_project`` with the project id)."""
 
         async def endpoint(request: Request) -> Response:
             body = await body_of(request) if method in ("POST", "PUT") else None
             return await run_in_threadpool(handler, request, body)
 
         for prefix in ("/v1", "/v1/{project_id}"):
+            responses, extra = doc.operation(
+                status,
+                answer=answer,
+                body=body,
+                params=params,
+                refusals=refusals,
+                path=prefix + path,
+                links=links if prefix == "/v1" else None,
+            )
             app.add_api_route(
-                prefix + path, endpoint, methods=[method], status_code=status, response_model=None
+                prefix + path,
+                endpoint,
+                methods=[method],
+                status_code=status,
+                response_model=None,
+                responses=responses,
+                openapi_extra=extra,
+                operation_id=handler.__name__ + ("" if prefix == "/v1" else "_in_project"),
             )
 
     async def body_of(request: Request) -> Any:
@@ -659,6 +713,8 @@ def masakari_app(
             _name(fields["service_type"], "service_type")
         if "description" in fields:
             fields["description"] = _text(fields["description"], "description")
+            if len(fields["description"]) > 255:  # Masakari's schema: at most 255
+                raise ApiError(400, "Invalid input for field/attribute description: too long.")
         if "recovery_method" in fields and fields["recovery_method"] not in RECOVERY_METHODS:
             raise ApiError(
                 400,
@@ -1050,24 +1106,194 @@ def masakari_app(
                 return JSONResponse({"vmove": view})
         raise ApiError(404, f"VM move {wanted} could not be found.")
 
-    route("GET", "/segments", list_segments)
-    route("POST", "/segments", create_segment, 201)
-    route("GET", "/segments/{segment_id}", show_segment)
-    route("PUT", "/segments/{segment_id}", update_segment)
-    route("DELETE", "/segments/{segment_id}", delete_segment, 204)
-    route("GET", "/segments/{segment_id}/hosts", list_hosts)
-    route("POST", "/segments/{segment_id}/hosts", create_host, 201)
-    route("GET", "/segments/{segment_id}/hosts/{host_id}", show_host)
-    route("PUT", "/segments/{segment_id}/hosts/{host_id}", update_host)
-    route("DELETE", "/segments/{segment_id}/hosts/{host_id}", delete_host, 204)
-    route("GET", "/notifications", list_notifications)
-    route("POST", "/notifications", create_notification, 202)
-    route("GET", "/notifications/{notification_id}", show_notification)
-    route("GET", "/notifications/{notification_id}/vmoves", list_vmoves)
-    route("GET", "/notifications/{notification_id}/vmoves/{vmove_id}", show_vmove)
-    app.add_api_route("/", versions, methods=["GET"], response_model=None)
+    seg_sort = ["created_at", "description", "id", "name", "updated_at", "uuid"]
+    seg_sort += ["recovery_method", "service_type"]
+    host_sort = ["created_at", "id", "name", "type", "updated_at", "uuid", "reserved"]
+    host_sort += ["on_maintenance", "control_attributes"]
+    n_sort = ["created_at", "generated_time", "id", "type", "status", "updated_at"]
+    n_sort += ["notification_uuid", "source_host_uuid"]
+    vm_sort = ["created_at", "id", "uuid", "status", "type", "instance_name", "start_time"]
+    segment_one = doc.obj({"segment": doc.SEGMENT}, ["segment"])
+    host_one = doc.obj({"host": doc.HOST}, ["host"])
+    notification_one = doc.obj({"notification": doc.NOTIFICATION}, ["notification"])
+
+    def many(key: str, item: doc.Schema) -> doc.Schema:
+        return doc.obj({key: {"type": "array", "items": item}}, [key])
+
+    route(
+        "GET",
+        "/segments",
+        list_segments,
+        answer=many("segments", doc.SEGMENT),
+        params=doc.paging(
+            seg_sort,
+            {
+                "recovery_method": {"type": "string"},
+                "service_type": {"type": "string"},
+                "enabled": doc.BOOL_QUERY,
+            },
+        ),
+    )
+    route(
+        "POST",
+        "/segments",
+        create_segment,
+        201,
+        answer=segment_one,
+        body=doc.SEGMENT_IN,
+        refusals=(409,),
+        links={
+            name: (op, {"segment_id": "$response.body#/segment/uuid"})
+            for name, op in (
+                ("ShowSegment", "show_segment"),
+                ("UpdateSegment", "update_segment"),
+                ("DeleteSegment", "delete_segment"),
+                ("ListHosts", "list_hosts"),
+                ("CreateHost", "create_host"),
+            )
+        },
+    )
+    route("GET", "/segments/{segment_id}", show_segment, answer=segment_one, refusals=(404,))
+    route(
+        "PUT",
+        "/segments/{segment_id}",
+        update_segment,
+        answer=segment_one,
+        body=doc.SEGMENT_UPDATE,
+        refusals=(404, 409),
+    )
+    route("DELETE", "/segments/{segment_id}", delete_segment, 204, answer=None, refusals=(404, 409))
+    route(
+        "GET",
+        "/segments/{segment_id}/hosts",
+        list_hosts,
+        answer=many("hosts", doc.HOST),
+        params=doc.paging(
+            host_sort,
+            {
+                "name": {"type": "string"},
+                "type": {"type": "string"},
+                "control_attributes": {"type": "string"},
+                "on_maintenance": doc.BOOL_QUERY,
+                "reserved": doc.BOOL_QUERY,
+            },
+        ),
+        refusals=(404,),
+    )
+    route(
+        "POST",
+        "/segments/{segment_id}/hosts",
+        create_host,
+        201,
+        answer=host_one,
+        body=doc.HOST_IN,
+        refusals=(404, 409, 503),
+        links={
+            name: (
+                op,
+                {"segment_id": "$request.path.segment_id", "host_id": "$response.body#/host/uuid"},
+            )
+            for name, op in (
+                ("ShowHost", "show_host"),
+                ("UpdateHost", "update_host"),
+                ("DeleteHost", "delete_host"),
+            )
+        },
+    )
+    route(
+        "GET", "/segments/{segment_id}/hosts/{host_id}", show_host, answer=host_one, refusals=(404,)
+    )
+    route(
+        "PUT",
+        "/segments/{segment_id}/hosts/{host_id}",
+        update_host,
+        answer=host_one,
+        body=doc.HOST_UPDATE,
+        refusals=(404, 409),
+    )
+    route(
+        "DELETE",
+        "/segments/{segment_id}/hosts/{host_id}",
+        delete_host,
+        204,
+        answer=None,
+        refusals=(404, 409),
+    )
+    route(
+        "GET",
+        "/notifications",
+        list_notifications,
+        answer=many("notifications", doc.NOTIFICATION),
+        params=doc.paging(
+            n_sort,
+            {
+                "status": {"type": "string"},
+                "source_host_uuid": {"type": "string"},
+                "type": {"type": "string"},
+                "generated-since": {"type": "string", "format": "date-time"},
+            },
+        ),
+    )
+    route(
+        "POST",
+        "/notifications",
+        create_notification,
+        202,
+        answer=notification_one,
+        body=doc.NOTIFICATION_IN,
+        refusals=(409,),
+        links={
+            name: (op, {"notification_id": "$response.body#/notification/notification_uuid"})
+            for name, op in (
+                ("ShowNotification", "show_notification"),
+                ("ListVMoves", "list_vmoves"),
+            )
+        },
+    )
+    route(
+        "GET",
+        "/notifications/{notification_id}",
+        show_notification,
+        answer=notification_one,
+        refusals=(404,),
+    )
+    route(
+        "GET",
+        "/notifications/{notification_id}/vmoves",
+        list_vmoves,
+        answer=many("vmoves", doc.VMOVE),
+        params=doc.paging(vm_sort, {"status": {"type": "string"}, "type": {"type": "string"}}),
+        refusals=(404,),
+    )
+    route(
+        "GET",
+        "/notifications/{notification_id}/vmoves/{vmove_id}",
+        show_vmove,
+        answer=doc.obj({"vmove": doc.VMOVE}, ["vmove"]),
+        refusals=(404,),
+    )
+    versions_doc, versions_extra = doc.operation(300, answer=doc.VERSIONS, public=True)
+    app.add_api_route(
+        "/",
+        versions,
+        methods=["GET"],
+        response_model=None,
+        status_code=300,
+        responses=versions_doc,
+        openapi_extra=versions_extra,
+    )
     for path in ("/v1", "/v1/", "/v1/{project_id}", "/v1/{project_id}/"):
-        app.add_api_route(path, version, methods=["GET"], response_model=None)
+        version_doc_, version_extra = doc.operation(200, answer=doc.VERSION, public=True, path=path)
+        app.add_api_route(
+            path,
+            version,
+            methods=["GET"],
+            response_model=None,
+            responses=version_doc_,
+            openapi_extra=version_extra,
+            include_in_schema=path in ("/v1", "/v1/{project_id}"),
+        )
+    install_openapi(app)
 
     def targets(host: Host, segment: Segment) -> tuple[str | None, ...]:
         extra = records.segments().get(segment.name)
@@ -1154,6 +1380,34 @@ def replay_reports(*, store: Store, engine: Engine, records: MasakariRecords, cl
             )
             count += 1
     return count
+
+
+def install_openapi(app: FastAPI) -> None:
+    """The document FastAPI builds from the routes, with Masakari's token as its
+    security scheme (every route but the public ones needs it)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title,
+                version=_v(MAX_VERSION),
+                description=app.description,
+                routes=app.routes,
+            )
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "token": {"type": "apiKey", "in": "header", "name": "X-Auth-Token"}
+            }
+            schema["security"] = [{"token": []}]
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def not_found_fault() -> Response:
+    """Masakari's 404, for a path under /instance-ha that never reaches its app (the
+    mount's pattern stops at a newline in the path)."""
+    return _fault(ApiError(404, "The resource could not be found."), MIN_VERSION)
 
 
 def _fault(exc: ApiError, version: tuple[int, int]) -> Response:

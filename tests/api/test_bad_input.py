@@ -166,3 +166,20 @@ def test_other_refusals_are_a_detail_string(
     response = h.client.request(method, path)
     assert response.status_code == status
     assert set(response.json()) == {"detail"} and isinstance(response.json()["detail"], str)
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "field"),
+    [
+        ("/v1/segments/a%00b", None, "name"),
+        ("/v1/hosts/a%01b", None, "name"),
+        ("/v1/instances/x%00", None, "instance_id"),
+        ("/v1/hosts", {"segment": "a\x00b"}, "segment"),
+        ("/v1/failures", {"host": "a\x00"}, "host"),
+    ],
+)
+def test_a_control_character_in_a_name_is_a_422_not_a_database_error(
+    h: Harness, path: str, params: dict[str, str] | None, field: str
+) -> None:
+    """PostgreSQL refuses a NUL in text: it must never reach the store."""
+    field_named(h.client.get(path, params=params), field)

@@ -84,6 +84,11 @@ _BEARER = HTTPBearer(auto_error=False)
 # the parameter, not an OverflowError from the database driver.
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 Cursor = Annotated[int, Query(ge=0, le=MAX_ID, description="seq of the last event seen")]
+# Names and ids in paths and filters: any text a store can hold. PostgreSQL refuses a
+# NUL in text (a database error, a 500), so control characters are a 422 here.
+_TEXT = r"^[^\x00-\x1f\x7f]+$"
+Name = Annotated[str, Path(max_length=255, pattern=_TEXT)]
+Filter = Annotated[str | None, Query(max_length=255, pattern=_TEXT)]
 _WHY = {
     400: "a body that is not JSON, or a value the store refuses (named in detail)",
     401: "missing or wrong bearer token",
@@ -246,9 +251,12 @@ def create_app(
         return SegmentOut.of(seg)
 
     @app.get(
-        "/v1/segments/{name}", responses=answers(401, 404), dependencies=auth, tags=["segments"]
+        "/v1/segments/{name}",
+        responses=answers(401, 404, 422),
+        dependencies=auth,
+        tags=["segments"],
     )
-    def get_segment(name: str) -> SegmentOut:
+    def get_segment(name: Name) -> SegmentOut:
         return SegmentOut.of(store.get_segment(name))
 
     @app.patch(
@@ -257,7 +265,7 @@ def create_app(
         dependencies=auth,
         tags=["segments"],
     )
-    def update_segment(name: str, body: SegmentPatch) -> SegmentOut:
+    def update_segment(name: Name, body: SegmentPatch) -> SegmentOut:
         changes = body.model_dump(exclude_none=True)
         if changes.get("paused") is False:
             changes["pause_reason"] = ""
@@ -270,18 +278,18 @@ def create_app(
 
     @app.delete(
         "/v1/segments/{name}",
-        responses=answers(401, 404, 409),
+        responses=answers(401, 404, 409, 422),
         status_code=204,
         dependencies=auth,
         tags=["segments"],
     )
-    def delete_segment(name: str) -> None:
+    def delete_segment(name: Name) -> None:
         store.delete_segment(name)
         LOG.info("segment %s deleted", name)
 
     # --- hosts --------------------------------------------------------------------------
-    @app.get("/v1/hosts", responses=answers(401, 404), dependencies=auth, tags=["hosts"])
-    def list_hosts(segment: str | None = None) -> list[HostOut]:
+    @app.get("/v1/hosts", responses=answers(401, 404, 422), dependencies=auth, tags=["hosts"])
+    def list_hosts(segment: Filter = None) -> list[HostOut]:
         return [HostOut.of(h, heartbeat_age(h.name)) for h in store.list_hosts(segment)]
 
     @app.post(
@@ -316,8 +324,10 @@ def create_app(
         engine.wake()
         return HostOut.of(host)
 
-    @app.get("/v1/hosts/{name}", responses=answers(401, 404), dependencies=auth, tags=["hosts"])
-    def get_host(name: str) -> HostOut:
+    @app.get(
+        "/v1/hosts/{name}", responses=answers(401, 404, 422), dependencies=auth, tags=["hosts"]
+    )
+    def get_host(name: Name) -> HostOut:
         return HostOut.of(store.get_host(name), heartbeat_age(name))
 
     @app.patch(
@@ -326,7 +336,7 @@ def create_app(
         dependencies=auth,
         tags=["hosts"],
     )
-    def update_host(name: str, body: HostPatch) -> HostOut:
+    def update_host(name: Name, body: HostPatch) -> HostOut:
         changes: dict[str, Any] = body.model_dump(exclude_none=True, exclude={"fencing"})
         if body.fencing is not None:
             changes["fencing"] = tuple(m.to_model() for m in body.fencing)
@@ -337,30 +347,33 @@ def create_app(
 
     @app.delete(
         "/v1/hosts/{name}",
-        responses=answers(401, 404, 409),
+        responses=answers(401, 404, 409, 422),
         status_code=204,
         dependencies=auth,
         tags=["hosts"],
     )
-    def delete_host(name: str) -> None:
+    def delete_host(name: Name) -> None:
         store.delete_host(name)
         LOG.info("host %s deleted", name)
 
     @app.post(
         "/v1/hosts/{name}/restore",
-        responses=answers(401, 404, 409, 502),
+        responses=answers(401, 404, 409, 422, 502),
         dependencies=auth,
         tags=["hosts"],
     )
-    def restore_host(name: str) -> HostOut:
+    def restore_host(name: Name) -> HostOut:
         """Put a recovered host back into use (compute service up and enabled)."""
         return HostOut.of(engine.call(lambda: engine.restore_host(name)))
 
     # --- instances ----------------------------------------------------------------------
     @app.get(
-        "/v1/instances", responses=answers(401, 404, 502), dependencies=auth, tags=["instances"]
+        "/v1/instances",
+        responses=answers(401, 404, 422, 502),
+        dependencies=auth,
+        tags=["instances"],
     )
-    def list_instances(host: str | None = None) -> list[InstanceOut]:
+    def list_instances(host: Filter = None) -> list[InstanceOut]:
         """With ``host``: the instances Nova places there and their effective policy.
         Without: the instances with an operator override."""
         if host is None:
@@ -391,11 +404,11 @@ def create_app(
 
     @app.get(
         "/v1/instances/{instance_id}",
-        responses=answers(401, 404, 502),
+        responses=answers(401, 404, 422, 502),
         dependencies=auth,
         tags=["instances"],
     )
-    def get_instance(instance_id: str) -> InstanceOut:
+    def get_instance(instance_id: Name) -> InstanceOut:
         override = store.get_instance_policy(instance_id)
         try:
             server = compute.get_server(instance_id)
@@ -433,7 +446,7 @@ def create_app(
         dependencies=auth,
         tags=["instances"],
     )
-    def set_instance_policy(instance_id: str, body: InstancePolicyIn) -> InstanceOut:
+    def set_instance_policy(instance_id: Name, body: InstancePolicyIn) -> InstanceOut:
         p = store.set_instance_policy(InstancePolicy(instance_id, body.policy, body.priority))
         LOG.info("instance %s: policy override %s priority %d", instance_id, p.policy, p.priority)
         return InstanceOut(
@@ -443,18 +456,18 @@ def create_app(
     @app.delete(
         "/v1/instances/{instance_id}/policy",
         status_code=204,
-        responses=answers(401, 404),
+        responses=answers(401, 404, 422),
         dependencies=auth,
         tags=["instances"],
     )
-    def delete_instance_policy(instance_id: str) -> None:
+    def delete_instance_policy(instance_id: Name) -> None:
         store.delete_instance_policy(instance_id)
         LOG.info("instance %s: policy override removed", instance_id)
 
     # --- failures and recoveries --------------------------------------------------------
     @app.get("/v1/failures", responses=answers(401, 422), dependencies=auth, tags=["failures"])
     def list_failures(
-        host: str | None = None,
+        host: Filter = None,
         status: FailureStatus | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[FailureOut]:
@@ -473,7 +486,7 @@ def create_app(
 
     @app.get("/v1/recoveries", responses=answers(401, 422), dependencies=auth, tags=["recoveries"])
     def list_recoveries(
-        host: str | None = None,
+        host: Filter = None,
         status: RecoveryStatus | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[RecoveryOut]:
@@ -519,7 +532,7 @@ def create_app(
     def list_events(
         after: Cursor = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        host: str | None = None,
+        host: Filter = None,
     ) -> list[dict[str, Any]]:
         return [event_as_json(e) for e in store.list_events(after=after, limit=limit, host=host)]
 
@@ -596,31 +609,31 @@ def create_app(
 
     @app.get(
         "/v1/subscriptions/{name}",
-        responses=answers(401, 404),
+        responses=answers(401, 404, 422),
         dependencies=auth,
         tags=["subscriptions"],
     )
-    def get_subscription(name: str) -> SubscriptionOut:
+    def get_subscription(name: Name) -> SubscriptionOut:
         return _subscription_out(store.get_subscription(name))
 
     @app.delete(
         "/v1/subscriptions/{name}",
         status_code=204,
-        responses=answers(401, 404),
+        responses=answers(401, 404, 422),
         dependencies=auth,
         tags=["subscriptions"],
     )
-    def delete_subscription(name: str) -> None:
+    def delete_subscription(name: Name) -> None:
         store.delete_subscription(name, sink=webhook_sink(name))
         LOG.info("subscription %s deleted", name)
 
     @app.post(
         "/v1/subscriptions/{name}/test",
-        responses=answers(401, 404),
+        responses=answers(401, 404, 422),
         dependencies=auth,
         tags=["subscriptions"],
     )
-    def test_subscription(name: str) -> dict[str, Any]:
+    def test_subscription(name: Name) -> dict[str, Any]:
         """Send one test event to this subscription now and say how it went."""
         sub = store.get_subscription(name)
         event = make_event(
@@ -635,8 +648,10 @@ def create_app(
             return {"delivered": False, "error": str(exc), "event_id": event.id}
         return {"delivered": True, "event_id": event.id}
 
-    @app.get("/v1/dead-letters", responses=answers(401), dependencies=auth, tags=["subscriptions"])
-    def list_dead_letters(sink: str | None = None) -> list[dict[str, Any]]:
+    @app.get(
+        "/v1/dead-letters", responses=answers(401, 422), dependencies=auth, tags=["subscriptions"]
+    )
+    def list_dead_letters(sink: Filter = None) -> list[dict[str, Any]]:
         return [dl.__dict__ for dl in store.list_dead_letters(sink=sink)]
 
     def _fenced_recovery(host: str) -> int:
@@ -662,7 +677,7 @@ def create_app(
         dependencies=auth,
         tags=["instances"],
     )
-    def evacuate_instance(instance_id: str, body: EvacuateIn) -> RecoveryOut:
+    def evacuate_instance(instance_id: Name, body: EvacuateIn) -> RecoveryOut:
         """A consumer's recovery: evacuate this instance of a fenced host (optionally to a
         named host). Recorded as a step of the host's recovery, like vigil's own."""
         try:
@@ -704,11 +719,11 @@ def create_app(
 
     @app.post(
         "/v1/instances/{instance_id}/restart",
-        responses=answers(401, 404, 409, 502),
+        responses=answers(401, 404, 409, 422, 502),
         dependencies=auth,
         tags=["instances"],
     )
-    def restart_instance(instance_id: str) -> dict[str, Any]:
+    def restart_instance(instance_id: Name) -> dict[str, Any]:
         """A consumer's recovery: hard-reboot this instance on its (healthy) host."""
         server = compute.get_server(instance_id)
         if server.host:
@@ -796,7 +811,7 @@ def create_app(
         tags=["guest failures"],
     )
     def list_guest_failures(
-        instance_id: str | None = None,
+        instance_id: Filter = None,
         status: GuestFailureStatus | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     ) -> list[GuestFailureOut]:
@@ -859,9 +874,12 @@ def create_app(
         return GuestFailureOut.of(done)
 
     @app.get(
-        "/v1/hosts/{name}/services", responses=answers(401, 404), dependencies=auth, tags=["hosts"]
+        "/v1/hosts/{name}/services",
+        responses=answers(401, 404, 422),
+        dependencies=auth,
+        tags=["hosts"],
     )
-    def get_host_services(name: str) -> HostServicesOut:
+    def get_host_services(name: Name) -> HostServicesOut:
         store.get_host(name)  # 404 for an unknown host
         services = store.get_host_services(name)
         if services is None:

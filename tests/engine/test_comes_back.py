@@ -25,6 +25,7 @@ from vigil.model import (
     Host,
     HostState,
     InvalidTransition,
+    Recovery,
     RecoveryStatus,
     Step,
     StepKind,
@@ -376,3 +377,34 @@ def test_a_host_whose_fence_failed_and_that_rebooted_gets_its_instances_back(
     finally:
         w.engine.close()
         w.store.close()
+
+
+@pytest.mark.parametrize(("booted_again", "moved"), [(False, 3), (True, 1), (None, 1)])
+def test_an_instance_that_arrived_after_the_declaration_moves_only_if_the_host_stayed_down(
+    w: World, booted_again: bool | None, moved: int
+) -> None:
+    """vm1 and vm2 were not on c1 when it was declared (evacuations to it still in flight,
+    fault schedule seed 40). If c1 has not booted again since, the fence killed them too:
+    they move. If it has (a watchdog reset, seed 6), they may run there: left alone."""
+    ctx = StepContext(
+        compute=SimCompute(w.cloud),
+        fence_devices=lambda host: [],
+        policies=lambda instance_id: None,
+        settings=w.settings.recovery,
+        clock=w.clock,
+        wait=w.clock.advance,
+        booted_again=lambda host: booted_again,
+    )
+    first = w.cloud.instance(w.instances[0])
+    record = Step(
+        1,
+        1,
+        1,
+        StepKind.RECORD_INSTANCES,
+        StepStatus.SUCCEEDED,
+        result={"instances": [{"id": first.id, "name": first.name, "status": "ACTIVE"}]},
+    )
+    recovery = Recovery(1, 1, "c1", "s1", RecoveryStatus.RUNNING, 0.0, steps=(record,))
+    done = steps.plan_instances(ctx, w.store.get_host("c1"), w.store.get_segment("s1"), recovery)
+    assert len(done.new_steps) == moved
+    assert len(done.result.get("arrived_after_failure", [])) == 3 - moved

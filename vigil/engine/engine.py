@@ -105,6 +105,7 @@ class Engine:
             hosts=lambda: self._hosts,
             fenced=lambda name: name in self._fenced,
             spread=self._spread,
+            booted_again=self._booted_again,
         )
         self._pool = ThreadPoolExecutor(settings.recovery.workers, thread_name_prefix="vigil-step")
         self._lock = threading.Lock()
@@ -543,6 +544,15 @@ class Engine:
         LOG.warning(
             "host %s: failure declaration withdrawn (recovery %d): %s", host, recovery_id, reason
         )
+
+    def _booted_again(self, name: str) -> bool | None:
+        """Whether the host has been heard with another kernel boot id than the one stored
+        (a failed host's stays the one before its failure); None when none is known."""
+        host = self._hosts.get(name)
+        if host is None or host.boot_id is None:
+            return None
+        heard = self._heartbeats.kernel_boot_ids().get(name)
+        return heard is not None and heard != host.boot_id
 
     def _spread(self, candidates: Sequence[str]) -> str:
         """The candidate destination aimed at least so far (then by name)."""

@@ -81,6 +81,9 @@ class StepContext:
     spread: Callable[[Sequence[str]], str] = lambda candidates: candidates[0]
     # instance id -> the host vigil last sent it to (one dict shared by the workers)
     aimed: dict[str, str] = field(default_factory=dict)
+    # Whether the host has been heard booted again (a new kernel boot id) since it was
+    # declared failed; None when it cannot tell (no boot id known).
+    booted_again: Callable[[str], bool | None] = lambda _host: None
 
 
 def pick_target(candidates: Sequence[str | None], attempt: int) -> str | None:
@@ -191,15 +194,19 @@ def effective_policy(
 def plan_instances(
     ctx: StepContext, host: Host, segment: Segment, recovery: Recovery | None = None
 ) -> Done:
-    """One step per protected instance. Only instances that were on the host when its
-    failure was declared (``record-instances``, when that read succeeded): a fence proves
-    gone what ran then, not what Nova put on the host afterwards — a host reset by its
-    watchdog boots again and may run an instance that arrived meanwhile; it is listed and
-    left where it is."""
+    """One step per protected instance: those that were on the host when its failure was
+    declared (``record-instances``, when that read succeeded), and those that arrived
+    since (an evacuation to it still in flight then) as long as the host has not been
+    heard booted again. A fence proves gone what ran before it, not what Nova put on the
+    host after a watchdog reset booted it again: such an instance is listed and left
+    where it is (it runs there)."""
     servers = ctx.compute.list_servers(host.name)
     record = recovery.step(StepKind.RECORD_INSTANCES) if recovery is not None else None
     before: set[str] | None = None
-    if record is not None and record.status == "succeeded":
+    # Unknown (no boot id) counts as booted again: leaving an instance is loud (a warning,
+    # the step's result); evacuating one that runs would start it twice.
+    rebooted = ctx.booted_again(host.name) is not False
+    if record is not None and record.status == "succeeded" and rebooted:
         before = {str(i.get("id")) for i in record.result.get("instances", [])}
     planned: list[tuple[int, str, NewStep]] = []
     seen: list[dict[str, Any]] = []
@@ -214,7 +221,8 @@ def plan_instances(
         if before is not None and server.id not in before:
             late.append(server.name)
             LOG.warning(
-                "host %s: instance %s (%s) arrived after the failure was declared: not moved",
+                "host %s: instance %s (%s) arrived after the failure was declared and the "
+                "host has booted again since: not moved (it may run there)",
                 host.name,
                 server.name,
                 server.id,

@@ -106,6 +106,7 @@ class Engine:
             fenced=lambda name: name in self._fenced,
             spread=self._spread,
             booted_again=self._booted_again,
+            boot_of=lambda name: self._heartbeats.kernel_boot_ids().get(name),
         )
         self._pool = ThreadPoolExecutor(settings.recovery.workers, thread_name_prefix="vigil-step")
         self._lock = threading.Lock()

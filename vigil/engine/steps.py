@@ -84,6 +84,10 @@ class StepContext:
     # Whether the host has been heard booted again (a new kernel boot id) since it was
     # declared failed; None when it cannot tell (no boot id known).
     booted_again: Callable[[str], bool | None] = lambda _host: None
+    # The kernel boot id a host's heartbeats carry now (None: none heard).
+    boot_of: Callable[[str], str | None] = lambda _host: None
+    # instance id -> (host, that host's boot id) when vigil saw its evacuation land there
+    landed: dict[str, tuple[str, str | None]] = field(default_factory=dict)
 
 
 def pick_target(candidates: Sequence[str | None], attempt: int) -> str | None:
@@ -196,10 +200,11 @@ def plan_instances(
 ) -> Done:
     """One step per protected instance: those that were on the host when its failure was
     declared (``record-instances``, when that read succeeded), and those that arrived
-    since (an evacuation to it still in flight then) as long as the host has not been
-    heard booted again. A fence proves gone what ran before it, not what Nova put on the
-    host after a watchdog reset booted it again: such an instance is listed and left
-    where it is (it runs there)."""
+    since — an evacuation to it still in flight then — when they landed in the boot the
+    fence ended: the host has not been heard booted again, or vigil saw the instance land
+    while the host still ran that boot. A fence proves gone what ran before it, not what
+    Nova put on the host after a watchdog reset booted it again: such an instance is
+    listed and left where it is (it runs there)."""
     servers = ctx.compute.list_servers(host.name)
     record = recovery.step(StepKind.RECORD_INSTANCES) if recovery is not None else None
     before: set[str] | None = None
@@ -218,7 +223,9 @@ def plan_instances(
         )
         if policy == HaPolicy.OFF:
             continue
-        if before is not None and server.id not in before:
+        landed = ctx.landed.get(server.id)
+        killed = host.boot_id is not None and landed == (host.name, host.boot_id)
+        if before is not None and server.id not in before and not killed:
             late.append(server.name)
             LOG.warning(
                 "host %s: instance %s (%s) arrived after the failure was declared and the "
@@ -429,6 +436,10 @@ def evacuate(
         )
         if server.status != nova.ACTIVE:
             raise TemporaryError(f"{label} did not start on {server.host}: {server.status}")
+    if server.host is not None:
+        # In which boot of its new host it landed: should that host fail in turn, its
+        # fence will have ended this copy too if the boot is the same (``plan_instances``).
+        ctx.landed[sid] = (server.host, ctx.boot_of(server.host))
     return Done(
         f"{label} {server.status} on {server.host}",
         {"from": host.name, "to": server.host, "status": server.status},

@@ -411,7 +411,11 @@ def test_an_instance_that_arrived_after_the_declaration_moves_only_if_the_host_s
     assert len(done.new_steps) == moved
     assert len(done.result.get("arrived_after_failure", [])) == 3 - moved
     # vigil saw vm1 land on c1 in the boot the fence then ended: it moves in any case
-    ctx.landed[w.instances[1]] = ("c1", "c1-boot-1")
-    ctx.landed[w.instances[2]] = ("c1", "c1-boot-2")  # landed after c1 booted again
+    ctx.landed[w.instances[1]] = ("c1", "c1-boot-1", "ACTIVE")
+    ctx.landed[w.instances[2]] = ("c1", "c1-boot-2", "ACTIVE")  # after c1 booted again
+    w.cloud.stop(w.instances[1])  # what Nova shows after the fence...
+    w.tick()
     done = steps.plan_instances(ctx, c1, w.store.get_segment("s1"), recovery)
     assert len(done.new_steps) == (3 if booted_again is False else 2)
+    (seen,) = [i for i in done.result["instances"] if i["id"] == w.instances[1]]
+    assert (seen["status"], seen["listed"]) == ("ACTIVE", "SHUTOFF")  # ...is not what counts

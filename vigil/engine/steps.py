@@ -86,8 +86,9 @@ class StepContext:
     booted_again: Callable[[str], bool | None] = lambda _host: None
     # The kernel boot id a host's heartbeats carry now (None: none heard).
     boot_of: Callable[[str], str | None] = lambda _host: None
-    # instance id -> (host, that host's boot id) when vigil saw its evacuation land there
-    landed: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    # instance id -> (host, that host's boot id, its status) when vigil saw its evacuation
+    # land there
+    landed: dict[str, tuple[str, str | None, str]] = field(default_factory=dict)
 
 
 def pick_target(candidates: Sequence[str | None], attempt: int) -> str | None:
@@ -224,7 +225,14 @@ def plan_instances(
         if policy == HaPolicy.OFF:
             continue
         landed = ctx.landed.get(server.id)
-        killed = host.boot_id is not None and landed == (host.name, host.boot_id)
+        if landed is not None and host.boot_id is not None:
+            killed = landed[:2] == (host.name, host.boot_id)
+        else:
+            killed = False
+        if killed and landed is not None:
+            # Its state before the failure is the one it landed in, not what Nova shows
+            # after the fence (the evacuate step restores it).
+            seen[-1] = {**seen[-1], "status": landed[2], "listed": server.status}
         if before is not None and server.id not in before and not killed:
             late.append(server.name)
             LOG.warning(
@@ -439,7 +447,7 @@ def evacuate(
     if server.host is not None:
         # In which boot of its new host it landed: should that host fail in turn, its
         # fence will have ended this copy too if the boot is the same (``plan_instances``).
-        ctx.landed[sid] = (server.host, ctx.boot_of(server.host))
+        ctx.landed[sid] = (server.host, ctx.boot_of(server.host), server.status)
     return Done(
         f"{label} {server.status} on {server.host}",
         {"from": host.name, "to": server.host, "status": server.status},

@@ -859,3 +859,19 @@ def test_power_state_is_what_the_host_last_reported(cloud: SimCloud) -> None:
         1,
         frozenset({"h1"}),
     )
+
+
+def test_after_a_reboot_nova_keeps_instances_active_until_its_power_sync(
+    clock: FakeClock,
+) -> None:
+    c = SimCloud(clock, latency=lat(boot=1.0, power_sync=5.0))
+    for h in HOSTS:
+        c.add_host(h)
+    sid = c.add_instance("vm", "h1")
+    c.power_loss("h1")
+    c.power_restore("h1")
+    clock.advance(1.5)  # booted: nova-compute reports the guest off
+    server = c.get_server(sid)
+    assert (server.status, server.power_state) == (ACTIVE, 4)
+    clock.advance(5.0)  # its power sync
+    assert c.get_server(sid).status == SHUTOFF

@@ -54,7 +54,8 @@ nova-compute last reported: the truth while that compute works, frozen while it 
 isolated or hung -- so an instance of a host reset while cut off reads ACTIVE and running
 until the host reconnects, then ACTIVE with power_state shutdown (Nova's periodic sync,
 which would stop it, is not simulated).
-When power returns, nothing is restarted: instances still placed on the host read SHUTOFF,
+When power returns, nothing is restarted: instances still placed on the host read SHUTOFF
+(after ``SimLatency.power_sync``; ACTIVE with power_state shutdown until then, as in Nova),
 and those evacuated away stay away (a restarted nova-compute destroys its copies of them).
 A host that reconnects or unfreezes, on the other hand, keeps running what it ran -- Nova
 cleans up only when nova-compute restarts -- which is why vigil must fence, not hope.
@@ -141,6 +142,9 @@ class SimLatency:
     # Power back on -> the host has booted: its agent and nova-compute run again (then
     # nova-compute finds its instances off). 0: at once.
     boot: float = 0.0
+    # After a host booted, how long Nova keeps its instances ACTIVE (power_state shutdown)
+    # before its power sync records them SHUTOFF (10 min in Nova). 0: at once.
+    power_sync: float = 0.0
     jitter: float = 0.25
 
     def __post_init__(self) -> None:
@@ -152,6 +156,7 @@ class SimLatency:
             "bmc_timeout",
             "rpc_timeout",
             "boot",
+            "power_sync",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"SimLatency.{name} must not be negative")
@@ -161,7 +166,7 @@ class SimLatency:
     @classmethod
     def zero(cls) -> SimLatency:
         """Everything immediate and nothing sleeps: for unit tests on a FakeClock."""
-        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, boot=0.0, jitter=0.0)
+        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, boot=0.0, power_sync=0.0, jitter=0.0)
 
 
 @dataclass(frozen=True)
@@ -298,7 +303,9 @@ class _Instance:
     power_state: int = POWER_SHUTDOWN  # Nova's, as its host's nova-compute last reported
 
 
-_OpKind = Literal["evacuate", "start", "stop", "reboot", "power_off", "power_on", "boot"]
+_OpKind = Literal[
+    "evacuate", "start", "stop", "reboot", "power_off", "power_on", "boot", "power_sync"
+]
 
 
 @dataclass(eq=False)
@@ -1073,6 +1080,9 @@ class SimCloud:
             if h.powered and h.booting:
                 self._booted(h, op.due)
             return True
+        if op.kind == "power_sync":
+            self._sync_power(self._hosts[op.subject])
+            return True
         if op.kind in ("power_off", "power_on"):
             h = self._hosts[op.subject]
             h.pending_power = None
@@ -1184,10 +1194,21 @@ class SimCloud:
         self._note_health(h, at)
         # Like a restarted nova-compute: the copies of instances evacuated away are gone
         # (power loss ended them and nothing restarts them), and the instances still
-        # placed here that Nova believed ACTIVE are found off and recorded SHUTOFF.
+        # placed here that Nova believed ACTIVE are found off: power_state shutdown at
+        # once, SHUTOFF at its power sync.
+        if self._latency.power_sync > 0:
+            op = self._new_op("power_sync", h.name, actor=None)
+            op.due = at + self._latency.power_sync
+            self._queue(op)
+        else:
+            self._sync_power(h)
+
+    def _sync_power(self, h: _Host) -> None:
+        if not h.compute_works:
+            return
         for iid in self._on_host[h.name]:
             inst = self._instances[iid]
-            if inst.status == ACTIVE and inst.task_state is None:
+            if inst.status == ACTIVE and inst.task_state is None and h.name not in inst.running_on:
                 inst.status = SHUTOFF
 
     def _add_copy(self, inst: _Instance, host: str) -> None:

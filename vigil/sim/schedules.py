@@ -100,6 +100,8 @@ class Timing:
     # A host whose power returns boots this long before its agent and nova-compute run
     # (minutes in reality; longer than detection here, as there)
     boot: float = 1.0
+    # ... and Nova records its instances SHUTOFF at its next power sync (10 min in Nova)
+    power_sync: float = 20.0
     fault_window: float = 10.0  # faults start within [1, fault_window] s
     settle_min: float = 4.0  # after the heal, wait at least this long
     settle_quiet: float = 2.0  # ... and until all is settled for this long
@@ -669,7 +671,12 @@ def run_schedule(
     cloud = SimCloud(
         SystemClock(),
         latency=SimLatency(
-            api_call=0.005, evacuate=0.3, power_off=0.15, bmc_timeout=0.3, boot=t.boot
+            api_call=0.005,
+            evacuate=0.3,
+            power_off=0.15,
+            bmc_timeout=0.3,
+            boot=t.boot,
+            power_sync=t.power_sync,
         ),
         service_down_time=t.service_down_time,
         dead_destination_hangs=True,

@@ -411,11 +411,59 @@ def test_an_instance_that_arrived_after_the_declaration_moves_only_if_the_host_s
     assert len(done.new_steps) == moved
     assert len(done.result.get("arrived_after_failure", [])) == 3 - moved
     # vigil saw vm1 land on c1 in the boot the fence then ended: it moves in any case
-    ctx.landed[w.instances[1]] = ("c1", "c1-boot-1", "ACTIVE")
-    ctx.landed[w.instances[2]] = ("c1", "c1-boot-2", "ACTIVE")  # after c1 booted again
+    now = w.clock.wall()
+    ctx.landed[w.instances[1]] = ("c1", "c1-boot-1", "ACTIVE", now)
+    ctx.landed[w.instances[2]] = ("c1", "c1-boot-2", "ACTIVE", now)  # after c1 booted again
     w.cloud.stop(w.instances[1])  # what Nova shows after the fence...
     w.tick()
     done = steps.plan_instances(ctx, c1, w.store.get_segment("s1"), recovery)
     assert len(done.new_steps) == (3 if booted_again is False else 2)
     (seen,) = [i for i in done.result["instances"] if i["id"] == w.instances[1]]
     assert (seen["status"], seen["listed"]) == ("ACTIVE", "SHUTOFF")  # ...is not what counts
+
+
+@pytest.mark.parametrize(("resets", "moved"), [(False, 2), (True, 1)])
+def test_an_instance_that_landed_before_a_power_off_fence_moves_whatever_boot_it_came_in(
+    w: World, resets: bool, moved: int
+) -> None:
+    """Fault schedule seed 267: vm2 was sent to c1 while c1 blinked off and on; it landed in
+    c1's new boot, c1 was declared failed (no heartbeat) and its BMC then powered it off.
+    The power-off ended vm2 too, whichever boot it came in: it moves. A self-fence resets
+    the host instead: what landed in a boot after the declared one may run there."""
+    ctx = StepContext(
+        compute=SimCompute(w.cloud),
+        fence_devices=lambda host: [],
+        policies=lambda instance_id: None,
+        settings=w.settings.recovery,
+        clock=w.clock,
+        wait=w.clock.advance,
+        booted_again=lambda host: True,
+    )
+    first = w.cloud.instance(w.instances[0])
+    landed_at = w.clock.wall()
+    ctx.landed[w.instances[1]] = ("c1", "c1-boot-2", "ACTIVE", landed_at)
+    w.clock.advance(4.0)
+    record = Step(
+        1,
+        1,
+        1,
+        StepKind.RECORD_INSTANCES,
+        StepStatus.SUCCEEDED,
+        result={"instances": [{"id": first.id, "name": first.name, "status": "ACTIVE"}]},
+    )
+    fence = Step(
+        2,
+        1,
+        2,
+        StepKind.FENCE,
+        StepStatus.SUCCEEDED,
+        result={"level": 1, "confirmed_at": w.clock.wall(), "resets": resets},
+    )
+    ctx.landed[w.instances[2]] = ("c1", "c1-boot-3", "ACTIVE", w.clock.wall() + 1.0)
+    recovery = Recovery(1, 1, "c1", "s1", RecoveryStatus.RUNNING, 0.0, steps=(record, fence))
+    done = steps.plan_instances(ctx, w.store.get_host("c1"), w.store.get_segment("s1"), recovery)
+    moved_ids = {st.instance_id for st in done.new_steps}
+    assert len(moved_ids) == moved
+    assert (w.instances[1] in moved_ids) is not resets
+    # vm3 landed after the confirmation: the host was not off for it (left either way)
+    assert w.instances[2] not in moved_ids

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -233,6 +234,26 @@ def test_stranded_with_reason_is_excused_only_when_fencing_was_impossible() -> N
     possible = check(schedule(), T, obs).violations
     assert [x.kind for x in possible] == ["stranded"]
     assert "fencing was possible" in possible[0].detail
+
+
+def test_stranded_with_every_other_host_of_its_segment_down_at_the_end_is_excused() -> None:
+    """Fault schedule seed 240: every host of the segment lost power or was cut off and
+    fenced; the recovery failed with no destination. Nowhere to run it, whoever recovers
+    -- but one other host up at the end makes it a violation again."""
+    rec = {"id": 1, "host": "h1", "status": "failed", "reason": "no destination", "steps": []}
+    obs = observe(instances=[inst("vm-1", "h1", "ERROR")], recoveries=[rec])
+    all_down = {"h1": [(103.0, None)], "h2": [(104.0, None)], "h3": [(101.0, 102.0), (105.0, None)]}
+    nowhere = check(schedule(), T, replace(obs, faulty_spans=all_down))
+    assert nowhere.violations == []
+    assert "no other host of segment seg-a up at the end" in nowhere.stranded_with_reason[0]
+    one_back = {**all_down, "h3": [(101.0, 102.0)]}
+    v = check(schedule(), T, replace(obs, faulty_spans=one_back)).violations
+    assert [x.kind for x in v] == ["stranded"]
+    # h3 came back only after vigil fenced it: out of service until an operator restores it
+    h3 = {"id": 2, "host": "h3", "status": "succeeded", "reason": "host fenced", "steps": []}
+    h3["steps"] = [{"kind": "fence", "status": "succeeded"}]
+    fenced = replace(obs, faulty_spans=one_back, recoveries=[rec, h3])
+    assert check(schedule(), T, fenced).violations == []
 
 
 def test_fencing_possible() -> None:

@@ -26,6 +26,10 @@ class FenceDevice(abc.ABC):
     #: seconds power_status may take to read OFF after power_off, when the device knows
     #: better than [recovery] fence_confirm_timeout (a self-fence waits for a lease)
     confirm_within: float | None = None
+    #: True when a confirmed fence is a reset, the host booting again at once (a
+    #: self-fencing watchdog): what Nova puts on it afterwards runs. False: it is held
+    #: off, so nothing on it at the confirmation runs, whichever boot it came in.
+    resets: bool = False
 
     @abc.abstractmethod
     def power_off(self) -> None:

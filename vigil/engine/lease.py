@@ -268,6 +268,8 @@ class LeaseKeeper:
 class SelfFenceDevice(FenceDevice):
     """The fencing level ``self-fence``: power off = stop granting; OFF once the deadline passed."""
 
+    resets = True
+
     def __init__(self, keeper: LeaseKeeper, host: str) -> None:
         self._keeper = keeper
         self._host = host

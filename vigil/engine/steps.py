@@ -86,9 +86,9 @@ class StepContext:
     booted_again: Callable[[str], bool | None] = lambda _host: None
     # The kernel boot id a host's heartbeats carry now (None: none heard).
     boot_of: Callable[[str], str | None] = lambda _host: None
-    # instance id -> (host, that host's boot id, its status) when vigil saw its evacuation
-    # land there
-    landed: dict[str, tuple[str, str | None, str]] = field(default_factory=dict)
+    # instance id -> (host, that host's boot id, its status, when (wall)) when vigil saw
+    # its evacuation land there
+    landed: dict[str, tuple[str, str | None, str, float]] = field(default_factory=dict)
 
 
 def pick_target(candidates: Sequence[str | None], attempt: int) -> str | None:
@@ -159,9 +159,16 @@ def fence(ctx: StepContext, host: Host) -> Done:
             LOG.warning("host %s: fencing level %d failed: %s", host.name, level, exc)
             continue
         if state == PowerState.OFF:
+            # When, and whether the host stays off: what landed on it before then is
+            # gone (``plan_instances``).
             return Done(
                 f"host {host.name} powered off, confirmed by {device.description}",
-                {"level": level, "device": device.description},
+                {
+                    "level": level,
+                    "device": device.description,
+                    "confirmed_at": ctx.clock.wall(),
+                    "resets": device.resets,
+                },
             )
         errors.append(
             f"level {level} ({device.description}): power still {state.value} "
@@ -196,14 +203,29 @@ def effective_policy(
     return segment.default_policy, server.priority
 
 
+def _killed_by_fence(
+    landed: tuple[str, str | None, str, float] | None, host: Host, held_off_at: float | None
+) -> bool:
+    """Whether the fence ended the copy of an instance vigil saw land on ``host``: it
+    landed before a fence that holds the host off was confirmed (in whichever boot: the
+    boot id vigil knew then may lag one the host had just started, fault schedule seed
+    267), or in the boot the host ran when it was declared failed."""
+    if landed is None or landed[0] != host.name:
+        return False
+    if held_off_at is not None and landed[3] <= held_off_at:
+        return True
+    return host.boot_id is not None and landed[1] == host.boot_id
+
+
 def plan_instances(
     ctx: StepContext, host: Host, segment: Segment, recovery: Recovery | None = None
 ) -> Done:
     """One step per protected instance: those that were on the host when its failure was
     declared (``record-instances``, when that read succeeded), and those that arrived
-    since — an evacuation to it still in flight then — when they landed in the boot the
-    fence ended: the host has not been heard booted again, or vigil saw the instance land
-    while the host still ran that boot. A fence proves gone what ran before it, not what
+    since — an evacuation to it still in flight then — when the fence ended them: the host
+    has not been heard booted again, or vigil saw the instance land in the boot the host
+    ran at its declaration or before a power-off fence was confirmed (``_killed_by_fence``).
+    A fence proves gone what ran before it, not what
     Nova put on the host after a watchdog reset booted it again: such an instance is
     listed and left where it is (it runs there)."""
     servers = ctx.compute.list_servers(host.name)
@@ -214,6 +236,10 @@ def plan_instances(
     rebooted = ctx.booted_again(host.name) is not False
     if record is not None and record.status == "succeeded" and rebooted:
         before = {str(i.get("id")) for i in record.result.get("instances", [])}
+    fenced = recovery.step(StepKind.FENCE) if recovery is not None else None
+    held_off_at: float | None = None
+    if fenced is not None and fenced.status == "succeeded" and not fenced.result.get("resets"):
+        held_off_at = fenced.result.get("confirmed_at")
     planned: list[tuple[int, str, NewStep]] = []
     seen: list[dict[str, Any]] = []
     late: list[str] = []
@@ -224,11 +250,8 @@ def plan_instances(
         )
         if policy == HaPolicy.OFF:
             continue
+        killed = _killed_by_fence(ctx.landed.get(server.id), host, held_off_at)
         landed = ctx.landed.get(server.id)
-        if landed is not None and host.boot_id is not None:
-            killed = landed[:2] == (host.name, host.boot_id)
-        else:
-            killed = False
         if killed and landed is not None:
             # Its state before the failure is the one it landed in, not what Nova shows
             # after the fence (the evacuate step restores it).
@@ -447,7 +470,7 @@ def evacuate(
     if server.host is not None:
         # In which boot of its new host it landed: should that host fail in turn, its
         # fence will have ended this copy too if the boot is the same (``plan_instances``).
-        ctx.landed[sid] = (server.host, ctx.boot_of(server.host), server.status)
+        ctx.landed[sid] = (server.host, ctx.boot_of(server.host), server.status, ctx.clock.wall())
     return Done(
         f"{label} {server.status} on {server.host}",
         {"from": host.name, "to": server.host, "status": server.status},

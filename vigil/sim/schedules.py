@@ -34,7 +34,8 @@ Violations (``Violation.kind``):
 - ``stranded``: after the settle, a keep-running instance runs nowhere. If vigil recorded
   a failed recovery of the instance's host it is *stranded-with-reason*, a violation only
   when fencing was possible (the host self-fences, or its BMC was never made unreachable
-  nor lying in the schedule); else counted in ``stranded_with_reason``.
+  nor lying in the schedule) and another host of its segment was up at the end (else
+  there is nowhere to run it); else counted in ``stranded_with_reason``.
 - ``endless-recovery``: a recovery still pending, running or paused at the end (the
   settle bound is ``Timing.settle_bound`` after the heal, about 120 s of unaccelerated
   time).
@@ -430,6 +431,29 @@ def _vouchers(schedule: Schedule, obs: Observation, host: str, at: float) -> set
     return alive
 
 
+def _up_at_end(schedule: Schedule, obs: Observation, host: str) -> list[str]:
+    """The other hosts of ``host``'s segment that could run an instance at the end of the
+    run: healthy, and never fenced by vigil (a fenced host is out of service until an
+    operator restores it, as documented, even if its power came back)."""
+    segment = _segment(schedule, host)
+    fenced = {
+        str(r.get("host"))
+        for r in obs.recoveries
+        if any(
+            st.get("kind") == "fence" and st.get("status") == "succeeded"
+            for st in r.get("steps", [])
+        )
+    }
+    return [
+        h.name
+        for h in schedule.hosts
+        if h.segment == segment
+        and h.name != host
+        and h.name not in fenced
+        and not any(end is None for _start, end in obs.faulty_spans.get(h.name, ()))
+    ]
+
+
 def _during(spans: Sequence[tuple[float, float | None]], at: float) -> bool:
     return any(start <= at and (end is None or at < end) for start, end in spans)
 
@@ -506,6 +530,15 @@ def check(schedule: Schedule, timing: Timing, obs: Observation) -> Verdict:
             )
             if not fencing_possible(schedule, inst.host):
                 v.stranded_with_reason.append(f"{state}: {reasons}")
+                continue
+            if not _up_at_end(schedule, obs, inst.host):
+                # Every other host of its segment was down at the end (fenced, off,
+                # isolated): nowhere to run it, whoever recovers. Whether those hosts
+                # were rightly fenced is judged above (``healthy-fenced``).
+                v.stranded_with_reason.append(
+                    f"{state}: {reasons} (no other host of segment "
+                    f"{_segment(schedule, inst.host)} up at the end)"
+                )
                 continue
             state += f"; vigil's failed recovery says: {reasons} (fencing was possible)"
         v.violations.append(Violation("stranded", inst.host, state, inst.name))

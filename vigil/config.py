@@ -586,4 +586,9 @@ def load(
 
 
 def random_secret() -> str:
-    return secrets.token_urlsafe(24)
+    """A URL-safe secret that never starts with "-", so that `--token SECRET`
+    on a command line is not taken for an option (argparse rejects it)."""
+    while True:
+        secret = secrets.token_urlsafe(24)
+        if not secret.startswith("-"):
+            return secret

@@ -201,8 +201,17 @@ def test_level_1_fails_level_2_fences_for_real(
         first = FenceMethod("ipmi", lab.ipmi_options("levels", ipport=closed, timeout="2"))
     second = FenceMethod("redfish", lab.redfish_options("levels"))
     devices = build_fence_devices(HOST.name, [first, second])
+    before = time.time()
     done = fence(step_context(devices, confirm_timeout=30), HOST)
-    assert done.result == {"level": 2, "device": devices[1].description}
+    assert done.result is not None
+    # a power-off, not a reset: what landed on the host before it is off moves
+    assert done.result == {
+        "level": 2,
+        "device": devices[1].description,
+        "resets": False,
+        "confirmed_at": done.result["confirmed_at"],
+    }
+    assert before <= done.result["confirmed_at"] <= time.time()
     assert "confirmed by redfish" in done.detail
     assert lab.domains["levels"].state() == "shut off"
 

@@ -9,7 +9,6 @@ with ``auth_type="admin_token"``, the CLI with ``--os-auth-type admin_token --os
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -74,7 +73,7 @@ def running_vigil(
     fence_devices: Callable[[Host], list[FenceDevice]] | None = None,
     overrides: list[str] | None = None,
 ) -> Iterator[Running]:
-    token = secrets.token_urlsafe(16)
+    token = config.random_secret()
     conf = config.load([], config_files=[])
     config.apply_overrides(
         conf,
@@ -83,7 +82,7 @@ def running_vigil(
             "api.port=0",
             "agent.listen_port=0",
             f"api.auth_token={token}",
-            f"agent.key={secrets.token_urlsafe(16)}",
+            f"agent.key={config.random_secret()}",
             *(overrides or []),
         ],
     )

@@ -9,7 +9,6 @@ vigil's driver does; process control goes through the tool's pid files.
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -353,8 +352,8 @@ def running_vigil(
             f"database.connection=sqlite:///{tmp_path / 'vigil.db'}",
             "api.port=0",
             "agent.listen_port=0",
-            f"api.auth_token={secrets.token_urlsafe(16)}",
-            f"agent.key={secrets.token_urlsafe(16)}",
+            f"api.auth_token={config.random_secret()}",
+            f"agent.key={config.random_secret()}",
             *(overrides or []),
         ],
     )

@@ -109,7 +109,7 @@ def _import(url: str, token: str, clouds: Path, *extra: str) -> tuple[int, dict[
     buf = io.StringIO()
     try:
         with redirect_stdout(buf):
-            args = ["--url", url, "--token", token, "--json", "import", "masakari"]
+            args = ["--url", url, f"--token={token}", "--json", "import", "masakari"]
             code = main([*args, "--os-cloud", "masakari-old", *extra])
     finally:
         os.environ.clear()

@@ -68,6 +68,14 @@ def test_secrets_are_required_and_can_come_from_files(tmp_path: Path) -> None:
     assert "from-file" not in repr(s)  # never in a log line that prints the settings
 
 
+def test_generated_secrets_can_follow_token_on_a_command_line() -> None:
+    # a secret starting with "-" after `--token` is taken for an option by argparse
+    # (one in 64 of token_urlsafe's; a CI run failed on one)
+    secrets = {config.random_secret() for _ in range(3000)}
+    assert len(secrets) == 3000
+    assert not [s for s in secrets if s.startswith("-")]
+
+
 def test_overrides_are_typed_and_checked(tmp_path: Path) -> None:
     s = _load(tmp_path, BASE, "recovery.max_parallel_evacuations=3", "detection.failed_after=2.5")
     assert s.recovery.max_parallel_evacuations == 3

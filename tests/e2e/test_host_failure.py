@@ -7,8 +7,11 @@ and never two copies (S1), an unconfirmable fence stops everything (S1), a storm
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 
 from vigil.cli.demo import DemoOptions, Harness, run_scenario, summarize
@@ -32,6 +35,42 @@ def test_failed_host_is_fenced_and_every_ha_instance_recovered_once(scenario: st
     assert summary["evacuate_calls"] == 3  # each instance evacuated exactly once
     assert summary["detected_after_s"] <= 3
     assert summary["fenced_after_s"] <= summary["first_evacuation_after_s"]
+
+
+def test_a_restart_stuck_on_nova_does_not_delay_declaring_another_host_failed() -> None:
+    # A consumer's restart whose Nova reboot hangs (as for compute.api_timeout, 60 s): the
+    # engine's decisions go on, and a power loss elsewhere is declared and recovered in
+    # the usual time (operator requests used to run on the decision thread).
+    with Harness(DemoOptions(hosts=3, instances=6)) as h:
+        entered, release = threading.Event(), threading.Event()
+        reboot = h.cloud.reboot
+
+        def stuck(server_id: str, hard: bool = True) -> None:
+            entered.set()
+            release.wait(60)
+            reboot(server_id, hard)
+
+        h.cloud.reboot = stuck  # type: ignore[method-assign]
+        other = next(i for i in h.cloud.instances() if i.host == "compute-2")
+        api = httpx.Client(
+            base_url=h.server.api_url,
+            headers={"Authorization": f"Bearer {h.settings.api_token}"},
+            timeout=90,
+        )
+        with api, ThreadPoolExecutor(1) as pool:
+            restart = pool.submit(api.post, f"/v1/instances/{other.id}/restart")
+            try:
+                assert entered.wait(10), "the restart never reached Nova"
+                t0 = h.inject("power-loss", "compute-1")
+                recovery = h.watch("compute-1", t0)
+                assert recovery is not None and recovery["status"] == "succeeded"
+                assert recovery["created_at"] - t0 <= 3
+                assert not restart.done()  # Nova still had not answered the reboot
+            finally:
+                release.set()
+            assert restart.result(30).status_code == 200
+        assert h.cloud.calls("reboot") == 1
+        assert h.cloud.double_running() == []
 
 
 def test_isolated_host_is_powered_off_before_anything_moves() -> None:

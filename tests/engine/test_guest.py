@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,6 +131,9 @@ class World:
         self.clock.advance(advance)
         actions = self.guest.run_cycle()
         assert self.guest.drain()
+        if self.guest.policies_ready():  # looked up on a worker: decided on at once
+            actions += self.guest.run_cycle()
+            assert self.guest.drain()
         return actions
 
     def failure(self, sid: str) -> InstanceFailure:
@@ -171,6 +176,38 @@ def test_a_crashed_keep_running_instance_is_restarted_through_nova(world: World)
     ]
     world.cycle(SETTINGS.quiet_after)
     assert world.failure(sid).status == GuestFailureStatus.RESOLVED
+
+
+def test_a_policy_lookup_stuck_on_nova_delays_no_other_failure(world: World) -> None:
+    # Nova answers get_server for one instance only after its 60 s timeout: the other
+    # instance's crash is decided on and restarted meanwhile (the lookup used to run on
+    # the decision thread, which also drives the service keeper).
+    slow, fast = world.nova.add(HaPolicy.KEEP_RUNNING), world.nova.add(HaPolicy.KEEP_RUNNING)
+    release = threading.Event()
+    get_server = world.nova.get_server
+
+    def stuck(server_id: str) -> Server:
+        if server_id == slow:
+            release.wait(30)
+        return get_server(server_id)
+
+    world.nova.get_server = stuck  # type: ignore[method-assign]
+    crash(world, slow)
+    crash(world, fast)
+    try:
+        deadline = time.monotonic() + 10
+        while ("start", fast) not in world.nova.calls and time.monotonic() < deadline:
+            started = time.monotonic()
+            world.guest.run_cycle()
+            assert time.monotonic() - started < 1, "a cycle waited on the stuck lookup"
+            time.sleep(0.01)
+        assert world.nova.calls == [("start", fast)]
+        assert world.failure(slow).status == GuestFailureStatus.OPEN
+    finally:
+        release.set()
+    world.cycle()  # the policy arrives: planned
+    world.cycle()  # run
+    assert world.nova.calls == [("start", fast), ("start", slow)]
 
 
 def test_crash_loop_backs_off_exponentially_then_escalates(world: World) -> None:

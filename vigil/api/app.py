@@ -364,7 +364,7 @@ def create_app(
     )
     def restore_host(name: Name) -> HostOut:
         """Put a recovered host back into use (compute service up and enabled)."""
-        return HostOut.of(engine.call(lambda: engine.restore_host(name)))
+        return HostOut.of(engine.request(name, lambda: engine.restore_host(name)))
 
     # --- instances ----------------------------------------------------------------------
     @app.get(
@@ -746,7 +746,7 @@ def create_app(
                 ]
             )
 
-        engine.call(act)
+        engine.request(server.host or instance_id, act)
         LOG.info(
             "host %s: instance %s (%s) restarted on a consumer's request",
             server.host,

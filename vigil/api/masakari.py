@@ -913,7 +913,7 @@ def masakari_app(
             # Masakari's way to put a repaired host back: vigil's restore (compute service
             # up and enabled, monitored again).
             try:
-                host = engine.call(lambda: engine.restore_host(host.name))
+                host = engine.request(host.name, lambda: engine.restore_host(host.name))
             except (Conflict, InvalidTransition) as exc:
                 raise ApiError(409, str(exc)) from None
         changes = {

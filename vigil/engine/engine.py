@@ -1,24 +1,27 @@
 """The engine loop: snapshot → decide → act → record, a cycle every ``recovery.tick``.
 
-Only the engine acts on the cloud. The API records intents (pause, restore) and wakes
-it; heartbeats only update the table the snapshot reads. Each cycle logs one sentence
-per action, naming the host (and instance), so the log reads as a timeline.
+Only the engine acts on the cloud. The API records intents (pause, retry) and wakes it;
+operator requests that must call Nova themselves (restore a host, restart an instance)
+run through ``request`` on their own workers, one at a time per host, never on the
+decision thread; heartbeats only update the table the snapshot reads. Each cycle logs
+one sentence per action, naming the host (and instance), so the log reads as a timeline.
 
-Steps run on a bounded thread pool so a slow BMC or Nova never stalls detection; a step
-is marked RUNNING in the store before its driver call and its outcome is written before
-anything that depends on it starts (S2). On start-up, steps left RUNNING by a crash are
-requeued; they are idempotent (see ``vigil.engine.steps``).
+Steps and power probes run on a bounded thread pool so a slow BMC or Nova never stalls
+detection (tests/e2e/test_host_failure.py holds a Nova call for a minute to show it); a
+step is marked RUNNING in the store before its driver call and its outcome is written
+before anything that depends on it starts (S2). On start-up, steps left RUNNING by a
+crash are requeued; they are idempotent (see ``vigil.engine.steps``).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -125,7 +128,10 @@ class Engine:
         self._fenced: frozenset[str] = frozenset()  # recovered, or fence confirmed
         self._aimed: Counter[str] = Counter()  # evacuations aimed at each host
         self._wake = threading.Event()
-        self._requests: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
+        # Operator requests that wait on Nova or a BMC (``request``): their own workers,
+        # so they neither wait behind a recovery's steps nor hold the decision thread.
+        self._requests = ThreadPoolExecutor(2, thread_name_prefix="vigil-request")
+        self._request_locks: dict[str, threading.Lock] = {}
 
     # --- public -------------------------------------------------------------------------
 
@@ -183,7 +189,6 @@ class Engine:
         self.resume_after_restart()
         LOG.info("engine started")
         while not stop.is_set():
-            self._serve_requests()
             try:
                 self.run_cycle()
             except Exception:  # the loop must outlive any one bad cycle
@@ -192,12 +197,27 @@ class Engine:
             self._wake.clear()
         LOG.info("engine stopping")
 
-    def call(self, fn: Callable[[], R], timeout: float = 60.0) -> R:
-        """Run ``fn`` on the engine's thread (operator commands) and return its result."""
-        future: Future[R] = Future()
-        self._requests.put((fn, future))
-        self.wake()
-        return future.result(timeout)
+    def request(self, key: str, fn: Callable[[], R], timeout: float | None = None) -> R:
+        """Carry out an operator's request that waits on Nova or a BMC (restore a host,
+        restart an instance) on a worker — one at a time per ``key`` (a host), never on
+        the decision thread, so a slow Nova delays this caller and nothing else — and
+        return its result. A request not done within ``timeout`` (default: two Nova call
+        timeouts) raises TemporaryError; it may still complete."""
+        limit = timeout if timeout is not None else 2 * self._settings.compute_api_timeout
+        with self._lock:
+            lock = self._request_locks.setdefault(key, threading.Lock())
+
+        def serialised() -> R:
+            with lock:
+                return fn()
+
+        future = self._requests.submit(serialised)
+        try:
+            return future.result(limit)
+        except FutureTimeout:
+            raise TemporaryError(
+                f"{key}: the request is still waiting on the cloud after {limit:g}s"
+            ) from None
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until no step or probe is in flight (tests and shutdown)."""
@@ -210,6 +230,7 @@ class Engine:
         return False
 
     def close(self) -> None:
+        self._requests.shutdown(wait=True, cancel_futures=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def restore_host(self, name: str) -> Host:
@@ -314,18 +335,6 @@ class Engine:
             except Exception:
                 LOG.exception("action %s failed", action)
         return actions
-
-    def _serve_requests(self) -> None:
-        while True:
-            try:
-                fn, future = self._requests.get_nowait()
-            except queue.Empty:
-                return
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(fn())
-                except BaseException as exc:
-                    future.set_exception(exc)
 
     def _perform(self, action: Action) -> None:
         now = self._clock.wall()

@@ -143,7 +143,12 @@ class GuestEngine:
         self._tick = tick
         self._wait = wait
         self._poll_interval = poll_interval
-        self._workers = KeyedWorkers(4, "vigil-guest")  # restarts, by failure id
+        # restarts and policy lookups, by failure id
+        self._workers = KeyedWorkers(4, "vigil-guest")
+        self._lock = threading.Lock()
+        # failure id -> (its report count when looked up, its policy), used by one decision
+        self._looked_up: dict[int, tuple[int, GuestPolicy]] = {}
+        self._lookup_failing: set[int] = set()  # logged once, not at every tick
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -247,8 +252,25 @@ class GuestEngine:
         in_flight = self._workers.busy()
         views = []
         for f in failures:
-            policy = self._policies(f) if needs_policy(f) else None
-            views.append(GuestView(f, policy, in_flight=f.id in in_flight))
+            policy: GuestPolicy | None = None
+            busy = f.id in in_flight
+            if needs_policy(f) and not busy:
+                # The policy is read from Nova on a worker, never on this thread: a slow
+                # Nova must not delay the other failures' decisions nor the services'.
+                with self._lock:
+                    looked = self._looked_up.get(f.id)
+                if looked is not None and looked[0] == f.count:
+                    policy = looked[1]
+                else:
+                    # Not decided on until its policy is known (not submitted when
+                    # shutting down: looked up at the next start).
+                    self._workers.submit(f.id, self._look_up, f, then=self.wake)
+                    busy = True
+            views.append(GuestView(f, policy, in_flight=busy))
+        with self._lock:
+            for view in views:
+                if view.policy is not None:
+                    self._looked_up.pop(view.failure.id, None)  # used by this decision
         actions = decide_guest(views, self._clock.wall(), self.settings)
         held = self._store.get_control().paused
         now = self._clock.wall()
@@ -268,6 +290,33 @@ class GuestEngine:
             except Exception:
                 LOG.exception("guest action %s failed", action)
         return actions
+
+    def policies_ready(self) -> bool:
+        """Whether policies looked up since the last cycle wait to be decided on."""
+        with self._lock:
+            return bool(self._looked_up)
+
+    def _look_up(self, f: InstanceFailure) -> None:
+        try:
+            policy = self._policies(f)
+        except Exception as exc:
+            with self._lock:
+                first = f.id not in self._lookup_failing
+                self._lookup_failing.add(f.id)
+            if first:
+                LOG.warning(
+                    "host %s: instance %s: cannot read its HA policy (%s); trying again "
+                    "at every tick until Nova answers",
+                    f.host,
+                    f.instance_id,
+                    exc,
+                )
+            return
+        with self._lock:
+            if f.id in self._lookup_failing:
+                self._lookup_failing.discard(f.id)
+                LOG.info("host %s: instance %s: HA policy read", f.host, f.instance_id)
+            self._looked_up[f.id] = (f.count, policy)
 
     # --- actions ------------------------------------------------------------------------
 

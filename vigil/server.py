@@ -22,11 +22,10 @@ from vigil.clock import Clock, SystemClock
 from vigil.config import Settings
 from vigil.drivers.compute import ComputeDriver
 from vigil.drivers.errors import PermanentError
-from vigil.drivers.fence_factory import fence_device_factory
+from vigil.drivers.fence_factory import ExtraBuilder, fence_device_factory
 from vigil.drivers.fencing import FenceDevice
 from vigil.drivers.notifier import LogNotifier, MemoryNotifier
 from vigil.drivers.openstack import build_openstack_compute
-from vigil.drivers.sim import SimCompute
 from vigil.drivers.webhook import WebhookNotifier
 from vigil.engine.engine import Engine
 from vigil.engine.guest_engine import GuestEngine
@@ -36,6 +35,7 @@ from vigil.engine.outbox import OutboxDispatcher, Sink, webhook_sink
 from vigil.engine.service_keeper import ServiceKeeper
 from vigil.model import Host
 from vigil.sim.api import CloudApi
+from vigil.sim.drivers import SimCompute, sim_fence_builder
 from vigil.sim.rpc import RemoteCloud
 from vigil.store.masakari import MasakariRecords
 from vigil.store.sql import SqlStore, upgrade
@@ -47,10 +47,12 @@ def fence_factory(
     cloud: CloudApi | None, leases: LeaseKeeper | None = None
 ) -> Callable[[Host], list[FenceDevice]]:
     """Every fencing driver: sim, redfish, ipmi, fence-agent, and self-fence (the lease)."""
-    extra = {}
+    extra: dict[str, ExtraBuilder] = {}
+    if cloud is not None:
+        extra["sim"] = sim_fence_builder(cloud)
     if leases is not None:
         extra["self-fence"] = lambda host, _options: SelfFenceDevice(leases, host)
-    return fence_device_factory(sim_cloud=cloud, extra_builders=extra)
+    return fence_device_factory(extra_builders=extra)
 
 
 class VigilServer:

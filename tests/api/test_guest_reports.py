@@ -11,15 +11,15 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from vigil.agent.reports import SIGNATURE_HEADER, encode_reports, encode_services, sign
 from vigil.api.guest import add_guest_routes
 from vigil.clock import FakeClock
-from vigil.drivers.sim import SimCompute
 from vigil.engine.guest_engine import GuestEngine
 from vigil.engine.service_keeper import ServiceKeeper
 from vigil.model import GuestFailureKind, GuestReport, Host, Segment, ServiceState
 from vigil.sim.cloud import SimCloud
+from vigil.sim.drivers import SimCompute
 from vigil.store.sql import SqlStore, upgrade
+from vigil.wire.reports import SIGNATURE_HEADER, encode_reports, encode_services, sign
 
 KEY = b"agent-key"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 from vigil.clock import SystemClock
 from vigil.config import RecoverySettings
 from vigil.drivers.fencing import FenceDevice
-from vigil.drivers.sim import SimCompute
 from vigil.engine.steps import StepContext
 from vigil.model import Host
 from vigil.sim.cloud import SimCloud
+from vigil.sim.drivers import SimCompute
 
 HERE = Path(__file__).parent
 HOST = Host(name="compute-1", segment="az1")

@@ -31,11 +31,11 @@ from vigil import config
 from vigil.cli.demo import DemoOptions, build_cloud
 from vigil.drivers.fence_factory import build_fence_devices
 from vigil.drivers.fencing import FenceDevice, PowerState
-from vigil.drivers.sim import SimFenceDevice
 from vigil.model import FenceMethod, Host
 from vigil.server import VigilServer
 from vigil.sim.agents import SimAgents
 from vigil.sim.cloud import SimCloud
+from vigil.sim.drivers import SimFenceDevice, sim_fence_builder
 
 from .conftest import Lab
 from .emulators import wait_for
@@ -89,7 +89,9 @@ def fence_factory(
 
     def devices(host: Host) -> list[FenceDevice]:
         if host.name not in real_levels:
-            return build_fence_devices(host.name, host.fencing, sim_cloud=cloud)
+            return build_fence_devices(
+                host.name, host.fencing, extra_builders={"sim": sim_fence_builder(cloud)}
+            )
         real = build_fence_devices(host.name, real_levels[host.name])
         return [FollowTheDomain(device, SimFenceDevice(cloud, host.name)) for device in real]
 

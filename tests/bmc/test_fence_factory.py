@@ -24,9 +24,9 @@ from vigil.drivers.fence_factory import (
 )
 from vigil.drivers.fence_options import Secret, is_secret_name, scrub
 from vigil.drivers.fencing import FenceDevice, PowerState
-from vigil.drivers.sim import SimFenceDevice
 from vigil.model import FenceMethod, Host
 from vigil.sim.cloud import SimCloud
+from vigil.sim.drivers import SimFenceDevice, sim_fence_builder
 
 SECRET = "Tr0ub4dor-and-3"
 
@@ -178,7 +178,7 @@ def test_an_unreadable_password_file_fails_that_level_only(tmp_path: Path) -> No
     level1, level2 = build_fence_devices(
         "compute-1",
         [FenceMethod("ipmi", {**options, "password_file": str(missing)}), FenceMethod("sim")],
-        sim_cloud=cloud,
+        extra_builders={"sim": sim_fence_builder(cloud)},
     )
     assert isinstance(level1, UnavailableFenceDevice)
     with pytest.raises(PermanentError, match="option password_file") as caught:
@@ -193,11 +193,13 @@ def test_sim_levels_need_the_simulated_cloud() -> None:
     cloud = SimCloud(SystemClock())
     cloud.add_host("compute-1")
     cloud.add_host("compute-9")
-    (own,) = build_fence_devices("compute-1", [FenceMethod("sim")], sim_cloud=cloud)
+    (own,) = build_fence_devices(
+        "compute-1", [FenceMethod("sim")], extra_builders={"sim": sim_fence_builder(cloud)}
+    )
     (other,) = build_fence_devices(
         "compute-1",
         [FenceMethod("sim", {"host": "compute-9", "password": SECRET})],
-        sim_cloud=cloud,
+        extra_builders={"sim": sim_fence_builder(cloud)},
     )
     assert isinstance(own, SimFenceDevice) and own.host == "compute-1"
     assert isinstance(other, SimFenceDevice) and other.host == "compute-9"
@@ -206,7 +208,7 @@ def test_sim_levels_need_the_simulated_cloud() -> None:
 def test_the_factory_the_server_takes() -> None:
     cloud = SimCloud(SystemClock())
     cloud.add_host("compute-1")
-    factory = fence_device_factory(sim_cloud=cloud)
+    factory = fence_device_factory(extra_builders={"sim": sim_fence_builder(cloud)})
     host = Host("compute-1", "az1", fencing=(FenceMethod("sim"), FenceMethod("ipmi", IPMI)))
     sim, bmc = factory(host)
     assert isinstance(sim, SimFenceDevice)
@@ -236,13 +238,11 @@ def test_drivers_defined_elsewhere_are_built_by_their_owner() -> None:
     assert validate_fence_options("self-fence", {}, extra_drivers=("self-fence",)) == []
     levels = [FenceMethod("ipmi", IPMI), FenceMethod("self-fence", {"margin": "2"})]
     assert validate_fencing(levels, extra_drivers=["self-fence"]) == []
-    devices = build_fence_devices(
-        "compute-1", levels, sim_cloud=cloud, extra_builders={"self-fence": self_fence}
-    )
+    devices = build_fence_devices("compute-1", levels, extra_builders={"self-fence": self_fence})
     assert [type(d) for d in devices] == [ipmi.IpmiFenceDevice, SimFenceDevice]
     assert built == [("compute-1", {"margin": "2"})]
     with pytest.raises(PermanentError, match="unknown fencing driver 'self-fence'"):
-        build_fence_devices("compute-1", levels, sim_cloud=cloud)
+        build_fence_devices("compute-1", levels)
 
 
 @pytest.mark.parametrize(

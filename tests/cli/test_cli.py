@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 
-from vigil.agent.reports import SIGNATURE_HEADER, encode_reports, encode_services, sign
 from vigil.cli import output
 from vigil.cli.main import fence_method, main
 from vigil.clock import SystemClock
@@ -28,6 +27,7 @@ from vigil.model import GuestFailureKind, GuestReport, HaPolicy, ServiceState
 from vigil.server import VigilServer
 from vigil.sim.agents import SimAgents
 from vigil.sim.cloud import SimCloud, SimLatency
+from vigil.wire.reports import SIGNATURE_HEADER, encode_reports, encode_services, sign
 
 TOKEN = "t0ken"
 SECRET = "s3cret"

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 from vigil.clock import Clock, FakeClock, SystemClock
 from vigil.drivers.compute import ComputeDriver
 from vigil.drivers.fencing import FenceDevice
-from vigil.drivers.sim import SimCompute, SimFenceDevice
 from vigil.sim.api import CloudApi
 from vigil.sim.cloud import SimCloud, SimLatency
+from vigil.sim.drivers import SimCompute, SimFenceDevice
 from vigil.sim.rpc import RemoteCloud, serve_cloud
 
 if TYPE_CHECKING:

@@ -16,7 +16,6 @@ from vigil.clock import FakeClock
 from vigil.config import RecoverySettings, SelfFencingSettings
 from vigil.drivers.compute import Server
 from vigil.drivers.errors import PermanentError
-from vigil.drivers.sim import SimCompute
 from vigil.engine import steps
 from vigil.engine.lease import LeaseKeeper, SelfFenceDevice
 from vigil.engine.steps import StepContext
@@ -31,6 +30,7 @@ from vigil.model import (
     StepKind,
     StepStatus,
 )
+from vigil.sim.drivers import SimCompute
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from vigil.clock import FakeClock
 from vigil.config import DetectionSettings, RecoverySettings, Settings
 from vigil.drivers.compute import Server
 from vigil.drivers.errors import TemporaryError
-from vigil.drivers.sim import SimCompute
 from vigil.engine import steps
 from vigil.engine.engine import Engine
 from vigil.engine.heartbeat import HeartbeatTable
@@ -34,6 +33,7 @@ from vigil.model import (
 )
 from vigil.server import fence_factory
 from vigil.sim.cloud import SimCloud, SimLatency
+from vigil.sim.drivers import SimCompute
 from vigil.store.sql import SqlStore, upgrade
 
 HOSTS = ("c1", "c2", "c3", "c4")

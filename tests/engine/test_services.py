@@ -13,7 +13,6 @@ import pytest
 from vigil.clock import FakeClock
 from vigil.drivers.compute import ComputeService
 from vigil.drivers.errors import TemporaryError
-from vigil.drivers.sim import SimCompute
 from vigil.engine.service_keeper import ServiceKeeper
 from vigil.engine.services import (
     DisableCompute,
@@ -33,6 +32,7 @@ from vigil.model import (
     ServiceState,
 )
 from vigil.sim.cloud import SimCloud
+from vigil.sim.drivers import SimCompute
 from vigil.store.sql import SqlStore, upgrade
 
 T0 = 1_800_000_000.0

@@ -22,11 +22,11 @@ from fastapi import FastAPI
 from vigil.agent.services import ServiceWatch, command_lines, parse_watched
 from vigil.api.guest import add_guest_routes
 from vigil.clock import SystemClock
-from vigil.drivers.sim import SimCompute
 from vigil.engine.guest_engine import GuestEngine
 from vigil.engine.service_keeper import ServiceKeeper
 from vigil.model import Host, HostState, Segment
 from vigil.sim.cloud import SimCloud
+from vigil.sim.drivers import SimCompute
 from vigil.store.sql import SqlStore, upgrade
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from vigil.agent.libvirt_monitor import DomainState, classify, reconcile
-from vigil.agent.reports import BadReport, decode_reports, encode_reports, sign
 from vigil.model import GuestFailureKind, GuestReport
+from vigil.wire.reports import BadReport, decode_reports, encode_reports, sign
 
 Seq = list[tuple[str, tuple[Any, ...]]]
 

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from vigil.agent.heartbeat import read_kernel_boot_id
-from vigil.agent.protocol import BadHeartbeat, Heartbeat, decode, encode
 from vigil.clock import SystemClock
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
+from vigil.wire.heartbeat import BadHeartbeat, Heartbeat, decode, encode
 
 KEY = b"right-key"
 

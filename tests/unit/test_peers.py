@@ -19,7 +19,7 @@ from vigil.agent.peers import (
     parse_peers,
     segment_size,
 )
-from vigil.agent.protocol import (
+from vigil.wire.heartbeat import (
     BadHeartbeat,
     Heartbeat,
     LeaseGrant,

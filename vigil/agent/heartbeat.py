@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-from vigil.agent.protocol import (
+from vigil.wire.heartbeat import (
     MAX_DATAGRAM,
     BadHeartbeat,
     Heartbeat,

@@ -19,7 +19,7 @@ crash or a QEMU death while it was away is still reported. Limits: a watchdog fi
 with action ``none`` leaves no trace in the state, so one that happens while libvirtd
 is down is missed; the same holds for a reset.
 
-Reports go to the server over HTTP (``vigil.agent.reports``) from an in-memory queue,
+Reports go to the server over HTTP (``vigil.wire.reports``) from an in-memory queue,
 retried with backoff until the server acknowledges them (it persists first). In memory,
 not on disk: what the queue would protect is re-derived from libvirt's state when the
 agent starts again (``reconcile`` reports a domain found crashed); only watchdog firings
@@ -41,8 +41,8 @@ from typing import Any
 
 import httpx
 
-from vigil.agent.reports import encode_reports, post_signed
 from vigil.model import GuestFailureKind, GuestReport
+from vigil.wire.reports import encode_reports, post_signed
 
 LOG = logging.getLogger("vigil.agent.libvirt")
 

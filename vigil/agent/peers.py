@@ -63,7 +63,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vigil.agent.protocol import (
+from vigil.wire.heartbeat import (
     MAX_DATAGRAM,
     BadHeartbeat,
     LeaseGrant,

@@ -7,7 +7,7 @@ masakari-monitors' process monitor does with ``ps``; psutil reads them. A servic
 between two checks is not a failure), **up** at the first check that finds one.
 
 The state of all watched services is a snapshot, posted signed to vigil-server
-(``vigil.agent.reports.encode_services``) at start, at each change, and every
+(``vigil.wire.reports.encode_services``) at start, at each change, and every
 ``resend_interval`` seconds without one (a server restarted on an empty database hears
 it). The latest snapshot not yet acknowledged is retried with backoff; an older one is
 never sent after a newer one. The server disables the host's compute service for
@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import httpx
 import psutil
 
-from vigil.agent.reports import encode_services, post_signed
 from vigil.model import ServiceState
+from vigil.wire.reports import encode_services, post_signed
 
 LOG = logging.getLogger("vigil.agent.services")
 

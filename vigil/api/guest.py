@@ -2,7 +2,7 @@
 of the host's watched services (``POST /v1/agents/{host}/services``).
 
 Authenticated by the agent key, not the operator's bearer token: the body is signed
-with HMAC-SHA256 (``vigil.agent.reports``), so an agent holds no operator credential.
+with HMAC-SHA256 (``vigil.wire.reports``), so an agent holds no operator credential.
 A missing or wrong signature is 401, an unknown host 404, a malformed body 400; each
 refusal is logged with the host and the client's address. The answer (200) comes only
 after the reports are persisted with their events (S2): the agent retries until then.
@@ -17,10 +17,10 @@ from typing import TypeVar
 import anyio.to_thread
 from fastapi import FastAPI, HTTPException, Request
 
-from vigil.agent.reports import SIGNATURE_HEADER, BadReport, decode_reports, decode_services
 from vigil.api.schemas import Problem
 from vigil.engine.guest_engine import GuestEngine
 from vigil.model import HostServices
+from vigil.wire.reports import SIGNATURE_HEADER, BadReport, decode_reports, decode_services
 
 LOG = logging.getLogger("vigil.api.guest")
 T = TypeVar("T")

@@ -1,6 +1,6 @@
 """The compute interface: what vigil needs from Nova.
 
-Implementations: ``vigil.drivers.sim.SimCompute`` (the simulated cloud) and, in a later
+Implementations: ``vigil.sim.drivers.SimCompute`` (the simulated cloud) and, in a later
 issue, an openstacksdk one. Status strings are Nova's own (``ACTIVE``, ``SHUTOFF``,
 ``ERROR``, ``REBUILD``...), so nothing is lost in translation.
 """

@@ -1,8 +1,9 @@
 """From a host's fencing levels (``FenceMethod``: driver name + options) to ``FenceDevice``s.
 
-Drivers: ``sim`` (a BMC of the simulated cloud), ``redfish`` (sushy), ``ipmi`` (pyghmi)
-and ``fence-agent`` (any ClusterLabs ``fence_*`` executable); each module documents its
-options.
+Drivers: ``redfish`` (sushy), ``ipmi`` (pyghmi) and ``fence-agent`` (any ClusterLabs
+``fence_*`` executable); each module documents its options. ``sim`` (a BMC of the
+simulated cloud) is validated here but built by whoever has the simulated cloud
+(``vigil.sim.drivers``, passed in ``extra_builders``): drivers never import the simulator.
 
 ``validate_fence_options`` is pure (no I/O): the API calls it so that a bad fencing
 configuration is refused with a 4xx when the host is created, not discovered when the
@@ -23,9 +24,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from vigil.drivers import fence_agent, ipmi, redfish
 from vigil.drivers.errors import DriverError, PermanentError
 from vigil.drivers.fencing import FenceDevice, PowerState
-from vigil.drivers.sim import SimFenceDevice
 from vigil.model import FenceMethod, Host
-from vigil.sim.api import CloudApi
 
 KNOWN_FENCE_DRIVERS: tuple[str, ...] = ("sim", "redfish", "ipmi", "fence-agent")
 
@@ -50,7 +49,8 @@ def _validate_sim(options: Mapping[str, str]) -> list[str]:
 
 
 #: Builds a level of a driver defined outside this package (vigil-server's ``self-fence``,
-#: whose device lives in the engine): ``(host name, options) -> FenceDevice``.
+#: whose device lives in the engine; ``sim``, whose device lives with the simulated
+#: cloud): ``(host name, options) -> FenceDevice``.
 ExtraBuilder = Callable[[str, Mapping[str, str]], FenceDevice]
 
 
@@ -61,10 +61,10 @@ def validate_fence_options(
 
     ``extra_drivers`` are accepted as they are: their options are their owner's to check.
     """
-    if driver in extra_drivers:
-        return []
     if driver == "sim":
         return _validate_sim(options)
+    if driver in extra_drivers:
+        return []
     validator = _VALIDATORS.get(driver)
     if validator is None:
         known = ", ".join([*KNOWN_FENCE_DRIVERS, *extra_drivers])
@@ -109,14 +109,14 @@ def build_fence_devices(
     host_name: str,
     methods: Sequence[FenceMethod],
     *,
-    sim_cloud: CloudApi | None = None,
     extra_builders: Mapping[str, ExtraBuilder] | None = None,
 ) -> list[FenceDevice]:
     """One device per fencing level, in order.
 
     Raises PermanentError for an invalid configuration (naming the level and the option,
-    never a value) and for ``sim`` levels without a simulated cloud. ``extra_builders``
-    make the levels of drivers defined elsewhere (``{"self-fence": ...}``).
+    never a value) and for ``sim`` levels without a simulated cloud's builder.
+    ``extra_builders`` make the levels of drivers defined elsewhere (``{"self-fence":
+    ...}``, ``vigil.sim.drivers.sim_fence_builder(cloud)``).
     """
     extra = extra_builders or {}
     problems = validate_fencing(methods, extra_drivers=tuple(extra))
@@ -128,13 +128,9 @@ def build_fence_devices(
             devices.append(extra[method.driver](host_name, method.options))
             continue
         if method.driver == "sim":
-            if sim_cloud is None:
-                raise PermanentError(
-                    f"host {host_name}: fencing level {level}: the sim driver needs the "
-                    "simulated cloud"
-                )
-            devices.append(SimFenceDevice(sim_cloud, method.options.get("host") or host_name))
-            continue
+            raise PermanentError(
+                f"host {host_name}: fencing level {level}: the sim driver needs the simulated cloud"
+            )
         try:
             devices.append(_BUILDERS[method.driver](host_name, method.options))
         except DriverError as exc:
@@ -144,15 +140,12 @@ def build_fence_devices(
 
 def fence_device_factory(
     *,
-    sim_cloud: CloudApi | None = None,
     extra_builders: Mapping[str, ExtraBuilder] | None = None,
 ) -> Callable[[Host], list[FenceDevice]]:
     """What ``VigilServer(fence_devices=...)`` takes: a host's levels built on each call
     (so a rotated password file is read again at the next fence)."""
 
     def devices(host: Host) -> list[FenceDevice]:
-        return build_fence_devices(
-            host.name, host.fencing, sim_cloud=sim_cloud, extra_builders=extra_builders
-        )
+        return build_fence_devices(host.name, host.fencing, extra_builders=extra_builders)
 
     return devices

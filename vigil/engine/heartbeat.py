@@ -12,9 +12,9 @@ import socket
 import threading
 from collections.abc import Callable
 
-from vigil.agent.protocol import MAX_DATAGRAM, BadHeartbeat, LeaseGrant, decode, encode_grant
 from vigil.clock import Clock
 from vigil.engine.lease import LeaseKeeper
+from vigil.wire.heartbeat import MAX_DATAGRAM, BadHeartbeat, LeaseGrant, decode, encode_grant
 
 LOG = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from vigil.agent.heartbeat import HeartbeatSender
 from vigil.agent.peers import PeerState, Verdict, judge, segment_size
-from vigil.agent.protocol import LeaseGrant
 from vigil.sim.cloud import SimCloud
+from vigil.wire.heartbeat import LeaseGrant
 
 LOG = logging.getLogger(__name__)
 

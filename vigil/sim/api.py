@@ -1,7 +1,7 @@
 """``CloudApi``: what the simulated drivers need from a simulated cloud.
 
 Implemented by ``vigil.sim.cloud.SimCloud`` (in-process) and ``vigil.sim.rpc.RemoteCloud``
-(the same cloud in another process, over HTTP), so ``vigil.drivers.sim`` accepts either.
+(the same cloud in another process, over HTTP), so ``vigil.sim.drivers`` accepts either.
 The Nova half mirrors ``ComputeDriver`` method for method; the BMC half takes the host
 name because one simulated cloud holds every host's BMC. Only the operations a vigil
 process performs are here: building the world and injecting faults stay on ``SimCloud``.

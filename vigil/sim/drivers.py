@@ -8,6 +8,8 @@ refuses, how long a power-off takes) are the cloud's.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 from vigil.drivers.compute import ComputeDriver, ComputeService, Server
 from vigil.drivers.fencing import FenceDevice, PowerState
 from vigil.sim.api import CloudApi
@@ -73,3 +75,13 @@ class SimFenceDevice(FenceDevice):
 
     def power_status(self) -> PowerState:
         return self._cloud.bmc_power_status(self.host)
+
+
+def sim_fence_builder(cloud: CloudApi) -> Callable[[str, Mapping[str, str]], FenceDevice]:
+    """The ``sim`` fencing driver on ``cloud``, for ``build_fence_devices``'
+    ``extra_builders``: a level's ``host`` option names the BMC (default: the host)."""
+
+    def build(host: str, options: Mapping[str, str]) -> FenceDevice:
+        return SimFenceDevice(cloud, options.get("host") or host)
+
+    return build

@@ -451,10 +451,6 @@ class RecoverySettings:
     poll_interval_max: float = 1.0
     workers: int = 32
 
-    def backoff(self, attempts: int) -> float:
-        """Delay before the next attempt of a step that has failed ``attempts`` times."""
-        return float(min(self.retry_backoff * (2 ** max(attempts - 1, 0)), self.retry_backoff_max))
-
 
 @dataclass(frozen=True)
 class Settings:

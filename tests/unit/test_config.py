@@ -86,11 +86,6 @@ def test_overrides_are_typed_and_checked(tmp_path: Path) -> None:
         _load(tmp_path, BASE, "recovery.max_parallel_evacuations=many")
 
 
-def test_backoff_grows_and_is_capped() -> None:
-    r = config.RecoverySettings(retry_backoff=0.5, retry_backoff_max=3.0)
-    assert [r.backoff(n) for n in (1, 2, 3, 4, 5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
-
-
 def test_sample_config_is_current(tmp_path: Path) -> None:
     out = tmp_path / "sample"
     subprocess.run(

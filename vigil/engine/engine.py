@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from vigil.clock import Clock
 from vigil.config import Settings
 from vigil.drivers.compute import ComputeDriver
-from vigil.drivers.errors import DriverError, PermanentError, TemporaryError
+from vigil.drivers.errors import DriverError, TemporaryError
 from vigil.drivers.fencing import FenceDevice, PowerState
 from vigil.engine.decide import (
     ACTIVE_RECOVERY,
@@ -54,6 +54,7 @@ from vigil.engine.decide import (
 )
 from vigil.engine.heartbeat import HeartbeatTable
 from vigil.engine.lease import LeaseKeeper
+from vigil.engine.reconciler import Loop, Reaction, RetryPolicy
 from vigil.engine.steps import StepContext, run_step
 from vigil.events import STEP_EVENT_NAMES, make_event
 from vigil.model import (
@@ -76,7 +77,11 @@ LOG = logging.getLogger("vigil.engine")
 R = TypeVar("R")
 
 
-class Engine:
+class Engine(Reaction[Snapshot, Action]):
+    """Host failures: a reaction (``vigil.engine.reconciler``) on a loop of its own."""
+
+    name = "engine"
+
     def __init__(
         self,
         *,
@@ -90,6 +95,7 @@ class Engine:
         on_events: Callable[[], None] | None = None,
         wait: Callable[[float], None] = time.sleep,
     ) -> None:
+        super().__init__()
         self._on_events = on_events
         self._leases = leases
         self._store = store
@@ -127,11 +133,30 @@ class Engine:
         self._states: dict[str, HostState] = {h.name: h.state for h in hosts}
         self._fenced: frozenset[str] = frozenset()  # recovered, or fence confirmed
         self._aimed: Counter[str] = Counter()  # evacuations aimed at each host
-        self._wake = threading.Event()
         # Operator requests that wait on Nova or a BMC (``request``): their own workers,
         # so they neither wait behind a recovery's steps nor hold the decision thread.
         self._requests = ThreadPoolExecutor(2, thread_name_prefix="vigil-request")
         self._request_locks: dict[str, threading.Lock] = {}
+        for kind, handler in (
+            (MarkUp, self._on_mark_up),
+            (MarkSuspect, self._on_mark_suspect),
+            (ProbePower, self._on_probe_power),
+            (DeclareFailure, self._on_declare_failure),
+            (RecordBoot, self._on_record_boot),
+            (HostRebooted, self._on_host_rebooted),
+            (ClearReport, self._on_clear_report),
+            (WithdrawDeclaration, self._on_withdraw_declaration),
+            (ResumeSegment, self._on_resume_segment),
+            (PauseSegment, self._on_pause_segment),
+            (PauseRecovery, self._on_pause_recovery),
+            (ResumeRecovery, self._on_resume_recovery),
+            (RunStep, self._on_run_step),
+            (FinishRecovery, self._on_finish_recovery),
+        ):
+            self.handle(kind, handler)
+        self._loop = Loop("vigil-engine", [self], settings.recovery.tick)
+        r = settings.recovery
+        self._step_retry = RetryPolicy(r.step_attempts, r.retry_backoff, r.retry_backoff_max)
 
     # --- public -------------------------------------------------------------------------
 
@@ -155,7 +180,7 @@ class Engine:
         return state is not None and state not in (HostState.FAILED, HostState.RECOVERED)
 
     def wake(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
     def use_evacuation_targets(
         self, targets: Callable[[Host, Segment], Sequence[str | None]]
@@ -188,13 +213,7 @@ class Engine:
     def run(self, stop: threading.Event) -> None:
         self.resume_after_restart()
         LOG.info("engine started")
-        while not stop.is_set():
-            try:
-                self.run_cycle()
-            except Exception:  # the loop must outlive any one bad cycle
-                LOG.exception("engine cycle failed; retrying next tick")
-            self._wake.wait(self._settings.recovery.tick)
-            self._wake.clear()
+        self._loop.run(stop)
         LOG.info("engine stopping")
 
     def request(self, key: str, fn: Callable[[], R], timeout: float | None = None) -> R:
@@ -323,220 +342,252 @@ class Engine:
             unfenced=unfenced,
         )
 
-    def run_cycle(self) -> list[Action]:
-        actions = decide(
-            self.snapshot(),
-            self._settings.detection,
-            max_duration=self._settings.recovery.max_duration,
-        )
-        for action in actions:
-            try:
-                self._perform(action)
-            except Exception:
-                LOG.exception("action %s failed", action)
-        return actions
+    def observe(self) -> Snapshot:
+        return self.snapshot()
 
-    def _perform(self, action: Action) -> None:
+    def decide(self, snapshot: Snapshot) -> list[Action]:
+        return decide(
+            snapshot, self._settings.detection, max_duration=self._settings.recovery.max_duration
+        )
+
+    def recorded(self) -> None:
+        self._events_written()
+
+    # --- actions: one handler per action type, on the decision thread (store writes);
+    # what waits on a BMC or Nova is handed to the workers ----------------------------
+
+    def _on_mark_up(self, action: MarkUp) -> None:
         now = self._clock.wall()
         store = self._store
-        if isinstance(action, MarkUp):
-            host = store.get_host(action.host)
-            events = []
-            if host.state == HostState.SUSPECT:
-                events.append(
-                    make_event(
-                        "vigil.host.failure.cleared",
-                        at=now,
-                        host=action.host,
-                        reason=action.reason,
-                        segment=host.segment,
-                    )
+        host = store.get_host(action.host)
+        events = []
+        if host.state == HostState.SUSPECT:
+            events.append(
+                make_event(
+                    "vigil.host.failure.cleared",
+                    at=now,
+                    host=action.host,
+                    reason=action.reason,
+                    segment=host.segment,
                 )
-            store.set_host_state(
-                action.host, HostState.UP, reason=action.reason, at=now, events=events
             )
-            LOG.info("host %s: up (%s)", action.host, action.reason)
-        elif isinstance(action, MarkSuspect):
-            event = make_event(
-                "vigil.host.failure.suspected", at=now, host=action.host, reason=action.reason
-            )
-            store.set_host_state(
-                action.host, HostState.SUSPECT, reason=action.reason, at=now, events=[event]
-            )
-            LOG.warning("host %s: suspect: %s; reading its BMC", action.host, action.reason)
-        elif isinstance(action, ProbePower):
-            with self._lock:
-                self._probing.add(action.host)
-            self._pool.submit(self._probe, action.host)
-        elif isinstance(action, DeclareFailure):
-            # The recovery id is the store's to give: the event names the failure by host
-            # and reason, and the recovery id follows in every step event.
-            segment = store.get_host(action.host).segment
-            event = make_event(
-                "vigil.host.failure.confirmed",
-                at=now,
-                host=action.host,
-                reason=action.reason,
-                segment=segment,
-                sources=list(action.sources),
-                paused=action.paused_reason,
-            )
-            recovery = store.open_host_recovery(
-                host=action.host,
-                reason=action.reason,
-                sources=action.sources,
-                at=now,
-                steps=[
-                    NewStep(k)
-                    for k in (
-                        StepKind.RECORD_INSTANCES,
-                        StepKind.FENCE,
-                        StepKind.FORCE_DOWN,
-                        StepKind.LIST_INSTANCES,
-                    )
-                ],
-                paused_reason=action.paused_reason,
-                events=[event],
-            )
-            if action.paused_reason:
-                LOG.error(
-                    "host %s: failed: %s; recovery %d PAUSED: %s",
-                    action.host,
-                    action.reason,
-                    recovery.id,
-                    action.paused_reason,
+        store.set_host_state(action.host, HostState.UP, reason=action.reason, at=now, events=events)
+        LOG.info("host %s: up (%s)", action.host, action.reason)
+
+    def _on_mark_suspect(self, action: MarkSuspect) -> None:
+        now = self._clock.wall()
+        store = self._store
+        event = make_event(
+            "vigil.host.failure.suspected", at=now, host=action.host, reason=action.reason
+        )
+        store.set_host_state(
+            action.host, HostState.SUSPECT, reason=action.reason, at=now, events=[event]
+        )
+        LOG.warning("host %s: suspect: %s; reading its BMC", action.host, action.reason)
+
+    def _on_probe_power(self, action: ProbePower) -> None:
+        with self._lock:
+            self._probing.add(action.host)
+        self._pool.submit(self._probe, action.host)
+
+    def _on_declare_failure(self, action: DeclareFailure) -> None:
+        now = self._clock.wall()
+        store = self._store
+        # The recovery id is the store's to give: the event names the failure by host
+        # and reason, and the recovery id follows in every step event.
+        segment = store.get_host(action.host).segment
+        event = make_event(
+            "vigil.host.failure.confirmed",
+            at=now,
+            host=action.host,
+            reason=action.reason,
+            segment=segment,
+            sources=list(action.sources),
+            paused=action.paused_reason,
+        )
+        recovery = store.open_host_recovery(
+            host=action.host,
+            reason=action.reason,
+            sources=action.sources,
+            at=now,
+            steps=[
+                NewStep(k)
+                for k in (
+                    StepKind.RECORD_INSTANCES,
+                    StepKind.FENCE,
+                    StepKind.FORCE_DOWN,
+                    StepKind.LIST_INSTANCES,
                 )
-            else:
-                LOG.error(
-                    "host %s: failed: %s; recovery %d started",
-                    action.host,
-                    action.reason,
-                    recovery.id,
-                )
-        elif isinstance(action, RecordBoot):
-            store.update_host(action.host, boot_id=action.boot_id)
-        elif isinstance(action, HostRebooted):
-            host = store.get_host(action.host)
-            event = make_event(
-                "vigil.host.rebooted",
-                at=now,
-                host=action.host,
-                reason=action.reason,
-                segment=host.segment,
-                boot_id=action.boot_id,
-                previous_boot_id=host.boot_id,
-            )
-            recovery = store.open_host_recovery(
-                host=action.host,
-                reason=action.reason,
-                sources=("heartbeat",),
-                at=now,
-                steps=[NewStep(StepKind.FIND_STOPPED)],
-                events=[event],
-                kind=FailureKind.HOST_REBOOTED,
-                boot_id=action.boot_id,
-                unfenced=action.unfenced,
-            )
+            ],
+            paused_reason=action.paused_reason,
+            events=[event],
+        )
+        if action.paused_reason:
             LOG.error(
-                "host %s: rebooted without a declared failure (boot id %s -> %s); recovery %d "
-                "starts its stopped HA instances",
+                "host %s: failed: %s; recovery %d PAUSED: %s",
                 action.host,
-                host.boot_id,
-                action.boot_id,
+                action.reason,
+                recovery.id,
+                action.paused_reason,
+            )
+        else:
+            LOG.error(
+                "host %s: failed: %s; recovery %d started",
+                action.host,
+                action.reason,
                 recovery.id,
             )
-        elif isinstance(action, ClearReport):
+
+    def _on_record_boot(self, action: RecordBoot) -> None:
+        store = self._store
+        store.update_host(action.host, boot_id=action.boot_id)
+
+    def _on_host_rebooted(self, action: HostRebooted) -> None:
+        now = self._clock.wall()
+        store = self._store
+        host = store.get_host(action.host)
+        event = make_event(
+            "vigil.host.rebooted",
+            at=now,
+            host=action.host,
+            reason=action.reason,
+            segment=host.segment,
+            boot_id=action.boot_id,
+            previous_boot_id=host.boot_id,
+        )
+        recovery = store.open_host_recovery(
+            host=action.host,
+            reason=action.reason,
+            sources=("heartbeat",),
+            at=now,
+            steps=[NewStep(StepKind.FIND_STOPPED)],
+            events=[event],
+            kind=FailureKind.HOST_REBOOTED,
+            boot_id=action.boot_id,
+            unfenced=action.unfenced,
+        )
+        LOG.error(
+            "host %s: rebooted without a declared failure (boot id %s -> %s); recovery %d "
+            "starts its stopped HA instances",
+            action.host,
+            host.boot_id,
+            action.boot_id,
+            recovery.id,
+        )
+
+    def _on_clear_report(self, action: ClearReport) -> None:
+        now = self._clock.wall()
+        store = self._store
+        with self._lock:
+            self._reports.pop(action.host, None)
+        event = make_event(
+            "vigil.host.failure.cleared", at=now, host=action.host, reason=action.reason
+        )
+        store.set_host_state(
+            action.host, HostState.NEW, reason=action.reason, at=now, events=[event]
+        )
+        LOG.warning("host %s: report closed: %s", action.host, action.reason)
+
+    def _on_withdraw_declaration(self, action: WithdrawDeclaration) -> None:
+        now = self._clock.wall()
+        self._withdraw(action.recovery_id, action.host, action.reason, HostState.UP, now)
+
+    def _on_resume_segment(self, action: ResumeSegment) -> None:
+        now = self._clock.wall()
+        store = self._store
+        event = make_event(
+            "vigil.segment.resumed", at=now, segment=action.segment, reason=action.reason
+        )
+        store.update_segment(action.segment, paused=False, pause_reason="", events=[event])
+        LOG.warning("segment %s: automatic recovery resumed: %s", action.segment, action.reason)
+
+    def _on_pause_segment(self, action: PauseSegment) -> None:
+        now = self._clock.wall()
+        store = self._store
+        event = make_event(
+            "vigil.segment.paused", at=now, segment=action.segment, reason=action.reason
+        )
+        store.update_segment(
+            action.segment, paused=True, pause_reason=action.reason, events=[event]
+        )
+        LOG.critical(
+            "ALARM segment %s: automatic recovery paused: %s", action.segment, action.reason
+        )
+
+    def _on_pause_recovery(self, action: PauseRecovery) -> None:
+        now = self._clock.wall()
+        store = self._store
+        event = make_event(
+            "vigil.recovery.paused",
+            at=now,
+            host=action.host,
+            recovery_id=action.recovery_id,
+            reason=action.reason,
+        )
+        store.set_recovery_status(
+            action.recovery_id,
+            RecoveryStatus.PAUSED,
+            at=now,
+            reason=action.reason,
+            events=[event],
+        )
+        LOG.warning(
+            "host %s: recovery %d paused: %s", action.host, action.recovery_id, action.reason
+        )
+
+    def _on_resume_recovery(self, action: ResumeRecovery) -> None:
+        now = self._clock.wall()
+        store = self._store
+        event = make_event(
+            "vigil.recovery.resumed", at=now, host=action.host, recovery_id=action.recovery_id
+        )
+        store.set_recovery_status(
+            action.recovery_id, RecoveryStatus.RUNNING, at=now, events=[event]
+        )
+        LOG.info("host %s: recovery %d resumed", action.host, action.recovery_id)
+
+    def _on_run_step(self, action: RunStep) -> None:
+        now = self._clock.wall()
+        store = self._store
+        step = action.step
+        event = self._step_event(
+            step, action.recovery_id, action.host, "start", attempt=step.attempts + 1
+        )
+        step = store.start_step(step.id, at=now, events=[event])
+        with self._lock:
+            self._in_flight.add(step.id)
+        try:
+            self._pool.submit(
+                self._execute, action.recovery_id, action.host, step.id, step.attempts
+            )
+        except RuntimeError:  # pool shut down: leave the step to the next start
             with self._lock:
-                self._reports.pop(action.host, None)
-            event = make_event(
-                "vigil.host.failure.cleared", at=now, host=action.host, reason=action.reason
-            )
-            store.set_host_state(
-                action.host, HostState.NEW, reason=action.reason, at=now, events=[event]
-            )
-            LOG.warning("host %s: report closed: %s", action.host, action.reason)
-        elif isinstance(action, WithdrawDeclaration):
-            self._withdraw(action.recovery_id, action.host, action.reason, HostState.UP, now)
-        elif isinstance(action, ResumeSegment):
-            event = make_event(
-                "vigil.segment.resumed", at=now, segment=action.segment, reason=action.reason
-            )
-            store.update_segment(action.segment, paused=False, pause_reason="", events=[event])
-            LOG.warning("segment %s: automatic recovery resumed: %s", action.segment, action.reason)
-        elif isinstance(action, PauseSegment):
-            event = make_event(
-                "vigil.segment.paused", at=now, segment=action.segment, reason=action.reason
-            )
-            store.update_segment(
-                action.segment, paused=True, pause_reason=action.reason, events=[event]
-            )
-            LOG.critical(
-                "ALARM segment %s: automatic recovery paused: %s", action.segment, action.reason
-            )
-        elif isinstance(action, PauseRecovery):
-            event = make_event(
-                "vigil.recovery.paused",
-                at=now,
-                host=action.host,
-                recovery_id=action.recovery_id,
-                reason=action.reason,
-            )
-            store.set_recovery_status(
-                action.recovery_id,
-                RecoveryStatus.PAUSED,
-                at=now,
-                reason=action.reason,
-                events=[event],
-            )
-            LOG.warning(
-                "host %s: recovery %d paused: %s", action.host, action.recovery_id, action.reason
-            )
-        elif isinstance(action, ResumeRecovery):
-            event = make_event(
-                "vigil.recovery.resumed", at=now, host=action.host, recovery_id=action.recovery_id
-            )
-            store.set_recovery_status(
-                action.recovery_id, RecoveryStatus.RUNNING, at=now, events=[event]
-            )
-            LOG.info("host %s: recovery %d resumed", action.host, action.recovery_id)
-        elif isinstance(action, RunStep):
-            step = action.step
-            event = self._step_event(
-                step, action.recovery_id, action.host, "start", attempt=step.attempts + 1
-            )
-            step = store.start_step(step.id, at=now, events=[event])
-            with self._lock:
-                self._in_flight.add(step.id)
-            try:
-                self._pool.submit(
-                    self._execute, action.recovery_id, action.host, step.id, step.attempts
-                )
-            except RuntimeError:  # pool shut down: leave the step to the next start
-                with self._lock:
-                    self._in_flight.discard(step.id)
-        elif isinstance(action, FinishRecovery):
-            ok = action.status == RecoveryStatus.SUCCEEDED
-            event = make_event(
-                "vigil.recovery.end",
-                at=now,
-                host=action.host,
-                priority="INFO" if ok else "ERROR",
-                recovery_id=action.recovery_id,
-                outcome=action.status.value,
-                reason=action.reason,
-            )
-            store.finish_recovery(
-                action.recovery_id, action.status, at=now, reason=action.reason, events=[event]
-            )
-            LOG.log(
-                logging.INFO if ok else logging.ERROR,
-                "host %s: recovery %d %s: %s",
-                action.host,
-                action.recovery_id,
-                action.status.value,
-                action.reason,
-            )
-        self._events_written()
+                self._in_flight.discard(step.id)
+
+    def _on_finish_recovery(self, action: FinishRecovery) -> None:
+        now = self._clock.wall()
+        store = self._store
+        ok = action.status == RecoveryStatus.SUCCEEDED
+        event = make_event(
+            "vigil.recovery.end",
+            at=now,
+            host=action.host,
+            priority="INFO" if ok else "ERROR",
+            recovery_id=action.recovery_id,
+            outcome=action.status.value,
+            reason=action.reason,
+        )
+        store.finish_recovery(
+            action.recovery_id, action.status, at=now, reason=action.reason, events=[event]
+        )
+        LOG.log(
+            logging.INFO if ok else logging.ERROR,
+            "host %s: recovery %d %s: %s",
+            action.host,
+            action.recovery_id,
+            action.status.value,
+            action.reason,
+        )
 
     def _withdraw(
         self, recovery_id: int, host: str, reason: str, state: HostState, now: float
@@ -604,7 +655,7 @@ class Engine:
         self.wake()
 
     def _execute(self, recovery_id: int, host_name: str, step_id: int, attempts: int) -> None:
-        store, settings = self._store, self._settings.recovery
+        store = self._store
         try:
             recovery = store.get_recovery(recovery_id)
             step = next(s for s in recovery.steps if s.id == step_id)
@@ -617,12 +668,12 @@ class Engine:
             )
             try:
                 done = run_step(self._ctx, step=step, recovery=recovery, host=host, segment=segment)
-            except (TemporaryError, PermanentError, DriverError, Exception) as exc:
-                permanent = isinstance(exc, PermanentError)
+            except Exception as exc:
                 if not isinstance(exc, DriverError):
                     LOG.exception("host %s: %s crashed", host_name, label)
                 now = self._clock.wall()
-                if permanent or attempts >= settings.step_attempts:
+                delay = self._step_retry.after_failure(attempts, exc)
+                if delay is None:  # a PermanentError, or its attempts are spent
                     event = self._step_event(
                         step, recovery_id, host_name, "error", attempt=attempts, detail=str(exc)
                     )
@@ -637,7 +688,6 @@ class Engine:
                         exc,
                     )
                 else:
-                    delay = settings.backoff(attempts)
                     store.finish_step(
                         step_id,
                         StepStatus.PENDING,

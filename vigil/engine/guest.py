@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from vigil.drivers import compute
+from vigil.engine.reconciler import backoff
 from vigil.model import (
     GuestFailureKind,
     GuestFailureStatus,
@@ -65,9 +66,7 @@ class GuestSettings:
 
     def backoff(self, restarts: int) -> float:
         """Delay before restart number ``restarts + 1``: none for the first."""
-        if restarts <= 0:
-            return 0.0
-        return float(min(self.backoff_max, self.backoff_base * 2 ** (restarts - 1)))
+        return backoff(restarts, base=self.backoff_base, cap=self.backoff_max)
 
     def validate(self) -> None:
         if self.restart_budget < 0 or self.reset_loop_count < 1:

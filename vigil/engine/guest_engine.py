@@ -15,6 +15,10 @@ a crash: it reads the instance first and starts a SHUTOFF one, hard-reboots any 
 back is rebooted once more. Confirmation: Nova reads ACTIVE within
 ``restart_confirm_timeout``.
 
+A reaction on the skeleton of ``vigil.engine.reconciler``: ``observe`` (failures, their
+policies once a worker has read them from Nova), ``decide_guest``, one handler per
+action. Its loop also runs the host service keeper's cycle.
+
 Limits: runs beside the host engine with its own tick rather than inside its cycle; the
 cloud-wide operator pause (S4) holds restarts, segment pauses do not (guest failures are
 not storms of hosts).
@@ -31,7 +35,7 @@ from typing import Any
 from vigil.clock import Clock
 from vigil.drivers import compute as nova
 from vigil.drivers.compute import WATCHDOG_ACTION_KEY, ComputeDriver
-from vigil.drivers.errors import DriverError, PermanentError
+from vigil.drivers.errors import DriverError
 from vigil.engine.guest import (
     Acknowledge,
     Escalate,
@@ -47,6 +51,7 @@ from vigil.engine.guest import (
     guest_policy_from_metadata,
     needs_policy,
 )
+from vigil.engine.reconciler import Loop, Reaction, RetryPolicy
 from vigil.engine.service_keeper import ServiceKeeper
 from vigil.engine.workers import KeyedWorkers
 from vigil.events import make_event
@@ -116,7 +121,12 @@ class ComputePolicies:
         return guest_policy_from_metadata(ha, watchdog)
 
 
-class GuestEngine:
+class GuestEngine(Reaction[list[GuestView], GuestAction]):
+    """Guest failures: a reaction (``vigil.engine.reconciler``) that also drives the host
+    service keeper's cycle on its loop."""
+
+    name = "guest failures"
+
     def __init__(
         self,
         *,
@@ -131,8 +141,8 @@ class GuestEngine:
         poll_interval: float = 0.5,
         services: ServiceKeeper | None = None,
     ) -> None:
+        super().__init__()
         self._store = store
-        # The agents' service snapshots (nova-compute, libvirtd) are acted on in this loop.
         self.services = services
         self._compute = compute
         self._clock = clock
@@ -140,7 +150,6 @@ class GuestEngine:
         self.settings.validate()
         self._policies = policies or ComputePolicies(store, compute)
         self._on_events = on_events
-        self._tick = tick
         self._wait = wait
         self._poll_interval = poll_interval
         # restarts and policy lookups, by failure id
@@ -149,10 +158,21 @@ class GuestEngine:
         # failure id -> (its report count when looked up, its policy), used by one decision
         self._looked_up: dict[int, tuple[int, GuestPolicy]] = {}
         self._lookup_failing: set[int] = set()  # logged once, not at every tick
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._next_wait = tick
+        self._held = False  # the operator's pause, as the latest snapshot read it
+        self._due: list[float] = []  # when pending restarts are due (wall clock)
+        for kind, handler in (
+            (Acknowledge, self._acknowledge),
+            (NotifyOwner, self._notify),
+            (PlanRestart, self._plan),
+            (Escalate, self._escalate),
+            (Resolve, self._resolve),
+            (RunRestart, self._run_restart),
+        ):
+            self.handle(kind, handler)
+        # The agents' service snapshots (nova-compute, libvirtd) are acted on in this loop.
+        self._loop = Loop(
+            "vigil-guest-engine", [self, *([services] if services is not None else [])], tick
+        )
 
     # --- reports (the API calls this) -------------------------------------------------
 
@@ -210,20 +230,16 @@ class GuestEngine:
     # --- the loop -----------------------------------------------------------------------
 
     def wake(self) -> None:
-        self._wake.set()
+        self._loop.wake()
 
     def start(self) -> None:
         count = self._store.requeue_running_guest_actions(at=self._clock.wall())
         if count:
             LOG.warning("resuming: %d instance restarts were running when vigil stopped", count)
-        self._thread = threading.Thread(target=self._run, name="vigil-guest-engine", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        self._loop.close()
         self._workers.stop()
         if self.services is not None:
             self.services.stop()
@@ -231,23 +247,7 @@ class GuestEngine:
     def drain(self, timeout: float = 10.0) -> bool:
         return self._workers.drain(timeout)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            # Cleared before the cycle: a wake during it (a report, a finished restart)
-            # makes the next one start at once instead of being lost.
-            self._wake.clear()
-            try:
-                self.run_cycle()
-            except Exception:
-                LOG.exception("guest cycle failed; retrying next tick")
-            if self.services is not None:
-                try:
-                    self.services.run_cycle()
-                except Exception:
-                    LOG.exception("host services cycle failed; retrying next tick")
-            self._wake.wait(self._next_wait)
-
-    def run_cycle(self) -> list[GuestAction]:
+    def observe(self) -> list[GuestView]:
         failures = self._store.list_guest_failures(statuses=UNRESOLVED)
         in_flight = self._workers.busy()
         views = []
@@ -271,25 +271,28 @@ class GuestEngine:
             for view in views:
                 if view.policy is not None:
                     self._looked_up.pop(view.failure.id, None)  # used by this decision
-        actions = decide_guest(views, self._clock.wall(), self.settings)
-        held = self._store.get_control().paused
-        now = self._clock.wall()
-        # A restart planned sooner than the next tick runs when it is due, not a tick late.
-        due = [a.at for a in actions if isinstance(a, PlanRestart)]
-        due += [
+        self._held = self._store.get_control().paused
+        # A restart due sooner than the next tick runs when it is due, not a tick late.
+        self._due = [
             v.failure.next_restart_at
             for v in views
             if v.failure.action_status == StepStatus.PENDING and not needs_policy(v.failure)
         ]
-        self._next_wait = max(0.0, min([self._tick, *(at - now for at in due)]))
-        for action in actions:
-            if held and isinstance(action, RunRestart):
-                continue  # the operator's pause (S4) holds restarts; reports still recorded
-            try:
-                self._perform(action)
-            except Exception:
-                LOG.exception("guest action %s failed", action)
-        return actions
+        return views
+
+    def decide(self, snapshot: list[GuestView]) -> list[GuestAction]:
+        return decide_guest(snapshot, self._clock.wall(), self.settings)
+
+    def admit(self, action: GuestAction) -> bool:
+        # The operator's pause (S4) holds restarts; reports are still recorded.
+        return not (self._held and isinstance(action, RunRestart))
+
+    def recorded(self) -> None:
+        self._events_written()
+
+    def next_wait(self, tick: float) -> float:
+        now = self._clock.wall()
+        return max(0.0, min([tick, *(at - now for at in self._due)]))
 
     def policies_ready(self) -> bool:
         """Whether policies looked up since the last cycle wait to be decided on."""
@@ -318,7 +321,7 @@ class GuestEngine:
                 LOG.info("host %s: instance %s: HA policy read", f.host, f.instance_id)
             self._looked_up[f.id] = (f.count, policy)
 
-    # --- actions ------------------------------------------------------------------------
+    # --- actions (each on the loop's thread: store writes; the restart on a worker) -----
 
     def _event(self, event_type: str, f: InstanceFailure, reason: str, **extra: Any) -> Any:
         return make_event(
@@ -334,79 +337,87 @@ class GuestEngine:
             **extra,
         )
 
-    def _perform(self, action: GuestAction) -> None:
-        store, now = self._store, self._clock.wall()
+    def _where(self, f: InstanceFailure) -> str:
+        return f"host {f.host}: instance {f.instance_id}"
+
+    def _acknowledge(self, action: Acknowledge) -> None:
         f = action.failure
-        where = f"host {f.host}: instance {f.instance_id}"
-        if isinstance(action, Acknowledge):
-            store.update_guest_failure(f.id, at=now, seen_count=f.count)
-            LOG.info("%s: failure %d: %s", where, f.id, action.reason)
-        elif isinstance(action, NotifyOwner):
-            event = self._event(
-                "vigil.instance.guest.notify",
-                f,
-                action.reason,
-                policy="notify",
-                detail=dict(f.detail),
-            )
-            status = (
-                GuestFailureStatus.NOTIFIED if f.status == GuestFailureStatus.OPEN else f.status
-            )
-            store.update_guest_failure(
-                f.id, at=now, seen_count=f.count, status=status, events=[event]
-            )
-            LOG.warning("%s: owner notified, guest left as it is: %s", where, action.reason)
-        elif isinstance(action, PlanRestart):
-            store.update_guest_failure(
-                f.id,
-                at=now,
-                seen_count=f.count,
-                status=GuestFailureStatus.RECOVERING,
-                action_status=StepStatus.PENDING,
-                action_attempts=0,
-                next_restart_at=action.at,
-                action_detail="",
-            )
-            LOG.warning("%s: restart planned: %s", where, action.reason)
-        elif isinstance(action, Escalate):
-            event = self._event(
-                "vigil.instance.guest.escalated", f, action.reason, policy="keep-running"
-            )
-            store.update_guest_failure(
-                f.id,
-                at=now,
-                seen_count=f.count,
-                status=GuestFailureStatus.ESCALATED,
-                action_status=None,
-                events=[event],
-            )
-            LOG.error("%s: ESCALATED: %s", where, action.reason)
-        elif isinstance(action, Resolve):
-            store.update_guest_failure(
-                f.id, at=now, status=GuestFailureStatus.RESOLVED, action_status=None
-            )
-            LOG.info("%s: failure %d resolved: %s", where, f.id, action.reason)
-        elif isinstance(action, RunRestart):
-            attempt = f.action_attempts + 1
-            event = self._event(
-                "vigil.instance.guest.restart.start",
-                f,
-                f.reason,
-                policy="keep-running",
-                attempt=attempt,
-            )
-            started = store.update_guest_failure(
-                f.id,
-                at=now,
-                action_status=StepStatus.RUNNING,
-                action_attempts=attempt,
-                restarts=f.restarts + (1 if attempt == 1 else 0),
-                events=[event],
-            )
-            # Not submitted when shutting down: requeued at the next start.
-            # The loop is woken once the failure is no longer busy.
-            self._workers.submit(f.id, self._restart, started, then=self.wake)
-        self._events_written()
+        self._store.update_guest_failure(f.id, at=self._clock.wall(), seen_count=f.count)
+        LOG.info("%s: failure %d: %s", self._where(f), f.id, action.reason)
+
+    def _notify(self, action: NotifyOwner) -> None:
+        f = action.failure
+        event = self._event(
+            "vigil.instance.guest.notify",
+            f,
+            action.reason,
+            policy="notify",
+            detail=dict(f.detail),
+        )
+        status = GuestFailureStatus.NOTIFIED if f.status == GuestFailureStatus.OPEN else f.status
+        self._store.update_guest_failure(
+            f.id, at=self._clock.wall(), seen_count=f.count, status=status, events=[event]
+        )
+        LOG.warning("%s: owner notified, guest left as it is: %s", self._where(f), action.reason)
+
+    def _plan(self, action: PlanRestart) -> None:
+        f = action.failure
+        self._store.update_guest_failure(
+            f.id,
+            at=self._clock.wall(),
+            seen_count=f.count,
+            status=GuestFailureStatus.RECOVERING,
+            action_status=StepStatus.PENDING,
+            action_attempts=0,
+            next_restart_at=action.at,
+            action_detail="",
+        )
+        self._due.append(action.at)
+        LOG.warning("%s: restart planned: %s", self._where(f), action.reason)
+
+    def _escalate(self, action: Escalate) -> None:
+        f = action.failure
+        event = self._event(
+            "vigil.instance.guest.escalated", f, action.reason, policy="keep-running"
+        )
+        self._store.update_guest_failure(
+            f.id,
+            at=self._clock.wall(),
+            seen_count=f.count,
+            status=GuestFailureStatus.ESCALATED,
+            action_status=None,
+            events=[event],
+        )
+        LOG.error("%s: ESCALATED: %s", self._where(f), action.reason)
+
+    def _resolve(self, action: Resolve) -> None:
+        f = action.failure
+        self._store.update_guest_failure(
+            f.id, at=self._clock.wall(), status=GuestFailureStatus.RESOLVED, action_status=None
+        )
+        LOG.info("%s: failure %d resolved: %s", self._where(f), f.id, action.reason)
+
+    def _run_restart(self, action: RunRestart) -> None:
+        f = action.failure
+        attempt = f.action_attempts + 1
+        event = self._event(
+            "vigil.instance.guest.restart.start",
+            f,
+            f.reason,
+            policy="keep-running",
+            attempt=attempt,
+        )
+        started = self._store.update_guest_failure(
+            f.id,
+            at=self._clock.wall(),
+            action_status=StepStatus.RUNNING,
+            action_attempts=attempt,
+            restarts=f.restarts + (1 if attempt == 1 else 0),
+            events=[event],
+        )
+        # Not submitted when shutting down: requeued at the next start.
+        # The loop is woken once the failure is no longer busy.
+        self._workers.submit(f.id, self._restart, started, then=self.wake)
 
     def _restart(self, f: InstanceFailure) -> None:
         where = f"host {f.host}: instance {f.instance_id}"
@@ -478,7 +489,10 @@ class GuestEngine:
             policy="keep-running",
             attempt=f.action_attempts,
         )
-        if isinstance(exc, PermanentError) or f.action_attempts >= self.settings.restart_attempts:
+        delay = RetryPolicy(
+            self.settings.restart_attempts, self.settings.backoff_base, self.settings.backoff_max
+        ).after_failure(f.action_attempts, exc)
+        if delay is None:  # a PermanentError, or its attempts are spent
             escalate = self._event(
                 "vigil.instance.guest.escalated",
                 f,
@@ -495,7 +509,6 @@ class GuestEngine:
             )
             LOG.error("%s: restart FAILED, escalated: %s", where, exc)
             return
-        delay = self.settings.backoff(f.action_attempts) or self.settings.backoff_base
         self._store.update_guest_failure(
             f.id,
             at=now,

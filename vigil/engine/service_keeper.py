@@ -11,30 +11,42 @@ action, calls the pure ``decide_services`` and performs its answer against Nova:
   which Nova takes as a no-op.
 - release: enable only a service Nova still shows disabled with vigil's reason.
 
-Actions run on two worker threads, one at a time per host. A Nova error leaves the hold
-as it was; the action is tried again after ``retry_after`` seconds (logged each time,
-with the host).
+A reaction on the skeleton of ``vigil.engine.reconciler``; its Nova actions run on two
+worker threads, one at a time per host. A Nova error leaves the hold as it was; the
+action is tried again after ``retry_after`` seconds (logged each time, with the host).
+The retry count lives in memory: after a restart the snapshot, which is persisted, says
+again what is to be done, and the action is tried at once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from vigil.clock import Clock
 from vigil.drivers.compute import ComputeDriver
 from vigil.drivers.errors import DriverError
+from vigil.engine.reconciler import Reaction, RetryPolicy
 from vigil.engine.services import (
     DisableCompute,
     ForgetHold,
+    ReleaseCompute,
     ServiceAction,
     decide_services,
     may_act,
 )
 from vigil.engine.workers import KeyedWorkers
 from vigil.events import make_event
-from vigil.model import SERVICE_HOLD_PREFIX, ComputeHold, Event, HostServices, ServiceState
+from vigil.model import (
+    SERVICE_HOLD_PREFIX,
+    ComputeHold,
+    Event,
+    Host,
+    HostServices,
+    ServiceState,
+)
 from vigil.store import NotFoundError, Store
 
 LOG = logging.getLogger("vigil.engine.services")
@@ -47,7 +59,15 @@ def _services_json(services: HostServices) -> dict[str, dict[str, Any]]:
     }
 
 
-class ServiceKeeper:
+@dataclass(frozen=True)
+class ServiceSnapshot:
+    candidates: Sequence[HostServices]  # snapshots that may need an action, not busy
+    hosts: Mapping[str, Host]
+
+
+class ServiceKeeper(Reaction[ServiceSnapshot, ServiceAction]):
+    name = "host services"
+
     def __init__(
         self,
         *,
@@ -57,13 +77,20 @@ class ServiceKeeper:
         on_events: Callable[[], None] | None = None,
         retry_after: float = 5.0,
     ) -> None:
+        super().__init__()
         self._store = store
         self._compute = compute
         self._clock = clock
         self._on_events = on_events
-        self._retry_after = retry_after
-        self._not_before: dict[str, float] = {}  # host -> next attempt after a Nova error
+        # retried for as long as it takes, every retry_after seconds
+        self._retry = RetryPolicy(attempts=0, base=retry_after, cap=retry_after)
+        # host -> (failed attempts, next attempt after a Nova error)
+        self._not_before: dict[str, tuple[int, float]] = {}
         self._workers = KeyedWorkers(2, "vigil-services")  # one action per host at a time
+        self.handle(ForgetHold, self._forget)
+        self.handle(DisableCompute, self._submit)
+        self.handle(ReleaseCompute, self._submit)
+        self._by_host: dict[str, HostServices] = {}
 
     # --- reports (the API calls this) -------------------------------------------------
 
@@ -119,30 +146,37 @@ class ServiceKeeper:
 
     # --- the cycle ----------------------------------------------------------------------
 
-    def run_cycle(self) -> list[ServiceAction]:
-        """Decide, and hand each action to a worker: Nova may hold a disable call for its
-        rpc_response_timeout (it asks the compute, dead or not, to update its placement
-        trait), and the loop that calls this must not wait for it."""
+    def observe(self) -> ServiceSnapshot:
         now = self._clock.wall()
         busy = self._workers.busy()
         candidates = [
             s
             for s in self._store.list_host_services()
-            if may_act(s) and s.host not in busy and self._not_before.get(s.host, 0.0) <= now
+            if may_act(s)
+            and s.host not in busy
+            and self._not_before.get(s.host, (0, 0.0))[1] <= now
         ]
-        if not candidates:
-            return []
         hosts = {}
         for s in candidates:
             try:
                 hosts[s.host] = self._store.get_host(s.host)
             except NotFoundError:
                 continue  # deleted meanwhile
-        actions = decide_services(candidates, hosts)
-        by_host = {s.host: s for s in candidates}
-        for action in actions:
-            self._workers.submit(action.host, self._run, action, by_host[action.host])
-        return actions
+        self._by_host = {s.host: s for s in candidates}
+        return ServiceSnapshot(candidates, hosts)
+
+    def decide(self, snapshot: ServiceSnapshot) -> Sequence[ServiceAction]:
+        if not snapshot.candidates:
+            return []
+        return decide_services(list(snapshot.candidates), dict(snapshot.hosts))
+
+    def recorded(self) -> None:
+        pass  # the workers and ``_forget`` tell the outbox themselves
+
+    def _submit(self, action: DisableCompute | ReleaseCompute) -> None:
+        """Nova may hold a disable call for its rpc_response_timeout (it asks the compute,
+        dead or not, to update its placement trait): on a worker, never on the loop."""
+        self._workers.submit(action.host, self._run, action, self._by_host[action.host])
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until no action runs (tests, and a clean stop)."""
@@ -151,98 +185,104 @@ class ServiceKeeper:
     def stop(self) -> None:
         self._workers.stop()
 
-    def _run(self, action: ServiceAction, services: HostServices) -> None:
+    def _run(self, action: DisableCompute | ReleaseCompute, services: HostServices) -> None:
         try:
-            self._perform(action, services)
+            if isinstance(action, DisableCompute):
+                self._disable(action)
+            else:
+                self._release(action, services)
             self._not_before.pop(action.host, None)
-        except DriverError as exc:
-            self._not_before[action.host] = self._clock.wall() + self._retry_after
-            LOG.warning(
-                "host %s: %s failed, retrying in %gs: %s",
-                action.host,
+        except Exception as exc:
+            attempt = self._not_before.get(action.host, (0, 0.0))[0] + 1
+            delay = self._retry.after_failure(attempt, exc)
+            delay = self._retry.base if delay is None else delay  # never given up
+            self._not_before[action.host] = (attempt, self._clock.wall() + delay)
+            what = (
                 "disabling its compute service"
                 if isinstance(action, DisableCompute)
-                else "enabling its compute service",
-                self._retry_after,
-                exc,
+                else "enabling its compute service"
             )
-        except Exception:
-            self._not_before[action.host] = self._clock.wall() + self._retry_after
-            LOG.exception("host %s: service action %s crashed", action.host, action)
+            if isinstance(exc, DriverError):
+                LOG.warning(
+                    "host %s: %s failed, retrying in %gs: %s", action.host, what, delay, exc
+                )
+            else:
+                LOG.exception("host %s: %s crashed, retrying in %gs", action.host, what, delay)
 
-    def _perform(self, action: ServiceAction, services: HostServices) -> None:
-        now, host = self._clock.wall(), action.host
-        if isinstance(action, ForgetHold):
-            self._store.set_compute_hold(host, ComputeHold.NONE, "", at=now)
-            LOG.info("host %s: service hold forgotten: %s", host, action.why)
-            return
-        if isinstance(action, DisableCompute):
-            service = self._compute.get_service(host)
-            if service.disabled and not service.disabled_reason.startswith(SERVICE_HOLD_PREFIX):
-                hold, reason, what = ComputeHold.LEFT, service.disabled_reason, "left-disabled"
-                LOG.warning(
-                    "host %s: %s down; its compute service was already disabled (%r): "
-                    "left as it is, and vigil will not enable it",
-                    host,
-                    ", ".join(action.down),
-                    service.disabled_reason,
-                )
-            else:
-                self._compute.disable(host, action.reason)
-                hold, reason, what = ComputeHold.DISABLED, action.reason, "disabled"
-                LOG.warning(
-                    "host %s: compute service disabled for scheduling while %s down "
-                    "(instances left running, host not fenced)",
-                    host,
-                    ", ".join(action.down),
-                )
-            now = self._clock.wall()  # after Nova's answer
-            event = make_event(
-                "vigil.host.compute.disabled",
-                at=now,
-                host=host,
-                services_down=list(action.down),
-                action=what,
-                reason=reason,
+    def _forget(self, action: ForgetHold) -> None:
+        self._store.set_compute_hold(action.host, ComputeHold.NONE, "", at=self._clock.wall())
+        LOG.info("host %s: service hold forgotten: %s", action.host, action.why)
+
+    def _disable(self, action: DisableCompute) -> None:
+        host = action.host
+        service = self._compute.get_service(host)
+        if service.disabled and not service.disabled_reason.startswith(SERVICE_HOLD_PREFIX):
+            hold, reason, what = ComputeHold.LEFT, service.disabled_reason, "left-disabled"
+            LOG.warning(
+                "host %s: %s down; its compute service was already disabled (%r): "
+                "left as it is, and vigil will not enable it",
+                host,
+                ", ".join(action.down),
+                service.disabled_reason,
             )
-            self._store.set_compute_hold(host, hold, reason, at=now, events=[event])
         else:
-            what, reason = "released", ""
-            if action.hold is ComputeHold.DISABLED:
-                service = self._compute.get_service(host)
-                if service.disabled and service.disabled_reason.startswith(SERVICE_HOLD_PREFIX):
-                    self._compute.enable(host)
-                    what = "enabled"
-                    reason = f"services up again; was disabled with {service.disabled_reason!r}"
-                    LOG.info("host %s: compute service enabled again: %s", host, reason)
-                else:
-                    reason = (
-                        "services up again; the compute service was changed by someone else "
-                        f"meanwhile (disabled: {service.disabled}, reason "
-                        f"{service.disabled_reason!r}): left as it is"
-                    )
-                    LOG.warning("host %s: %s", host, reason)
+            self._compute.disable(host, action.reason)
+            hold, reason, what = ComputeHold.DISABLED, action.reason, "disabled"
+            LOG.warning(
+                "host %s: compute service disabled for scheduling while %s down "
+                "(instances left running, host not fenced)",
+                host,
+                ", ".join(action.down),
+            )
+        now = self._clock.wall()  # after Nova's answer
+        event = make_event(
+            "vigil.host.compute.disabled",
+            at=now,
+            host=host,
+            services_down=list(action.down),
+            action=what,
+            reason=reason,
+        )
+        self._store.set_compute_hold(host, hold, reason, at=now, events=[event])
+        self._events_written()
+
+    def _release(self, action: ReleaseCompute, services: HostServices) -> None:
+        host = action.host
+        what, reason = "released", ""
+        if action.hold is ComputeHold.DISABLED:
+            service = self._compute.get_service(host)
+            if service.disabled and service.disabled_reason.startswith(SERVICE_HOLD_PREFIX):
+                self._compute.enable(host)
+                what = "enabled"
+                reason = f"services up again; was disabled with {service.disabled_reason!r}"
+                LOG.info("host %s: compute service enabled again: %s", host, reason)
             else:
-                LOG.info(
-                    "host %s: services up again; its compute service stays as its owner "
-                    "left it (%r)",
-                    host,
-                    services.hold_reason,
+                reason = (
+                    "services up again; the compute service was changed by someone else "
+                    f"meanwhile (disabled: {service.disabled}, reason "
+                    f"{service.disabled_reason!r}): left as it is"
                 )
-            now = self._clock.wall()
-            events = []
-            if action.hold is ComputeHold.DISABLED:
-                events.append(
-                    make_event(
-                        "vigil.host.compute.enabled",
-                        at=now,
-                        host=host,
-                        services_down=[],
-                        action=what,
-                        reason=reason,
-                    )
+                LOG.warning("host %s: %s", host, reason)
+        else:
+            LOG.info(
+                "host %s: services up again; its compute service stays as its owner left it (%r)",
+                host,
+                services.hold_reason,
+            )
+        now = self._clock.wall()
+        events = []
+        if action.hold is ComputeHold.DISABLED:
+            events.append(
+                make_event(
+                    "vigil.host.compute.enabled",
+                    at=now,
+                    host=host,
+                    services_down=[],
+                    action=what,
+                    reason=reason,
                 )
-            self._store.set_compute_hold(host, ComputeHold.NONE, "", at=now, events=events)
+            )
+        self._store.set_compute_hold(host, ComputeHold.NONE, "", at=now, events=events)
         self._events_written()
 
     def _events_written(self) -> None:

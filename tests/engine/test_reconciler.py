@@ -1,0 +1,100 @@
+"""The skeleton every reaction runs on: one retry formula, one loop, one dispatch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from vigil.drivers.errors import PermanentError, TemporaryError
+from vigil.engine.reconciler import Loop, Reaction, RetryPolicy, backoff
+
+
+def test_backoff_doubles_from_its_base_and_is_capped() -> None:
+    assert [backoff(n, base=0.5, cap=3.0) for n in range(6)] == [0.0, 0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+def test_a_retry_policy_spends_its_budget_and_never_retries_a_permanent_error() -> None:
+    steps = RetryPolicy(attempts=3, base=5.0, cap=300.0)
+    busy = TemporaryError("Nova is busy")
+    assert steps.after_failure(1, busy) == 5.0
+    assert steps.after_failure(2, busy) == 10.0
+    assert steps.after_failure(3, busy) is None  # the third try was the last
+    assert steps.after_failure(1, PermanentError("no such server")) is None
+    forever = RetryPolicy(attempts=0, base=5.0, cap=5.0)
+    assert forever.after_failure(1000, busy) == 5.0
+
+
+@dataclass(frozen=True)
+class Ping:
+    n: int
+
+
+@dataclass(frozen=True)
+class Held:
+    n: int
+
+
+class Counter(Reaction[int, object]):
+    """Observes a number; the rule asks for a Ping (and a Held, never admitted) each
+    cycle; the Ping handler fails on odd numbers, which must not stop the others."""
+
+    name = "counter"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+        self.pinged: list[int] = []
+        self.recorded_count = 0
+        self.handle(Ping, self._ping)
+        self.handle(Held, lambda action: pytest.fail("a held action ran"))
+
+    def observe(self) -> int:
+        self.seen += 1
+        return self.seen
+
+    def decide(self, snapshot: int) -> Sequence[object]:
+        return [Ping(snapshot), Held(snapshot), Ping(snapshot * 10)]
+
+    def admit(self, action: object) -> bool:
+        return not isinstance(action, Held)
+
+    def _ping(self, action: Ping) -> None:
+        if action.n % 2:
+            raise RuntimeError("odd")
+        self.pinged.append(action.n)
+
+    def recorded(self) -> None:
+        self.recorded_count += 1
+
+
+def test_a_cycle_dispatches_by_type_and_one_failing_action_stops_none_of_the_others() -> None:
+    counter = Counter()
+    assert counter.run_cycle() == [Ping(1), Held(1), Ping(10)]
+    assert counter.pinged == [10]
+    assert counter.recorded_count == 2  # after each action carried out, held ones not
+
+
+def test_a_loop_cycles_each_tick_and_at_once_when_woken() -> None:
+    counter = Counter()
+    loop = Loop("test-loop", [counter], tick=30.0)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while counter.seen < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert counter.seen == 1  # the first cycle, then a 30 s tick
+        loop.wake()
+        while counter.seen < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert counter.seen == 2
+    finally:
+        stop.set()
+        loop.wake()
+        thread.join(5)
+    assert not thread.is_alive()

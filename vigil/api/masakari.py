@@ -46,6 +46,7 @@ from vigil.config import RecoverySettings
 from vigil.drivers.compute import ComputeDriver
 from vigil.drivers.errors import Conflict, DriverError, NotFound
 from vigil.engine.engine import Engine
+from vigil.engine.flow import MASAKARI_TASKS
 from vigil.model import (
     HaPolicy,
     Host,
@@ -128,12 +129,7 @@ VMOVE_STATUS = {
     StepStatus.FAILED: "failed",
     StepStatus.SKIPPED: "ignored",
 }
-TASKS = (
-    ("FenceHostTask", (StepKind.FENCE,)),  # vigil's: Masakari does not fence
-    ("DisableComputeServiceTask", (StepKind.FORCE_DOWN,)),
-    ("PrepareHAEnabledInstancesTask", (StepKind.LIST_INSTANCES,)),
-    ("EvacuateInstancesTask", (StepKind.EVACUATE,)),
-)
+TASKS = MASAKARI_TASKS  # FenceHostTask is vigil's: Masakari does not fence
 _VMOVE_NS = uuid.UUID("6f0b7a36-1c7e-4f5c-9d55-6a0c2f1e9b11")
 
 Handler = Callable[[Request, Any], Response]

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 
 from vigil.config import DetectionSettings
 from vigil.drivers.fencing import PowerState
+from vigil.engine.flow import HOST_STEPS
 from vigil.model import (
     Control,
     Host,
@@ -61,15 +62,6 @@ from vigil.model import (
     StepStatus,
 )
 
-# The host-level steps, in the order they gate one another. ``record-instances`` runs
-# beside the fence and gates only the planning; ``find-stopped`` plans a reboot's starts.
-HOST_STEPS = (
-    StepKind.RECORD_INSTANCES,
-    StepKind.FENCE,
-    StepKind.FORCE_DOWN,
-    StepKind.LIST_INSTANCES,
-    StepKind.FIND_STOPPED,
-)
 # Why the storm guard paused a segment starts with this: such a pause lifts by itself
 # once every declaration it held was withdrawn; an operator's pause never does.
 GUARD_PREFIX = "storm guard: "

@@ -52,10 +52,11 @@ from vigil.engine.decide import (
     WithdrawDeclaration,
     decide,
 )
+from vigil.engine.flow import StepInput, run_step
 from vigil.engine.heartbeat import HeartbeatTable
 from vigil.engine.lease import LeaseKeeper
 from vigil.engine.reconciler import Loop, Reaction, RetryPolicy
-from vigil.engine.steps import StepContext, run_step
+from vigil.engine.steps import StepContext
 from vigil.events import STEP_EVENT_NAMES, make_event
 from vigil.model import (
     Event,
@@ -667,7 +668,7 @@ class Engine(Reaction[Snapshot, Action]):
                 else ""
             )
             try:
-                done = run_step(self._ctx, step=step, recovery=recovery, host=host, segment=segment)
+                done = run_step(self._ctx, StepInput(step, recovery, host, segment))
             except Exception as exc:
                 if not isinstance(exc, DriverError):
                     LOG.exception("host %s: %s crashed", host_name, label)

@@ -99,29 +99,6 @@ def pick_target(candidates: Sequence[str | None], attempt: int) -> str | None:
     return candidates[min(max(attempt, 1), len(candidates)) - 1]
 
 
-def run_step(
-    ctx: StepContext, *, step: Step, recovery: Recovery, host: Host, segment: Segment
-) -> Done:
-    """Perform one step. Raises TemporaryError (retry later) or PermanentError (give up)."""
-    if step.kind == StepKind.FENCE:
-        return fence(ctx, host)
-    if step.kind == StepKind.FORCE_DOWN:
-        return force_down(ctx, host)
-    if step.kind == StepKind.LIST_INSTANCES:
-        return plan_instances(ctx, host, segment, recovery)
-    if step.kind == StepKind.EVACUATE:
-        return evacuate(ctx, step, recovery, host, segment)
-    if step.kind == StepKind.NOTIFY:
-        return Done(f"instance {step.instance_name} ({step.instance_id}): owner notified")
-    if step.kind == StepKind.RECORD_INSTANCES:
-        return record_instances(ctx, host)
-    if step.kind == StepKind.FIND_STOPPED:
-        return plan_restarts(ctx, host, segment)
-    if step.kind == StepKind.START:
-        return start_again(ctx, step, host)
-    raise PermanentError(f"unknown step kind {step.kind}")
-
-
 def _poll(ctx: StepContext, read: Callable[[], T], ok: Callable[[T], bool], timeout: float) -> T:
     """Read until ``ok`` or ``timeout``: first after ``poll_interval``, then 1.5 times
     longer each time up to ``poll_interval_max``. A power-off shows at once and is caught

@@ -40,8 +40,20 @@ def no_secret_in(problems: list[str]) -> None:
         assert SECRET not in problem
 
 
-def test_the_drivers_vigil_knows() -> None:
-    assert KNOWN_FENCE_DRIVERS == ("sim", "redfish", "ipmi", "fence-agent")
+def test_every_driver_vigil_says_it_knows_validates_and_builds() -> None:
+    """What the API lists as known (and names in its errors) can be configured."""
+    good = {"redfish": REDFISH, "ipmi": IPMI, "fence-agent": AGENT, "sim": {}}
+    assert sorted(KNOWN_FENCE_DRIVERS) == sorted(good)
+    cloud = SimCloud(SystemClock())
+    cloud.add_host("compute-1")
+    for driver in KNOWN_FENCE_DRIVERS:
+        assert validate_fence_options(driver, good[driver]) == [], driver
+        (device,) = build_fence_devices(
+            "compute-1",
+            [FenceMethod(driver, good[driver])],
+            extra_builders={"sim": sim_fence_builder(cloud)},
+        )
+        assert isinstance(device, FenceDevice), driver
 
 
 @pytest.mark.parametrize(

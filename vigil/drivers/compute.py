@@ -1,7 +1,8 @@
 """The compute interface: what vigil needs from Nova.
 
-Implementations: ``vigil.sim.drivers.SimCompute`` (the simulated cloud) and, in a later
-issue, an openstacksdk one. Status strings are Nova's own (``ACTIVE``, ``SHUTOFF``,
+Implementations: ``vigil.drivers.openstack`` (Nova through openstacksdk) and
+``vigil.sim.drivers.SimCompute`` (the simulated cloud); both pass the contract of
+``tests/contract/compute_contract.py``. Status strings are Nova's own (``ACTIVE``, ``SHUTOFF``,
 ``ERROR``, ``REBUILD``...), so nothing is lost in translation.
 """
 

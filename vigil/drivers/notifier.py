@@ -1,6 +1,8 @@
 """The notifier interface: publish what vigil observed and did.
 
-Later issues add oslo.messaging and webhooks behind this same interface.
+``LogNotifier`` writes to the log; the OpenStack bus (``vigil.drivers.messaging``) and
+webhooks (``vigil.drivers.webhook``) implement the same interface, and the outbox
+(``vigil.engine.outbox``) delivers every event to each.
 """
 
 from __future__ import annotations

@@ -70,6 +70,7 @@ from vigil.model import (
     check_transition,
 )
 from vigil.store.base import AlreadyExists, InUse, NotFoundError, Store
+from vigil.store.mapping import record_of
 
 __all__ = ["MIGRATIONS_DIR", "Base", "SqlStore", "alembic_config", "make_engine", "upgrade"]
 
@@ -399,17 +400,12 @@ def upgrade(url: str) -> None:
 # --- rows to records ------------------------------------------------------------------
 
 
+# Rows to records: one mechanism (``vigil.store.mapping``); only the fields whose stored
+# form is not the record's are given here.
+
+
 def _segment(row: SegmentRow) -> Segment:
-    return Segment(
-        name=row.name,
-        description=row.description,
-        default_policy=HaPolicy(row.default_policy),
-        max_failed_share=row.max_failed_share,
-        max_parallel_evacuations=row.max_parallel_evacuations,
-        paused=row.paused,
-        pause_reason=row.pause_reason,
-        id=row.id,
-    )
+    return record_of(Segment, row)
 
 
 def _fencing_to_json(methods: Sequence[FenceMethod]) -> list[dict[str, Any]]:
@@ -417,142 +413,54 @@ def _fencing_to_json(methods: Sequence[FenceMethod]) -> list[dict[str, Any]]:
 
 
 def _host(row: HostRow) -> Host:
-    return Host(
-        name=row.name,
-        segment=row.segment,
-        state=HostState(row.state),
-        maintenance=row.maintenance,
-        reserved=row.reserved,
-        fencing=tuple(FenceMethod(m["driver"], dict(m["options"])) for m in row.fencing),
-        state_reason=row.state_reason,
-        state_changed_at=row.state_changed_at,
-        boot_id=row.boot_id,
-        id=row.id,
-    )
+    fencing = tuple(FenceMethod(m["driver"], dict(m["options"])) for m in row.fencing)
+    return record_of(Host, row, fencing=fencing)
 
 
 def _policy(row: InstancePolicyRow) -> InstancePolicy:
-    return InstancePolicy(
-        instance_id=row.instance_id, policy=HaPolicy(row.policy), priority=row.priority
-    )
+    return record_of(InstancePolicy, row)
 
 
 def _failure(row: FailureRow) -> Failure:
-    return Failure(
-        id=row.id,
-        host=row.host,
-        kind=FailureKind(row.kind),
-        status=FailureStatus(row.status),
-        reason=row.reason,
-        sources=tuple(row.sources),
-        first_seen=row.first_seen,
-        last_seen=row.last_seen,
-        count=row.count,
-    )
+    return record_of(Failure, row)
 
 
 def _step(row: StepRow) -> Step:
-    return Step(
-        id=row.id,
-        recovery_id=row.recovery_id,
-        seq=row.seq,
-        kind=StepKind(row.kind),
-        status=StepStatus(row.status),
-        instance_id=row.instance_id,
-        instance_name=row.instance_name,
-        priority=row.priority,
-        attempts=row.attempts,
-        next_attempt_at=row.next_attempt_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        detail=row.detail,
-        result=dict(row.result),
-        target_host=row.target_host,
-    )
+    return record_of(Step, row)
 
 
 def _event(row: EventRow) -> Event:
-    return Event(
-        id=row.id,
-        event_type=row.event_type,
-        timestamp=row.timestamp,
-        host=row.host,
-        instance_id=row.instance_id,
-        priority=row.priority,
-        payload=dict(row.payload),
-        seq=row.seq,
-    )
+    return record_of(Event, row)
 
 
 def _sink(row: SinkRow) -> SinkState:
-    return SinkState(row.name, row.cursor, row.attempts, row.next_attempt_at, row.last_error)
+    return record_of(SinkState, row)
 
 
 def _subscription(row: SubscriptionRow) -> Subscription:
-    return Subscription(
-        name=row.name,
-        url=row.url,
-        secret=row.secret,
-        event_types=tuple(row.event_types),
-        created_at=row.created_at,
-        id=row.id,
-    )
+    return record_of(Subscription, row)
 
 
 def _recovery(row: RecoveryRow, steps: Sequence[Step]) -> Recovery:
-    return Recovery(
-        id=row.id,
-        failure_id=row.failure_id,
-        host=row.host,
-        segment=row.segment,
-        status=RecoveryStatus(row.status),
-        created_at=row.created_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        reason=row.reason,
-        steps=tuple(steps),
-    )
+    return record_of(Recovery, row, steps=tuple(steps))
 
 
 def _guest_failure(row: GuestFailureRow) -> InstanceFailure:
-    return InstanceFailure(
-        id=row.id,
-        instance_id=row.instance_id,
-        host=row.host,
-        kind=GuestFailureKind(row.kind),
-        status=GuestFailureStatus(row.status),
-        reason=row.reason,
-        first_seen=row.first_seen,
-        last_seen=row.last_seen,
-        count=row.count,
-        seen_count=row.seen_count,
-        occurrences=tuple(row.occurrences),
-        detail=dict(row.detail),
-        restarts=row.restarts,
-        next_restart_at=row.next_restart_at,
-        action_status=StepStatus(row.action_status) if row.action_status else None,
-        action_attempts=row.action_attempts,
-        action_detail=row.action_detail,
-        changed_at=row.changed_at,
-    )
+    # a stored empty action status reads as none, as it always has
+    status = StepStatus(row.action_status) if row.action_status else None
+    return record_of(InstanceFailure, row, action_status=status)
 
 
 def _host_services(row: HostServicesRow) -> HostServices:
-    return HostServices(
-        host=row.host,
-        services={
-            name: ServiceState(bool(v["up"]), float(v["since"]), str(v.get("detail", "")))
-            for name, v in row.services.items()
-        },
-        reported_at=row.reported_at,
-        hold=ComputeHold(row.hold),
-        hold_reason=row.hold_reason,
-        changed_at=row.changed_at,
-    )
+    services = {
+        name: ServiceState(bool(v["up"]), float(v["since"]), str(v.get("detail", "")))
+        for name, v in row.services.items()
+    }
+    return record_of(HostServices, row, services=services)
 
 
 def _control(row: ControlRow) -> Control:
-    return Control(paused=row.paused, reason=row.reason, changed_at=row.changed_at)
+    return record_of(Control, row)
 
 
 # --- field updates --------------------------------------------------------------------

@@ -13,7 +13,8 @@ import json
 import logging
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
@@ -126,6 +127,22 @@ def _refused(loc: tuple[str | int, ...], msg: str) -> RequestValidationError:
     return RequestValidationError([{"loc": loc, "msg": msg, "type": "value_error"}])
 
 
+@dataclass(frozen=True)
+class _Api:
+    """What the routes of the native API work with. Each group of routes is a function
+    that adds its routes to the app (FastAPI 0.165 keeps an included APIRouter apart from
+    ``app.routes``, which the 405 handler reads to name every allowed method)."""
+
+    store: Store
+    engine: Engine
+    compute: ComputeDriver
+    clock: Clock
+    heartbeat_age: Callable[[str], float | None]
+    defaults: RecoverySettings
+    guest: GuestEngine | None
+    closing: threading.Event  # set by the server on shutdown: event streams end
+
+
 def create_app(
     *,
     store: Store,
@@ -217,7 +234,27 @@ def create_app(
     if guest is not None:  # the agents' guest failure reports (signed, not bearer)
         add_guest_routes(app, guest=guest, agent_key=agent_key, known_host=engine.is_known_host)
 
-    # --- segments ---------------------------------------------------------------------
+    api = _Api(store, engine, compute, clock, heartbeat_age, defaults, guest, closing)
+    for routes in (
+        _segment_routes,
+        _host_routes,
+        _instance_routes,
+        _recovery_routes,
+        _event_routes,
+        _consumer_routes,
+        _failure_action_routes,
+        _guest_routes,
+        _control_routes,
+    ):
+        routes(app, api, auth)
+    app.state.closing = closing
+    return app
+
+
+def _segment_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
+    """Segments: the failure domains, with their storm guard."""
+    store, engine, defaults = api.store, api.engine, api.defaults
+
     @app.get("/v1/segments", responses=answers(401), dependencies=auth, tags=["segments"])
     def list_segments() -> list[SegmentOut]:
         return [SegmentOut.of(s) for s in store.list_segments()]
@@ -287,7 +324,11 @@ def create_app(
         store.delete_segment(name)
         LOG.info("segment %s deleted", name)
 
-    # --- hosts --------------------------------------------------------------------------
+
+def _host_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
+    """Hosts: registered, monitored, restored."""
+    store, engine, heartbeat_age = api.store, api.engine, api.heartbeat_age
+
     @app.get("/v1/hosts", responses=answers(401, 404, 422), dependencies=auth, tags=["hosts"])
     def list_hosts(segment: Filter = None) -> list[HostOut]:
         return [HostOut.of(h, heartbeat_age(h.name)) for h in store.list_hosts(segment)]
@@ -366,7 +407,11 @@ def create_app(
         """Put a recovered host back into use (compute service up and enabled)."""
         return HostOut.of(engine.request(name, lambda: engine.restore_host(name)))
 
-    # --- instances ----------------------------------------------------------------------
+
+def _instance_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
+    """Instances and their HA policies."""
+    store, compute = api.store, api.compute
+
     @app.get(
         "/v1/instances",
         responses=answers(401, 404, 422, 502),
@@ -464,7 +509,11 @@ def create_app(
         store.delete_instance_policy(instance_id)
         LOG.info("instance %s: policy override removed", instance_id)
 
-    # --- failures and recoveries --------------------------------------------------------
+
+def _recovery_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
+    """Host failures and their recoveries."""
+    store, engine, clock = api.store, api.engine, api.clock
+
     @app.get("/v1/failures", responses=answers(401, 422), dependencies=auth, tags=["failures"])
     def list_failures(
         host: Filter = None,
@@ -527,7 +576,11 @@ def create_app(
         engine.wake()
         return RecoveryOut.of(recovery)
 
-    # --- consumers: events, subscriptions, their own recovery ------------------------------
+
+def _event_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
+    """Events, the event stream, webhook subscriptions and their dead letters."""
+    store, clock, closing = api.store, api.clock, api.closing
+
     @app.get("/v1/events", responses=answers(401, 422), dependencies=auth, tags=["events"])
     def list_events(
         after: Cursor = 0,
@@ -654,6 +707,11 @@ def create_app(
     def list_dead_letters(sink: Filter = None) -> list[dict[str, Any]]:
         return [dl.__dict__ for dl in store.list_dead_letters(sink=sink)]
 
+
+def _consumer_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
+    """A consumer's own recovery of an instance: evacuate from a fenced host, restart."""
+    store, engine, compute, clock = api.store, api.engine, api.compute, api.clock
+
     def _fenced_recovery(host: str) -> int:
         """The recovery of a host whose fence is confirmed: the only place a consumer's
         evacuation may start from (S1)."""
@@ -756,6 +814,11 @@ def create_app(
         engine.wake()
         return {"instance_id": instance_id, "restarted": True}
 
+
+def _failure_action_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
+    """An operator's or consumer's word on a host failure: handled, or dismissed."""
+    store, engine, clock = api.store, api.engine, api.clock
+
     @app.post(
         "/v1/failures/{failure_id}/handled",
         responses=answers(400, 401, 404, 409, 422),
@@ -803,7 +866,11 @@ def create_app(
         engine.dismiss(held[0].id, f"dismissed by operator: {body.reason}")
         return FailureOut.of(store.get_failure(failure_id))
 
-    # --- guest-OS failures and host services (reported by the agents) ---------------------
+
+def _guest_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
+    """Guest-OS failures and host services, as the agents reported them."""
+    store, clock, guest = api.store, api.clock, api.guest
+
     @app.get(
         "/v1/guest-failures",
         responses=answers(401, 422),
@@ -886,7 +953,11 @@ def create_app(
             raise HTTPException(404, f"host {name!r}: no service report from its agent yet")
         return HostServicesOut.of(services)
 
-    # --- cloud-wide pause (S4) ------------------------------------------------------------
+
+def _control_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
+    """The cloud-wide pause (S4)."""
+    store, engine, clock = api.store, api.engine, api.clock
+
     @app.get("/v1/control", responses=answers(401), dependencies=auth, tags=["control"])
     def get_control() -> ControlOut:
         c = store.get_control()
@@ -907,6 +978,3 @@ def create_app(
         LOG.warning("automatic recovery resumed by operator")
         engine.wake()
         return ControlOut(paused=c.paused, reason=c.reason, changed_at=c.changed_at)
-
-    app.state.closing = closing
-    return app

@@ -398,22 +398,59 @@ def masakari_app(
     duplicate_interval: float = DUPLICATE_INTERVAL,
 ) -> FastAPI:
     """Masakari's API on vigil's store and engine; mount it at ``/instance-ha``."""
-    app = FastAPI(
-        title="vigil: Masakari instance-ha v1",
-        description="Masakari's API for its monitors, SDK and CLI; vigil's rules apply.",
-        openapi_url="/openapi.json",  # described by masakari_openapi (why: there)
-        docs_url=None,
-        redoc_url=None,
+    api = _MasakariApi(
+        store=store,
+        engine=engine,
+        compute=compute,
+        token=token,
+        clock=clock,
+        records=records,
+        defaults=defaults,
+        duplicate_interval=duplicate_interval,
     )
+    return api.app
+
+
+class _MasakariApi:
+    """Masakari's API on vigil's store and engine: the handlers, the helpers they share
+    and, in ``_register``, the routes that reach them."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        engine: Engine,
+        compute: ComputeDriver,
+        token: str,
+        clock: Clock,
+        records: MasakariRecords,
+        defaults: RecoverySettings | None = None,
+        duplicate_interval: float = DUPLICATE_INTERVAL,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.compute = compute
+        self.token = token
+        self.clock = clock
+        self.records = records
+        self.defaults = defaults
+        self.duplicate_interval = duplicate_interval
+        self.app = FastAPI(
+            title="vigil: Masakari instance-ha v1",
+            description="Masakari's API for its monitors, SDK and CLI; vigil's rules apply.",
+            openapi_url="/openapi.json",  # described by masakari_openapi (why: there)
+            docs_url=None,
+            redoc_url=None,
+        )
+        self._register()
 
     # --- plumbing: microversions, auth, faults ------------------------------------------
-    def version_of(request: Request) -> tuple[int, int]:
+    def version_of(self, request: Request) -> tuple[int, int]:
         version: tuple[int, int] = request.state.version
         return version
 
-    @app.middleware("http")
     async def microversion_and_auth(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
         try:
             request.state.version = parse_version(request.headers.get(VERSION_HEADER))
@@ -428,7 +465,7 @@ def masakari_app(
             bearer = request.headers.get("authorization", "")
             if not given and bearer.lower().startswith("bearer "):
                 given = bearer[7:].strip()
-            if not given or not secrets.compare_digest(given.encode(), token.encode()):
+            if not given or not secrets.compare_digest(given.encode(), self.token.encode()):
                 client = request.client.host if request.client else "?"
                 LOG.warning(
                     "Masakari API %s %s from %s refused: %s",
@@ -445,11 +482,11 @@ def masakari_app(
         _version_headers(response, request.state.version)
         return response
 
-    async def on_api_error(request: Request, exc: Exception) -> Response:
+    async def on_api_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
         return _fault(exc, getattr(request.state, "version", MIN_VERSION))
 
-    async def on_http_error(request: Request, exc: Exception) -> Response:
+    async def on_http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         message = "The resource could not be found." if exc.status_code == 404 else exc.detail
         response = _fault(
@@ -462,7 +499,7 @@ def masakari_app(
                 sorted(
                     {
                         m
-                        for r in app.routes
+                        for r in self.app.routes
                         if isinstance(r, APIRoute) and r.matches(request.scope)[0] != Match.NONE
                         for m in r.methods or ()
                     }
@@ -470,10 +507,8 @@ def masakari_app(
             )
         return response
 
-    app.add_exception_handler(ApiError, on_api_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
-
     def route(
+        self,
         method: str,
         path: str,
         handler: Handler,
@@ -491,7 +526,7 @@ def masakari_app(
         handler's name; ``…_in_project`` with the project id)."""
 
         async def endpoint(request: Request) -> Response:
-            body = await body_of(request) if method in ("POST", "PUT") else None
+            body = await self.body_of(request) if method in ("POST", "PUT") else None
             return await run_in_threadpool(handler, request, body)
 
         for prefix in ("/v1", "/v1/{project_id}"):
@@ -504,7 +539,7 @@ def masakari_app(
                 path=prefix + path,
                 links=links if prefix == "/v1" else None,
             )
-            app.add_api_route(
+            self.app.add_api_route(
                 prefix + path,
                 endpoint,
                 methods=[method],
@@ -515,33 +550,33 @@ def masakari_app(
                 operation_id=handler.__name__ + ("" if prefix == "/v1" else "_in_project"),
             )
 
-    async def body_of(request: Request) -> Any:
+    async def body_of(self, request: Request) -> Any:
         try:
             return await request.json()
         except ValueError:
             raise ApiError(400, "Malformed request body") from None
 
     # --- records: vigil's, with Masakari's extras (adopted on first sight) ----------------
-    def segment_extras() -> dict[str, SegmentExtra]:
-        extras = records.segments()
-        for seg in store.list_segments():
+    def segment_extras(self) -> dict[str, SegmentExtra]:
+        extras = self.records.segments()
+        for seg in self.store.list_segments():
             if seg.name not in extras:
                 # A segment made through vigil's own API: Masakari's defaults.
-                extras[seg.name] = records.put_segment(
-                    SegmentExtra(str(uuid.uuid4()), seg.name, created_at=clock.wall())
+                extras[seg.name] = self.records.put_segment(
+                    SegmentExtra(str(uuid.uuid4()), seg.name, created_at=self.clock.wall())
                 )
         return extras
 
-    def host_extras() -> dict[str, HostExtra]:
-        extras = records.hosts()
-        for host in store.list_hosts():
+    def host_extras(self) -> dict[str, HostExtra]:
+        extras = self.records.hosts()
+        for host in self.store.list_hosts():
             if host.name not in extras:
-                extras[host.name] = records.put_host(
-                    HostExtra(str(uuid.uuid4()), host.name, "COMPUTE", "", clock.wall())
+                extras[host.name] = self.records.put_host(
+                    HostExtra(str(uuid.uuid4()), host.name, "COMPUTE", "", self.clock.wall())
                 )
         return extras
 
-    def segment_view(seg: Segment, extra: SegmentExtra) -> dict[str, Any]:
+    def segment_view(self, seg: Segment, extra: SegmentExtra) -> dict[str, Any]:
         return {
             "id": seg.id,
             "uuid": extra.uuid,
@@ -556,15 +591,15 @@ def masakari_app(
             "deleted_at": None,
         }
 
-    def find_segment(ident: str) -> tuple[Segment, SegmentExtra]:
-        extras = segment_extras()
-        for seg in store.list_segments():
+    def find_segment(self, ident: str) -> tuple[Segment, SegmentExtra]:
+        extras = self.segment_extras()
+        for seg in self.store.list_segments():
             extra = extras[seg.name]
             if ident in (extra.uuid, str(seg.id)):
                 return seg, extra
         raise ApiError(404, f"Failover segment {ident} could not be found.")
 
-    def host_view(host: Host, extra: HostExtra, seg: dict[str, Any]) -> dict[str, Any]:
+    def host_view(self, host: Host, extra: HostExtra, seg: dict[str, Any]) -> dict[str, Any]:
         return {
             "id": host.id,
             "uuid": extra.uuid,
@@ -583,40 +618,40 @@ def masakari_app(
             "deleted_at": None,
         }
 
-    def find_host(seg: Segment, ident: str) -> tuple[Host, HostExtra]:
-        extras = host_extras()
-        for host in store.list_hosts(seg.name):
+    def find_host(self, seg: Segment, ident: str) -> tuple[Host, HostExtra]:
+        extras = self.host_extras()
+        for host in self.store.list_hosts(seg.name):
             extra = extras[host.name]
             if ident in (extra.uuid, str(host.id)):
                 return host, extra
         raise ApiError(404, f"Host {ident} could not be found.")
 
     # --- notifications: status follows the recovery ----------------------------------------
-    def live(n: Notification) -> tuple[str, str, Recovery | None]:
+    def live(self, n: Notification) -> tuple[str, str, Recovery | None]:
         """(status, message, recovery) of a notification now."""
         if n.status != "new" or n.type != "COMPUTE_HOST":
             return n.status, n.message, None
         recovery: Recovery | None = None
         if n.recovery_id is not None:
             try:
-                recovery = store.get_recovery(n.recovery_id)
+                recovery = self.store.get_recovery(n.recovery_id)
             except NotFoundError:
                 return "failed", f"recovery {n.recovery_id} is gone", None
         else:
             # The first recovery of the host opened after the report, or running then.
-            for r in sorted(store.list_recoveries(host=n.hostname, limit=20), key=_created):
+            for r in sorted(self.store.list_recoveries(host=n.hostname, limit=20), key=_created):
                 if r.created_at >= n.created_at - 1.0 or (
                     r.finished_at is None or r.finished_at >= n.created_at
                 ):
                     recovery = r
-                    records.link_recovery(n.uuid, r.id, at=clock.wall())
+                    self.records.link_recovery(n.uuid, r.id, at=self.clock.wall())
                     break
         if recovery is None:
             try:
-                host = store.get_host(n.hostname)
+                host = self.store.get_host(n.hostname)
             except NotFoundError:
                 return "ignored", "the host is no longer known to vigil", None
-            if host.state == HostState.UP and clock.wall() - n.created_at > REPORT_GRACE:
+            if host.state == HostState.UP and self.clock.wall() - n.created_at > REPORT_GRACE:
                 return "ignored", "vigil hears the host's heartbeats: it is not down", None
             if host.state == HostState.NEW and host.state_changed_at >= n.created_at:
                 # The engine closed the report: nothing corroborated it (its reason says).
@@ -630,9 +665,9 @@ def masakari_app(
         )
 
     def notification_view(
-        n: Notification, version: tuple[int, int], *, details: bool = False
+        self, n: Notification, version: tuple[int, int], *, details: bool = False
     ) -> dict[str, Any]:
-        status, message, recovery = live(n)
+        status, message, recovery = self.live(n)
         view: dict[str, Any] = {
             "id": n.id,
             "notification_uuid": n.uuid,
@@ -652,22 +687,22 @@ def masakari_app(
             view["recovery_workflow_details"] = workflow_details(recovery) if recovery else []
         return view
 
-    def open_notifications(**match: str) -> list[str]:
+    def open_notifications(self, **match: str) -> list[str]:
         busy = []
-        for n in records.notifications():
+        for n in self.records.notifications():
             if all(getattr(n, k) == v for k, v in match.items()):
-                status, _, _ = live(n)
+                status, _, _ = self.live(n)
                 if status in ("new", "running", "error"):
                     busy.append(n.uuid)
         return busy
 
     # --- versions -------------------------------------------------------------------------
-    def v1_href(request: Request) -> str:
+    def v1_href(self, request: Request) -> str:
         base = str(request.base_url).rstrip("/")
         root = request.scope.get("root_path", "")
         return f"{base}{root}/v1/" if root and not base.endswith(root) else f"{base}/v1/"
 
-    def version_doc(request: Request) -> dict[str, Any]:
+    def version_doc(self, request: Request) -> dict[str, Any]:
         """GET /v1: Masakari's version document, self then describedby."""
         return {
             "id": "v1.0",
@@ -675,29 +710,26 @@ def masakari_app(
             "version": _v(MAX_VERSION),
             "min_version": _v(MIN_VERSION),
             "updated": "2016-07-01T11:33:21Z",
-            "links": [{"rel": "self", "href": v1_href(request)}, dict(DESCRIBEDBY)],
+            "links": [{"rel": "self", "href": self.v1_href(request)}, dict(DESCRIBEDBY)],
             "media-types": [dict(m) for m in MEDIA_TYPES],
         }
 
-    async def versions(request: Request) -> Response:
+    async def versions(self, request: Request) -> Response:
         """GET /: Masakari answers 300 Multiple Choices with its "choices" (id, status, a
         self link and the media types), as its versions controller's ``multi`` does."""
         choice = {
             "id": "v1.0",
             "status": "CURRENT",
-            "links": [{"rel": "self", "href": v1_href(request)}],
+            "links": [{"rel": "self", "href": self.v1_href(request)}],
             "media-types": [dict(m) for m in MEDIA_TYPES],
         }
         return JSONResponse({"choices": [choice]}, status_code=300)
 
-    async def version(request: Request) -> Response:
-        return JSONResponse({"version": version_doc(request)})
+    async def version(self, request: Request) -> Response:
+        return JSONResponse({"version": self.version_doc(request)})
 
-    # --- segments ---------------------------------------------------------------------------
-    segment_fields = ("name", "description", "recovery_method", "service_type")
-
-    def segment_input(body: Any, version: tuple[int, int], *, create: bool) -> dict[str, Any]:
-        allowed = (*segment_fields, "enabled") if version >= (1, 2) else segment_fields
+    def segment_input(self, body: Any, version: tuple[int, int], *, create: bool) -> dict[str, Any]:
+        allowed = (*self.segment_fields, "enabled") if version >= (1, 2) else self.segment_fields
         fields = _member(body, "segment", allowed)
         if create:
             _require(fields, ("name", "recovery_method", "service_type"))
@@ -721,9 +753,9 @@ def masakari_app(
             fields["enabled"] = boolean(fields["enabled"], "enabled")
         return fields
 
-    def list_segments(request: Request, body: Any) -> Response:
-        extras = segment_extras()
-        views = [segment_view(s, extras[s.name]) for s in store.list_segments()]
+    def list_segments(self, request: Request, body: Any) -> Response:
+        extras = self.segment_extras()
+        views = [self.segment_view(s, extras[s.name]) for s in self.store.list_segments()]
         q = request.query_params
         for field in ("recovery_method", "service_type"):
             if field in q:
@@ -733,50 +765,52 @@ def masakari_app(
         keys = ("created_at", "description", "id", "name", "updated_at", "uuid", "recovery_method")
         return JSONResponse({"segments": page(views, q, sort_keys=(*keys, "service_type"))})
 
-    def create_segment(request: Request, body: Any) -> Response:
-        fields = segment_input(body, version_of(request), create=True)
+    def create_segment(self, request: Request, body: Any) -> Response:
+        fields = self.segment_input(body, self.version_of(request), create=True)
         name = fields["name"]
         try:
-            seg = store.create_segment(
+            seg = self.store.create_segment(
                 Segment(
                     name=name,
                     description=fields.get("description") or "",
                     # Masakari evacuates every instance of a failed host by default
                     # (evacuate_all_instances); HA_Enabled=False or vigil:ha_policy opt out.
                     default_policy=HaPolicy.KEEP_RUNNING,
-                    max_failed_share=defaults.max_failed_share if defaults else 0.5,
-                    max_parallel_evacuations=(defaults.max_parallel_evacuations if defaults else 8),
+                    max_failed_share=self.defaults.max_failed_share if self.defaults else 0.5,
+                    max_parallel_evacuations=(
+                        self.defaults.max_parallel_evacuations if self.defaults else 8
+                    ),
                     paused=not fields.get("enabled", True),
                     pause_reason="" if fields.get("enabled", True) else _DISABLED,
                 )
             )
         except AlreadyExists:
             raise ApiError(409, f"Failover segment with name {name} already exists.") from None
-        extra = records.put_segment(
+        extra = self.records.put_segment(
             SegmentExtra(
                 str(uuid.uuid4()),
                 name,
                 fields["recovery_method"],
                 fields["service_type"],
                 fields.get("enabled", True),
-                clock.wall(),
+                self.clock.wall(),
             )
         )
         LOG.info("segment %s created through the Masakari API", name)
-        return JSONResponse({"segment": segment_view(seg, extra)}, status_code=201)
+        return JSONResponse({"segment": self.segment_view(seg, extra)}, status_code=201)
 
-    def show_segment(request: Request, body: Any) -> Response:
-        seg, extra = find_segment(request.path_params["segment_id"])
-        return JSONResponse({"segment": segment_view(seg, extra)})
+    def show_segment(self, request: Request, body: Any) -> Response:
+        seg, extra = self.find_segment(request.path_params["segment_id"])
+        return JSONResponse({"segment": self.segment_view(seg, extra)})
 
-    def update_segment(request: Request, body: Any) -> Response:
-        seg, extra = find_segment(request.path_params["segment_id"])
-        fields = segment_input(body, version_of(request), create=False)
+    def update_segment(self, request: Request, body: Any) -> Response:
+        seg, extra = self.find_segment(request.path_params["segment_id"])
+        fields = self.segment_input(body, self.version_of(request), create=False)
         if fields.get("name", seg.name) != seg.name:
-            if any(s.name == fields["name"] for s in store.list_segments()):
+            if any(s.name == fields["name"] for s in self.store.list_segments()):
                 raise ApiError(409, f"Failover segment with name {fields['name']} already exists.")
             raise ApiError(409, "vigil cannot rename a segment: create a new one instead.")
-        if open_notifications(segment_uuid=extra.uuid):
+        if self.open_notifications(segment_uuid=extra.uuid):
             raise ApiError(
                 409, f"Failover segment {extra.uuid} is in use: a notification is being processed."
             )
@@ -787,8 +821,8 @@ def masakari_app(
             changes["paused"] = not fields["enabled"]
             changes["pause_reason"] = "" if fields["enabled"] else _DISABLED
         if changes:
-            seg = store.update_segment(seg.name, **changes)
-        extra = records.put_segment(
+            seg = self.store.update_segment(seg.name, **changes)
+        extra = self.records.put_segment(
             SegmentExtra(
                 extra.uuid,
                 seg.name,
@@ -796,35 +830,32 @@ def masakari_app(
                 fields.get("service_type", extra.service_type),
                 fields.get("enabled", extra.enabled),
                 extra.created_at,
-                clock.wall(),
+                self.clock.wall(),
             )
         )
-        engine.wake()
-        return JSONResponse({"segment": segment_view(seg, extra)})
+        self.engine.wake()
+        return JSONResponse({"segment": self.segment_view(seg, extra)})
 
-    def delete_segment(request: Request, body: Any) -> Response:
-        seg, extra = find_segment(request.path_params["segment_id"])
-        if open_notifications(segment_uuid=extra.uuid):
+    def delete_segment(self, request: Request, body: Any) -> Response:
+        seg, extra = self.find_segment(request.path_params["segment_id"])
+        if self.open_notifications(segment_uuid=extra.uuid):
             raise ApiError(
                 409, f"Failover segment {extra.uuid} is in use: a notification is being processed."
             )
         try:
             # Masakari deletes a segment with its hosts.
-            for host in store.list_hosts(seg.name):
-                store.delete_host(host.name)
-                records.delete_host(host.name)
-            store.delete_segment(seg.name)
+            for host in self.store.list_hosts(seg.name):
+                self.store.delete_host(host.name)
+                self.records.delete_host(host.name)
+            self.store.delete_segment(seg.name)
         except InUse as exc:
             raise ApiError(409, str(exc)) from None
-        records.delete_segment(seg.name)
+        self.records.delete_segment(seg.name)
         LOG.info("segment %s deleted through the Masakari API", seg.name)
         return Response(status_code=204)
 
-    # --- hosts ------------------------------------------------------------------------------
-    host_fields = ("name", "type", "control_attributes", "reserved", "on_maintenance")
-
-    def host_input(body: Any, *, create: bool) -> dict[str, Any]:
-        fields = _member(body, "host", host_fields)
+    def host_input(self, body: Any, *, create: bool) -> dict[str, Any]:
+        fields = _member(body, "host", self.host_fields)
         if create:
             _require(fields, ("name", "type", "control_attributes"))
         elif not fields:
@@ -840,19 +871,21 @@ def masakari_app(
                 fields[flag] = boolean(fields[flag], flag)
         return fields
 
-    def check_compute(name: str) -> None:
+    def check_compute(self, name: str) -> None:
         try:
-            compute.get_service(name)
+            self.compute.get_service(name)
         except NotFound:
             raise ApiError(400, f"Compute service with name {name} could not be found.") from None
         except DriverError as exc:
             raise ApiError(503, f"Nova did not answer: {exc}") from None
 
-    def list_hosts(request: Request, body: Any) -> Response:
-        seg, extra = find_segment(request.path_params["segment_id"])
-        seg_view = segment_view(seg, extra)
-        extras = host_extras()
-        views = [host_view(h, extras[h.name], seg_view) for h in store.list_hosts(seg.name)]
+    def list_hosts(self, request: Request, body: Any) -> Response:
+        seg, extra = self.find_segment(request.path_params["segment_id"])
+        seg_view = self.segment_view(seg, extra)
+        extras = self.host_extras()
+        views = [
+            self.host_view(h, extras[h.name], seg_view) for h in self.store.list_hosts(seg.name)
+        ]
         q = request.query_params
         for field in ("name", "type", "control_attributes"):
             if field in q:
@@ -864,13 +897,13 @@ def masakari_app(
         sortable = (*keys, "on_maintenance", "control_attributes")
         return JSONResponse({"hosts": page(views, q, sort_keys=sortable)})
 
-    def create_host(request: Request, body: Any) -> Response:
-        seg, seg_extra = find_segment(request.path_params["segment_id"])
-        fields = host_input(body, create=True)
+    def create_host(self, request: Request, body: Any) -> Response:
+        seg, seg_extra = self.find_segment(request.path_params["segment_id"])
+        fields = self.host_input(body, create=True)
         name = fields["name"]
-        check_compute(name)
+        self.check_compute(name)
         try:
-            host = store.create_host(
+            host = self.store.create_host(
                 Host(
                     name=name,
                     segment=seg.name,
@@ -880,28 +913,34 @@ def masakari_app(
             )
         except AlreadyExists:
             raise ApiError(409, f"Host with name {name} already exists.") from None
-        extra = records.put_host(
+        extra = self.records.put_host(
             HostExtra(
-                str(uuid.uuid4()), name, fields["type"], fields["control_attributes"], clock.wall()
+                str(uuid.uuid4()),
+                name,
+                fields["type"],
+                fields["control_attributes"],
+                self.clock.wall(),
             )
         )
         LOG.info("host %s created in segment %s through the Masakari API", name, seg.name)
-        engine.wake()
-        view = host_view(host, extra, segment_view(seg, seg_extra))
+        self.engine.wake()
+        view = self.host_view(host, extra, self.segment_view(seg, seg_extra))
         return JSONResponse({"host": view}, status_code=201)
 
-    def show_host(request: Request, body: Any) -> Response:
-        seg, seg_extra = find_segment(request.path_params["segment_id"])
-        host, extra = find_host(seg, request.path_params["host_id"])
-        return JSONResponse({"host": host_view(host, extra, segment_view(seg, seg_extra))})
+    def show_host(self, request: Request, body: Any) -> Response:
+        seg, seg_extra = self.find_segment(request.path_params["segment_id"])
+        host, extra = self.find_host(seg, request.path_params["host_id"])
+        return JSONResponse(
+            {"host": self.host_view(host, extra, self.segment_view(seg, seg_extra))}
+        )
 
-    def update_host(request: Request, body: Any) -> Response:
-        seg, seg_extra = find_segment(request.path_params["segment_id"])
-        host, extra = find_host(seg, request.path_params["host_id"])
-        fields = host_input(body, create=False)
+    def update_host(self, request: Request, body: Any) -> Response:
+        seg, seg_extra = self.find_segment(request.path_params["segment_id"])
+        host, extra = self.find_host(seg, request.path_params["host_id"])
+        fields = self.host_input(body, create=False)
         if fields.get("name", host.name) != host.name:
             raise ApiError(409, "vigil cannot rename a host: delete it and create it again.")
-        if open_notifications(source_host_uuid=extra.uuid):
+        if self.open_notifications(source_host_uuid=extra.uuid):
             raise ApiError(
                 409, f"Host {extra.uuid} is in use: a notification of it is being processed."
             )
@@ -909,7 +948,7 @@ def masakari_app(
             # Masakari's way to put a repaired host back: vigil's restore (compute service
             # up and enabled, monitored again).
             try:
-                host = engine.request(host.name, lambda: engine.restore_host(host.name))
+                host = self.engine.request(host.name, lambda: self.engine.restore_host(host.name))
             except (Conflict, InvalidTransition) as exc:
                 raise ApiError(409, str(exc)) from None
         changes = {
@@ -918,37 +957,39 @@ def masakari_app(
             if masakari in fields
         }
         if changes:
-            host = store.update_host(host.name, **changes)
-        extra = records.put_host(
+            host = self.store.update_host(host.name, **changes)
+        extra = self.records.put_host(
             HostExtra(
                 extra.uuid,
                 host.name,
                 fields.get("type", extra.type),
                 fields.get("control_attributes", extra.control_attributes),
                 extra.created_at,
-                clock.wall(),
+                self.clock.wall(),
             )
         )
-        engine.wake()
-        return JSONResponse({"host": host_view(host, extra, segment_view(seg, seg_extra))})
+        self.engine.wake()
+        return JSONResponse(
+            {"host": self.host_view(host, extra, self.segment_view(seg, seg_extra))}
+        )
 
-    def delete_host(request: Request, body: Any) -> Response:
-        seg, _ = find_segment(request.path_params["segment_id"])
-        host, extra = find_host(seg, request.path_params["host_id"])
-        if open_notifications(source_host_uuid=extra.uuid):
+    def delete_host(self, request: Request, body: Any) -> Response:
+        seg, _ = self.find_segment(request.path_params["segment_id"])
+        host, extra = self.find_host(seg, request.path_params["host_id"])
+        if self.open_notifications(source_host_uuid=extra.uuid):
             raise ApiError(
                 409, f"Host {extra.uuid} is in use: a notification of it is being processed."
             )
         try:
-            store.delete_host(host.name)
+            self.store.delete_host(host.name)
         except InUse as exc:
             raise ApiError(409, str(exc)) from None
-        records.delete_host(host.name)
+        self.records.delete_host(host.name)
         LOG.info("host %s deleted through the Masakari API", host.name)
         return Response(status_code=204)
 
     # --- notifications --------------------------------------------------------------------
-    def notification_input(body: Any) -> dict[str, Any]:
+    def notification_input(self, body: Any) -> dict[str, Any]:
         fields = _member(body, "notification", ("type", "hostname", "generated_time", "payload"))
         _require(fields, ("type", "hostname", "generated_time", "payload"))
         if fields["type"] not in NOTIFICATION_TYPES:
@@ -969,11 +1010,11 @@ def masakari_app(
         _check_payload(fields["type"], payload)
         return fields
 
-    def create_notification(request: Request, body: Any) -> Response:
-        fields = notification_input(body)
+    def create_notification(self, request: Request, body: Any) -> Response:
+        fields = self.notification_input(body)
         hostname, kind, payload = fields["hostname"], fields["type"], fields["payload"]
         try:
-            host = store.get_host(hostname)
+            host = self.store.get_host(hostname)
         except NotFoundError:
             raise ApiError(400, f"Host with name {hostname} could not be found.") from None
         if host.maintenance:
@@ -982,16 +1023,16 @@ def masakari_app(
                 f"Notification received from host {hostname} of type '{kind}' is ignored "
                 "as the host is already under maintenance.",
             )
-        host_extra = host_extras()[hostname]
-        seg_extra = segment_extras()[host.segment]
-        since = fields["generated_time"] - duplicate_interval
-        for old in records.notifications(hostname=hostname):
+        host_extra = self.host_extras()[hostname]
+        seg_extra = self.segment_extras()[host.segment]
+        since = fields["generated_time"] - self.duplicate_interval
+        for old in self.records.notifications(hostname=hostname):
             if old.type == kind and old.generated_time >= since and dict(old.payload) == payload:
                 raise ApiError(
                     409,
                     f"Notification received from host {hostname} of type {kind} is duplicate.",
                 )
-        now = clock.wall()
+        now = self.clock.wall()
         status, message, recovery_id = "new", "", None
         event = payload.get("event", "").upper()
         if not seg_extra.enabled:
@@ -999,15 +1040,15 @@ def masakari_app(
         elif kind == "COMPUTE_HOST":
             if event == "STARTED":
                 status, message = "finished", "the host reports itself started"
-                engine.withdraw_report(hostname)
+                self.engine.withdraw_report(hostname)
             elif "host_status" not in payload:
                 status, message = "ignored", "no host_status in the payload"
             elif host.state in (HostState.FAILED, HostState.RECOVERED):
                 # Already declared: this notification follows the recovery under way.
-                latest = store.list_recoveries(host=hostname, limit=1)
+                latest = self.store.list_recoveries(host=hostname, limit=1)
                 recovery_id = latest[0].id if latest else None
             else:
-                engine.report_down(
+                self.engine.report_down(
                     hostname,
                     source="masakari",
                     reason=(
@@ -1026,7 +1067,7 @@ def masakari_app(
                 kind,
                 payload,
             )
-        n = records.add_notification(
+        n = self.records.add_notification(
             Notification(
                 uuid=str(uuid.uuid4()),
                 type=kind,
@@ -1042,12 +1083,12 @@ def masakari_app(
             )
         )
         LOG.info("host %s: Masakari %s notification %s: %s", hostname, kind, n.uuid, status)
-        view = notification_view(n, version_of(request))
+        view = self.notification_view(n, self.version_of(request))
         return JSONResponse({"notification": view}, status_code=202)
 
-    def list_notifications(request: Request, body: Any) -> Response:
-        version = version_of(request)
-        views = [notification_view(n, version) for n in records.notifications()]
+    def list_notifications(self, request: Request, body: Any) -> Response:
+        version = self.version_of(request)
+        views = [self.notification_view(n, version) for n in self.records.notifications()]
         q = request.query_params
         for field in ("status", "source_host_uuid", "type"):
             if field in q:
@@ -1063,31 +1104,31 @@ def masakari_app(
         listed = page(views, q, sort_keys=sortable, marker_key="notification_uuid")
         return JSONResponse({"notifications": listed})
 
-    def find_notification(ident: str) -> Notification:
-        n = records.get_notification(ident) if UUID.match(ident) else None
+    def find_notification(self, ident: str) -> Notification:
+        n = self.records.get_notification(ident) if UUID.match(ident) else None
         if n is None:
             raise ApiError(404, f"No notification with id {ident}.")
         return n
 
-    def show_notification(request: Request, body: Any) -> Response:
-        n = find_notification(request.path_params["notification_id"])
-        view = notification_view(n, version_of(request), details=True)
+    def show_notification(self, request: Request, body: Any) -> Response:
+        n = self.find_notification(request.path_params["notification_id"])
+        view = self.notification_view(n, self.version_of(request), details=True)
         return JSONResponse({"notification": view})
 
     # --- vmoves (1.3) -------------------------------------------------------------------------
-    def vmoves_of(request: Request) -> list[dict[str, Any]]:
+    def vmoves_of(self, request: Request) -> list[dict[str, Any]]:
         # Masakari serves vmoves at every microversion (1.3 only announces them); so
         # does vigil, for the clients that send no version header (the SDK's VMove).
-        n = find_notification(request.path_params["notification_id"])
+        n = self.find_notification(request.path_params["notification_id"])
         if n.type != "COMPUTE_HOST":
             raise ApiError(400, f"Notification {n.uuid} has no vmoves: it is of type {n.type}.")
-        _, _, recovery = live(n)
+        _, _, recovery = self.live(n)
         if recovery is None:
             return []
         return [vmove_view(n, recovery, s) for s in recovery.steps if s.kind == StepKind.EVACUATE]
 
-    def list_vmoves(request: Request, body: Any) -> Response:
-        views = vmoves_of(request)
+    def list_vmoves(self, request: Request, body: Any) -> Response:
+        views = self.vmoves_of(request)
         q = request.query_params
         for field in ("status", "type"):
             if field in q:
@@ -1095,208 +1136,22 @@ def masakari_app(
         sortable = ("created_at", "id", "uuid", "status", "type", "instance_name", "start_time")
         return JSONResponse({"vmoves": page(views, q, sort_keys=sortable)})
 
-    def show_vmove(request: Request, body: Any) -> Response:
+    def show_vmove(self, request: Request, body: Any) -> Response:
         wanted = request.path_params["vmove_id"]
-        for view in vmoves_of(request):
+        for view in self.vmoves_of(request):
             if wanted in (view["uuid"], str(view["id"])):
                 return JSONResponse({"vmove": view})
         raise ApiError(404, f"VM move {wanted} could not be found.")
 
-    seg_sort = ["created_at", "description", "id", "name", "updated_at", "uuid"]
-    seg_sort += ["recovery_method", "service_type"]
-    host_sort = ["created_at", "id", "name", "type", "updated_at", "uuid", "reserved"]
-    host_sort += ["on_maintenance", "control_attributes"]
-    n_sort = ["created_at", "generated_time", "id", "type", "status", "updated_at"]
-    n_sort += ["notification_uuid", "source_host_uuid"]
-    vm_sort = ["created_at", "id", "uuid", "status", "type", "instance_name", "start_time"]
-    segment_one = doc.obj({"segment": doc.SEGMENT}, ["segment"])
-    host_one = doc.obj({"host": doc.HOST}, ["host"])
-    notification_one = doc.obj({"notification": doc.NOTIFICATION}, ["notification"])
-
-    def many(key: str, item: doc.Schema) -> doc.Schema:
+    def many(self, key: str, item: doc.Schema) -> doc.Schema:
         return doc.obj({key: {"type": "array", "items": item}}, [key])
 
-    route(
-        "GET",
-        "/segments",
-        list_segments,
-        answer=many("segments", doc.SEGMENT),
-        params=doc.paging(
-            seg_sort,
-            {
-                "recovery_method": {"type": "string"},
-                "service_type": {"type": "string"},
-                "enabled": doc.BOOL_QUERY,
-            },
-        ),
-    )
-    route(
-        "POST",
-        "/segments",
-        create_segment,
-        201,
-        answer=segment_one,
-        body=doc.SEGMENT_IN,
-        refusals=(409,),
-        links={
-            name: (op, {"segment_id": "$response.body#/segment/uuid"})
-            for name, op in (
-                ("ShowSegment", "show_segment"),
-                ("UpdateSegment", "update_segment"),
-                ("DeleteSegment", "delete_segment"),
-                ("ListHosts", "list_hosts"),
-                ("CreateHost", "create_host"),
-            )
-        },
-    )
-    route("GET", "/segments/{segment_id}", show_segment, answer=segment_one, refusals=(404,))
-    route(
-        "PUT",
-        "/segments/{segment_id}",
-        update_segment,
-        answer=segment_one,
-        body=doc.SEGMENT_UPDATE,
-        refusals=(404, 409),
-    )
-    route("DELETE", "/segments/{segment_id}", delete_segment, 204, answer=None, refusals=(404, 409))
-    route(
-        "GET",
-        "/segments/{segment_id}/hosts",
-        list_hosts,
-        answer=many("hosts", doc.HOST),
-        params=doc.paging(
-            host_sort,
-            {
-                "name": {"type": "string"},
-                "type": {"type": "string"},
-                "control_attributes": {"type": "string"},
-                "on_maintenance": doc.BOOL_QUERY,
-                "reserved": doc.BOOL_QUERY,
-            },
-        ),
-        refusals=(404,),
-    )
-    route(
-        "POST",
-        "/segments/{segment_id}/hosts",
-        create_host,
-        201,
-        answer=host_one,
-        body=doc.HOST_IN,
-        refusals=(404, 409, 503),
-        links={
-            name: (
-                op,
-                {"segment_id": "$request.path.segment_id", "host_id": "$response.body#/host/uuid"},
-            )
-            for name, op in (
-                ("ShowHost", "show_host"),
-                ("UpdateHost", "update_host"),
-                ("DeleteHost", "delete_host"),
-            )
-        },
-    )
-    route(
-        "GET", "/segments/{segment_id}/hosts/{host_id}", show_host, answer=host_one, refusals=(404,)
-    )
-    route(
-        "PUT",
-        "/segments/{segment_id}/hosts/{host_id}",
-        update_host,
-        answer=host_one,
-        body=doc.HOST_UPDATE,
-        refusals=(404, 409),
-    )
-    route(
-        "DELETE",
-        "/segments/{segment_id}/hosts/{host_id}",
-        delete_host,
-        204,
-        answer=None,
-        refusals=(404, 409),
-    )
-    route(
-        "GET",
-        "/notifications",
-        list_notifications,
-        answer=many("notifications", doc.NOTIFICATION),
-        params=doc.paging(
-            n_sort,
-            {
-                "status": {"type": "string"},
-                "source_host_uuid": {"type": "string"},
-                "type": {"type": "string"},
-                "generated-since": {"type": "string", "format": "date-time"},
-            },
-        ),
-    )
-    route(
-        "POST",
-        "/notifications",
-        create_notification,
-        202,
-        answer=notification_one,
-        body=doc.NOTIFICATION_IN,
-        refusals=(409,),
-        links={
-            name: (op, {"notification_id": "$response.body#/notification/notification_uuid"})
-            for name, op in (
-                ("ShowNotification", "show_notification"),
-                ("ListVMoves", "list_vmoves"),
-            )
-        },
-    )
-    route(
-        "GET",
-        "/notifications/{notification_id}",
-        show_notification,
-        answer=notification_one,
-        refusals=(404,),
-    )
-    route(
-        "GET",
-        "/notifications/{notification_id}/vmoves",
-        list_vmoves,
-        answer=many("vmoves", doc.VMOVE),
-        params=doc.paging(vm_sort, {"status": {"type": "string"}, "type": {"type": "string"}}),
-        refusals=(404,),
-    )
-    route(
-        "GET",
-        "/notifications/{notification_id}/vmoves/{vmove_id}",
-        show_vmove,
-        answer=doc.obj({"vmove": doc.VMOVE}, ["vmove"]),
-        refusals=(404,),
-    )
-    versions_doc, versions_extra = doc.operation(300, answer=doc.VERSIONS, public=True)
-    app.add_api_route(
-        "/",
-        versions,
-        methods=["GET"],
-        response_model=None,
-        status_code=300,
-        responses=versions_doc,
-        openapi_extra=versions_extra,
-    )
-    for path in ("/v1", "/v1/", "/v1/{project_id}", "/v1/{project_id}/"):
-        version_doc_, version_extra = doc.operation(200, answer=doc.VERSION, public=True, path=path)
-        app.add_api_route(
-            path,
-            version,
-            methods=["GET"],
-            response_model=None,
-            responses=version_doc_,
-            openapi_extra=version_extra,
-            include_in_schema=path in ("/v1", "/v1/{project_id}"),
-        )
-    install_openapi(app)
-
-    def targets(host: Host, segment: Segment) -> tuple[str | None, ...]:
-        extra = records.segments().get(segment.name)
+    def targets(self, host: Host, segment: Segment) -> tuple[str | None, ...]:
+        extra = self.records.segments().get(segment.name)
         usable = (HostState.NEW, HostState.UP)
         reserved = [
             h.name
-            for h in store.list_hosts(segment.name)
+            for h in self.store.list_hosts(segment.name)
             if h.reserved and not h.maintenance and h.state in usable and h.name != host.name
         ]
         chosen = evacuation_targets(extra.recovery_method if extra else "auto", reserved)
@@ -1309,9 +1164,241 @@ def masakari_app(
             )
         return chosen
 
-    engine.use_evacuation_targets(targets)
-    replay_reports(store=store, engine=engine, records=records, clock=clock)
-    return app
+    def _register(self) -> None:
+        """Every route, under /v1 with and without the project id, and the version documents."""
+        self.app.middleware("http")(self.microversion_and_auth)
+
+        self.app.add_exception_handler(ApiError, self.on_api_error)
+        self.app.add_exception_handler(StarletteHTTPException, self.on_http_error)
+
+        # the fields the handlers accept, and the sort keys and bodies the document names
+        self.segment_fields = ("name", "description", "recovery_method", "service_type")
+        self.host_fields = ("name", "type", "control_attributes", "reserved", "on_maintenance")
+
+        self.seg_sort = ["created_at", "description", "id", "name", "updated_at", "uuid"]
+        self.seg_sort += ["recovery_method", "service_type"]
+        self.host_sort = ["created_at", "id", "name", "type", "updated_at", "uuid", "reserved"]
+        self.host_sort += ["on_maintenance", "control_attributes"]
+        self.n_sort = ["created_at", "generated_time", "id", "type", "status", "updated_at"]
+        self.n_sort += ["notification_uuid", "source_host_uuid"]
+        self.vm_sort = ["created_at", "id", "uuid", "status", "type", "instance_name", "start_time"]
+        self.segment_one = doc.obj({"segment": doc.SEGMENT}, ["segment"])
+        self.host_one = doc.obj({"host": doc.HOST}, ["host"])
+        self.notification_one = doc.obj({"notification": doc.NOTIFICATION}, ["notification"])
+
+        self._segment_routes()
+        self._notification_routes()
+        self._version_routes()
+
+        self.engine.use_evacuation_targets(self.targets)
+        replay_reports(store=self.store, engine=self.engine, records=self.records, clock=self.clock)
+
+    def _segment_routes(self) -> None:
+        """Segments and their hosts."""
+        self.route(
+            "GET",
+            "/segments",
+            self.list_segments,
+            answer=self.many("segments", doc.SEGMENT),
+            params=doc.paging(
+                self.seg_sort,
+                {
+                    "recovery_method": {"type": "string"},
+                    "service_type": {"type": "string"},
+                    "enabled": doc.BOOL_QUERY,
+                },
+            ),
+        )
+        self.route(
+            "POST",
+            "/segments",
+            self.create_segment,
+            201,
+            answer=self.segment_one,
+            body=doc.SEGMENT_IN,
+            refusals=(409,),
+            links={
+                name: (op, {"segment_id": "$response.body#/segment/uuid"})
+                for name, op in (
+                    ("ShowSegment", "show_segment"),
+                    ("UpdateSegment", "update_segment"),
+                    ("DeleteSegment", "delete_segment"),
+                    ("ListHosts", "list_hosts"),
+                    ("CreateHost", "create_host"),
+                )
+            },
+        )
+        self.route(
+            "GET",
+            "/segments/{segment_id}",
+            self.show_segment,
+            answer=self.segment_one,
+            refusals=(404,),
+        )
+        self.route(
+            "PUT",
+            "/segments/{segment_id}",
+            self.update_segment,
+            answer=self.segment_one,
+            body=doc.SEGMENT_UPDATE,
+            refusals=(404, 409),
+        )
+        self.route(
+            "DELETE",
+            "/segments/{segment_id}",
+            self.delete_segment,
+            204,
+            answer=None,
+            refusals=(404, 409),
+        )
+        self.route(
+            "GET",
+            "/segments/{segment_id}/hosts",
+            self.list_hosts,
+            answer=self.many("hosts", doc.HOST),
+            params=doc.paging(
+                self.host_sort,
+                {
+                    "name": {"type": "string"},
+                    "type": {"type": "string"},
+                    "control_attributes": {"type": "string"},
+                    "on_maintenance": doc.BOOL_QUERY,
+                    "reserved": doc.BOOL_QUERY,
+                },
+            ),
+            refusals=(404,),
+        )
+        self.route(
+            "POST",
+            "/segments/{segment_id}/hosts",
+            self.create_host,
+            201,
+            answer=self.host_one,
+            body=doc.HOST_IN,
+            refusals=(404, 409, 503),
+            links={
+                name: (
+                    op,
+                    {
+                        "segment_id": "$request.path.segment_id",
+                        "host_id": "$response.body#/host/uuid",
+                    },
+                )
+                for name, op in (
+                    ("ShowHost", "show_host"),
+                    ("UpdateHost", "update_host"),
+                    ("DeleteHost", "delete_host"),
+                )
+            },
+        )
+        self.route(
+            "GET",
+            "/segments/{segment_id}/hosts/{host_id}",
+            self.show_host,
+            answer=self.host_one,
+            refusals=(404,),
+        )
+        self.route(
+            "PUT",
+            "/segments/{segment_id}/hosts/{host_id}",
+            self.update_host,
+            answer=self.host_one,
+            body=doc.HOST_UPDATE,
+            refusals=(404, 409),
+        )
+        self.route(
+            "DELETE",
+            "/segments/{segment_id}/hosts/{host_id}",
+            self.delete_host,
+            204,
+            answer=None,
+            refusals=(404, 409),
+        )
+
+    def _notification_routes(self) -> None:
+        """Notifications and their vmoves (1.3)."""
+        self.route(
+            "GET",
+            "/notifications",
+            self.list_notifications,
+            answer=self.many("notifications", doc.NOTIFICATION),
+            params=doc.paging(
+                self.n_sort,
+                {
+                    "status": {"type": "string"},
+                    "source_host_uuid": {"type": "string"},
+                    "type": {"type": "string"},
+                    "generated-since": {"type": "string", "format": "date-time"},
+                },
+            ),
+        )
+        self.route(
+            "POST",
+            "/notifications",
+            self.create_notification,
+            202,
+            answer=self.notification_one,
+            body=doc.NOTIFICATION_IN,
+            refusals=(409,),
+            links={
+                name: (op, {"notification_id": "$response.body#/notification/notification_uuid"})
+                for name, op in (
+                    ("ShowNotification", "show_notification"),
+                    ("ListVMoves", "list_vmoves"),
+                )
+            },
+        )
+        self.route(
+            "GET",
+            "/notifications/{notification_id}",
+            self.show_notification,
+            answer=self.notification_one,
+            refusals=(404,),
+        )
+        self.route(
+            "GET",
+            "/notifications/{notification_id}/vmoves",
+            self.list_vmoves,
+            answer=self.many("vmoves", doc.VMOVE),
+            params=doc.paging(
+                self.vm_sort, {"status": {"type": "string"}, "type": {"type": "string"}}
+            ),
+            refusals=(404,),
+        )
+        self.route(
+            "GET",
+            "/notifications/{notification_id}/vmoves/{vmove_id}",
+            self.show_vmove,
+            answer=doc.obj({"vmove": doc.VMOVE}, ["vmove"]),
+            refusals=(404,),
+        )
+
+    def _version_routes(self) -> None:
+        """The version documents (public) and the OpenAPI document."""
+        versions_doc, versions_extra = doc.operation(300, answer=doc.VERSIONS, public=True)
+        self.app.add_api_route(
+            "/",
+            self.versions,
+            methods=["GET"],
+            response_model=None,
+            status_code=300,
+            responses=versions_doc,
+            openapi_extra=versions_extra,
+        )
+        for path in ("/v1", "/v1/", "/v1/{project_id}", "/v1/{project_id}/"):
+            version_doc_, version_extra = doc.operation(
+                200, answer=doc.VERSION, public=True, path=path
+            )
+            self.app.add_api_route(
+                path,
+                self.version,
+                methods=["GET"],
+                response_model=None,
+                responses=version_doc_,
+                openapi_extra=version_extra,
+                include_in_schema=path in ("/v1", "/v1/{project_id}"),
+            )
+        install_openapi(self.app)
 
 
 _DISABLED = "disabled through the Masakari API (enabled=false)"

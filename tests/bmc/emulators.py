@@ -38,11 +38,13 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+from support import wait_until
 
 VENV_BIN = Path(sys.executable).parent
 LIBVIRT_URI = "qemu:///system"
@@ -55,19 +57,6 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_for(pred: Callable[[], bool], timeout: float, what: str, every: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if pred():
-                return
-        except Exception:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(every)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -230,7 +219,7 @@ class Libvirt:
                             state["started"].append(pidfile)
             state["users"].append(os.getpid())
             self._joined = True
-            wait_for(self._answers, 60, "libvirtd to answer")
+            wait_until(self._answers, "libvirtd to answer", 60, every=0.1, ignoring=(Exception,))
         self._sweep_stale_domains()
 
     def _sweep_stale_domains(self) -> None:
@@ -288,7 +277,13 @@ class Libvirt:
 
 def _wait_exit(pid: int, timeout: float = 15.0) -> None:
     with contextlib.suppress(TimeoutError):
-        wait_for(lambda: not _pid_alive(pid), timeout, f"pid {pid} to exit")
+        wait_until(
+            lambda: not _pid_alive(pid),
+            f"pid {pid} to exit",
+            timeout,
+            every=0.1,
+            ignoring=(Exception,),
+        )
 
 
 def _relax_kvm() -> list[int] | None:
@@ -469,7 +464,7 @@ class SushyEmulator:
             preexec_fn=_die_with_parent,
         )
         log.close()
-        wait_for(self._answers, 60, "the Redfish emulator", every=0.2)
+        wait_until(self._answers, "the Redfish emulator", 60, every=0.2, ignoring=(Exception,))
 
     def _answers(self) -> bool:
         import requests
@@ -532,7 +527,13 @@ class VirtualBmc:
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
-        wait_for(lambda: self._vbmc("list").returncode == 0, 30, "vbmcd", every=0.3)
+        wait_until(
+            lambda: self._vbmc("list").returncode == 0,
+            "vbmcd",
+            30,
+            every=0.3,
+            ignoring=(Exception,),
+        )
 
     def _vbmc(self, *args: str) -> subprocess.CompletedProcess[str]:
         if self._proc is not None and self._proc.poll() is not None:

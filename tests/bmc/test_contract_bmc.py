@@ -19,13 +19,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 from contract.fence_contract import FenceContract
+from support import wait_until
 
 from vigil.drivers.fence_factory import build_fence_devices
 from vigil.drivers.fencing import FenceDevice, PowerState
 from vigil.model import FenceMethod
 
 from .conftest import Lab
-from .emulators import Domain, free_port, wait_for
+from .emulators import Domain, free_port
 
 if TYPE_CHECKING:
     from contract.fence_contract import FenceWorld
@@ -97,7 +98,13 @@ def fence_world(
     domain = lab.domains[ROLE[kind]]
     domain.start()
     device, unreachable = build_fence_devices("bmc-host", methods_for(lab, kind))
-    wait_for(lambda: device.power_status() == PowerState.ON, 60, f"{domain.name} reads on")
+    wait_until(
+        lambda: device.power_status() == PowerState.ON,
+        f"{domain.name} reads on",
+        60,
+        every=0.1,
+        ignoring=(Exception,),
+    )
     try:
         yield BmcFenceWorld(device, unreachable, [lab.password], domain)
     finally:

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support import wait_until
 
 from vigil import config
 from vigil.cli.demo import DemoOptions, build_cloud
@@ -38,7 +39,6 @@ from vigil.sim.cloud import SimCloud
 from vigil.sim.drivers import SimFenceDevice, sim_fence_builder
 
 from .conftest import Lab
-from .emulators import wait_for
 
 pytestmark = pytest.mark.bmc
 
@@ -143,10 +143,12 @@ class World:
                 "/v1/hosts", json={"name": name, "segment": "az1", "fencing": [{"driver": "sim"}]}
             ).raise_for_status()
         self.agents.start()
-        wait_for(
+        wait_until(
             lambda: all(h["state"] == "up" for h in api.get("/v1/hosts").json()),
-            15,
             "every host's first heartbeat",
+            15,
+            every=0.1,
+            ignoring=(Exception,),
         )
         return self
 
@@ -168,7 +170,9 @@ class World:
                 found.update(recoveries[0])
             return bool(recoveries) and recoveries[0]["status"] in until
 
-        wait_for(ended, timeout, f"the recovery of {host} to end", every=0.2)
+        wait_until(
+            ended, f"the recovery of {host} to end", timeout, every=0.2, ignoring=(Exception,)
+        )
         return found
 
 
@@ -176,7 +180,7 @@ class World:
 def e2e_domain_on(lab: Lab) -> Iterator[None]:
     domain = lab.domains["e2e"]
     domain.start()
-    wait_for(domain.is_running, 30, f"{domain.name} running")
+    wait_until(domain.is_running, f"{domain.name} running", 30, every=0.1, ignoring=(Exception,))
     yield
     domain.start()
 

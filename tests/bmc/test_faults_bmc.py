@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from support import wait_until
 
 from vigil.drivers.errors import NotFound, PermanentError, TemporaryError
 from vigil.drivers.fence_factory import build_fence_devices
@@ -23,7 +24,7 @@ from vigil.engine.steps import Done, fence
 from vigil.model import FenceMethod
 
 from .conftest import Lab
-from .emulators import FakeRedfish, LyingIpmiBmc, SilentPort, free_port, wait_for
+from .emulators import FakeRedfish, LyingIpmiBmc, SilentPort, free_port
 from .helpers import HOST, exception_texts, record_texts, secret_forms, step_context
 
 pytestmark = pytest.mark.bmc
@@ -41,7 +42,7 @@ def levels_domain_on(lab: Lab) -> Iterator[None]:
     """The "levels" domain runs at the start of the test, and again afterwards."""
     domain = lab.domains["levels"]
     domain.start()
-    wait_for(domain.is_running, 30, f"{domain.name} running")
+    wait_until(domain.is_running, f"{domain.name} running", 30, every=0.1, ignoring=(Exception,))
     yield
     domain.start()
 

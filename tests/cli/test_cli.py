@@ -11,13 +11,14 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from support import wait_until
 
 from vigil.cli import output
 from vigil.cli.main import fence_method, main
@@ -122,16 +123,6 @@ def world(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[World]
 @pytest.fixture
 def cli(world: World) -> Cli:
     return world.cli
-
-
-def wait_for(what: str, pred: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ------------------------------------------------------------------------------ segments
@@ -544,18 +535,20 @@ def test_a_recovery_seen_through_the_cli(world: World, cli: Cli) -> None:
     agents.start()
     try:
         with world.api() as api:
-            wait_for(
-                "every host up",
+            wait_until(
                 lambda: all(h["state"] == "up" for h in api.get("/v1/hosts").json()),
+                "every host up",
+                20.0,
             )
             assert cli("host", "restore", "compute-2").code == 1  # up: nothing to restore
             world.cloud.power_loss("compute-1")
-            recovery = wait_for(
-                "the recovery to finish",
+            recovery = wait_until(
                 lambda: next(
                     (r for r in api.get("/v1/recoveries").json() if r["status"] == "succeeded"),
                     None,
                 ),
+                "the recovery to finish",
+                20.0,
             )
     finally:
         agents.stop()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pytest
+from support import wait_until
 
 from vigil.drivers.notifier import Event, LogNotifier, MemoryNotifier, Notifier
 
@@ -21,14 +21,6 @@ if TYPE_CHECKING:
 LOGGER = "vigil.events.contract"
 
 
-def _wait_until(condition: Callable[[], bool], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
-
-
 @dataclass
 class MemoryWorld:
     notifier: MemoryNotifier
@@ -38,7 +30,7 @@ class MemoryWorld:
         return self.notifier.events
 
     def wait_until(self, condition: Callable[[], bool], what: str, timeout: float) -> None:
-        _wait_until(condition, what, timeout)
+        wait_until(condition, what, timeout, every=0.005)
 
 
 @dataclass
@@ -58,7 +50,7 @@ class LogWorld:
         return events
 
     def wait_until(self, condition: Callable[[], bool], what: str, timeout: float) -> None:
-        _wait_until(condition, what, timeout)
+        wait_until(condition, what, timeout, every=0.005)
 
 
 class TestNotifiers(NotifierContract):

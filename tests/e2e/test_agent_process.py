@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
+from support import wait_until
 
 from vigil.clock import SystemClock
 from vigil.config import Settings
@@ -28,16 +27,6 @@ from vigil.sim.cloud import SimCloud, SimLatency
 TOKEN = "t0ken-for-agent-tests"
 KEY = "agent-key-for-agent-tests"
 AGENT = Path(sys.executable).with_name("vigil-agent")
-
-
-def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -97,18 +86,31 @@ def test_the_agent_process_reports_a_dead_service_and_the_host_is_held_not_fence
     conf = agent_conf(tmp_path, vigil, f"nova-compute=--stand-in={marker}")
     agent = subprocess.Popen([str(AGENT), "--config-file", str(conf)])
     try:
-        until(lambda: api.get("/v1/hosts/compute-1").json()["state"] == "up", 15, "heartbeats")
-        until(lambda: api.get("/v1/hosts/compute-1/services").status_code == 200, 15, "report")
+        wait_until(
+            lambda: api.get("/v1/hosts/compute-1").json()["state"] == "up",
+            "heartbeats",
+            15,
+            every=0.1,
+        )
+        wait_until(
+            lambda: api.get("/v1/hosts/compute-1/services").status_code == 200,
+            "report",
+            15,
+            every=0.1,
+        )
 
         nova.kill()
         nova.wait()
-        until(lambda: cloud.get_service("compute-1").disabled, 15, "the host disabled")
+        wait_until(
+            lambda: cloud.get_service("compute-1").disabled, "the host disabled", 15, every=0.1
+        )
         report = api.get("/v1/hosts/compute-1/services").json()
         assert report["services_down"] == ["nova-compute"]
-        until(
+        wait_until(
             lambda: api.get("/v1/hosts/compute-1/services").json()["compute_hold"] == "disabled",
-            10,
             "the hold recorded",
+            10,
+            every=0.1,
         )
         host = api.get("/v1/hosts/compute-1").json()
         assert host["state"] == "up"  # heartbeats go on: not suspect, not fenced
@@ -116,7 +118,9 @@ def test_the_agent_process_reports_a_dead_service_and_the_host_is_held_not_fence
         assert not cloud.get_service("compute-1").forced_down
 
         nova = stand_in(marker)
-        until(lambda: not cloud.get_service("compute-1").disabled, 15, "the host enabled")
+        wait_until(
+            lambda: not cloud.get_service("compute-1").disabled, "the host enabled", 15, every=0.1
+        )
     finally:
         agent.terminate()
         assert agent.wait(15) == 0  # a clean stop

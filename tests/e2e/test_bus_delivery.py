@@ -11,7 +11,7 @@ import jsonschema
 import pytest
 from notify.rabbit import RABBIT_URL, BrokerControl, RabbitListener, rabbit_answers
 from services import require
-from test_crash_safety import wait_for
+from support import wait_until
 
 from vigil.cli.demo import DemoOptions, Harness
 from vigil.events import payload_schema
@@ -36,7 +36,9 @@ def test_listener_receives_every_event_of_a_recovery_in_order() -> None:
             done = h.watch("compute-1", t0)
             assert done is not None and done["status"] == "succeeded"
             outbox = h.client.get("/v1/events", params={"limit": 1000}).json()
-            wait_for(lambda: len(listener.received) >= len(outbox), 20, "the whole recovery")
+            wait_until(
+                lambda: len(listener.received) >= len(outbox), "the whole recovery", 20, every=0.02
+            )
         got = listener.received
         # each priority has its own queue: in order within it, and vigil_seq restores the rest
         for priority in {n.priority for n in got}:
@@ -69,10 +71,11 @@ def test_broker_stopped_and_restarted_mid_recovery_loses_nothing() -> None:
                 assert done is not None and done["status"] == "succeeded"
                 time.sleep(1.0)
             outbox = h.client.get("/v1/events", params={"limit": 1000}).json()
-            wait_for(
+            wait_until(
                 lambda: len({n.metadata["message_id"] for n in listener.received}) >= len(outbox),
-                60,
                 "every event after the broker returned",
+                60,
+                every=0.02,
             )
             assert h.client.get("/v1/dead-letters").json() == []
         once = {n.metadata["message_id"]: n for n in listener.received}  # at least once

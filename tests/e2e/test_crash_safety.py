@@ -10,13 +10,13 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from support import wait_until
 
 from vigil.clock import SystemClock
 from vigil.model import HaPolicy
@@ -71,7 +71,7 @@ class ServerProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        wait_for(lambda: _healthy(api), 20, "vigil-server to answer")
+        wait_until(lambda: _healthy(api), "vigil-server to answer", 20, every=0.02)
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -92,17 +92,6 @@ def _healthy(api: httpx.Client) -> bool:
         return api.get("/healthz").status_code == 200
     except httpx.TransportError:
         return False
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -129,8 +118,11 @@ def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
                 json={"name": f"compute-{i}", "segment": "s", "fencing": [{"driver": "sim"}]},
             ).raise_for_status()
         agents.start()
-        wait_for(
-            lambda: all(h["state"] == "up" for h in api.get("/v1/hosts").json()), 10, "hosts up"
+        wait_until(
+            lambda: all(h["state"] == "up" for h in api.get("/v1/hosts").json()),
+            "hosts up",
+            10,
+            every=0.02,
         )
         yield {"cloud": cloud, "api": api, "server": server, "victims": victims}
     finally:
@@ -165,19 +157,25 @@ def test_kill_9_mid_recovery_then_restart_completes_exactly_once(
     server: ServerProcess = world["server"]
     cloud.isolate("compute-1")  # running but cut off: the fence really has to power it off
 
-    wait_for(lambda: (_fencing if kill_when == "fencing" else _evacuating)(api), 20, kill_when)
+    wait_until(
+        lambda: (_fencing if kill_when == "fencing" else _evacuating)(api),
+        kill_when,
+        20,
+        every=0.02,
+    )
     server.kill9()
     evacuated_before = {s["instance_id"] for s in _steps_after_kill(world) if s}
     server.start(api)
 
-    recs = wait_for(
+    recs = wait_until(
         lambda: [
             r
             for r in api.get("/v1/recoveries", params={"host": "compute-1"}).json()
             if r["status"] in ("succeeded", "failed")
         ],
-        30,
         "the recovery to finish after the restart",
+        30,
+        every=0.02,
     )
     assert recs[0]["status"] == "succeeded", recs[0]
     for iid in world["victims"]:

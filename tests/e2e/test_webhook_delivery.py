@@ -8,7 +8,8 @@ from typing import Any
 
 import httpx
 from notify.receivers import WebhookReceiver
-from test_crash_safety import KEY, ServerProcess, server_config, wait_for
+from support import wait_until
+from test_crash_safety import KEY, ServerProcess, server_config
 
 from vigil.cli.demo import DemoOptions, Harness
 from vigil.clock import SystemClock
@@ -36,7 +37,9 @@ def test_every_event_of_a_recovery_arrives_signed_in_order_after_retries() -> No
         done = h.watch("compute-1", t0)
         assert done is not None and done["status"] == "succeeded"
         outbox = h.client.get("/v1/events", params={"limit": 1000}).json()
-        wait_for(lambda: len(receiver.events(SECRET)) == len(outbox), 20, "every event")
+        wait_until(
+            lambda: len(receiver.events(SECRET)) == len(outbox), "every event", 20, every=0.02
+        )
         got = receiver.events(SECRET)
         assert [e.id for e in got] == [e["id"] for e in outbox]  # in order, all of them
         first = [d for d in receiver.deliveries if d.event().id == outbox[0]["id"]]
@@ -53,7 +56,9 @@ def test_test_fire_and_filters() -> None:
         assert fired["delivered"] is True
         t0 = h.inject("power-loss", "compute-1")
         assert h.watch("compute-1", t0) is not None
-        wait_for(lambda: len(receiver.events(SECRET)) == 2, 10, "test event and recovery end")
+        wait_until(
+            lambda: len(receiver.events(SECRET)) == 2, "test event and recovery end", 10, every=0.02
+        )
         types = [e.event_type for e in receiver.events(SECRET)]
         assert types == ["vigil.subscription.test", "vigil.recovery.end"]
         bad = h.client.post(
@@ -95,12 +100,18 @@ def test_server_killed_between_change_and_delivery_still_delivers(tmp_path: Path
             ).raise_for_status()
         _subscribe(api, receiver.url)
         agents.start()
-        wait_for(lambda: all(h["state"] == "up" for h in api.get("/v1/hosts").json()), 10, "up")
+        wait_until(
+            lambda: all(h["state"] == "up" for h in api.get("/v1/hosts").json()),
+            "up",
+            10,
+            every=0.02,
+        )
         cloud.power_loss("compute-1")
-        done: list[dict[str, Any]] = wait_for(
+        done: list[dict[str, Any]] = wait_until(
             lambda: [r for r in api.get("/v1/recoveries").json() if r["status"] == "succeeded"],
-            20,
             "the recovery",
+            20,
+            every=0.02,
         )
         assert done
         outbox = api.get("/v1/events", params={"limit": 1000}).json()
@@ -108,10 +119,11 @@ def test_server_killed_between_change_and_delivery_still_delivers(tmp_path: Path
         server.kill9()  # dies with every event committed and none delivered
         receiver.default_status = 204  # the consumer is back
         server.start(api)
-        wait_for(
+        wait_until(
             lambda: len({e.id for e in receiver.events(SECRET)}) >= len(outbox),
-            30,
             "every event delivered after the restart",
+            30,
+            every=0.02,
         )
         delivered = []
         for e in receiver.events(SECRET):

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from services import require
+from support import wait_until
 
 from vigil.agent.libvirt_monitor import LibvirtMonitor, Observation, ReportSender
 from vigil.api.guest import add_guest_routes
@@ -52,7 +53,7 @@ from vigil.store.sql import SqlStore, upgrade
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tinyguest as guest
-from bmc.emulators import DOMAIN_PREFIX, LIBVIRT_URI, Libvirt, free_port, wait_for
+from bmc.emulators import DOMAIN_PREFIX, LIBVIRT_URI, Libvirt, free_port
 
 HOST = "compute-lv"
 KEY = "agent-key-for-libvirt-tests"
@@ -176,7 +177,7 @@ class PrivateLibvirtd:
             ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
             start_new_session=True,
         )
-        wait_for(self._answers, 60, "the private libvirtd")
+        wait_until(self._answers, "the private libvirtd", 60, every=0.1, ignoring=(Exception,))
 
     def _answers(self) -> bool:
         done = subprocess.run(["virsh", "-c", self.uri, "version"], capture_output=True, timeout=10)
@@ -189,7 +190,13 @@ class PrivateLibvirtd:
         """SIGKILL libvirtd (as a crash would); its guests keep running."""
         pid = self.libvirtd_pid()
         os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not Path(f"/proc/{pid}").exists(), 10, "libvirtd to die")
+        wait_until(
+            lambda: not Path(f"/proc/{pid}").exists(),
+            "libvirtd to die",
+            10,
+            every=0.1,
+            ignoring=(Exception,),
+        )
         self.pid_file.unlink(missing_ok=True)
 
     def restart(self) -> None:
@@ -208,7 +215,13 @@ class PrivateLibvirtd:
             check=True,
             timeout=60,
         )
-        wait_for(self._answers, 60, "the private libvirtd to answer again")
+        wait_until(
+            self._answers,
+            "the private libvirtd to answer again",
+            60,
+            every=0.1,
+            ignoring=(Exception,),
+        )
 
     def qemu_pid(self, name: str) -> int:
         return int((self.workdir / "run" / "qemu" / f"{name}.pid").read_text().strip())
@@ -321,7 +334,7 @@ def make_stack(tmp_path: Path, files: GuestFiles, uri: str) -> Iterator[Stack]:
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_for(lambda: server.started, 10, "the report API")
+    wait_until(lambda: server.started, "the report API", 10, every=0.1, ignoring=(Exception,))
     sender = ReportSender(host=HOST, server_url=f"http://127.0.0.1:{port}", key=KEY.encode())
     seen: list[tuple[float, str, str, Observation]] = []
     monitor = LibvirtMonitor(
@@ -371,7 +384,3 @@ def private_stack(
 @pytest.fixture
 def lv_stack(tmp_path: Path, guest_files: GuestFiles, shared_libvirt: Libvirt) -> Iterator[Stack]:
     yield from make_stack(tmp_path, guest_files, LIBVIRT_URI)
-
-
-def until(pred: Callable[[], Any], timeout: float, what: str) -> None:
-    wait_for(lambda: bool(pred()), timeout, what, every=0.2)

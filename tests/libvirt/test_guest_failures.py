@@ -11,11 +11,12 @@ import signal
 import time
 
 import pytest
-from lvstack import HOST, KEY, PrivateLibvirtd, Stack, until
+from lvstack import HOST, KEY, PrivateLibvirtd, Stack
 from lvstack import guest_files as guest_files
 from lvstack import lv_stack as lv_stack
 from lvstack import private_stack as private_stack
 from lvstack import shared_libvirt as shared_libvirt
+from support import wait_until
 
 from vigil.agent.services import ServiceWatch
 from vigil.engine.guest import GuestPolicy
@@ -37,15 +38,33 @@ def test_watchdog_notify_reset_and_panic_restart(lv_stack: Stack) -> None:
         dom.create()
 
     # Panic → CRASHED/PANICKED (pvpanic), then STOPPED/CRASHED: one failure, restarted.
-    until(lambda: stack.compute.calls, 90, "the crashed guest to be restarted")
+    wait_until(
+        lambda: stack.compute.calls,
+        "the crashed guest to be restarted",
+        90,
+        every=0.2,
+        ignoring=(Exception,),
+    )
     assert stack.compute.calls[0][:2] == ("start", ids[panic])
-    until(lambda: "vigil.instance.guest.restart.end" in stack.events(ids[panic]), 30, "ACTIVE")
+    wait_until(
+        lambda: "vigil.instance.guest.restart.end" in stack.events(ids[panic]),
+        "ACTIVE",
+        30,
+        every=0.2,
+        ignoring=(Exception,),
+    )
     assert panic.isActive()
     [crash] = stack.failures(ids[panic])
     assert crash.kind == GuestFailureKind.CRASHED and crash.restarts == 1
 
     # Watchdog with libvirt action none + vigil notify: the owner told, the VM untouched.
-    until(lambda: "vigil.instance.guest.notify" in stack.events(ids[notify]), 60, "notify")
+    wait_until(
+        lambda: "vigil.instance.guest.notify" in stack.events(ids[notify]),
+        "notify",
+        60,
+        every=0.2,
+        ignoring=(Exception,),
+    )
     [fired] = stack.failures(ids[notify])
     assert fired.kind == GuestFailureKind.WATCHDOG and fired.detail["action"] == "none"
     assert fired.status == GuestFailureStatus.NOTIFIED
@@ -53,15 +72,23 @@ def test_watchdog_notify_reset_and_panic_restart(lv_stack: Stack) -> None:
     assert not [c for c in stack.compute.calls if c[1] == ids[notify]]
 
     # Watchdog reset: QEMU resets the guest (Nova's policy); vigil counts each firing.
-    until(lambda: stack.failures(ids[reset]), 60, "the reset to be recorded")
+    wait_until(
+        lambda: stack.failures(ids[reset]),
+        "the reset to be recorded",
+        60,
+        every=0.2,
+        ignoring=(Exception,),
+    )
     [resets] = stack.failures(ids[reset])
     assert resets.detail["action"] == "reset" and resets.count >= 1
     assert not [c for c in stack.compute.calls if c[1] == ids[reset]]
     # ...and QEMU did reset the guest (libvirt's REBOOT event follows the firing).
-    until(
+    wait_until(
         lambda: any(u == ids[reset] and e == "reboot" for _, u, e, _ in stack.seen),
-        10,
         "the guest to be reset",
+        10,
+        every=0.2,
+        ignoring=(Exception,),
     )
 
 
@@ -74,31 +101,57 @@ def test_libvirtd_restart_misses_no_state_change(
     for dom in (dies, lives):
         stack.policies[dom.UUIDString()] = GuestPolicy(HaPolicy.KEEP_RUNNING)
         dom.create()
-    until(
+    wait_until(
         lambda: all(
             (s := stack.monitor.known(d.UUIDString())) and s.state == "running"
             for d in (dies, lives)
         ),
-        30,
         "the monitor to see both guests running",
+        30,
+        every=0.2,
+        ignoring=(Exception,),
     )
     qemu = daemon.qemu_pid(dies.name())
 
     daemon.kill()  # the close callback fires at once
-    until(lambda: not stack.monitor.connected.is_set(), 15, "the monitor to notice")
+    wait_until(
+        lambda: not stack.monitor.connected.is_set(),
+        "the monitor to notice",
+        15,
+        every=0.2,
+        ignoring=(Exception,),
+    )
     os.kill(qemu, signal.SIGKILL)  # a guest dies while nobody is listening
     time.sleep(1)
     daemon.restart()
 
-    until(lambda: stack.monitor.connections >= 2, 30, "the monitor to reconnect")
+    wait_until(
+        lambda: stack.monitor.connections >= 2,
+        "the monitor to reconnect",
+        30,
+        every=0.2,
+        ignoring=(Exception,),
+    )
     dies_id, lives_id = dies.UUIDString(), lives.UUIDString()
-    until(lambda: stack.failures(dies_id), 30, "the death to be reported")
+    wait_until(
+        lambda: stack.failures(dies_id),
+        "the death to be reported",
+        30,
+        every=0.2,
+        ignoring=(Exception,),
+    )
     [failure] = stack.failures(dies_id)
     # libvirtd, finding the QEMU gone when it starts, records the domain shut off
     # with reason "crashed".
     assert failure.kind == GuestFailureKind.CRASHED
     assert failure.detail["event"] == "reconnect"
-    until(lambda: "vigil.instance.guest.restart.end" in stack.events(dies_id), 60, "restart")
+    wait_until(
+        lambda: "vigil.instance.guest.restart.end" in stack.events(dies_id),
+        "restart",
+        60,
+        every=0.2,
+        ignoring=(Exception,),
+    )
     assert stack.compute.get_server(dies_id).status == "ACTIVE"
     assert stack.failures(lives_id) == []  # it kept running: nothing to report
 
@@ -123,30 +176,56 @@ def test_libvirtd_down_disables_the_host_for_scheduling_until_it_is_back(
     )
     watch.start()
     try:
-        until(lambda: stack.store.get_host_services(HOST), 15, "the first snapshot")
+        wait_until(
+            lambda: stack.store.get_host_services(HOST),
+            "the first snapshot",
+            15,
+            every=0.2,
+            ignoring=(Exception,),
+        )
         assert not stack.compute.service.disabled
         qemu = daemon.qemu_pid(dom.name())
 
         daemon.kill()
-        until(lambda: stack.compute.service.disabled, 15, "the host to be disabled")
-        until(
-            lambda: stack.store.get_host_services(HOST).hold.value == "disabled",  # type: ignore[union-attr]
-            5,
+        wait_until(
+            lambda: stack.compute.service.disabled,
+            "the host to be disabled",
+            15,
+            every=0.2,
+            ignoring=(Exception,),
+        )
+        wait_until(
+            lambda: stack.store.get_host_services(HOST).hold.value == "disabled",
             "the hold to be recorded",
+            5,
+            every=0.2,
+            ignoring=(Exception,),
         )
         assert stack.compute.service.disabled_reason == "vigil: host services down: libvirtd"
         assert not stack.compute.service.forced_down
         os.kill(qemu, 0)  # the guest still runs without its libvirtd
 
         daemon.restart()
-        until(lambda: not stack.compute.service.disabled, 15, "the host to be enabled")
+        wait_until(
+            lambda: not stack.compute.service.disabled,
+            "the host to be enabled",
+            15,
+            every=0.2,
+            ignoring=(Exception,),
+        )
 
         def host_events() -> list[str]:
             events = stack.store.list_events(limit=1000)
             return [e.event_type for e in events if e.instance_id is None]
 
         # The hold and its event are written right after the compute service's answer.
-        until(lambda: "vigil.host.compute.enabled" in host_events(), 5, "the last event")
+        wait_until(
+            lambda: "vigil.host.compute.enabled" in host_events(),
+            "the last event",
+            5,
+            every=0.2,
+            ignoring=(Exception,),
+        )
         assert host_events() == [
             "vigil.host.service.down",
             "vigil.host.compute.disabled",

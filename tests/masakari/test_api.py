@@ -8,8 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
+from support import wait_until
 
-from .vigil_masakari import Running, wait_for
+from .vigil_masakari import Running
 
 GENERATED = "2026-08-01T10:00:00.123456"
 
@@ -326,9 +327,10 @@ def test_compute_host_notification_alone_fences_nothing(vigil: Running) -> None:
         # its own to agree with the monitor.
         vigil.cloud.hang("compute-2")
         n = notify(c, "compute-2", "COMPUTE_HOST", DOWN).json()["notification"]
-        wait_for(
+        wait_until(
             lambda: vigil.api.get("/v1/hosts/compute-2").json()["state"] == "suspect",
             "compute-2 suspect",
+            20.0,
         )
         time.sleep(1.5)  # several engine cycles and BMC reads
         shown = c.get(f"/notifications/{n['notification_uuid']}").json()["notification"]
@@ -362,7 +364,7 @@ def test_compute_host_notification_is_one_signal_fenced_then_evacuated(vigil: Ru
             shown = c.get(f"/notifications/{n['notification_uuid']}").json()["notification"]
             return shown if shown["status"] in ("finished", "error", "failed") else None
 
-        shown = wait_for(finished, "the notification to finish")
+        shown = wait_until(finished, "the notification to finish", 20.0)
         assert shown["status"] == "finished", shown
         tasks = [t["name"] for t in shown["recovery_workflow_details"]]
         assert tasks[0] == "FenceHostTask" and "EvacuateInstancesTask" in tasks

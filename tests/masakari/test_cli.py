@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 from services import require
+from support import wait_until
 
 from .conftest import OPENSTACK_CLI, installed
-from .vigil_masakari import Running, wait_for
+from .vigil_masakari import Running
 
 pytestmark = pytest.mark.masakari
 
@@ -113,7 +114,7 @@ def test_notifications_and_vmoves_with_the_cli(vigil: Running, cli: Cli) -> None
         shown: dict[str, Any] = cli.json("notification", "show", uuid)
         return shown if shown["status"] in ("finished", "error", "failed") else None
 
-    shown = wait_for(finished, "the notification to finish", timeout=60)
+    shown = wait_until(finished, "the notification to finish", 60)
     assert shown["status"] == "finished"
     tasks = {t["name"]: t["state"] for t in shown["recovery_workflow_details"]}
     assert tasks["FenceHostTask"] == "SUCCESS"

@@ -11,9 +11,10 @@ import httpx
 import openstack
 import openstack.exceptions
 import pytest
+from support import wait_until
 
 from .test_api import DOWN, error, host, notify, segment
-from .vigil_masakari import Running, wait_for
+from .vigil_masakari import Running
 
 pytestmark = pytest.mark.masakari
 
@@ -43,10 +44,10 @@ def test_a_host_vigil_cannot_fence_ends_failed_with_its_reason_and_unlocks(
         seg = _segment_of_sim_hosts(vigil, c, fencing=False)
         vigil.cloud.power_loss("compute-1")
         n = notify(c, "compute-1", "COMPUTE_HOST", DOWN).json()["notification"]
-        ended = wait_for(
+        ended = wait_until(
             lambda: (s := _shown(c, n))["status"] not in ("new", "running") and s,
             "the notification to end",
-            timeout=10,
+            10,
         )
         assert ended["status"] == "failed", ended
         fence = ended["recovery_workflow_details"][0]
@@ -77,7 +78,7 @@ def test_only_the_host_under_recovery_is_locked(vigil: Running) -> None:
         vigil.api.post("/v1/control/pause", json={"reason": "test holds the recovery"})
         vigil.cloud.power_loss("compute-1")
         n = notify(c, "compute-1", "COMPUTE_HOST", DOWN).json()["notification"]
-        wait_for(lambda: _shown(c, n)["status"] == "running", "the notification to run")
+        wait_until(lambda: _shown(c, n)["status"] == "running", "the notification to run", 20.0)
         hosts = {h["name"]: h for h in c.get(f"/segments/{seg['uuid']}/hosts").json()["hosts"]}
         url = f"/segments/{seg['uuid']}/hosts/"
         other = c.put(url + hosts["compute-2"]["uuid"], json={"host": {"reserved": True}})

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 from services import require
+from support import wait_until
 
 from .conftest import PROCESS_MONITOR, installed
-from .vigil_masakari import Running, running_vigil, sim_cloud, wait_for
+from .vigil_masakari import Running, running_vigil, sim_cloud
 
 pytestmark = pytest.mark.masakari
 
@@ -86,16 +87,17 @@ process_list_path = {tmp_path / "process_list.yaml"}
             return list(ha.notifications(type="PROCESS"))
 
         try:
-            (n,) = wait_for(reported, "the monitor's notification", timeout=60)
+            (n,) = wait_until(reported, "the monitor's notification", 60)
         except AssertionError:
             raise AssertionError((tmp_path / "monitor.log").read_text()[-4000:]) from None
         assert n.source_host_uuid == host.uuid  # Masakari answers with the host's uuid
         assert n.payload == {"event": "STOPPED", "process_name": name.rsplit("/", 1)[-1]}
         assert n.status == "ignored"  # recorded; vigil's own agent acts on processes
         # The monitor got its 202 and logged vigil's answer.
-        wait_for(
+        wait_until(
             lambda: "Response:" in (tmp_path / "monitor.log").read_text(),
             "the monitor to log vigil's response",
+            20.0,
         )
     finally:
         monitor.terminate()

@@ -6,12 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from support import wait_until
 
 from vigil.api.masakari import evacuation_targets
 from vigil.engine.steps import pick_target
 
 from .test_api import DOWN, host, notify, segment
-from .vigil_masakari import Running, wait_for
+from .vigil_masakari import Running
 
 
 @pytest.mark.parametrize(
@@ -51,7 +52,7 @@ def test_reserved_host_segment_evacuates_to_its_reserved_host(vigil: Running) ->
             shown: dict[str, Any] = c.get(f"/notifications/{uuid}").json()["notification"]
             return shown if shown["status"] in ("finished", "error", "failed") else None
 
-        assert wait_for(finished, "the recovery")["status"] == "finished"
+        assert wait_until(finished, "the recovery", 20.0)["status"] == "finished"
         moves = c.get(f"/notifications/{uuid}/vmoves").json()["vmoves"]
     assert moves and {m["dest_host"] for m in moves} == {"compute-4"}
     assert {m["status"] for m in moves} == {"succeeded"}

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import openstack.exceptions
 import pytest
+from support import wait_until
 
-from .vigil_masakari import Running, wait_for
+from .vigil_masakari import Running
 
 pytestmark = pytest.mark.masakari
 
@@ -99,13 +100,14 @@ def test_notifications_status_details_and_vmoves_through_the_sdk(vigil: Running)
         type="COMPUTE_HOST", hostname="compute-1", generated_time=GENERATED, payload=DOWN
     )
     assert n.status == "new"
-    done = wait_for(
+    done = wait_until(
         lambda: (
             (got := ha.get_notification(n.notification_uuid)).status
             in ("finished", "error", "failed")
             and got
         ),
         "the notification to finish",
+        20.0,
     )
     assert done.status == "finished"
     details = {d.name: d for d in done.recovery_workflow_details or []}

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pytest
 from services import require
+from support import wait_until
 
 pytestmark = pytest.mark.netns
 
@@ -194,15 +195,6 @@ class World:
         )
 
 
-def until(check: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(check) and check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     require("network namespaces (root, iproute2, nftables: tools/netns/setup)", can_make_namespaces)
@@ -276,10 +268,10 @@ heartbeat_interval = {INTERVAL}
         watcher = threading.Thread(target=pets.run, daemon=True)
         watcher.start()
         w = World(net, pets, tmp)
-        until(
+        wait_until(
             lambda: all(time.monotonic() - pets.last(h) < 0.5 for h in HOSTS),
-            30,
             "every agent to hold a lease and pet",
+            30,
         )
         time.sleep(1.0)  # the server has seen every host's grants acknowledged
         yield w
@@ -305,17 +297,19 @@ heartbeat_interval = {INTERVAL}
 def test_a_host_cut_off_from_server_and_peers_resets_and_only_it(world: World) -> None:
     pets, t0 = world.pets, time.monotonic()
     world.net.cut("compute-1")
-    until(
+    wait_until(
         lambda: time.monotonic() - pets.last("compute-1") > WATCHDOG + 0.2,
-        LOSS_TO_RESET + 5,
         "compute-1's watchdog to fire",
+        LOSS_TO_RESET + 5,
     )
     fired = pets.last("compute-1") + WATCHDOG
     assert fired - t0 < LOSS_TO_RESET + 0.5, world.tails()
     # The server confirms compute-1 self-fenced (its peers provably connected
     # throughout), and only after its watchdog fired.
     confirmed = "confirmed by self-fencing watchdog of compute-1"
-    until(lambda: confirmed in world.server_log(), 10, "the server to confirm compute-1 fenced")
+    wait_until(
+        lambda: confirmed in world.server_log(), "the server to confirm compute-1 fenced", 10
+    )
     line = next(x for x in world.server_log().splitlines() if confirmed in x)
     assert float(line.split()[0]) > fired + pets.offset, line
     now = time.monotonic()

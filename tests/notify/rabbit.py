@@ -22,6 +22,7 @@ from typing import Any
 
 import kombu
 from oslo_config import cfg
+from support import wait_until
 
 from vigil.drivers.messaging import (
     CONTEXT_HOST,
@@ -30,7 +31,7 @@ from vigil.drivers.messaging import (
 )
 from vigil.drivers.notifier import Event
 
-from .receivers import unique_name, wait_until
+from .receivers import unique_name
 
 with warnings.catch_warnings():
     # oslo.messaging imports oslo.service and eventlet, which warn of their own futures.
@@ -185,7 +186,7 @@ class BrokerControl:
 
     def start_app(self) -> None:
         subprocess.run(["rabbitmqctl", "start_app"], check=True, capture_output=True, timeout=120)
-        wait_until(self._answers, "RabbitMQ to accept connections again", 30)
+        wait_until(self._answers, "RabbitMQ to accept connections again", 30, every=0.01)
 
     def _answers(self) -> bool:
         try:

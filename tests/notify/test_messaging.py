@@ -19,6 +19,7 @@ import pytest
 from contract.notifier_contract import NotifierContract, make_event
 from oslo_config import cfg
 from services import require
+from support import wait_until
 
 from vigil.drivers.errors import DriverError, PermanentError, TemporaryError
 from vigil.drivers.messaging import (
@@ -32,7 +33,7 @@ from vigil.drivers.messaging import (
 from vigil.drivers.notifier import Event
 
 from .rabbit import RABBIT_URL, BrokerControl, RabbitListener, oslo_messaging, rabbit_answers
-from .receivers import closed_port, wait_until
+from .receivers import closed_port
 
 if TYPE_CHECKING:
     from contract.notifier_contract import NotifierWorld
@@ -255,7 +256,7 @@ def test_a_listener_receives_the_versioned_notification(
         instance_id="6f1c2a4e-8d1b-4c55-9a0e-2f6f1e9b7c10", payload=VERSIONED_PAYLOAD
     )
     notifier.publish(event)
-    wait_until(received_ids(listener)({event.id}), "the notification", 10)
+    wait_until(received_ids(listener)({event.id}), "the notification", 10, every=0.01)
     (got,) = listener.received
     assert got.priority == "ERROR"
     assert got.event_type == "vigil.host.failure.confirmed"
@@ -276,7 +277,7 @@ def test_events_arrive_in_the_order_they_were_published(
     events = [make_event(priority="INFO", payload={"n": n}) for n in range(30)]
     for event in events:
         notifier.publish(event)
-    wait_until(received_ids(listener)({e.id for e in events}), "30 notifications", 10)
+    wait_until(received_ids(listener)({e.id for e in events}), "30 notifications", 10, every=0.01)
     assert listener.events() == events
 
 
@@ -288,7 +289,7 @@ def test_each_priority_reaches_the_listener_as_itself(
     events = [make_event(priority=p) for p in given]
     for event in events:
         notifier.publish(event)
-    wait_until(received_ids(listener)({e.id for e in events}), "7 notifications", 10)
+    wait_until(received_ids(listener)({e.id for e in events}), "7 notifications", 10, every=0.01)
     by_id = {n.metadata["message_id"]: n.priority for n in listener.received}
     assert [by_id[e.id] for e in events] == [
         "DEBUG",
@@ -312,7 +313,9 @@ def test_events_published_before_the_listener_starts_wait_for_it(rabbit: str) ->
             notifier.publish(event)
         notifier.close()
         late.start()
-        wait_until(received_ids(late)({e.id for e in events}), "3 queued notifications", 10)
+        wait_until(
+            received_ids(late)({e.id for e in events}), "3 queued notifications", 10, every=0.01
+        )
         assert sorted(late.events(), key=events.index) == events
     finally:
         late.close()
@@ -370,7 +373,7 @@ class RabbitWorld:
         return self.listener.events()
 
     def wait_until(self, condition: Callable[[], bool], what: str, timeout: float) -> None:
-        wait_until(condition, what, timeout)
+        wait_until(condition, what, timeout, every=0.01)
 
 
 @pytest.mark.rabbitmq
@@ -393,7 +396,7 @@ def test_while_the_broker_is_stopped_publish_fails_fast_and_then_delivers_after_
     broker = BrokerControl(rabbit)
     before, during, after = (make_event(priority="INFO", payload={"n": n}) for n in range(3))
     notifier.publish(before)
-    wait_until(received_ids(listener)({before.id}), "the first notification", 10)
+    wait_until(received_ids(listener)({before.id}), "the first notification", 10, every=0.01)
 
     with broker.stopped():
         for _ in range(2):  # the pooled connection breaking, then a fresh one refused
@@ -412,7 +415,9 @@ def test_while_the_broker_is_stopped_publish_fails_fast_and_then_delivers_after_
             assert time.monotonic() < deadline, "the broker did not come back in 30 s"
             time.sleep(0.5)
     notifier.publish(after)
-    wait_until(received_ids(listener)({during.id, after.id}), "the later notifications", 30)
+    wait_until(
+        received_ids(listener)({during.id, after.id}), "the later notifications", 30, every=0.01
+    )
     assert listener.events() == [before, during, after]
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from contract.notifier_contract import NotifierContract, make_event
+from support import wait_until
 
 from vigil.drivers.errors import DriverError, PermanentError, TemporaryError
 from vigil.drivers.notifier import Event
@@ -29,7 +30,7 @@ from vigil.drivers.webhook import (
     verify_signature,
 )
 
-from .receivers import WebhookReceiver, closed_port, self_signed_certificate, wait_until
+from .receivers import WebhookReceiver, closed_port, self_signed_certificate
 
 if TYPE_CHECKING:
     from contract.notifier_contract import NotifierWorld
@@ -368,7 +369,7 @@ class WebhookWorld:
 
     def wait_until(self, condition: object, what: str, timeout: float) -> None:
         assert callable(condition)
-        wait_until(condition, what, timeout)
+        wait_until(condition, what, timeout, every=0.01)
 
 
 class TestWebhookNotifierContract(NotifierContract):

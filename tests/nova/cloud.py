@@ -22,6 +22,7 @@ import kombu
 import openstack.connection
 import pytest
 from openstack.config import OpenStackConfig
+from support import wait_until
 
 from vigil import config
 from vigil.agent.heartbeat import HeartbeatSender
@@ -64,17 +65,6 @@ def tool(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(TOOL), *args], capture_output=True, text=True, timeout=timeout, check=False
     )
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float, step: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(step)
 
 
 @dataclass
@@ -188,7 +178,7 @@ class Minicloud:
 
     def _post_server(self, host: str, body: Mapping[str, Any]) -> str:
         # The scheduler takes only a compute it has heard from lately.
-        wait_until(lambda: self.services()[host]["state"] == "up", f"{host} up", 60)
+        wait_until(lambda: self.services()[host]["state"] == "up", f"{host} up", 60, every=0.2)
         return str(self.nova("POST", "/servers", body, mv=BOOT_MICROVERSION)["server"]["id"])
 
     def wait_active(self, ids: list[str], timeout: float = 60) -> None:
@@ -198,7 +188,7 @@ class Minicloud:
             assert not failed, f"boot failed: {failed[0].get('fault')}"
             return all(s["status"] == "ACTIVE" for s in servers)
 
-        wait_until(active, f"{len(ids)} servers ACTIVE", timeout)
+        wait_until(active, f"{len(ids)} servers ACTIVE", timeout, every=0.2)
 
     def services(self) -> dict[str, dict[str, Any]]:
         body = self.nova("GET", "/os-services?binary=nova-compute", mv="2.53")
@@ -219,7 +209,7 @@ class Minicloud:
         for service in ("api", "stubs", "placement", "conductor", "scheduler", *COMPUTES):
             if not self.running(service):
                 self.start(service)
-        wait_until(self._api_answers, "the Nova API", timeout)
+        wait_until(self._api_answers, "the Nova API", timeout, every=0.2)
         for host, svc in self.services().items():
             if svc["forced_down"]:
                 try:
@@ -227,7 +217,7 @@ class Minicloud:
                         lambda svc=svc: self._unforce(svc["id"]),
                         f"Nova to let {host} be un-forced",
                         timeout / 3,
-                        step=0.5,
+                        every=0.5,
                     )
                 except AssertionError:
                     # An instance evacuated twice (the first request lost) has two records;
@@ -239,12 +229,13 @@ class Minicloud:
                         lambda svc=svc: self._unforce(svc["id"]),
                         f"Nova to let {host} be un-forced after a second restart",
                         timeout,
-                        step=0.5,
+                        every=0.5,
                     )
         wait_until(
             lambda: all(s["state"] == "up" for s in self.services().values()),
             "every compute service up",
             timeout,
+            every=0.2,
         )
         # Enabled only once up: Nova tells a compute that is up to drop its
         # COMPUTE_STATUS_DISABLED trait in placement; one that is down keeps it (and
@@ -291,6 +282,7 @@ class Minicloud:
             lambda: not self.nova("GET", "/servers?all_tenants=1")["servers"],
             "every server deleted",
             timeout,
+            every=0.2,
         )
 
 
@@ -327,7 +319,7 @@ class Vigil:
             rec = self.recovery(host)
             return rec if rec and rec["status"] in ("succeeded", "failed") else None
 
-        result: dict[str, Any] = wait_until(done, f"the recovery of {host}", timeout, step=0.1)
+        result: dict[str, Any] = wait_until(done, f"the recovery of {host}", timeout, every=0.1)
         return result
 
 
@@ -398,6 +390,7 @@ def running_vigil(
             lambda: all(h["state"] == "up" for h in api.get("/v1/hosts").json()),
             "every host's first heartbeat",
             15,
+            every=0.2,
         )
         yield Vigil(server, api, driver)
     finally:

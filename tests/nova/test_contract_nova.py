@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 from contract.compute_contract import ComputeContract
+from support import wait_until
 
 from vigil.drivers.openstack import OpenStackCompute
 
-from .cloud import COMPUTES, Minicloud, wait_until
+from .cloud import COMPUTES, Minicloud
 
 if TYPE_CHECKING:
     from contract.compute_contract import ComputeWorld
@@ -41,7 +42,7 @@ class NovaComputeWorld:
         self.failed.add(host)
 
     def wait_until(self, condition: Callable[[], bool], what: str, timeout: float) -> None:
-        wait_until(condition, what, timeout)
+        wait_until(condition, what, timeout, every=0.2)
 
 
 class TestNovaCompute(ComputeContract):

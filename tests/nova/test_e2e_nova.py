@@ -18,16 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import wait_until
 
 from vigil.drivers.compute import MASAKARI_KEY, POLICY_KEY, PRIORITY_KEY
 
-from .cloud import (
-    HA_IMAGE,
-    Minicloud,
-    report,
-    running_vigil,
-    wait_until,
-)
+from .cloud import HA_IMAGE, Minicloud, report, running_vigil
 
 pytestmark = pytest.mark.nova
 
@@ -86,7 +81,7 @@ def test_host_failure_evacuates_ha_instances_then_restore(
                 for s in servers
             )
 
-        wait_until(all_active, "every HA instance ACTIVE on another host", 90, step=0.1)
+        wait_until(all_active, "every HA instance ACTIVE on another host", 90, every=0.1)
         took = time.monotonic() - t0
         say(request, f"compute1 killed -> {len(ha)} HA instances ACTIVE elsewhere in {took:.2f}s")
 
@@ -128,8 +123,13 @@ def test_host_failure_evacuates_ha_instances_then_restore(
             refusals.append(response.json().get("detail", ""))
             return False
 
-        wait_until(restored, "vigil to restore compute1", 60, step=0.5)
-        wait_until(lambda: cloud.services()["compute1"]["state"] == "up", "compute1 up in Nova", 30)
+        wait_until(restored, "vigil to restore compute1", 60, every=0.5)
+        wait_until(
+            lambda: cloud.services()["compute1"]["state"] == "up",
+            "compute1 up in Nova",
+            30,
+            every=0.2,
+        )
         service = cloud.services()["compute1"]
         assert not service["forced_down"] and service["status"] == "enabled"
         say(
@@ -142,6 +142,7 @@ def test_host_failure_evacuates_ha_instances_then_restore(
             lambda: vigil.api.get("/v1/hosts/compute1").json()["state"] == "up",
             "vigil to see compute1 up again",
             15,
+            every=0.2,
         )
 
 
@@ -172,7 +173,7 @@ def test_nova_api_outage_mid_recovery_retries_and_never_evacuates_twice(
                 for s in rec["steps"]  # type: ignore[index]
             )
 
-        wait_until(evacuating, "the first evacuation", 60, step=0.02)
+        wait_until(evacuating, "the first evacuation", 60, every=0.02)
         cloud.kill("api")
         outage = time.monotonic()
         time.sleep(3)
@@ -211,6 +212,7 @@ def test_an_evacuation_nova_accepted_and_lost_is_asked_for_again(
             lambda: cloud.server(sid)["OS-EXT-STS:task_state"] == "rebuilding",
             "Nova to accept the evacuation",
             60,
+            every=0.2,
         )
         dropped = cloud.drop_queued("conductor")
         cloud.start("conductor")

@@ -17,13 +17,14 @@ from typing import Any
 
 import pytest
 from masakari.vigil_masakari import running_vigil
+from support import wait_until
 
 from vigil.drivers.compute import MASAKARI_KEY, POLICY_KEY
 from vigil.drivers.fencing import FenceDevice
 from vigil.drivers.openstack import build_openstack_compute
 from vigil.model import Host
 
-from .cloud import COMPUTES, Minicloud, ProcessFence, report, wait_until
+from .cloud import COMPUTES, Minicloud, ProcessFence, report
 
 pytestmark = [pytest.mark.nova, pytest.mark.masakari]
 
@@ -78,7 +79,7 @@ def test_compute_host_notification_fences_and_evacuates_on_real_nova(
             got = ha.get_notification(n.notification_uuid)
             return got if got.status in ("finished", "error", "failed") else None
 
-        done = wait_until(finished, "the notification to finish", 120, step=0.2)
+        done = wait_until(finished, "the notification to finish", 120, every=0.2)
         took = time.monotonic() - t0
         assert done.status == "finished", done
         report(request.config, f"masakari notification -> finished in {took:.2f}s")
@@ -118,8 +119,13 @@ def test_compute_host_notification_fences_and_evacuates_on_real_nova(
                 return False
             return True
 
-        wait_until(restored, "the restore of compute1", 90, step=0.5)
-        wait_until(lambda: cloud.services()["compute1"]["state"] == "up", "compute1 up in Nova", 30)
+        wait_until(restored, "the restore of compute1", 90, every=0.5)
+        wait_until(
+            lambda: cloud.services()["compute1"]["state"] == "up",
+            "compute1 up in Nova",
+            30,
+            every=0.2,
+        )
         service = cloud.services()["compute1"]
         assert not service["forced_down"] and service["status"] == "enabled"
         assert vigil.api.get("/v1/hosts/compute1").json()["state"] == "new"

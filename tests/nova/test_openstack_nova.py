@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import wait_until
 
 from vigil.drivers.errors import NotFound, PermanentError, TemporaryError
 from vigil.drivers.openstack import (
@@ -18,7 +19,7 @@ from vigil.drivers.openstack import (
     discover_hosts,
 )
 
-from .cloud import CLOUDS_YAML, COMPUTES, HA_IMAGE, Minicloud, wait_until
+from .cloud import CLOUDS_YAML, COMPUTES, HA_IMAGE, Minicloud
 
 pytestmark = pytest.mark.nova
 
@@ -166,7 +167,7 @@ def test_a_refused_evacuation_surfaces_as_error_on_the_source_with_nova_s_fault(
             server = compute.get_server(a)
             return server.status == "ERROR" and not server.task_state
 
-        wait_until(gave_up, "Nova to give up the evacuation", 30)
+        wait_until(gave_up, "Nova to give up the evacuation", 30, every=0.2)
         server = compute.get_server(a)
         assert server.host == "compute1"
         assert server.fault and "No valid host" in server.fault

@@ -16,11 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import wait_until
 
 from vigil.agent.services import ServiceWatch
 from vigil.model import SERVICE_HOLD_PREFIX
 
-from .cloud import HOME, Minicloud, Vigil, report, running_vigil, wait_until
+from .cloud import HOME, Minicloud, Vigil, report, running_vigil
 
 pytestmark = pytest.mark.nova
 HOST = "compute2"
@@ -59,7 +60,7 @@ def test_nova_compute_down_disables_the_host_and_does_not_fence_it(
         watch = watch_nova_compute(vigil)
         watch.start()
         try:
-            wait_until(lambda: watch.acknowledged, "the first service snapshot", 15)
+            wait_until(lambda: watch.acknowledged, "the first service snapshot", 15, every=0.2)
             assert nova_service(cloud)["status"] == "enabled"
 
             t0 = time.monotonic()
@@ -68,14 +69,15 @@ def test_nova_compute_down_disables_the_host_and_does_not_fence_it(
                 lambda: nova_service(cloud)["status"] == "disabled",
                 "Nova to show compute2 disabled",
                 20,
-                step=0.1,
+                every=0.1,
             )
             disabled_in = time.monotonic() - t0
             # Nova shows the change before its answer reaches vigil, which records it then.
             wait_until(
-                lambda: vigil.server.store.get_host_services(HOST).hold.value == "disabled",  # type: ignore[union-attr]
+                lambda: vigil.server.store.get_host_services(HOST).hold.value == "disabled",
                 "vigil to record its hold",
                 10,
+                every=0.2,
             )
             service = nova_service(cloud)
             assert service["disabled_reason"] == f"{SERVICE_HOLD_PREFIX} nova-compute"
@@ -98,6 +100,7 @@ def test_nova_compute_down_disables_the_host_and_does_not_fence_it(
                 lambda: nova_service(cloud)["status"] == "enabled",
                 "vigil to enable compute2 again",
                 60,
+                every=0.2,
             )
             report(
                 request.config,
@@ -115,7 +118,7 @@ def test_nova_compute_down_disables_the_host_and_does_not_fence_it(
                 return [e["event_type"] for e in events.json() if e["event_type"] in watched]
 
             # The hold and its event are written right after Nova's answer.
-            wait_until(lambda: len(service_events()) == 4, "the last event", 5)
+            wait_until(lambda: len(service_events()) == 4, "the last event", 5, every=0.2)
             host_events = service_events()
             assert host_events == [
                 "vigil.host.service.down",
@@ -134,21 +137,28 @@ def test_an_operators_disable_survives_nova_compute_coming_back(
         watch = watch_nova_compute(vigil)
         watch.start()
         try:
-            wait_until(lambda: watch.acknowledged, "the first service snapshot", 15)
+            wait_until(lambda: watch.acknowledged, "the first service snapshot", 15, every=0.2)
             cloud.kill(HOST)
-            wait_until(lambda: nova_service(cloud)["status"] == "disabled", "compute2 disabled", 20)
+            wait_until(
+                lambda: nova_service(cloud)["status"] == "disabled",
+                "compute2 disabled",
+                20,
+                every=0.2,
+            )
             # The operator takes over: their own reason, their own decision.
             vigil.driver.disable(HOST, "operator: replacing a disk")
             cloud.start(HOST)
             wait_until(
-                lambda: vigil.server.store.get_host_services(HOST).down == (),  # type: ignore[union-attr]
+                lambda: vigil.server.store.get_host_services(HOST).down == (),
                 "nova-compute reported up",
                 60,
+                every=0.2,
             )
             wait_until(
-                lambda: vigil.server.store.get_host_services(HOST).hold.value == "",  # type: ignore[union-attr]
+                lambda: vigil.server.store.get_host_services(HOST).hold.value == "",
                 "the hold released",
                 15,
+                every=0.2,
             )
             service = nova_service(cloud)
             assert service["status"] == "disabled"

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import wait_until
 
 from vigil.clock import SystemClock
 from vigil.drivers.errors import PermanentError, TemporaryError
@@ -61,13 +62,6 @@ def emit(store: SqlStore, n: int, start: int = 0) -> list[str]:
     return ids
 
 
-def wait_for(pred, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_events_are_written_in_the_transaction_of_their_change(store: SqlStore) -> None:
     e = make_event("vigil.host.failure.suspected", at=1.0, host="c1", reason="x")
     # an invalid transition writes neither the state nor its event
@@ -88,7 +82,12 @@ def test_every_event_delivered_in_order_to_every_sink(store: SqlStore) -> None:
     try:
         ids = emit(store, 30)
         d.wake()
-        wait_for(lambda: len(a.events) == 30 and len(b.events) == 30)
+        wait_until(
+            lambda: len(a.events) == 30 and len(b.events) == 30,
+            "len(a.events) == 30 and len(b.events) == 30",
+            10.0,
+            every=0.01,
+        )
         assert [e.id for e in a.events] == ids
         assert [e.id for e in b.events] == ids
     finally:
@@ -107,8 +106,8 @@ def test_a_failing_sink_retries_with_backoff_and_others_go_on(store: SqlStore) -
     try:
         ids = emit(store, 3)
         d.wake()
-        wait_for(lambda: len(good.events) == 3)
-        wait_for(lambda: len(flaky.got) == 3)
+        wait_until(lambda: len(good.events) == 3, "len(good.events) == 3", 10.0, every=0.01)
+        wait_until(lambda: len(flaky.got) == 3, "len(flaky.got) == 3", 10.0, every=0.01)
         assert [e.id for e in flaky.got] == ids  # in order, each on its 4th try
         assert all(n == 4 for n in flaky.tries.values())
         assert store.list_dead_letters() == []
@@ -125,7 +124,12 @@ def test_after_the_last_try_a_dead_letter_and_the_sink_moves_on(store: SqlStore)
     try:
         ids = emit(store, 2)
         d.wake()
-        wait_for(lambda: len(store.list_dead_letters()) == 2)
+        wait_until(
+            lambda: len(store.list_dead_letters()) == 2,
+            "len(store.list_dead_letters()) == 2",
+            10.0,
+            every=0.01,
+        )
         letters = store.list_dead_letters(sink="dead")
         assert sorted(dl.event_id for dl in letters) == sorted(ids)
         assert all(dl.attempts == FAST.attempts for dl in letters)
@@ -143,7 +147,12 @@ def test_a_permanent_refusal_is_dead_lettered_at_once(store: SqlStore) -> None:
     try:
         emit(store, 1)
         d.wake()
-        wait_for(lambda: len(store.list_dead_letters()) == 1)
+        wait_until(
+            lambda: len(store.list_dead_letters()) == 1,
+            "len(store.list_dead_letters()) == 1",
+            10.0,
+            every=0.01,
+        )
         assert store.list_dead_letters()[0].attempts == 1
     finally:
         d.stop()
@@ -157,7 +166,7 @@ def test_a_crash_before_delivery_delivers_after_restart(store: SqlStore) -> None
     d.start()
     ids = emit(store, 5)
     d.wake()
-    wait_for(lambda: len(first.events) == 5)
+    wait_until(lambda: len(first.events) == 5, "len(first.events) == 5", 10.0, every=0.01)
     d.stop()
     # the server "dies" after these changes were committed, before any delivery
     later = emit(store, 4, start=5)
@@ -167,7 +176,7 @@ def test_a_crash_before_delivery_delivers_after_restart(store: SqlStore) -> None
     )
     d2.start()
     try:
-        wait_for(lambda: len(second.events) == 4)
+        wait_until(lambda: len(second.events) == 4, "len(second.events) == 4", 10.0, every=0.01)
         assert [e.id for e in second.events] == later  # resumed at its cursor
         assert not set(ids) & {e.id for e in second.events}
     finally:
@@ -191,9 +200,14 @@ def test_filters_and_new_sinks_start_at_the_end(store: SqlStore) -> None:
         )
         store.append_events([end])
         d.wake()
-        wait_for(lambda: len(got.events) == 1)
+        wait_until(lambda: len(got.events) == 1, "len(got.events) == 1", 10.0, every=0.01)
         assert got.events[0].id == end.id
-        wait_for(lambda: store.get_sink("filtered").cursor == store.last_event_seq())
+        wait_until(
+            lambda: store.get_sink("filtered").cursor == store.last_event_seq(),
+            'store.get_sink("filtered").cursor == store.last_even',
+            10.0,
+            every=0.01,
+        )
     finally:
         d.stop()
 
@@ -211,8 +225,8 @@ def test_a_slow_consumer_does_not_slow_the_others(store: SqlStore) -> None:
         t0 = time.monotonic()
         emit(store, 5)
         d.wake()
-        wait_for(lambda: len(fast.events) == 5)
+        wait_until(lambda: len(fast.events) == 5, "len(fast.events) == 5", 10.0, every=0.01)
         assert time.monotonic() - t0 < 1.0  # the slow one needs 1.5 s for its five
-        wait_for(lambda: len(slow.got) == 5)
+        wait_until(lambda: len(slow.got) == 5, "len(slow.got) == 5", 10.0, every=0.01)
     finally:
         d.stop()

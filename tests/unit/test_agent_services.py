@@ -12,12 +12,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from support import wait_until
 
 from vigil.agent.services import ServiceWatch, command_lines, parse_watched
 from vigil.api.guest import add_guest_routes
@@ -33,15 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bmc.emulators import free_port
 
 KEY = "agent-key-for-service-tests"
-
-
-def until(check: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # --- on a given process table -----------------------------------------------------------
@@ -139,7 +131,7 @@ class Server:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
-        until(lambda: self._server is not None and self._server.started, 10, "the API")
+        wait_until(lambda: self._server is not None and self._server.started, "the API", 10)
 
     def stop(self) -> None:
         if self._server is not None and self._thread is not None:
@@ -177,12 +169,12 @@ def test_a_killed_service_disables_the_host_and_its_return_enables_it(server: Se
     )
     watch.start()
     try:
-        until(lambda: server.store.get_host_services("c1"), 10, "the first snapshot")
+        wait_until(lambda: server.store.get_host_services("c1"), "the first snapshot", 10)
         assert not server.cloud.get_service("c1").disabled
 
         nova.kill()
         nova.wait()
-        until(lambda: server.cloud.get_service("c1").disabled, 10, "the host disabled")
+        wait_until(lambda: server.cloud.get_service("c1").disabled, "the host disabled", 10)
         service = server.cloud.get_service("c1")
         assert service.disabled_reason == "vigil: host services down: nova-compute"
         assert not service.forced_down
@@ -193,9 +185,9 @@ def test_a_killed_service_disables_the_host_and_its_return_enables_it(server: Se
         nova = fake_service(f"nova-{marker}")
         time.sleep(0.5)
         server.start()
-        until(lambda: not server.cloud.get_service("c1").disabled, 20, "the host enabled")
+        wait_until(lambda: not server.cloud.get_service("c1").disabled, "the host enabled", 20)
         # The hold and its event are written right after Nova's answer.
-        until(lambda: len(server.store.list_events(limit=100)) == 4, 5, "the last event")
+        wait_until(lambda: len(server.store.list_events(limit=100)) == 4, "the last event", 5)
         types = [e.event_type for e in server.store.list_events(limit=100)]
         assert types == [
             "vigil.host.service.down",

@@ -31,6 +31,7 @@ from vigil.engine.engine import Engine
 from vigil.engine.guest_engine import GuestEngine
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
 from vigil.engine.lease import LeaseKeeper, SelfFenceDevice
+from vigil.engine.masakari_rules import SegmentTargets, replay_reports
 from vigil.engine.outbox import OutboxDispatcher, Sink, webhook_sink
 from vigil.engine.service_keeper import ServiceKeeper
 from vigil.model import Host
@@ -154,6 +155,12 @@ class VigilServer:
                 records=self.masakari_records,
                 defaults=settings.recovery,
             ),
+        )
+        # Masakari's recovery methods choose evacuation destinations; its reports that
+        # were not acted on before a restart are handed to the engine again.
+        self.engine.use_evacuation_targets(SegmentTargets(self.store, self.masakari_records))
+        replay_reports(
+            store=self.store, engine=self.engine, records=self.masakari_records, clock=self.clock
         )
         self._stop = threading.Event()
         self._uvicorn = uvicorn.Server(

@@ -19,7 +19,7 @@ import pytest
 from vigil.clock import FakeClock
 from vigil.drivers import compute as nova
 from vigil.drivers.compute import ComputeDriver, ComputeService, Server
-from vigil.drivers.errors import NotFound, TemporaryError
+from vigil.drivers.errors import Conflict, NotFound, TemporaryError
 from vigil.engine.guest import (
     Escalate,
     GuestPolicy,
@@ -97,6 +97,10 @@ class FakeNova(ComputeDriver):
         self._set(sid, nova.ACTIVE)
 
     def start(self, server_id: str) -> None:
+        # as Nova (and the compute contract, tests/contract/compute_contract.py): only a
+        # stopped instance can be started
+        if self.servers[server_id].status != nova.SHUTOFF:
+            raise Conflict(f"instance {server_id} is {self.servers[server_id].status}")
         self._act("start", server_id)
 
     def stop(self, server_id: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from support import wait_until
 
-from vigil.api.masakari import evacuation_targets
+from vigil.engine.masakari_rules import evacuation_targets
 from vigil.engine.steps import pick_target
 
 from .test_api import DOWN, host, notify, segment

@@ -28,7 +28,7 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -73,8 +73,6 @@ MAX_LIMIT = 1000
 DUPLICATE_INTERVAL = 180.0
 # A report about a host whose vigil heartbeats go on is contradicted after this long.
 REPORT_GRACE = 10.0
-# On start-up, reports younger than this are handed to the engine again (S2).
-REPORT_REPLAY = 3600.0
 
 RECOVERY_METHODS = ("auto", "reserved_host", "auto_priority", "rh_priority")
 NOTIFICATION_TYPES = ("COMPUTE_HOST", "VM", "PROCESS")
@@ -342,22 +340,6 @@ def workflow_details(recovery: Recovery) -> list[dict[str, Any]]:
             }
         )
     return details
-
-
-def evacuation_targets(method: str, reserved: Sequence[str]) -> tuple[str | None, ...]:
-    """Masakari's recovery methods as the destinations an evacuation tries in order, one
-    per attempt (None: Nova's scheduler). No fixed waits between them: the next
-    destination is the next attempt, after vigil's usual backoff."""
-    hosts: tuple[str | None, ...] = tuple(reserved)
-    if method == "reserved_host":
-        # Masakari fails a reserved_host recovery that has no reserved host left; vigil
-        # would rather recover: Nova's scheduler then chooses (and says so in the log).
-        return hosts or (None,)
-    if method == "rh_priority":
-        return (*hosts, None)
-    if method == "auto_priority":
-        return (None, *hosts)
-    return (None,)
 
 
 def vmove_view(notification: Notification, recovery: Recovery, step: Step) -> dict[str, Any]:
@@ -1146,24 +1128,6 @@ class _MasakariApi:
     def many(self, key: str, item: doc.Schema) -> doc.Schema:
         return doc.obj({key: {"type": "array", "items": item}}, [key])
 
-    def targets(self, host: Host, segment: Segment) -> tuple[str | None, ...]:
-        extra = self.records.segments().get(segment.name)
-        usable = (HostState.NEW, HostState.UP)
-        reserved = [
-            h.name
-            for h in self.store.list_hosts(segment.name)
-            if h.reserved and not h.maintenance and h.state in usable and h.name != host.name
-        ]
-        chosen = evacuation_targets(extra.recovery_method if extra else "auto", reserved)
-        if extra and extra.recovery_method == "reserved_host" and not reserved:
-            LOG.warning(
-                "host %s: segment %s recovers to reserved hosts but has none usable: "
-                "Nova's scheduler chooses",
-                host.name,
-                segment.name,
-            )
-        return chosen
-
     def _register(self) -> None:
         """Every route, under /v1 with and without the project id, and the version documents."""
         self.app.middleware("http")(self.microversion_and_auth)
@@ -1189,9 +1153,6 @@ class _MasakariApi:
         self._segment_routes()
         self._notification_routes()
         self._version_routes()
-
-        self.engine.use_evacuation_targets(self.targets)
-        replay_reports(store=self.store, engine=self.engine, records=self.records, clock=self.clock)
 
     def _segment_routes(self) -> None:
         """Segments and their hosts."""
@@ -1437,32 +1398,6 @@ def _check_payload(kind: str, payload: Mapping[str, str]) -> None:
             raise ApiError(400, f"Invalid input for field/attribute {name}: {payload[name]}.")
     if kind == "VM" and not UUID.match(payload["instance_uuid"]):
         raise ApiError(400, "Invalid input for field/attribute instance_uuid: not a UUID.")
-
-
-def replay_reports(*, store: Store, engine: Engine, records: MasakariRecords, clock: Clock) -> int:
-    """Hand the engine again the COMPUTE_HOST reports it has not acted on yet (after a
-    restart: they were persisted before they were acknowledged)."""
-    count = 0
-    now = clock.wall()
-    for n in records.notifications():
-        if (
-            n.type != "COMPUTE_HOST"
-            or n.status != "new"
-            or n.recovery_id is not None
-            or now - n.created_at > REPORT_REPLAY
-            or n.payload.get("event", "").upper() != "STOPPED"
-        ):
-            continue
-        try:
-            host = store.get_host(n.hostname)
-        except NotFoundError:
-            continue
-        if host.state in (HostState.NEW, HostState.UP, HostState.SUSPECT):
-            engine.report_down(
-                n.hostname, source="masakari", reason="COMPUTE_HOST STOPPED (replayed)"
-            )
-            count += 1
-    return count
 
 
 def install_openapi(app: FastAPI) -> None:

@@ -30,6 +30,7 @@ from vigil.drivers.webhook import WebhookNotifier
 from vigil.engine.engine import Engine
 from vigil.engine.guest_engine import GuestEngine
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
+from vigil.engine.known_hosts import KnownHosts
 from vigil.engine.lease import LeaseKeeper, SelfFenceDevice
 from vigil.engine.masakari_rules import SegmentTargets, replay_reports
 from vigil.engine.outbox import OutboxDispatcher, Sink, webhook_sink
@@ -85,12 +86,16 @@ class VigilServer:
                 raise config.ConfigError("compute.driver is sim: set compute.sim_url")
             compute = SimCompute(cloud)
         self.compute = compute
+        self.heartbeats = HeartbeatTable(self.clock)
+        # What the engine's snapshots say of the hosts, for the lease keeper to read: made
+        # first, so that neither asks the other.
+        self.known = KnownHosts(self.heartbeats, self.store.list_hosts())
         self.leases = LeaseKeeper(
             self.clock,
             settings.self_fencing,
-            may_grant=lambda h: self.engine.may_grant(h),
+            may_grant=self.known.may_grant,
             members=lambda: [(h.name, h.segment) for h in self.store.list_hosts()],
-            agent_known=lambda h: self.engine.agent_known(h),
+            agent_known=self.known.agent_known,
         )
         fence = fence_devices or fence_factory(cloud, self.leases)
         # Kept in memory when configured: the demo and the tests read what was published.
@@ -98,7 +103,6 @@ class VigilServer:
         self._bus_sinks = [self._bus_sink(name) for name in settings.notifiers]
         self._webhook_sinks: dict[tuple[str, str, str, tuple[str, ...]], Sink] = {}
         self.outbox = OutboxDispatcher(self.store, clock=self.clock, sinks=self._sinks)
-        self.heartbeats = HeartbeatTable(self.clock)
         self.engine = Engine(
             store=self.store,
             compute=self.compute,
@@ -108,6 +112,7 @@ class VigilServer:
             clock=self.clock,
             heartbeats=self.heartbeats,
             leases=self.leases,
+            known=self.known,
         )
         # Guest-OS failures reported by the agents' libvirt monitors.
         # ...and the agents' service watch (nova-compute, libvirtd down: disable, not fence).
@@ -126,7 +131,7 @@ class VigilServer:
         self.receiver = HeartbeatReceiver(
             self.heartbeats,
             key=settings.agent_key.encode(),
-            known_host=self.engine.is_known_host,
+            known_host=self.known.is_known,
             bind=(settings.heartbeat_host, settings.heartbeat_port),
             clock=self.clock,
             leases=self.leases,

@@ -54,6 +54,7 @@ from vigil.engine.decide import (
 )
 from vigil.engine.flow import StepInput, run_step
 from vigil.engine.heartbeat import HeartbeatTable
+from vigil.engine.known_hosts import KnownHosts
 from vigil.engine.lease import LeaseKeeper
 from vigil.engine.reconciler import Loop, Reaction, RetryPolicy
 from vigil.engine.steps import StepContext
@@ -93,6 +94,7 @@ class Engine(Reaction[Snapshot, Action]):
         clock: Clock,
         heartbeats: HeartbeatTable,
         leases: LeaseKeeper | None = None,
+        known: KnownHosts | None = None,
         on_events: Callable[[], None] | None = None,
         wait: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -112,7 +114,7 @@ class Engine(Reaction[Snapshot, Action]):
             settings=settings.recovery,
             clock=clock,
             wait=wait,
-            hosts=lambda: self._hosts,
+            hosts=lambda: self.known.all(),
             fenced=lambda name: name in self._fenced,
             spread=self._spread,
             booted_again=self._booted_again,
@@ -126,12 +128,9 @@ class Engine(Reaction[Snapshot, Action]):
         # Reports that a host is down (source, reason, monotonic time, withdrawn): one
         # signal each for decide, consumed when the host is declared failed.
         self._reports: dict[str, tuple[str, str, float, bool]] = {}
-        hosts = store.list_hosts()
-        self._known: frozenset[str] = frozenset(h.name for h in hosts)
         # The latest snapshot's hosts, for threads that must not read the store per call
-        # (lease grants, evacuation targets); replaced whole each cycle.
-        self._hosts: dict[str, Host] = {h.name: h for h in hosts}
-        self._states: dict[str, HostState] = {h.name: h.state for h in hosts}
+        # (lease grants, heartbeats, evacuation targets); shared with the lease keeper.
+        self.known = known or KnownHosts(heartbeats, store.list_hosts())
         self._fenced: frozenset[str] = frozenset()  # recovered, or fence confirmed
         self._aimed: Counter[str] = Counter()  # evacuations aimed at each host
         # Operator requests that wait on Nova or a BMC (``request``): their own workers,
@@ -162,23 +161,7 @@ class Engine(Reaction[Snapshot, Action]):
     # --- public -------------------------------------------------------------------------
 
     def is_known_host(self, name: str) -> bool:
-        return name in self._known
-
-    def agent_known(self, name: str) -> bool:
-        """Whether a vigil agent has ever been heard from the host: in this process, or
-        (its kernel boot id stored) in an earlier one. A host never heard cannot have
-        reset itself by its watchdog: it is never taken as self-fenced."""
-        host = self._hosts.get(name)
-        return self._heartbeats.age(name) is not None or (
-            host is not None and host.boot_id is not None
-        )
-
-    def may_grant(self, name: str) -> bool:
-        """Whether a self-fencing lease may go to this host: a known host that is not
-        failed or recovered, by the stored state (which survives a restart of this
-        server, unlike the lease keeper's revocations)."""
-        state = self._states.get(name)
-        return state is not None and state not in (HostState.FAILED, HostState.RECOVERED)
+        return self.known.is_known(name)
 
     def wake(self) -> None:
         self._loop.wake()
@@ -278,9 +261,7 @@ class Engine(Reaction[Snapshot, Action]):
 
     def snapshot(self) -> Snapshot:
         hosts = self._store.list_hosts()
-        self._known = frozenset(h.name for h in hosts)
-        self._hosts = {h.name: h for h in hosts}
-        self._states = {h.name: h.state for h in hosts}
+        self.known.replace(hosts)
         ages = self._heartbeats.ages()
         boots = self._heartbeats.kernel_boot_ids()
         now_mono = self._clock.monotonic()
@@ -610,7 +591,7 @@ class Engine(Reaction[Snapshot, Action]):
     def _booted_again(self, name: str) -> bool | None:
         """Whether the host has been heard with another kernel boot id than the one stored
         (a failed host's stays the one before its failure); None when none is known."""
-        host = self._hosts.get(name)
+        host = self.known.get(name)
         if host is None or host.boot_id is None:
             return None
         heard = self._heartbeats.kernel_boot_ids().get(name)

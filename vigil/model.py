@@ -224,6 +224,9 @@ class Step:
     detail: str = ""
     result: Mapping[str, Any] = field(default_factory=dict)
     target_host: str | None = None  # a consumer's chosen destination for an evacuation
+    # An evacuation's input: the status its instance had before the failure (None: not
+    # known when it was planned, as for a consumer's evacuation)
+    status_before: str | None = None
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,7 @@ class NewStep:
     status: StepStatus = StepStatus.PENDING
     detail: str = ""
     target_host: str | None = None
+    status_before: str | None = None  # an evacuation's instance, before the failure
 
 
 @dataclass(frozen=True)

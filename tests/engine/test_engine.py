@@ -175,6 +175,8 @@ def test_whole_recovery_on_the_fake_clock_with_events_in_order(world: World) -> 
     # highest priority planned first
     evac = [s for s in recovery.steps if s.kind == "evacuate"]
     assert [s.instance_name for s in evac] == ["vm2", "vm1", "vm0"]
+    # each evacuation carries, as its input, the status its instance had before the failure
+    assert [s.status_before for s in evac] == ["ACTIVE"] * 3
     events = world.store.list_events(limit=1000)
     every_type = [e.event_type for e in events]
     # The instances' states are recorded beside the fence, before the planning listing.

@@ -27,6 +27,7 @@ def test_enums_tuples_mappings_and_nulls_come_back_typed() -> None:
         detail="",
         result={"status": "ACTIVE"},
         target_host=None,
+        status_before="ACTIVE",
     )
     step = record_of(Step, row)
     assert step.kind is StepKind.EVACUATE and step.status is StepStatus.RUNNING

@@ -213,6 +213,13 @@ def plan_instances(
     rebooted = ctx.booted_again(host.name) is not False
     if record is not None and record.status == "succeeded" and rebooted:
         before = {str(i.get("id")) for i in record.result.get("instances", [])}
+    # Each instance's status before the failure, as read before the fence (when that read
+    # succeeded): what its evacuation restores.
+    recorded: dict[str, str] = {}
+    if record is not None and record.status == "succeeded":
+        recorded = {
+            str(i.get("id")): str(i.get("status")) for i in record.result.get("instances", [])
+        }
     fenced = recovery.step(StepKind.FENCE) if recovery is not None else None
     held_off_at: float | None = None
     if fenced is not None and fenced.status == "succeeded" and not fenced.result.get("resets"):
@@ -244,7 +251,9 @@ def plan_instances(
             )
             continue
         kind = StepKind.EVACUATE if policy == HaPolicy.KEEP_RUNNING else StepKind.NOTIFY
-        planned.append((-priority, server.name, NewStep(kind, server.id, server.name, priority)))
+        status_before = recorded.get(server.id, str(seen[-1]["status"]))
+        step = NewStep(kind, server.id, server.name, priority, status_before=status_before)
+        planned.append((-priority, server.name, step))
     planned.sort(key=lambda p: (p[0], p[1]))
     steps = [p[2] for p in planned]
     evacuations = sum(1 for s in steps if s.kind == StepKind.EVACUATE)
@@ -269,8 +278,10 @@ def record_instances(ctx: StepContext, host: Host) -> Done:
 
 
 def _status_before(recovery: Recovery, instance_id: str) -> str | None:
-    """The instance's state before the failure: recorded before the fence when that read
-    succeeded, else as the planning listing (after the fence) saw it."""
+    """The instance's state before the failure, for an evacuation step that does not
+    carry it (planned before steps had inputs, or a consumer's): recorded before the
+    fence when that read succeeded, else as the planning listing (after the fence) saw
+    it."""
     for kind in (StepKind.RECORD_INSTANCES, StepKind.LIST_INSTANCES):
         listing = recovery.step(kind)
         if listing is None:
@@ -432,7 +443,8 @@ def evacuate(
         raise TemporaryError(
             f"{label} is ERROR on {server.host} after evacuation: {server.fault or 'no fault'}"
         )
-    before = _status_before(recovery, sid)
+    # The step's input; steps planned before it was one (migration 0008) read the listings.
+    before = step.status_before or _status_before(recovery, sid)
     if server.status == nova.SHUTOFF and before == nova.ACTIVE:
         # Nova >= 2.95 leaves evacuated instances stopped; the owner had it running.
         ctx.compute.start(sid)

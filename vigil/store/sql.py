@@ -204,6 +204,8 @@ class StepRow(Base):
     detail: Mapped[str] = mapped_column(sa.Text)
     result: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
     target_host: Mapped[str | None] = mapped_column(sa.String(_NAME))
+    # An evacuation's input: its instance's status before the failure (migration 0008).
+    status_before: Mapped[str | None] = mapped_column(sa.String(_ENUM))
 
 
 class ControlRow(Base):
@@ -1566,6 +1568,7 @@ class SqlStore(Store):
                     detail=new.detail,
                     result={},
                     target_host=new.target_host,
+                    status_before=new.status_before,
                 )
             )
         s.add_all(rows)

@@ -1,12 +1,16 @@
-"""What many tests share: waiting for a condition.
+"""What many tests share: waiting for a condition, a store to run a reaction on.
 
 Imported as ``from support import wait_until`` (the tests folder is on the path)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
+
+from vigil.model import Host, Segment
+from vigil.store.sql import SqlStore, upgrade
 
 
 def wait_until(
@@ -34,3 +38,15 @@ def wait_until(
             why = f" (last: {last!r})" if last is not None else ""
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}{why}")
         time.sleep(every)
+
+
+def new_store(tmp_path: Path, segment: Segment, hosts: Iterable[Host] = ()) -> SqlStore:
+    """A migrated SQLite store under ``tmp_path`` holding ``segment`` and ``hosts``: the
+    one set-up of the tests that run a reaction on a real store."""
+    url = f"sqlite:///{tmp_path / 'vigil.db'}"
+    upgrade(url)
+    store = SqlStore(url)
+    store.create_segment(segment)
+    for host in hosts:
+        store.create_host(host)
+    return store

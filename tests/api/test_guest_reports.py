@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from support import new_store
 
 from vigil.api.guest import add_guest_routes
 from vigil.clock import FakeClock
@@ -18,7 +19,7 @@ from vigil.engine.service_keeper import ServiceKeeper
 from vigil.model import GuestFailureKind, GuestReport, Host, Segment, ServiceState
 from vigil.sim.cloud import SimCloud
 from vigil.sim.drivers import SimCompute
-from vigil.store.sql import SqlStore, upgrade
+from vigil.store.sql import SqlStore
 from vigil.wire.reports import SIGNATURE_HEADER, encode_reports, encode_services, sign
 
 KEY = b"agent-key"
@@ -26,11 +27,7 @@ KEY = b"agent-key"
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[tuple[TestClient, SqlStore]]:
-    url = f"sqlite:///{tmp_path / 'v.db'}"
-    upgrade(url)
-    store = SqlStore(url)
-    store.create_segment(Segment("a"))
-    store.create_host(Host("c1", "a"))
+    store = new_store(tmp_path, Segment("a"), [Host("c1", "a")])
     clock = FakeClock()
     compute = SimCompute(SimCloud(clock))
     keeper = ServiceKeeper(store=store, compute=compute, clock=clock)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from support import new_store
 
 from vigil.clock import FakeClock
 from vigil.config import DetectionSettings, RecoverySettings, Settings
@@ -34,7 +35,6 @@ from vigil.model import (
 from vigil.server import fence_factory
 from vigil.sim.cloud import SimCloud, SimLatency
 from vigil.sim.drivers import SimCompute
-from vigil.store.sql import SqlStore, upgrade
 
 HOSTS = ("c1", "c2", "c3", "c4")
 TICK = 0.05
@@ -56,10 +56,7 @@ class World:
             for i in range(3)
         ]
         self.cloud.add_instance("scratch", "c1", policy=HaPolicy.OFF)
-        url = f"sqlite:///{tmp_path / 'v.db'}"
-        upgrade(url)
-        self.store = SqlStore(url)
-        self.store.create_segment(Segment("s1"))
+        self.store = new_store(tmp_path, Segment("s1"))
         for h in HOSTS:
             self.store.create_host(Host(h, "s1", fencing=(FenceMethod("sim"),)))
         self.heartbeats = HeartbeatTable(self.clock)

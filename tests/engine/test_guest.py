@@ -15,6 +15,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+from support import new_store
 
 from vigil.clock import FakeClock
 from vigil.drivers import compute as nova
@@ -42,7 +43,6 @@ from vigil.model import (
     Segment,
     StepStatus,
 )
-from vigil.store.sql import SqlStore, upgrade
 
 HOST = "compute-1"
 SETTINGS = GuestSettings(
@@ -112,11 +112,9 @@ class FakeNova(ComputeDriver):
 
 class World:
     def __init__(self, tmp_path: Path) -> None:
-        url = f"sqlite:///{tmp_path / 'vigil.db'}"
-        upgrade(url)
-        self.store = SqlStore(url)
-        self.store.create_segment(Segment("rack-a", default_policy=HaPolicy.OFF))
-        self.store.create_host(Host(HOST, "rack-a"))
+        self.store = new_store(
+            tmp_path, Segment("rack-a", default_policy=HaPolicy.OFF), [Host(HOST, "rack-a")]
+        )
         self.clock = FakeClock()
         self.nova = FakeNova()
         self.guest = GuestEngine(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+from support import new_store
 
 from vigil.clock import FakeClock
 from vigil.drivers.compute import ComputeService
@@ -33,7 +34,6 @@ from vigil.model import (
 )
 from vigil.sim.cloud import SimCloud
 from vigil.sim.drivers import SimCompute
-from vigil.store.sql import SqlStore, upgrade
 
 T0 = 1_800_000_000.0
 UP = ServiceState(True, T0 - 100, "pid 1")
@@ -99,11 +99,7 @@ def test_an_unknown_host_is_skipped() -> None:
 class World:
     def __init__(self, tmp_path: Path) -> None:
         self.clock = FakeClock(start=T0)
-        url = f"sqlite:///{tmp_path / 'vigil.db'}"
-        upgrade(url)
-        self.store = SqlStore(url)
-        self.store.create_segment(Segment("seg"))
-        self.store.create_host(Host("c1", "seg", state=HostState.UP))
+        self.store = new_store(tmp_path, Segment("seg"), [Host("c1", "seg", state=HostState.UP)])
         self.cloud = SimCloud(self.clock, sleep=lambda s: None)
         self.cloud.add_host("c1")
         self.cloud.add_host("c2")

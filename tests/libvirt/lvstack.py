@@ -37,7 +37,7 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from services import require
-from support import wait_until
+from support import new_store, wait_until
 
 from vigil.agent.libvirt_monitor import LibvirtMonitor, Observation, ReportSender
 from vigil.api.guest import add_guest_routes
@@ -49,7 +49,7 @@ from vigil.engine.guest import GuestPolicy, GuestSettings
 from vigil.engine.guest_engine import GuestEngine
 from vigil.engine.service_keeper import ServiceKeeper
 from vigil.model import HaPolicy, Host, InstanceFailure, Segment
-from vigil.store.sql import SqlStore, upgrade
+from vigil.store.sql import SqlStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tinyguest as guest
@@ -309,11 +309,7 @@ class Stack:
 
 
 def make_stack(tmp_path: Path, files: GuestFiles, uri: str) -> Iterator[Stack]:
-    url = f"sqlite:///{tmp_path / 'vigil.db'}"
-    upgrade(url)
-    store = SqlStore(url)
-    store.create_segment(Segment("lv"))
-    store.create_host(Host(HOST, "lv"))
+    store = new_store(tmp_path, Segment("lv"), [Host(HOST, "lv")])
     compute = LibvirtCompute(uri)
     policies: dict[str, GuestPolicy] = {}
     clock = SystemClock()

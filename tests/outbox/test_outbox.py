@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import wait_until
+from support import new_store, wait_until
 
 from vigil.clock import SystemClock
 from vigil.drivers.errors import PermanentError, TemporaryError
@@ -17,18 +17,14 @@ from vigil.drivers.notifier import MemoryNotifier, Notifier
 from vigil.engine.outbox import DeliverySettings, OutboxDispatcher, Sink
 from vigil.events import make_event
 from vigil.model import Event, Host, HostState, Segment
-from vigil.store.sql import SqlStore, upgrade
+from vigil.store.sql import SqlStore
 
 FAST = DeliverySettings(attempts=4, backoff=0.05, backoff_max=0.2, poll=0.05)
 
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[SqlStore]:
-    url = f"sqlite:///{tmp_path / 'v.db'}"
-    upgrade(url)
-    s = SqlStore(url)
-    s.create_segment(Segment("s1"))
-    s.create_host(Host("c1", "s1"))
+    s = new_store(tmp_path, Segment("s1"), [Host("c1", "s1")])
     yield s
     s.close()
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from support import wait_until
+from support import new_store, wait_until
 
 from vigil.agent.services import ServiceWatch, command_lines, parse_watched
 from vigil.api.guest import add_guest_routes
@@ -28,7 +28,6 @@ from vigil.engine.service_keeper import ServiceKeeper
 from vigil.model import Host, HostState, Segment
 from vigil.sim.cloud import SimCloud
 from vigil.sim.drivers import SimCompute
-from vigil.store.sql import SqlStore, upgrade
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bmc.emulators import free_port
@@ -104,11 +103,7 @@ def test_the_real_process_table_is_read() -> None:
 
 class Server:
     def __init__(self, tmp_path: Path) -> None:
-        url = f"sqlite:///{tmp_path / 'vigil.db'}"
-        upgrade(url)
-        self.store = SqlStore(url)
-        self.store.create_segment(Segment("seg"))
-        self.store.create_host(Host("c1", "seg", state=HostState.UP))
+        self.store = new_store(tmp_path, Segment("seg"), [Host("c1", "seg", state=HostState.UP)])
         clock = SystemClock()
         self.cloud = SimCloud(clock)
         self.cloud.add_host("c1")

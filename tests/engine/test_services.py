@@ -4,12 +4,14 @@ again by rule, an operator's own disable respected, Nova errors retried."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
 import pytest
-from support import new_store
+from support import new_store, wait_until
 
 from vigil.clock import FakeClock
 from vigil.drivers.compute import ComputeService
@@ -178,6 +180,38 @@ def test_nova_compute_down_disables_the_host_and_up_again_enables_it(world: Worl
     down = world.events()[0][1]
     assert down["changed"] == ["nova-compute"] and down["services_down"] == ["nova-compute"]
     assert world.events()[3][1]["action"] == "enabled"
+
+
+def test_a_disable_stuck_on_nova_delays_no_other_hosts_decision(world: World) -> None:
+    # Nova holds c1's disable (it waits on the dead compute, up to rpc_response_timeout):
+    # c2's nova-compute going down is still decided on and disabled meanwhile.
+    world.store.create_host(Host("c2", "seg", state=HostState.UP))
+    entered, release = threading.Event(), threading.Event()
+    disable = world.compute.disable
+
+    def stuck(host: str, reason: str) -> None:
+        if host == "c1":
+            entered.set()
+            release.wait(30)
+        disable(host, reason)
+
+    world.compute.disable = stuck  # type: ignore[method-assign]
+    down = {"nova-compute": ServiceState(False, T0, "no process")}
+    world.keeper.receive("c1", down, reported_at=T0)
+    try:
+        world.keeper.run_cycle()
+        assert entered.wait(5)
+        world.keeper.receive("c2", down, reported_at=T0 + 1)
+        started = time.monotonic()
+        actions = world.keeper.run_cycle()
+        assert time.monotonic() - started < 1, "the cycle waited on c1's disable"
+        assert [a.host for a in actions] == ["c2"]  # c1 is busy: left alone
+        wait_until(lambda: world.cloud.get_service("c2").disabled, "c2 disabled", 5)
+        assert not world.cloud.get_service("c1").disabled
+    finally:
+        release.set()
+    assert world.keeper.drain()
+    assert world.cloud.get_service("c1").disabled
 
 
 def test_an_operators_disable_is_left_alone_both_ways(world: World) -> None:

@@ -56,6 +56,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' shared support, as pytest has it
+
+from support import wait_until  # noqa: E402
 
 from tests.nova.cloud import (  # noqa: E402
     COMPUTES,
@@ -63,7 +66,6 @@ from tests.nova.cloud import (  # noqa: E402
     Minicloud,
     ProcessFence,
     running_vigil,
-    wait_until,
 )
 from vigil.drivers.fencing import PowerState  # noqa: E402
 
@@ -387,7 +389,7 @@ def run_masakari(cloud: Minicloud, ids: list[str], profile: str) -> dict[str, An
         return n if n["status"] in ("finished", "error", "failed", "ignored") else None
 
     try:
-        final = wait_until(settled, "Masakari's notification to finish", 120, step=1)
+        final = wait_until(settled, "Masakari's notification to finish", 120, every=1)
         result["notification_status"] = final["status"]
     except AssertionError:
         result["notification_status"] = "unfinished"

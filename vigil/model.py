@@ -363,6 +363,8 @@ class HostServices:
     hold: ComputeHold = ComputeHold.NONE
     hold_reason: str = ""  # the disabled_reason set, or the one found (LEFT)
     changed_at: float = 0.0
+    action_attempts: int = 0  # failed attempts at the pending action, in a row
+    next_attempt_at: float = 0.0  # not before this (a retry after a Nova error)
 
     @property
     def down(self) -> tuple[str, ...]:

@@ -252,6 +252,30 @@ def test_a_nova_error_is_retried_after_a_pause(world: World) -> None:
     assert world.service().disabled
 
 
+def test_a_restarted_keeper_resumes_the_retry_where_it_was(world: World) -> None:
+    world.compute.fail = 2
+    world.report(T0, nova_compute=False, libvirtd=True)
+    world.cycle()
+    stored = world.store.get_host_services("c1")
+    assert stored is not None and stored.action_attempts == 1
+    assert stored.next_attempt_at == T0 + 5
+    world.keeper.stop()  # vigil restarts: a new keeper on the same store
+    world.keeper = ServiceKeeper(
+        store=world.store, compute=world.compute, clock=world.clock, retry_after=5.0
+    )
+    world.clock.advance(1)
+    assert world.cycle() == []  # still not before the stored time
+    world.clock.advance(5)
+    world.cycle()  # the second attempt fails too: counted on from the stored one
+    stored = world.store.get_host_services("c1")
+    assert stored is not None and stored.action_attempts == 2 and not world.service().disabled
+    world.clock.advance(5)
+    world.cycle()
+    assert world.service().disabled
+    stored = world.store.get_host_services("c1")
+    assert stored is not None and (stored.action_attempts, stored.next_attempt_at) == (0, 0.0)
+
+
 def test_after_a_host_failure_the_hold_is_forgotten_and_taken_again_after_restore(
     world: World,
 ) -> None:

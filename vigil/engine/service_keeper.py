@@ -14,8 +14,8 @@ action, calls the pure ``decide_services`` and performs its answer against Nova:
 A reaction on the skeleton of ``vigil.engine.reconciler``; its Nova actions run on two
 worker threads, one at a time per host. A Nova error leaves the hold as it was; the
 action is tried again after ``retry_after`` seconds (logged each time, with the host).
-The retry count lives in memory: after a restart the snapshot, which is persisted, says
-again what is to be done, and the action is tried at once.
+The failed attempts and the time of the next are stored with the snapshot, so a
+restarted vigil resumes the retry where it was.
 """
 
 from __future__ import annotations
@@ -84,8 +84,6 @@ class ServiceKeeper(Reaction[ServiceSnapshot, ServiceAction]):
         self._on_events = on_events
         # retried for as long as it takes, every retry_after seconds
         self._retry = RetryPolicy(attempts=0, base=retry_after, cap=retry_after)
-        # host -> (failed attempts, next attempt after a Nova error)
-        self._not_before: dict[str, tuple[int, float]] = {}
         self._workers = KeyedWorkers(2, "vigil-services")  # one action per host at a time
         self.handle(ForgetHold, self._forget)
         self.handle(DisableCompute, self._submit)
@@ -152,9 +150,7 @@ class ServiceKeeper(Reaction[ServiceSnapshot, ServiceAction]):
         candidates = [
             s
             for s in self._store.list_host_services()
-            if may_act(s)
-            and s.host not in busy
-            and self._not_before.get(s.host, (0, 0.0))[1] <= now
+            if may_act(s) and s.host not in busy and s.next_attempt_at <= now
         ]
         hosts = {}
         for s in candidates:
@@ -191,12 +187,16 @@ class ServiceKeeper(Reaction[ServiceSnapshot, ServiceAction]):
                 self._disable(action)
             else:
                 self._release(action, services)
-            self._not_before.pop(action.host, None)
         except Exception as exc:
-            attempt = self._not_before.get(action.host, (0, 0.0))[0] + 1
+            attempt = services.action_attempts + 1
             delay = self._retry.after_failure(attempt, exc)
             delay = self._retry.base if delay is None else delay  # never given up
-            self._not_before[action.host] = (attempt, self._clock.wall() + delay)
+            try:
+                self._store.set_service_retry(
+                    action.host, attempts=attempt, next_attempt_at=self._clock.wall() + delay
+                )
+            except Exception:
+                LOG.exception("host %s: recording the retry failed", action.host)
             what = (
                 "disabling its compute service"
                 if isinstance(action, DisableCompute)

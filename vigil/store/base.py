@@ -371,7 +371,13 @@ class Store(abc.ABC):
         at: float,
         events: Sequence[Event] = (),
     ) -> HostServices:
-        """Record what vigil did to the host's compute service (with its events)."""
+        """Record what vigil did to the host's compute service (with its events); no
+        retry is pending after it."""
+
+    @abc.abstractmethod
+    def set_service_retry(self, host: str, *, attempts: int, next_attempt_at: float) -> None:
+        """The keeper's action on the host's compute service failed ``attempts`` times in
+        a row: not before ``next_attempt_at`` again (kept across a restart)."""
 
     # --- the outbox -----------------------------------------------------------------------
     @abc.abstractmethod

@@ -329,6 +329,9 @@ class HostServicesRow(Base):
     hold: Mapped[str] = mapped_column(sa.String(_ENUM))
     hold_reason: Mapped[str] = mapped_column(sa.Text)
     changed_at: Mapped[float] = mapped_column(sa.Double)
+    # The keeper's failed attempts at its pending action, and when to try again (0009).
+    action_attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(sa.Double, default=0.0)
 
 
 # Reports of these kinds fold into one failure: a crash loop is one episode.
@@ -1267,6 +1270,8 @@ class SqlStore(Store):
                     hold=str(ComputeHold.NONE),
                     hold_reason="",
                     changed_at=at,
+                    action_attempts=0,
+                    next_attempt_at=0.0,
                 )
                 s.add(row)
             else:
@@ -1304,8 +1309,18 @@ class SqlStore(Store):
             row.hold = str(ComputeHold(hold))
             row.hold_reason = reason
             row.changed_at = at
+            row.action_attempts, row.next_attempt_at = 0, 0.0  # done: no retry pending
             s.flush()
             return _host_services(row)
+
+    def set_service_retry(self, host: str, *, attempts: int, next_attempt_at: float) -> None:
+        with self._write(()) as s:
+            self._host_row(s, host, lock=True)
+            row = s.get(HostServicesRow, host)
+            if row is None:
+                raise NotFoundError(f"host {host!r} has no service report")
+            row.action_attempts = attempts
+            row.next_attempt_at = next_attempt_at
 
     @staticmethod
     def _outbox(s: Session, events: Sequence[Event]) -> None:

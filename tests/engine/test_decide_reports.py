@@ -11,6 +11,7 @@ from vigil.engine.decide import (
     ClearReport,
     DeclareFailure,
     DownReport,
+    ForgetReport,
     MarkSuspect,
     ProbePower,
     decide,
@@ -125,3 +126,18 @@ def test_a_report_about_a_host_vigil_cannot_read_is_declared_for_the_fence_to_de
     # not before the BMC was read at least once
     unread = view("c1", HostState.SUSPECT, None, report=OLD)
     assert decide(snap(unread, *healthy(3)), DET) == [ProbePower("c1")]
+
+
+def test_a_report_is_forgotten_once_it_served_or_heartbeats_contradict_it() -> None:
+    late = DownReport("masakari", "COMPUTE_HOST STOPPED", DET.failed_after + 1.0)
+    for state in (HostState.FAILED, HostState.RECOVERED):
+        assert ForgetReport("c1", 0.1) in decide(snap(view("c1", state, None, report=REPORT)), DET)
+    # Kept while it may still count: the host is up and the report is recent.
+    assert decide(snap(view("c1", HostState.UP, 0.3, report=REPORT)), DET) == []
+    # Heartbeats went on long after it: dropped — and a silence is still caught at once.
+    assert decide(snap(view("c1", HostState.UP, 0.3, report=late)), DET) == [
+        ForgetReport("c1", late.age)
+    ]
+    silent = decide(snap(view("c1", HostState.UP, 5.0, report=late), *healthy(3)), DET)
+    assert silent[0] == ForgetReport("c1", late.age)
+    assert isinstance(silent[1], MarkSuspect)

@@ -177,6 +177,17 @@ class HostRebooted:
 
 
 @dataclass(frozen=True)
+class ForgetReport:
+    """Another's report that the host is down has served (the host was declared failed,
+    or is in maintenance) or is contradicted (the host kept beating long after it): it
+    is dropped, silently. ``age`` is how old the report was in the snapshot, so that a
+    newer report that arrived since is kept."""
+
+    host: str
+    age: float
+
+
+@dataclass(frozen=True)
 class ClearReport:
     """Another's report that the host is down, not corroborated: closed, the host back to
     waiting for its first heartbeat (a host without a vigil agent stays so)."""
@@ -228,6 +239,7 @@ Action = (
     | WithdrawDeclaration
     | ResumeSegment
     | ClearReport
+    | ForgetReport
 )
 
 
@@ -363,10 +375,13 @@ def _detect(snap: Snapshot, detection: DetectionSettings) -> list[Action]:
     declared_segments: set[str] = set()
     for name, view in sorted(snap.hosts.items()):
         host = view.host
+        said = view.report
+        if said is not None and _report_done(view, detection):
+            actions.append(ForgetReport(name, said.age))
+            said = None
         if host.maintenance:
             continue
         beating = view.heartbeat_age is not None and view.heartbeat_age < detection.suspect_after
-        said = view.report
         report = said if said is not None and not said.withdrawn else None
         if host.state == HostState.NEW:
             if beating:
@@ -447,6 +462,18 @@ def _detect(snap: Snapshot, detection: DetectionSettings) -> list[Action]:
             ):
                 actions.append(ProbePower(name))
     return actions
+
+
+def _report_done(view: HostView, detection: DetectionSettings) -> bool:
+    """Whether a report that the host is down has nothing more to say: the host was
+    declared failed on it (or after), is in maintenance, or kept beating for longer than
+    a failure takes to be declared after the report arrived."""
+    host, report = view.host, view.report
+    if report is None:
+        return False
+    if host.maintenance or host.state in (HostState.FAILED, HostState.RECOVERED):
+        return True
+    return host.state == HostState.UP and report.age > detection.failed_after
 
 
 def _held(snap: Snapshot, segment_name: str) -> str | None:

@@ -6,11 +6,14 @@ run through ``request`` on their own workers, one at a time per host, never on t
 decision thread; heartbeats only update the table the snapshot reads. Each cycle logs
 one sentence per action, naming the host (and instance), so the log reads as a timeline.
 
-Steps and power probes run on a bounded thread pool so a slow BMC or Nova never stalls
-detection (tests/e2e/test_host_failure.py holds a Nova call for a minute to show it); a
-step is marked RUNNING in the store before its driver call and its outcome is written
-before anything that depends on it starts (S2). On start-up, steps left RUNNING by a
-crash are requeued; they are idempotent (see ``vigil.engine.steps``).
+Steps and power probes run on ``KeyedWorkers`` (``vigil.engine.workers``) so a slow BMC
+or Nova never stalls detection (tests/e2e/test_host_failure.py holds a Nova call for a
+minute to show it); a step is marked RUNNING in the store before its driver call and its
+outcome is written before anything that depends on it starts (S2). A recovery that ends
+with steps still in flight (it ran past ``recovery.max_duration``) cancels them: each
+stops at its next wait and is recorded FAILED, to run again if the operator retries. On
+start-up, steps left RUNNING by a crash are requeued; they are idempotent (see
+``vigil.engine.steps``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from vigil.engine.decide import (
     DeclareFailure,
     DownReport,
     FinishRecovery,
+    ForgetReport,
     HostRebooted,
     HostView,
     MarkSuspect,
@@ -58,6 +62,7 @@ from vigil.engine.known_hosts import KnownHosts
 from vigil.engine.lease import LeaseKeeper
 from vigil.engine.reconciler import Loop, Reaction, RetryPolicy
 from vigil.engine.steps import StepContext
+from vigil.engine.workers import Cancelled, KeyedWorkers
 from vigil.events import STEP_EVENT_NAMES, make_event
 from vigil.model import (
     Event,
@@ -120,13 +125,16 @@ class Engine(Reaction[Snapshot, Action]):
             booted_again=self._booted_again,
             boot_of=lambda name: self._heartbeats.kernel_boot_ids().get(name),
         )
-        self._pool = ThreadPoolExecutor(settings.recovery.workers, thread_name_prefix="vigil-step")
+        # Steps run under the key ("step", recovery id, step id), power reads under
+        # ("probe", host): the snapshot sees both busy and the rule waits for them.
+        self._workers = KeyedWorkers(settings.recovery.workers, "vigil-step")
         self._lock = threading.Lock()
-        self._in_flight: set[int] = set()
-        self._probing: set[str] = set()
+        # The last BMC read of each suspect host (state, monotonic time), forgotten when
+        # a new suspicion starts.
         self._power: dict[str, tuple[PowerState, float]] = {}
         # Reports that a host is down (source, reason, monotonic time, withdrawn): one
-        # signal each for decide, consumed when the host is declared failed.
+        # signal each for decide, dropped when the rule says (ForgetReport): consumed by
+        # the declaration, or contradicted by heartbeats.
         self._reports: dict[str, tuple[str, str, float, bool]] = {}
         # The latest snapshot's hosts, for threads that must not read the store per call
         # (lease grants, heartbeats, evacuation targets); shared with the lease keeper.
@@ -145,6 +153,7 @@ class Engine(Reaction[Snapshot, Action]):
             (RecordBoot, self._on_record_boot),
             (HostRebooted, self._on_host_rebooted),
             (ClearReport, self._on_clear_report),
+            (ForgetReport, self._on_forget_report),
             (WithdrawDeclaration, self._on_withdraw_declaration),
             (ResumeSegment, self._on_resume_segment),
             (PauseSegment, self._on_pause_segment),
@@ -224,17 +233,11 @@ class Engine(Reaction[Snapshot, Action]):
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until no step or probe is in flight (tests and shutdown)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                if not self._in_flight and not self._probing:
-                    return True
-            time.sleep(0.01)
-        return False
+        return self._workers.drain(timeout)
 
     def close(self) -> None:
         self._requests.shutdown(wait=True, cancel_futures=True)
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._workers.stop()
 
     def restore_host(self, name: str) -> Host:
         """Operator says a recovered host may be used again: compute service back up and
@@ -260,49 +263,33 @@ class Engine(Reaction[Snapshot, Action]):
     # --- the cycle ----------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
+        """What the rule decides on. Only reads: the store, the heartbeat table, the
+        BMC readings and reports received, the work in flight."""
         hosts = self._store.list_hosts()
-        self.known.replace(hosts)
         ages = self._heartbeats.ages()
         boots = self._heartbeats.kernel_boot_ids()
         now_mono = self._clock.monotonic()
+        busy_keys = self._workers.busy()
+        probing = {key[1] for key in busy_keys if key[0] == "probe"}  # type: ignore[index]
+        in_flight = frozenset(key[2] for key in busy_keys if key[0] == "step")  # type: ignore[index]
         views: dict[str, HostView] = {}
         with self._lock:
             for host in hosts:
-                if host.state != HostState.SUSPECT:
-                    self._power.pop(host.name, None)
-                if host.maintenance or host.state in (HostState.FAILED, HostState.RECOVERED):
-                    self._reports.pop(host.name, None)  # consumed by the declaration
                 said = self._reports.get(host.name)
-                if (
-                    said
-                    and host.state == HostState.UP
-                    and now_mono - said[2] > self._settings.detection.failed_after
-                ):
-                    # Heartbeats went on after the report: they contradict it.
-                    self._reports.pop(host.name, None)
-                    said = None
-                power = self._power.get(host.name)
+                # A reading counts for the suspicion it was taken in (a new one forgets it).
+                power = self._power.get(host.name) if host.state == HostState.SUSPECT else None
                 views[host.name] = HostView(
                     host=host,
                     heartbeat_age=ages.get(host.name),
                     power=power[0] if power else None,
                     power_read_age=now_mono - power[1] if power else None,
-                    probing=host.name in self._probing,
+                    probing=host.name in probing,
                     report=(
                         DownReport(said[0], said[1], now_mono - said[2], said[3]) if said else None
                     ),
                     boot_id=boots.get(host.name),
                 )
-            in_flight = frozenset(self._in_flight)
         recoveries = tuple(self._store.list_recoveries(statuses=ACTIVE_RECOVERY))
-        self._fenced = frozenset(
-            {h.name for h in hosts if h.state == HostState.RECOVERED}
-            | {
-                r.host
-                for r in recoveries
-                if (fence := r.step(StepKind.FENCE)) and fence.status == StepStatus.SUCCEEDED
-            }
-        )
         busy = {r.host for r in recoveries}
         unfenced: dict[str, Recovery] = {}
         for host in hosts:  # only failed hosts without a recovery: few, read each cycle
@@ -325,7 +312,19 @@ class Engine(Reaction[Snapshot, Action]):
         )
 
     def observe(self) -> Snapshot:
-        return self.snapshot()
+        """The snapshot, and what workers read from it instead of the store: the hosts
+        (``known``) and which of them are fenced."""
+        snap = self.snapshot()
+        self.known.replace(view.host for view in snap.hosts.values())
+        self._fenced = frozenset(
+            {name for name, view in snap.hosts.items() if view.host.state == HostState.RECOVERED}
+            | {
+                r.host
+                for r in snap.recoveries
+                if (fence := r.step(StepKind.FENCE)) and fence.status == StepStatus.SUCCEEDED
+            }
+        )
+        return snap
 
     def decide(self, snapshot: Snapshot) -> list[Action]:
         return decide(
@@ -359,6 +358,8 @@ class Engine(Reaction[Snapshot, Action]):
     def _on_mark_suspect(self, action: MarkSuspect) -> None:
         now = self._clock.wall()
         store = self._store
+        with self._lock:
+            self._power.pop(action.host, None)  # a new suspicion reads the BMC afresh
         event = make_event(
             "vigil.host.failure.suspected", at=now, host=action.host, reason=action.reason
         )
@@ -368,9 +369,14 @@ class Engine(Reaction[Snapshot, Action]):
         LOG.warning("host %s: suspect: %s; reading its BMC", action.host, action.reason)
 
     def _on_probe_power(self, action: ProbePower) -> None:
+        self._workers.submit(("probe", action.host), self._probe, action.host, then=self.wake)
+
+    def _on_forget_report(self, action: ForgetReport) -> None:
         with self._lock:
-            self._probing.add(action.host)
-        self._pool.submit(self._probe, action.host)
+            said = self._reports.get(action.host)
+            # Only the report the rule saw (at least as old): not one that came since.
+            if said is not None and self._clock.monotonic() - said[2] >= action.age:
+                del self._reports[action.host]
 
     def _on_declare_failure(self, action: DeclareFailure) -> None:
         now = self._clock.wall()
@@ -536,15 +542,16 @@ class Engine(Reaction[Snapshot, Action]):
             step, action.recovery_id, action.host, "start", attempt=step.attempts + 1
         )
         step = store.start_step(step.id, at=now, events=[event])
-        with self._lock:
-            self._in_flight.add(step.id)
-        try:
-            self._pool.submit(
-                self._execute, action.recovery_id, action.host, step.id, step.attempts
-            )
-        except RuntimeError:  # pool shut down: leave the step to the next start
-            with self._lock:
-                self._in_flight.discard(step.id)
+        # False when shutting down: the step stays RUNNING, requeued at the next start.
+        self._workers.submit(
+            ("step", action.recovery_id, step.id),
+            self._execute,
+            action.recovery_id,
+            action.host,
+            step.id,
+            step.attempts,
+            then=self._step_done,
+        )
 
     def _on_finish_recovery(self, action: FinishRecovery) -> None:
         now = self._clock.wall()
@@ -562,6 +569,9 @@ class Engine(Reaction[Snapshot, Action]):
         store.finish_recovery(
             action.recovery_id, action.status, at=now, reason=action.reason, events=[event]
         )
+        for key in self._workers.busy():  # its steps still in flight stop at their next wait
+            if key[0] == "step" and key[1] == action.recovery_id:  # type: ignore[index]
+                self._workers.cancel(key, f"recovery {action.recovery_id} ended: {action.reason}")
         LOG.log(
             logging.INFO if ok else logging.ERROR,
             "host %s: recovery %d %s: %s",
@@ -630,14 +640,13 @@ class Engine(Reaction[Snapshot, Action]):
         with self._lock:
             before = self._power.get(name)
             self._power[name] = (state, self._clock.monotonic())
-            self._probing.discard(name)
             changed = before is None or before[0] != state
         if changed:  # said when it changes, not at every read of a suspect host
             LOG.info("host %s: BMC reads power %s", name, state.value)
-        self.wake()
 
     def _execute(self, recovery_id: int, host_name: str, step_id: int, attempts: int) -> None:
         store = self._store
+        key = ("step", recovery_id, step_id)
         try:
             recovery = store.get_recovery(recovery_id)
             step = next(s for s in recovery.steps if s.id == step_id)
@@ -649,7 +658,21 @@ class Engine(Reaction[Snapshot, Action]):
                 else ""
             )
             try:
-                done = run_step(self._ctx, StepInput(step, recovery, host, segment))
+                self._workers.check(key)
+                ctx = replace(self._ctx, wait=self._workers.waiter(key, self._ctx.wait))
+                done = run_step(ctx, StepInput(step, recovery, host, segment))
+            except Cancelled as why:
+                # The recovery ended around it: FAILED with the reason, so that an
+                # operator's retry runs it again (steps are idempotent).
+                detail = f"cancelled: {why}"
+                event = self._step_event(
+                    step, recovery_id, host_name, "error", attempt=attempts, detail=detail
+                )
+                store.finish_step(
+                    step_id, StepStatus.FAILED, at=self._clock.wall(), detail=detail, events=[event]
+                )
+                LOG.warning("host %s: %s %s", host_name, label, detail)
+                return
             except Exception as exc:
                 if not isinstance(exc, DriverError):
                     LOG.exception("host %s: %s crashed", host_name, label)
@@ -707,11 +730,11 @@ class Engine(Reaction[Snapshot, Action]):
             LOG.info("host %s: %s done: %s", host_name, label, done.detail)
         except Exception:
             LOG.exception("host %s: recording step %d failed", host_name, step_id)
-        finally:
-            with self._lock:
-                self._in_flight.discard(step_id)
-            self._events_written()
-            self.wake()
+
+    def _step_done(self) -> None:
+        """A step's outcome is written and its key free: deliver, decide again."""
+        self._events_written()
+        self.wake()
 
     def _step_event(
         self,

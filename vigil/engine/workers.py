@@ -1,4 +1,15 @@
-"""Worker threads for slow calls, at most one at a time per key (a host, a failure)."""
+"""Worker threads for slow calls, at most one at a time per key (a host, a step), with
+cancellation.
+
+Every reaction hands what waits on Nova, a BMC or the network to a ``KeyedWorkers``: the
+host engine (steps and power probes), the guest engine (policy look-ups, restarts) and
+the service keeper (one service action per host). The pool is concurrent.futures'; what
+it adds is the keys — a snapshot asks ``busy()`` and the rule leaves a busy key alone —
+and a cooperative cancel: a job cannot be interrupted inside a driver call, but at its
+next wait (``waiter``) or check (``check``) it raises ``Cancelled``, and its owner
+records the outcome. Work that is cancelled is never half-recorded: the job itself
+writes what became of it (steps are idempotent, so a cancelled one can run again).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +18,10 @@ import time
 from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+
+class Cancelled(Exception):
+    """The job's key was cancelled (``KeyedWorkers.cancel``); the text says why."""
 
 
 class KeyedWorkers:
@@ -19,7 +34,8 @@ class KeyedWorkers:
     def __init__(self, threads: int, name: str) -> None:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
         self._lock = threading.Lock()
-        self._keys: set[Hashable] = set()
+        self._keys: dict[Hashable, threading.Event] = {}  # busy key → its cancel flag
+        self._why: dict[Hashable, str] = {}
 
     def busy(self) -> set[Hashable]:
         with self._lock:
@@ -35,14 +51,16 @@ class KeyedWorkers:
         """Run ``fn(*args)``, then ``then()`` once ``key`` is free again. False when
         shutting down (the work is not done; the caller requeues it)."""
         with self._lock:
-            self._keys.add(key)
+            self._keys[key] = threading.Event()
+            self._why.pop(key, None)
 
         def run() -> None:
             try:
                 fn(*args)
             finally:
                 with self._lock:
-                    self._keys.discard(key)
+                    self._keys.pop(key, None)
+                    self._why.pop(key, None)
                 if then is not None:
                     then()
 
@@ -50,9 +68,47 @@ class KeyedWorkers:
             self._pool.submit(run)
         except RuntimeError:
             with self._lock:
-                self._keys.discard(key)
+                self._keys.pop(key, None)
             return False
         return True
+
+    def cancel(self, key: Hashable, reason: str) -> bool:
+        """Ask the job of ``key`` to stop: its next ``check`` or wait raises
+        ``Cancelled(reason)``. False when no job of that key is in flight."""
+        with self._lock:
+            flag = self._keys.get(key)
+            if flag is None:
+                return False
+            self._why.setdefault(key, reason)
+        flag.set()
+        return True
+
+    def check(self, key: Hashable) -> None:
+        """Raise ``Cancelled`` if ``key`` was cancelled (called by the job itself)."""
+        with self._lock:
+            flag = self._keys.get(key)
+            why = self._why.get(key, "")
+        if flag is not None and flag.is_set():
+            raise Cancelled(why)
+
+    def waiter(
+        self, key: Hashable, wait: Callable[[float], None] = time.sleep
+    ) -> Callable[[float], None]:
+        """A wait for the job of ``key`` that ends early, raising ``Cancelled``, when
+        the key is cancelled. On real time (``time.sleep``) it wakes at the cancel; on
+        an injected clock (tests) it waits on that clock and checks before and after."""
+
+        def cancellable(seconds: float) -> None:
+            self.check(key)
+            with self._lock:
+                flag = self._keys.get(key)
+            if wait is time.sleep and flag is not None:
+                flag.wait(seconds)
+            else:
+                wait(seconds)
+            self.check(key)
+
+        return cancellable
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until nothing runs."""

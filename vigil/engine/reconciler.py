@@ -8,11 +8,10 @@ A reaction (``Reaction``) is three things:
   ``.services``): no I/O, the time comes in the snapshot.
 - each action's type has one handler (``handle``), run in order on the decision thread.
   A handler only records (a store write with its events, in one transaction) and hands
-  whatever waits on Nova, a BMC or the network to the reaction's workers (the guest
-  engine's and the service keeper's are ``KeyedWorkers``: at most one job per key, so the
-  next snapshot sees the key busy and the rule leaves it alone; the host engine's step
-  pool tracks its in-flight steps and probes itself). A worker writes its outcome, with
-  its events, and wakes the loop.
+  whatever waits on Nova, a BMC or the network to the reaction's workers
+  (``vigil.engine.workers.KeyedWorkers``: at most one job per key, so the next snapshot
+  sees the key busy and the rule leaves it alone; cancellable at the job's next wait). A
+  worker writes its outcome, with its events, and wakes the loop.
 
 A ``Loop`` runs reactions' cycles one after the other, every tick or at once when woken;
 one failing cycle or action is logged and the loop goes on.

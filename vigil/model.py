@@ -448,3 +448,29 @@ class InstanceFailure:
     action_attempts: int = 0  # attempts of the current restart step
     action_detail: str = ""
     changed_at: float = 0.0  # last status or step change
+
+
+class RequestKind(enum.StrEnum):
+    """Operator requests that wait on the cloud, carried out by the engine's workers."""
+
+    RESTORE_HOST = "restore-host"  # compute service up and enabled, the host monitored again
+    RESTART_INSTANCE = "restart-instance"  # a consumer's hard reboot of an instance
+
+
+@dataclass(frozen=True)
+class OperatorRequest:
+    """An operator's (or consumer's) request, recorded before it is carried out: PENDING
+    (with its not-before time) → RUNNING → SUCCEEDED or FAILED, back to PENDING after a
+    temporary error; one at a time per ``target`` (a host name, an instance id)."""
+
+    id: int
+    kind: RequestKind
+    target: str
+    host: str | None  # the host it concerns (named in its events and log lines)
+    status: StepStatus
+    reason: str = ""
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+    created_at: float = 0.0
+    finished_at: float | None = None
+    detail: str = ""

@@ -405,7 +405,7 @@ def _host_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
     )
     def restore_host(name: Name) -> HostOut:
         """Put a recovered host back into use (compute service up and enabled)."""
-        return HostOut.of(engine.request(name, lambda: engine.restore_host(name)))
+        return HostOut.of(engine.restore_host(name))
 
 
 def _instance_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
@@ -788,23 +788,7 @@ def _consumer_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
             state = store.get_host(server.host).state
             if state in (HostState.SUSPECT, HostState.FAILED, HostState.RECOVERED):
                 raise HTTPException(409, f"host {server.host} is {state.value}: evacuate instead")
-
-        def act() -> None:
-            compute.reboot(instance_id, hard=True)
-            store.append_events(
-                [
-                    make_event(
-                        "vigil.consumer.action",
-                        at=clock.wall(),
-                        action="restart",
-                        instance_id=instance_id,
-                        host=server.host,
-                        reason="requested through the API",
-                    )
-                ]
-            )
-
-        engine.request(server.host or instance_id, act)
+        engine.restart_instance(instance_id, server.host)  # recorded, done by a worker
         LOG.info(
             "host %s: instance %s (%s) restarted on a consumer's request",
             server.host,

@@ -930,7 +930,7 @@ class _MasakariApi:
             # Masakari's way to put a repaired host back: vigil's restore (compute service
             # up and enabled, monitored again).
             try:
-                host = self.engine.request(host.name, lambda: self.engine.restore_host(host.name))
+                host = self.engine.restore_host(host.name)
             except (Conflict, InvalidTransition) as exc:
                 raise ApiError(409, str(exc)) from None
         changes = {

@@ -2,8 +2,9 @@
 
 Only the engine acts on the cloud. The API records intents (pause, retry) and wakes it;
 operator requests that must call Nova themselves (restore a host, restart an instance)
-run through ``request`` on their own workers, one at a time per host, never on the
-decision thread; heartbeats only update the table the snapshot reads. Each cycle logs
+are recorded too and carried out by workers (``vigil.engine.requests``, a reaction on
+this engine's loop), never on the decision thread; heartbeats only update the table the
+snapshot reads. Each cycle logs
 one sentence per action, naming the host (and instance), so the log reads as a timeline.
 
 Steps and power probes run on ``KeyedWorkers`` (``vigil.engine.workers``) so a slow BMC
@@ -23,15 +24,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 from vigil.clock import Clock
 from vigil.config import Settings
 from vigil.drivers.compute import ComputeDriver
-from vigil.drivers.errors import DriverError, TemporaryError
+from vigil.drivers.errors import DriverError
 from vigil.drivers.fencing import FenceDevice, PowerState
 from vigil.engine.decide import (
     ACTIVE_RECOVERY,
@@ -61,6 +60,7 @@ from vigil.engine.heartbeat import HeartbeatTable
 from vigil.engine.known_hosts import KnownHosts
 from vigil.engine.lease import LeaseKeeper
 from vigil.engine.reconciler import Loop, Reaction, RetryPolicy
+from vigil.engine.requests import OperatorRequests
 from vigil.engine.steps import StepContext
 from vigil.engine.workers import Cancelled, KeyedWorkers
 from vigil.events import STEP_EVENT_NAMES, make_event
@@ -71,8 +71,10 @@ from vigil.model import (
     HostState,
     InvalidTransition,
     NewStep,
+    OperatorRequest,
     Recovery,
     RecoveryStatus,
+    RequestKind,
     Segment,
     Step,
     StepKind,
@@ -81,7 +83,6 @@ from vigil.model import (
 from vigil.store import Store
 
 LOG = logging.getLogger("vigil.engine")
-R = TypeVar("R")
 
 
 class Engine(Reaction[Snapshot, Action]):
@@ -141,10 +142,6 @@ class Engine(Reaction[Snapshot, Action]):
         self.known = known or KnownHosts(heartbeats, store.list_hosts())
         self._fenced: frozenset[str] = frozenset()  # recovered, or fence confirmed
         self._aimed: Counter[str] = Counter()  # evacuations aimed at each host
-        # Operator requests that wait on Nova or a BMC (``request``): their own workers,
-        # so they neither wait behind a recovery's steps nor hold the decision thread.
-        self._requests = ThreadPoolExecutor(2, thread_name_prefix="vigil-request")
-        self._request_locks: dict[str, threading.Lock] = {}
         for kind, handler in (
             (MarkUp, self._on_mark_up),
             (MarkSuspect, self._on_mark_suspect),
@@ -163,9 +160,20 @@ class Engine(Reaction[Snapshot, Action]):
             (FinishRecovery, self._on_finish_recovery),
         ):
             self.handle(kind, handler)
-        self._loop = Loop("vigil-engine", [self], settings.recovery.tick)
         r = settings.recovery
         self._step_retry = RetryPolicy(r.step_attempts, r.retry_backoff, r.retry_backoff_max)
+        # Operator requests that wait on Nova: recorded, then carried out by workers of
+        # their own, so they neither wait behind a recovery's steps nor hold this thread.
+        self.requests = OperatorRequests(
+            store=store,
+            clock=clock,
+            retry=self._step_retry,
+            wake=self.wake,
+            on_events=self._events_written,
+        )
+        self.requests.register(RequestKind.RESTORE_HOST, self._restore_host)
+        self.requests.register(RequestKind.RESTART_INSTANCE, self._restart_instance)
+        self._loop = Loop("vigil-engine", [self, self.requests], settings.recovery.tick)
 
     # --- public -------------------------------------------------------------------------
 
@@ -202,6 +210,7 @@ class Engine(Reaction[Snapshot, Action]):
         count = self._store.requeue_running_steps(at=self._clock.wall())
         if count:
             LOG.warning("resuming: %d recovery steps were running when vigil stopped", count)
+        self.requests.resume_after_restart()
 
     def run(self, stop: threading.Event) -> None:
         self.resume_after_restart()
@@ -209,40 +218,46 @@ class Engine(Reaction[Snapshot, Action]):
         self._loop.run(stop)
         LOG.info("engine stopping")
 
-    def request(self, key: str, fn: Callable[[], R], timeout: float | None = None) -> R:
-        """Carry out an operator's request that waits on Nova or a BMC (restore a host,
-        restart an instance) on a worker — one at a time per ``key`` (a host), never on
-        the decision thread, so a slow Nova delays this caller and nothing else — and
-        return its result. A request not done within ``timeout`` (default: two Nova call
-        timeouts) raises TemporaryError; it may still complete."""
-        limit = timeout if timeout is not None else 2 * self._settings.compute_api_timeout
-        with self._lock:
-            lock = self._request_locks.setdefault(key, threading.Lock())
-
-        def serialised() -> R:
-            with lock:
-                return fn()
-
-        future = self._requests.submit(serialised)
-        try:
-            return future.result(limit)
-        except FutureTimeout:
-            raise TemporaryError(
-                f"{key}: the request is still waiting on the cloud after {limit:g}s"
-            ) from None
-
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until no step or probe is in flight (tests and shutdown)."""
         return self._workers.drain(timeout)
 
     def close(self) -> None:
-        self._requests.shutdown(wait=True, cancel_futures=True)
+        self.requests.close()
         self._workers.stop()
 
-    def restore_host(self, name: str) -> Host:
+    def restore_host(self, name: str, *, timeout: float | None = None) -> Host:
         """Operator says a recovered host may be used again: compute service back up and
-        enabled; the host is monitored again from its next heartbeat."""
+        enabled; the host is monitored again from its next heartbeat. Recorded, carried
+        out by a worker; the caller waits up to ``timeout`` (default: two Nova call
+        timeouts) and gets the host, or the error the request ended with."""
         host = self._store.get_host(name)
+        if host.state != HostState.RECOVERED:
+            raise InvalidTransition(
+                f"host {name} is {host.state.value}: only a recovered host can be restored"
+            )
+        request = self.requests.submit(RequestKind.RESTORE_HOST, name, host=name, reason="operator")
+        self.requests.outcome(request.id, self._request_wait(timeout))
+        return self._store.get_host(name)
+
+    def restart_instance(
+        self, instance_id: str, host: str | None, *, timeout: float | None = None
+    ) -> None:
+        """A consumer's hard reboot of an instance on its (healthy) host: recorded and
+        carried out by a worker; the caller waits as for ``restore_host``."""
+        request = self.requests.submit(
+            RequestKind.RESTART_INSTANCE, instance_id, host=host, reason="requested through the API"
+        )
+        self.requests.outcome(request.id, self._request_wait(timeout))
+
+    def _request_wait(self, timeout: float | None) -> float:
+        return timeout if timeout is not None else 2 * self._settings.compute_api_timeout
+
+    def _restore_host(self, request: OperatorRequest) -> tuple[str, list[Event]]:
+        name = request.target
+        host = self._store.get_host(name)
+        if host.state in (HostState.NEW, HostState.UP):
+            return "already restored", []  # run again after a restart of vigil
         if host.state != HostState.RECOVERED:
             raise InvalidTransition(
                 f"host {name} is {host.state.value}: only a recovered host can be restored"
@@ -251,14 +266,24 @@ class Engine(Reaction[Snapshot, Action]):
         self._compute.enable(name)
         if self._leases is not None:
             self._leases.reinstate(name)
-        LOG.info("host %s: restored by operator; compute service up and enabled", name)
         now = self._clock.wall()
-        event = make_event("vigil.host.restored", at=now, host=name, reason="operator")
-        restored = self._store.set_host_state(
-            name, HostState.NEW, reason="restored by operator", at=now, events=[event]
+        event = make_event("vigil.host.restored", at=now, host=name, reason=request.reason)
+        self._store.set_host_state(
+            name, HostState.NEW, reason=f"restored by {request.reason}", at=now, events=[event]
         )
-        self._events_written()
-        return restored
+        return "compute service up and enabled; monitored again from its next heartbeat", []
+
+    def _restart_instance(self, request: OperatorRequest) -> tuple[str, list[Event]]:
+        self._compute.reboot(request.target, hard=True)
+        event = make_event(
+            "vigil.consumer.action",
+            at=self._clock.wall(),
+            action="restart",
+            instance_id=request.target,
+            host=request.host,
+            reason=request.reason,
+        )
+        return "hard reboot asked of Nova", [event]
 
     # --- the cycle ----------------------------------------------------------------------
 

@@ -37,8 +37,10 @@ from vigil.model import (
     InstanceFailure,
     InstancePolicy,
     NewStep,
+    OperatorRequest,
     Recovery,
     RecoveryStatus,
+    RequestKind,
     Segment,
     ServiceState,
     SinkState,
@@ -432,6 +434,51 @@ class Store(abc.ABC):
     def delete_subscription(self, name: str, *, sink: str) -> None: ...
 
     # --- cloud-wide control -----------------------------------------------------------
+    # --- operator requests (restore a host, restart an instance), carried out by the
+    # engine's workers (vigil.engine.requests) ----------------------------------------
+
+    @abc.abstractmethod
+    def add_request(
+        self,
+        kind: RequestKind,
+        target: str,
+        *,
+        host: str | None,
+        reason: str,
+        at: float,
+        events: Sequence[Event] = (),
+    ) -> OperatorRequest:
+        """Record a request, PENDING from ``at``."""
+
+    @abc.abstractmethod
+    def get_request(self, request_id: int) -> OperatorRequest: ...
+
+    @abc.abstractmethod
+    def list_requests(self, *, statuses: Sequence[StepStatus] = ()) -> list[OperatorRequest]:
+        """Oldest first."""
+
+    @abc.abstractmethod
+    def start_request(self, request_id: int, *, at: float) -> OperatorRequest:
+        """PENDING → RUNNING, one more attempt (written before the cloud is called)."""
+
+    @abc.abstractmethod
+    def finish_request(
+        self,
+        request_id: int,
+        status: StepStatus,
+        *,
+        at: float,
+        detail: str = "",
+        next_attempt_at: float | None = None,
+        events: Sequence[Event] = (),
+    ) -> OperatorRequest:
+        """RUNNING → SUCCEEDED, FAILED, or PENDING again (retried from
+        ``next_attempt_at``), with the events of the outcome in the same transaction."""
+
+    @abc.abstractmethod
+    def requeue_running_requests(self, *, at: float) -> int:
+        """Requests left RUNNING by a crash are PENDING again; how many."""
+
     @abc.abstractmethod
     def get_control(self) -> Control: ...
 

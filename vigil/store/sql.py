@@ -58,8 +58,10 @@ from vigil.model import (
     InstancePolicy,
     InvalidTransition,
     NewStep,
+    OperatorRequest,
     Recovery,
     RecoveryStatus,
+    RequestKind,
     Segment,
     ServiceState,
     SinkState,
@@ -332,6 +334,25 @@ class HostServicesRow(Base):
     # The keeper's failed attempts at its pending action, and when to try again (0009).
     action_attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     next_attempt_at: Mapped[float] = mapped_column(sa.Double, default=0.0)
+
+
+class RequestRow(Base):
+    """An operator's request carried out by the engine's workers (migration 0010)."""
+
+    __tablename__ = "operator_requests"
+    __table_args__ = _MYSQL_TABLE
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(_ENUM))
+    target: Mapped[str] = mapped_column(sa.String(_NAME))
+    host: Mapped[str | None] = mapped_column(sa.String(_NAME))
+    status: Mapped[str] = mapped_column(sa.String(_ENUM), index=True)
+    reason: Mapped[str] = mapped_column(sa.Text)
+    attempts: Mapped[int] = mapped_column(sa.Integer)
+    next_attempt_at: Mapped[float] = mapped_column(sa.Double)
+    created_at: Mapped[float] = mapped_column(sa.Double)
+    finished_at: Mapped[float | None] = mapped_column(sa.Double)
+    detail: Mapped[str] = mapped_column(sa.Text)
 
 
 # Reports of these kinds fold into one failure: a crash loop is one episode.
@@ -1459,6 +1480,101 @@ class SqlStore(Store):
                 raise NotFoundError(f"subscription {name!r} does not exist")
             s.delete(row)
             s.execute(sa.delete(SinkRow).where(SinkRow.name == sink))
+
+    # --- operator requests ------------------------------------------------------------
+
+    def add_request(
+        self,
+        kind: RequestKind,
+        target: str,
+        *,
+        host: str | None,
+        reason: str,
+        at: float,
+        events: Sequence[Event] = (),
+    ) -> OperatorRequest:
+        with self._write(events) as s:
+            row = RequestRow(
+                kind=str(RequestKind(kind)),
+                target=target,
+                host=host,
+                status=str(StepStatus.PENDING),
+                reason=reason,
+                attempts=0,
+                next_attempt_at=at,
+                created_at=at,
+                finished_at=None,
+                detail="",
+            )
+            s.add(row)
+            s.flush()
+            return record_of(OperatorRequest, row)
+
+    def get_request(self, request_id: int) -> OperatorRequest:
+        with self._read() as s:
+            row = s.get(RequestRow, request_id)
+            if row is None:
+                raise NotFoundError(f"request {request_id} not found")
+            return record_of(OperatorRequest, row)
+
+    def list_requests(self, *, statuses: Sequence[StepStatus] = ()) -> list[OperatorRequest]:
+        with self._read() as s:
+            query = sa.select(RequestRow).order_by(RequestRow.id)
+            if statuses:
+                query = query.where(RequestRow.status.in_([str(x) for x in statuses]))
+            return [record_of(OperatorRequest, row) for row in s.scalars(query)]
+
+    def start_request(self, request_id: int, *, at: float) -> OperatorRequest:
+        with self._write() as s:
+            row = self._request_row(s, request_id)
+            if StepStatus(row.status) is not StepStatus.PENDING:
+                raise InvalidTransition(f"request {request_id} is {row.status}, not pending")
+            row.status = str(StepStatus.RUNNING)
+            row.attempts += 1
+            s.flush()
+            return record_of(OperatorRequest, row)
+
+    def finish_request(
+        self,
+        request_id: int,
+        status: StepStatus,
+        *,
+        at: float,
+        detail: str = "",
+        next_attempt_at: float | None = None,
+        events: Sequence[Event] = (),
+    ) -> OperatorRequest:
+        status = StepStatus(status)
+        if status not in (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.PENDING):
+            raise ValueError(f"finish_request: {status.value} is not an outcome")
+        with self._write(events) as s:
+            row = self._request_row(s, request_id)
+            if StepStatus(row.status) is not StepStatus.RUNNING:
+                raise InvalidTransition(f"request {request_id} is {row.status}, not running")
+            row.status = str(status)
+            row.detail = detail
+            if status is StepStatus.PENDING:
+                row.next_attempt_at = at if next_attempt_at is None else next_attempt_at
+            else:
+                row.finished_at = at
+            s.flush()
+            return record_of(OperatorRequest, row)
+
+    def requeue_running_requests(self, *, at: float) -> int:
+        with self._write() as s:
+            result = s.connection().execute(
+                sa.update(RequestRow)
+                .where(RequestRow.status == str(StepStatus.RUNNING))
+                .values(status=str(StepStatus.PENDING), next_attempt_at=at)
+            )
+            return result.rowcount
+
+    @staticmethod
+    def _request_row(s: Session, request_id: int) -> RequestRow:
+        row = s.get(RequestRow, request_id, with_for_update=True)
+        if row is None:
+            raise NotFoundError(f"request {request_id} not found")
+        return row
 
     # --- cloud-wide control -----------------------------------------------------------
 

@@ -1,8 +1,7 @@
 """The SQLAlchemy implementation of ``vigil.store.base.Store``.
 
-One schema for SQLite (embedded, single server), PostgreSQL and MariaDB/MySQL. The
-tables are declared here; ``vigil/store/migrations`` creates them and ``upgrade(url)``
-runs those migrations (``SqlStore`` never migrates on its own).
+The tables are in ``vigil.store.rows``; the engine and the migrations that create them
+in ``vigil.store.db`` (``SqlStore`` never migrates on its own).
 
 Concurrency. Every public method is one transaction in its own session, so one
 ``SqlStore`` may be shared by any number of threads. Writes that concern a host's
@@ -22,16 +21,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from vigil.model import (
     FAILURE_TRANSITIONS,
@@ -70,268 +66,39 @@ from vigil.model import (
     check_transition,
 )
 from vigil.store.base import AlreadyExists, InUse, NotFoundError, Store
+from vigil.store.db import _SQLITE_IMMEDIATE, MIGRATIONS_DIR, alembic_config, make_engine, upgrade
 from vigil.store.mapping import record_of
+from vigil.store.rows import (
+    CONTROL_ID,
+    Base,
+    ControlRow,
+    DeadLetterRow,
+    EventRow,
+    FailureRow,
+    GuestFailureRow,
+    GuestReportRow,
+    HostRow,
+    HostServicesRow,
+    InstancePolicyRow,
+    RecoveryRow,
+    SegmentRow,
+    SinkRow,
+    StepRow,
+    SubscriptionRow,
+)
 
-__all__ = ["MIGRATIONS_DIR", "Base", "SqlStore", "alembic_config", "make_engine", "upgrade"]
-
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
-
-_NAME = 255  # names and identifiers (hosts, segments, instances)
-_ENUM = 32  # enumeration values, stored as their string value
-_SQLITE_IMMEDIATE = "vigil_sqlite_begin_immediate"  # execution option read by the BEGIN hook
+__all__ = [
+    "MIGRATIONS_DIR",
+    "_SQLITE_IMMEDIATE",
+    "Base",
+    "SqlStore",
+    "alembic_config",
+    "make_engine",
+    "upgrade",
+]
 
 _ACTIVE_RECOVERY = (RecoveryStatus.PENDING, RecoveryStatus.RUNNING, RecoveryStatus.PAUSED)
 _TERMINAL_STEP = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED)
-
-
-class Base(DeclarativeBase):
-    # Named constraints, so that later migrations can address them on every backend.
-    metadata = sa.MetaData(
-        naming_convention={
-            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-            "ck": "ck_%(table_name)s_%(constraint_name)s",
-            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-            "pk": "pk_%(table_name)s",
-        }
-    )
-
-
-# MySQL/MariaDB: utf8mb4 for any text, and a binary collation so that names compare and
-# sort exactly as on PostgreSQL and SQLite ("node1" and "Node1" are different hosts).
-# SQLite: AUTOINCREMENT, so that a deleted row's integer id is never given again (an old
-# client's id must not address a new segment; PostgreSQL and MariaDB sequences never
-# reuse). It only applies to a single integer primary key; migration 0007.
-_MYSQL_TABLE: dict[str, Any] = {
-    "mysql_charset": "utf8mb4",
-    "mysql_collate": "utf8mb4_bin",
-    "sqlite_autoincrement": True,
-}
-
-
-class SegmentRow(Base):
-    __tablename__ = "segments"
-    __table_args__ = _MYSQL_TABLE
-
-    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(_NAME), unique=True)
-    description: Mapped[str] = mapped_column(sa.Text)
-    default_policy: Mapped[str] = mapped_column(sa.String(_ENUM))
-    max_failed_share: Mapped[float] = mapped_column(sa.Double)
-    max_parallel_evacuations: Mapped[int] = mapped_column(sa.Integer)
-    paused: Mapped[bool] = mapped_column(sa.Boolean)
-    pause_reason: Mapped[str] = mapped_column(sa.Text)
-
-
-class HostRow(Base):
-    __tablename__ = "hosts"
-    __table_args__ = _MYSQL_TABLE
-
-    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(_NAME), unique=True)
-    # Names are immutable once created, so they serve as the foreign keys: every
-    # record then reads back without a join.
-    segment: Mapped[str] = mapped_column(sa.ForeignKey("segments.name"), index=True)
-    state: Mapped[str] = mapped_column(sa.String(_ENUM))
-    maintenance: Mapped[bool] = mapped_column(sa.Boolean)
-    reserved: Mapped[bool] = mapped_column(sa.Boolean)
-    fencing: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON)
-    state_reason: Mapped[str] = mapped_column(sa.Text)
-    state_changed_at: Mapped[float] = mapped_column(sa.Double)
-    boot_id: Mapped[str | None] = mapped_column(sa.String(_NAME), default=None)
-
-
-class InstancePolicyRow(Base):
-    __tablename__ = "instance_policies"
-    __table_args__ = _MYSQL_TABLE
-
-    instance_id: Mapped[str] = mapped_column(sa.String(_NAME), primary_key=True)
-    policy: Mapped[str] = mapped_column(sa.String(_ENUM))
-    priority: Mapped[int] = mapped_column(sa.Integer)
-
-
-class FailureRow(Base):
-    __tablename__ = "failures"
-    __table_args__ = _MYSQL_TABLE
-
-    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
-    # A host's history goes with it (delete_host refuses while a recovery is active).
-    host: Mapped[str] = mapped_column(sa.ForeignKey("hosts.name", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(sa.String(_ENUM))
-    status: Mapped[str] = mapped_column(sa.String(_ENUM), index=True)
-    reason: Mapped[str] = mapped_column(sa.Text)
-    sources: Mapped[list[str]] = mapped_column(sa.JSON)
-    first_seen: Mapped[float] = mapped_column(sa.Double)
-    last_seen: Mapped[float] = mapped_column(sa.Double)
-    count: Mapped[int] = mapped_column(sa.Integer)
-
-
-class RecoveryRow(Base):
-    __tablename__ = "recoveries"
-    __table_args__ = _MYSQL_TABLE
-
-    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
-    failure_id: Mapped[int] = mapped_column(
-        sa.ForeignKey("failures.id", ondelete="CASCADE"), index=True
-    )
-    host: Mapped[str] = mapped_column(sa.ForeignKey("hosts.name", ondelete="CASCADE"), index=True)
-    # The host's segment when the recovery opened; not a foreign key, it is history.
-    segment: Mapped[str] = mapped_column(sa.String(_NAME))
-    status: Mapped[str] = mapped_column(sa.String(_ENUM), index=True)
-    created_at: Mapped[float] = mapped_column(sa.Double)
-    started_at: Mapped[float | None] = mapped_column(sa.Double)
-    finished_at: Mapped[float | None] = mapped_column(sa.Double)
-    reason: Mapped[str] = mapped_column(sa.Text)
-
-
-class StepRow(Base):
-    __tablename__ = "steps"
-    # The unique (recovery_id, seq) index also serves the foreign key.
-    __table_args__ = (sa.UniqueConstraint("recovery_id", "seq"), _MYSQL_TABLE)
-
-    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
-    recovery_id: Mapped[int] = mapped_column(sa.ForeignKey("recoveries.id", ondelete="CASCADE"))
-    seq: Mapped[int] = mapped_column(sa.Integer)
-    kind: Mapped[str] = mapped_column(sa.String(_ENUM))
-    status: Mapped[str] = mapped_column(sa.String(_ENUM), index=True)
-    instance_id: Mapped[str | None] = mapped_column(sa.String(_NAME))
-    instance_name: Mapped[str | None] = mapped_column(sa.String(_NAME))
-    priority: Mapped[int] = mapped_column(sa.Integer)
-    attempts: Mapped[int] = mapped_column(sa.Integer)
-    next_attempt_at: Mapped[float] = mapped_column(sa.Double)
-    started_at: Mapped[float | None] = mapped_column(sa.Double)
-    finished_at: Mapped[float | None] = mapped_column(sa.Double)
-    detail: Mapped[str] = mapped_column(sa.Text)
-    result: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
-    target_host: Mapped[str | None] = mapped_column(sa.String(_NAME))
-    # An evacuation's input: its instance's status before the failure (migration 0008).
-    status_before: Mapped[str | None] = mapped_column(sa.String(_ENUM))
-
-
-class ControlRow(Base):
-    __tablename__ = "control"
-    __table_args__ = _MYSQL_TABLE
-
-    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
-    paused: Mapped[bool] = mapped_column(sa.Boolean)
-    reason: Mapped[str] = mapped_column(sa.Text)
-    changed_at: Mapped[float] = mapped_column(sa.Double)
-
-
-_CONTROL_ID = 1  # the control table holds one row
-
-
-class EventRow(Base):
-    """The transactional outbox: written in the transaction of the change it reports;
-    ``seq`` is the delivery order."""
-
-    __tablename__ = "events"
-    __table_args__ = _MYSQL_TABLE
-
-    seq: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
-    id: Mapped[str] = mapped_column(sa.String(64), unique=True)
-    event_type: Mapped[str] = mapped_column(sa.String(_NAME))
-    timestamp: Mapped[float] = mapped_column(sa.Double)
-    host: Mapped[str | None] = mapped_column(sa.String(_NAME), index=True)
-    instance_id: Mapped[str | None] = mapped_column(sa.String(_NAME))
-    priority: Mapped[str] = mapped_column(sa.String(_ENUM))
-    payload: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
-
-
-class SinkRow(Base):
-    __tablename__ = "sinks"
-    __table_args__ = _MYSQL_TABLE
-
-    name: Mapped[str] = mapped_column(sa.String(_NAME), primary_key=True)
-    cursor: Mapped[int] = mapped_column(sa.Integer)
-    attempts: Mapped[int] = mapped_column(sa.Integer)
-    next_attempt_at: Mapped[float] = mapped_column(sa.Double)
-    last_error: Mapped[str] = mapped_column(sa.Text)
-
-
-class DeadLetterRow(Base):
-    __tablename__ = "dead_letters"
-    __table_args__ = _MYSQL_TABLE
-
-    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
-    sink: Mapped[str] = mapped_column(sa.String(_NAME), index=True)
-    event_seq: Mapped[int] = mapped_column(sa.Integer)
-    event_id: Mapped[str] = mapped_column(sa.String(64))
-    event_type: Mapped[str] = mapped_column(sa.String(_NAME))
-    attempts: Mapped[int] = mapped_column(sa.Integer)
-    error: Mapped[str] = mapped_column(sa.Text)
-    at: Mapped[float] = mapped_column(sa.Double)
-
-
-class SubscriptionRow(Base):
-    __tablename__ = "subscriptions"
-    __table_args__ = _MYSQL_TABLE
-
-    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(_NAME), unique=True)
-    url: Mapped[str] = mapped_column(sa.Text)
-    secret: Mapped[str] = mapped_column(sa.Text)
-    event_types: Mapped[list[str]] = mapped_column(sa.JSON)
-    created_at: Mapped[float] = mapped_column(sa.Double)
-
-
-class GuestFailureRow(Base):
-    """A guest failure episode of one instance (``vigil.model.InstanceFailure``)."""
-
-    __tablename__ = "guest_failures"
-    __table_args__ = _MYSQL_TABLE
-
-    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True)
-    instance_id: Mapped[str] = mapped_column(sa.String(_NAME), index=True)
-    host: Mapped[str] = mapped_column(sa.String(_NAME))  # history: not a foreign key
-    kind: Mapped[str] = mapped_column(sa.String(_ENUM))
-    status: Mapped[str] = mapped_column(sa.String(_ENUM), index=True)
-    reason: Mapped[str] = mapped_column(sa.Text)
-    first_seen: Mapped[float] = mapped_column(sa.Double)
-    last_seen: Mapped[float] = mapped_column(sa.Double)
-    count: Mapped[int] = mapped_column(sa.Integer)
-    seen_count: Mapped[int] = mapped_column(sa.Integer)
-    occurrences: Mapped[list[float]] = mapped_column(sa.JSON)
-    detail: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
-    restarts: Mapped[int] = mapped_column(sa.Integer)
-    next_restart_at: Mapped[float] = mapped_column(sa.Double)
-    action_status: Mapped[str | None] = mapped_column(sa.String(_ENUM))
-    action_attempts: Mapped[int] = mapped_column(sa.Integer)
-    action_detail: Mapped[str] = mapped_column(sa.Text)
-    changed_at: Mapped[float] = mapped_column(sa.Double)
-
-
-class GuestReportRow(Base):
-    """The id of every agent report received: a retried report is recorded once."""
-
-    __tablename__ = "guest_reports"
-    __table_args__ = _MYSQL_TABLE
-
-    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    failure_id: Mapped[int] = mapped_column(
-        sa.ForeignKey("guest_failures.id", ondelete="CASCADE"), index=True
-    )
-    received_at: Mapped[float] = mapped_column(sa.Double)
-
-
-class HostServicesRow(Base):
-    """The latest service report of a host's agent (``vigil.model.HostServices``)."""
-
-    __tablename__ = "host_services"
-    __table_args__ = _MYSQL_TABLE
-
-    host: Mapped[str] = mapped_column(
-        sa.ForeignKey("hosts.name", ondelete="CASCADE"), primary_key=True
-    )
-    # {name: {"up": bool, "since": float, "detail": str}}
-    services: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
-    reported_at: Mapped[float] = mapped_column(sa.Double)
-    hold: Mapped[str] = mapped_column(sa.String(_ENUM))
-    hold_reason: Mapped[str] = mapped_column(sa.Text)
-    changed_at: Mapped[float] = mapped_column(sa.Double)
-    # The keeper's failed attempts at its pending action, and when to try again (0009).
-    action_attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
-    next_attempt_at: Mapped[float] = mapped_column(sa.Double, default=0.0)
 
 
 # Reports of these kinds fold into one failure: a crash loop is one episode.
@@ -342,64 +109,6 @@ _GUEST_GROUPS: Mapping[GuestFailureKind, tuple[GuestFailureKind, ...]] = {
     GuestFailureKind.IO_ERROR: (GuestFailureKind.IO_ERROR,),
 }
 _OCCURRENCES_KEPT = 32
-
-
-# --- engine and migrations ------------------------------------------------------------
-
-
-def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """An engine configured for vigil: SQLite pragmas and transaction control, or READ
-    COMMITTED with connection health checks for a database server."""
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
-        # Each pooled connection would get its own, empty, database.
-        raise ValueError("vigil needs an SQLite file (sqlite:////path/to/vigil.db), not memory")
-    if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(
-            parsed, echo=echo, isolation_level="READ COMMITTED", pool_pre_ping=True
-        )
-
-    engine = sa.create_engine(parsed, echo=echo)
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Take BEGIN away from the sqlite3 module (the hook below emits it), so that
-        # transactions are real and may start IMMEDIATE.
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout=30000")  # first: the next one may have to wait
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(connection: sa.Connection) -> None:
-        immediate = connection.get_execution_options().get(_SQLITE_IMMEDIATE, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
-
-
-def alembic_config() -> Config:
-    """An Alembic configuration for vigil's migrations, independent of the working
-    directory (the scripts are package data)."""
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    return config
-
-
-def upgrade(url: str) -> None:
-    """Bring the database at ``url`` to the newest schema (a no-op when it is there)."""
-    engine = make_engine(url)
-    try:
-        with engine.begin() as connection:
-            config = alembic_config()
-            # Handing over the connection (rather than the URL) keeps passwords out of
-            # Alembic's ini-style config, where '%' would need escaping.
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
-    finally:
-        engine.dispose()
 
 
 # --- rows to records ------------------------------------------------------------------
@@ -1464,12 +1173,12 @@ class SqlStore(Store):
 
     def get_control(self) -> Control:
         with self._read() as s:
-            row = s.get(ControlRow, _CONTROL_ID)
+            row = s.get(ControlRow, CONTROL_ID)
             return Control() if row is None else _control(row)
 
     def set_control(self, *, paused: bool, reason: str, at: float) -> Control:
         with self._write() as s:
-            values = {"id": _CONTROL_ID, "paused": paused, "reason": reason, "changed_at": at}
+            values = {"id": CONTROL_ID, "paused": paused, "reason": reason, "changed_at": at}
             _upsert(s, ControlRow, values)
             return Control(paused=paused, reason=reason, changed_at=at)
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from vigil.store.sql import Base, make_engine
+from vigil.store.db import make_engine
+from vigil.store.rows import Base
 
 config = context.config
 

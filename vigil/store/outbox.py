@@ -100,10 +100,7 @@ class SqlOutbox(SessionBase, OutboxStore):
             if sink is not None:
                 query = query.where(DeadLetterRow.sink == sink)
             rows = s.scalars(query.order_by(DeadLetterRow.id.desc()).limit(limit))
-            return [
-                DeadLetter(r.sink, r.event_seq, r.event_id, r.event_type, r.attempts, r.error, r.at)
-                for r in rows
-            ]
+            return [record_of(DeadLetter, r) for r in rows]
 
     # --- webhook subscriptions ------------------------------------------------------------
 

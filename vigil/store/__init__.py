@@ -1,6 +1,34 @@
-"""Persistence of vigil's state. ``Store`` is the interface; ``vigil.store.sql`` the
-SQLAlchemy implementation (SQLite embedded, PostgreSQL and MariaDB in production)."""
+"""Persistence of vigil's state. ``Store`` is the interface, the composition of one part
+per aggregate (``HostStore``, ``RecoveryStore``, ...) for code that needs only one;
+``vigil.store.sql`` the SQLAlchemy implementation (SQLite embedded, PostgreSQL and
+MariaDB in production), assembled from one module per aggregate."""
 
-from vigil.store.base import AlreadyExists, InUse, NotFoundError, Store, StoreError
+from vigil.store.base import (
+    AlreadyExists,
+    ControlStore,
+    GuestStore,
+    HostStore,
+    InUse,
+    NotFoundError,
+    OutboxStore,
+    RecoveryStore,
+    RequestStore,
+    ServiceStore,
+    Store,
+    StoreError,
+)
 
-__all__ = ["AlreadyExists", "InUse", "NotFoundError", "Store", "StoreError"]
+__all__ = [
+    "AlreadyExists",
+    "ControlStore",
+    "GuestStore",
+    "HostStore",
+    "InUse",
+    "NotFoundError",
+    "OutboxStore",
+    "RecoveryStore",
+    "RequestStore",
+    "ServiceStore",
+    "Store",
+    "StoreError",
+]

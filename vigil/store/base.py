@@ -13,6 +13,9 @@ The transactional outbox: the writing methods take ``events``, written in the sa
 transaction as the change they report (so a crash can neither lose an event of a change
 that happened nor publish one of a change that did not). Delivery sinks (the bus, each
 webhook subscription) keep a cursor in it and deliver in ``seq`` order.
+
+``Store`` is the composition of one interface per aggregate (``HostStore``,
+``RecoveryStore``, ...), so that code can depend on the part it needs.
 """
 
 from __future__ import annotations
@@ -66,7 +69,9 @@ class InUse(StoreError):
     """The record is referenced (a segment with hosts, a host under recovery)."""
 
 
-class Store(abc.ABC):
+class HostStore(abc.ABC):
+    """Segments, their hosts, and instance policy overrides."""
+
     # --- segments ---------------------------------------------------------------------
     @abc.abstractmethod
     def create_segment(self, segment: Segment) -> Segment:
@@ -134,6 +139,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def delete_instance_policy(self, instance_id: str) -> None:
         """NotFoundError if there is none."""
+
+
+class RecoveryStore(abc.ABC):
+    """Host failures, and the recoveries with their steps that act on them; writes
+    lock the failure's host first."""
 
     # --- failures -----------------------------------------------------------------------
     @abc.abstractmethod
@@ -297,7 +307,10 @@ class Store(abc.ABC):
         RECOVERED (out of use until restored). InvalidTransition while a recovery of the
         failure is pending, running or paused."""
 
-    # --- guest failures (reports of host agents' libvirt monitors) -------------------------
+
+class GuestStore(abc.ABC):
+    """Guest failures: what host agents' libvirt monitors report of instances."""
+
     @abc.abstractmethod
     def record_guest_report(
         self,
@@ -338,7 +351,11 @@ class Store(abc.ABC):
     def requeue_running_guest_actions(self, *, at: float) -> int:
         """After a restart: restart steps left RUNNING back to PENDING (due now)."""
 
-    # --- host services (agents' service watch: nova-compute, libvirtd) --------------------
+
+class ServiceStore(abc.ABC):
+    """Host services: each host's latest snapshot from its agent's service watch
+    (nova-compute, libvirtd) and what vigil did to its compute service."""
+
     @abc.abstractmethod
     def record_host_services(
         self,
@@ -380,6 +397,10 @@ class Store(abc.ABC):
     def set_service_retry(self, host: str, *, attempts: int, next_attempt_at: float) -> None:
         """The keeper's action on the host's compute service failed ``attempts`` times in
         a row: not before ``next_attempt_at`` again (kept across a restart)."""
+
+
+class OutboxStore(abc.ABC):
+    """The outbox, its delivery sinks and dead letters, and webhook subscriptions."""
 
     # --- the outbox -----------------------------------------------------------------------
     @abc.abstractmethod
@@ -433,9 +454,20 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def delete_subscription(self, name: str, *, sink: str) -> None: ...
 
-    # --- cloud-wide control -----------------------------------------------------------
-    # --- operator requests (restore a host, restart an instance), carried out by the
-    # engine's workers (vigil.engine.requests) ----------------------------------------
+
+class ControlStore(abc.ABC):
+    """The cloud-wide pause."""
+
+    @abc.abstractmethod
+    def get_control(self) -> Control: ...
+
+    @abc.abstractmethod
+    def set_control(self, *, paused: bool, reason: str, at: float) -> Control: ...
+
+
+class RequestStore(abc.ABC):
+    """Operator requests (restore a host, restart an instance), carried out by the
+    engine's workers (``vigil.engine.requests``)."""
 
     @abc.abstractmethod
     def add_request(
@@ -473,17 +505,17 @@ class Store(abc.ABC):
         events: Sequence[Event] = (),
     ) -> OperatorRequest:
         """RUNNING → SUCCEEDED, FAILED, or PENDING again (retried from
-        ``next_attempt_at``), with the events of the outcome in the same transaction."""
+        ``next_attempt_at``), with the events of the outcome in one transaction."""
 
     @abc.abstractmethod
     def requeue_running_requests(self, *, at: float) -> int:
         """Requests left RUNNING by a crash are PENDING again; how many."""
 
-    @abc.abstractmethod
-    def get_control(self) -> Control: ...
 
-    @abc.abstractmethod
-    def set_control(self, *, paused: bool, reason: str, at: float) -> Control: ...
+class Store(
+    HostStore, ControlStore, RecoveryStore, GuestStore, ServiceStore, OutboxStore, RequestStore
+):
+    """All of vigil's state: every part of the interface, on one database."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -8,7 +8,8 @@ caller. The table of converters is built once per record type.
 
 SQLAlchemy's imperative mapping could load the frozen records directly, but it would
 own their construction (and their immutability) everywhere; vigil keeps its records
-plain dataclasses and its rows private to ``vigil.store.sql``, with this one bridge.
+plain dataclasses and its rows (``vigil.store.rows``) private to the store's SQL
+modules, with this one bridge.
 """
 
 from __future__ import annotations

@@ -15,7 +15,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from vigil.store.sql import _SQLITE_IMMEDIATE, Base, make_engine
+from vigil.store.db import _SQLITE_IMMEDIATE, make_engine
+from vigil.store.rows import Base
 
 # On vigil's metadata, so that the check that the migrated schema matches the models
 # (tests/store) sees these tables too.

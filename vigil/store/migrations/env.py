@@ -1,6 +1,6 @@
 """Alembic environment for vigil's schema.
 
-Normally run through ``vigil.store.sql.upgrade(url)``, which hands over an open
+Normally run through ``vigil.store.db.upgrade(url)``, which hands over an open
 connection. The ``alembic`` command works too, for writing new migrations::
 
     alembic -c vigil/store/migrations/alembic.ini -x url=sqlite:////tmp/dev.db \\
@@ -12,7 +12,8 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from vigil.store.sql import Base, make_engine
+from vigil.store.db import make_engine
+from vigil.store.rows import Base
 
 config = context.config
 
@@ -21,7 +22,7 @@ def _url() -> str:
     url = context.get_x_argument(as_dictionary=True).get("url")
     url = url or config.get_main_option("sqlalchemy.url")
     if not url:
-        raise RuntimeError("no database: pass -x url=... (or use vigil.store.sql.upgrade)")
+        raise RuntimeError("no database: pass -x url=... (or use vigil.store.db.upgrade)")
     return url
 
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from alembic import op
 
 # The models of these tables live in vigil.store.masakari; importing it puts them on
-# vigil's metadata wherever the schema is migrated (until vigil.store.sql imports it).
+# vigil's metadata wherever the schema is migrated (vigil.store.rows does not import it).
 import vigil.store.masakari  # noqa: F401
 
 revision: str = "0003"

@@ -55,7 +55,7 @@ def _each_table(*, autoincrement: bool) -> None:
     bind = op.get_bind()
     if bind.dialect.name != "sqlite":
         return
-    # vigil's SQLite connections leave BEGIN/COMMIT to us (vigil.store.sql.make_engine).
+    # vigil's SQLite connections leave BEGIN/COMMIT to us (vigil.store.db.make_engine).
     bind.exec_driver_sql("COMMIT")
     bind.exec_driver_sql("PRAGMA foreign_keys = OFF")
     bind.exec_driver_sql("BEGIN IMMEDIATE")

@@ -1,0 +1,80 @@
+"""The database engine and the schema's migrations.
+
+``make_engine`` configures an engine the way vigil's store needs it: on SQLite, the
+pragmas (WAL, foreign keys, a busy timeout) and BEGIN taken over from the sqlite3
+module, so that a connection with the ``_SQLITE_IMMEDIATE`` execution option starts
+its transactions ``BEGIN IMMEDIATE`` (taking the write lock up front); on a database
+server, READ COMMITTED and connection health checks. ``upgrade(url)`` runs the Alembic
+migrations of ``vigil/store/migrations`` (the store never migrates on its own).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import Engine
+
+__all__ = ["MIGRATIONS_DIR", "alembic_config", "make_engine", "upgrade"]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+_SQLITE_IMMEDIATE = "vigil_sqlite_begin_immediate"  # execution option read by the BEGIN hook
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    """An engine configured for vigil: SQLite pragmas and transaction control, or READ
+    COMMITTED with connection health checks for a database server."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        # Each pooled connection would get its own, empty, database.
+        raise ValueError("vigil needs an SQLite file (sqlite:////path/to/vigil.db), not memory")
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(
+            parsed, echo=echo, isolation_level="READ COMMITTED", pool_pre_ping=True
+        )
+
+    engine = sa.create_engine(parsed, echo=echo)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take BEGIN away from the sqlite3 module (the hook below emits it), so that
+        # transactions are real and may start IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA busy_timeout=30000")  # first: the next one may have to wait
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        immediate = connection.get_execution_options().get(_SQLITE_IMMEDIATE, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def alembic_config() -> Config:
+    """An Alembic configuration for vigil's migrations, independent of the working
+    directory (the scripts are package data)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def upgrade(url: str) -> None:
+    """Bring the database at ``url`` to the newest schema (a no-op when it is there)."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as connection:
+            config = alembic_config()
+            # Handing over the connection (rather than the URL) keeps passwords out of
+            # Alembic's ini-style config, where '%' would need escaping.
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    finally:
+        engine.dispose()

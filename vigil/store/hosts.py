@@ -1,0 +1,258 @@
+"""Segments, their hosts, instance policy overrides and the cloud-wide control, in SQL.
+
+``SqlHosts`` implements ``HostStore`` and ``ControlStore`` on ``SessionBase``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from vigil.model import (
+    Control,
+    Event,
+    FenceMethod,
+    HaPolicy,
+    Host,
+    HostState,
+    InstancePolicy,
+    Segment,
+)
+from vigil.store.base import AlreadyExists, ControlStore, HostStore, InUse, NotFoundError
+from vigil.store.mapping import record_of
+from vigil.store.rows import (
+    CONTROL_ID,
+    ControlRow,
+    HostRow,
+    HostServicesRow,
+    InstancePolicyRow,
+    RecoveryRow,
+    SegmentRow,
+)
+from vigil.store.session import ACTIVE_RECOVERY, SessionBase, converted, enum_value, same, upsert
+
+
+def _fencing_to_json(methods: Sequence[FenceMethod]) -> list[dict[str, Any]]:
+    return [{"driver": m.driver, "options": dict(m.options)} for m in methods]
+
+
+def _host(row: HostRow) -> Host:
+    fencing = tuple(FenceMethod(m["driver"], dict(m["options"])) for m in row.fencing)
+    return record_of(Host, row, fencing=fencing)
+
+
+_SEGMENT_FIELDS: Mapping[str, Callable[[Any], Any]] = {
+    "description": same,
+    "default_policy": enum_value(HaPolicy),
+    "max_failed_share": same,
+    "max_parallel_evacuations": same,
+    "paused": same,
+    "pause_reason": same,
+}
+
+# "segment" is handled apart: it must name an existing segment.
+_HOST_FIELDS: Mapping[str, Callable[[Any], Any]] = {
+    "segment": same,
+    "maintenance": same,
+    "reserved": same,
+    "fencing": _fencing_to_json,
+    "boot_id": same,
+}
+
+
+class SqlHosts(SessionBase, HostStore, ControlStore):
+    """Segments, hosts, instance policies and the control row."""
+
+    # --- segments ---------------------------------------------------------------------
+
+    def create_segment(self, segment: Segment) -> Segment:
+        with self._write() as s:
+            row = SegmentRow(
+                name=segment.name,
+                description=segment.description,
+                default_policy=str(HaPolicy(segment.default_policy)),
+                max_failed_share=segment.max_failed_share,
+                max_parallel_evacuations=segment.max_parallel_evacuations,
+                paused=segment.paused,
+                pause_reason=segment.pause_reason,
+            )
+            s.add(row)
+            try:
+                s.flush()
+            except IntegrityError as exc:
+                raise AlreadyExists(f"segment {segment.name!r} already exists") from exc
+            return record_of(Segment, row)
+
+    def get_segment(self, name: str) -> Segment:
+        with self._read() as s:
+            return record_of(Segment, self._segment_row(s, name))
+
+    def list_segments(self) -> list[Segment]:
+        with self._read() as s:
+            return [
+                record_of(Segment, r)
+                for r in s.scalars(sa.select(SegmentRow).order_by(SegmentRow.name))
+            ]
+
+    def update_segment(self, name: str, *, events: Sequence[Event] = (), **changes: Any) -> Segment:
+        values = converted(changes, _SEGMENT_FIELDS, "update_segment")
+        with self._write(events) as s:
+            row = self._segment_row(s, name, lock=True)
+            for field_name, value in values.items():
+                setattr(row, field_name, value)
+            s.flush()
+            return record_of(Segment, row)
+
+    def delete_segment(self, name: str) -> None:
+        with self._write() as s:
+            row = self._segment_row(s, name, lock=True)
+            hosts = s.scalar(
+                sa.select(sa.func.count()).select_from(HostRow).where(HostRow.segment == name)
+            )
+            if hosts:
+                raise InUse(f"segment {name!r} still has {hosts} host(s)")
+            s.delete(row)
+            try:
+                s.flush()
+            except IntegrityError as exc:  # a host was added meanwhile
+                raise InUse(f"segment {name!r} still has hosts") from exc
+
+    # --- hosts ------------------------------------------------------------------------
+
+    def create_host(self, host: Host) -> Host:
+        try:
+            with self._write() as s:
+                self._segment_row(s, host.segment)
+                row = HostRow(
+                    name=host.name,
+                    segment=host.segment,
+                    state=str(HostState(host.state)),
+                    maintenance=host.maintenance,
+                    reserved=host.reserved,
+                    fencing=_fencing_to_json(host.fencing),
+                    state_reason=host.state_reason,
+                    state_changed_at=host.state_changed_at,
+                )
+                s.add(row)
+                s.flush()
+                return _host(row)
+        except IntegrityError as exc:
+            raise self._host_insert_error(host) from exc
+
+    def _host_insert_error(self, host: Host) -> Exception:
+        """Which constraint refused the new host: its name, or its segment (deleted since)."""
+        with self._read() as s:
+            if s.scalar(sa.select(HostRow.id).where(HostRow.name == host.name)) is not None:
+                return AlreadyExists(f"host {host.name!r} already exists")
+        return NotFoundError(f"segment {host.segment!r} does not exist")
+
+    def get_host(self, name: str) -> Host:
+        with self._read() as s:
+            return _host(self._host_row(s, name))
+
+    def list_hosts(self, segment: str | None = None) -> list[Host]:
+        query = sa.select(HostRow).order_by(HostRow.name)
+        if segment is not None:
+            query = query.where(HostRow.segment == segment)
+        with self._read() as s:
+            return [_host(r) for r in s.scalars(query)]
+
+    def update_host(self, name: str, **changes: Any) -> Host:
+        values = converted(changes, _HOST_FIELDS, "update_host")
+        with self._write() as s:
+            row = self._host_row(s, name, lock=True)
+            if "segment" in values:
+                self._segment_row(s, values["segment"])
+            for field_name, value in values.items():
+                setattr(row, field_name, value)
+            try:
+                s.flush()
+            except IntegrityError as exc:  # the new segment was deleted meanwhile
+                raise NotFoundError(f"segment {values.get('segment')!r} does not exist") from exc
+            return _host(row)
+
+    def set_host_state(
+        self,
+        name: str,
+        state: HostState,
+        *,
+        reason: str,
+        at: float,
+        events: Sequence[Event] = (),
+    ) -> Host:
+        with self._write(events) as s:
+            row = self._host_row(s, name, lock=True)
+            self._move_host(row, HostState(state), reason=reason, at=at)
+            s.flush()
+            return _host(row)
+
+    def delete_host(self, name: str) -> None:
+        with self._write() as s:
+            row = self._host_row(s, name, lock=True)
+            active = s.scalar(
+                sa.select(RecoveryRow.id)
+                .where(RecoveryRow.host == name, RecoveryRow.status.in_(ACTIVE_RECOVERY))
+                .limit(1)
+            )
+            if active is not None:
+                raise InUse(f"host {name!r} is under recovery {active}")
+            # SQLite enforces no foreign keys here: the cascade is done by hand.
+            s.execute(sa.delete(HostServicesRow).where(HostServicesRow.host == name))
+            s.delete(row)
+
+    # --- instance policy overrides ----------------------------------------------------
+
+    def set_instance_policy(self, policy: InstancePolicy) -> InstancePolicy:
+        with self._write() as s:
+            values = {
+                "instance_id": policy.instance_id,
+                "policy": str(HaPolicy(policy.policy)),
+                "priority": policy.priority,
+            }
+            upsert(s, InstancePolicyRow, values)
+            return InstancePolicy(policy.instance_id, HaPolicy(policy.policy), policy.priority)
+
+    def get_instance_policy(self, instance_id: str) -> InstancePolicy | None:
+        with self._read() as s:
+            row = s.get(InstancePolicyRow, instance_id)
+            return None if row is None else record_of(InstancePolicy, row)
+
+    def list_instance_policies(self) -> list[InstancePolicy]:
+        query = sa.select(InstancePolicyRow).order_by(InstancePolicyRow.instance_id)
+        with self._read() as s:
+            return [record_of(InstancePolicy, r) for r in s.scalars(query)]
+
+    def delete_instance_policy(self, instance_id: str) -> None:
+        with self._write() as s:
+            deleted = s.connection().execute(
+                sa.delete(InstancePolicyRow).where(InstancePolicyRow.instance_id == instance_id)
+            )
+            if deleted.rowcount == 0:
+                raise NotFoundError(f"no policy for instance {instance_id!r}")
+
+    # --- cloud-wide control -----------------------------------------------------------
+
+    def get_control(self) -> Control:
+        with self._read() as s:
+            row = s.get(ControlRow, CONTROL_ID)
+            return Control() if row is None else record_of(Control, row)
+
+    def set_control(self, *, paused: bool, reason: str, at: float) -> Control:
+        with self._write() as s:
+            values = {"id": CONTROL_ID, "paused": paused, "reason": reason, "changed_at": at}
+            upsert(s, ControlRow, values)
+            return Control(paused=paused, reason=reason, changed_at=at)
+
+    # --- helpers ----------------------------------------------------------------------
+
+    @staticmethod
+    def _segment_row(s: Session, name: str, *, lock: bool = False) -> SegmentRow:
+        query = sa.select(SegmentRow).where(SegmentRow.name == name)
+        row = s.scalar(query.with_for_update() if lock else query)
+        if row is None:
+            raise NotFoundError(f"segment {name!r} does not exist")
+        return row

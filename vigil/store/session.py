@@ -1,0 +1,159 @@
+"""The transactions every part of the SQL store runs in, and the helpers they share.
+
+``SessionBase`` holds the engine and two session factories; each aggregate's mixin
+(``vigil.store.hosts``, ``failures``, ``steps``, ``recoveries``, ``guests``,
+``host_services``, ``outbox``) builds on it, and ``vigil.store.sql.SqlStore`` is their
+composition.
+
+Concurrency. Every public method is one transaction in its own session (``_read`` or
+``_write``), so one store may be shared by any number of threads; a write's events go
+to the outbox in the same transaction. Writes that concern a host's failures,
+recoveries or steps first lock that host's row (``SELECT ... FOR UPDATE``,
+``_host_row(..., lock=True)``): this serialises them per host — two observers cannot
+both create "the" failure of a host, two planners cannot hand out the same step number
+— and gives every such write the same lock order, so they cannot deadlock one another.
+Servers run writes at READ COMMITTED, so a statement issued after the lock is granted
+sees what the previous holder committed; reads run at REPEATABLE READ for a consistent
+view across the queries of one call. SQLite has no row locks: its writes start with
+``BEGIN IMMEDIATE``, which takes the database's write lock up front (waiting up to
+``busy_timeout``) instead of failing when a reader later tries to write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from vigil.model import HOST_TRANSITIONS, Event, HostState, RecoveryStatus, check_transition
+from vigil.store.base import NotFoundError
+from vigil.store.db import _SQLITE_IMMEDIATE, make_engine
+from vigil.store.rows import Base, EventRow, HostRow
+
+ACTIVE_RECOVERY = (RecoveryStatus.PENDING, RecoveryStatus.RUNNING, RecoveryStatus.PAUSED)
+
+
+class SessionBase:
+    """The engine and the read and write transactions; the row helpers every aggregate
+    uses (all run inside the caller's transaction)."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self._engine = make_engine(url, echo=echo)
+        reader: Engine
+        writer: Engine
+        if self._engine.dialect.name == "sqlite":
+            reader = self._engine
+            writer = self._engine.execution_options(**{_SQLITE_IMMEDIATE: True})
+        else:
+            reader = self._engine.execution_options(isolation_level="REPEATABLE READ")
+            writer = self._engine
+        self._reads = sessionmaker(reader, expire_on_commit=False)
+        self._writes = sessionmaker(writer, expire_on_commit=False)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._reads.begin() as session:
+            yield session
+
+    @contextmanager
+    def _write(self, events: Sequence[Event] = ()) -> Iterator[Session]:
+        """A write transaction; ``events`` go to the outbox in the same transaction."""
+        with self._writes.begin() as session:
+            yield session
+            if events:
+                self._outbox(session, events)
+                session.flush()
+
+    @staticmethod
+    def _outbox(s: Session, events: Sequence[Event]) -> None:
+        """Events computed inside a transaction (they name a row it just created)."""
+        s.add_all(
+            EventRow(
+                id=e.id,
+                event_type=e.event_type,
+                timestamp=e.timestamp,
+                host=e.host,
+                instance_id=e.instance_id,
+                priority=e.priority,
+                payload=dict(e.payload),
+            )
+            for e in events
+        )
+
+    @staticmethod
+    def _host_row(s: Session, name: str, *, lock: bool = False) -> HostRow:
+        query = sa.select(HostRow).where(HostRow.name == name)
+        row = s.scalar(query.with_for_update() if lock else query)
+        if row is None:
+            raise NotFoundError(f"host {name!r} does not exist")
+        return row
+
+    @staticmethod
+    def _move_host(row: HostRow, state: HostState, *, reason: str, at: float) -> None:
+        current = HostState(row.state)
+        check_transition(HOST_TRANSITIONS, current, state, what=f"host {row.name}")
+        if current != state:
+            row.state = str(state)
+            row.state_reason = reason
+            row.state_changed_at = at
+
+
+# --- field updates --------------------------------------------------------------------
+
+
+def same(value: Any) -> Any:
+    return value
+
+
+def enum_value(enum_type: Callable[[Any], Any]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        return str(enum_type(value))  # ValueError for a value the enumeration lacks
+
+    return convert
+
+
+def converted(
+    changes: Mapping[str, Any], fields: Mapping[str, Callable[[Any], Any]], what: str
+) -> dict[str, Any]:
+    unknown = sorted(set(changes) - set(fields))
+    if unknown:
+        raise ValueError(f"{what}: unknown field(s) {', '.join(unknown)}")
+    return {name: fields[name](value) for name, value in changes.items()}
+
+
+def upsert(s: Session, model: type[Base], values: dict[str, Any]) -> None:
+    """Insert ``values`` or, if the primary key exists, replace the row's other columns —
+    atomically, so that concurrent writers of the same key cannot collide."""
+    key = [c.name for c in sa.inspect(model).primary_key]
+    updates = {k: v for k, v in values.items() if k not in key}
+    dialect = s.get_bind().dialect.name
+    statement: sa.Executable
+    if dialect == "postgresql":
+        statement = (
+            postgresql.insert(model)
+            .values(values)
+            .on_conflict_do_update(index_elements=key, set_=updates)
+        )
+    elif dialect == "sqlite":
+        statement = (
+            sqlite.insert(model)
+            .values(values)
+            .on_conflict_do_update(index_elements=key, set_=updates)
+        )
+    elif dialect in ("mysql", "mariadb"):
+        statement = mysql.insert(model).values(values).on_duplicate_key_update(updates)
+    else:
+        raise NotImplementedError(f"no upsert for the {dialect} dialect")
+    s.execute(statement)

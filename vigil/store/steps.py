@@ -1,0 +1,156 @@
+"""A recovery's steps in SQL: started, finished, skipped, requeued after a restart.
+
+``SqlSteps`` has the step methods of ``RecoveryStore`` and the step-row helpers a
+recovery's writes use too (``vigil.store.recoveries``): adding steps, moving one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from vigil.model import (
+    STEP_TRANSITIONS,
+    Event,
+    InvalidTransition,
+    NewStep,
+    Step,
+    StepKind,
+    StepStatus,
+    check_transition,
+)
+from vigil.store.base import NotFoundError
+from vigil.store.mapping import record_of
+from vigil.store.rows import RecoveryRow, StepRow
+from vigil.store.session import SessionBase
+
+_TERMINAL_STEP = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED)
+
+
+class SqlSteps(SessionBase):
+    """Steps; part of ``RecoveryStore`` (``SqlRecoveries`` is the whole)."""
+
+    def start_step(self, step_id: int, *, at: float, events: Sequence[Event] = ()) -> Step:
+        with self._write(events) as s:
+            row = self._lock_step(s, step_id)
+            self._move_step(row, StepStatus.RUNNING, expect=StepStatus.PENDING)
+            row.attempts += 1
+            if row.started_at is None:
+                row.started_at = at
+            s.flush()
+            return record_of(Step, row)
+
+    def finish_step(
+        self,
+        step_id: int,
+        status: StepStatus,
+        *,
+        at: float,
+        detail: str = "",
+        result: Mapping[str, Any] | None = None,
+        next_attempt_at: float | None = None,
+        new_steps: Sequence[NewStep] = (),
+        events: Sequence[Event] = (),
+    ) -> Step:
+        status = StepStatus(status)
+        if status not in (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.PENDING):
+            raise ValueError(f"finish_step: {status.value} is not an outcome")
+        with self._write(events) as s:
+            row = self._lock_step(s, step_id)
+            self._move_step(row, status, expect=StepStatus.RUNNING)
+            if status is StepStatus.PENDING:
+                row.next_attempt_at = at if next_attempt_at is None else next_attempt_at
+            else:
+                row.finished_at = at
+            row.detail = detail
+            if result is not None:
+                row.result = dict(result)
+            if new_steps:
+                last = s.scalar(
+                    sa.select(sa.func.max(StepRow.seq)).where(
+                        StepRow.recovery_id == row.recovery_id
+                    )
+                )
+                self._add_steps(
+                    s, row.recovery_id, first_seq=(last or 0) + 1, steps=new_steps, at=at
+                )
+            s.flush()
+            return record_of(Step, row)
+
+    def skip_step(self, step_id: int, *, at: float, detail: str) -> Step:
+        with self._write() as s:
+            row = self._lock_step(s, step_id)
+            self._move_step(row, StepStatus.SKIPPED, expect=StepStatus.PENDING)
+            row.finished_at = at
+            row.detail = detail
+            s.flush()
+            return record_of(Step, row)
+
+    def requeue_running_steps(self, *, at: float) -> int:
+        with self._write() as s:
+            result = s.connection().execute(
+                sa.update(StepRow)
+                .where(StepRow.status == str(StepStatus.RUNNING))
+                .values(status=str(StepStatus.PENDING), next_attempt_at=at)
+            )
+            return result.rowcount
+
+    # --- helpers (all run inside the caller's transaction) --------------------------------
+
+    def _lock_step(self, s: Session, step_id: int) -> StepRow:
+        """The step, after locking the host its recovery is about."""
+        host = s.scalar(
+            sa.select(RecoveryRow.host)
+            .join(StepRow, StepRow.recovery_id == RecoveryRow.id)
+            .where(StepRow.id == step_id)
+        )
+        if host is None:
+            raise NotFoundError(f"step {step_id} does not exist")
+        self._host_row(s, host, lock=True)
+        return s.get_one(StepRow, step_id)
+
+    @staticmethod
+    def _add_steps(
+        s: Session, recovery_id: int, *, first_seq: int, steps: Sequence[NewStep], at: float
+    ) -> list[StepRow]:
+        rows = []
+        for seq, new in enumerate(steps, start=first_seq):
+            status = StepStatus(new.status)
+            rows.append(
+                StepRow(
+                    recovery_id=recovery_id,
+                    seq=seq,
+                    kind=str(StepKind(new.kind)),
+                    status=str(status),
+                    instance_id=new.instance_id,
+                    instance_name=new.instance_name,
+                    priority=new.priority,
+                    attempts=0,
+                    next_attempt_at=at,
+                    started_at=None,
+                    finished_at=at if status in _TERMINAL_STEP else None,
+                    detail=new.detail,
+                    result={},
+                    target_host=new.target_host,
+                    status_before=new.status_before,
+                )
+            )
+        s.add_all(rows)
+        s.flush()
+        return rows
+
+    @staticmethod
+    def _move_step(row: StepRow, status: StepStatus, *, expect: StepStatus) -> None:
+        current = StepStatus(row.status)
+        # Stricter than the table's "same state is no change": starting a step that is
+        # already running would run it twice.
+        if current != expect:
+            raise InvalidTransition(
+                f"step {row.id}: is {current.value}, expected {expect.value} "
+                f"to move to {status.value}"
+            )
+        check_transition(STEP_TRANSITIONS, current, status, what=f"step {row.id}")
+        row.status = str(status)

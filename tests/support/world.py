@@ -332,7 +332,7 @@ class HostFailureWorld(World):
     """The world of the host-failure tests: hosts c1..c4 in segment s1, each fenced
     through its simulated BMC; on c1 the keep-running ``instances`` vm0, vm1, vm2
     (priorities 0, 1, 2) and ``scratch`` (policy off); the host engine built. ``settle``
-    ticks until every host that can beat has beaten."""
+    ticks until every host that can beat has beaten and reads up."""
 
     def __init__(
         self,
@@ -349,6 +349,8 @@ class HostFailureWorld(World):
         self.host_engine()
 
     def settle(self) -> None:
-        """Half a second of ticks: every host that can beat has (and reads up)."""
+        """Half a second of ticks: every host that can beat has, and reads up."""
         for _ in range(10):
             self.tick()
+        beating = [h for h in HOSTS if self.cloud.host_can_heartbeat(h)]
+        assert all(self.state(h) == HostState.UP for h in beating), "not every host is up"

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from vigil.clock import FakeClock
 from vigil.config import DetectionSettings, RecoverySettings, Settings
@@ -313,7 +313,7 @@ class World(FakeTimeCloud):
             stop()
         self.store.close()
 
-    def __enter__(self) -> World:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from support import World
+from support.world import World
 
 from vigil.api.guest import add_guest_routes
 from vigil.model import GuestFailureKind, GuestReport, ServiceState

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from support import FakeTimeCloud
+from support.cloud import FakeTimeCloud
 
 from vigil.clock import Clock, SystemClock
 from vigil.drivers.compute import ComputeDriver

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from support import HOSTS, HostFailureWorld
+from support.world import HOSTS, HostFailureWorld
 
 from vigil.clock import FakeClock
 from vigil.config import RecoverySettings, SelfFencingSettings

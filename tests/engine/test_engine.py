@@ -9,7 +9,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from support import TICK, HostFailureWorld
+from support.world import TICK, HostFailureWorld
 
 from vigil.config import RecoverySettings
 from vigil.drivers.compute import Server

@@ -14,7 +14,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from support import World
+from support.world import World
 
 from vigil.drivers.compute import WATCHDOG_ACTION_KEY, Server
 from vigil.engine.guest import (

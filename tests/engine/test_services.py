@@ -11,7 +11,8 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from support import World, wait_until
+from support import wait_until
+from support.world import World
 
 from vigil.drivers.compute import ComputeService
 from vigil.drivers.errors import TemporaryError

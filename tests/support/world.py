@@ -1,5 +1,6 @@
-"""In-process worlds: vigil's reactions on a fake clock, against the simulated cloud and a
-real (SQLite) store -- no sockets, no sleeping, the same decisions as production.
+"""In-process worlds: vigil's reactions on a fake clock, against the simulated cloud
+(``support.cloud``) and a real (SQLite) store -- no sockets, no sleeping, the same
+decisions as production.
 
 A test builds the world, then the reaction it tests on it::
 
@@ -8,18 +9,11 @@ A test builds the world, then the reaction it tests on it::
     w.host_engine()  # or w.guest_engine(), w.service_keeper()
     w.tick()  # time passes, the hosts that can beat do, one engine cycle
 
-- ``FakeTimeCloud``: the clock and the simulated cloud alone (the contract worlds of
-  tests/contract).
-- ``World``: that, with the store, the heartbeat table and the settings beside it, and
-  the reactions built on them; ``tick`` drives the host engine, ``cycle`` the guest engine
-  and the service keeper.
+- ``World``: the clock and the cloud (``FakeTimeCloud``) with the store, the heartbeat
+  table and the settings beside them, and the reactions built on them; ``tick`` drives
+  the host engine, ``cycle`` the guest engine and the service keeper.
 - ``HostFailureWorld``: the world of the host-failure tests (tests/engine): four hosts,
   three protected instances on c1, the host engine.
-
-Nova is the simulated one (``SimCloud`` through ``SimCompute``), which the compute
-contract (tests/contract/compute_contract.py) holds to Nova's rules. A test that needs
-Nova slow, stuck or failing uses the cloud's own faults, or passes ``compute=`` a small
-subclass of ``SimCompute`` that is wrong in just that way.
 """
 
 from __future__ import annotations
@@ -30,7 +24,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from vigil.clock import FakeClock
+from support import new_store
+from support.cloud import TICK, FakeTimeCloud, until
 from vigil.config import DetectionSettings, RecoverySettings, Settings
 from vigil.drivers.compute import ComputeDriver
 from vigil.engine.engine import Engine
@@ -49,75 +44,10 @@ from vigil.model import (
     RecoveryStatus,
     Segment,
 )
-from vigil.server import fence_factory
 from vigil.sim.cloud import SimCloud, SimLatency
 from vigil.sim.drivers import SimCompute
-from vigil.store.sql import SqlStore, upgrade
 
-TICK = 0.05  # fake seconds a tick (host engine) or a step of advance_until
-
-
-def new_store(tmp_path: Path, segment: Segment, hosts: Iterable[Host] = ()) -> SqlStore:
-    """A migrated SQLite store under ``tmp_path`` holding ``segment`` and ``hosts``: the
-    one set-up of the tests that run a reaction on a real store."""
-    url = f"sqlite:///{tmp_path / 'vigil.db'}"
-    upgrade(url)
-    store = SqlStore(url)
-    store.create_segment(segment)
-    for host in hosts:
-        store.create_host(host)
-    return store
-
-
-def _until(
-    clock: FakeClock,
-    condition: Callable[[], object],
-    what: str,
-    timeout: float,
-    step: Callable[[], None],
-) -> None:
-    start = clock.monotonic()
-    while not condition():
-        if clock.monotonic() - start > timeout:
-            raise AssertionError(f"timed out after {timeout:g} fake seconds waiting for {what}")
-        step()
-
-
-class FakeTimeCloud:
-    """The simulated cloud on a ``FakeClock`` (``start``: its wall time), with ``hosts``.
-
-    ``compute`` is the cloud's compute driver, ``compute(cloud)``: ``SimCompute`` or a
-    test's subclass of it. Latency is zero unless given; what a latency would block
-    (``api_call``, ``bmc_timeout``, ``rpc_timeout``) advances the fake clock instead.
-    ``cloud_options`` go to ``SimCloud`` (``evacuate_leaves_stopped``, ``seed``, ...).
-    """
-
-    def __init__(
-        self,
-        hosts: Iterable[str] = (),
-        *,
-        latency: SimLatency | None = None,
-        start: float | None = None,
-        compute: Callable[[SimCloud], ComputeDriver] = SimCompute,
-        **cloud_options: Any,
-    ) -> None:
-        self.clock = FakeClock() if start is None else FakeClock(start)
-        self.cloud = SimCloud(
-            self.clock,
-            latency=latency if latency is not None else SimLatency.zero(),
-            sleep=self.clock.advance,
-            **cloud_options,
-        )
-        for host in hosts:
-            self.cloud.add_host(host)
-        self.compute = compute(self.cloud)
-
-    def advance_until(
-        self, condition: Callable[[], object], what: str, timeout: float, *, step: float = TICK
-    ) -> None:
-        """Let fake time pass, ``step`` seconds at a time, until ``condition()`` holds;
-        fail once ``timeout`` fake seconds have passed without it."""
-        _until(self.clock, condition, what, timeout, lambda: self.clock.advance(step))
+__all__ = ["HOSTS", "TICK", "HostFailureWorld", "World"]
 
 
 class World(FakeTimeCloud):
@@ -175,6 +105,8 @@ class World(FakeTimeCloud):
 
     def host_engine(self) -> Engine:
         """The host engine (detection and recovery), fencing through the simulated BMCs."""
+        from vigil.server import fence_factory  # vigil.server pulls the API in: only here
+
         self.engine = Engine(
             store=self.store,
             compute=self.compute,
@@ -262,7 +194,7 @@ class World(FakeTimeCloud):
         self, condition: Callable[[], object], what: str = "the condition", timeout: float = 30.0
     ) -> None:
         """Tick until ``condition()`` holds; fail after ``timeout`` fake seconds."""
-        _until(self.clock, condition, what, timeout, self.tick)
+        until(self.clock, condition, what, timeout, self.tick)
 
     def cycle(self, advance: float = 0.0) -> list[Any]:
         """``advance`` seconds pass; then one cycle of the guest engine and one of the

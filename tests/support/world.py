@@ -56,8 +56,8 @@ class World(FakeTimeCloud):
     Beside the cloud (see ``FakeTimeCloud``): ``store``, a migrated SQLite store holding
     ``segment`` (a ``Segment`` or a name) and a record for each host, fenced through its
     simulated BMC (``store_hosts`` for other records); ``heartbeats``, the table agents'
-    heartbeats land in; ``settings``, default detection (or ``detection``) and
-    ``recovery`` (default: polls every 50 ms).
+    heartbeats land in; ``settings``, default detection and ``recovery`` (default:
+    polls every 50 ms).
 
     Build the reaction a test needs with ``host_engine``, ``guest_engine`` or
     ``service_keeper`` (also ``engine``, ``guest``, ``keeper``); each waits by advancing
@@ -77,7 +77,6 @@ class World(FakeTimeCloud):
         segment: Segment | str = "s1",
         store_hosts: Iterable[Host] | None = None,
         recovery: RecoverySettings | None = None,
-        detection: DetectionSettings | None = None,
         latency: SimLatency | None = None,
         start: float | None = None,
         compute: Callable[[SimCloud], ComputeDriver] = SimCompute,
@@ -91,7 +90,7 @@ class World(FakeTimeCloud):
         self.store = new_store(tmp_path, seg, store_hosts)
         self.heartbeats = HeartbeatTable(self.clock)
         self.settings = Settings(
-            detection=detection or DetectionSettings(),
+            detection=DetectionSettings(),
             recovery=recovery or RecoverySettings(poll_interval=0.05),
             api_token="t",
             agent_key="k",

@@ -10,15 +10,10 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from support import new_store
+from support.world import World
 
 from vigil.api.guest import add_guest_routes
-from vigil.clock import FakeClock
-from vigil.engine.guest_engine import GuestEngine
-from vigil.engine.service_keeper import ServiceKeeper
-from vigil.model import GuestFailureKind, GuestReport, Host, Segment, ServiceState
-from vigil.sim.cloud import SimCloud
-from vigil.sim.drivers import SimCompute
+from vigil.model import GuestFailureKind, GuestReport, ServiceState
 from vigil.store.sql import SqlStore
 from vigil.wire.reports import SIGNATURE_HEADER, encode_reports, encode_services, sign
 
@@ -27,17 +22,12 @@ KEY = b"agent-key"
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[tuple[TestClient, SqlStore]]:
-    store = new_store(tmp_path, Segment("a"), [Host("c1", "a")])
-    clock = FakeClock()
-    compute = SimCompute(SimCloud(clock))
-    keeper = ServiceKeeper(store=store, compute=compute, clock=clock)
-    guest = GuestEngine(store=store, compute=compute, clock=clock, services=keeper)
-    app = FastAPI()
-    add_guest_routes(app, guest=guest, agent_key=KEY.decode(), known_host=lambda h: h == "c1")
-    with TestClient(app) as c:
-        yield c, store
-    guest.stop()
-    store.close()
+    with World(tmp_path, segment="a") as w:  # host c1
+        guest = w.guest_engine(services=w.service_keeper())
+        app = FastAPI()
+        add_guest_routes(app, guest=guest, agent_key=KEY.decode(), known_host=lambda h: h == "c1")
+        with TestClient(app) as c:
+            yield c, w.store
 
 
 def post(

@@ -9,7 +9,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from vigil.clock import Clock, FakeClock, SystemClock
+from support.cloud import FakeTimeCloud
+
+from vigil.clock import Clock, SystemClock
 from vigil.drivers.compute import ComputeDriver
 from vigil.drivers.fencing import FenceDevice
 from vigil.sim.api import CloudApi
@@ -38,34 +40,30 @@ class SimRig:
     cloud: SimCloud
     api: CloudApi
     clock: Clock
-    fake: FakeClock | None
+    fake: FakeTimeCloud | None  # in-process: the cloud on its fake clock
     timeout: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.timeout = 30.0 if self.fake is not None else 5.0
 
     def wait_until(self, condition: Callable[[], bool], what: str, timeout: float) -> None:
+        if self.fake is not None:
+            self.fake.advance_until(condition, what, timeout)
+            return
         start = self.clock.monotonic()
         while not condition():
             if self.clock.monotonic() - start > timeout:
                 raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-            if self.fake is not None:
-                self.fake.advance(0.05)
-            else:
-                time.sleep(0.005)
+            time.sleep(0.005)
 
 
 @contextmanager
 def sim_rig(kind: str, *, evacuate_leaves_stopped: bool = False) -> Iterator[SimRig]:
     if kind == "in-process":
-        fake = FakeClock()
-        cloud = SimCloud(
-            fake,
-            latency=FAKE_TIME_LATENCY,
-            evacuate_leaves_stopped=evacuate_leaves_stopped,
-            sleep=fake.advance,
+        fake = FakeTimeCloud(
+            latency=FAKE_TIME_LATENCY, evacuate_leaves_stopped=evacuate_leaves_stopped
         )
-        yield SimRig(cloud, cloud, fake, fake)
+        yield SimRig(fake.cloud, fake.cloud, fake.clock, fake)
         return
     assert kind == "over-http", kind
     system = SystemClock()

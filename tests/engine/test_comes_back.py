@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from test_engine import HOSTS, World
+from support.world import HOSTS, HostFailureWorld
 
 from vigil.clock import FakeClock
 from vigil.config import RecoverySettings, SelfFencingSettings
@@ -18,7 +18,6 @@ from vigil.drivers.compute import Server
 from vigil.drivers.errors import PermanentError
 from vigil.engine import steps
 from vigil.engine.lease import LeaseKeeper, SelfFenceDevice
-from vigil.engine.steps import StepContext
 from vigil.model import (
     FailureKind,
     Host,
@@ -34,43 +33,19 @@ from vigil.sim.drivers import SimCompute
 
 
 @pytest.fixture
-def w(tmp_path: Path) -> Iterator[World]:
-    world = World(tmp_path)
-    for _ in range(10):
-        world.tick()
-    assert all(world.state(h) == HostState.UP for h in HOSTS)
-    yield world
-    world.engine.close()
-    world.store.close()
+def w(tmp_path: Path) -> Iterator[HostFailureWorld]:
+    with HostFailureWorld(tmp_path) as world:
+        world.settle()
+        yield world
 
 
-def tick_until(w: World, done: object, ticks: int = 600) -> None:
-    assert callable(done)
-    for _ in range(ticks):
-        if done():
-            return
-        w.tick()
-    raise AssertionError("not reached in time")
-
-
-def recovery_of(w: World, host: str) -> RecoveryStatus | None:
-    recs = w.store.list_recoveries(host=host)
-    return recs[0].status if recs else None
-
-
-def ended(w: World, host: str) -> bool:
-    return recovery_of(w, host) in (RecoveryStatus.SUCCEEDED, RecoveryStatus.FAILED)
-
-
-def types(w: World) -> list[str]:
-    return [e.event_type for e in w.store.list_events(limit=10_000)]
-
-
-def test_an_instance_running_before_the_failure_runs_after_its_evacuation(w: World) -> None:
+def test_an_instance_running_before_the_failure_runs_after_its_evacuation(
+    w: HostFailureWorld,
+) -> None:
     """After the fence, power that came back (or a self-fence reset) leaves Nova showing
     the instances SHUTOFF; what counts is how they were before the failure."""
     w.cloud.isolate("c1")
-    tick_until(w, lambda: w.state("c1") == HostState.FAILED)
+    w.tick_until(lambda: w.state("c1") == HostState.FAILED)
     w.tick()  # record-instances and the fence run
     recovery = w.store.list_recoveries(host="c1")[0]
     record = recovery.step(StepKind.RECORD_INSTANCES)
@@ -78,8 +53,8 @@ def test_an_instance_running_before_the_failure_runs_after_its_evacuation(w: Wor
     w.cloud.reconnect("c1")
     w.cloud.power_restore("c1")  # someone powers it on again: Nova reads SHUTOFF now
     assert {w.cloud.instance(i).status for i in w.instances} == {"SHUTOFF"}
-    tick_until(w, lambda: ended(w, "c1"))
-    assert recovery_of(w, "c1") == RecoveryStatus.SUCCEEDED
+    w.tick_until(lambda: w.recovery_ended("c1"))
+    assert w.recovery_status("c1") == RecoveryStatus.SUCCEEDED
     for iid in w.instances:
         inst = w.cloud.instance(iid)
         assert (inst.status, inst.host != "c1") == ("ACTIVE", True), inst
@@ -87,24 +62,24 @@ def test_an_instance_running_before_the_failure_runs_after_its_evacuation(w: Wor
     assert w.cloud.double_running() == []
 
 
-def test_an_instance_stopped_before_the_failure_stays_stopped(w: World) -> None:
+def test_an_instance_stopped_before_the_failure_stays_stopped(w: HostFailureWorld) -> None:
     w.cloud.stop(w.instances[0])
     w.tick()
     assert w.cloud.instance(w.instances[0]).status == "SHUTOFF"
     w.cloud.power_loss("c1")
-    tick_until(w, lambda: ended(w, "c1"))
-    assert recovery_of(w, "c1") == RecoveryStatus.SUCCEEDED
+    w.tick_until(lambda: w.recovery_ended("c1"))
+    assert w.recovery_status("c1") == RecoveryStatus.SUCCEEDED
     assert w.cloud.instance(w.instances[0]).status == "SHUTOFF"
     assert {w.cloud.instance(i).status for i in w.instances[1:]} == {"ACTIVE"}
 
 
-def test_no_evacuation_aims_at_a_host_vigil_knows_is_down(w: World) -> None:
+def test_no_evacuation_aims_at_a_host_vigil_knows_is_down(w: HostFailureWorld) -> None:
     """c2 is cut off (Nova reads it up for a minute yet): nothing of c1 may go there."""
     w.cloud.isolate("c2")
-    tick_until(w, lambda: w.state("c2") == HostState.FAILED)
+    w.tick_until(lambda: w.state("c2") == HostState.FAILED)
     w.cloud.power_loss("c1")
-    tick_until(w, lambda: ended(w, "c1") and ended(w, "c2"))
-    assert recovery_of(w, "c1") == RecoveryStatus.SUCCEEDED
+    w.tick_until(lambda: w.recovery_ended("c1") and w.recovery_ended("c2"))
+    assert w.recovery_status("c1") == RecoveryStatus.SUCCEEDED
     for iid in w.instances:
         assert w.cloud.instance(iid).host in ("c3", "c4")
         assert w.cloud.instance(iid).status == "ACTIVE"
@@ -115,13 +90,13 @@ def test_no_evacuation_aims_at_a_host_vigil_knows_is_down(w: World) -> None:
     assert len({s.result["to"] for s in evacuations}) == 2  # spread, not piled on one
 
 
-def test_a_host_that_rebooted_gets_its_keep_running_instances_back(w: World) -> None:
+def test_a_host_that_rebooted_gets_its_keep_running_instances_back(w: HostFailureWorld) -> None:
     """A power blip shorter than detection: never declared failed, but its guests are off."""
     w.cloud.power_loss("c1")
     w.tick(0.3)
     w.cloud.power_restore("c1")
     assert {w.cloud.instance(i).status for i in w.instances} == {"SHUTOFF"}
-    tick_until(w, lambda: ended(w, "c1"))
+    w.tick_until(lambda: w.recovery_ended("c1"))
     recovery = w.store.list_recoveries(host="c1")[0]
     assert recovery.status == RecoveryStatus.SUCCEEDED, recovery.reason
     assert recovery.reason == "host rebooted; 3 instances started, 0 notified"
@@ -133,7 +108,7 @@ def test_a_host_that_rebooted_gets_its_keep_running_instances_back(w: World) -> 
         assert (inst.host, inst.status) == ("c1", "ACTIVE")
     scratch = next(i for i in w.cloud.instances() if i.name == "scratch")
     assert scratch.status == "SHUTOFF"  # policy off: left alone
-    seen = types(w)
+    seen = w.event_types()
     assert "vigil.host.rebooted" in seen
     assert seen.count("vigil.instance.start.end") == 3
     assert "vigil.host.failure.confirmed" not in seen
@@ -143,50 +118,50 @@ def test_a_host_that_rebooted_gets_its_keep_running_instances_back(w: World) -> 
     assert len(w.store.list_recoveries(host="c1")) == 1
 
 
-def test_a_paused_declaration_is_withdrawn_when_the_heartbeats_return(w: World) -> None:
+def test_a_paused_declaration_is_withdrawn_when_the_heartbeats_return(w: HostFailureWorld) -> None:
     """Three of four hosts silent at once: the storm guard holds every declaration. When
     their heartbeats return, the declarations are withdrawn and the segment resumes."""
     for h in ("c1", "c2", "c3"):
         w.cloud.isolate(h)
-    tick_until(w, lambda: all(w.state(h) == HostState.FAILED for h in ("c1", "c2", "c3")))
+    w.tick_until(lambda: all(w.state(h) == HostState.FAILED for h in ("c1", "c2", "c3")))
     assert w.store.get_segment("s1").paused
-    assert {recovery_of(w, h) for h in ("c1", "c2", "c3")} == {RecoveryStatus.PAUSED}
+    assert {w.recovery_status(h) for h in ("c1", "c2", "c3")} == {RecoveryStatus.PAUSED}
     for h in ("c1", "c2", "c3"):
         w.cloud.reconnect(h)
-    tick_until(w, lambda: not w.store.get_segment("s1").paused)
+    w.tick_until(lambda: not w.store.get_segment("s1").paused)
     assert all(w.state(h) == HostState.UP for h in HOSTS)
-    assert {recovery_of(w, h) for h in ("c1", "c2", "c3")} == {RecoveryStatus.WITHDRAWN}
+    assert {w.recovery_status(h) for h in ("c1", "c2", "c3")} == {RecoveryStatus.WITHDRAWN}
     assert all(w.cloud.is_powered(h) for h in HOSTS)  # nothing was fenced
-    seen = types(w)
+    seen = w.event_types()
     assert seen.count("vigil.host.failure.withdrawn") == 3
     assert seen[-1] == "vigil.segment.resumed"
     # and the segment protects again: a real failure now recovers
     w.cloud.power_loss("c4")
-    tick_until(w, lambda: ended(w, "c4"))
-    assert recovery_of(w, "c4") == RecoveryStatus.SUCCEEDED
+    w.tick_until(lambda: w.recovery_ended("c4"))
+    assert w.recovery_status("c4") == RecoveryStatus.SUCCEEDED
 
 
-def test_an_operator_dismisses_a_paused_declaration(w: World) -> None:
+def test_an_operator_dismisses_a_paused_declaration(w: HostFailureWorld) -> None:
     w.store.update_segment("s1", paused=True, pause_reason="operator: rack work")
     w.cloud.isolate("c1")
-    tick_until(w, lambda: recovery_of(w, "c1") == RecoveryStatus.PAUSED)
+    w.tick_until(lambda: w.recovery_status("c1") == RecoveryStatus.PAUSED)
     recovery = w.store.list_recoveries(host="c1")[0]
     w.engine.dismiss(recovery.id, "dismissed by operator: known rack work")
-    assert recovery_of(w, "c1") == RecoveryStatus.WITHDRAWN
+    assert w.recovery_status("c1") == RecoveryStatus.WITHDRAWN
     assert w.state("c1") == HostState.NEW  # silent: waits for its first heartbeat again
     for _ in range(40):
         w.tick()
     assert w.state("c1") == HostState.NEW  # not suspected again while silent
     assert w.store.get_segment("s1").paused  # an operator's pause stays
     w.cloud.reconnect("c1")
-    tick_until(w, lambda: w.state("c1") == HostState.UP)
+    w.tick_until(lambda: w.state("c1") == HostState.UP)
     with pytest.raises(InvalidTransition):
         w.engine.dismiss(recovery.id, "twice")
 
 
-def test_a_declaration_that_acted_cannot_be_withdrawn(w: World) -> None:
+def test_a_declaration_that_acted_cannot_be_withdrawn(w: HostFailureWorld) -> None:
     w.cloud.isolate("c1")
-    tick_until(w, lambda: w.state("c1") == HostState.FAILED)
+    w.tick_until(lambda: w.state("c1") == HostState.FAILED)
     w.tick()  # its fence ran
     recovery = w.store.list_recoveries(host="c1")[0]
     with pytest.raises(InvalidTransition, match="only a paused declaration"):
@@ -196,7 +171,7 @@ def test_a_declaration_that_acted_cannot_be_withdrawn(w: World) -> None:
 def test_every_recovery_ends_within_max_duration(tmp_path: Path) -> None:
     """An evacuation that can never land (every other host full) ends the recovery FAILED
     with the reason, at max_duration at the latest."""
-    w = World(
+    with HostFailureWorld(
         tmp_path,
         RecoverySettings(
             poll_interval=0.05,
@@ -206,29 +181,24 @@ def test_every_recovery_ends_within_max_duration(tmp_path: Path) -> None:
             step_attempts=1000,
             max_duration=20.0,
         ),
-    )
-    try:
+    ) as w:
         for h in ("c2", "c3", "c4"):
             w.cloud.power_loss(h)
-        for _ in range(10):
-            w.tick()
+        w.settle()
         w.store.update_segment("s1", max_failed_share=1.0)
         for h in ("c2", "c3", "c4"):
             w.store.update_host(h, maintenance=True)
         w.cloud.power_loss("c1")
-        tick_until(w, lambda: ended(w, "c1"), ticks=2000)
+        w.tick_until(lambda: w.recovery_ended("c1"), timeout=100)
         recovery = w.store.list_recoveries(host="c1")[0]
         assert recovery.status == RecoveryStatus.FAILED
         assert recovery.reason.startswith("did not end within 20s; unfinished: evacuate vm2")
         assert recovery.finished_at is not None and recovery.started_at is not None
         assert 20 < recovery.finished_at - recovery.started_at < 21
-    finally:
-        w.engine.close()
-        w.store.close()
 
 
 def test_an_instance_nova_still_calls_active_after_the_reboot_is_hard_rebooted(
-    w: World,
+    w: HostFailureWorld,
 ) -> None:
     """Real Nova keeps an instance ACTIVE with power_state shutdown after its host rebooted,
     until its power sync (10 min) stops it: vigil hard-reboots it (start is refused for an
@@ -252,14 +222,7 @@ def test_an_instance_nova_still_calls_active_after_the_reboot_is_hard_rebooted(
             off.discard(server_id)
             super().reboot(server_id, hard=hard)
 
-    ctx = StepContext(
-        compute=StaleNova(w.cloud),
-        fence_devices=lambda host: [],
-        policies=lambda instance_id: None,
-        settings=w.settings.recovery,
-        clock=w.clock,
-        wait=w.clock.advance,
-    )
+    ctx = w.step_context(StaleNova(w.cloud))
     c1, segment = w.store.get_host("c1"), w.store.get_segment("s1")
     planned = steps.plan_restarts(ctx, c1, segment)
     assert sorted(n.instance_name or "" for n in planned.new_steps) == ["vm0", "vm1", "vm2"]
@@ -273,7 +236,7 @@ def test_an_instance_nova_still_calls_active_after_the_reboot_is_hard_rebooted(
 
 
 def test_a_report_about_a_host_vigil_cannot_fence_ends_within_the_detection_time(
-    w: World,
+    w: HostFailureWorld,
 ) -> None:
     """A Masakari monitor reports a host that has no vigil agent and no fencing level:
     the failure is declared and its recovery ends FAILED, saying why, nothing moved."""
@@ -281,7 +244,7 @@ def test_a_report_about_a_host_vigil_cannot_fence_ends_within_the_detection_time
     w.tick()
     at = w.clock.monotonic()
     w.engine.report_down("legacy-1", source="masakari", reason="COMPUTE_HOST STOPPED")
-    tick_until(w, lambda: ended(w, "legacy-1"), ticks=200)
+    w.tick_until(lambda: w.recovery_ended("legacy-1"), timeout=10)
     assert w.clock.monotonic() - at <= w.settings.detection.failed_after + 0.5
     recovery = w.store.list_recoveries(host="legacy-1")[0]
     assert recovery.status == RecoveryStatus.FAILED
@@ -319,7 +282,7 @@ def test_a_retry_of_an_evacuation_still_in_flight_confirms_it_and_ends(
         def evacuation_started(self, server_id: str) -> bool | None:
             return True
 
-    w = World(
+    with HostFailureWorld(
         tmp_path,
         RecoverySettings(
             poll_interval=0.05,
@@ -328,22 +291,17 @@ def test_a_retry_of_an_evacuation_still_in_flight_confirms_it_and_ends(
             step_attempts=2,
         ),
         TookItUp,
-    )
-    try:
-        for _ in range(10):
-            w.tick()
+    ) as w:
+        w.settle()
         w.cloud.lose_evacuations(1)
         w.cloud.power_loss("c1")
-        tick_until(w, lambda: ended(w, "c1"), ticks=1500)
+        w.tick_until(lambda: w.recovery_ended("c1"), timeout=75)
         recovery = w.store.list_recoveries(host="c1")[0]
         assert recovery.status == RecoveryStatus.FAILED
         stuck = [s for s in recovery.steps if s.status == "failed"]
         assert len(stuck) == 1 and "still on c1 (REBUILD)" in stuck[0].detail
         assert w.cloud.attempts("evacuate", stuck[0].instance_id) == 1  # never asked twice
         assert "crashed" not in caplog.text
-    finally:
-        w.engine.close()
-        w.store.close()
 
 
 def test_a_host_whose_fence_failed_and_that_rebooted_gets_its_instances_back(
@@ -353,20 +311,20 @@ def test_a_host_whose_fence_failed_and_that_rebooted_gets_its_instances_back(
     moving nothing (fault schedule seed 79). When the host heartbeats again with a new
     boot id it did reset: its stopped instances are started where they are, the host is
     in use again, and the failed declaration is resolved."""
-    w = World(tmp_path, RecoverySettings(poll_interval=0.05, step_attempts=2))
-    try:
-        for _ in range(10):
-            w.tick()
+    with HostFailureWorld(tmp_path, RecoverySettings(poll_interval=0.05, step_attempts=2)) as w:
+        w.settle()
         w.cloud.bmc_unreachable("c1", True)
         w.cloud.isolate("c1")
-        tick_until(w, lambda: ended(w, "c1"), ticks=2000)
+        w.tick_until(lambda: w.recovery_ended("c1"), timeout=100)
         failed = w.store.list_recoveries(host="c1")[0]
         assert failed.status == RecoveryStatus.FAILED and "fence failed" in failed.reason
         assert w.cloud.calls("evacuate") == 0
         w.cloud.watchdog_reset("c1")  # it reset itself (its own watchdog, say)
         w.cloud.reconnect("c1")
         w.cloud.bmc_unreachable("c1", False)
-        tick_until(w, lambda: len(w.store.list_recoveries(host="c1")) == 2 and ended(w, "c1"))
+        w.tick_until(
+            lambda: len(w.store.list_recoveries(host="c1")) == 2 and w.recovery_ended("c1")
+        )
         again = w.store.list_recoveries(host="c1")[0]
         assert again.status == RecoveryStatus.SUCCEEDED, again.reason
         assert again.reason == "host rebooted; 3 instances started, 0 notified"
@@ -374,27 +332,16 @@ def test_a_host_whose_fence_failed_and_that_rebooted_gets_its_instances_back(
         assert w.store.get_failure(failed.failure_id).status == "resolved"
         for iid in w.instances:
             assert (w.cloud.instance(iid).host, w.cloud.instance(iid).status) == ("c1", "ACTIVE")
-    finally:
-        w.engine.close()
-        w.store.close()
 
 
 @pytest.mark.parametrize(("booted_again", "moved"), [(False, 3), (True, 1), (None, 1)])
 def test_an_instance_that_arrived_after_the_declaration_moves_only_if_the_host_stayed_down(
-    w: World, booted_again: bool | None, moved: int
+    w: HostFailureWorld, booted_again: bool | None, moved: int
 ) -> None:
     """vm1 and vm2 were not on c1 when it was declared (evacuations to it still in flight,
     fault schedule seed 40). If c1 has not booted again since, the fence killed them too:
     they move. If it has (a watchdog reset, seed 6), they may run there: left alone."""
-    ctx = StepContext(
-        compute=SimCompute(w.cloud),
-        fence_devices=lambda host: [],
-        policies=lambda instance_id: None,
-        settings=w.settings.recovery,
-        clock=w.clock,
-        wait=w.clock.advance,
-        booted_again=lambda host: booted_again,
-    )
+    ctx = w.step_context(booted_again=lambda host: booted_again)
     first = w.cloud.instance(w.instances[0])
     record = Step(
         1,
@@ -424,21 +371,13 @@ def test_an_instance_that_arrived_after_the_declaration_moves_only_if_the_host_s
 
 @pytest.mark.parametrize(("resets", "moved"), [(False, 2), (True, 1)])
 def test_an_instance_that_landed_before_a_power_off_fence_moves_whatever_boot_it_came_in(
-    w: World, resets: bool, moved: int
+    w: HostFailureWorld, resets: bool, moved: int
 ) -> None:
     """Fault schedule seed 267: vm2 was sent to c1 while c1 blinked off and on; it landed in
     c1's new boot, c1 was declared failed (no heartbeat) and its BMC then powered it off.
     The power-off ended vm2 too, whichever boot it came in: it moves. A self-fence resets
     the host instead: what landed in a boot after the declared one may run there."""
-    ctx = StepContext(
-        compute=SimCompute(w.cloud),
-        fence_devices=lambda host: [],
-        policies=lambda instance_id: None,
-        settings=w.settings.recovery,
-        clock=w.clock,
-        wait=w.clock.advance,
-        booted_again=lambda host: True,
-    )
+    ctx = w.step_context(booted_again=lambda host: True)
     first = w.cloud.instance(w.instances[0])
     landed_at = w.clock.wall()
     ctx.landed[w.instances[1]] = ("c1", "c1-boot-2", "ACTIVE", landed_at)

@@ -9,104 +9,34 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from support import new_store
+from support.world import TICK, HostFailureWorld
 
-from vigil.clock import FakeClock
-from vigil.config import DetectionSettings, RecoverySettings, Settings
+from vigil.config import RecoverySettings
 from vigil.drivers.compute import Server
 from vigil.drivers.errors import TemporaryError
 from vigil.engine import steps
-from vigil.engine.engine import Engine
-from vigil.engine.heartbeat import HeartbeatTable
-from vigil.engine.steps import StepContext
 from vigil.events import payload_schema
 from vigil.model import (
-    FenceMethod,
-    HaPolicy,
-    Host,
     HostState,
     Recovery,
     RecoveryStatus,
-    Segment,
     Step,
     StepKind,
     StepStatus,
 )
-from vigil.server import fence_factory
-from vigil.sim.cloud import SimCloud, SimLatency
 from vigil.sim.drivers import SimCompute
-
-HOSTS = ("c1", "c2", "c3", "c4")
-TICK = 0.05
-
-
-class World:
-    def __init__(
-        self,
-        tmp_path: Path,
-        recovery: RecoverySettings | None = None,
-        compute: type[SimCompute] = SimCompute,
-    ) -> None:
-        self.clock = FakeClock()
-        self.cloud = SimCloud(self.clock, latency=SimLatency.zero())
-        for h in HOSTS:
-            self.cloud.add_host(h)
-        self.instances = [
-            self.cloud.add_instance(f"vm{i}", "c1", policy=HaPolicy.KEEP_RUNNING, priority=i)
-            for i in range(3)
-        ]
-        self.cloud.add_instance("scratch", "c1", policy=HaPolicy.OFF)
-        self.store = new_store(tmp_path, Segment("s1"))
-        for h in HOSTS:
-            self.store.create_host(Host(h, "s1", fencing=(FenceMethod("sim"),)))
-        self.heartbeats = HeartbeatTable(self.clock)
-        self.settings = Settings(
-            detection=DetectionSettings(),
-            recovery=recovery or RecoverySettings(poll_interval=0.05),
-            api_token="t",
-            agent_key="k",
-        )
-        self.engine = Engine(
-            store=self.store,
-            compute=compute(self.cloud),
-            fence_devices=fence_factory(self.cloud),
-            settings=self.settings,
-            clock=self.clock,
-            heartbeats=self.heartbeats,
-            wait=self.clock.advance,
-        )
-        self.seq = 0
-
-    def tick(self, seconds: float = TICK) -> None:
-        """Advance time; live hosts beat every heartbeat_interval; run one cycle."""
-        self.clock.advance(seconds)
-        interval = self.settings.detection.heartbeat_interval
-        self._since_beat = getattr(self, "_since_beat", 0.0) + seconds
-        if self._since_beat >= interval - 1e-9:
-            self._since_beat = 0.0
-            self.seq += 1
-            for h in HOSTS:
-                if self.cloud.host_can_heartbeat(h):
-                    self.heartbeats.beat(h, "boot", self.seq, kernel_boot_id=self.cloud.boot_id(h))
-        self.engine.run_cycle()
-        assert self.engine.drain(5)
-
-    def state(self, host: str) -> HostState:
-        return self.store.get_host(host).state
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    for _ in range(10):
-        w.tick()
-    assert all(w.state(h) == HostState.UP for h in HOSTS)
-    yield w
-    w.engine.close()
-    w.store.close()
+def world(tmp_path: Path) -> Iterator[HostFailureWorld]:
+    with HostFailureWorld(tmp_path) as w:
+        w.settle()
+        yield w
 
 
-def run_until_silent_for(w: World, host: str, seconds: float) -> list[tuple[float, HostState]]:
+def run_until_silent_for(
+    w: HostFailureWorld, host: str, seconds: float
+) -> list[tuple[float, HostState]]:
     """Tick until the host has been silent ``seconds``; record its state after each tick."""
     start = w.clock.monotonic()
     seen = []
@@ -120,7 +50,7 @@ def first(seen: list[tuple[float, HostState]], state: HostState) -> float:
     return next(t for t, s in seen if s == state)
 
 
-def test_isolated_host_declared_exactly_at_failed_after(world: World) -> None:
+def test_isolated_host_declared_exactly_at_failed_after(world: HostFailureWorld) -> None:
     world.cloud.isolate("c1")
     seen = run_until_silent_for(world, "c1", 2.5)
     det = world.settings.detection
@@ -133,7 +63,7 @@ def test_isolated_host_declared_exactly_at_failed_after(world: World) -> None:
     assert all(s != HostState.FAILED for t, s in seen if t < det.failed_after - 0.25)
 
 
-def test_power_loss_declared_as_soon_as_the_bmc_reads_off(world: World) -> None:
+def test_power_loss_declared_as_soon_as_the_bmc_reads_off(world: HostFailureWorld) -> None:
     world.cloud.power_loss("c1")
     seen = run_until_silent_for(world, "c1", 2.0)
     # BMC corroboration: declared a tick or two after suspicion, well before failed_after
@@ -141,7 +71,7 @@ def test_power_loss_declared_as_soon_as_the_bmc_reads_off(world: World) -> None:
     assert first(seen, HostState.FAILED) < world.settings.detection.failed_after
 
 
-def test_a_heartbeat_clears_suspicion_and_nothing_is_fenced(world: World) -> None:
+def test_a_heartbeat_clears_suspicion_and_nothing_is_fenced(world: HostFailureWorld) -> None:
     world.cloud.isolate("c1")
     seen = run_until_silent_for(world, "c1", 1.3)
     assert seen[-1][1] == HostState.SUSPECT
@@ -153,13 +83,9 @@ def test_a_heartbeat_clears_suspicion_and_nothing_is_fenced(world: World) -> Non
     assert world.cloud.calls("bmc_power_off") == 0
 
 
-def test_whole_recovery_on_the_fake_clock_with_events_in_order(world: World) -> None:
+def test_whole_recovery_on_the_fake_clock_with_events_in_order(world: HostFailureWorld) -> None:
     world.cloud.isolate("c1")
-    for _ in range(200):
-        world.tick()
-        recs = world.store.list_recoveries(host="c1")
-        if recs and recs[0].status == RecoveryStatus.SUCCEEDED:
-            break
+    world.tick_until(lambda: world.recovery_status("c1") == RecoveryStatus.SUCCEEDED, timeout=10)
     (recovery,) = world.store.list_recoveries(host="c1")
     assert recovery.status == RecoveryStatus.SUCCEEDED
     assert world.state("c1") == HostState.RECOVERED
@@ -203,15 +129,11 @@ def test_whole_recovery_on_the_fake_clock_with_events_in_order(world: World) -> 
         jsonschema.validate(event.payload, payload_schema(event.event_type))
 
 
-def _recover(w: World, host: str, ticks: int = 400) -> None:
-    for _ in range(ticks):
-        w.tick()
-        recs = w.store.list_recoveries(host=host)
-        if recs and recs[0].status in (RecoveryStatus.SUCCEEDED, RecoveryStatus.FAILED):
-            return
+def _recover(w: HostFailureWorld, host: str) -> None:
+    w.tick_until(lambda: w.recovery_ended(host), f"the recovery of {host} to end", timeout=20)
 
 
-def _stall_world(tmp_path: Path, compute: type[SimCompute] = SimCompute) -> World:
+def _stall_world(tmp_path: Path, compute: type[SimCompute] = SimCompute) -> HostFailureWorld:
     """A world whose Nova loses the first evacuation it accepts (its API died between
     saving REBUILD and sending the request on), with a short stall timeout."""
     recovery = RecoverySettings(
@@ -222,9 +144,8 @@ def _stall_world(tmp_path: Path, compute: type[SimCompute] = SimCompute) -> Worl
         evacuate_confirm_timeout=1.0,
         step_attempts=3,
     )
-    w = World(tmp_path, recovery, compute)
-    for _ in range(10):
-        w.tick()
+    w = HostFailureWorld(tmp_path, recovery, compute)
+    w.settle()
     w.cloud.lose_evacuations(1)
     return w
 
@@ -232,8 +153,7 @@ def _stall_world(tmp_path: Path, compute: type[SimCompute] = SimCompute) -> Worl
 def test_an_evacuation_nova_lost_is_reset_and_asked_for_once_more(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    w = _stall_world(tmp_path)
-    try:
+    with _stall_world(tmp_path) as w:
         w.cloud.isolate("c1")
         _recover(w, "c1")
         (recovery,) = w.store.list_recoveries(host="c1")
@@ -249,9 +169,6 @@ def test_an_evacuation_nova_lost_is_reset_and_asked_for_once_more(
         assert w.cloud.calls("reset_state", lost.instance_id) == 1
         said = [m for m in caplog.messages if "never took the evacuation up" in m]
         assert len(said) == 1 and "host c1" in said[0] and str(lost.instance_id) in said[0]
-    finally:
-        w.engine.close()
-        w.store.close()
 
 
 class _CannotTell(SimCompute):
@@ -264,8 +181,7 @@ class _CannotTell(SimCompute):
 def test_an_evacuation_that_may_still_be_queued_is_never_asked_for_twice(
     tmp_path: Path,
 ) -> None:
-    w = _stall_world(tmp_path, _CannotTell)
-    try:
+    with _stall_world(tmp_path, _CannotTell) as w:
         w.cloud.isolate("c1")
         _recover(w, "c1")
         (recovery,) = w.store.list_recoveries(host="c1")
@@ -274,12 +190,9 @@ def test_an_evacuation_that_may_still_be_queued_is_never_asked_for_twice(
         assert all(w.cloud.calls("evacuate", i) == 1 for i in w.instances)
         stuck = [i for i in w.instances if w.cloud.instance(i).status == "REBUILD"]
         assert len(stuck) == 1 and w.cloud.instance(stuck[0]).host == "c1"
-    finally:
-        w.engine.close()
-        w.store.close()
 
 
-def test_an_instance_with_a_task_in_progress_is_not_evacuated_yet(world: World) -> None:
+def test_an_instance_with_a_task_in_progress_is_not_evacuated_yet(world: HostFailureWorld) -> None:
     """Nova 34 accepts a second evacuation of an instance still being rebuilt: the step
     reads the instance and asks Nova only when no task is in progress."""
     iid = world.instances[0]
@@ -289,14 +202,7 @@ def test_an_instance_with_a_task_in_progress_is_not_evacuated_yet(world: World) 
         def get_server(self, server_id: str) -> Server:
             return busy if server_id == iid else super().get_server(server_id)
 
-    ctx = StepContext(
-        compute=Busy(world.cloud),
-        fence_devices=lambda host: [],
-        policies=lambda instance_id: None,
-        settings=world.settings.recovery,
-        clock=world.clock,
-        wait=world.clock.advance,
-    )
+    ctx = world.step_context(Busy(world.cloud))
     step = Step(1, 1, 1, StepKind.EVACUATE, StepStatus.RUNNING, iid, "vm0")
     recovery = Recovery(1, 1, "c1", "s1", RecoveryStatus.RUNNING, created_at=0.0)
     with pytest.raises(TemporaryError, match="with task powering-off: Nova cannot evacuate"):

@@ -1,5 +1,5 @@
 """Guest failure policies on a fake clock: the pure rule, and the guest engine end to end
-with a real (SQLite) store and a fake Nova — crash loops, intentional stops, reset loops,
+with a real (SQLite) store and the simulated Nova — crash loops, intentional stops, reset loops,
 notify, idempotent reports, resume after a crash."""
 
 from __future__ import annotations
@@ -8,19 +8,15 @@ import dataclasses
 import itertools
 import threading
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
-from support import new_store
+from support.world import World
 
-from vigil.clock import FakeClock
-from vigil.drivers import compute as nova
-from vigil.drivers.compute import ComputeDriver, ComputeService, Server
-from vigil.drivers.errors import Conflict, NotFound, TemporaryError
+from vigil.drivers.compute import WATCHDOG_ACTION_KEY, Server
 from vigil.engine.guest import (
     Escalate,
     GuestPolicy,
@@ -31,18 +27,17 @@ from vigil.engine.guest import (
     decide_guest,
     guest_policy_from_metadata,
 )
-from vigil.engine.guest_engine import GuestEngine
 from vigil.events import payload_schema
 from vigil.model import (
     GuestFailureKind,
     GuestFailureStatus,
-    GuestReport,
     HaPolicy,
-    Host,
     InstanceFailure,
     Segment,
     StepStatus,
 )
+from vigil.sim.cloud import SimCloud
+from vigil.sim.drivers import SimCompute
 
 HOST = "compute-1"
 SETTINGS = GuestSettings(
@@ -50,170 +45,106 @@ SETTINGS = GuestSettings(
 )
 
 
-class FakeNova(ComputeDriver):
-    """Servers by id; ``start``/``reboot`` make them ACTIVE and are recorded."""
-
-    def __init__(self) -> None:
-        self.servers: dict[str, Server] = {}
-        self.calls: list[tuple[str, str]] = []
-        self.fail_next = 0
-
-    def add(self, policy: HaPolicy | None, status: str = nova.ACTIVE) -> str:
-        sid = str(uuid.uuid4())
-        self.servers[sid] = Server(sid, f"vm-{len(self.servers)}", HOST, status, policy)
-        return sid
-
-    def _set(self, sid: str, status: str) -> None:
-        s = self.servers[sid]
-        self.servers[sid] = Server(s.id, s.name, s.host, status, s.policy)
-
-    def list_services(self) -> list[ComputeService]:
-        return []
-
-    def get_service(self, host: str) -> ComputeService:
-        raise NotFound(host)
-
-    def set_forced_down(self, host: str, forced_down: bool) -> None: ...
-
-    def disable(self, host: str, reason: str) -> None: ...
-
-    def enable(self, host: str) -> None: ...
-
-    def list_servers(self, host: str) -> list[Server]:
-        return [s for s in self.servers.values() if s.host == host]
-
-    def get_server(self, server_id: str) -> Server:
-        if server_id not in self.servers:
-            raise NotFound(server_id)
-        return self.servers[server_id]
-
-    def evacuate(self, server_id: str, target_host: str | None = None) -> None: ...
-
-    def _act(self, what: str, sid: str) -> None:
-        if self.fail_next:
-            self.fail_next -= 1
-            raise TemporaryError("Nova is busy")
-        self.calls.append((what, sid))
-        self._set(sid, nova.ACTIVE)
-
-    def start(self, server_id: str) -> None:
-        # as Nova (and the compute contract, tests/contract/compute_contract.py): only a
-        # stopped instance can be started
-        if self.servers[server_id].status != nova.SHUTOFF:
-            raise Conflict(f"instance {server_id} is {self.servers[server_id].status}")
-        self._act("start", server_id)
-
-    def stop(self, server_id: str) -> None:
-        self._set(server_id, nova.SHUTOFF)
-
-    def reboot(self, server_id: str, hard: bool = True) -> None:
-        self._act("reboot", server_id)
-
-
-class World:
-    def __init__(self, tmp_path: Path) -> None:
-        self.store = new_store(
-            tmp_path, Segment("rack-a", default_policy=HaPolicy.OFF), [Host(HOST, "rack-a")]
-        )
-        self.clock = FakeClock()
-        self.nova = FakeNova()
-        self.guest = GuestEngine(
-            store=self.store, compute=self.nova, clock=self.clock, settings=SETTINGS, wait=self.wait
-        )
-
-    def wait(self, seconds: float) -> None:
-        self.clock.advance(seconds)
-
-    def report(self, sid: str, kind: GuestFailureKind, **detail: Any) -> GuestReport:
-        r = GuestReport(str(uuid.uuid4()), HOST, sid, kind, self.clock.wall(), detail)
-        self.guest.receive([r])
-        return r
-
-    def cycle(self, advance: float = 0.0) -> list[Any]:
-        self.clock.advance(advance)
-        actions = self.guest.run_cycle()
-        assert self.guest.drain()
-        if self.guest.policies_ready():  # looked up on a worker: decided on at once
-            actions += self.guest.run_cycle()
-            assert self.guest.drain()
-        return actions
-
-    def failure(self, sid: str) -> InstanceFailure:
-        return self.store.list_guest_failures(instance_id=sid)[0]
-
-    def events(self, sid: str | None = None) -> list[str]:
-        return [
-            e.event_type
-            for e in self.store.list_events(limit=1000)
-            if sid is None or e.instance_id == sid
-        ]
+def guest_world(tmp_path: Path, compute: Callable[[SimCloud], SimCompute] = SimCompute) -> World:
+    """compute-1 in segment rack-a (default policy off), the guest engine on it."""
+    w = World(
+        tmp_path, (HOST,), segment=Segment("rack-a", default_policy=HaPolicy.OFF), compute=compute
+    )
+    w.guest_engine(SETTINGS)
+    return w
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    yield w
-    w.guest.stop()
-    w.store.close()
+    with guest_world(tmp_path) as w:
+        yield w
+
+
+def boot(w: World, policy: HaPolicy | None) -> str:
+    return w.cloud.add_instance(f"vm-{len(w.cloud.instances())}", HOST, policy=policy)
 
 
 def crash(w: World, sid: str) -> None:
-    w.nova.stop(sid)  # what a crash with on_crash=destroy looks like to Nova, eventually
-    w.report(sid, GuestFailureKind.CRASHED, reason="panicked")
+    w.cloud.stop(sid)  # what a crash with on_crash=destroy looks like to Nova, eventually
+    w.guest_report(sid, GuestFailureKind.CRASHED, reason="panicked")
+
+
+def restarts(w: World) -> list[tuple[str, str]]:
+    """The restarts Nova accepted, (start or reboot, instance id), instance by instance."""
+    return [
+        (method, i.id)
+        for i in w.cloud.instances()
+        for method in ("start", "reboot")
+        for _ in range(w.cloud.calls(method, i.id))
+    ]
+
+
+def failure(w: World, sid: str) -> InstanceFailure:
+    return w.store.list_guest_failures(instance_id=sid)[0]
 
 
 def test_a_crashed_keep_running_instance_is_restarted_through_nova(world: World) -> None:
-    sid = world.nova.add(HaPolicy.KEEP_RUNNING)
+    sid = boot(world, HaPolicy.KEEP_RUNNING)
     crash(world, sid)
     world.cycle()  # plan (no backoff for the first restart)
     world.cycle()  # run
-    assert world.nova.calls == [("start", sid)]
-    f = world.failure(sid)
+    assert restarts(world) == [("start", sid)]
+    f = failure(world, sid)
     assert f.restarts == 1 and f.action_status == StepStatus.SUCCEEDED
     assert f.status == GuestFailureStatus.OPEN  # watched until quiet
-    assert world.events(sid) == [
+    assert world.event_types(sid) == [
         "vigil.instance.guest.failure",
         "vigil.instance.guest.restart.start",
         "vigil.instance.guest.restart.end",
     ]
     world.cycle(SETTINGS.quiet_after)
-    assert world.failure(sid).status == GuestFailureStatus.RESOLVED
+    assert failure(world, sid).status == GuestFailureStatus.RESOLVED
 
 
-def test_a_policy_lookup_stuck_on_nova_delays_no_other_failure(world: World) -> None:
+class StuckLookup(SimCompute):
+    """Nova answers ``get_server`` for the instances in ``stuck`` only once ``release``
+    is set (as after its 60 s API timeout)."""
+
+    def __init__(self, cloud: SimCloud) -> None:
+        super().__init__(cloud)
+        self.stuck: set[str] = set()
+        self.release = threading.Event()
+
+    def get_server(self, server_id: str) -> Server:
+        if server_id in self.stuck:
+            self.release.wait(30)
+        return super().get_server(server_id)
+
+
+def test_a_policy_lookup_stuck_on_nova_delays_no_other_failure(tmp_path: Path) -> None:
     # Nova answers get_server for one instance only after its 60 s timeout: the other
     # instance's crash is decided on and restarted meanwhile (the lookup used to run on
     # the decision thread, which also drives the service keeper).
-    slow, fast = world.nova.add(HaPolicy.KEEP_RUNNING), world.nova.add(HaPolicy.KEEP_RUNNING)
-    release = threading.Event()
-    get_server = world.nova.get_server
-
-    def stuck(server_id: str) -> Server:
-        if server_id == slow:
-            release.wait(30)
-        return get_server(server_id)
-
-    world.nova.get_server = stuck  # type: ignore[method-assign]
-    crash(world, slow)
-    crash(world, fast)
-    try:
-        deadline = time.monotonic() + 10
-        while ("start", fast) not in world.nova.calls and time.monotonic() < deadline:
-            started = time.monotonic()
-            world.guest.run_cycle()
-            assert time.monotonic() - started < 1, "a cycle waited on the stuck lookup"
-            time.sleep(0.01)
-        assert world.nova.calls == [("start", fast)]
-        assert world.failure(slow).status == GuestFailureStatus.OPEN
-    finally:
-        release.set()
-    world.cycle()  # the policy arrives: planned
-    world.cycle()  # run
-    assert world.nova.calls == [("start", fast), ("start", slow)]
+    with guest_world(tmp_path, StuckLookup) as world:
+        nova = world.compute
+        assert isinstance(nova, StuckLookup)
+        slow, fast = boot(world, HaPolicy.KEEP_RUNNING), boot(world, HaPolicy.KEEP_RUNNING)
+        nova.stuck.add(slow)
+        crash(world, slow)
+        crash(world, fast)
+        try:
+            deadline = time.monotonic() + 10
+            while ("start", fast) not in restarts(world) and time.monotonic() < deadline:
+                started = time.monotonic()
+                world.guest.run_cycle()
+                assert time.monotonic() - started < 1, "a cycle waited on the stuck lookup"
+                time.sleep(0.01)
+            assert restarts(world) == [("start", fast)]
+            assert failure(world, slow).status == GuestFailureStatus.OPEN
+        finally:
+            nova.release.set()
+        world.cycle()  # the policy arrives: planned
+        world.cycle()  # run
+        assert restarts(world) == [("start", slow), ("start", fast)]  # slow, now too
 
 
 def test_crash_loop_backs_off_exponentially_then_escalates(world: World) -> None:
-    sid = world.nova.add(HaPolicy.KEEP_RUNNING)
+    sid = boot(world, HaPolicy.KEEP_RUNNING)
     restarted_at = []
     for n in range(SETTINGS.restart_budget):
         crash(world, sid)
@@ -221,10 +152,10 @@ def test_crash_loop_backs_off_exponentially_then_escalates(world: World) -> None
         delay = SETTINGS.backoff(n)
         if delay:
             world.cycle(delay - 0.1)
-            assert len(world.nova.calls) == n, "restarted before its backoff"
+            assert len(restarts(world)) == n, "restarted before its backoff"
             world.cycle(0.1)
         world.cycle()
-        assert len(world.nova.calls) == n + 1
+        assert len(restarts(world)) == n + 1
         restarted_at.append(world.clock.wall())
     assert [b - a for a, b in itertools.pairwise(restarted_at)] == [
         pytest.approx(5, abs=0.2),
@@ -233,10 +164,10 @@ def test_crash_loop_backs_off_exponentially_then_escalates(world: World) -> None
     crash(world, sid)  # the budget is spent: no fourth restart
     world.cycle()
     world.cycle(600)
-    assert len(world.nova.calls) == SETTINGS.restart_budget
-    f = world.failure(sid)
+    assert len(restarts(world)) == SETTINGS.restart_budget
+    f = failure(world, sid)
     assert f.status == GuestFailureStatus.ESCALATED and f.count == 4
-    assert world.events(sid)[-1] == "vigil.instance.guest.escalated"
+    assert world.event_types(sid)[-1] == "vigil.instance.guest.escalated"
     for event in world.store.list_events(limit=1000):
         jsonschema.validate(event.payload, payload_schema(event.event_type))
 
@@ -244,108 +175,113 @@ def test_crash_loop_backs_off_exponentially_then_escalates(world: World) -> None
 def test_intentional_stops_are_not_reported_so_never_restarted(world: World) -> None:
     # The agent does not report a clean shutdown or a stop through Nova (see
     # tests/unit/test_guest_monitor.py); the engine then has nothing to act on.
-    sid = world.nova.add(HaPolicy.KEEP_RUNNING)
-    world.nova.stop(sid)
+    sid = boot(world, HaPolicy.KEEP_RUNNING)
+    world.cloud.stop(sid)
     world.cycle(10)
-    assert world.nova.calls == [] and world.store.list_guest_failures() == []
+    assert restarts(world) == [] and world.store.list_guest_failures() == []
 
 
 def test_notify_policy_publishes_and_leaves_the_guest(world: World) -> None:
-    sid = world.nova.add(HaPolicy.NOTIFY)
+    sid = boot(world, HaPolicy.NOTIFY)
     crash(world, sid)
     world.cycle()
     world.cycle(30)
-    assert world.nova.calls == []
-    assert world.failure(sid).status == GuestFailureStatus.NOTIFIED
-    assert "vigil.instance.guest.notify" in world.events(sid)
+    assert restarts(world) == []
+    assert failure(world, sid).status == GuestFailureStatus.NOTIFIED
+    assert "vigil.instance.guest.notify" in world.event_types(sid)
 
 
 def test_watchdog_notify_every_firing_and_vm_untouched(world: World) -> None:
-    sid = world.nova.add(HaPolicy.NOTIFY)
+    sid = boot(world, HaPolicy.NOTIFY)
     for _ in range(3):
-        world.report(sid, GuestFailureKind.WATCHDOG, event="watchdog", action="none")
+        world.guest_report(sid, GuestFailureKind.WATCHDOG, event="watchdog", action="none")
         world.cycle(20)
-    assert world.events(sid).count("vigil.instance.guest.notify") == 3
-    assert world.failure(sid).count == 3 and world.nova.calls == []
+    assert world.event_types(sid).count("vigil.instance.guest.notify") == 3
+    assert failure(world, sid).count == 3 and restarts(world) == []
 
 
 def test_watchdog_resets_are_counted_and_a_loop_escalates(world: World) -> None:
-    sid = world.nova.add(HaPolicy.KEEP_RUNNING)
+    sid = boot(world, HaPolicy.KEEP_RUNNING)
     for n in range(SETTINGS.reset_loop_count):
-        world.report(sid, GuestFailureKind.WATCHDOG, event="watchdog", action="reset")
+        world.guest_report(sid, GuestFailureKind.WATCHDOG, event="watchdog", action="reset")
         world.cycle(23)  # QEMU resets; the guest hangs again ~23 s later
-        f = world.failure(sid)
+        f = failure(world, sid)
         assert f.count == n + 1
     assert f.status == GuestFailureStatus.ESCALATED
-    assert world.nova.calls == []  # reset stays Nova's (QEMU's) job
-    assert world.events(sid).count("vigil.instance.guest.failure") == 3
+    assert restarts(world) == []  # reset stays Nova's (QEMU's) job
+    assert world.event_types(sid).count("vigil.instance.guest.failure") == 3
 
 
 def test_spaced_resets_are_no_loop(world: World) -> None:
-    sid = world.nova.add(HaPolicy.KEEP_RUNNING)
+    sid = boot(world, HaPolicy.KEEP_RUNNING)
     for _ in range(4):
-        world.report(sid, GuestFailureKind.WATCHDOG, event="watchdog", action="reset")
+        world.guest_report(sid, GuestFailureKind.WATCHDOG, event="watchdog", action="reset")
         world.cycle(SETTINGS.reset_loop_window / 2 + 1)
-    assert world.failure(sid).status != GuestFailureStatus.ESCALATED
+    assert failure(world, sid).status != GuestFailureStatus.ESCALATED
 
 
 def test_policy_off_records_only(world: World) -> None:
-    sid = world.nova.add(HaPolicy.OFF)
+    sid = boot(world, HaPolicy.OFF)
     crash(world, sid)
     world.cycle()
     world.cycle(10)
-    assert world.nova.calls == [] and world.failure(sid).seen_count == 1
+    assert restarts(world) == [] and failure(world, sid).seen_count == 1
 
 
 def test_a_retried_report_is_recorded_once(world: World) -> None:
-    sid = world.nova.add(HaPolicy.OFF)
-    r = world.report(sid, GuestFailureKind.CRASHED)
+    sid = boot(world, HaPolicy.OFF)
+    r = world.guest_report(sid, GuestFailureKind.CRASHED)
     world.guest.receive([r])
-    assert world.failure(sid).count == 1
-    assert world.events(sid).count("vigil.instance.guest.failure") == 1
+    assert failure(world, sid).count == 1
+    assert world.event_types(sid).count("vigil.instance.guest.failure") == 1
 
 
 def test_temporary_nova_errors_are_retried_then_escalated(world: World) -> None:
-    sid = world.nova.add(HaPolicy.KEEP_RUNNING)
-    world.nova.fail_next = 1
+    # While the compute service is forced down, Nova refuses to start an instance of its
+    # host (409 ServiceUnavailable): a temporary error.
+    sid = boot(world, HaPolicy.KEEP_RUNNING)
     crash(world, sid)
     world.cycle()
+    world.cloud.set_forced_down(HOST, True)
     world.cycle()
-    f = world.failure(sid)
+    f = failure(world, sid)
     assert f.action_status == StepStatus.PENDING and f.action_attempts == 1
+    assert world.cloud.attempts("start", sid) == 1 and restarts(world) == []
+    world.cloud.set_forced_down(HOST, False)
     world.cycle(SETTINGS.backoff_base)
-    assert world.nova.calls == [("start", sid)]
-    assert world.failure(sid).restarts == 1  # a retried attempt is not a second restart
-    sid2 = world.nova.add(HaPolicy.KEEP_RUNNING)
-    world.nova.fail_next = 10
+    assert restarts(world) == [("start", sid)]
+    assert failure(world, sid).restarts == 1  # a retried attempt is not a second restart
+    sid2 = boot(world, HaPolicy.KEEP_RUNNING)
     crash(world, sid2)
+    world.cloud.set_forced_down(HOST, True)
     for _ in range(8):
         world.cycle(SETTINGS.backoff_max)
-    assert world.failure(sid2).status == GuestFailureStatus.ESCALATED
-    assert world.failure(sid2).action_status == StepStatus.FAILED
+    assert failure(world, sid2).status == GuestFailureStatus.ESCALATED
+    assert failure(world, sid2).action_status == StepStatus.FAILED
+    assert world.cloud.attempts("start", sid2) == SETTINGS.restart_attempts
 
 
 def test_a_restart_running_when_vigil_died_runs_again(world: World) -> None:
-    sid = world.nova.add(HaPolicy.KEEP_RUNNING)
+    sid = boot(world, HaPolicy.KEEP_RUNNING)
     crash(world, sid)
     world.cycle()
-    f = world.failure(sid)
+    f = failure(world, sid)
     world.store.update_guest_failure(f.id, at=0, action_status=StepStatus.RUNNING)
     assert world.store.requeue_running_guest_actions(at=world.clock.wall()) == 1
     world.cycle()
-    assert world.nova.calls == [("start", sid)]
+    assert restarts(world) == [("start", sid)]
 
 
 def test_operator_pause_holds_restarts(world: World) -> None:
-    sid = world.nova.add(HaPolicy.KEEP_RUNNING)
+    sid = boot(world, HaPolicy.KEEP_RUNNING)
     world.store.set_control(paused=True, reason="maintenance", at=0)
     crash(world, sid)
     world.cycle()
     world.cycle(10)
-    assert world.nova.calls == []
+    assert restarts(world) == []
     world.store.set_control(paused=False, reason="", at=0)
     world.cycle()
-    assert world.nova.calls == [("start", sid)]
+    assert restarts(world) == [("start", sid)]
 
 
 def _failure(**changes: Any) -> InstanceFailure:
@@ -399,21 +335,38 @@ def test_watchdog_key_precedence() -> None:
         GuestSettings(quiet_after=10, backoff_max=60).validate()
 
 
+class ReadsWatchdogKey(SimCompute):
+    """``Server.watchdog_action`` from the instance's ``vigil:watchdog_action``, as the
+    OpenStack driver resolves it from metadata, image and flavor (the simulated Nova has
+    metadata only, and leaves the field unset)."""
+
+    def __init__(self, cloud: SimCloud) -> None:
+        super().__init__(cloud)
+        self.cloud = cloud
+
+    def get_server(self, server_id: str) -> Server:
+        server = super().get_server(server_id)
+        metadata = self.cloud.instance(server_id).metadata
+        return dataclasses.replace(server, watchdog_action=metadata.get(WATCHDOG_ACTION_KEY))
+
+
 def test_the_watchdog_key_read_through_nova_turns_a_firing_into_a_notification(
-    world: World,
+    tmp_path: Path,
 ) -> None:
     """``vigil:watchdog_action=notify`` from the instance's flavor/image/metadata, as the
     compute driver resolves it (``Server.watchdog_action``); without it, a firing of a
     keep-running instance is only recorded."""
-    told, silent = world.nova.add(HaPolicy.KEEP_RUNNING), world.nova.add(HaPolicy.KEEP_RUNNING)
-    world.nova.servers[told] = dataclasses.replace(
-        world.nova.servers[told], watchdog_action="notify"
-    )
-    for sid in (told, silent):
-        world.report(sid, GuestFailureKind.WATCHDOG, action="none")
-    world.cycle()
-    assert "vigil.instance.guest.notify" in world.events(told)
-    assert world.failure(told).status == GuestFailureStatus.NOTIFIED
-    assert world.events(silent) == ["vigil.instance.guest.failure"]
-    assert world.failure(silent).status == GuestFailureStatus.OPEN
-    assert world.nova.calls == []  # the guests are left as they are
+    with guest_world(tmp_path, ReadsWatchdogKey) as world:
+        keep = HaPolicy.KEEP_RUNNING
+        told = world.cloud.add_instance(
+            "told", HOST, policy=keep, metadata={WATCHDOG_ACTION_KEY: "notify"}
+        )
+        silent = world.cloud.add_instance("silent", HOST, policy=keep)
+        for sid in (told, silent):
+            world.guest_report(sid, GuestFailureKind.WATCHDOG, action="none")
+        world.cycle()
+        assert "vigil.instance.guest.notify" in world.event_types(told)
+        assert failure(world, told).status == GuestFailureStatus.NOTIFIED
+        assert world.event_types(silent) == ["vigil.instance.guest.failure"]
+        assert failure(world, silent).status == GuestFailureStatus.OPEN
+        assert restarts(world) == []  # the guests are left as they are

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from support import new_store, wait_until
+from support import wait_until
+from support.world import World
 
-from vigil.clock import FakeClock
 from vigil.drivers.compute import ComputeService
 from vigil.drivers.errors import TemporaryError
-from vigil.engine.service_keeper import ServiceKeeper
 from vigil.engine.services import (
     DisableCompute,
     ForgetHold,
@@ -31,7 +30,6 @@ from vigil.model import (
     Host,
     HostServices,
     HostState,
-    Segment,
     ServiceState,
 )
 from vigil.sim.cloud import SimCloud
@@ -98,43 +96,9 @@ def test_an_unknown_host_is_skipped() -> None:
 # --- the keeper -------------------------------------------------------------------------
 
 
-class World:
-    def __init__(self, tmp_path: Path) -> None:
-        self.clock = FakeClock(start=T0)
-        self.store = new_store(tmp_path, Segment("seg"), [Host("c1", "seg", state=HostState.UP)])
-        self.cloud = SimCloud(self.clock, sleep=lambda s: None)
-        self.cloud.add_host("c1")
-        self.cloud.add_host("c2")
-        self.compute = FlakyCompute(self.cloud)
-        self.keeper = ServiceKeeper(
-            store=self.store, compute=self.compute, clock=self.clock, retry_after=5.0
-        )
-
-    def report(self, at: float, **up: bool) -> HostServices:
-        services = {
-            name.replace("_", "-"): ServiceState(ok, at, "pid 3" if ok else "no process")
-            for name, ok in up.items()
-        }
-        stored, _ = self.keeper.receive("c1", services, reported_at=at)
-        return stored
-
-    def cycle(self) -> list[object]:
-        actions: list[object] = list(self.keeper.run_cycle())
-        assert self.keeper.drain()
-        return actions
-
-    def service(self) -> ComputeService:
-        return self.cloud.get_service("c1")
-
-    def events(self) -> list[tuple[str, dict[str, object]]]:
-        out = []
-        for e in self.store.list_events(limit=1000):
-            jsonschema.validate(e.payload, payload_schema(e.event_type))
-            out.append((e.event_type, dict(e.payload["vigil_object.data"])))
-        return out
-
-
 class FlakyCompute(SimCompute):
+    """Nova's API answers 503 to the next ``fail`` disables."""
+
     def __init__(self, cloud: SimCloud) -> None:
         super().__init__(cloud)
         self.fail = 0
@@ -148,38 +112,63 @@ class FlakyCompute(SimCompute):
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    yield w
-    w.keeper.stop()
-    w.store.close()
+    """c1 (up) in the store; c1 and c2 in the cloud; the keeper retries after 5 s."""
+    up = Host("c1", "seg", state=HostState.UP)
+    with World(
+        tmp_path, ("c1", "c2"), segment="seg", store_hosts=[up], start=T0, compute=FlakyCompute
+    ) as w:
+        w.service_keeper(retry_after=5.0)
+        yield w
+
+
+def report(w: World, at: float, **up: bool) -> HostServices:
+    """c1's agent reports its services (``nova_compute=False``: nova-compute down)."""
+    services = {
+        name.replace("_", "-"): ServiceState(ok, at, "pid 3" if ok else "no process")
+        for name, ok in up.items()
+    }
+    stored, _ = w.keeper.receive("c1", services, reported_at=at)
+    return stored
+
+
+def c1_service(w: World) -> ComputeService:
+    return w.cloud.get_service("c1")
+
+
+def events(w: World) -> list[tuple[str, dict[str, object]]]:
+    out = []
+    for e in w.store.list_events(limit=1000):
+        jsonschema.validate(e.payload, payload_schema(e.event_type))
+        out.append((e.event_type, dict(e.payload["vigil_object.data"])))
+    return out
 
 
 def test_nova_compute_down_disables_the_host_and_up_again_enables_it(world: World) -> None:
-    world.report(T0, nova_compute=True, libvirtd=True)
-    assert world.cycle() == [] and world.events() == []  # all up: not news
+    report(world, T0, nova_compute=True, libvirtd=True)
+    assert world.cycle() == [] and events(world) == []  # all up: not news
 
-    world.report(T0 + 1, nova_compute=False, libvirtd=True)
+    report(world, T0 + 1, nova_compute=False, libvirtd=True)
     world.cycle()
-    service = world.service()
+    service = c1_service(world)
     assert service.disabled and service.disabled_reason == hold_reason(["nova-compute"])
     assert not service.forced_down  # not fenced, not forced down: its guests run on
     assert world.store.get_host("c1").state is HostState.UP
     assert world.cycle() == []  # held: nothing more to do
 
-    world.report(T0 + 9, nova_compute=True, libvirtd=True)
+    report(world, T0 + 9, nova_compute=True, libvirtd=True)
     world.cycle()
-    assert not world.service().disabled
+    assert not c1_service(world).disabled
     assert world.store.get_host_services("c1").hold is ComputeHold.NONE  # type: ignore[union-attr]
-    types = [t for t, _ in world.events()]
+    types = [t for t, _ in events(world)]
     assert types == [
         "vigil.host.service.down",
         "vigil.host.compute.disabled",
         "vigil.host.service.up",
         "vigil.host.compute.enabled",
     ]
-    down = world.events()[0][1]
+    down = events(world)[0][1]
     assert down["changed"] == ["nova-compute"] and down["services_down"] == ["nova-compute"]
-    assert world.events()[3][1]["action"] == "enabled"
+    assert events(world)[3][1]["action"] == "enabled"
 
 
 def test_a_disable_stuck_on_nova_delays_no_other_hosts_decision(world: World) -> None:
@@ -216,62 +205,60 @@ def test_a_disable_stuck_on_nova_delays_no_other_hosts_decision(world: World) ->
 
 def test_an_operators_disable_is_left_alone_both_ways(world: World) -> None:
     world.cloud.disable("c1", "maintenance: new DIMM on Thursday")
-    world.report(T0, nova_compute=False, libvirtd=True)
+    report(world, T0, nova_compute=False, libvirtd=True)
     world.cycle()
-    assert world.service().disabled_reason == "maintenance: new DIMM on Thursday"
+    assert c1_service(world).disabled_reason == "maintenance: new DIMM on Thursday"
     stored = world.store.get_host_services("c1")
     assert stored is not None and stored.hold is ComputeHold.LEFT
-    world.report(T0 + 5, nova_compute=True, libvirtd=True)
+    report(world, T0 + 5, nova_compute=True, libvirtd=True)
     world.cycle()
-    assert world.service().disabled  # vigil did not disable it, so it does not enable it
-    assert world.events()[1][1]["action"] == "left-disabled"
+    assert c1_service(world).disabled  # vigil did not disable it, so it does not enable it
+    assert events(world)[1][1]["action"] == "left-disabled"
 
 
 def test_an_operator_taking_over_while_held_keeps_their_disable(world: World) -> None:
-    world.report(T0, libvirtd=False, nova_compute=True)
+    report(world, T0, libvirtd=False, nova_compute=True)
     world.cycle()
-    assert world.service().disabled_reason == hold_reason(["libvirtd"])
+    assert c1_service(world).disabled_reason == hold_reason(["libvirtd"])
     world.cloud.disable("c1", "operator: investigating libvirtd")
-    world.report(T0 + 5, libvirtd=True, nova_compute=True)
+    report(world, T0 + 5, libvirtd=True, nova_compute=True)
     world.cycle()
-    assert world.service().disabled_reason == "operator: investigating libvirtd"
-    event_type, data = world.events()[-1]
+    assert c1_service(world).disabled_reason == "operator: investigating libvirtd"
+    event_type, data = events(world)[-1]
     assert (event_type, data["action"]) == ("vigil.host.compute.enabled", "released")
 
 
 def test_a_nova_error_is_retried_after_a_pause(world: World) -> None:
     world.compute.fail = 1
-    world.report(T0, nova_compute=False, libvirtd=True)
+    report(world, T0, nova_compute=False, libvirtd=True)
     world.cycle()
-    assert not world.service().disabled
+    assert not c1_service(world).disabled
     assert world.store.get_host_services("c1").hold is ComputeHold.NONE  # type: ignore[union-attr]
     world.clock.advance(1)
     assert world.cycle() == []  # not before retry_after
     world.clock.advance(5)
     world.cycle()
-    assert world.service().disabled
+    assert c1_service(world).disabled
 
 
 def test_a_restarted_keeper_resumes_the_retry_where_it_was(world: World) -> None:
     world.compute.fail = 2
-    world.report(T0, nova_compute=False, libvirtd=True)
+    report(world, T0, nova_compute=False, libvirtd=True)
     world.cycle()
     stored = world.store.get_host_services("c1")
     assert stored is not None and stored.action_attempts == 1
     assert stored.next_attempt_at == T0 + 5
     world.keeper.stop()  # vigil restarts: a new keeper on the same store
-    world.keeper = ServiceKeeper(
-        store=world.store, compute=world.compute, clock=world.clock, retry_after=5.0
-    )
+    world.service_keeper(retry_after=5.0)
     world.clock.advance(1)
     assert world.cycle() == []  # still not before the stored time
     world.clock.advance(5)
     world.cycle()  # the second attempt fails too: counted on from the stored one
     stored = world.store.get_host_services("c1")
-    assert stored is not None and stored.action_attempts == 2 and not world.service().disabled
+    assert stored is not None and stored.action_attempts == 2 and not c1_service(world).disabled
     world.clock.advance(5)
     world.cycle()
-    assert world.service().disabled
+    assert c1_service(world).disabled
     stored = world.store.get_host_services("c1")
     assert stored is not None and (stored.action_attempts, stored.next_attempt_at) == (0, 0.0)
 
@@ -279,7 +266,7 @@ def test_a_restarted_keeper_resumes_the_retry_where_it_was(world: World) -> None
 def test_after_a_host_failure_the_hold_is_forgotten_and_taken_again_after_restore(
     world: World,
 ) -> None:
-    world.report(T0, nova_compute=False, libvirtd=True)
+    report(world, T0, nova_compute=False, libvirtd=True)
     world.cycle()
     world.store.set_host_state("c1", HostState.SUSPECT, reason="no heartbeat", at=T0 + 1)
     world.store.set_host_state("c1", HostState.FAILED, reason="power off", at=T0 + 2)
@@ -290,11 +277,11 @@ def test_after_a_host_failure_the_hold_is_forgotten_and_taken_again_after_restor
     world.store.set_host_state("c1", HostState.NEW, reason="restored", at=T0 + 4)
     world.store.set_host_state("c1", HostState.UP, reason="heartbeat", at=T0 + 5)
     world.cycle()
-    assert world.service().disabled  # ...and nova-compute still down: held again
+    assert c1_service(world).disabled  # ...and nova-compute still down: held again
 
 
 def test_a_stale_snapshot_changes_nothing(world: World) -> None:
-    world.report(T0 + 10, nova_compute=True, libvirtd=True)
-    world.report(T0 + 5, nova_compute=False, libvirtd=True)  # a late retry
+    report(world, T0 + 10, nova_compute=True, libvirtd=True)
+    report(world, T0 + 5, nova_compute=False, libvirtd=True)  # a late retry
     assert world.cycle() == []
-    assert not world.service().disabled and world.events() == []
+    assert not c1_service(world).disabled and events(world) == []

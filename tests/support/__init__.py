@@ -1,16 +1,20 @@
 """What many tests share: waiting for a condition, a store to run a reaction on.
 
-Imported as ``from support import wait_until`` (the tests folder is on the path)."""
+Imported as ``from support import wait_until`` (the tests folder is on the path). The
+in-process worlds are modules of their own, imported only by the tests that use them:
+``support.world`` (vigil's reactions on a fake clock, the simulated cloud and a store)
+and ``support.cloud`` (the simulated cloud alone on a fake clock)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vigil.model import Host, Segment
-from vigil.store.sql import SqlStore, upgrade
+if TYPE_CHECKING:  # imported when a store is made: a test that only waits needs no SQL
+    from vigil.model import Host, Segment
+    from vigil.store.sql import SqlStore
 
 
 def wait_until(
@@ -43,6 +47,8 @@ def wait_until(
 def new_store(tmp_path: Path, segment: Segment, hosts: Iterable[Host] = ()) -> SqlStore:
     """A migrated SQLite store under ``tmp_path`` holding ``segment`` and ``hosts``: the
     one set-up of the tests that run a reaction on a real store."""
+    from vigil.store.sql import SqlStore, upgrade
+
     url = f"sqlite:///{tmp_path / 'vigil.db'}"
     upgrade(url)
     store = SqlStore(url)

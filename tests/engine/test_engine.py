@@ -3,13 +3,15 @@ with its events in order — no sockets, no sleeping, the same decisions as prod
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import jsonschema
 import pytest
-from support.world import TICK, HostFailureWorld
+from support.cloud import until
+from support.world import HOSTS, TICK, HostFailureWorld, World
 
 from vigil.config import RecoverySettings
 from vigil.drivers.compute import Server
@@ -17,6 +19,7 @@ from vigil.drivers.errors import TemporaryError
 from vigil.engine import steps
 from vigil.events import payload_schema
 from vigil.model import (
+    HaPolicy,
     HostState,
     Recovery,
     RecoveryStatus,
@@ -24,6 +27,7 @@ from vigil.model import (
     StepKind,
     StepStatus,
 )
+from vigil.sim.cloud import SimLatency
 from vigil.sim.drivers import SimCompute
 
 
@@ -208,3 +212,42 @@ def test_an_instance_with_a_task_in_progress_is_not_evacuated_yet(world: HostFai
     with pytest.raises(TemporaryError, match="with task powering-off: Nova cannot evacuate"):
         steps.evacuate(ctx, step, recovery, world.store.get_host("c1"))
     assert world.cloud.attempts("evacuate") == 0
+
+
+def test_a_recovery_that_runs_out_of_time_cancels_the_steps_still_waiting(
+    tmp_path: Path,
+) -> None:
+    """Nova takes the evacuations up and never finishes them: at ``max_duration`` the
+    recovery ends FAILED, and its evacuate steps — each polling Nova, in real time here,
+    with an hour of confirm timeout left — stop at their next wait, recorded FAILED with
+    the reason, instead of polling on for a recovery that is over."""
+    recovery = RecoverySettings(
+        poll_interval=0.05, max_duration=20.0, evacuate_confirm_timeout=3600.0
+    )
+    never_lands = replace(SimLatency.zero(), evacuate=100_000.0)
+    with World(tmp_path, HOSTS, recovery=recovery, latency=never_lands) as w:
+        for i in range(2):
+            w.cloud.add_instance(f"vm{i}", "c1", policy=HaPolicy.KEEP_RUNNING)
+        w.host_engine(wait=time.sleep)
+        for _ in range(10):
+            w.tick()
+        w.cloud.power_loss("c1")
+        until(
+            w.clock,
+            lambda: w.recovery_status("c1") == RecoveryStatus.FAILED,
+            "the recovery to run out of time",
+            60.0,
+            lambda: w.tick(0.25, drain=False),
+        )
+        drained = w.engine.drain(5.0)
+        if not drained:  # let a step that was not cancelled time out, so the world closes
+            w.clock.advance(2 * recovery.evacuate_confirm_timeout)
+        assert drained, "a step of the ended recovery is still in flight"
+        (ended,) = w.store.list_recoveries(host="c1")
+        assert ended.reason.startswith("did not end within 20s")
+        evacuations = [s for s in ended.steps if s.kind == StepKind.EVACUATE]
+        assert len(evacuations) == 2
+        for step in evacuations:
+            assert step.status == StepStatus.FAILED
+            assert step.detail.startswith(f"cancelled: recovery {ended.id} ended: did not end")
+        assert w.cloud.calls("evacuate") == 2  # asked once each, then no more

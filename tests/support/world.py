@@ -102,8 +102,10 @@ class World(FakeTimeCloud):
 
     # --- the reactions ------------------------------------------------------------------
 
-    def host_engine(self) -> Engine:
-        """The host engine (detection and recovery), fencing through the simulated BMCs."""
+    def host_engine(self, wait: Callable[[float], None] | None = None) -> Engine:
+        """The host engine (detection and recovery), fencing through the simulated BMCs.
+        Its steps wait by advancing the fake clock, or with ``wait`` (``time.sleep``: in
+        real time, so that a step stays in flight while the test's ticks go on)."""
         from vigil.server import fence_factory  # vigil.server pulls the API in: only here
 
         self.engine = Engine(
@@ -113,7 +115,7 @@ class World(FakeTimeCloud):
             settings=self.settings,
             clock=self.clock,
             heartbeats=self.heartbeats,
-            wait=self.clock.advance,
+            wait=wait or self.clock.advance,
         )
         self._stops.append(self.engine.close)
         return self.engine
@@ -173,10 +175,11 @@ class World(FakeTimeCloud):
 
     # --- time passing -------------------------------------------------------------------
 
-    def tick(self, seconds: float = TICK) -> None:
+    def tick(self, seconds: float = TICK, *, drain: bool = True) -> None:
         """``seconds`` pass; every ``heartbeat_interval`` each host that can beat (powered,
         its agent running, reaching vigil-server) beats with its kernel boot id; then one
-        host engine cycle, run to its end."""
+        host engine cycle, run to its end (``drain`` False: its steps may stay in
+        flight)."""
         self.clock.advance(seconds)
         self._since_beat += seconds
         if self._since_beat >= self.settings.detection.heartbeat_interval - 1e-9:
@@ -187,7 +190,8 @@ class World(FakeTimeCloud):
                     boot = self.cloud.boot_id(h)
                     self.heartbeats.beat(h, "boot", self._beats, kernel_boot_id=boot)
         self.engine.run_cycle()
-        assert self.engine.drain(5)
+        if drain:
+            assert self.engine.drain(5)
 
     def tick_until(
         self, condition: Callable[[], object], what: str = "the condition", timeout: float = 30.0

@@ -12,9 +12,10 @@ or Nova never stalls detection (tests/e2e/test_host_failure.py holds a Nova call
 minute to show it); a step is marked RUNNING in the store before its driver call and its
 outcome is written before anything that depends on it starts (S2). A recovery that ends
 with steps still in flight (it ran past ``recovery.max_duration``) cancels them: each
-stops at its next wait and is recorded FAILED, to run again if the operator retries. On
-start-up, steps left RUNNING by a crash are requeued; they are idempotent (see
-``vigil.engine.steps``).
+stops at its next wait and is recorded FAILED, to run again if the operator retries (a
+pause, by the operator or the storm guard, lets the steps in flight finish and starts no
+new one). On start-up, steps left RUNNING by a crash are requeued; they are idempotent
+(see ``vigil.engine.steps``).
 """
 
 from __future__ import annotations

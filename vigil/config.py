@@ -13,9 +13,11 @@ saying why (``ConfigError``), the way Patroni checks ``loop_wait + 2*retry_timeo
 from __future__ import annotations
 
 import secrets
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from oslo_config import cfg, types
 
@@ -71,7 +73,16 @@ _agent = [
     cfg.URIOpt(
         "server_url",
         help="(agent) vigil-server's API, where guest failure reports and the state of the "
-        "watched services go (e.g. http://vigil:8787). Unset: neither is sent.",
+        "watched services go (e.g. http://vigil:8787). Unset: neither is sent. Ignored "
+        "when server_urls is set.",
+    ),
+    cfg.ListOpt(
+        "server_urls",
+        default=[],
+        help="(agent) The API of every vigil-server, when several share the hosts (e.g. "
+        "http://ctl1:8787,http://ctl2:8787,http://ctl3:8787): each report goes to the "
+        "first that answers, starting with the one that last did; a connection error or a "
+        "5xx moves on to the next, a 4xx is final. Empty: server_url is the one server.",
     ),
     cfg.MultiStrOpt(
         "watch_service",
@@ -143,7 +154,57 @@ _agent = [
         "server_host", default="127.0.0.1", help="(agent) Address of vigil-server's heartbeats."
     ),
     cfg.PortOpt("server_port", default=8788, help="(agent) UDP port of vigil-server."),
+    cfg.ListOpt(
+        "servers",
+        default=[],
+        help="(agent) Every vigil-server's heartbeat address, as HOST:PORT, when several "
+        "share the hosts (e.g. ctl1:8788,ctl2:8788,ctl3:8788): every heartbeat goes to each "
+        "of them, so that whichever takes this host's segment over has heard it all along; "
+        "lease grants are accepted from any. Empty: server_host:server_port is the one "
+        "server.",
+    ),
 ]
+
+
+def agent_servers(conf: cfg.ConfigOpts) -> list[tuple[str, int]]:
+    """Where an agent sends its heartbeats: ``agent.servers`` (HOST:PORT entries), or
+    ``agent.server_host``:``agent.server_port`` when it is empty. ConfigError names the
+    bad entry."""
+    if not conf.agent.servers:
+        return [(conf.agent.server_host, conf.agent.server_port)]
+    out: list[tuple[str, int]] = []
+    for item in conf.agent.servers:
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or ":" in host or not port.isdigit():
+            raise ConfigError(f"agent.servers: {item!r} is not HOST:PORT (IPv4 or a name)")
+        if not 0 < int(port) < 65536:
+            raise ConfigError(f"agent.servers: {item!r}: port {port} is not in 1..65535")
+        if (host, int(port)) in out:
+            raise ConfigError(f"agent.servers: {item!r} is given twice")
+        out.append((host, int(port)))
+    return out
+
+
+def agent_server_urls(conf: cfg.ConfigOpts) -> list[str]:
+    """Where an agent posts its reports: ``agent.server_urls``, or ``agent.server_url``
+    when it is empty; an empty list when neither is set. ConfigError names a bad entry."""
+    if not conf.agent.server_urls:
+        return [conf.agent.server_url] if conf.agent.server_url else []
+    out: list[str] = []
+    for item in conf.agent.server_urls:
+        url = item.strip().rstrip("/")
+        try:
+            parts = urlsplit(url)
+            _ = parts.port  # raises ValueError for a bad port
+        except ValueError as exc:
+            raise ConfigError(f"agent.server_urls: {item!r}: {exc}") from exc
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"agent.server_urls: {item!r} is not an http(s)://HOST URL")
+        if url in out:
+            raise ConfigError(f"agent.server_urls: {item!r} is given twice")
+        out.append(url)
+    return out
+
 
 _detection = [
     cfg.FloatOpt(
@@ -328,6 +389,52 @@ _notifier = [
     ),
 ]
 
+_coordination = [
+    cfg.StrOpt(
+        "backend_url",
+        default="",
+        secret=True,
+        help="tooz URL of the coordination backend that several vigil-servers share, e.g. "
+        "etcd3+http://ctl1:2379 (a three-member etcd cluster: give one member per server, "
+        "or a name resolving to a local member) or redis://ctl1:6379. Empty: this server "
+        "alone owns every segment (one server only).",
+    ),
+    cfg.StrOpt(
+        "member_id",
+        default="",
+        help="This server's name in the group of servers; default: hostname:api.port.",
+    ),
+    cfg.FloatOpt(
+        "lease_ttl",
+        default=3.0,
+        min=1.0,
+        help="Seconds a server's membership and segment locks outlive its last renewal: a "
+        "dead server's segments are taken over after about this long. Whole seconds on "
+        "etcd (its leases count in seconds).",
+    ),
+    cfg.FloatOpt(
+        "renew_interval",
+        default=0.5,
+        min=0.05,
+        help="Seconds between two renewals of the membership and locks. renew_interval + "
+        "2 x call_timeout must not exceed lease_ttl - margin.",
+    ),
+    cfg.FloatOpt(
+        "call_timeout",
+        default=1.0,
+        min=0.05,
+        help="Seconds one call to the backend may take (whole seconds on etcd).",
+    ),
+    cfg.FloatOpt(
+        "margin",
+        default=0.5,
+        min=0.0,
+        help="A server stops acting on its segments this long before its locks could "
+        "expire, counted from the start of its last successful renewal (covers clock rate "
+        "differences and the actions already under way).",
+    ),
+]
+
 _GROUPS: dict[str, Sequence[cfg.Opt]] = {
     "database": _database,
     "api": _api,
@@ -337,6 +444,7 @@ _GROUPS: dict[str, Sequence[cfg.Opt]] = {
     "recovery": _recovery,
     "compute": _compute,
     "notifier": _notifier,
+    "coordination": _coordination,
 }
 
 
@@ -436,6 +544,42 @@ class SelfFencingSettings:
 
 
 @dataclass(frozen=True)
+class CoordinationSettings:
+    backend_url: str = field(default="", repr=False)
+    member_id: str = ""
+    lease_ttl: float = 3.0
+    renew_interval: float = 0.5
+    call_timeout: float = 1.0
+    margin: float = 0.5
+
+    @property
+    def acting_window(self) -> float:
+        """Seconds after the start of a successful renewal during which the owner acts."""
+        return self.lease_ttl - self.margin
+
+    def validate(self) -> None:
+        """Refuse timing that lets an owner act after its lock could have expired, or lose
+        its locks while healthy (Patroni's rule: loop + 2 x retry <= TTL): a renewal
+        starts every ``renew_interval`` and may take two call timeouts; until the next
+        success the owner acts only until ``lease_ttl - margin`` after the last one
+        started, before the backend can free its locks."""
+        if self.renew_interval + 2 * self.call_timeout > self.acting_window + 1e-9:
+            raise ConfigError(
+                f"coordination: renew_interval ({self.renew_interval:g}s) + 2 x call_timeout "
+                f"({self.call_timeout:g}s) must not exceed lease_ttl - margin "
+                f"({self.acting_window:g}s): a healthy server would stop acting between two "
+                "renewals, or act after its locks could have expired"
+            )
+        if self.backend_url.startswith("etcd") and (
+            self.lease_ttl != round(self.lease_ttl) or self.lease_ttl < 2
+        ):
+            raise ConfigError(
+                f"coordination.lease_ttl ({self.lease_ttl:g}s) must be whole seconds, at least "
+                "2, on etcd: its leases count in whole seconds"
+            )
+
+
+@dataclass(frozen=True)
 class RecoverySettings:
     tick: float = 0.1
     max_parallel_evacuations: int = 8
@@ -473,9 +617,11 @@ class Settings:
     transport_url: str = field(default="", repr=False)
     topic: str = "versioned_notifications"
     exchange: str = "vigil"
+    coordination: CoordinationSettings = field(default_factory=CoordinationSettings)
 
     def validate(self) -> None:
         self.detection.validate()
+        self.coordination.validate()
         self.self_fencing.validate(self.detection)
         if not self.api_token:
             raise ConfigError("api.auth_token (or api.auth_token_file) must be set")
@@ -540,6 +686,14 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
         transport_url=conf.notifier.transport_url or "",
         topic=conf.notifier.topic,
         exchange=conf.notifier.exchange,
+        coordination=CoordinationSettings(
+            backend_url=conf.coordination.backend_url,
+            member_id=conf.coordination.member_id or f"{socket.gethostname()}:{conf.api.port}",
+            lease_ttl=conf.coordination.lease_ttl,
+            renew_interval=conf.coordination.renew_interval,
+            call_timeout=conf.coordination.call_timeout,
+            margin=conf.coordination.margin,
+        ),
     )
     settings.validate()
     return settings

@@ -227,6 +227,10 @@ class Step:
     # An evacuation's input: the status its instance had before the failure (None: not
     # known when it was planned, as for a consumer's evacuation)
     status_before: str | None = None
+    # The owner's epoch it was last started under (None: started by a server running
+    # without segment ownership); a step RUNNING under an older epoch is re-checked
+    # against the cloud by the new owner before being done again.
+    epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -474,3 +478,25 @@ class OperatorRequest:
     created_at: float = 0.0
     finished_at: float | None = None
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class OwnerToken:
+    """A fencing token: ``owner`` (a vigil-server's member id) acts on ``segment`` under
+    ``epoch``. The store refuses a write made under a token whose epoch is no longer the
+    segment's (``vigil.store.StaleEpoch``): a server that lost its lease and has not
+    noticed yet cannot record anything, hence cannot start a step."""
+
+    segment: str
+    owner: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class SegmentOwner:
+    """Who owns a segment now and under which epoch (each takeover adds one)."""
+
+    segment: str
+    owner: str
+    epoch: int
+    taken_at: float

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -21,6 +22,7 @@ from vigil.api.masakari import masakari_app
 from vigil.clock import Clock, SystemClock
 from vigil.config import Settings
 from vigil.drivers.compute import ComputeDriver
+from vigil.drivers.coordination import build_coordinator
 from vigil.drivers.errors import PermanentError
 from vigil.drivers.fence_factory import ExtraBuilder, fence_device_factory
 from vigil.drivers.fencing import FenceDevice
@@ -34,6 +36,7 @@ from vigil.engine.known_hosts import KnownHosts
 from vigil.engine.lease import LeaseKeeper, SelfFenceDevice
 from vigil.engine.masakari_rules import SegmentTargets, replay_reports
 from vigil.engine.outbox import OutboxDispatcher, Sink, webhook_sink
+from vigil.engine.ownership import SegmentOwnership
 from vigil.engine.service_keeper import ServiceKeeper
 from vigil.model import Host
 from vigil.sim.api import CloudApi
@@ -90,12 +93,26 @@ class VigilServer:
         # What the engine's snapshots say of the hosts, for the lease keeper to read: made
         # first, so that neither asks the other.
         self.known = KnownHosts(self.heartbeats, self.store.list_hosts())
+        # Which segments this server acts on (vigil.engine.ownership): through the
+        # coordination backend shared with the other servers, or alone.
+        c = settings.coordination
+        member = c.member_id or f"{socket.gethostname()}:{settings.api_port}"
+        self.ownership = SegmentOwnership(
+            store=self.store,
+            coordinator=build_coordinator(
+                c.backend_url, member, lease_ttl=c.lease_ttl, call_timeout=c.call_timeout
+            ),
+            clock=self.clock,
+            settings=c,
+            on_change=lambda: self.engine.wake(),
+        )
         self.leases = LeaseKeeper(
             self.clock,
             settings.self_fencing,
-            may_grant=self.known.may_grant,
+            may_grant=self._may_grant,
             members=lambda: [(h.name, h.segment) for h in self.store.list_hosts()],
             agent_known=self.known.agent_known,
+            since=self.ownership.taken_at,
         )
         fence = fence_devices or fence_factory(cloud, self.leases)
         # Kept in memory when configured: the demo and the tests read what was published.
@@ -113,7 +130,10 @@ class VigilServer:
             heartbeats=self.heartbeats,
             leases=self.leases,
             known=self.known,
+            ownership=self.ownership,
         )
+        self.ownership.set_busy(self.engine.busy_in)
+        self.engine.requests.owns = self._owns_host
         # Guest-OS failures reported by the agents' libvirt monitors.
         # ...and the agents' service watch (nova-compute, libvirtd down: disable, not fence).
         self.guest = GuestEngine(
@@ -128,6 +148,9 @@ class VigilServer:
                 on_events=self.outbox.wake,
             ),
         )
+        self.guest.owns_host = self._owns_host
+        if self.guest.services is not None:
+            self.guest.services.owns_host = self._owns_host
         self.receiver = HeartbeatReceiver(
             self.heartbeats,
             key=settings.agent_key.encode(),
@@ -146,6 +169,7 @@ class VigilServer:
             defaults=settings.recovery,
             guest=self.guest,
             agent_key=settings.agent_key,
+            ownership=self.ownership,
         )
         # Masakari's instance-ha v1 API, for clients and monitors written for Masakari.
         self.masakari_records = MasakariRecords(settings.database_url)
@@ -192,6 +216,19 @@ class VigilServer:
         host, port = sock.getsockname()[:2]
         return f"http://{host}:{port}"
 
+    def _owns_host(self, name: str | None) -> bool:
+        """Whether this server acts on ``name``'s segment now (a request about no host:
+        the owner of the first segment by name)."""
+        if name is None:
+            segments = sorted({h.segment for h in self.known.all().values()})
+            return not segments or self.ownership.owns(segments[0])
+        host = self.known.get(name)
+        return host is not None and self.ownership.owns(host.segment)
+
+    def _may_grant(self, name: str) -> bool:
+        """A self-fencing lease goes only from the owner of the host's segment."""
+        return self.known.may_grant(name) and self._owns_host(name)
+
     def _bus_sink(self, name: str) -> Sink:
         if name == "memory":
             return Sink("memory", self.memory)
@@ -228,6 +265,7 @@ class VigilServer:
         return sinks
 
     def start(self) -> None:
+        self.ownership.start()
         self.outbox.start()
         self.guest.start()
         self.receiver.start()
@@ -258,6 +296,7 @@ class VigilServer:
             t.join(timeout=10)
         self.receiver.stop()
         self.engine.close()
+        self.ownership.stop()
         self.guest.stop()
         self.outbox.stop()
         self.store.close()

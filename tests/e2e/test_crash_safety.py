@@ -8,8 +8,6 @@ The recovery must complete, and nothing completed before the kill may be done ag
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 from support import wait_until
+from support.processes import ServerProcess, free_port
 
 from vigil.clock import SystemClock
 from vigil.model import HaPolicy
@@ -25,13 +24,6 @@ from vigil.sim.cloud import SimCloud, SimLatency
 from vigil.sim.rpc import serve_cloud
 
 TOKEN, KEY = "crash-test-token", "crash-test-key"
-
-
-def free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def server_config(tmp_path: Path, cloud_url: str) -> tuple[Path, httpx.Client, int]:
@@ -55,43 +47,6 @@ sim_url = {cloud_url}
         base_url=f"http://127.0.0.1:{api_port}", headers={"Authorization": f"Bearer {TOKEN}"}
     )
     return conf, api, hb_port
-
-
-class ServerProcess:
-    def __init__(self, conf: Path, log: Path) -> None:
-        self.conf, self.log = conf, log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self, api: httpx.Client) -> None:
-        self.starts += 1
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "vigil.server", "--config-file", str(self.conf)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        wait_until(lambda: _healthy(api), "vigil-server to answer", 20, every=0.02)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-def _healthy(api: httpx.Client) -> bool:
-    try:
-        return api.get("/healthz").status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 @pytest.fixture

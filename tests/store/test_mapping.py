@@ -28,6 +28,7 @@ def test_enums_tuples_mappings_and_nulls_come_back_typed() -> None:
         result={"status": "ACTIVE"},
         target_host=None,
         status_before="ACTIVE",
+        epoch=3,
     )
     step = record_of(Step, row)
     assert step.kind is StepKind.EVACUATE and step.status is StepStatus.RUNNING

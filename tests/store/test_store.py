@@ -34,16 +34,18 @@ from vigil.model import (
     InstancePolicy,
     InvalidTransition,
     NewStep,
+    OwnerToken,
     Recovery,
     RecoveryStatus,
     Segment,
+    SegmentOwner,
     ServiceState,
     SinkState,
     StepKind,
     StepStatus,
     Subscription,
 )
-from vigil.store.base import AlreadyExists, InUse, NotFoundError
+from vigil.store.base import AlreadyExists, InUse, NotFoundError, StaleEpoch, acting_as
 from vigil.store.sql import Base, SqlStore, alembic_config, make_engine, upgrade
 
 T0 = 1_700_000_000.25  # a realistic epoch, with a fraction that single precision would lose
@@ -723,6 +725,69 @@ def test_requeue_running_steps(store: SqlStore) -> None:
     assert store.requeue_running_steps(at=T0 + 200) == 0
 
 
+# --- segment ownership ----------------------------------------------------------------
+
+
+def test_each_takeover_raises_the_segment_epoch(store: SqlStore) -> None:
+    assert store.take_segment("seg", "vigil-a", at=T0) == SegmentOwner("seg", "vigil-a", 1, T0)
+    assert store.take_segment("seg", "vigil-b", at=T0 + 5).epoch == 2
+    store.take_segment("other", "vigil-a", at=T0 + 6)
+    assert store.list_segment_owners() == [
+        SegmentOwner("other", "vigil-a", 1, T0 + 6),
+        SegmentOwner("seg", "vigil-b", 2, T0 + 5),
+    ]
+
+
+def test_a_write_under_a_stale_epoch_is_refused_and_writes_nothing(store: SqlStore) -> None:
+    recovery = open_recovery(store, "n1")
+    old = store.take_segment("seg", "vigil-a", at=T0)
+    token = OwnerToken("seg", old.owner, old.epoch)
+    fence = recovery.steps[0]
+    with acting_as(token):
+        started = store.start_step(fence.id, at=T0 + 1)
+    assert (started.status, started.epoch) == (StepStatus.RUNNING, 1)
+
+    store.take_segment("seg", "vigil-b", at=T0 + 2)  # taken over: epoch 2
+    with acting_as(token), pytest.raises(StaleEpoch, match="vigil-a's epoch 1 is stale"):
+        store.finish_step(fence.id, StepStatus.SUCCEEDED, at=T0 + 3)
+    with acting_as(token), pytest.raises(StaleEpoch):
+        store.set_host_state("n1", HostState.UP, reason="stale", at=T0 + 3)
+    with acting_as(OwnerToken("seg", "vigil-b", 1)), pytest.raises(StaleEpoch):
+        store.finish_step(fence.id, StepStatus.SUCCEEDED, at=T0 + 3)  # right epoch number
+    assert store.get_recovery(recovery.id).steps[0].status is StepStatus.RUNNING
+    assert store.get_host("n1").state is HostState.FAILED
+    assert store.last_event_seq() == 0 or all(
+        e.timestamp < T0 + 3 for e in store.list_events(after=0)
+    )
+
+    with acting_as(OwnerToken("seg", "vigil-b", 2)):  # the new owner's token
+        store.finish_step(fence.id, StepStatus.SUCCEEDED, at=T0 + 4)
+    store.set_host_state("n1", HostState.FAILED, reason="no token: not checked", at=T0 + 5)
+    assert store.get_recovery(recovery.id).steps[0].status is StepStatus.SUCCEEDED
+
+
+def test_a_token_for_a_segment_never_taken_is_refused(store: SqlStore) -> None:
+    add_host(store, "n1")
+    with acting_as(OwnerToken("seg", "vigil-a", 1)), pytest.raises(StaleEpoch, match="no owner"):
+        store.set_host_state("n1", HostState.SUSPECT, reason="x", at=T0)
+    assert store.get_host("n1").state is HostState.UP
+
+
+def test_a_takeover_requeues_the_running_steps_of_its_segment_only(store: SqlStore) -> None:
+    a = open_recovery(store, "n1").steps
+    store.create_segment(Segment("seg2"))
+    store.create_host(Host("n2", "seg2", state=HostState.SUSPECT))
+    b = store.open_host_recovery(
+        host="n2", reason="no heartbeat", sources=["heartbeat"], at=T0, steps=PLAN
+    ).steps
+    store.start_step(a[0].id, at=T0 + 1)
+    store.start_step(b[0].id, at=T0 + 1)
+
+    assert store.requeue_running_steps(at=T0 + 10, segment="seg2") == 1
+    assert store.get_recovery(a[0].recovery_id).steps[0].status is StepStatus.RUNNING
+    assert store.get_recovery(b[0].recovery_id).steps[0].status is StepStatus.PENDING
+
+
 # --- control --------------------------------------------------------------------------
 
 
@@ -1021,6 +1086,7 @@ def test_migration_0007_keeps_every_row_and_link_on_sqlite(tmp_path: Path) -> No
             # Today's store writes the rows of 0006: the columns added since are added
             # for it and dropped again before the upgrade.
             connection.exec_driver_sql("ALTER TABLE steps ADD COLUMN status_before VARCHAR(32)")
+            connection.exec_driver_sql("ALTER TABLE steps ADD COLUMN epoch INTEGER")
         old = SqlStore(url)
         recovery = open_recovery(old, "node1")
         old.create_segment(Segment("spare"))
@@ -1028,6 +1094,7 @@ def test_migration_0007_keeps_every_row_and_link_on_sqlite(tmp_path: Path) -> No
         old.close()
         with engine.begin() as connection:
             connection.exec_driver_sql("ALTER TABLE steps DROP COLUMN status_before")
+            connection.exec_driver_sql("ALTER TABLE steps DROP COLUMN epoch")
         upgrade(url)
 
         def count(c: sa.Connection, sql: str) -> Any:

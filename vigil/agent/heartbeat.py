@@ -32,6 +32,14 @@ class HeartbeatSender:
     delay or None to drop the datagram (simulated loss and jitter). A real agent passes
     one host and neither.
 
+    Every heartbeat goes to each of ``servers`` (or to the one ``server``: give exactly
+    one of the two), the same datagram with the same sequence number: several
+    vigil-servers share the hosts, and each keeps hearing every host so that the one that
+    takes a segment over knows at once which hosts are alive. A send that fails to one
+    server does not stop the others; it is logged once per host and server until
+    heartbeats reach that server again. Grants may come from any of them (only the owner
+    of the host's segment answers; they are signed and matched to what was sent).
+
     With ``watchdog`` > 0 (self-fencing), each heartbeat reports that watchdog timeout and
     the server answers with a lease grant; ``on_lease(host, expires)`` then receives the
     monotonic time the lease ends: the heartbeat's *send* time plus the TTL, so network
@@ -48,7 +56,8 @@ class HeartbeatSender:
         self,
         hosts: Sequence[str],
         *,
-        server: tuple[str, int],
+        server: tuple[str, int] | None = None,
+        servers: Sequence[tuple[str, int]] | None = None,
         key: bytes,
         interval: float,
         alive: Callable[[str], bool] | None = None,
@@ -59,8 +68,12 @@ class HeartbeatSender:
         kernel_boot_id: Callable[[str], str] | None = None,
         peer_window: float = 0.0,
     ) -> None:
+        if (server is None) == (servers is None):
+            raise ValueError("give exactly one of server and servers")
+        self._servers = [server] if server is not None else list(servers or ())
+        if not self._servers:
+            raise ValueError("servers is empty: heartbeats need at least one server")
         self._hosts = list(hosts)
-        self._server = server
         self._key = key
         self._interval = interval
         self._alive = alive
@@ -81,7 +94,9 @@ class HeartbeatSender:
         self._thread = threading.Thread(target=self._run, name="heartbeat-sender", daemon=True)
         self._listener = threading.Thread(target=self._listen, name="lease-listener", daemon=True)
         self._timers: list[threading.Timer] = []
-        self._failing: set[str] = set()  # hosts whose last heartbeat could not be sent
+        # (host, server) whose last heartbeat to that server could not be sent
+        self._failing: set[tuple[str, tuple[str, int]]] = set()
+        self._failing_lock = threading.Lock()  # the sender thread and delay timers send
 
     def start(self) -> None:
         self._thread.start()
@@ -104,17 +119,28 @@ class HeartbeatSender:
             self._seq[host] = 0
             self._acked[host] = 0
 
+    @property
+    def servers(self) -> list[tuple[str, int]]:
+        return list(self._servers)
+
     def _send(self, datagram: bytes, host: str) -> None:
-        try:
-            self._sock.sendto(datagram, self._server)
-        except OSError as exc:  # the server being away must not stop the agent
-            if host not in self._failing:  # said once, until heartbeats go out again
-                self._failing.add(host)
-                LOG.warning("host %s: heartbeats not sent: %s", host, exc)
-            return
-        if host in self._failing:
-            self._failing.discard(host)
-            LOG.warning("host %s: heartbeats sent again", host)
+        for server in self._servers:  # one failing server must not keep it from the others
+            try:
+                self._sock.sendto(datagram, server)
+            except OSError as exc:  # the server being away must not stop the agent
+                with self._failing_lock:
+                    first = (host, server) not in self._failing
+                    self._failing.add((host, server))
+                if first:  # said once, until heartbeats go out to it again
+                    LOG.warning("host %s: heartbeats not sent to %s:%s: %s", host, *server, exc)
+                continue
+            if not self._failing:
+                continue  # the common case: nothing failed, no lock taken
+            with self._failing_lock:
+                recovered = (host, server) in self._failing
+                self._failing.discard((host, server))
+            if recovered:
+                LOG.warning("host %s: heartbeats sent to %s:%s again", host, *server)
 
     def _beat(self, host: str) -> None:
         with self._lock:

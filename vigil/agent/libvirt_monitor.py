@@ -35,14 +35,15 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
+from vigil.agent.servers import ServerUrls, urls_given
 from vigil.model import GuestFailureKind, GuestReport
-from vigil.wire.reports import encode_reports, post_signed
+from vigil.wire.reports import encode_reports
 
 LOG = logging.getLogger("vigil.agent.libvirt")
 
@@ -197,20 +198,26 @@ def reconcile(
 
 
 class ReportSender:
-    """Sends reports to the server, retrying with backoff until acknowledged (2xx)."""
+    """Sends reports to the server, retrying with backoff until acknowledged (2xx).
+
+    ``server_url`` is one server's API; ``server_urls`` several (give exactly one of the
+    two): each batch goes to the first that answers (``vigil.agent.servers``).
+    """
 
     def __init__(
         self,
         *,
         host: str,
-        server_url: str,
+        server_url: str = "",
+        server_urls: Sequence[str] | None = None,
         key: bytes,
         max_queue: int = 10_000,
         timeout: float = 5.0,
         backoff_max: float = 10.0,
     ) -> None:
         self._host = host
-        self._url = f"{server_url.rstrip('/')}/v1/agents/{host}/reports"
+        self._servers = ServerUrls(urls_given(server_url, server_urls))
+        self._path = f"/v1/agents/{host}/reports"
         self._key = key
         self._queue: collections.deque[GuestReport] = collections.deque()
         self._max = max_queue
@@ -258,7 +265,7 @@ class ReportSender:
                         return
                     batch = list(self._queue)[:100]
                 body = encode_reports(self._host, batch)
-                error = post_signed(client, self._url, body, self._key)
+                error = self._servers.post(client, self._path, body, self._key)
                 if error is None:
                     with self._cv:
                         for _ in batch:
@@ -269,10 +276,9 @@ class ReportSender:
                     continue
                 delay = min(self._backoff_max, max(0.2, delay * 2))
                 LOG.warning(
-                    "host %s: %d report(s) not accepted by %s (%s); retrying in %.1fs",
+                    "host %s: %d report(s) not accepted (%s); retrying in %.1fs",
                     self._host,
                     len(batch),
-                    self._url,
                     error,
                     delay,
                 )

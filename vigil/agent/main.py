@@ -29,6 +29,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise config.ConfigError("agent.key (or agent.key_file) must be set")
         host = conf.agent.host or socket.gethostname()
         interval = conf.detection.heartbeat_interval
+        servers = config.agent_servers(conf)
+        server_urls = config.agent_server_urls(conf)
     except config.ConfigError as exc:
         LOG.error("configuration refused: %s", exc)
         return 2
@@ -91,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     sender = HeartbeatSender(
         [host],
-        server=(conf.agent.server_host, conf.agent.server_port),
+        servers=servers,
         key=key.encode(),
         interval=interval,
         watchdog=conf.agent.watchdog_timeout if fencer else 0.0,
@@ -104,25 +106,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     LOG.info(
-        "host %s: sending heartbeats to %s:%s every %ss",
+        "host %s: sending heartbeats to %s every %ss",
         host,
-        conf.agent.server_host,
-        conf.agent.server_port,
+        ", ".join(f"{h}:{p}" for h, p in servers),
         interval,
     )
     monitor: LibvirtMonitor | None = None
     reports: ReportSender | None = None
     if conf.agent.libvirt_uri:
-        if not conf.agent.server_url:
-            LOG.error("configuration refused: agent.libvirt_uri needs agent.server_url")
+        if not server_urls:
+            LOG.error(
+                "configuration refused: agent.libvirt_uri needs agent.server_url "
+                "(or agent.server_urls)"
+            )
             return 2
-        reports = ReportSender(host=host, server_url=conf.agent.server_url, key=key.encode())
+        reports = ReportSender(host=host, server_urls=server_urls, key=key.encode())
         monitor = LibvirtMonitor(host=host, uri=conf.agent.libvirt_uri, report=reports.put)
         reports.start()
         monitor.start()
         LOG.info("host %s: watching guests on %s", host, conf.agent.libvirt_uri)
     services: ServiceWatch | None = None
-    if conf.agent.server_url and conf.agent.watch_service:
+    if server_urls and conf.agent.watch_service:
         try:
             watched = parse_watched(conf.agent.watch_service)
         except ValueError as exc:
@@ -130,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         services = ServiceWatch(
             host=host,
-            server_url=conf.agent.server_url,
+            server_urls=server_urls,
             key=key.encode(),
             services=watched,
             interval=conf.agent.service_check_interval,

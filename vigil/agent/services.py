@@ -12,7 +12,8 @@ The state of all watched services is a snapshot, posted signed to vigil-server
 it). The latest snapshot not yet acknowledged is retried with backoff; an older one is
 never sent after a newer one. The server disables the host's compute service for
 scheduling while a service is down, and does not fence the host for it
-(``vigil.engine.services``).
+(``vigil.engine.services``). With several servers (``server_urls``) a snapshot goes to
+the first that answers (``vigil.agent.servers``).
 
 Defaults (``[agent] watched_services``): ``nova-compute`` and ``libvirtd`` (or its
 modular successor ``virtqemud``).
@@ -24,14 +25,15 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import httpx
 import psutil
 
+from vigil.agent.servers import ServerUrls, urls_given
 from vigil.model import ServiceState
-from vigil.wire.reports import encode_services, post_signed
+from vigil.wire.reports import encode_services
 
 LOG = logging.getLogger("vigil.agent.services")
 
@@ -85,7 +87,8 @@ class ServiceWatch:
         self,
         *,
         host: str,
-        server_url: str,
+        server_url: str = "",
+        server_urls: Sequence[str] | None = None,
         key: bytes,
         services: Mapping[str, str] = DEFAULT_SERVICES,
         interval: float = 1.0,
@@ -98,7 +101,8 @@ class ServiceWatch:
         if down_after < 1:
             raise ValueError("down_after must be at least 1")
         self._host = host
-        self._url = f"{server_url.rstrip('/')}/v1/agents/{host}/services"
+        self._servers = ServerUrls(urls_given(server_url, server_urls))
+        self._path = f"/v1/agents/{host}/services"
         self._key = key
         self._watched = [_Watched(name, re.compile(rx)) for name, rx in services.items()]
         self._interval = interval
@@ -164,7 +168,7 @@ class ServiceWatch:
                     pending = encode_services(self._host, self._clock(), self.states())
                     last_sent, next_try, delay = now, now, 0.0
                 if pending is not None and now >= next_try:
-                    error = post_signed(client, self._url, pending, self._key)
+                    error = self._servers.post(client, self._path, pending, self._key)
                     if error is None:
                         pending = None
                         self.acknowledged += 1
@@ -172,9 +176,8 @@ class ServiceWatch:
                         delay = min(10.0, max(0.5, delay * 2))
                         next_try = now + delay
                         LOG.warning(
-                            "host %s: service report not accepted by %s (%s); retrying in %.1fs",
+                            "host %s: service report not accepted (%s); retrying in %.1fs",
                             self._host,
-                            self._url,
                             error,
                             delay,
                         )

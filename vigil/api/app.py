@@ -47,7 +47,9 @@ from vigil.api.schemas import (
     RecoveryOut,
     SegmentIn,
     SegmentOut,
+    SegmentOwnerOut,
     SegmentPatch,
+    ServersOut,
     SubscriptionIn,
     SubscriptionOut,
     ValidationProblem,
@@ -60,6 +62,7 @@ from vigil.drivers.webhook import WebhookNotifier, validate_webhook_url
 from vigil.engine.engine import Engine
 from vigil.engine.guest_engine import GuestEngine
 from vigil.engine.outbox import webhook_sink
+from vigil.engine.ownership import SegmentOwnership
 from vigil.engine.steps import effective_policy
 from vigil.events import CATALOGUE, event_as_json, make_event
 from vigil.model import (
@@ -154,6 +157,7 @@ def create_app(
     defaults: RecoverySettings,
     guest: GuestEngine | None = None,
     agent_key: str = "",
+    ownership: SegmentOwnership | None = None,
 ) -> FastAPI:
     closing = threading.Event()  # set by the server on shutdown: event streams end
     app = FastAPI(
@@ -247,6 +251,8 @@ def create_app(
         _control_routes,
     ):
         routes(app, api, auth)
+    if ownership is not None:
+        _server_routes(app, store, ownership, auth)
     app.state.closing = closing
     return app
 
@@ -697,7 +703,7 @@ def _event_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         )
         try:
             WebhookNotifier(sub.url, sub.secret).publish(event)
-        except DriverError as exc:
+        except (DriverError, ValueError) as exc:  # ValueError: a host name httpx cannot encode
             return {"delivered": False, "error": str(exc), "event_id": event.id}
         return {"delivered": True, "event_id": event.id}
 
@@ -936,6 +942,31 @@ def _guest_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         if services is None:
             raise HTTPException(404, f"host {name!r}: no service report from its agent yet")
         return HostServicesOut.of(services)
+
+
+def _server_routes(
+    app: FastAPI, store: Store, ownership: SegmentOwnership, auth: Sequence[Any]
+) -> None:
+    """The vigil-servers: who owns which segment, under which epoch (``vigil status``)."""
+
+    @app.get("/v1/servers", responses=answers(401), dependencies=auth, tags=["control"])
+    def servers() -> ServersOut:
+        s = ownership.status()
+        return ServersOut(
+            member=s.member,
+            backend=s.backend,
+            backend_healthy=s.healthy,
+            error=s.error,
+            members=list(s.members),
+            acting_for=round(s.acting_for, 3),
+            acting_on=dict(s.owned),
+            owners=[
+                SegmentOwnerOut(
+                    segment=o.segment, owner=o.owner, epoch=o.epoch, taken_at=o.taken_at
+                )
+                for o in store.list_segment_owners()
+            ],
+        )
 
 
 def _control_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:

@@ -361,6 +361,30 @@ class ControlOut(BaseModel):
     changed_at: float
 
 
+class SegmentOwnerOut(BaseModel):
+    segment: str
+    owner: str = Field(description="the vigil-server (member id) that owns it")
+    epoch: int = Field(description="the fencing token: raised at each takeover")
+    taken_at: float
+
+
+class ServersOut(BaseModel):
+    """The servers as the one answering sees them."""
+
+    member: str = Field(description="the server that answered")
+    backend: str = Field(description="the coordination backend (credentials hidden)")
+    backend_healthy: bool
+    error: str = Field(description="why the backend is not reachable; empty when it is")
+    members: list[str] = Field(description="the live servers, by the backend")
+    acting_for: float = Field(
+        description="seconds this server may still act without renewing its locks"
+    )
+    acting_on: dict[str, int] = Field(
+        description="segments this server acts on now, with their epoch"
+    )
+    owners: list[SegmentOwnerOut] = Field(description="each segment's owner by the store")
+
+
 class SubscriptionIn(_In):
     name: str = Field(pattern=NAME)
     url: str = Field(

@@ -152,6 +152,9 @@ class Harness:
             10,
             "every host's first heartbeat",
         )
+        if self.opts.self_fencing:  # granted by the segment's owner once it took it
+            hosts = set(self.cloud.hosts())
+            _wait(lambda: self.agents.leased() >= hosts, 10, "every host's first lease")
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -25,6 +25,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any
 
@@ -60,6 +61,7 @@ from vigil.engine.flow import StepInput, run_step
 from vigil.engine.heartbeat import HeartbeatTable
 from vigil.engine.known_hosts import KnownHosts
 from vigil.engine.lease import LeaseKeeper
+from vigil.engine.ownership import Ownership, SoleOwnership
 from vigil.engine.reconciler import Loop, Reaction, RetryPolicy
 from vigil.engine.requests import OperatorRequests
 from vigil.engine.steps import StepContext
@@ -81,7 +83,7 @@ from vigil.model import (
     StepKind,
     StepStatus,
 )
-from vigil.store import Store
+from vigil.store import Store, acting_as, current_token
 
 LOG = logging.getLogger("vigil.engine")
 
@@ -104,8 +106,14 @@ class Engine(Reaction[Snapshot, Action]):
         known: KnownHosts | None = None,
         on_events: Callable[[], None] | None = None,
         wait: Callable[[float], None] = time.sleep,
+        ownership: Ownership | None = None,
     ) -> None:
         super().__init__()
+        # Which segments this server acts on, under which token (vigil.engine.ownership):
+        # the snapshot holds only their hosts, and every write is made under the token.
+        self._ownership: Ownership = ownership or SoleOwnership()
+        self._epochs: dict[str, int] = {}  # the token of each segment at the last snapshot
+        self._job_segment: dict[object, str] = {}  # the segment of each job submitted
         self._on_events = on_events
         self._leases = leases
         self._store = store
@@ -126,6 +134,7 @@ class Engine(Reaction[Snapshot, Action]):
             spread=self._spread,
             booted_again=self._booted_again,
             boot_of=lambda name: self._heartbeats.kernel_boot_ids().get(name),
+            may_act=self._may_act,
         )
         # Steps run under the key ("step", recovery id, step id), power reads under
         # ("probe", host): the snapshot sees both busy and the rule waits for them.
@@ -291,7 +300,9 @@ class Engine(Reaction[Snapshot, Action]):
     def snapshot(self) -> Snapshot:
         """What the rule decides on. Only reads: the store, the heartbeat table, the
         BMC readings and reports received, the work in flight."""
-        hosts = self._store.list_hosts()
+        every = self._every_host = self._store.list_hosts()
+        owns = self._ownership.owns
+        hosts = [h for h in every if owns(h.segment)]
         ages = self._heartbeats.ages()
         boots = self._heartbeats.kernel_boot_ids()
         now_mono = self._clock.monotonic()
@@ -315,7 +326,9 @@ class Engine(Reaction[Snapshot, Action]):
                     ),
                     boot_id=boots.get(host.name),
                 )
-        recoveries = tuple(self._store.list_recoveries(statuses=ACTIVE_RECOVERY))
+        recoveries = tuple(
+            r for r in self._store.list_recoveries(statuses=ACTIVE_RECOVERY) if owns(r.segment)
+        )
         busy = {r.host for r in recoveries}
         unfenced: dict[str, Recovery] = {}
         for host in hosts:  # only failed hosts without a recovery: few, read each cycle
@@ -330,7 +343,7 @@ class Engine(Reaction[Snapshot, Action]):
             now=self._clock.wall(),
             uptime=self._heartbeats.since_start(),
             control=self._store.get_control(),
-            segments={s.name: s for s in self._store.list_segments()},
+            segments={s.name: s for s in self._store.list_segments() if owns(s.name)},
             hosts=views,
             recoveries=recoveries,
             in_flight=in_flight,
@@ -340,8 +353,9 @@ class Engine(Reaction[Snapshot, Action]):
     def observe(self) -> Snapshot:
         """The snapshot, and what workers read from it instead of the store: the hosts
         (``known``) and which of them are fenced."""
+        self._follow_ownership()
         snap = self.snapshot()
-        self.known.replace(view.host for view in snap.hosts.values())
+        self.known.replace(self._every_host)
         self._fenced = frozenset(
             {name for name, view in snap.hosts.items() if view.host.state == HostState.RECOVERED}
             | {
@@ -351,6 +365,89 @@ class Engine(Reaction[Snapshot, Action]):
             }
         )
         return snap
+
+    def _follow_ownership(self) -> None:
+        """Segments taken since the last cycle: their steps left RUNNING by the previous
+        owner go back to PENDING, to be re-checked against the cloud before being done
+        again (steps are idempotent: a fenced host is not fenced again, an evacuated
+        instance not evacuated again). Segments lost: their work in flight is cancelled
+        at its next wait (the store would refuse its writes anyway)."""
+        tokens = self._ownership.tokens()
+        for segment, token in tokens.items():
+            if self._epochs.get(segment) == token.epoch:
+                continue
+            self._epochs[segment] = token.epoch
+            with acting_as(token):
+                count = self._store.requeue_running_steps(at=self._clock.wall(), segment=segment)
+            LOG.warning(
+                "segment %s: acting on it from now (epoch %d); %d step(s) left running by "
+                "its previous owner to re-check",
+                segment,
+                token.epoch,
+                count,
+            )
+        for segment in set(self._epochs) - set(tokens):
+            if isinstance(self._ownership, SoleOwnership):
+                continue
+            del self._epochs[segment]
+            LOG.warning("segment %s: no longer acting on it", segment)
+        lost = {s for s in self._job_segment.values() if not self._ownership.owns(s)}
+        if lost:
+            for key in self._workers.busy():
+                of = self._job_segment.get(key)
+                if of in lost:
+                    self._workers.cancel(key, f"segment {of} no longer owned here")
+
+    def _may_act(self) -> None:
+        """Raises ``Cancelled`` when the token this worker acts under is no longer this
+        server's (called by the steps right before each call that changes the cloud:
+        the store would refuse the step's record, the cloud cannot refuse the call)."""
+        token = current_token()
+        if not self._ownership.valid(token):
+            assert token is not None
+            raise Cancelled(
+                f"segment {token.segment}: epoch {token.epoch} is no longer this server's"
+            )
+
+    def busy_in(self, segment: str) -> bool:
+        """Whether a step or probe of ``segment`` is in flight (its owner gives it up
+        only once none is)."""
+        busy = set(self._workers.busy())
+        return any(key in busy for key, s in list(self._job_segment.items()) if s == segment)
+
+    def _segment_of(self, action: Action) -> str | None:
+        segment = getattr(action, "segment", None)
+        if segment is None:
+            host = self.known.get(getattr(action, "host", ""))
+            segment = host.segment if host is not None else None
+        return segment
+
+    def admit(self, action: Action) -> bool:
+        segment = self._segment_of(action)
+        return segment is None or self._ownership.owns(segment)
+
+    def acting(self, action: Action) -> AbstractContextManager[None]:
+        segment = self._segment_of(action)
+        return acting_as(self._ownership.token(segment) if segment is not None else None)
+
+    def _submit(
+        self, key: object, segment: str, job: Callable[..., None], *args: Any, **kw: Any
+    ) -> bool:
+        """Submit ``job`` on the workers, under the token its handler acts under: it
+        runs only while that token is still this server's, and writes under it."""
+        token = self._ownership.token(segment)
+        busy = set(self._workers.busy())
+        self._job_segment = {k: s for k, s in self._job_segment.items() if k in busy}
+        self._job_segment[key] = segment
+
+        def owned_job(*a: Any) -> None:
+            if not self._ownership.valid(token):
+                LOG.warning("segment %s: %s not started: no longer owned here", segment, key)
+                return
+            with acting_as(token):
+                job(*a)
+
+        return self._workers.submit(key, owned_job, *args, **kw)
 
     def decide(self, snapshot: Snapshot) -> list[Action]:
         return decide(
@@ -395,7 +492,8 @@ class Engine(Reaction[Snapshot, Action]):
         LOG.warning("host %s: suspect: %s; reading its BMC", action.host, action.reason)
 
     def _on_probe_power(self, action: ProbePower) -> None:
-        self._workers.submit(("probe", action.host), self._probe, action.host, then=self.wake)
+        segment = self._segment_of(action) or ""
+        self._submit(("probe", action.host), segment, self._probe, action.host, then=self.wake)
 
     def _on_forget_report(self, action: ForgetReport) -> None:
         with self._lock:
@@ -569,8 +667,9 @@ class Engine(Reaction[Snapshot, Action]):
         )
         step = store.start_step(step.id, at=now, events=[event])
         # False when shutting down: the step stays RUNNING, requeued at the next start.
-        self._workers.submit(
+        self._submit(
             ("step", action.recovery_id, step.id),
+            self._segment_of(action) or "",
             self._execute,
             action.recovery_id,
             action.host,
@@ -688,6 +787,11 @@ class Engine(Reaction[Snapshot, Action]):
                 ctx = replace(self._ctx, wait=self._workers.waiter(key, self._ctx.wait))
                 done = run_step(ctx, StepInput(step, recovery, host, segment))
             except Cancelled as why:
+                if not self._ownership.valid(current_token()):
+                    # The segment is no longer this server's: the step stays RUNNING for
+                    # its new owner to re-check (the store would refuse this write).
+                    LOG.warning("host %s: %s left to the segment's new owner", host_name, label)
+                    return
                 # The recovery ended around it: FAILED with the reason, so that an
                 # operator's retry runs it again (steps are idempotent).
                 detail = f"cancelled: {why}"

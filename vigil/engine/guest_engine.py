@@ -144,6 +144,8 @@ class GuestEngine(Reaction[list[GuestView], GuestAction]):
         super().__init__()
         self._store = store
         self.services = services
+        # With several servers, only the owner of a host's segment acts on its guests.
+        self.owns_host: Callable[[str], bool] = lambda _host: True
         self._compute = compute
         self._clock = clock
         self.settings = settings or GuestSettings()
@@ -248,7 +250,11 @@ class GuestEngine(Reaction[list[GuestView], GuestAction]):
         return self._workers.drain(timeout)
 
     def observe(self) -> list[GuestView]:
-        failures = self._store.list_guest_failures(statuses=UNRESOLVED)
+        failures = [
+            f
+            for f in self._store.list_guest_failures(statuses=UNRESOLVED)
+            if self.owns_host(f.host)
+        ]
         in_flight = self._workers.busy()
         views = []
         for f in failures:

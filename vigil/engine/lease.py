@@ -43,15 +43,18 @@ its next grant, and after a restart the server takes N_X to be the segment's siz
 changing a segment's membership while some of its hosts are cut off is not covered.
 
 The deadline counts from this process's start for hosts it never granted to, because an
-earlier server process may have granted just before it stopped. The watchdog timeout and
-peer window are the larger of the configured ones and what the agent reports, so an
-agent slower than configured cannot make the server evacuate too early. ``margin``
-covers clock-rate differences between the machines.
+earlier server process may have granted just before it stopped — and, with several
+servers, from when this one took the host's segment (``since``): its previous owner may
+have granted until it stopped acting. Only the segment's owner grants (``may_grant``).
+The watchdog timeout and peer window are the larger of the configured ones and what the
+agent reports, so an agent slower than configured cannot make the server evacuate too
+early. ``margin`` covers clock-rate differences between the machines.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -96,8 +99,10 @@ class LeaseKeeper:
         members: Callable[[], Iterable[tuple[str, str]]] | None = None,
         refresh: float = 2.0,
         agent_known: Callable[[str], bool] = lambda _h: True,
+        since: Callable[[str], float | None] = lambda _segment: None,
     ) -> None:
         self._agent_known = agent_known
+        self._since = since
         self._clock = clock
         self._settings = settings
         self._may_grant = may_grant
@@ -243,7 +248,8 @@ class LeaseKeeper:
                 and self._segment_of.get(peer) == seg
                 and now < run.last_grant + self._fresh
             )
-            last = max(self._granted.get(host, self._started), self._started)
+            start = max(self._started, self._since(seg) or -math.inf)
+            last = max(self._granted.get(host, start), start)
         if len(starts) < need:
             return None
         return max(last, starts[need - 1]) + self.wait_after_last_grant(host)

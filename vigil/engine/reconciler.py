@@ -6,7 +6,8 @@ A reaction (``Reaction``) is three things:
   workers found — into a snapshot. It never calls Nova, a BMC or the network.
 - ``decide(snapshot)`` is the pure rule (``vigil.engine.decide``, ``.guest``,
   ``.services``): no I/O, the time comes in the snapshot.
-- each action's type has one handler (``handle``), run in order on the decision thread.
+- each action's type has one handler (``handle``), run in order on the decision thread,
+  inside ``acting(action)``: the segment owner's token its writes are checked against.
   A handler only records (a store write with its events, in one transaction) and hands
   whatever waits on Nova, a BMC or the network to the reaction's workers
   (``vigil.engine.workers.KeyedWorkers``: at most one job per key, so the next snapshot
@@ -34,6 +35,7 @@ import abc
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -116,6 +118,12 @@ class Reaction(abc.ABC, Generic[S, A]):
         """Whether ``action`` is carried out this cycle (an operator's pause holds some)."""
         return True
 
+    def acting(self, action: A) -> AbstractContextManager[None]:
+        """The context its handler runs in: the owner's token of the segment the action
+        is about (``vigil.store.acting_as``), so that the store refuses its writes once
+        the segment was taken over."""
+        return nullcontext()
+
     def recorded(self) -> None:
         """Called after each handled action (new events may wait in the outbox)."""
 
@@ -132,7 +140,8 @@ class Reaction(abc.ABC, Generic[S, A]):
             try:
                 if handler is None:
                     raise TypeError(f"{self.name}: no handler for {type(action).__name__}")
-                handler(action)
+                with self.acting(action):
+                    handler(action)
             except Exception:  # one action must not stop the others
                 LOG.exception("%s: action %s failed", self.name, action)
             self.recorded()

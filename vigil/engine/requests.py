@@ -87,6 +87,9 @@ class OperatorRequests(Reaction[RequestsView, RunRequest]):
         self._store = store
         self._clock = clock
         self._retry = retry
+        # With several servers, a request is carried out by the owner of its host's
+        # segment (None: a request about no host).
+        self.owns: Callable[[str | None], bool] = lambda _host: True
         self._wake = wake
         self._on_events = on_events
         self._workers = KeyedWorkers(threads, "vigil-request")
@@ -144,7 +147,7 @@ class OperatorRequests(Reaction[RequestsView, RunRequest]):
 
     def observe(self) -> RequestsView:
         busy = frozenset(str(key) for key in self._workers.busy())
-        requests = tuple(self._store.list_requests(statuses=OPEN))
+        requests = tuple(r for r in self._store.list_requests(statuses=OPEN) if self.owns(r.host))
         return RequestsView(self._clock.wall(), requests, busy)
 
     def decide(self, snapshot: RequestsView) -> list[RunRequest]:

@@ -85,6 +85,8 @@ class ServiceKeeper(Reaction[ServiceSnapshot, ServiceAction]):
         # retried for as long as it takes, every retry_after seconds
         self._retry = RetryPolicy(attempts=0, base=retry_after, cap=retry_after)
         self._workers = KeyedWorkers(2, "vigil-services")  # one action per host at a time
+        # With several servers, only the owner of a host's segment acts on its services.
+        self.owns_host: Callable[[str], bool] = lambda _host: True
         self.handle(ForgetHold, self._forget)
         self.handle(DisableCompute, self._submit)
         self.handle(ReleaseCompute, self._submit)
@@ -150,7 +152,10 @@ class ServiceKeeper(Reaction[ServiceSnapshot, ServiceAction]):
         candidates = [
             s
             for s in self._store.list_host_services()
-            if may_act(s) and s.host not in busy and s.next_attempt_at <= now
+            if may_act(s)
+            and s.host not in busy
+            and s.next_attempt_at <= now
+            and self.owns_host(s.host)
         ]
         hosts = {}
         for s in candidates:

@@ -89,6 +89,11 @@ class StepContext:
     # instance id -> (host, that host's boot id, its status, when (wall)) when vigil saw
     # its evacuation land there
     landed: dict[str, tuple[str, str | None, str, float]] = field(default_factory=dict)
+    # Called right before every call that changes the cloud (power off, force down,
+    # enable, evacuate, reset, start, reboot): raises (``Cancelled``) when this server may
+    # no longer act on the host's segment — its epoch went stale while the step ran, or
+    # while the process was stopped between recording the step and calling the cloud.
+    may_act: Callable[[], None] = lambda: None
 
 
 def pick_target(candidates: Sequence[str | None], attempt: int) -> str | None:
@@ -128,6 +133,7 @@ def fence(ctx: StepContext, host: Host) -> Done:
     for level, device in enumerate(devices, start=1):
         try:
             if device.power_status() != PowerState.OFF:
+                ctx.may_act()
                 device.power_off()
             timeout = device.confirm_within or ctx.settings.fence_confirm_timeout
             state = _poll(ctx, device.power_status, lambda s: s == PowerState.OFF, timeout)
@@ -163,8 +169,10 @@ def force_down(ctx: StepContext, host: Host) -> Done:
     # synchronous RPC to it that can hang for rpc_response_timeout.
     service = ctx.compute.get_service(host.name)
     if not service.forced_down:
+        ctx.may_act()
         ctx.compute.set_forced_down(host.name, True)
     if not service.disabled:
+        ctx.may_act()
         ctx.compute.disable(host.name, f"vigil: host {host.name} failed and was fenced")
     return Done(f"compute service of {host.name} forced down and disabled")
 
@@ -383,6 +391,7 @@ def _confirm_evacuation(
                 label,
                 target,
             )
+            ctx.may_act()
             ctx.compute.reset_state(sid)
             raise TemporaryError(f"{label}: its destination {target} failed; its state was reset")
         if landed(server) or ctx.clock.monotonic() >= deadline:
@@ -396,6 +405,7 @@ def _confirm_evacuation(
                 label,
                 ctx.clock.monotonic() - began,
             )
+            ctx.may_act()
             ctx.compute.reset_state(sid)
             raise TemporaryError(f"Nova lost the evacuation of {label}; its state was reset")
 
@@ -419,7 +429,9 @@ def evacuate(
             target = _choose(ctx, step, host, segment, label)
             if ctx.compute.get_service(target).disabled:
                 # A reserved host is kept disabled in Nova until it is needed.
+                ctx.may_act()
                 ctx.compute.enable(target)
+        ctx.may_act()
         LOG.info("host %s: evacuating %s%s", host.name, label, f" to {target}" if target else "")
         if target is not None:
             ctx.aimed[sid] = target
@@ -447,6 +459,7 @@ def evacuate(
     before = step.status_before or _status_before(recovery, sid)
     if server.status == nova.SHUTOFF and before == nova.ACTIVE:
         # Nova >= 2.95 leaves evacuated instances stopped; the owner had it running.
+        ctx.may_act()
         ctx.compute.start(sid)
         server = _poll(
             ctx,
@@ -516,11 +529,13 @@ def start_again(ctx: StepContext, step: Step, host: Host) -> Done:
         raise TemporaryError(f"{label} has task {server.task_state}: not starting it yet")
     if server.status == nova.SHUTOFF:
         LOG.info("host %s: starting %s after the host's reboot", host.name, label)
+        ctx.may_act()
         ctx.compute.start(sid)
     elif _stopped(server):
         LOG.info(
             "host %s: hard-rebooting %s: Nova shows it ACTIVE, its guest is off", host.name, label
         )
+        ctx.may_act()
         ctx.compute.reboot(sid, hard=True)
     elif server.status != nova.ACTIVE:
         raise TemporaryError(f"{label} is {server.status}: cannot start it yet")

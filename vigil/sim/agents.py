@@ -3,7 +3,8 @@
 One sender thread serves every simulated host (a thread per host would not scale to the
 10,000-host benchmarks). A host sends only while the cloud says it can (powered, not
 hung, agent running, not isolated); the cloud's network conditions drop or delay each
-datagram.
+datagram. Heartbeats go to ``server``, or to each of ``servers`` when several
+vigil-servers share the hosts.
 
 Hosts listed in ``self_fencing`` also hold leases and have a simulated hardware watchdog:
 petted while the host's agent runs and its lease is valid, it resets the host
@@ -47,7 +48,8 @@ class SimAgents:
         self,
         cloud: SimCloud,
         *,
-        server: tuple[str, int],
+        server: tuple[str, int] | None = None,
+        servers: Sequence[tuple[str, int]] | None = None,
         key: bytes,
         interval: float,
         seed: int = 0,
@@ -81,6 +83,7 @@ class SimAgents:
         self.sender = HeartbeatSender(
             cloud.hosts(),
             server=server,
+            servers=servers,
             key=key,
             interval=interval,
             alive=cloud.host_can_heartbeat,
@@ -98,6 +101,12 @@ class SimAgents:
             if loss and self._random.random() < loss:
                 return None
             return self._random.uniform(0.0, jitter) if jitter else 0.0
+
+    def leased(self) -> set[str]:
+        """The self-fencing hosts holding a lease now (their watchdog armed)."""
+        now = time.monotonic()
+        with self._lock:
+            return {h for h, expires in self._lease.items() if now < expires}
 
     def _on_lease(self, host: str, expires: float) -> None:
         with self._lock:

@@ -11,11 +11,15 @@ from vigil.store.base import (
     InUse,
     NotFoundError,
     OutboxStore,
+    OwnershipStore,
     RecoveryStore,
     RequestStore,
     ServiceStore,
+    StaleEpoch,
     Store,
     StoreError,
+    acting_as,
+    current_token,
 )
 
 __all__ = [
@@ -26,9 +30,13 @@ __all__ = [
     "InUse",
     "NotFoundError",
     "OutboxStore",
+    "OwnershipStore",
     "RecoveryStore",
     "RequestStore",
     "ServiceStore",
+    "StaleEpoch",
     "Store",
     "StoreError",
+    "acting_as",
+    "current_token",
 ]

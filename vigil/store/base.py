@@ -21,7 +21,9 @@ webhook subscription) keep a cursor in it and deliver in ``seq`` order.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from vigil.model import (
@@ -41,16 +43,37 @@ from vigil.model import (
     InstancePolicy,
     NewStep,
     OperatorRequest,
+    OwnerToken,
     Recovery,
     RecoveryStatus,
     RequestKind,
     Segment,
+    SegmentOwner,
     ServiceState,
     SinkState,
     Step,
     StepStatus,
     Subscription,
 )
+
+_TOKEN: ContextVar[OwnerToken | None] = ContextVar("vigil_owner_token", default=None)
+
+
+@contextmanager
+def acting_as(token: OwnerToken | None) -> Iterator[None]:
+    """Every write of the store in this context (this thread, or this task) is made
+    under ``token``, and refused if its epoch is stale. ``None``: no check (a server
+    without segment ownership, the API's own records)."""
+    reset = _TOKEN.set(token)
+    try:
+        yield
+    finally:
+        _TOKEN.reset(reset)
+
+
+def current_token() -> OwnerToken | None:
+    """The token the writes of this context are made under."""
+    return _TOKEN.get()
 
 
 class StoreError(Exception):
@@ -63,6 +86,11 @@ class NotFoundError(StoreError):
 
 class AlreadyExists(StoreError):
     pass
+
+
+class StaleEpoch(StoreError):
+    """A write made under an owner's token whose epoch is no longer the segment's: the
+    segment was taken over. Nothing was written; the writer must stop acting on it."""
 
 
 class InUse(StoreError):
@@ -282,9 +310,11 @@ class RecoveryStore(abc.ABC):
         """PENDING -> SKIPPED."""
 
     @abc.abstractmethod
-    def requeue_running_steps(self, *, at: float) -> int:
-        """After a restart: every RUNNING step back to PENDING (due now). Returns how many.
-        Steps are idempotent, so running one again is safe."""
+    def requeue_running_steps(self, *, at: float, segment: str | None = None) -> int:
+        """After a restart or a takeover: every RUNNING step (of the recoveries of
+        ``segment``'s hosts, or of all) back to PENDING (due now). Returns how many.
+        Steps are idempotent — each checks the cloud before acting — so running one
+        again is safe."""
 
     @abc.abstractmethod
     def add_steps(
@@ -465,6 +495,20 @@ class ControlStore(abc.ABC):
     def set_control(self, *, paused: bool, reason: str, at: float) -> Control: ...
 
 
+class OwnershipStore(abc.ABC):
+    """Segment ownership: each takeover raises the segment's epoch, the fencing token
+    the store checks before the writes made under ``acting_as``."""
+
+    @abc.abstractmethod
+    def take_segment(self, segment: str, owner: str, *, at: float) -> SegmentOwner:
+        """``owner`` now owns ``segment``, under the previous epoch + 1 (1 for the first):
+        every write made under an older token is refused from now on. Called only once
+        the coordination lock of the segment is held."""
+
+    @abc.abstractmethod
+    def list_segment_owners(self) -> list[SegmentOwner]: ...
+
+
 class RequestStore(abc.ABC):
     """Operator requests (restore a host, restart an instance), carried out by the
     engine's workers (``vigil.engine.requests``)."""
@@ -513,7 +557,14 @@ class RequestStore(abc.ABC):
 
 
 class Store(
-    HostStore, ControlStore, RecoveryStore, GuestStore, ServiceStore, OutboxStore, RequestStore
+    HostStore,
+    ControlStore,
+    RecoveryStore,
+    GuestStore,
+    ServiceStore,
+    OutboxStore,
+    RequestStore,
+    OwnershipStore,
 ):
     """All of vigil's state: every part of the interface, on one database."""
 

@@ -140,6 +140,8 @@ class StepRow(Base):
     target_host: Mapped[str | None] = mapped_column(sa.String(_NAME))
     # An evacuation's input: its instance's status before the failure (migration 0008).
     status_before: Mapped[str | None] = mapped_column(sa.String(_ENUM))
+    # The owner's epoch the step was last started under (migration 0011).
+    epoch: Mapped[int | None] = mapped_column(sa.Integer)
 
 
 class ControlRow(Base):
@@ -285,3 +287,15 @@ class RequestRow(Base):
     created_at: Mapped[float] = mapped_column(sa.Double)
     finished_at: Mapped[float | None] = mapped_column(sa.Double)
     detail: Mapped[str] = mapped_column(sa.Text)
+
+
+class SegmentOwnerRow(Base):
+    """Who owns each segment and its epoch, the fencing token (migration 0011)."""
+
+    __tablename__ = "segment_owners"
+    __table_args__ = _MYSQL_TABLE
+
+    segment: Mapped[str] = mapped_column(sa.String(_NAME), primary_key=True)
+    owner: Mapped[str] = mapped_column(sa.String(_NAME))
+    epoch: Mapped[int] = mapped_column(sa.Integer)
+    taken_at: Mapped[float] = mapped_column(sa.Double)

@@ -17,6 +17,17 @@ sees what the previous holder committed; reads run at REPEATABLE READ for a cons
 view across the queries of one call. SQLite has no row locks: its writes start with
 ``BEGIN IMMEDIATE``, which takes the database's write lock up front (waiting up to
 ``busy_timeout``) instead of failing when a reader later tries to write.
+
+Fencing tokens. A segment's owner makes its writes inside ``acting_as(token)``: each
+write transaction then first reads the segment's row of ``segment_owners`` with a shared
+lock (``FOR SHARE``) and refuses (``StaleEpoch``, nothing written) unless the token's
+owner and epoch are still the segment's. A takeover raises the epoch with an UPDATE of
+that row, which waits for the old owner's writes in flight and makes every later one
+fail: the conditional write that makes a server which lost its lease, and has not
+noticed yet, unable to record — hence to start — anything. The token is carried by a
+context variable (``vigil.store.base.acting_as``), not by an argument of each of the
+store's forty writing methods, so that no write of an owner's code path can forget it;
+the reactions enter it around each handler and each worker job (``vigil.engine``).
 """
 
 from __future__ import annotations
@@ -30,10 +41,17 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from vigil.model import HOST_TRANSITIONS, Event, HostState, RecoveryStatus, check_transition
-from vigil.store.base import NotFoundError
+from vigil.model import (
+    HOST_TRANSITIONS,
+    Event,
+    HostState,
+    OwnerToken,
+    RecoveryStatus,
+    check_transition,
+)
+from vigil.store.base import NotFoundError, StaleEpoch, current_token
 from vigil.store.db import _SQLITE_IMMEDIATE, make_engine
-from vigil.store.rows import Base, EventRow, HostRow
+from vigil.store.rows import Base, EventRow, HostRow, SegmentOwnerRow
 
 ACTIVE_RECOVERY = (RecoveryStatus.PENDING, RecoveryStatus.RUNNING, RecoveryStatus.PAUSED)
 
@@ -71,10 +89,29 @@ class SessionBase:
     def _write(self, events: Sequence[Event] = ()) -> Iterator[Session]:
         """A write transaction; ``events`` go to the outbox in the same transaction."""
         with self._writes.begin() as session:
+            token = current_token()
+            if token is not None:
+                self._check_token(session, token)
             yield session
             if events:
                 self._outbox(session, events)
                 session.flush()
+
+    @staticmethod
+    def _check_token(s: Session, token: OwnerToken) -> None:
+        """Refuse the write unless ``token`` is the segment's current one; the shared
+        lock holds a takeover's UPDATE of the epoch until this transaction ends."""
+        row = s.scalar(
+            sa.select(SegmentOwnerRow)
+            .where(SegmentOwnerRow.segment == token.segment)
+            .with_for_update(read=True)
+        )
+        if row is None or row.owner != token.owner or row.epoch != token.epoch:
+            now = f"{row.owner} holds epoch {row.epoch}" if row is not None else "no owner"
+            raise StaleEpoch(
+                f"segment {token.segment}: {token.owner}'s epoch {token.epoch} is stale "
+                f"({now}); nothing written"
+            )
 
     @staticmethod
     def _outbox(s: Session, events: Sequence[Event]) -> None:

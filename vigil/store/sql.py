@@ -10,7 +10,8 @@ store is assembled from one mixin per aggregate, each over the shared transactio
 - ``vigil.store.guests``: guest failures;
 - ``vigil.store.host_services``: host services;
 - ``vigil.store.outbox``: events, sinks, dead letters, webhook subscriptions;
-- ``vigil.store.requests``: operator requests (restore a host, restart an instance).
+- ``vigil.store.requests``: operator requests (restore a host, restart an instance);
+- ``vigil.store.ownership``: who owns each segment, and its epoch (the fencing token).
 
 The tables are in ``vigil.store.rows``; the engine and the migrations in
 ``vigil.store.db`` (``SqlStore`` never migrates on its own). Their names are
@@ -25,6 +26,7 @@ from vigil.store.guests import SqlGuests
 from vigil.store.host_services import SqlHostServices
 from vigil.store.hosts import SqlHosts
 from vigil.store.outbox import SqlOutbox
+from vigil.store.ownership import SqlOwnership
 from vigil.store.recoveries import SqlRecoveries
 from vigil.store.requests import SqlRequests
 from vigil.store.rows import Base
@@ -40,6 +42,15 @@ __all__ = [
 ]
 
 
-class SqlStore(SqlHosts, SqlRecoveries, SqlGuests, SqlHostServices, SqlOutbox, SqlRequests, Store):
+class SqlStore(
+    SqlHosts,
+    SqlRecoveries,
+    SqlGuests,
+    SqlHostServices,
+    SqlOutbox,
+    SqlRequests,
+    SqlOwnership,
+    Store,
+):
     """``Store`` on a relational database: the composition of the aggregates' mixins.
     One instance may be shared by any number of threads (``vigil.store.session``)."""

@@ -22,7 +22,7 @@ from vigil.model import (
     StepStatus,
     check_transition,
 )
-from vigil.store.base import NotFoundError
+from vigil.store.base import NotFoundError, current_token
 from vigil.store.mapping import record_of
 from vigil.store.rows import RecoveryRow, StepRow
 from vigil.store.session import SessionBase
@@ -38,6 +38,8 @@ class SqlSteps(SessionBase):
             row = self._lock_step(s, step_id)
             self._move_step(row, StepStatus.RUNNING, expect=StepStatus.PENDING)
             row.attempts += 1
+            token = current_token()
+            row.epoch = token.epoch if token is not None else None
             if row.started_at is None:
                 row.started_at = at
             s.flush()
@@ -89,12 +91,17 @@ class SqlSteps(SessionBase):
             s.flush()
             return record_of(Step, row)
 
-    def requeue_running_steps(self, *, at: float) -> int:
+    def requeue_running_steps(self, *, at: float, segment: str | None = None) -> int:
         with self._write() as s:
+            query = sa.update(StepRow).where(StepRow.status == str(StepStatus.RUNNING))
+            if segment is not None:
+                query = query.where(
+                    StepRow.recovery_id.in_(
+                        sa.select(RecoveryRow.id).where(RecoveryRow.segment == segment)
+                    )
+                )
             result = s.connection().execute(
-                sa.update(StepRow)
-                .where(StepRow.status == str(StepStatus.RUNNING))
-                .values(status=str(StepStatus.PENDING), next_attempt_at=at)
+                query.values(status=str(StepStatus.PENDING), next_attempt_at=at)
             )
             return result.rowcount
 

@@ -1,0 +1,250 @@
+"""Three vigil-server processes on one PostgreSQL database and a three-member etcd
+cluster, over the simulated cloud (reached over HTTP, so that it outlives the servers
+and counts every call): the owner of the segment is killed, or stopped past its lease,
+in the middle of a recovery; another server finishes it, and nothing is done twice.
+
+Each server talks to its own etcd member, as on three controllers. Every agent sends
+its heartbeats to the three servers (no self-fencing here), so
+that the new owner's detection is warm when it takes over.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from support import wait_until
+from support.processes import ServerProcess, free_port
+
+from vigil.clock import SystemClock
+from vigil.model import HaPolicy
+from vigil.sim.agents import SimAgents
+from vigil.sim.cloud import SimCloud, SimLatency
+from vigil.sim.rpc import serve_cloud
+from vigil.store.sql import upgrade
+
+pytestmark = [pytest.mark.etcd, pytest.mark.postgres, pytest.mark.slow]
+
+TOKEN, KEY = "ha-test-token", "ha-test-key"
+LEASE_TTL = 3  # coordination.lease_ttl: a dead owner's segment is free 3 s after it
+
+
+@dataclass
+class Server:
+    member: str
+    process: ServerProcess
+    api: httpx.Client
+    heartbeat_port: int
+
+
+@dataclass
+class World:
+    cloud: SimCloud
+    servers: list[Server]
+    victims: list[str]
+    agents: list[SimAgents] = field(default_factory=list)
+
+    def owner(self, via: Server | None = None) -> tuple[str, int]:
+        """The segment's owner and epoch, by the store, asked through a live server."""
+        api = (via or self.live()[0]).api
+        owners = api.get("/v1/servers").json()["owners"]
+        row = next(o for o in owners if o["segment"] == "s")
+        return row["owner"], row["epoch"]
+
+    def server(self, member: str) -> Server:
+        return next(s for s in self.servers if s.member == member)
+
+    def live(self) -> list[Server]:
+        return [s for s in self.servers if s.process.proc and s.process.proc.poll() is None]
+
+    def steps(self, api: httpx.Client) -> list[dict[str, Any]]:
+        recs = api.get("/v1/recoveries", params={"host": "compute-1"}).json()
+        return recs[0]["steps"] if recs else []
+
+
+def server_conf(tmp_path: Path, i: int, db_url: str, etcd_url: str, cloud_url: str) -> Server:
+    api_port, hb_port = free_port(), free_port(__import__("socket").SOCK_DGRAM)
+    conf = tmp_path / f"vigil-{i}.conf"
+    conf.write_text(
+        f"""[database]
+connection = {db_url}
+auto_migrate = false
+[api]
+port = {api_port}
+auth_token = {TOKEN}
+[agent]
+key = {KEY}
+listen_port = {hb_port}
+[compute]
+sim_url = {cloud_url}
+[coordination]
+backend_url = {etcd_url}
+member_id = vigil-{i}
+lease_ttl = {LEASE_TTL}
+renew_interval = 0.5
+call_timeout = 1
+margin = 0.5
+"""
+    )
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{api_port}",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=10,
+    )
+    return Server(f"vigil-{i}", ServerProcess(conf, tmp_path / f"vigil-{i}.log"), api, hb_port)
+
+
+@pytest.fixture
+def world(tmp_path: Path, etcd_cluster: Any, postgres_url: str) -> Iterator[World]:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(postgres_url)  # an empty schema for this test
+    with engine.begin() as c:
+        c.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()
+    upgrade(postgres_url)
+    cloud = SimCloud(
+        SystemClock(), latency=SimLatency(evacuate=1.0, power_off=1.0, jitter=0.1), seed=11
+    )
+    for i in (1, 2, 3):
+        cloud.add_host(f"compute-{i}", capacity=20)
+    victims = [
+        cloud.add_instance(f"db-{n}", "compute-1", policy=HaPolicy.KEEP_RUNNING, priority=n)
+        for n in range(6)
+    ]
+    cloud_server, cloud_url = serve_cloud(cloud)
+    urls = [u.replace("http://", "etcd3+http://") for u in etcd_cluster.client_urls]
+    servers = [server_conf(tmp_path, i, postgres_url, urls[i], cloud_url) for i in range(3)]
+    w = World(cloud, servers, victims)
+    try:
+        for s in servers:
+            s.process.start(s.api)
+        api = servers[0].api
+        api.post(
+            "/v1/segments", json={"name": "s", "max_parallel_evacuations": 2}
+        ).raise_for_status()
+        for i in (1, 2, 3):
+            api.post(
+                "/v1/hosts",
+                json={"name": f"compute-{i}", "segment": "s", "fencing": [{"driver": "sim"}]},
+            ).raise_for_status()
+        agents = SimAgents(  # every host heard by every server
+            cloud,
+            servers=[("127.0.0.1", s.heartbeat_port) for s in servers],
+            key=KEY.encode(),
+            interval=0.25,
+        )
+        agents.start()
+        w.agents.append(agents)
+        wait_until(
+            lambda: w.owner()[1] >= 1, "a server to own segment s", 15, ignoring=(Exception,)
+        )
+        wait_until(
+            lambda: all(h["state"] == "up" for h in api.get("/v1/hosts").json()),
+            "hosts up",
+            15,
+            every=0.05,
+        )
+        yield w
+    finally:
+        for s in servers:  # before the agents: no server sees every host fall silent
+            s.process.stop()
+            s.api.close()
+        for agents in w.agents:
+            agents.stop()
+        cloud_server.close()
+
+
+def _finished(w: World, via: list[Server] | None = None) -> dict[str, Any] | None:
+    for s in via or w.live():
+        try:
+            recs = s.api.get("/v1/recoveries", params={"host": "compute-1"}).json()
+        except httpx.TransportError:
+            continue
+        done = [r for r in recs if r["status"] in ("succeeded", "failed")]
+        return done[0] if done else None
+    return None
+
+
+def _exactly_once(w: World) -> None:
+    cloud = w.cloud
+    for iid in w.victims:
+        inst = cloud.instance(iid)
+        assert inst.status == "ACTIVE" and inst.host != "compute-1", inst
+        # asked once: not even a second request that Nova's own rules would have refused
+        assert cloud.attempts("evacuate", iid) == 1, f"{inst.name} evacuated more than once"
+    assert cloud.double_running() == []
+    assert not cloud.is_powered("compute-1")
+    assert cloud.attempts("bmc_power_off", "compute-1") == 1, "fenced twice"
+    assert cloud.calls("set_forced_down", "compute-1") == 1
+
+
+def test_the_owner_killed_mid_evacuation_another_server_finishes_exactly_once(
+    world: World,
+) -> None:
+    first, epoch = world.owner()
+    owner = world.server(first)
+    world.cloud.isolate("compute-1")  # running but cut off: it really has to be fenced
+
+    def evacuating() -> bool:
+        evacs = [s for s in world.steps(owner.api) if s["kind"] == "evacuate"]
+        return sum(s["status"] == "succeeded" for s in evacs) >= 2 and any(
+            s["status"] == "running" for s in evacs
+        )
+
+    wait_until(evacuating, "the owner to be evacuating", 30, every=0.02)
+    owner.process.kill9()
+    killed = time.monotonic()
+    survivor = world.live()[0]
+    new, new_epoch = wait_until(
+        lambda: (o := world.owner(survivor))[0] != first and o, "a new owner", 15, every=0.05
+    )
+    took = time.monotonic() - killed
+    assert new_epoch == epoch + 1
+    assert took <= LEASE_TTL + 2.5, f"takeover took {took:.1f}s"
+
+    rec = wait_until(lambda: _finished(world), "the recovery to finish", 60, every=0.1)
+    assert rec["status"] == "succeeded", rec
+    _exactly_once(world)
+    log = world.server(new).process.log.read_text()
+    assert "segment s: acting on it from now (epoch" in log
+    assert "left running by its previous owner to re-check" in log
+
+
+def test_an_owner_stopped_past_its_lease_does_nothing_when_it_continues(world: World) -> None:
+    first, epoch = world.owner()
+    owner = world.server(first)
+    world.cloud.isolate("compute-1")
+
+    def evacuating() -> bool:
+        evacs = [s for s in world.steps(owner.api) if s["kind"] == "evacuate"]
+        return any(s["status"] == "running" for s in evacs)
+
+    wait_until(evacuating, "the owner to be evacuating", 30, every=0.02)
+    owner.process.pause()  # SIGSTOP: it believes it still owns the segment
+    others = [s for s in world.servers if s.member != first]
+    new, new_epoch = wait_until(
+        lambda: (o := world.owner(others[0]))[0] != first and o, "a new owner", 15, every=0.05
+    )
+    assert new_epoch == epoch + 1
+    rec = wait_until(lambda: _finished(world, others), "the recovery to finish", 60, every=0.1)
+    assert rec["status"] == "succeeded", rec
+    mutating = ("evacuate", "bmc_power_off", "set_forced_down", "disable", "enable", "start")
+    before = {m: world.cloud.attempts(m) for m in mutating}
+    owner.process.resume()  # SIGCONT: its epoch is stale
+    time.sleep(2 * LEASE_TTL)
+    # It asked the cloud for nothing more, not even what the cloud would have refused.
+    assert {m: world.cloud.attempts(m) for m in mutating} == before
+    _exactly_once(world)
+    # The store: every step finished under the new epoch or before the stop; none after
+    # it under the old one (the store refused them).
+    steps = world.steps(world.server(new).api)
+    assert all(s["status"] in ("succeeded", "skipped") for s in steps), steps
+    log = owner.process.log.read_text()
+    assert "stops acting on it" in log or "no longer acting on it" in log
+    assert world.owner(others[0]) == (new, new_epoch)  # and it did not take it back

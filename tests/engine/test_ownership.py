@@ -1,0 +1,243 @@
+"""Segment ownership on the fake clock: who owns what, when an owner must stop acting,
+and that a server which lost a segment can record nothing on it.
+
+The coordination backend here is an in-memory one with leases on the fake clock (what
+etcd and Redis do, proven against them in tests/coordination); the store is real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import new_store
+
+from vigil.clock import FakeClock
+from vigil.config import ConfigError, CoordinationSettings
+from vigil.drivers.coordination import CoordinationError, Coordinator
+from vigil.engine.ownership import Give, SegmentOwnership, Take, assign, plan
+from vigil.model import Host, HostState, Segment
+from vigil.store import StaleEpoch, acting_as
+from vigil.store.sql import SqlStore
+
+SETTINGS = CoordinationSettings(lease_ttl=3.0, renew_interval=0.5, call_timeout=1.0, margin=0.5)
+
+
+class Backend:
+    """Leases on the fake clock: a member or lock not renewed for ``ttl`` is gone."""
+
+    def __init__(self, clock: FakeClock, ttl: float) -> None:
+        self.clock, self.ttl = clock, ttl
+        self.members: dict[str, float] = {}  # member -> expiry
+        self.locks: dict[str, tuple[str, float]] = {}  # lock -> (holder, expiry)
+        self.down: set[str] = set()  # members cut off from the backend
+
+    def expire(self) -> None:
+        now = self.clock.monotonic()
+        self.members = {m: t for m, t in self.members.items() if t > now}
+        self.locks = {k: v for k, v in self.locks.items() if v[1] > now}
+
+
+class FakeCoordinator(Coordinator):
+    def __init__(self, backend: Backend, member: str) -> None:
+        self.backend_, self.member = backend, member
+
+    @property
+    def backend(self) -> str:
+        return "fake"
+
+    def _call(self) -> None:
+        if self.member in self.backend_.down:
+            raise CoordinationError("backend unreachable")
+        self.backend_.expire()
+
+    def start(self) -> None:
+        self.heartbeat()
+
+    def stop(self) -> None:
+        self.backend_.members.pop(self.member, None)
+
+    def heartbeat(self) -> None:
+        self._call()
+        b, until = self.backend_, self.backend_.clock.monotonic() + self.backend_.ttl
+        b.members[self.member] = until
+        for name, (holder, _) in list(b.locks.items()):
+            if holder == self.member:
+                b.locks[name] = (holder, until)
+
+    def members(self) -> frozenset[str]:
+        self._call()
+        return frozenset(self.backend_.members)
+
+    def try_lock(self, name: str) -> bool:
+        self._call()
+        holder = self.backend_.locks.get(name)
+        if holder is not None and holder[0] != self.member:
+            return False
+        self.backend_.locks[name] = (
+            self.member,
+            self.backend_.clock.monotonic() + self.backend_.ttl,
+        )
+        return True
+
+    def still_held(self, name: str) -> bool:
+        self._call()
+        holder = self.backend_.locks.get(name)
+        return holder is not None and holder[0] == self.member
+
+    def release(self, name: str) -> None:
+        self._call()
+        if self.backend_.locks.get(name, ("",))[0] == self.member:
+            del self.backend_.locks[name]
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqlStore]:
+    store = new_store(tmp_path, Segment("seg-a"), [Host("a1", "seg-a", state=HostState.UP)])
+    for name in ("seg-b", "seg-c"):
+        store.create_segment(Segment(name))
+    store.create_host(Host("b1", "seg-b", state=HostState.UP))
+    yield store
+    store.close()
+
+
+def keeper(store: SqlStore, backend: Backend, member: str) -> SegmentOwnership:
+    return SegmentOwnership(
+        store=store,
+        coordinator=FakeCoordinator(backend, member),
+        clock=backend.clock,  # type: ignore[arg-type]
+        settings=SETTINGS,
+    )
+
+
+# --- the pure rules -------------------------------------------------------------------
+
+
+def test_segments_are_spread_evenly_and_a_leaving_server_moves_only_its_own() -> None:
+    segments = [f"seg-{i}" for i in range(9)]
+    three = assign(segments, ["s1", "s2", "s3"])
+    assert sorted(list(three.values()).count(m) for m in ("s1", "s2", "s3")) == [3, 3, 3]
+    assert assign(reversed(segments), ["s3", "s1", "s2"]) == three  # same on every server
+    two = assign(segments, ["s1", "s2"])
+    assert sorted(list(two.values()).count(m) for m in ("s1", "s2")) == [4, 5]
+    kept = [s for s, m in three.items() if m != "s3"]
+    assert sum(two[s] != three[s] for s in kept) <= len(kept) // 3  # a few others move
+    assert assign(segments, []) == {}
+
+
+def test_plan_takes_what_is_due_and_gives_up_what_is_not() -> None:
+    segs = ["a", "b", "c", "d"]
+    # s1 held everything alone; s2 joins: s1 keeps its share (name order), gives the rest
+    assert plan("s1", ["s2"], segs, held=segs) == [Give("c"), Give("d")]
+    # s2 kept a and b: s1 takes what is left, not what s2 still holds
+    assert plan("s1", ["s2"], segs, held=[], current={"a": "s2", "b": "s2"}) == [
+        Take("c"),
+        Take("d"),
+    ]
+    assert plan("s1", [], ["a", "b"], held=["a", "b"]) == []  # alone: everything
+
+
+def test_a_server_coming_back_does_not_take_back_what_another_kept_going() -> None:
+    segs = ["seg-a", "seg-b", "seg-c"]
+    fresh = assign(segs, ["s1", "s2", "s3"])
+    away = next(m for m in ("s1", "s2", "s3") if m in fresh.values())
+    taken = assign(segs, {"s1", "s2", "s3"} - {away}, current=fresh)
+    assert all(taken[s] == m for s, m in fresh.items() if m != away)  # the others kept theirs
+    back = assign(segs, ["s1", "s2", "s3"], current=taken)
+    moved = {s for s in segs if back[s] != taken[s]}
+    assert len(moved) == 1 and back[moved.pop()] == away  # only what the balance needs
+    one = assign(["seg-a"], ["s2", "s3"], current={"seg-a": "s2"})
+    assert assign(["seg-a"], ["s1", "s2", "s3"], current=one) == {"seg-a": "s2"}  # kept
+    # an owner that is not a live member keeps nothing
+    assert set(assign(segs, ["s1"], current={"seg-a": "s9"}).values()) == {"s1"}
+
+
+def test_unsafe_timing_is_refused_at_start_up() -> None:
+    SETTINGS.validate()
+    with pytest.raises(ConfigError, match=r"renew_interval .* must not exceed lease_ttl - margin"):
+        CoordinationSettings(lease_ttl=3.0, renew_interval=1.0, call_timeout=1.0).validate()
+    with pytest.raises(ConfigError, match="whole seconds"):
+        CoordinationSettings(backend_url="etcd3+http://x:2379", lease_ttl=3.5).validate()
+
+
+# --- the keeper -----------------------------------------------------------------------
+
+
+def test_an_owner_acts_under_a_new_epoch_and_stops_before_its_locks_can_expire(
+    store: SqlStore,
+) -> None:
+    clock = FakeClock()
+    backend = Backend(clock, SETTINGS.lease_ttl)
+    a = keeper(store, backend, "vigil-a")
+    a.run_round()
+    assert {s: t.epoch for s, t in a.tokens().items()} == {"seg-a": 1, "seg-b": 1, "seg-c": 1}
+
+    backend.down.add("vigil-a")  # cut off from the backend: renewals fail
+    clock.advance(SETTINGS.lease_ttl - SETTINGS.margin - 0.01)
+    a.run_round()
+    assert a.owns("seg-a")  # still inside the window of its last renewal
+    clock.advance(0.02)
+    assert a.tokens() == {} and not a.owns("seg-a")  # stopped: locks may expire from now
+    assert a.status().error == "backend unreachable"
+
+    backend.down.clear()
+    clock.advance(1.0)  # its locks expired meanwhile
+    a.run_round()  # noticed lost, then taken again: a new epoch
+    assert {s: t.epoch for s, t in a.tokens().items()} == {"seg-a": 2, "seg-b": 2, "seg-c": 2}
+
+
+def test_a_server_that_joins_gets_its_share_once_the_owner_has_nothing_in_flight(
+    store: SqlStore,
+) -> None:
+    clock = FakeClock()
+    backend = Backend(clock, SETTINGS.lease_ttl)
+    a, b = keeper(store, backend, "vigil-a"), keeper(store, backend, "vigil-b")
+    busy = {"seg-a", "seg-b", "seg-c"}
+    a.set_busy(lambda segment: segment in busy)
+    a.run_round()
+    b.start(background=False)  # joins: b's share is still locked by a
+    assert b.tokens() == {}
+    a.run_round()
+    segs = ["seg-a", "seg-b", "seg-c"]
+    share = set(assign(segs, ["vigil-a", "vigil-b"], {s: "vigil-a" for s in segs}).items())
+    b_share = {s for s, m in share if m == "vigil-b"}
+    assert b_share and set(a.tokens()) == {"seg-a", "seg-b", "seg-c"} - b_share  # a stopped
+    assert a.status().giving == tuple(sorted(b_share))
+    b.run_round()
+    assert b.tokens() == {}  # a still holds the lock while its work finishes
+
+    busy.clear()
+    a.run_round()  # nothing in flight: released
+    b.run_round()
+    assert set(b.tokens()) == b_share
+    assert all(t.epoch == 2 for t in b.tokens().values())
+
+
+def test_a_paused_owner_finds_its_segments_taken_and_can_record_nothing(
+    store: SqlStore,
+) -> None:
+    clock = FakeClock()
+    backend = Backend(clock, SETTINGS.lease_ttl)
+    a, b = keeper(store, backend, "vigil-a"), keeper(store, backend, "vigil-b")
+    a.run_round()
+    old = a.token("seg-a")
+    assert old is not None
+    b.start(background=False)
+
+    clock.advance(SETTINGS.lease_ttl + 0.1)  # a is stopped (SIGSTOP): no renewal
+    b.run_round()
+    assert set(b.tokens()) == {"seg-a", "seg-b", "seg-c"}  # a left the group: all of them
+    assert a.token("seg-a") is None  # a's window ran out before b could take over
+
+    # Whatever a had under way when it stopped is refused by the store.
+    with acting_as(old), pytest.raises(StaleEpoch):
+        store.set_host_state("a1", HostState.SUSPECT, reason="stale owner", at=clock.wall())
+    assert store.get_host("a1").state is HostState.UP
+
+    a.run_round()  # continued: its locks are gone, it takes nothing b holds
+    assert a.tokens() == {}
+    b.run_round()  # a is back in the group: b gives a what is over its share
+    a.run_round()
+    assert len(a.tokens()) + len(b.tokens()) == 3
+    assert not set(a.tokens()) & set(b.tokens())

@@ -1,0 +1,77 @@
+"""The agent's HTTP reports to several vigil-servers: the first that answers takes them.
+
+Several vigil-servers share the hosts (any of them accepts an agent's reports and records
+them for the owner of the host's segment). An agent is configured with every server's API
+URL; ``ServerUrls.post`` posts a signed body to the one that last answered, and on a
+connection error, a timeout or a 5xx goes on to the next one, in order, wrapping around.
+A 4xx is the server's final word on that body (refused signature, malformed report): the
+others would say the same, so they are not asked.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import httpx
+
+from vigil.wire.reports import SIGNATURE_HEADER, sign
+
+LOG = logging.getLogger(__name__)
+
+
+def urls_given(server_url: str, server_urls: Sequence[str] | None) -> list[str]:
+    """The URLs a sender was given: ``server_url`` (one) or ``server_urls`` (several),
+    exactly one of the two; ValueError otherwise."""
+    if bool(server_url) == (server_urls is not None):
+        raise ValueError("give exactly one of server_url and server_urls")
+    urls = [server_url] if server_url else list(server_urls or ())
+    if not urls or not all(urls):
+        raise ValueError(f"server URLs must not be empty: {urls!r}")
+    return [u.rstrip("/") for u in urls]
+
+
+class ServerUrls:
+    """Several base URLs of vigil-server's API; remembers which one last answered.
+
+    Not thread-safe: each sender thread keeps its own.
+    """
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        if not urls:
+            raise ValueError("no server URL")
+        self.urls = [u.rstrip("/") for u in urls]
+        self._current = 0  # index of the URL that last answered: the first one tried
+
+    @property
+    def current(self) -> str:
+        return self.urls[self._current]
+
+    def post(self, client: httpx.Client, path: str, body: bytes, key: bytes) -> str | None:
+        """POST ``body`` signed with ``key`` to ``path`` on the first server that answers.
+
+        None when a server accepted it (2xx); else why not — every server's error when
+        none answered or all failed with a 5xx, or the one 4xx that ended the attempt.
+        """
+        headers = {SIGNATURE_HEADER: sign(body, key), "Content-Type": "application/json"}
+        errors: list[str] = []
+        n = len(self.urls)
+        for i in range(n):
+            index = (self._current + i) % n
+            url = f"{self.urls[index]}{path}"
+            try:
+                response = client.post(url, content=body, headers=headers)
+            except httpx.HTTPError as exc:  # unreachable, refused, timed out: the next one
+                errors.append(f"{url}: {str(exc) or type(exc).__name__}")
+                continue
+            status = response.status_code
+            if status // 100 == 5:  # this server cannot take it now: the next one may
+                errors.append(f"{url}: HTTP {status}: {response.text[:200]}")
+                continue
+            if index != self._current and n > 1:
+                LOG.info("reports now go to %s (%s)", self.urls[index], "; ".join(errors))
+            self._current = index  # it answered: start there next time
+            if status // 100 == 2:
+                return None
+            return f"{url}: HTTP {status}: {response.text[:200]}"  # 4xx: final
+        return "; ".join(errors)

@@ -1,0 +1,374 @@
+"""Segment ownership: which vigil-server acts on which segment, under which epoch.
+
+Each segment is owned by one live server through a lease-backed lock of the
+coordination backend (``vigil.drivers.coordination``); the segments are spread over the
+live servers by a pure rule (``assign``: rendezvous hashing, capped so that no server
+holds more than its share) and move when one joins or leaves.
+
+Taking a segment: the lock first, then the store's epoch of the segment goes up by one
+(``take_segment``); the reactions act on the segment only with the resulting token
+(``OwnerToken``), and the store refuses any write under an older one. So a server that
+lost its lock and has not noticed yet cannot record, hence cannot start, anything.
+
+Timing (checked at start-up, ``CoordinationSettings.validate``): a renewal starts every
+``renew_interval``; when it succeeds, and every lock is still held, the server may act
+until ``lease_ttl - margin`` after that renewal *started*. The backend cannot free a
+lock before ``lease_ttl`` after its last renewal arrived, which is later: so the old
+owner has stopped acting before anyone else can take its segment. A server cut off
+from the backend stops acting at that deadline, whatever else it can still reach.
+
+Giving a segment up (another server joined): the server stops acting on it at once, waits
+until none of its work on it is in flight (``busy``), then releases the lock.
+
+The keeper runs on a thread of its own — the coordination edge, like the heartbeat
+receiver is the agents' — and decides with the pure ``plan``; the reactions only read
+``token`` (a dictionary lookup and a clock read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from vigil.clock import Clock
+from vigil.config import CoordinationSettings
+from vigil.drivers.coordination import CoordinationError, Coordinator
+from vigil.model import OwnerToken
+from vigil.store import Store, StoreError
+
+LOG = logging.getLogger("vigil.ownership")
+
+LOCK_PREFIX = "vigil-segment-"
+
+
+def assign(
+    segments: Iterable[str], members: Iterable[str], current: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Each segment's owner among ``members``, at most ceil(segments / members) each.
+
+    Sticky: a segment stays with its ``current`` owner while that one is a live member
+    with room (segments in name order), so a server coming back does not take segments
+    back from servers that kept them going — each move costs a takeover. The others go
+    by rendezvous: every server ranks the members for a segment by a hash of (segment,
+    member) and the first one with room takes it. Every server computes the same answer
+    from the same membership and owners; a join or leave moves only what the balance
+    needs."""
+    names = sorted(set(members))
+    if not names:
+        return {}
+    ordered = sorted(set(segments))
+    room = math.ceil(len(ordered) / len(names))
+    load: Counter[str] = Counter()
+    owners: dict[str, str] = {}
+    for segment in ordered:
+        keeper = (current or {}).get(segment)
+        if keeper in names and load[keeper] < room:
+            owners[segment] = keeper
+            load[keeper] += 1
+    for segment in ordered:
+        if segment in owners:
+            continue
+        for member in sorted(names, key=lambda m: _rank(segment, m)):
+            if load[member] < room:
+                owners[segment] = member
+                load[member] += 1
+                break
+    return owners
+
+
+def _rank(segment: str, member: str) -> bytes:
+    return hashlib.sha256(f"{segment}\0{member}".encode()).digest()
+
+
+@dataclass(frozen=True)
+class Take:
+    segment: str
+
+
+@dataclass(frozen=True)
+class Give:
+    segment: str
+
+
+def plan(
+    me: str,
+    members: Iterable[str],
+    segments: Iterable[str],
+    held: Iterable[str],
+    current: Mapping[str, str] | None = None,
+) -> list[Take | Give]:
+    """What this server should take and give up, from the live members (itself always
+    among them), the segments, the locks it holds, and each segment's ``current`` owner
+    by the store."""
+    held = set(held)
+    current = {**(current or {}), **{s: me for s in held}}
+    wanted = assign(segments, {*members, me}, current)
+    mine = {s for s, owner in wanted.items() if owner == me}
+    return [Give(s) for s in sorted(held - mine)] + [Take(s) for s in sorted(mine - held)]
+
+
+@dataclass
+class _Held:
+    token: OwnerToken
+    taken_at: float  # monotonic
+    giving: bool = False  # stopped acting; released once nothing of it is in flight
+
+
+@dataclass(frozen=True)
+class OwnershipStatus:
+    member: str
+    backend: str
+    healthy: bool
+    members: tuple[str, ...]
+    owned: Mapping[str, int]  # segment -> epoch, while acting on it
+    acting_for: float  # seconds left before this server must stop acting without renewal
+    error: str = ""
+    giving: tuple[str, ...] = field(default_factory=tuple)
+
+
+class SegmentOwnership:
+    """The keeper: renews, takes and gives segments; answers ``token(segment)``."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        coordinator: Coordinator,
+        clock: Clock,
+        settings: CoordinationSettings,
+        on_change: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._store = store
+        self._coordinator = coordinator
+        self._clock = clock
+        self._settings = settings
+        self._on_change = on_change
+        self._busy: Callable[[str], bool] = lambda _segment: False
+        self._held: dict[str, _Held] = {}
+        self._lock = threading.Lock()
+        self._valid_until = -math.inf
+        self._members: tuple[str, ...] = ()
+        self._error = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def member(self) -> str:
+        return self._coordinator.member
+
+    def set_busy(self, busy: Callable[[str], bool]) -> None:
+        """``busy(segment)``: whether work on the segment is still in flight."""
+        self._busy = busy
+
+    # --- what the reactions read -----------------------------------------------------
+
+    def token(self, segment: str) -> OwnerToken | None:
+        """The token to act on ``segment`` under, or None: not owned, being given up, or
+        the acting window ran out without a renewal."""
+        held = self._held.get(segment)
+        if held is None or held.giving or self._clock.monotonic() >= self._valid_until:
+            return None
+        return held.token
+
+    def owns(self, segment: str) -> bool:
+        return self.token(segment) is not None
+
+    def valid(self, token: OwnerToken | None) -> bool:
+        """Whether ``token`` is still the one to act under (None: no ownership, valid)."""
+        return token is None or self.token(token.segment) == token
+
+    def taken_at(self, segment: str) -> float | None:
+        """When (monotonic) this server took ``segment``, if it holds it."""
+        held = self._held.get(segment)
+        return held.taken_at if held is not None else None
+
+    def tokens(self) -> dict[str, OwnerToken]:
+        """Every segment this server acts on now, with its token."""
+        return {s: t for s in list(self._held) if (t := self.token(s)) is not None}
+
+    def status(self) -> OwnershipStatus:
+        with self._lock:
+            held = dict(self._held)
+        return OwnershipStatus(
+            member=self.member,
+            backend=self._coordinator.backend,
+            healthy=not self._error,
+            members=self._members,
+            owned={s: h.token.epoch for s, h in held.items() if self.token(s) is not None},
+            acting_for=max(0.0, self._valid_until - self._clock.monotonic()),
+            error=self._error,
+            giving=tuple(sorted(s for s, h in held.items() if h.giving)),
+        )
+
+    # --- the keeper ------------------------------------------------------------------
+
+    def start(self, *, background: bool = True) -> None:
+        """Join the group (retried by the rounds if the backend is away), run a first
+        round, and renew on a thread of its own (``background``; tests run the rounds)."""
+        try:
+            self._coordinator.start()
+            self.run_round()  # alone, every segment is owned before the first cycle
+        except CoordinationError as exc:
+            self._note_error(str(exc))
+        if background:
+            self._thread = threading.Thread(target=self._run, name="vigil-ownership", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        with self._lock:
+            self._held.clear()
+        self._coordinator.stop()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = self._clock.monotonic()
+            try:
+                self.run_round()
+            except Exception:  # the keeper must outlive one bad round
+                LOG.exception("ownership round failed")
+            spent = self._clock.monotonic() - started
+            self._stop.wait(max(0.0, self._settings.renew_interval - spent))
+
+    def run_round(self) -> None:
+        """One renewal: heartbeat, check the locks, then take and give what ``plan`` says."""
+        started = self._clock.monotonic()
+        try:
+            self._coordinator.heartbeat()
+            members = self._coordinator.members()
+            lost = [s for s in list(self._held) if not self._coordinator.still_held(_lock(s))]
+        except CoordinationError as exc:
+            self._note_error(str(exc))  # acting stops at the deadline of the last success
+            return
+        for segment in lost:
+            self._drop(segment, "its lock was lost (expired while this server was away?)")
+        self._valid_until = started + self._settings.acting_window
+        self._members = tuple(sorted(members))
+        self._note_error("")
+        try:
+            segments = [s.name for s in self._store.list_segments()]
+            owners = {o.segment: o for o in self._store.list_segment_owners()}
+        except StoreError as exc:
+            LOG.warning("ownership: store not read, segments not rebalanced: %s", exc)
+            return
+        for segment, held in list(self._held.items()):
+            row = owners.get(segment)
+            if row is None or (row.owner, row.epoch) != (held.token.owner, held.token.epoch):
+                self._drop(segment, f"the store names {row} its owner")
+        current = {s: o.owner for s, o in owners.items()}
+        for action in plan(self.member, members, segments, self._held, current):
+            if isinstance(action, Take):
+                self._take(action.segment)
+            else:
+                self._give(action.segment)
+
+    def _take(self, segment: str) -> None:
+        try:
+            if not self._coordinator.try_lock(_lock(segment)):
+                return  # still held by its previous owner: tried again next round
+            owner = self._store.take_segment(segment, self.member, at=self._clock.wall())
+        except (CoordinationError, StoreError) as exc:
+            LOG.warning("segment %s: not taken: %s", segment, exc)
+            self._release(segment)
+            return
+        token = OwnerToken(segment, self.member, owner.epoch)
+        with self._lock:
+            self._held[segment] = _Held(token, self._clock.monotonic())
+        LOG.warning("segment %s: owned by %s from now, epoch %d", segment, self.member, token.epoch)
+        self._on_change()
+
+    def _give(self, segment: str) -> None:
+        held = self._held.get(segment)
+        if held is None:
+            return
+        if not held.giving:
+            held.giving = True
+            LOG.warning(
+                "segment %s: given up by %s (rebalanced); finishing work in flight",
+                segment,
+                self.member,
+            )
+            self._on_change()
+        if not self._busy(segment):
+            with self._lock:
+                self._held.pop(segment, None)
+            self._release(segment)
+
+    def _drop(self, segment: str, why: str) -> None:
+        with self._lock:
+            held = self._held.pop(segment, None)
+        if held is not None:
+            LOG.error("segment %s: %s stops acting on it: %s", segment, self.member, why)
+            self._release(segment)
+            self._on_change()
+
+    def _release(self, segment: str) -> None:
+        try:
+            self._coordinator.release(_lock(segment))
+        except CoordinationError as exc:
+            LOG.warning("segment %s: lock not released (it expires): %s", segment, exc)
+
+    def _note_error(self, error: str) -> None:
+        if error != self._error:  # logged when it changes, not at every round
+            if error:
+                LOG.error(
+                    "coordination backend %s unreachable: %s; acting stops %.1fs after "
+                    "the last renewal",
+                    self._coordinator.backend,
+                    error,
+                    self._settings.acting_window,
+                )
+            else:
+                LOG.warning("coordination backend %s reachable again", self._coordinator.backend)
+        self._error = error
+
+
+def _lock(segment: str) -> str:
+    return LOCK_PREFIX + segment
+
+
+class Ownership(Protocol):
+    """What the reactions ask of ownership (``SegmentOwnership`` or ``SoleOwnership``)."""
+
+    @property
+    def member(self) -> str: ...
+
+    def token(self, segment: str) -> OwnerToken | None: ...
+
+    def owns(self, segment: str) -> bool: ...
+
+    def valid(self, token: OwnerToken | None) -> bool: ...
+
+    def taken_at(self, segment: str) -> float | None: ...
+
+    def tokens(self) -> dict[str, OwnerToken]: ...
+
+
+class SoleOwnership:
+    """Every segment, no token: one server acting alone with no epoch check (the
+    reactions' default when built without a keeper, as in-process tests do)."""
+
+    member = "sole"
+
+    def token(self, segment: str) -> OwnerToken | None:
+        return None
+
+    def owns(self, segment: str) -> bool:
+        return True
+
+    def valid(self, token: OwnerToken | None) -> bool:
+        return True
+
+    def taken_at(self, segment: str) -> float | None:
+        return None
+
+    def tokens(self) -> dict[str, OwnerToken]:
+        return {}

@@ -19,12 +19,10 @@ from typing import Any
 import httpx
 import pytest
 from support import wait_until
-from support.processes import ServerProcess, free_port
+from support.processes import ServerProcess, free_port, three_hosts_six_victims
 
-from vigil.clock import SystemClock
-from vigil.model import HaPolicy
 from vigil.sim.agents import SimAgents
-from vigil.sim.cloud import SimCloud, SimLatency
+from vigil.sim.cloud import SimCloud
 from vigil.sim.rpc import serve_cloud
 from vigil.store.sql import upgrade
 
@@ -108,15 +106,7 @@ def world(tmp_path: Path, etcd_cluster: Any, postgres_url: str) -> Iterator[Worl
         c.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
     engine.dispose()
     upgrade(postgres_url)
-    cloud = SimCloud(
-        SystemClock(), latency=SimLatency(evacuate=1.0, power_off=1.0, jitter=0.1), seed=11
-    )
-    for i in (1, 2, 3):
-        cloud.add_host(f"compute-{i}", capacity=20)
-    victims = [
-        cloud.add_instance(f"db-{n}", "compute-1", policy=HaPolicy.KEEP_RUNNING, priority=n)
-        for n in range(6)
-    ]
+    cloud, victims = three_hosts_six_victims(seed=11)
     cloud_server, cloud_url = serve_cloud(cloud)
     urls = [u.replace("http://", "etcd3+http://") for u in etcd_cluster.client_urls]
     servers = [server_conf(tmp_path, i, postgres_url, urls[i], cloud_url) for i in range(3)]

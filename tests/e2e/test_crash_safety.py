@@ -15,12 +15,10 @@ from typing import Any
 import httpx
 import pytest
 from support import wait_until
-from support.processes import ServerProcess, free_port
+from support.processes import ServerProcess, free_port, three_hosts_six_victims
 
-from vigil.clock import SystemClock
-from vigil.model import HaPolicy
 from vigil.sim.agents import SimAgents
-from vigil.sim.cloud import SimCloud, SimLatency
+from vigil.sim.cloud import SimCloud
 from vigil.sim.rpc import serve_cloud
 
 TOKEN, KEY = "crash-test-token", "crash-test-key"
@@ -51,15 +49,7 @@ sim_url = {cloud_url}
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    cloud = SimCloud(
-        SystemClock(), latency=SimLatency(evacuate=1.0, power_off=1.0, jitter=0.1), seed=7
-    )
-    for i in (1, 2, 3):
-        cloud.add_host(f"compute-{i}", capacity=20)
-    victims = [
-        cloud.add_instance(f"db-{n}", "compute-1", policy=HaPolicy.KEEP_RUNNING, priority=n)
-        for n in range(6)
-    ]
+    cloud, victims = three_hosts_six_victims(seed=7)
     cloud_server, cloud_url = serve_cloud(cloud)
     conf, api, hb_port = server_config(tmp_path, cloud_url)
     server = ServerProcess(conf, tmp_path / "server.log")

@@ -12,6 +12,25 @@ from pathlib import Path
 import httpx
 
 from support import wait_until
+from vigil.clock import SystemClock
+from vigil.model import HaPolicy
+from vigil.sim.cloud import SimCloud, SimLatency
+
+
+def three_hosts_six_victims(seed: int) -> tuple[SimCloud, list[str]]:
+    """A real-time simulated cloud for server processes: three hosts, six KEEP_RUNNING
+    instances on compute-1, evacuations and power-offs slow enough (1 s) for a test to
+    act in the middle of a recovery. Returns the cloud and the instances' ids."""
+    cloud = SimCloud(
+        SystemClock(), latency=SimLatency(evacuate=1.0, power_off=1.0, jitter=0.1), seed=seed
+    )
+    for i in (1, 2, 3):
+        cloud.add_host(f"compute-{i}", capacity=20)
+    victims = [
+        cloud.add_instance(f"db-{n}", "compute-1", policy=HaPolicy.KEEP_RUNNING, priority=n)
+        for n in range(6)
+    ]
+    return cloud, victims
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

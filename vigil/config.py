@@ -39,6 +39,18 @@ _database = [
         default=True,
         help="Apply pending schema migrations when the server starts.",
     ),
+    cfg.FloatOpt(
+        "idle_transaction_timeout",
+        default=5.0,
+        min=1.0,
+        help="Seconds after which the database server ends a session of vigil's that sits "
+        "idle inside a transaction (PostgreSQL idle_in_transaction_session_timeout, "
+        "MariaDB idle_transaction_timeout; not on SQLite or MySQL). A vigil-server frozen "
+        "in the middle of a write (SIGSTOP, a VM paused, swapping) holds row locks; this "
+        "frees them, so that another server can take its segments over and its write, "
+        "when it wakes, is rolled back. vigil's own transactions never wait on anything "
+        "but the database.",
+    ),
 ]
 
 _api = [
@@ -600,6 +612,7 @@ class RecoverySettings:
 class Settings:
     database_url: str = "sqlite:///vigil.db"
     auto_migrate: bool = True
+    idle_transaction_timeout: float = 5.0
     api_host: str = "127.0.0.1"
     api_port: int = 8787
     api_token: str = field(default="", repr=False)
@@ -644,6 +657,7 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
     settings = Settings(
         database_url=conf.database.connection,
         auto_migrate=conf.database.auto_migrate,
+        idle_transaction_timeout=conf.database.idle_transaction_timeout,
         api_host=conf.api.host,
         api_port=conf.api.port,
         api_token=read_secret(conf.api.auth_token, conf.api.auth_token_file, what="api token"),

@@ -74,7 +74,9 @@ class VigilServer:
         self.clock = clock or SystemClock()
         if settings.auto_migrate:
             upgrade(settings.database_url)
-        self.store = SqlStore(settings.database_url)
+        self.store = SqlStore(
+            settings.database_url, idle_transaction_timeout=settings.idle_transaction_timeout
+        )
         if compute is None and settings.compute_driver == "openstack":
             try:
                 compute = build_openstack_compute(

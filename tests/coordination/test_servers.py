@@ -145,6 +145,9 @@ def world(tmp_path: Path, etcd_cluster: Any, postgres_url: str) -> Iterator[Worl
         for s in servers:  # before the agents: no server sees every host fall silent
             s.process.stop()
             s.api.close()
+            if s.process.log.exists():  # shown by pytest when the test failed
+                tail = s.process.log.read_text().splitlines()[-60:]
+                print(f"--- {s.member} (last {len(tail)} lines) ---", *tail, sep="\n")
         for agents in w.agents:
             agents.stop()
         cloud_server.close()

@@ -15,9 +15,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import sqlalchemy.orm
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from support import wait_until
 
 from vigil.events import make_event
 from vigil.model import (
@@ -45,7 +47,15 @@ from vigil.model import (
     StepStatus,
     Subscription,
 )
-from vigil.store.base import AlreadyExists, InUse, NotFoundError, StaleEpoch, acting_as
+from vigil.store.base import (
+    AlreadyExists,
+    InUse,
+    NotFoundError,
+    StaleEpoch,
+    StoreUnavailable,
+    acting_as,
+)
+from vigil.store.rows import HostRow
 from vigil.store.sql import Base, SqlStore, alembic_config, make_engine, upgrade
 
 T0 = 1_700_000_000.25  # a realistic epoch, with a fraction that single precision would lose
@@ -57,6 +67,8 @@ BACKENDS = [
     pytest.param("postgres", marks=pytest.mark.postgres, id="postgres"),
     pytest.param("mariadb", marks=pytest.mark.mariadb, id="mariadb"),
 ]
+
+SERVERS = BACKENDS[1:]  # with row locks and sessions the server can end
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -786,6 +798,61 @@ def test_a_takeover_requeues_the_running_steps_of_its_segment_only(store: SqlSto
     assert store.requeue_running_steps(at=T0 + 10, segment="seg2") == 1
     assert store.get_recovery(a[0].recovery_id).steps[0].status is StepStatus.RUNNING
     assert store.get_recovery(b[0].recovery_id).steps[0].status is StepStatus.PENDING
+
+
+@pytest.mark.parametrize("db_url", SERVERS, indirect=True)
+def test_an_owner_frozen_in_the_middle_of_a_write_holds_no_takeover_up(
+    db_url: str, store: SqlStore
+) -> None:
+    """The previous owner stopped (SIGSTOP) between its epoch check and its commit: it
+    holds the segment's row shared. The next owner does not wait for it (the keeper must
+    go on renewing its other segments): refused for now, and taken once the database has
+    ended the frozen session; the frozen write, when it wakes, commits nothing."""
+    add_host(store, "n1")
+    old = store.take_segment("seg", "vigil-a", at=T0)
+    frozen = SqlStore(db_url, idle_transaction_timeout=1)
+    taker = SqlStore(db_url, idle_transaction_timeout=1)
+    try:
+        connection = frozen.engine.connect()
+        transaction = connection.begin()
+        session = sa.orm.Session(bind=connection)
+        frozen._check_token(session, OwnerToken("seg", "vigil-a", old.epoch))  # FOR SHARE
+        with pytest.raises(StoreUnavailable, match="database unavailable"):
+            taker.take_segment("seg", "vigil-b", at=T0 + 1)  # NOWAIT: not a wait
+        taken = wait_until(
+            lambda: _try(lambda: taker.take_segment("seg", "vigil-b", at=T0 + 2)),
+            "the frozen session to end",
+            15,
+            every=0.2,
+        )
+        assert (taken.owner, taken.epoch) == ("vigil-b", old.epoch + 1)
+        # The frozen owner wakes up and finishes its write: the server ended its session.
+        with pytest.raises(sa.exc.DBAPIError):
+            session.execute(
+                sa.update(HostRow).where(HostRow.name == "n1").values(state_reason="stale")
+            )
+            transaction.commit()
+        assert store.get_host("n1").state_reason != "stale"
+        connection.invalidate()
+    finally:
+        frozen.close()
+        taker.close()
+
+
+def test_an_unreachable_database_is_unavailable_not_a_crash() -> None:
+    store = SqlStore("postgresql+psycopg://vigil@127.0.0.1:1/vigil")  # nothing listens
+    try:
+        with pytest.raises(StoreUnavailable, match="database unavailable"):
+            store.list_segments()
+    finally:
+        store.close()
+
+
+def _try(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except StoreUnavailable:
+        return None
 
 
 # --- control --------------------------------------------------------------------------

@@ -79,7 +79,7 @@ from vigil.model import (
     StepStatus,
     Subscription,
 )
-from vigil.store import AlreadyExists, InUse, NotFoundError, Store
+from vigil.store import AlreadyExists, InUse, NotFoundError, Store, StoreUnavailable
 
 LOG = logging.getLogger("vigil.api")
 _BEARER = HTTPBearer(auto_error=False)
@@ -228,6 +228,7 @@ def create_app(
     app.add_exception_handler(Conflict, _error(409))  # Nova refuses for now (e.g. cleaning up)
     app.add_exception_handler(NotFound, _error(404))
     app.add_exception_handler(DriverError, _error(502))
+    app.add_exception_handler(StoreUnavailable, _error(503))  # the database away: try again
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

@@ -155,6 +155,7 @@ class SegmentOwnership:
         self._valid_until = -math.inf
         self._members: tuple[str, ...] = ()
         self._error = ""
+        self._problems: dict[str, str] = {}  # segment ("" for all) -> what is wrong now
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -257,8 +258,9 @@ class SegmentOwnership:
             segments = [s.name for s in self._store.list_segments()]
             owners = {o.segment: o for o in self._store.list_segment_owners()}
         except StoreError as exc:
-            LOG.warning("ownership: store not read, segments not rebalanced: %s", exc)
+            self._note_problem("", f"store not read, segments not rebalanced: {exc}")
             return
+        self._note_problem("", "")
         for segment, held in list(self._held.items()):
             row = owners.get(segment)
             if row is None or (row.owner, row.epoch) != (held.token.owner, held.token.epoch):
@@ -276,9 +278,12 @@ class SegmentOwnership:
                 return  # still held by its previous owner: tried again next round
             owner = self._store.take_segment(segment, self.member, at=self._clock.wall())
         except (CoordinationError, StoreError) as exc:
-            LOG.warning("segment %s: not taken: %s", segment, exc)
+            # e.g. the previous owner froze in the middle of a write: tried again next
+            # round, by when the database has ended its transaction
+            self._note_problem(segment, f"not taken yet: {exc}")
             self._release(segment)
             return
+        self._note_problem(segment, "")
         token = OwnerToken(segment, self.member, owner.epoch)
         with self._lock:
             self._held[segment] = _Held(token, self._clock.monotonic())
@@ -315,6 +320,20 @@ class SegmentOwnership:
             self._coordinator.release(_lock(segment))
         except CoordinationError as exc:
             LOG.warning("segment %s: lock not released (it expires): %s", segment, exc)
+
+    def _note_problem(self, segment: str, problem: str) -> None:
+        """A problem of the store's for ``segment`` ("" for the rebalancing), logged when
+        it starts and when it ends, not at every round."""
+        before = self._problems.get(segment, "")
+        if problem == before:
+            return
+        if problem:
+            LOG.warning("%s: %s", f"segment {segment}" if segment else "ownership", problem)
+            self._problems[segment] = problem
+            return
+        del self._problems[segment]
+        if not segment:  # a segment's end is its "owned by ... from now"
+            LOG.warning("ownership: store read again, segments rebalanced")
 
     def _note_error(self, error: str) -> None:
         if error != self._error:  # logged when it changes, not at every round

@@ -31,7 +31,7 @@ from vigil.drivers.errors import Conflict, DriverError, TemporaryError
 from vigil.engine.reconciler import Reaction, RetryPolicy
 from vigil.engine.workers import KeyedWorkers
 from vigil.model import Event, InvalidTransition, OperatorRequest, RequestKind, StepStatus
-from vigil.store import Store, StoreError
+from vigil.store import Store, StoreError, StoreUnavailable
 
 LOG = logging.getLogger("vigil.engine.requests")
 OPEN = (StepStatus.PENDING, StepStatus.RUNNING)
@@ -173,7 +173,7 @@ class OperatorRequests(Reaction[RequestsView, RunRequest]):
                 if not isinstance(exc, DriverError | InvalidTransition | StoreError):
                     LOG.exception("%s: %s crashed", about, kind)
                 now = self._clock.wall()
-                final = isinstance(exc, FINAL)
+                final = isinstance(exc, FINAL) and not isinstance(exc, StoreUnavailable)
                 delay = None if final else self._retry.after_failure(request.attempts, exc)
                 if delay is None:
                     self._errors[request.id] = exc

@@ -18,6 +18,7 @@ from vigil.store.base import (
     StaleEpoch,
     Store,
     StoreError,
+    StoreUnavailable,
     acting_as,
     current_token,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "StaleEpoch",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "acting_as",
     "current_token",
 ]

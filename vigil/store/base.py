@@ -93,6 +93,12 @@ class StaleEpoch(StoreError):
     segment was taken over. Nothing was written; the writer must stop acting on it."""
 
 
+class StoreUnavailable(StoreError):
+    """The database did not answer, dropped the session, or a row this write needs is
+    locked by a transaction that cannot be waited for (``take_segment``). Nothing was
+    written; trying again later may succeed."""
+
+
 class InUse(StoreError):
     """The record is referenced (a segment with hosts, a host under recovery)."""
 

@@ -10,6 +10,8 @@ migrations of ``vigil/store/migrations`` (the store never migrates on its own).
 
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +27,24 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 _SQLITE_IMMEDIATE = "vigil_sqlite_begin_immediate"  # execution option read by the BEGIN hook
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
+def make_engine(
+    url: str, *, echo: bool = False, idle_transaction_timeout: float | None = None
+) -> Engine:
     """An engine configured for vigil: SQLite pragmas and transaction control, or READ
-    COMMITTED with connection health checks for a database server."""
+    COMMITTED with connection health checks for a database server, which ends any of its
+    sessions left idle inside a transaction for ``idle_transaction_timeout`` seconds
+    (``_limit_idle_transactions``)."""
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
         # Each pooled connection would get its own, empty, database.
         raise ValueError("vigil needs an SQLite file (sqlite:////path/to/vigil.db), not memory")
     if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(
+        engine = sa.create_engine(
             parsed, echo=echo, isolation_level="READ COMMITTED", pool_pre_ping=True
         )
+        if idle_transaction_timeout:
+            _limit_idle_transactions(engine, idle_transaction_timeout)
+        return engine
 
     engine = sa.create_engine(parsed, echo=echo)
 
@@ -56,6 +65,39 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
+
+
+def _limit_idle_transactions(engine: Engine, seconds: float) -> None:
+    """Have the database server end a session that sits idle inside a transaction for
+    ``seconds``. Every transaction of the store is one method call that waits on nothing
+    but the database, so only a frozen process (SIGSTOP, a paused VM) leaves one idle that
+    long — and with it the row locks it holds, which would otherwise stop another server
+    from taking its segments over (``take_segment``) for as long as it stays frozen.
+
+    PostgreSQL: ``idle_in_transaction_session_timeout`` (milliseconds), set as the
+    session is opened. MariaDB: ``idle_transaction_timeout`` (whole seconds); MySQL has no
+    such variable, and the session keeps its locks until its ``wait_timeout``."""
+    backend = engine.dialect.name
+    log = logging.getLogger(__name__)
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            if backend == "postgresql":
+                # SET is transactional here: committed at once, not undone by the pool's
+                # rollback when the connection is returned
+                cursor.execute(
+                    f"SET SESSION idle_in_transaction_session_timeout = {round(seconds * 1000)}"
+                )
+                dbapi_connection.commit()
+            elif backend in ("mysql", "mariadb"):
+                try:
+                    cursor.execute(f"SET SESSION idle_transaction_timeout = {math.ceil(seconds)}")
+                except Exception as exc:  # MySQL: no such variable
+                    log.info("database: idle transactions are not limited: %s", exc)
+        finally:
+            cursor.close()
 
 
 def alembic_config() -> Config:

@@ -19,12 +19,16 @@ class SqlOwnership(SessionBase):
 
     def take_segment(self, segment: str, owner: str, *, at: float) -> SegmentOwner:
         with self._write() as s:
-            # The exclusive row lock waits for the previous owner's writes in flight
-            # (they hold the row shared); once committed, every later one is refused.
+            # The exclusive row lock excludes the previous owner's writes in flight (they
+            # hold the row shared); once committed, every later one is refused. NOWAIT:
+            # one held by a frozen owner is not waited for (the ownership keeper must
+            # go on renewing) — StoreUnavailable, and the keeper tries again next round,
+            # by when the database has ended that owner's idle transaction
+            # (``database.idle_transaction_timeout``).
             row = s.scalar(
                 sa.select(SegmentOwnerRow)
                 .where(SegmentOwnerRow.segment == segment)
-                .with_for_update()
+                .with_for_update(nowait=True)
             )
             if row is None:
                 row = SegmentOwnerRow(segment=segment, owner=owner, epoch=1, taken_at=at)

@@ -497,8 +497,21 @@ def test_pause_resume_and_status(cli: Cli) -> None:
 
     status = cli.ok("status").out.splitlines()
     assert status[0] == "automatic recovery: active"
-    assert status[1].startswith("hosts: 2 (2 new, 0 up, 0 suspect, 0 failed, 0 recovered;")
-    assert "1 in maintenance" in status[1]
+    # one server alone: it owns the new segment once its keeper has taken it
+    assert status[1] == "coordination: local (this server alone), reachable"
+    member = cli.ok("--json", "status").json()["servers"]["member"]
+    out = wait_until(
+        lambda: o if "az1 (epoch 1)" in (o := cli.ok("status").out) else None,
+        "the segment taken",
+        10,
+    )
+    status = out.splitlines()
+    assert status[2] == f"servers: {member}; {member} answered, acting on az1 (epoch 1)"
+    owner = next(line for line in status if line.startswith("az1 "))
+    assert owner.split()[:3] == ["az1", member, "1"]
+    hosts = next(line for line in status if line.startswith("hosts: "))
+    assert hosts.startswith("hosts: 2 (2 new, 0 up, 0 suspect, 0 failed, 0 recovered;")
+    assert "1 in maintenance" in hosts
     assert status[-1] == "active recoveries: none"
 
     paused = cli.ok("pause", "--reason", "nova upgrade")

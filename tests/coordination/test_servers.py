@@ -10,6 +10,8 @@ that the new owner's detection is warm when it takes over.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ import pytest
 from support import wait_until
 from support.processes import ServerProcess, free_port, three_hosts_six_victims
 
+from vigil.cli.main import main
 from vigil.sim.agents import SimAgents
 from vigil.sim.cloud import SimCloud
 from vigil.sim.rpc import serve_cloud
@@ -207,6 +210,24 @@ def test_the_owner_killed_mid_evacuation_another_server_finishes_exactly_once(
     log = world.server(new).process.log.read_text()
     assert "segment s: acting on it from now (epoch" in log
     assert "left running by its previous owner to re-check" in log
+
+    # What the operator sees, asking any survivor: the backend, the two live servers,
+    # and the new owner under its epoch.
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["--url", str(survivor.api.base_url), "--token", TOKEN, "status"])
+    assert code == 0
+    lines = out.getvalue().splitlines()
+    assert lines[1].startswith("coordination: etcd3+http://127.0.0.1:") and lines[1].endswith(
+        ", reachable"
+    )
+    live = sorted(s.member for s in world.live())
+    assert lines[2].startswith(f"servers: {', '.join(live)}; {survivor.member} answered")
+    assert next(line for line in lines if line.startswith("s ")).split()[:3] == [
+        "s",
+        new,
+        str(new_epoch),
+    ]
 
 
 def test_an_owner_stopped_past_its_lease_does_nothing_when_it_continues(world: World) -> None:

@@ -349,6 +349,10 @@ class VigilClient:
         result: Json = self._request("GET", "/v1/control")
         return result
 
+    def get_servers(self) -> Json:
+        result: Json = self._request("GET", "/v1/servers")
+        return result
+
     def pause(self, reason: str) -> Json:
         result: Json = self._request("POST", "/v1/control/pause", body={"reason": reason})
         return result

@@ -19,7 +19,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from vigil.cli import output
 from vigil.cli.client import DEFAULT_TIMEOUT, DEFAULT_URL, ApiError, Json, VigilClient
@@ -359,11 +359,16 @@ def status(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
         counts[h["state"]] = counts.get(h["state"], 0) + 1
     maintenance = sum(1 for h in hosts if h.get("maintenance"))
     paused_segments = [s for s in segments if s.get("paused")]
+    servers = c.get_servers()
+    live = set(servers.get("members") or ())
+    for owner in servers.get("owners") or ():
+        owner["live"] = owner.get("owner") in live
 
     if out.as_json:
         out.json(
             {
                 "control": control,
+                "servers": servers,
                 "hosts": counts,
                 "hosts_in_maintenance": maintenance,
                 "paused_segments": paused_segments,
@@ -377,6 +382,7 @@ def status(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
         print(f"automatic recovery: PAUSED since {since}: {control.get('reason')}", file=p)
     else:
         print("automatic recovery: active", file=p)
+    _print_servers(servers, p)
     per_state = ", ".join(f"{n} {state}" for state, n in counts.items())
     print(f"hosts: {len(hosts)} ({per_state}; {maintenance} in maintenance)", file=p)
     for seg in paused_segments:
@@ -386,6 +392,21 @@ def status(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
         print(output.records(output.RECOVERY_LIST, active), file=p)
     else:
         print("active recoveries: none", file=p)
+
+
+def _print_servers(servers: Json, p: TextIO) -> None:
+    """The coordination backend as the answering server sees it, the live servers, and
+    each segment's owner and epoch by the store."""
+    health = "reachable" if servers.get("backend_healthy") else f"UNREACHABLE: {servers['error']}"
+    print(f"coordination: {servers.get('backend')}, {health}", file=p)
+    members = ", ".join(servers.get("members") or ()) or "none"
+    acting = ", ".join(f"{s} (epoch {e})" for s, e in sorted(servers["acting_on"].items()))
+    print(
+        f"servers: {members}; {servers.get('member')} answered, acting on {acting or 'no segment'}",
+        file=p,
+    )
+    if servers.get("owners"):
+        print(output.records(output.SEGMENT_OWNERS, servers["owners"]), file=p)
 
 
 # ------------------------------------------------------------------------------ parser
@@ -625,7 +646,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=pause, usage=p)
     p = nouns.add_parser("resume", parents=[common], help="resume automatic recovery")
     p.set_defaults(handler=resume, usage=p)
-    p = nouns.add_parser("status", parents=[common], help="pause state, hosts, recoveries")
+    p = nouns.add_parser(
+        "status", parents=[common], help="pause, servers and segment owners, hosts, recoveries"
+    )
     p.set_defaults(handler=status, usage=p)
 
     # import from another HA service

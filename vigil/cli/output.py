@@ -288,6 +288,13 @@ STEP: Sequence[Column] = [
     ("DETAIL", field("detail")),
 ]
 
+SEGMENT_OWNERS: Sequence[Column] = [
+    ("SEGMENT", field("segment")),
+    ("OWNER", lambda o: text(o.get("owner")) + ("" if o.get("live") else " (not live)")),
+    ("EPOCH", field("epoch")),
+    ("SINCE", time_field("taken_at")),
+]
+
 CONTROL: Sequence[Column] = [
     ("PAUSED", field("paused")),
     ("REASON", field("reason")),

@@ -416,6 +416,15 @@ _coordination = [
         default="",
         help="This server's name in the group of servers; default: hostname:api.port.",
     ),
+    cfg.StrOpt(
+        "namespace",
+        default="vigil",
+        regex=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        help="Prefix of this deployment's names in the backend (the group of servers "
+        "<namespace>-servers, the locks <namespace>-segment-<segment>): two vigil "
+        "deployments, say two regions, may share one etcd with two namespaces. Every "
+        "server of one deployment must use the same.",
+    ),
     cfg.FloatOpt(
         "lease_ttl",
         default=3.0,
@@ -559,6 +568,7 @@ class SelfFencingSettings:
 class CoordinationSettings:
     backend_url: str = field(default="", repr=False)
     member_id: str = ""
+    namespace: str = "vigil"
     lease_ttl: float = 3.0
     renew_interval: float = 0.5
     call_timeout: float = 1.0
@@ -703,6 +713,7 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
         coordination=CoordinationSettings(
             backend_url=conf.coordination.backend_url,
             member_id=conf.coordination.member_id or f"{socket.gethostname()}:{conf.api.port}",
+            namespace=conf.coordination.namespace,
             lease_ttl=conf.coordination.lease_ttl,
             renew_interval=conf.coordination.renew_interval,
             call_timeout=conf.coordination.call_timeout,

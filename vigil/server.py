@@ -102,7 +102,11 @@ class VigilServer:
         self.ownership = SegmentOwnership(
             store=self.store,
             coordinator=build_coordinator(
-                c.backend_url, member, lease_ttl=c.lease_ttl, call_timeout=c.call_timeout
+                c.backend_url,
+                member,
+                lease_ttl=c.lease_ttl,
+                call_timeout=c.call_timeout,
+                namespace=c.namespace,
             ),
             clock=self.clock,
             settings=c,

@@ -1,7 +1,8 @@
 """Three vigil-server processes on one PostgreSQL database and a three-member etcd
-cluster, over the simulated cloud (reached over HTTP, so that it outlives the servers
-and counts every call): the owner of the segment is killed, or stopped past its lease,
-in the middle of a recovery; another server finishes it, and nothing is done twice.
+cluster (the owner killed: on one Redis too), over the simulated cloud (reached over
+HTTP, so that it outlives the servers and counts every call): the owner of the segment
+is killed, or stopped past its lease, in the middle of a recovery; another server
+finishes it, and nothing is done twice.
 
 Each server talks to its own etcd member, as on three controllers. Every agent sends
 its heartbeats to the three servers (no self-fencing here), so
@@ -29,7 +30,9 @@ from vigil.sim.cloud import SimCloud
 from vigil.sim.rpc import serve_cloud
 from vigil.store.sql import upgrade
 
-pytestmark = [pytest.mark.etcd, pytest.mark.postgres, pytest.mark.slow]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+ETCD = pytest.param("etcd", marks=pytest.mark.etcd)
+REDIS = pytest.param("redis", marks=pytest.mark.redis)
 
 TOKEN, KEY = "ha-test-token", "ha-test-key"
 LEASE_TTL = 3  # coordination.lease_ttl: a dead owner's segment is free 3 s after it
@@ -68,7 +71,9 @@ class World:
         return recs[0]["steps"] if recs else []
 
 
-def server_conf(tmp_path: Path, i: int, db_url: str, etcd_url: str, cloud_url: str) -> Server:
+def server_conf(
+    tmp_path: Path, i: int, db_url: str, backend_url: str, cloud_url: str, namespace: str
+) -> Server:
     api_port, hb_port = free_port(), free_port(__import__("socket").SOCK_DGRAM)
     conf = tmp_path / f"vigil-{i}.conf"
     conf.write_text(
@@ -84,7 +89,8 @@ listen_port = {hb_port}
 [compute]
 sim_url = {cloud_url}
 [coordination]
-backend_url = {etcd_url}
+backend_url = {backend_url}
+namespace = {namespace}vigil
 member_id = vigil-{i}
 lease_ttl = {LEASE_TTL}
 renew_interval = 0.5
@@ -101,7 +107,19 @@ margin = 0.5
 
 
 @pytest.fixture
-def world(tmp_path: Path, etcd_cluster: Any, postgres_url: str) -> Iterator[World]:
+def backend_urls(request: pytest.FixtureRequest) -> list[str]:
+    """Each server's coordination URL: its own member of the etcd cluster, as on three
+    controllers (the default); or one Redis server (``indirect`` parameter "redis")."""
+    if getattr(request, "param", "etcd") == "redis":
+        return [request.getfixturevalue("redis_server").url] * 3
+    cluster = request.getfixturevalue("etcd_cluster")
+    return [u.replace("http://", "etcd3+http://") for u in cluster.client_urls]
+
+
+@pytest.fixture
+def world(
+    tmp_path: Path, backend_urls: list[str], postgres_url: str, fresh_etcd_prefix: str
+) -> Iterator[World]:
     from sqlalchemy import create_engine, text
 
     engine = create_engine(postgres_url)  # an empty schema for this test
@@ -111,8 +129,10 @@ def world(tmp_path: Path, etcd_cluster: Any, postgres_url: str) -> Iterator[Worl
     upgrade(postgres_url)
     cloud, victims = three_hosts_six_victims(seed=11)
     cloud_server, cloud_url = serve_cloud(cloud)
-    urls = [u.replace("http://", "etcd3+http://") for u in etcd_cluster.client_urls]
-    servers = [server_conf(tmp_path, i, postgres_url, urls[i], cloud_url) for i in range(3)]
+    servers = [
+        server_conf(tmp_path, i, postgres_url, backend_urls[i], cloud_url, fresh_etcd_prefix)
+        for i in range(3)
+    ]
     w = World(cloud, servers, victims)
     try:
         for s in servers:
@@ -180,6 +200,7 @@ def _exactly_once(w: World) -> None:
     assert cloud.calls("set_forced_down", "compute-1") == 1
 
 
+@pytest.mark.parametrize("backend_urls", [ETCD, REDIS], indirect=True)
 def test_the_owner_killed_mid_evacuation_another_server_finishes_exactly_once(
     world: World,
 ) -> None:
@@ -218,9 +239,8 @@ def test_the_owner_killed_mid_evacuation_another_server_finishes_exactly_once(
         code = main(["--url", str(survivor.api.base_url), "--token", TOKEN, "status"])
     assert code == 0
     lines = out.getvalue().splitlines()
-    assert lines[1].startswith("coordination: etcd3+http://127.0.0.1:") and lines[1].endswith(
-        ", reachable"
-    )
+    backend = survivor.process.conf.read_text().split("backend_url = ")[1].split()[0]
+    assert lines[1].startswith(f"coordination: {backend}") and lines[1].endswith(", reachable")
     live = sorted(s.member for s in world.live())
     assert lines[2].startswith(f"servers: {', '.join(live)}; {survivor.member} answered")
     assert next(line for line in lines if line.startswith("s ")).split()[:3] == [
@@ -230,6 +250,7 @@ def test_the_owner_killed_mid_evacuation_another_server_finishes_exactly_once(
     ]
 
 
+@pytest.mark.parametrize("backend_urls", [ETCD], indirect=True)
 def test_an_owner_stopped_past_its_lease_does_nothing_when_it_continues(world: World) -> None:
     first, epoch = world.owner()
     owner = world.server(first)

@@ -28,8 +28,6 @@ from vigil.drivers.errors import DriverError
 
 LOG = logging.getLogger(__name__)
 
-GROUP = b"vigil-servers"
-
 
 class CoordinationError(DriverError):
     """The coordination backend did not answer (or refused)."""
@@ -128,11 +126,21 @@ class ToozCoordinator(Coordinator):
     as the lifetime of the membership and of each lock: a member that stops renewing
     is gone, and its locks free, that long after its last renewal."""
 
-    def __init__(self, url: str, member: str, *, lease_ttl: int, call_timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        member: str,
+        *,
+        lease_ttl: int,
+        call_timeout: float,
+        namespace: str = "vigil",
+    ) -> None:
         from tooz import coordination
 
         self.member = member
         self._url = url
+        self._group = f"{namespace}-servers".encode()
+        self._prefix = f"{namespace}-"  # of every lock's name
         params = {
             "timeout": str(max(1, round(call_timeout))),
             "lock_timeout": str(lease_ttl),
@@ -153,10 +161,11 @@ class ToozCoordinator(Coordinator):
 
         with _errors("start"):
             self._coordinator.start(start_heart=False)
+            _no_client_retries(self._coordinator)
             with contextlib.suppress(coordination.GroupAlreadyExist):
-                self._coordinator.create_group(GROUP).get()
+                self._coordinator.create_group(self._group).get()
             with contextlib.suppress(coordination.MemberAlreadyExist):
-                self._coordinator.join_group(GROUP).get()
+                self._coordinator.join_group(self._group).get()
 
     def stop(self) -> None:
         for name in list(self._locks):
@@ -165,7 +174,7 @@ class ToozCoordinator(Coordinator):
             except CoordinationError as exc:
                 LOG.warning("lock %s not released: %s", name, exc)
         try:
-            self._coordinator.leave_group(GROUP).get()
+            self._coordinator.leave_group(self._group).get()
         except Exception as exc:  # leaving is a courtesy: the lease ends it anyway
             LOG.info("did not leave the group of servers: %s", exc)
         try:
@@ -180,18 +189,19 @@ class ToozCoordinator(Coordinator):
             self._coordinator.heartbeat()
             # after an expiry the member must join again
             with contextlib.suppress(coordination.MemberAlreadyExist):
-                self._coordinator.join_group(GROUP).get()
+                self._coordinator.join_group(self._group).get()
 
     def members(self) -> frozenset[str]:
         with _errors("members"):
-            found = self._coordinator.get_members(GROUP).get()
+            found = self._coordinator.get_members(self._group).get()
         return frozenset(m.decode() if isinstance(m, bytes) else str(m) for m in found)
 
     def try_lock(self, name: str) -> bool:
         with self._lock:
             lock = self._locks.get(name)
             if lock is None:
-                lock = self._locks[name] = self._coordinator.get_lock(name.encode())
+                lock = self._coordinator.get_lock((self._prefix + name).encode())
+                self._locks[name] = lock
         with _errors(f"lock {name}"):
             return bool(lock.acquire(blocking=False))
 
@@ -217,6 +227,22 @@ class ToozCoordinator(Coordinator):
                 lock.release()
 
 
+def _no_client_retries(coordinator: Any) -> None:
+    """Redis: the client library's own retries off. tooz already tries a refused call 15
+    times, and redis-py retries each of those with backoff: a heartbeat to a dead Redis
+    took about a minute, during which the keeper could neither notice the backend back
+    nor give segments up. Without them a dead backend answers at once and a silent one
+    within the call timeout (``socket_timeout``). tooz has no option for it, hence its
+    client, reached here."""
+    client = getattr(coordinator, "_client", None)
+    if client is None or not hasattr(client, "set_retry"):
+        return  # not Redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client.set_retry(Retry(NoBackoff(), 0))
+
+
 def _with_params(url: str, params: dict[str, str]) -> str:
     """``url`` with ``params`` added where it does not set them itself."""
     parts = urllib.parse.urlsplit(url)
@@ -238,9 +264,11 @@ def _errors(what: str) -> Iterator[None]:
 
 
 def build_coordinator(
-    url: str, member: str, *, lease_ttl: float, call_timeout: float
+    url: str, member: str, *, lease_ttl: float, call_timeout: float, namespace: str = "vigil"
 ) -> Coordinator:
     """The coordinator for ``url``: empty means this server alone."""
     if not url:
         return LocalCoordinator(member)
-    return ToozCoordinator(url, member, lease_ttl=round(lease_ttl), call_timeout=call_timeout)
+    return ToozCoordinator(
+        url, member, lease_ttl=round(lease_ttl), call_timeout=call_timeout, namespace=namespace
+    )

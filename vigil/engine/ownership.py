@@ -44,7 +44,7 @@ from vigil.store import Store, StoreError
 
 LOG = logging.getLogger("vigil.ownership")
 
-LOCK_PREFIX = "vigil-segment-"
+LOCK_PREFIX = "segment-"  # after the coordinator's namespace: vigil-segment-<name>
 
 
 def assign(

@@ -12,6 +12,15 @@ no evacuation aimed at a host known down. See ``vigil/sim/schedules.py``.
         --out bench/results/fault_schedules.json
     .venv/bin/python bench/fault_schedules.py --seed 17      # rerun one, keep its logs
 
+With ``--servers 3`` each schedule runs three vigil-servers on PostgreSQL and a
+three-member etcd cluster (issue 15), with any of them killed, started again, or stopped
+(SIGSTOP) past its lease and continued, on top of the same seed's host faults; the
+checker also looks for a host fenced again with no power restored between
+(``fenced-twice``):
+
+    .venv/bin/python bench/fault_schedules.py --servers 3 --schedules 200 --jobs 2 \\
+        --out bench/results/schedules.json
+
 ``--rev REV`` runs everything -- this runner, the simulated cloud and agents, and the
 server -- from ``git archive REV`` (a tree being edited by others can neither break the
 runs half-way nor mix two versions of agent and server); the default runs this working
@@ -40,15 +49,41 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vigil.sim.schedules import Timing, generate, run_schedule  # noqa: E402
+from vigil.sim.schedules import Cluster, Timing, generate, run_schedule  # noqa: E402
 
 
-def run_seed(seed: int, state_root: str, keep: bool) -> dict[str, Any]:
-    """One schedule in a worker process; its result as JSON-ready data."""
-    result = run_schedule(
-        generate(seed), Timing(), state_dir=Path(state_root) / f"seed-{seed}", keep=keep
-    )
+def run_seed(
+    seed: int, state_root: str, keep: bool, servers: int = 1, backend_urls: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """One schedule in a worker process; its result as JSON-ready data. Several servers
+    run on an empty PostgreSQL database of the schedule's own (dropped after it) and the
+    etcd cluster of ``backend_urls``, in a namespace of the seed's own."""
+    schedule = generate(seed, servers=servers)
+    state_dir = Path(state_root) / f"seed-{seed}"
+    if servers == 1:
+        return run_schedule(schedule, Timing(), state_dir=state_dir, keep=keep).to_json()
+    sys.path.insert(0, str(ROOT / "tests"))
+    from services import POSTGRES_ADMIN_URL, scratch_database
+
+    from vigil.store.sql import upgrade
+
+    with scratch_database(POSTGRES_ADMIN_URL) as db_url:
+        upgrade(db_url)
+        cluster = Cluster(db_url, backend_urls, namespace=f"sched-{seed}-{os.getpid()}")
+        result = run_schedule(schedule, Timing(), state_dir=state_dir, keep=keep, cluster=cluster)
     return result.to_json()
+
+
+def etcd_cluster(state_root: str) -> Any:
+    """A three-member etcd cluster on 127.0.0.1 (``tests/support/etcd.py``), started."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from support.etcd import EtcdCluster, free_base_port
+
+    base = Path(state_root) / "etcd"
+    base.mkdir(parents=True, exist_ok=True)
+    cluster = EtcdCluster(base, size=3, base_port=free_base_port(3, 24790))
+    cluster.start()
+    return cluster
 
 
 def rerun_from(rev: str, argv: list[str]) -> int:
@@ -117,6 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-seed", type=int, default=1)
     parser.add_argument("--seed", type=int, action="append", help="run only these seeds")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument(
+        "--servers",
+        type=int,
+        default=1,
+        help="vigil-servers per schedule; several run on PostgreSQL (127.0.0.1:5432) and "
+        "a three-member etcd cluster this command starts, with server faults on top",
+    )
     parser.add_argument("--out", help="write the results as JSON here")
     parser.add_argument("--rev", help="run runner, agents and server from git archive REV")
     parser.add_argument("--findings", help="append new kinds of violation to this file")
@@ -146,14 +188,22 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     kinds: set[str] = set()
     ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
-        futures = [pool.submit(run_seed, s, args.state_root, keep) for s in seeds]
-        for fut in concurrent.futures.as_completed(futures):
-            res = fut.result()
-            results.append(res)
-            report(res)
-            if args.findings:
-                append_findings(Path(args.findings), res, kinds, rev)
+    etcd = etcd_cluster(args.state_root) if args.servers > 1 else None
+    urls = tuple(u.replace("http://", "etcd3+http://") for u in etcd.client_urls) if etcd else ()
+    try:
+        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+            futures = [
+                pool.submit(run_seed, s, args.state_root, keep, args.servers, urls) for s in seeds
+            ]
+            for fut in concurrent.futures.as_completed(futures):
+                res = fut.result()
+                results.append(res)
+                report(res)
+                if args.findings:
+                    append_findings(Path(args.findings), res, kinds, rev)
+    finally:
+        if etcd is not None:
+            etcd.stop()
     results.sort(key=lambda r: r["seed"])
     by_kind = Counter(v["kind"] for r in results for v in r["violations"])
     bad = [r for r in results if r["violations"]]
@@ -174,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "mean_schedule_s": round(sum(r["duration_s"] for r in results) / max(1, len(results)), 1),
         "settings": {
             "jobs": args.jobs,
+            "servers": args.servers,
             "seeds": [seeds[0], seeds[-1]] if not args.seed else seeds,
             "server": rev,
             "timing": asdict(Timing()),
@@ -198,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\n{summary['schedules']} schedules, {summary['violations']} violations in "
         f"{summary['schedules_with_violations']} ({dict(by_kind)}), "
-        f"{summary['duration_s']}s with {args.jobs} jobs"
+        f"{summary['duration_s']}s with {args.jobs} jobs, {args.servers} server(s) each"
     )
     if args.out:
         Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")

@@ -13,6 +13,7 @@ from vigil.sim.cloud import EvacuationRecord, HostCondition, PowerOffRecord, Sim
 from vigil.sim.schedules import (
     CLOUD_ACTIONS,
     HOST_ACTIONS,
+    SERVER_ACTIONS,
     Fault,
     HostSpec,
     InstanceSpec,
@@ -119,6 +120,25 @@ def test_generated_schedules_cover_every_kind_of_fault() -> None:
     assert actions == HOST_ACTIONS | CLOUD_ACTIONS
     modes = {generate(seed).fencing_mode for seed in range(50)}
     assert modes == {"bmc", "self", "both"}
+
+
+def test_with_several_servers_the_same_world_and_host_faults_and_server_faults_on_top() -> None:
+    seen: set[str] = set()
+    for seed in range(100):
+        one, three = generate(seed), generate(seed, servers=3)
+        assert three.servers == 3 and three.describe()[0].endswith(", 3 servers")
+        assert (three.hosts, three.instances) == (one.hosts, one.instances)
+        ours = [f for f in three.faults if f.action not in SERVER_ACTIONS]
+        assert ours[:-1] == [f for f in one.faults[:-1] if f.action not in SERVER_ACTIONS]
+        theirs = [f for f in three.faults if f.action in SERVER_ACTIONS]
+        assert 1 <= sum(f.action in ("server-kill", "server-stop") for f in theirs) <= 3
+        assert {f.host for f in theirs} <= {"vigil-0", "vigil-1", "vigil-2"}
+        for f in theirs:  # every stopped server is continued
+            if f.action == "server-stop":
+                assert any(g.action == "server-cont" and g.host == f.host for g in theirs)
+        assert [f.at for f in three.faults] == sorted(f.at for f in three.faults)
+        seen |= {f.action for f in theirs}
+    assert seen == SERVER_ACTIONS
 
 
 def test_blips_are_shorter_than_detection() -> None:
@@ -282,8 +302,8 @@ def test_a_recovery_not_ended_is_a_violation(status: str) -> None:
 def test_an_evacuation_to_a_host_long_down_is_a_violation() -> None:
     long_down = EvacuationRecord(108.0, "id-vm-1", "h1", "h2", False, False, off(104.0))
     fresh = EvacuationRecord(108.0, "id-vm-1", "h1", "h3", False, False, off(107.9))
-    fine = EvacuationRecord(108.0, "id-vm-1", "h1", "h3", True, False, healthy())
-    nowhere = EvacuationRecord(108.0, "id-vm-1", "h1", None, False, False, None)
+    fine = EvacuationRecord(108.0, "id-vm-2", "h1", "h3", True, False, healthy())
+    nowhere = EvacuationRecord(108.0, "id-vm-3", "h1", None, False, False, None)
     verdict = check(schedule(), T, observe(evacuations=[long_down, fresh, fine, nowhere]))
     assert [(x.kind, x.host) for x in verdict.violations] == [("evacuation-to-down-host", "h2")]
     assert "Nova chose" in verdict.violations[0].detail
@@ -314,3 +334,24 @@ def test_a_fence_after_a_reset_or_power_loss_is_fine() -> None:
 def test_ended_recoveries_are_not_endless(status: str) -> None:
     rec = {"id": 3, "host": "h1", "status": status, "reason": "x", "steps": []}
     assert check(schedule(), T, observe(recoveries=[rec])).violations == []
+
+
+# ------------------------------------------------------------------ nothing done twice
+
+
+def test_a_host_powered_off_twice_with_no_power_restored_between_is_a_violation() -> None:
+    first = PowerOffRecord(104.0, "h1", "bmc", True, isolated(103.0))
+    again = PowerOffRecord(106.0, "h1", "bmc", False, off(104.0))
+    verdict = check(schedule(), T, observe(power_offs=[first, again]))
+    assert [(x.kind, x.host) for x in verdict.violations] == [("fenced-twice", "h1")]
+    assert "t+4.00 and asked again at t+6.00" in verdict.violations[0].detail
+
+
+def test_a_second_power_off_after_an_ineffective_one_or_a_restore_is_fine() -> None:
+    lied = PowerOffRecord(104.0, "h1", "bmc", False, isolated(103.0))
+    then = PowerOffRecord(106.0, "h1", "bmc", True, isolated(103.0))
+    assert check(schedule(), T, observe(power_offs=[lied, then])).violations == []
+    restored = schedule(faults=[Fault(5.0, "power-restore", "h1")])  # at 105.0
+    again = PowerOffRecord(107.0, "h1", "bmc", True, isolated(106.0))
+    offs = [PowerOffRecord(104.0, "h1", "bmc", True, isolated(103.0)), again]
+    assert check(restored, T, observe(power_offs=offs)).violations == []

@@ -59,8 +59,10 @@ off) are skipped and reported as such.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -179,6 +181,8 @@ HOST_ACTIONS = frozenset(
     }
 )
 CLOUD_ACTIONS = frozenset({"lose-evacuations", "network", "server-kill", "server-start", "heal"})
+# With several servers, a server fault names its server in ``host`` ("vigil-<i>").
+SERVER_ACTIONS = frozenset({"server-kill", "server-start", "server-stop", "server-cont"})
 
 
 @dataclass(frozen=True)
@@ -207,6 +211,7 @@ class Schedule:
     hosts: tuple[HostSpec, ...]
     instances: tuple[InstanceSpec, ...]
     faults: tuple[Fault, ...]  # in time order, ending with the "heal"
+    servers: int = 1  # vigil-servers; several share PostgreSQL and a coordination backend
 
     @property
     def heal_at(self) -> float:
@@ -220,9 +225,10 @@ class Schedule:
         segs = ", ".join(
             f"{s}: {' '.join(h.name for h in self.hosts if h.segment == s)}" for s in self.segments
         )
+        servers = f", {self.servers} servers" if self.servers > 1 else ""
         return [
             f"seed {self.seed}: {len(self.hosts)} hosts ({segs}), {len(self.instances)} "
-            f"instances, fencing {self.fencing_mode}",
+            f"instances, fencing {self.fencing_mode}{servers}",
             *(f.describe() for f in self.faults),
         ]
 
@@ -230,8 +236,13 @@ class Schedule:
 FENCING = {"bmc": ("sim",), "self": ("self-fence",), "both": ("sim", "self-fence")}
 
 
-def generate(seed: int, timing: Timing | None = None) -> Schedule:
-    """The schedule of ``seed`` (pure: the same seed, the same schedule)."""
+def generate(seed: int, timing: Timing | None = None, *, servers: int = 1) -> Schedule:
+    """The schedule of ``seed`` (pure: the same seed, the same schedule).
+
+    With several ``servers``, the hosts, instances and host faults are those of the
+    same seed with one server, and server faults are drawn on top (``_server_faults``):
+    any server killed and maybe started again (a server leaving and joining), or
+    stopped (SIGSTOP) past its lease and continued, at any moment of the recoveries."""
     t = timing or Timing()
     rng = random.Random(seed)
     n = rng.randint(3, 8)
@@ -329,14 +340,38 @@ def generate(seed: int, timing: Timing | None = None) -> Schedule:
             faults.append(Fault(at, "network", None, loss, jitter))
             faults.append(Fault(round(at + lasting(2.0, 8.0), 2), "network", None))
         elif kind == "server-kill":
-            faults.append(Fault(at, "server-kill"))
-            faults.append(Fault(round(at + lasting(0.3, 3.0), 2), "server-start"))
+            down_for = round(at + lasting(0.3, 3.0), 2)
+            if servers == 1:
+                faults.append(Fault(at, "server-kill"))
+                faults.append(Fault(down_for, "server-start"))
         if kind not in ("lose-evacuations", "network", "server-kill"):
             faulted.append(host)
+    if servers > 1:
+        faults += _server_faults(random.Random(seed * 1009 + servers), servers, t)
     faults.sort(key=lambda f: f.at)
     heal_at = round(max(f.at for f in faults) + 1.0, 2)
     faults.append(Fault(heal_at, "heal"))
-    return Schedule(seed, mode, hosts, tuple(instances), tuple(faults))
+    return Schedule(seed, mode, hosts, tuple(instances), tuple(faults), servers)
+
+
+def _server_faults(rng: random.Random, servers: int, t: Timing) -> list[Fault]:
+    """One to three faults of servers: killed (back 1-8 s later, or only at the heal),
+    or stopped 1-8 s (past its 3 s lease, mostly) and continued."""
+    faults: list[Fault] = []
+    busy: dict[str, float] = {}  # a server's faults do not overlap
+    for _ in range(rng.randint(1, 3)):
+        name = f"vigil-{rng.randrange(servers)}"
+        at = round(max(rng.uniform(1.0, t.fault_window), busy.get(name, 0.0) + 0.5), 2)
+        back = round(at + rng.uniform(1.0, 8.0), 2)
+        if rng.random() < 0.55:
+            faults.append(Fault(at, "server-kill", name))
+            if rng.random() < 0.75:
+                faults.append(Fault(back, "server-start", name))
+        else:
+            faults.append(Fault(at, "server-stop", name))
+            faults.append(Fault(back, "server-cont", name))
+        busy[name] = back
+    return faults
 
 
 # ---------------------------------------------------------------------------- checker
@@ -600,7 +635,40 @@ def check(schedule: Schedule, timing: Timing, obs: Observation) -> Verdict:
             )
         else:
             v.evacuations_to_fresh_dead.append(text)
+    _done_twice(schedule, obs, v)
     return v
+
+
+def _done_twice(schedule: Schedule, obs: Observation, v: Verdict) -> None:
+    """``fenced-twice``: a BMC power-off of a host that an earlier BMC power-off had really
+    turned off, with no power restored in between (by the schedule's clock, as applied)
+    and a BMC that never lied (then a second try is right) -- a server that lost its
+    segment, or one that resumed another's recovery, fencing again what was fenced (a
+    fence reads the power first). An instance evacuated twice needs no check of its own
+    here: the cloud, as Nova, accepts an evacuation only from the host the instance is
+    on and not while one is under way, and two copies are ``double-running``."""
+    rel = obs.t0
+    for host in {r.host for r in obs.power_offs}:
+        if any(f.host == host and f.action == "bmc-lies" for f in schedule.faults):
+            continue
+        restores = [
+            rel + f.at
+            for f in schedule.faults
+            if (f.action == "power-restore" and f.host == host) or f.action == "heal"
+        ]
+        offs = sorted(
+            (r for r in obs.power_offs if r.host == host and r.cause == "bmc"), key=lambda r: r.at
+        )
+        for off, again in itertools.pairwise(offs):
+            if off.effective and not any(off.at < t <= again.at for t in restores):
+                v.violations.append(
+                    Violation(
+                        "fenced-twice",
+                        host,
+                        f"{host} powered off by its BMC at t+{off.at - rel:.2f} and asked "
+                        f"again at t+{again.at - rel:.2f} with no power restored between",
+                    )
+                )
 
 
 # ----------------------------------------------------------------------------- runner
@@ -650,12 +718,14 @@ class RunResult:
         }
 
 
-def _log_excerpts(log: Path, verdict: Verdict, limit: int = 25) -> dict[str, list[str]]:
-    """Per violating host, the server's warnings and recovery lines that name it."""
-    try:
-        lines = log.read_text(errors="replace").splitlines()
-    except OSError:
-        return {}
+def _log_excerpts(logs: Sequence[Path], verdict: Verdict, limit: int = 25) -> dict[str, list[str]]:
+    """Per violating host, the servers' warnings and recovery lines that name it (each
+    line prefixed with its server when there are several)."""
+    lines: list[str] = []
+    for log in logs:
+        prefix = f"{log.stem}: " if len(logs) > 1 else ""
+        with contextlib.suppress(OSError):
+            lines += [prefix + ln for ln in log.read_text(errors="replace").splitlines()]
     out: dict[str, list[str]] = {}
     for viol in verdict.violations:
         key = viol.host or "-"
@@ -672,6 +742,241 @@ def _log_excerpts(log: Path, verdict: Verdict, limit: int = 25) -> dict[str, lis
     return out
 
 
+@dataclass(frozen=True)
+class Cluster:
+    """Where several servers run: an empty database of the schedule's own on a database
+    server, and each server's coordination URL (its own etcd member, as on three
+    controllers); ``namespace`` keeps schedules sharing a backend apart."""
+
+    database_url: str
+    backend_urls: tuple[str, ...]
+    namespace: str
+
+
+# Ownership timing of the servers (not accelerated: etcd counts leases in whole
+# seconds): a killed or stopped owner's segments move after about lease_ttl.
+COORDINATION = {"lease_ttl": "3", "renew_interval": "0.5", "call_timeout": "1", "margin": "0.5"}
+
+
+class _Api:
+    """The operator API through whichever server answers: the first that does, in turn
+    (a killed one refuses at once; a stopped one times out after ``timeout``)."""
+
+    def __init__(self, clients: Sequence[Any]) -> None:
+        self._clients = list(clients)
+
+    def _call(self, method: str, url: str, **kwargs: Any) -> Any:
+        import httpx
+
+        last: Exception | None = None
+        for client in list(self._clients):
+            try:
+                answer = client.request(method, url, **kwargs)
+            except httpx.TransportError as exc:
+                last = exc
+                continue
+            if answer.status_code >= 500:
+                last = httpx.HTTPStatusError(
+                    f"{answer.status_code}", request=answer.request, response=answer
+                )
+                continue
+            self._clients.remove(client)  # asked first next time
+            self._clients.insert(0, client)
+            return answer
+        raise last or RuntimeError("no vigil-server")
+
+    def get(self, url: str, **kwargs: Any) -> Any:
+        return self._call("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> Any:
+        return self._call("POST", url, **kwargs)
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+
+
+class _Servers:
+    """The vigil-server processes of a run: one on SQLite, or several on a ``Cluster``.
+
+    ``down`` holds the spans when vigil could not act on the hosts: with one server, from
+    its kill until it answers again; with several, from a kill or stop of one of them
+    until its segments can have moved (lease_ttl + 2 s) or it is back -- whichever the
+    checker's excuse ("a reset with vigil down") needs."""
+
+    def __init__(
+        self,
+        schedule: Schedule,
+        t: Timing,
+        state_dir: Path,
+        *,
+        token: str,
+        key: str,
+        cloud_url: str,
+        cluster: Cluster | None,
+        env: dict[str, str],
+        cwd: str | None,
+    ) -> None:
+        import httpx
+
+        self._env, self._cwd = env, cwd
+        self.names = [f"vigil-{i}" for i in range(schedule.servers)]
+        self.confs: dict[str, Path] = {}
+        self.logs: list[Path] = []
+        self.procs: dict[str, list[subprocess.Popen[bytes]]] = {n: [] for n in self.names}
+        self.stopped: set[str] = set()
+        self.down: list[tuple[float, float | None]] = []
+        self._takeover = float(COORDINATION["lease_ttl"]) + 2.0
+        self.heartbeat_addresses: list[tuple[str, int]] = []
+        clients = []
+        for i, name in enumerate(self.names):
+            api_port, hb_port = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM)
+            self.heartbeat_addresses.append(("127.0.0.1", hb_port))
+            groups: dict[str, dict[str, str]] = {
+                "database": {"connection": f"sqlite:///{state_dir / 'vigil.db'}"},
+                "api": {"port": str(api_port), "auth_token": token},
+                "agent": {"key": key, "listen_port": str(hb_port)},
+                "compute": {"sim_url": cloud_url},
+                "notifier": {"drivers": "memory"},
+                **t.overrides(),
+            }
+            if cluster is not None:
+                groups["database"] = {"connection": cluster.database_url}
+                groups["coordination"] = {
+                    "backend_url": cluster.backend_urls[i % len(cluster.backend_urls)],
+                    "namespace": cluster.namespace,
+                    "member_id": name,
+                    **COORDINATION,
+                }
+            conf = state_dir / f"{name}.conf" if cluster else state_dir / "vigil.conf"
+            conf.write_text(
+                "".join(
+                    f"[{g}]\n" + "".join(f"{k} = {v}\n" for k, v in opts.items())
+                    for g, opts in groups.items()
+                )
+            )
+            self.confs[name] = conf
+            self.logs.append(state_dir / (f"{name}.log" if cluster else "server.log"))
+            clients.append(
+                httpx.Client(
+                    base_url=f"http://127.0.0.1:{api_port}",
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=2.0 if cluster else 10.0,
+                )
+            )
+        self._clients = clients
+        self.api = _Api(clients)
+
+    @property
+    def several(self) -> bool:
+        return len(self.names) > 1
+
+    def _running(self, name: str) -> bool:
+        procs = self.procs[name]
+        return bool(procs) and procs[-1].poll() is None
+
+    def healthy(self) -> bool:
+        """Some server answers (and is not stopped)."""
+        return any(
+            self._running(n) and n not in self.stopped and _answers(c)
+            for n, c in zip(self.names, self._clients, strict=True)
+        )
+
+    def ready(self) -> bool:
+        """Every server answers; with several, each knows them all."""
+        if not all(_answers(c) for c in self._clients):
+            return False
+        if not self.several:
+            return True
+        members = self._clients[0].get("/v1/servers").json()["members"]
+        return set(members) == set(self.names)
+
+    def start_all(self) -> None:
+        for name in self.names:
+            self._start(name)
+
+    def _start(self, name: str) -> None:
+        log = self.logs[self.names.index(name)]
+        with open(log, "ab") as out:
+            self.procs[name].append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "vigil.server", "--config-file", str(self.confs[name])],
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    env=self._env,
+                    cwd=self._cwd or None,
+                )
+            )
+        if not self.several and self.down and self.down[-1][1] is None:
+            threading.Thread(target=self._mark_up, daemon=True).start()
+
+    def _mark_up(self) -> None:
+        # The server is down until it answers again, not merely until it is started
+        # (its start-up takes seconds on a loaded machine).
+        with contextlib.suppress(TimeoutError):
+            _wait(self.healthy, 30, "vigil-server to answer")
+        if self.down and self.down[-1][1] is None:
+            self.down[-1] = (self.down[-1][0], time.monotonic())
+
+    def apply(self, action: str, name: str) -> str:
+        """A server fault; the reason it could not apply, or ""."""
+        if name not in self.procs:
+            return f"no server {name}"
+        proc = self.procs[name][-1] if self.procs[name] else None
+        now = time.monotonic()
+        if action == "server-kill":
+            if proc is None or proc.poll() is not None:
+                return "not running"
+            proc.kill()
+            proc.wait(10)
+            self.stopped.discard(name)
+            self.down.append((now, now + self._takeover) if self.several else (now, None))
+        elif action == "server-start":
+            if proc is not None and proc.poll() is None:
+                return "already running"
+            self._start(name)
+        elif action == "server-stop":
+            if proc is None or proc.poll() is not None or name in self.stopped:
+                return "not running"
+            proc.send_signal(signal.SIGSTOP)
+            self.stopped.add(name)
+            self.down.append((now, now + self._takeover))
+        elif action == "server-cont":
+            if name not in self.stopped or proc is None:
+                return "not stopped"
+            proc.send_signal(signal.SIGCONT)
+            self.stopped.discard(name)
+        return ""
+
+    def heal(self) -> None:
+        """Every server running again."""
+        for name in self.names:
+            if name in self.stopped:
+                self.apply("server-cont", name)
+            if not self._running(name):
+                self._start(name)
+
+    def stop_all(self) -> None:
+        for name in self.names:
+            for proc in self.procs[name]:
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGCONT)
+                    proc.terminate()
+                    try:
+                        proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+        self.api.close()
+
+
+def _answers(client: Any) -> bool:
+    try:
+        return bool(client.get("/healthz").status_code == 200)
+    except Exception:
+        return False
+
+
 def run_schedule(
     schedule: Schedule,
     timing: Timing | None = None,
@@ -679,8 +984,10 @@ def run_schedule(
     state_dir: Path,
     keep: bool = False,
     server_src: str | None = None,
+    cluster: Cluster | None = None,
 ) -> RunResult:
-    """Run ``schedule`` against a real vigil-server subprocess and judge it.
+    """Run ``schedule`` against a real vigil-server subprocess (or ``schedule.servers``
+    of them, on ``cluster``'s database and coordination backend) and judge it.
 
     ``state_dir`` holds the server's config, SQLite file and ``server.log``; it is removed
     when the run has no violation, unless ``keep``. ``server_src``: a directory whose
@@ -689,8 +996,6 @@ def run_schedule(
     """
     import os
     import shutil
-
-    import httpx
 
     from vigil.clock import SystemClock
     from vigil.sim.agents import SimAgents
@@ -721,67 +1026,32 @@ def run_schedule(
         cloud.add_instance(i.name, i.host, policy=HaPolicy(i.policy), priority=i.priority)
     token, key = f"tok-{schedule.seed}", f"key-{schedule.seed}"
     cloud_server, cloud_url = serve_cloud(cloud)
-    api_port, hb_port = _free_port(socket.SOCK_STREAM), _free_port(socket.SOCK_DGRAM)
-    conf = state_dir / "vigil.conf"
-    groups: dict[str, dict[str, str]] = {
-        "database": {"connection": f"sqlite:///{state_dir / 'vigil.db'}"},
-        "api": {"port": str(api_port), "auth_token": token},
-        "agent": {"key": key, "listen_port": str(hb_port)},
-        "compute": {"sim_url": cloud_url},
-        "notifier": {"drivers": "memory"},
-        **t.overrides(),
-    }
-    conf.write_text(
-        "".join(
-            f"[{g}]\n" + "".join(f"{k} = {v}\n" for k, v in opts.items())
-            for g, opts in groups.items()
-        )
-    )
-    log = state_dir / "server.log"
-    api = httpx.Client(
-        base_url=f"http://127.0.0.1:{api_port}",
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=10.0,
-    )
-    proc: list[subprocess.Popen[bytes]] = []
-    down: list[tuple[float, float | None]] = []
-
     env = dict(os.environ)
     if server_src:
         env["PYTHONPATH"] = os.pathsep.join([server_src, env.get("PYTHONPATH", "")])
-
-    def healthy() -> bool:
-        return api.get("/healthz").status_code == 200
-
-    def mark_up() -> None:
-        # The server is down until it answers again, not merely until it is started
-        # (its start-up takes seconds on a loaded machine).
-        with contextlib.suppress(TimeoutError):
-            _wait(healthy, 30, "vigil-server to answer")
-        if down and down[-1][1] is None:
-            down[-1] = (down[-1][0], time.monotonic())
-
-    def start_server() -> None:
-        with open(log, "ab") as out:
-            proc.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "vigil.server", "--config-file", str(conf)],
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=server_src or None,
-                )
-            )
-        if down and down[-1][1] is None:
-            threading.Thread(target=mark_up, daemon=True).start()
-
+    if schedule.servers > 1 and cluster is None:
+        raise ValueError("several servers need a cluster (a database and a backend)")
+    servers = _Servers(
+        schedule,
+        t,
+        state_dir,
+        token=token,
+        key=key,
+        cloud_url=cloud_url,
+        cluster=cluster,
+        env=env,
+        cwd=server_src,
+    )
+    api = servers.api
+    down = servers.down
+    healthy = servers.healthy
     self_fencing = [h.name for h in schedule.hosts if "self-fence" in h.fencing]
     # Each self-fencing agent's peers are the other hosts of its segment, as configured
     # on a real host.
     members = {s: [h.name for h in schedule.hosts if h.segment == s] for s in schedule.segments}
     agents = SimAgents(
         cloud,
-        server=("127.0.0.1", hb_port),
+        servers=servers.heartbeat_addresses,
         key=key.encode(),
         interval=t.heartbeat_interval,
         seed=schedule.seed,
@@ -797,8 +1067,8 @@ def run_schedule(
     t0 = heal_at = time.monotonic()
     t0_wall = time.time()
     try:
-        start_server()
-        _wait(healthy, 30, "vigil-server to answer")
+        servers.start_all()
+        _wait(servers.ready, 60, "every vigil-server to answer (and own its segments)")
         for seg in schedule.segments:
             api.post(
                 "/v1/segments", json={"name": seg, "max_parallel_evacuations": 4}
@@ -826,7 +1096,7 @@ def run_schedule(
             if delay > 0:
                 time.sleep(delay)
             try:
-                _apply(cloud, f, cut_power, start_server, proc, down, skipped)
+                _apply(cloud, f, cut_power, servers, skipped)
             except ValueError as exc:
                 skipped.append(f"{f.describe()}: {exc}")
             if f.action == "heal":
@@ -837,15 +1107,8 @@ def run_schedule(
         error = f"{type(exc).__name__}: {exc}"
     finally:
         agents.stop()
-        for p in proc:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        servers.stop_all()
         cloud_server.close()
-        api.close()
     obs = Observation(
         t0=t0,
         heal_at=heal_at,
@@ -863,7 +1126,7 @@ def run_schedule(
     verdict = check(schedule, t, obs)
     if error is not None:
         verdict.violations.append(Violation("run-error", None, error))
-    excerpts = _log_excerpts(log, verdict)
+    excerpts = _log_excerpts(servers.logs, verdict)
     if verdict.violations or keep:
         (state_dir / "ground-truth.json").write_text(
             json.dumps(
@@ -894,12 +1157,10 @@ def _apply(
     cloud: Any,
     f: Fault,
     cut_power: set[str],
-    start_server: Callable[[], None],
-    proc: list[subprocess.Popen[bytes]],
-    down: list[tuple[float, float | None]],
+    servers: _Servers,
     skipped: list[str],
 ) -> None:
-    """Apply one fault to the cloud (or the server process)."""
+    """Apply one fault to the cloud (or to a server process)."""
     h = f.host or ""
     a = f.action
     if a == "power-loss":
@@ -928,19 +1189,12 @@ def _apply(
         cloud.lose_evacuations(int(f.value))
     elif a == "network":
         cloud.set_network(f.value, f.value2)
-    elif a == "server-kill":
-        if proc and proc[-1].poll() is None:
-            proc[-1].kill()
-            proc[-1].wait(10)
-            down.append((time.monotonic(), None))
-        else:
-            skipped.append(f"{f.describe()}: the server is not running")
-    elif a == "server-start":
-        if proc and proc[-1].poll() is not None:
-            start_server()  # the down span ends when it answers again
+    elif a in SERVER_ACTIONS:
+        problem = servers.apply(a, f.host or "vigil-0")
+        if problem:
+            skipped.append(f"{f.describe()}: {problem}")
     elif a == "heal":
-        if proc and proc[-1].poll() is not None:
-            start_server()
+        servers.heal()
         cloud.set_network(0.0, 0.0)
         cloud.lose_evacuations(0)
         for host in cloud.hosts():

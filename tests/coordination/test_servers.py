@@ -23,6 +23,7 @@ import httpx
 import pytest
 from support import wait_until
 from support.processes import ServerProcess, free_port, three_hosts_six_victims
+from support.proxy import TcpProxy
 
 from vigil.cli.main import main
 from vigil.sim.agents import SimAgents
@@ -51,6 +52,7 @@ class World:
     cloud: SimCloud
     servers: list[Server]
     victims: list[str]
+    database: TcpProxy  # between the servers and PostgreSQL
     agents: list[SimAgents] = field(default_factory=list)
 
     def owner(self, via: Server | None = None) -> tuple[str, int]:
@@ -120,7 +122,7 @@ def backend_urls(request: pytest.FixtureRequest) -> list[str]:
 def world(
     tmp_path: Path, backend_urls: list[str], postgres_url: str, fresh_etcd_prefix: str
 ) -> Iterator[World]:
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import create_engine, make_url, text
 
     engine = create_engine(postgres_url)  # an empty schema for this test
     with engine.begin() as c:
@@ -129,11 +131,14 @@ def world(
     upgrade(postgres_url)
     cloud, victims = three_hosts_six_victims(seed=11)
     cloud_server, cloud_url = serve_cloud(cloud)
+    url = make_url(postgres_url)
+    database = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    via_proxy = url.set(port=database.port).render_as_string(hide_password=False)
     servers = [
-        server_conf(tmp_path, i, postgres_url, backend_urls[i], cloud_url, fresh_etcd_prefix)
+        server_conf(tmp_path, i, via_proxy, backend_urls[i], cloud_url, fresh_etcd_prefix)
         for i in range(3)
     ]
-    w = World(cloud, servers, victims)
+    w = World(cloud, servers, victims, database)
     try:
         for s in servers:
             s.process.start(s.api)
@@ -174,6 +179,7 @@ def world(
         for agents in w.agents:
             agents.stop()
         cloud_server.close()
+        database.close()
 
 
 def _finished(w: World, via: list[Server] | None = None) -> dict[str, Any] | None:
@@ -283,3 +289,31 @@ def test_an_owner_stopped_past_its_lease_does_nothing_when_it_continues(world: W
     log = owner.process.log.read_text()
     assert "stops acting on it" in log or "no longer acting on it" in log
     assert world.owner(others[0]) == (new, new_epoch)  # and it did not take it back
+
+
+@pytest.mark.parametrize("backend_urls", [ETCD], indirect=True)
+def test_the_database_briefly_unreachable_mid_recovery(world: World) -> None:
+    """Every server loses PostgreSQL for 3 s in the middle of an evacuation (connections
+    dropped, new ones refused): nobody crashes, nothing is done twice, and the recovery
+    ends once the database is back. The owner keeps its segment (etcd still renews it)."""
+    first, epoch = world.owner()
+    owner = world.server(first)
+    world.cloud.isolate("compute-1")
+
+    def evacuating() -> bool:
+        evacs = [s for s in world.steps(owner.api) if s["kind"] == "evacuate"]
+        return any(s["status"] == "running" for s in evacs)
+
+    wait_until(evacuating, "the owner to be evacuating", 30, every=0.02)
+    world.database.cut()
+    time.sleep(1)
+    answer = owner.api.get("/v1/hosts")
+    assert answer.status_code == 503, answer.text  # says so, does not crash
+    assert "database unavailable" in answer.json()["detail"]
+    time.sleep(2)
+    world.database.mend()
+    rec = wait_until(lambda: _finished(world), "the recovery to finish", 60, every=0.1)
+    assert rec["status"] == "succeeded", rec
+    _exactly_once(world)
+    assert world.owner() == (first, epoch)
+    assert all(s.process.proc and s.process.proc.poll() is None for s in world.servers)

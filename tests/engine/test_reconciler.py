@@ -11,6 +11,7 @@ import pytest
 
 from vigil.drivers.errors import PermanentError, TemporaryError
 from vigil.engine.reconciler import Loop, Reaction, RetryPolicy, backoff
+from vigil.store import StoreUnavailable
 
 
 def test_backoff_doubles_from_its_base_and_is_capped() -> None:
@@ -98,3 +99,40 @@ def test_a_loop_cycles_each_tick_and_at_once_when_woken() -> None:
         loop.wake()
         thread.join(5)
     assert not thread.is_alive()
+
+
+class Outage(Counter):
+    """Observes through a store that is away for cycles 2 to 5."""
+
+    name = "outage"
+
+    def observe(self) -> int:
+        n = super().observe()
+        if 2 <= n <= 5:
+            raise StoreUnavailable("database unavailable: connection refused")
+        return n
+
+
+def test_a_failing_cycle_is_logged_when_it_starts_and_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    outage = Outage()
+    loop = Loop("test-loop", [outage], tick=0.0)
+    stop = threading.Event()
+    thread = threading.Thread(target=loop.run, args=(stop,))
+    caplog.set_level("WARNING", logger="vigil.engine")
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while outage.seen < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        loop.wake()
+        thread.join(5)
+    records = [r for r in caplog.records if "outage cycle" in r.getMessage()]
+    assert [r.getMessage() for r in records] == [
+        "outage cycle failed: database unavailable: connection refused; retrying every tick",
+        "outage cycle works again",
+    ]
+    assert all(r.exc_info is None for r in records)  # an outage is not a bug: no traceback

@@ -75,6 +75,7 @@ from vigil.model import (
     InvalidTransition,
     NewStep,
     OperatorRequest,
+    OwnerToken,
     Recovery,
     RecoveryStatus,
     RequestKind,
@@ -83,7 +84,7 @@ from vigil.model import (
     StepKind,
     StepStatus,
 )
-from vigil.store import Store, acting_as, current_token
+from vigil.store import Store, StoreError, StoreUnavailable, acting_as, current_token
 
 LOG = logging.getLogger("vigil.engine")
 
@@ -113,6 +114,8 @@ class Engine(Reaction[Snapshot, Action]):
         # the snapshot holds only their hosts, and every write is made under the token.
         self._ownership: Ownership = ownership or SoleOwnership()
         self._epochs: dict[str, int] = {}  # the token of each segment at the last snapshot
+        # steps whose outcome could not be written: id -> (host, the token of the job)
+        self._unrecorded: dict[int, tuple[str, OwnerToken | None]] = {}
         self._job_segment: dict[object, str] = {}  # the segment of each job submitted
         self._on_events = on_events
         self._leases = leases
@@ -354,6 +357,7 @@ class Engine(Reaction[Snapshot, Action]):
         """The snapshot, and what workers read from it instead of the store: the hosts
         (``known``) and which of them are fenced."""
         self._follow_ownership()
+        self._requeue_unrecorded()
         snap = self.snapshot()
         self.known.replace(self._every_host)
         self._fenced = frozenset(
@@ -376,9 +380,9 @@ class Engine(Reaction[Snapshot, Action]):
         for segment, token in tokens.items():
             if self._epochs.get(segment) == token.epoch:
                 continue
-            self._epochs[segment] = token.epoch
-            with acting_as(token):
+            with acting_as(token):  # raises with the store away: done again next cycle
                 count = self._store.requeue_running_steps(at=self._clock.wall(), segment=segment)
+            self._epochs[segment] = token.epoch
             LOG.warning(
                 "segment %s: acting on it from now (epoch %d); %d step(s) left running by "
                 "its previous owner to re-check",
@@ -397,6 +401,37 @@ class Engine(Reaction[Snapshot, Action]):
                 of = self._job_segment.get(key)
                 if of in lost:
                     self._workers.cancel(key, f"segment {of} no longer owned here")
+
+    def _requeue_unrecorded(self) -> None:
+        """Steps whose outcome could not be written (the database away as the job
+        ended): still RUNNING in the store, with no job left to finish them. Back to
+        PENDING, to be re-checked against the cloud (steps are idempotent), once the
+        store answers; one that did end after all (its write committed as the connection
+        dropped) is left as it is. A segment no longer owned here is its new owner's to
+        re-check (``_follow_ownership`` there)."""
+        with self._lock:
+            unrecorded, self._unrecorded = self._unrecorded, {}
+        for step_id, (host, token) in unrecorded.items():
+            if not self._ownership.valid(token):
+                continue
+            try:
+                with acting_as(token):
+                    self._store.finish_step(
+                        step_id,
+                        StepStatus.PENDING,
+                        at=self._clock.wall(),
+                        detail="its outcome was not recorded (database unavailable): checked again",
+                        next_attempt_at=self._clock.wall(),
+                    )
+            except InvalidTransition:
+                continue  # it had ended: the write went through after all
+            except StoreError:
+                with self._lock:  # still away (or the epoch moved on: dropped below)
+                    self._unrecorded.setdefault(step_id, (host, token))
+                continue
+            LOG.warning(
+                "host %s: step %d to be checked again: its outcome was not recorded", host, step_id
+            )
 
     def _may_act(self) -> None:
         """Raises ``Cancelled`` when the token this worker acts under is no longer this
@@ -804,7 +839,7 @@ class Engine(Reaction[Snapshot, Action]):
                 LOG.warning("host %s: %s %s", host_name, label, detail)
                 return
             except Exception as exc:
-                if not isinstance(exc, DriverError):
+                if not isinstance(exc, DriverError | StoreUnavailable):
                     LOG.exception("host %s: %s crashed", host_name, label)
                 now = self._clock.wall()
                 delay = self._step_retry.after_failure(attempts, exc)
@@ -858,8 +893,13 @@ class Engine(Reaction[Snapshot, Action]):
                 events=[event],
             )
             LOG.info("host %s: %s done: %s", host_name, label, done.detail)
-        except Exception:
-            LOG.exception("host %s: recording step %d failed", host_name, step_id)
+        except Exception as exc:
+            if isinstance(exc, StoreUnavailable):
+                LOG.error("host %s: recording step %d failed: %s", host_name, step_id, exc)
+            else:
+                LOG.exception("host %s: recording step %d failed", host_name, step_id)
+            with self._lock:  # RUNNING with no job: checked again once the store answers
+                self._unrecorded[step_id] = (host_name, current_token())
 
     def _step_done(self) -> None:
         """A step's outcome is written and its key free: deliver, decide again."""

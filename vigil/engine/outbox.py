@@ -21,7 +21,7 @@ from vigil.clock import Clock
 from vigil.drivers.errors import PermanentError, TemporaryError
 from vigil.drivers.notifier import Notifier
 from vigil.model import Event
-from vigil.store import Store
+from vigil.store import Store, StoreUnavailable
 
 LOG = logging.getLogger("vigil.outbox")
 
@@ -79,12 +79,18 @@ class _Worker:
                 LOG.warning("sink %s: closing its notifier failed: %s", self.sink.name, exc)
 
     def _run(self) -> None:
+        failing = ""
         while not self._stop.is_set():
             try:
                 idle = self._round()
-            except Exception:  # the store away, say: try again shortly, never die
-                LOG.exception("sink %s: delivery round failed", self.sink.name)
-                idle = self._settings.poll
+            except Exception as exc:  # the store away, say: try again shortly, never die
+                if str(exc) != failing:  # logged when it starts or changes, not each poll
+                    _log_failure(f"sink {self.sink.name}: delivery round failed", exc)
+                failing, idle = str(exc), self._settings.poll
+            else:
+                if failing:
+                    LOG.warning("sink %s: delivery rounds work again", self.sink.name)
+                failing = ""
             if idle > 0:
                 self._wake.wait(idle)
                 self._wake.clear()
@@ -211,8 +217,22 @@ class OutboxDispatcher:
             worker.start()
 
     def _run(self) -> None:
+        failing = ""
         while not self._stop.wait(self._refresh):
             try:
                 self._sync()
-            except Exception:
-                LOG.exception("outbox: refreshing the sinks failed")
+            except Exception as exc:
+                if str(exc) != failing:
+                    _log_failure("outbox: refreshing the sinks failed", exc)
+                failing = str(exc)
+            else:
+                failing = ""
+
+
+def _log_failure(what: str, exc: Exception) -> None:
+    """The database away is an outage, said in one line; anything else, a bug, with its
+    traceback."""
+    if isinstance(exc, StoreUnavailable):
+        LOG.error("%s: %s", what, exc)
+    else:
+        LOG.exception(what)

@@ -48,6 +48,7 @@ from tenacity import (
 )
 
 from vigil.drivers.errors import PermanentError
+from vigil.store.base import StoreUnavailable
 
 LOG = logging.getLogger("vigil.engine")
 
@@ -159,6 +160,7 @@ class Loop:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._failing: dict[str, str] = {}  # reaction -> its last failure, while failing
 
     def wake(self) -> None:
         self._wake.set()
@@ -173,10 +175,29 @@ class Loop:
             for reaction in self._reactions:
                 try:
                     reaction.run_cycle()
-                except Exception:  # the loop must outlive any one bad cycle
-                    LOG.exception("%s cycle failed; retrying next tick", reaction.name)
+                except Exception as exc:  # the loop must outlive any one bad cycle
+                    self._failed(reaction.name, exc)
+                else:
+                    self._worked(reaction.name)
             wait = min(r.next_wait(self._tick) for r in self._reactions)
             self._wake.wait(max(0.0, wait))
+
+    def _failed(self, name: str, exc: Exception) -> None:
+        """Logged when a reaction starts failing or fails differently, not at every tick
+        (the database away fails every cycle of every reaction, ten times a second)."""
+        what = f"{type(exc).__name__}: {exc}"
+        before = self._failing.get(name)
+        self._failing[name] = what
+        if before == what:
+            return
+        if isinstance(exc, StoreUnavailable):  # an outage, not a bug: no traceback
+            LOG.error("%s cycle failed: %s; retrying every tick", name, exc)
+        else:
+            LOG.exception("%s cycle failed; retrying every tick", name)
+
+    def _worked(self, name: str) -> None:
+        if self._failing.pop(name, None) is not None:
+            LOG.warning("%s cycle works again", name)
 
     def start(self) -> None:
         """Cycle on a thread of its own."""

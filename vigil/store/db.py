@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import Engine
 
-__all__ = ["MIGRATIONS_DIR", "alembic_config", "make_engine", "upgrade"]
+from vigil.store.base import StoreUnavailable
+
+__all__ = ["MIGRATIONS_DIR", "alembic_config", "make_engine", "unavailable", "upgrade"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -98,6 +102,21 @@ def _limit_idle_transactions(engine: Engine, seconds: float) -> None:
                     log.info("database: idle transactions are not limited: %s", exc)
         finally:
             cursor.close()
+
+
+@contextmanager
+def unavailable() -> Iterator[None]:
+    """The database away (connection refused or dropped, the session ended by the server,
+    a lock that could not be had) as ``StoreUnavailable``: a condition the callers wait
+    out, unlike a constraint the write broke (``IntegrityError`` stays what it is)."""
+    try:
+        yield
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise StoreUnavailable(f"database unavailable: {_first_line(exc)}") from exc
+
+
+def _first_line(exc: sa.exc.DBAPIError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
 
 
 def alembic_config() -> Config:

@@ -9,13 +9,14 @@ migration 0003. Each method is one transaction; timestamps are passed in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
 
-from vigil.store.db import _SQLITE_IMMEDIATE, make_engine
+from vigil.store.db import _SQLITE_IMMEDIATE, make_engine, unavailable
 from vigil.store.rows import Base
 
 # On vigil's metadata, so that the check that the migrated schema matches the models
@@ -118,9 +119,19 @@ class MasakariRecords:
     def close(self) -> None:
         self._engine.dispose()
 
+    @contextmanager
+    def _reading(self) -> Iterator[sa.Connection]:
+        with unavailable(), self._engine.connect() as c:
+            yield c
+
+    @contextmanager
+    def _writing(self) -> Iterator[sa.Connection]:
+        with unavailable(), self._writer.begin() as c:
+            yield c
+
     # --- segments ---------------------------------------------------------------------
     def segments(self) -> dict[str, SegmentExtra]:
-        with self._engine.connect() as c:
+        with self._reading() as c:
             rows = c.execute(sa.select(SEGMENTS)).mappings().all()
         return {r["name"]: SegmentExtra(**r) for r in rows}
 
@@ -132,7 +143,7 @@ class MasakariRecords:
             return self._put_segment(extra)
 
     def _put_segment(self, extra: SegmentExtra) -> SegmentExtra:
-        with self._writer.begin() as c:
+        with self._writing() as c:
             old = c.execute(sa.select(SEGMENTS).where(SEGMENTS.c.name == extra.name)).mappings()
             row = old.first()
             if row is None:
@@ -144,12 +155,12 @@ class MasakariRecords:
             return kept
 
     def delete_segment(self, name: str) -> None:
-        with self._writer.begin() as c:
+        with self._writing() as c:
             c.execute(sa.delete(SEGMENTS).where(SEGMENTS.c.name == name))
 
     # --- hosts ------------------------------------------------------------------------
     def hosts(self) -> dict[str, HostExtra]:
-        with self._engine.connect() as c:
+        with self._reading() as c:
             rows = c.execute(sa.select(HOSTS)).mappings().all()
         return {r["name"]: HostExtra(**r) for r in rows}
 
@@ -161,7 +172,7 @@ class MasakariRecords:
             return self._put_host(extra)
 
     def _put_host(self, extra: HostExtra) -> HostExtra:
-        with self._writer.begin() as c:
+        with self._writing() as c:
             row = c.execute(sa.select(HOSTS).where(HOSTS.c.name == extra.name)).mappings().first()
             if row is None:
                 c.execute(sa.insert(HOSTS).values(**extra.__dict__))
@@ -172,18 +183,18 @@ class MasakariRecords:
             return kept
 
     def rename_host(self, old: str, new: str) -> None:
-        with self._writer.begin() as c:
+        with self._writing() as c:
             c.execute(sa.update(HOSTS).where(HOSTS.c.name == old).values(name=new))
 
     def delete_host(self, name: str) -> None:
-        with self._writer.begin() as c:
+        with self._writing() as c:
             c.execute(sa.delete(HOSTS).where(HOSTS.c.name == name))
 
     # --- notifications ----------------------------------------------------------------
     def add_notification(self, n: Notification) -> Notification:
         values = {k: v for k, v in n.__dict__.items() if k not in ("id", "extra")}
         values["payload"] = dict(n.payload)
-        with self._writer.begin() as c:
+        with self._writing() as c:
             new_id = c.execute(sa.insert(NOTIFICATIONS).values(**values)).inserted_primary_key
         return replace(n, id=int(new_id[0]) if new_id else 0)
 
@@ -191,12 +202,12 @@ class MasakariRecords:
         query = sa.select(NOTIFICATIONS).order_by(NOTIFICATIONS.c.id)
         if hostname is not None:
             query = query.where(NOTIFICATIONS.c.hostname == hostname)
-        with self._engine.connect() as c:
+        with self._reading() as c:
             rows = c.execute(query).mappings().all()
         return [Notification(**r) for r in rows]
 
     def get_notification(self, uuid: str) -> Notification | None:
-        with self._engine.connect() as c:
+        with self._reading() as c:
             row = (
                 c.execute(sa.select(NOTIFICATIONS).where(NOTIFICATIONS.c.uuid == uuid))
                 .mappings()
@@ -205,7 +216,7 @@ class MasakariRecords:
         return Notification(**row) if row else None
 
     def link_recovery(self, uuid: str, recovery_id: int, *, at: float) -> None:
-        with self._writer.begin() as c:
+        with self._writing() as c:
             c.execute(
                 sa.update(NOTIFICATIONS)
                 .where(NOTIFICATIONS.c.uuid == uuid)

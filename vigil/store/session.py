@@ -49,25 +49,9 @@ from vigil.model import (
     RecoveryStatus,
     check_transition,
 )
-from vigil.store.base import NotFoundError, StaleEpoch, StoreUnavailable, current_token
-from vigil.store.db import _SQLITE_IMMEDIATE, make_engine
+from vigil.store.base import NotFoundError, StaleEpoch, current_token
+from vigil.store.db import _SQLITE_IMMEDIATE, make_engine, unavailable
 from vigil.store.rows import Base, EventRow, HostRow, SegmentOwnerRow
-
-
-@contextmanager
-def _unavailable() -> Iterator[None]:
-    """The database away (connection refused or dropped, the session ended by the server,
-    a lock that could not be had) as ``StoreUnavailable``: a condition the callers wait
-    out, unlike a constraint the write broke (``IntegrityError`` stays what it is)."""
-    try:
-        yield
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
-        raise StoreUnavailable(f"database unavailable: {_first_line(exc)}") from exc
-
-
-def _first_line(exc: sa.exc.DBAPIError) -> str:
-    return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-
 
 ACTIVE_RECOVERY = (RecoveryStatus.PENDING, RecoveryStatus.RUNNING, RecoveryStatus.PAUSED)
 
@@ -102,13 +86,13 @@ class SessionBase:
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
-        with _unavailable(), self._reads.begin() as session:
+        with unavailable(), self._reads.begin() as session:
             yield session
 
     @contextmanager
     def _write(self, events: Sequence[Event] = ()) -> Iterator[Session]:
         """A write transaction; ``events`` go to the outbox in the same transaction."""
-        with _unavailable(), self._writes.begin() as session:
+        with unavailable(), self._writes.begin() as session:
             token = current_token()
             if token is not None:
                 self._check_token(session, token)

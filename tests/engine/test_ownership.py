@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 from support import new_store
+from support.world import World
 
 from vigil.clock import FakeClock
 from vigil.config import ConfigError, CoordinationSettings
 from vigil.drivers.coordination import CoordinationError, Coordinator
+from vigil.drivers.fencing import FenceDevice, PowerState
 from vigil.engine.ownership import Give, SegmentOwnership, Take, assign, plan
-from vigil.model import Host, HostState, Segment
+from vigil.model import Host, HostState, OwnerToken, Segment, StepKind, StepStatus
 from vigil.store import StaleEpoch, acting_as
 from vigil.store.sql import SqlStore
 
@@ -241,3 +243,83 @@ def test_a_paused_owner_finds_its_segments_taken_and_can_record_nothing(
     a.run_round()
     assert len(a.tokens()) + len(b.tokens()) == 3
     assert not set(a.tokens()) & set(b.tokens())
+
+
+# --- the epoch checked right before a call that changes the cloud ---------------------
+
+
+class Revocable:
+    """This server's ownership of segment s1, which a test takes away at a moment of its
+    choosing (as the keeper does when a renewal fails or the lock is lost)."""
+
+    member = "vigil-a"
+
+    def __init__(self, token: OwnerToken) -> None:
+        self._token = token
+        self.revoked = False
+
+    def token(self, segment: str) -> OwnerToken | None:
+        return None if self.revoked or segment != self._token.segment else self._token
+
+    def owns(self, segment: str) -> bool:
+        return self.token(segment) is not None
+
+    def valid(self, token: OwnerToken | None) -> bool:
+        return token is None or self.token(token.segment) == token
+
+    def taken_at(self, segment: str) -> float | None:
+        return None
+
+    def tokens(self) -> dict[str, OwnerToken]:
+        return {} if self.revoked else {self._token.segment: self._token}
+
+
+def test_a_fence_whose_segment_is_lost_after_the_power_read_does_not_power_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fence step reads the BMC (on), then loses the segment before its power-off:
+    the power-off is never asked for, and the step stays RUNNING for the new owner to
+    re-check (its store write would be refused anyway; the BMC could not refuse)."""
+    from vigil.server import fence_factory
+
+    with World(tmp_path, ("c1", "c2", "c3")) as world:
+        owner = world.store.take_segment("s1", "vigil-a", at=world.clock.wall())
+        ownership = Revocable(OwnerToken("s1", "vigil-a", owner.epoch))
+        devices = fence_factory(world.cloud)
+
+        def fence_devices(host: Host) -> list[FenceDevice]:
+            return [_LosesOnRead(d, world, ownership) for d in devices(host)]
+
+        world.host_engine(ownership=ownership, fence_devices=fence_devices)
+        world.tick_until(lambda: world.state("c1") == HostState.UP, "c1 up")
+        world.cloud.isolate("c1")  # running, cut off: it must be fenced
+        world.tick_until(lambda: ownership.revoked, "the fence step's power read", 10)
+        for _ in range(5):
+            world.tick()
+        assert world.cloud.attempts("bmc_power_off", "c1") == 0
+        assert world.cloud.is_powered("c1")
+        (recovery,) = world.store.list_recoveries()
+        fence = recovery.step(StepKind.FENCE)
+        assert fence is not None and fence.status == StepStatus.RUNNING
+    assert "fence left to the segment's new owner" in caplog.text
+
+
+class _LosesOnRead(FenceDevice):
+    """A fence device whose power read, once a recovery exists (the fence step's read,
+    not a suspect host's probe), takes the segment away before returning."""
+
+    def __init__(self, device: FenceDevice, world: World, ownership: Revocable) -> None:
+        self._device, self._world, self._ownership = device, world, ownership
+        self.description = device.description
+
+    def power_status(self) -> PowerState:
+        state = self._device.power_status()
+        if self._world.store.list_recoveries():
+            self._ownership.revoked = True
+        return state
+
+    def power_off(self) -> None:
+        self._device.power_off()
+
+    def power_on(self) -> None:
+        self._device.power_on()

@@ -28,10 +28,12 @@ from support import new_store
 from support.cloud import TICK, FakeTimeCloud, until
 from vigil.config import DetectionSettings, RecoverySettings, Settings
 from vigil.drivers.compute import ComputeDriver
+from vigil.drivers.fencing import FenceDevice
 from vigil.engine.engine import Engine
 from vigil.engine.guest import GuestSettings
 from vigil.engine.guest_engine import GuestEngine
 from vigil.engine.heartbeat import HeartbeatTable
+from vigil.engine.ownership import Ownership
 from vigil.engine.service_keeper import ServiceKeeper
 from vigil.engine.steps import StepContext
 from vigil.model import (
@@ -102,16 +104,24 @@ class World(FakeTimeCloud):
 
     # --- the reactions ------------------------------------------------------------------
 
-    def host_engine(self, wait: Callable[[float], None] | None = None) -> Engine:
-        """The host engine (detection and recovery), fencing through the simulated BMCs.
-        Its steps wait by advancing the fake clock, or with ``wait`` (``time.sleep``: in
-        real time, so that a step stays in flight while the test's ticks go on)."""
+    def host_engine(
+        self,
+        wait: Callable[[float], None] | None = None,
+        *,
+        ownership: Ownership | None = None,
+        fence_devices: Callable[[Host], list[FenceDevice]] | None = None,
+    ) -> Engine:
+        """The host engine (detection and recovery), fencing through the simulated BMCs
+        (or ``fence_devices``). Its steps wait by advancing the fake clock, or with
+        ``wait`` (``time.sleep``: in real time, so that a step stays in flight while the
+        test's ticks go on). ``ownership``: which segments it acts on (default: all)."""
         from vigil.server import fence_factory  # vigil.server pulls the API in: only here
 
         self.engine = Engine(
             store=self.store,
             compute=self.compute,
-            fence_devices=fence_factory(self.cloud),
+            ownership=ownership,
+            fence_devices=fence_devices or fence_factory(self.cloud),
             settings=self.settings,
             clock=self.clock,
             heartbeats=self.heartbeats,

@@ -22,6 +22,7 @@ from vigil.config import (
     DetectionSettings,
     SelfFencingSettings,
 )
+from vigil.drivers.errors import PermanentError
 from vigil.drivers.fencing import PowerState
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
 from vigil.engine.lease import LeaseKeeper, SelfFenceDevice
@@ -136,6 +137,49 @@ def test_a_run_breaks_when_acknowledgements_are_half_a_lease_apart() -> None:
     run(clock, agents, 0.5, ("c2",))
     again = keeper.run_since("c2")
     assert again is not None and again > first
+
+
+def test_a_host_whose_agent_never_held_a_lease_is_never_confirmed() -> None:
+    # c1's agent is heard, but the grants never reach it (a firewall on the way back, or
+    # it had just started): it armed no watchdog and will not reset. Its peers are fine.
+    clock = FakeClock()
+    keeper, agents = keeper_for(clock)
+    for _ in range(8):
+        agents.beat("c1", hears_grant=False)
+        agents.beat("c2")
+        agents.beat("c3")
+        clock.advance(0.25)
+    device = SelfFenceDevice(keeper, "c1")
+    with pytest.raises(PermanentError, match="held no lease when last heard"):
+        device.power_off()
+    keeper.revoke("c1")  # even revoked some other way: never confirmed
+    run(clock, agents, 60.0, ("c2", "c3"))
+    assert keeper.deadline("c1") is not None  # the wait alone would have passed
+    assert not keeper.self_fenced("c1") and device.power_status() == PowerState.ON
+    # Once a heartbeat says it holds a lease, waiting proves the reset again.
+    keeper.reinstate("c1")
+    agents.beat("c1")
+    agents.beat("c1")  # acknowledges the grant the first one got
+    device.power_off()
+    run(clock, agents, FAST.wait + 0.5, ("c2", "c3"))
+    assert device.power_status() == PowerState.OFF
+
+
+def test_a_host_armed_when_it_failed_is_confirmed_though_its_next_boot_holds_no_lease() -> None:
+    # It reset (its watchdog fired) and its agent is back before the wait is over:
+    # revoked, it gets no grant, so its heartbeats say "no lease" -- about the new boot.
+    clock = FakeClock()
+    keeper, agents = keeper_for(clock)
+    run(clock, agents, 2.0, ("c1", "c2", "c3"))
+    device = SelfFenceDevice(keeper, "c1")
+    device.power_off()
+    agents.seq["c1"], agents.acked["c1"] = 0, 0  # the agent of the next boot
+    for _ in range(round((FAST.wait + 0.5) / 0.25)):
+        agents.beat("c1")
+        agents.beat("c2")
+        agents.beat("c3")
+        clock.advance(0.25)
+    assert device.power_status() == PowerState.OFF
 
 
 def test_a_host_alone_in_its_segment_is_never_confirmed() -> None:

@@ -155,6 +155,9 @@ class Harness:
         if self.opts.self_fencing:  # granted by the segment's owner once it took it
             hosts = set(self.cloud.hosts())
             _wait(lambda: self.agents.leased() >= hosts, 10, "every host's first lease")
+            # ... and its next heartbeats acknowledge it: until the server has heard that,
+            # it cannot count on the host's watchdog (``LeaseKeeper.armed``)
+            time.sleep(2 * self.settings.detection.heartbeat_interval)
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -114,6 +114,7 @@ class LeaseKeeper:
         self._watchdog: dict[str, float] = {}
         self._window: dict[str, float] = {}
         self._revoked: set[str] = set()
+        self._armed: dict[str, bool] = {}  # host -> its last heartbeat acknowledged a lease
         self._grants: dict[str, dict[tuple[str, int], float]] = {}
         self._runs: dict[str, _Run] = {}
         self._told_n: dict[str, int] = {}
@@ -178,6 +179,12 @@ class LeaseKeeper:
         _, n = self.segment(host)  # the segment itself goes out with the grant
         with self._lock:
             now = self._clock.monotonic()
+            # What the host's latest heartbeat says: its agent holds a lease (received
+            # one, from any server process, since it started), hence armed its watchdog.
+            # Frozen once the host is being fenced: what counts is whether it was armed
+            # when it failed, not that the agent of its next boot holds none yet.
+            if host not in self._revoked:
+                self._armed[host] = ack > 0
             if ack:
                 self._acknowledged(host, boot_id, ack, now)
             if host in self._revoked or not self._may_grant(host):
@@ -258,12 +265,23 @@ class LeaseKeeper:
         """Whether a vigil agent was ever heard from the host (see ``Engine.agent_known``)."""
         return self._agent_known(host)
 
+    def armed(self, host: str) -> bool:
+        """False when the last heartbeat heard from the host said its agent holds no lease:
+        its watchdog is armed at the first lease (``vigil.agent.selffence``), so a host
+        whose agent never received one -- just started, or the grants lost on the way
+        back -- would not reset itself, and waiting for it proves nothing. True when it
+        said it holds one, and for a host not heard since this process started (an earlier
+        process may have granted it: the wait counts from this one's start)."""
+        with self._lock:
+            return self._armed.get(host, True)
+
     def self_fenced(self, host: str) -> bool:
         """True once the host is revoked and its deadline has passed. Revoked first, so a
         host that comes back after its reset cannot be granted a new lease meanwhile. Never
-        for a host no vigil agent was ever heard from."""
+        for a host no vigil agent was ever heard from, nor one whose agent did not hold a
+        lease (``armed``)."""
         with self._lock:
-            if host not in self._revoked:
+            if host not in self._revoked or not self._armed.get(host, True):
                 return False
         if not self._agent_known(host):
             return False
@@ -292,6 +310,12 @@ class SelfFenceDevice(FenceDevice):
             raise PermanentError(
                 f"host {self._host}: no vigil agent has ever been heard from it, so it has "
                 "no self-fencing watchdog: it cannot be self-fenced"
+            )
+        if not self._keeper.armed(self._host):
+            raise PermanentError(
+                f"host {self._host}: its agent held no lease when last heard (just "
+                "started, or the server's grants do not reach it), so its watchdog is not "
+                "armed: it cannot be self-fenced"
             )
         self._keeper.revoke(self._host)
 

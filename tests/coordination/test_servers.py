@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from services import require
 from support import wait_until
 from support.processes import ServerProcess, free_port, three_hosts_six_victims
 from support.proxy import TcpProxy
@@ -317,3 +320,80 @@ def test_the_database_briefly_unreachable_mid_recovery(world: World) -> None:
     _exactly_once(world)
     assert world.owner() == (first, epoch)
     assert all(s.process.proc and s.process.proc.poll() is None for s in world.servers)
+
+
+class Blackhole:
+    """nftables on this machine's loopback: packets to one TCP port dropped (no reset, no
+    answer, as behind a broken switch), so that one server loses its etcd member while it
+    still reaches the agents, the cloud and the database."""
+
+    def __init__(self) -> None:
+        self.table = f"vigiltest{os.getpid()}"
+
+    def cut(self, port: int) -> None:
+        _nft("add", "table", "inet", self.table)
+        _nft("add chain inet", self.table, "out", "{ type filter hook output priority 0; }")
+        _nft("add rule inet", self.table, "out", f"tcp dport {port} drop")
+
+    def mend(self) -> None:
+        subprocess.run(
+            ["nft", "delete", "table", "inet", self.table], capture_output=True, timeout=10
+        )
+
+
+def _nft(*words: str) -> None:
+    subprocess.run(["nft", " ".join(words)], check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def blackhole() -> Iterator[Blackhole]:
+    require("nftables (root)", lambda: _nft("list", "tables"))
+    hole = Blackhole()
+    try:
+        yield hole
+    finally:
+        hole.mend()
+
+
+@pytest.mark.parametrize("backend_urls", [ETCD], indirect=True)
+def test_an_owner_cut_off_from_etcd_only_stops_acting_and_another_finishes(
+    world: World, blackhole: Blackhole, backend_urls: list[str]
+) -> None:
+    """The owner's packets to its etcd member are dropped in the middle of an evacuation;
+    it still reaches the cloud, the agents and the database, and it keeps running. It
+    stops acting by itself before its lease can expire, another server takes the segment
+    under epoch + 1 and finishes, nothing is done twice; mended, it asks nothing more of
+    the cloud and does not take the segment back."""
+    first, epoch = world.owner()
+    owner = world.server(first)
+    world.cloud.isolate("compute-1")
+
+    def evacuating() -> bool:
+        evacs = [s for s in world.steps(owner.api) if s["kind"] == "evacuate"]
+        return any(s["status"] == "running" for s in evacs)
+
+    wait_until(evacuating, "the owner to be evacuating", 30, every=0.02)
+    index = [s.member for s in world.servers].index(first)
+    blackhole.cut(int(backend_urls[index].rsplit(":", 1)[1]))
+    cut = time.monotonic()
+    others = [s for s in world.servers if s.member != first]
+    new, new_epoch = wait_until(
+        lambda: (o := world.owner(others[0]))[0] != first and o, "a new owner", 15, every=0.05
+    )
+    assert new_epoch == epoch + 1
+    took = time.monotonic() - cut
+    rec = wait_until(lambda: _finished(world, others), "the recovery to finish", 60, every=0.1)
+    assert rec["status"] == "succeeded", rec
+    _exactly_once(world)
+    # Cut off, it answers its API and says it acts on nothing.
+    mine = owner.api.get("/v1/servers").json()
+    assert mine["acting_on"] == {} and not mine["backend_healthy"], mine
+    mutating = ("evacuate", "bmc_power_off", "set_forced_down", "disable", "enable", "start")
+    before = {m: world.cloud.attempts(m) for m in mutating}
+    blackhole.mend()
+    time.sleep(2 * LEASE_TTL)
+    assert {m: world.cloud.attempts(m) for m in mutating} == before
+    assert world.owner(others[0]) == (new, new_epoch)
+    log = owner.process.log.read_text()
+    assert "unreachable" in log and ("stops acting on it" in log or "no longer acting" in log)
+    assert took <= LEASE_TTL + 2.5 + 1, f"takeover took {took:.1f}s"

@@ -1106,8 +1106,10 @@ def run_schedule(
     except Exception as exc:  # the run itself broke: reported, never a silent pass
         error = f"{type(exc).__name__}: {exc}"
     finally:
-        agents.stop()
+        # Servers first: agents stopped under a running server fall silent all at once,
+        # which it would rightly take for failures (several servers stop one by one).
         servers.stop_all()
+        agents.stop()
         cloud_server.close()
     obs = Observation(
         t0=t0,

@@ -991,6 +991,29 @@ def test_events_are_committed_with_their_change_and_listed_in_order(store: SqlSt
     assert store.last_event_seq() == events[-1].seq
 
 
+@pytest.mark.parametrize("db_url", SERVERS, indirect=True)
+def test_servers_starting_together_each_get_the_one_sink(db_url: str, store: SqlStore) -> None:
+    """Three servers start at once on an empty database: each registers the sink of its
+    notifier; one creates it, the others get it (a server crashed at start-up on this)."""
+    stores = [SqlStore(db_url) for _ in range(4)]
+    barrier = threading.Barrier(len(stores))
+
+    def start(one: SqlStore) -> Any:
+        barrier.wait()
+        return one.ensure_sink("memory")
+
+    try:
+        for _ in range(5):
+            with store.engine.begin() as c:
+                c.execute(sa.text("DELETE FROM sinks"))
+            with ThreadPoolExecutor(len(stores)) as pool:
+                states = list(pool.map(start, stores))
+            assert {(x.name, x.cursor) for x in states} == {("memory", 0)}
+    finally:
+        for one in stores:
+            one.close()
+
+
 def test_sink_cursor_failures_and_dead_letters(store: SqlStore) -> None:
     add_host(store)
     store.append_events([_event(n=1)])

@@ -44,11 +44,15 @@ class SqlOutbox(SessionBase, OutboxStore):
             return int(s.scalar(sa.select(sa.func.max(EventRow.seq))) or 0)
 
     def ensure_sink(self, name: str) -> SinkState:
-        with self._write() as s:
-            row = s.get(SinkRow, name, with_for_update=True)
-            if row is None:
-                row = self._new_sink(s, name)
-            return record_of(SinkState, row)
+        try:
+            with self._write() as s:
+                row = s.get(SinkRow, name, with_for_update=True)
+                if row is None:
+                    row = self._new_sink(s, name)
+                return record_of(SinkState, row)
+        except IntegrityError:  # another server created it at the same moment: it is there
+            with self._read() as s:
+                return record_of(SinkState, s.get_one(SinkRow, name))
 
     @staticmethod
     def _new_sink(s: Session, name: str) -> SinkRow:

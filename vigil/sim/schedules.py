@@ -1106,25 +1106,26 @@ def run_schedule(
     except Exception as exc:  # the run itself broke: reported, never a silent pass
         error = f"{type(exc).__name__}: {exc}"
     finally:
-        # Servers first: agents stopped under a running server fall silent all at once,
-        # which it would rightly take for failures (several servers stop one by one).
+        # The ground truth as it stands at the end of the run, before anything is
+        # stopped: what the teardown does (agents losing their servers, servers their
+        # agents, one by one) is not part of the schedule.
+        obs = Observation(
+            t0=t0,
+            heal_at=heal_at,
+            instances=cloud.instances(),
+            double_running=cloud.double_running(),
+            power_offs=cloud.power_offs(),
+            evacuations=cloud.evacuations(),
+            faulty_spans=cloud.faulty_spans(),
+            recoveries=recoveries,
+            server_down=down,
+            skipped=skipped,
+            power_losses=cloud.power_losses(),
+            t0_wall=t0_wall,
+        )
         servers.stop_all()
         agents.stop()
         cloud_server.close()
-    obs = Observation(
-        t0=t0,
-        heal_at=heal_at,
-        instances=cloud.instances(),
-        double_running=cloud.double_running(),
-        power_offs=cloud.power_offs(),
-        evacuations=cloud.evacuations(),
-        faulty_spans=cloud.faulty_spans(),
-        recoveries=recoveries,
-        server_down=down,
-        skipped=skipped,
-        power_losses=cloud.power_losses(),
-        t0_wall=t0_wall,
-    )
     verdict = check(schedule, t, obs)
     if error is not None:
         verdict.violations.append(Violation("run-error", None, error))

@@ -185,6 +185,12 @@ def world(
         database.close()
 
 
+def _evacuating(w: World, owner: Server) -> bool:
+    """The owner's recovery of compute-1 has an evacuation under way."""
+    evacs = [s for s in w.steps(owner.api) if s["kind"] == "evacuate"]
+    return any(s["status"] == "running" for s in evacs)
+
+
 def _finished(w: World, via: list[Server] | None = None) -> dict[str, Any] | None:
     for s in via or w.live():
         try:
@@ -265,11 +271,7 @@ def test_an_owner_stopped_past_its_lease_does_nothing_when_it_continues(world: W
     owner = world.server(first)
     world.cloud.isolate("compute-1")
 
-    def evacuating() -> bool:
-        evacs = [s for s in world.steps(owner.api) if s["kind"] == "evacuate"]
-        return any(s["status"] == "running" for s in evacs)
-
-    wait_until(evacuating, "the owner to be evacuating", 30, every=0.02)
+    wait_until(lambda: _evacuating(world, owner), "the owner to be evacuating", 30, every=0.02)
     owner.process.pause()  # SIGSTOP: it believes it still owns the segment
     others = [s for s in world.servers if s.member != first]
     new, new_epoch = wait_until(
@@ -303,11 +305,7 @@ def test_the_database_briefly_unreachable_mid_recovery(world: World) -> None:
     owner = world.server(first)
     world.cloud.isolate("compute-1")
 
-    def evacuating() -> bool:
-        evacs = [s for s in world.steps(owner.api) if s["kind"] == "evacuate"]
-        return any(s["status"] == "running" for s in evacs)
-
-    wait_until(evacuating, "the owner to be evacuating", 30, every=0.02)
+    wait_until(lambda: _evacuating(world, owner), "the owner to be evacuating", 30, every=0.02)
     world.database.cut()
     time.sleep(1)
     answer = owner.api.get("/v1/hosts")
@@ -368,11 +366,7 @@ def test_an_owner_cut_off_from_etcd_only_stops_acting_and_another_finishes(
     owner = world.server(first)
     world.cloud.isolate("compute-1")
 
-    def evacuating() -> bool:
-        evacs = [s for s in world.steps(owner.api) if s["kind"] == "evacuate"]
-        return any(s["status"] == "running" for s in evacs)
-
-    wait_until(evacuating, "the owner to be evacuating", 30, every=0.02)
+    wait_until(lambda: _evacuating(world, owner), "the owner to be evacuating", 30, every=0.02)
     index = [s.member for s in world.servers].index(first)
     blackhole.cut(int(backend_urls[index].rsplit(":", 1)[1]))
     cut = time.monotonic()

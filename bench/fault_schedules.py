@@ -13,10 +13,11 @@ no evacuation aimed at a host known down. See ``vigil/sim/schedules.py``.
     .venv/bin/python bench/fault_schedules.py --seed 17      # rerun one, keep its logs
 
 With ``--servers 3`` each schedule runs three vigil-servers on PostgreSQL and a
-three-member etcd cluster (issue 15), with any of them killed, started again, or stopped
-(SIGSTOP) past its lease and continued, on top of the same seed's host faults; the
-checker also looks for a host fenced again with no power restored between
-(``fenced-twice``):
+three-member etcd cluster of its own (issue 15), on top of the same seed's host faults:
+any server killed and started again, stopped (SIGSTOP) past its lease and continued, or
+cut off from etcd (a partition: its proxy to its member drops every byte) and mended; an
+etcd member killed and started again, or two (etcd's majority lost). The checker also
+looks for a host fenced again with no power restored between (``fenced-twice``):
 
     .venv/bin/python bench/fault_schedules.py --servers 3 --schedules 200 --jobs 2 \\
         --out bench/results/schedules.json
@@ -37,6 +38,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -52,12 +54,11 @@ sys.path.insert(0, str(ROOT))
 from vigil.sim.schedules import Cluster, Timing, generate, run_schedule  # noqa: E402
 
 
-def run_seed(
-    seed: int, state_root: str, keep: bool, servers: int = 1, backend_urls: tuple[str, ...] = ()
-) -> dict[str, Any]:
+def run_seed(seed: int, state_root: str, keep: bool, servers: int = 1) -> dict[str, Any]:
     """One schedule in a worker process; its result as JSON-ready data. Several servers
-    run on an empty PostgreSQL database of the schedule's own (dropped after it) and the
-    etcd cluster of ``backend_urls``, in a namespace of the seed's own."""
+    run on an empty PostgreSQL database of the schedule's own (dropped after it) and an
+    etcd cluster of its own (its faults kill members), each server reaching its member
+    through a proxy that a partition stalls."""
     schedule = generate(seed, servers=servers)
     state_dir = Path(state_root) / f"seed-{seed}"
     if servers == 1:
@@ -67,23 +68,48 @@ def run_seed(
 
     from vigil.store.sql import upgrade
 
-    with scratch_database(POSTGRES_ADMIN_URL) as db_url:
+    etcd_dir = Path(state_root) / f"etcd-{seed}"
+    with scratch_database(POSTGRES_ADMIN_URL) as db_url, EtcdFaults(etcd_dir, seed) as faults:
         upgrade(db_url)
-        cluster = Cluster(db_url, backend_urls, namespace=f"sched-{seed}-{os.getpid()}")
+        cluster = Cluster(db_url, faults.urls, namespace=f"sched-{seed}", faults=faults)
         result = run_schedule(schedule, Timing(), state_dir=state_dir, keep=keep, cluster=cluster)
     return result.to_json()
 
 
-def etcd_cluster(state_root: str) -> Any:
-    """A three-member etcd cluster on 127.0.0.1 (``tests/support/etcd.py``), started."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from support.etcd import EtcdCluster, free_base_port
+class EtcdFaults:
+    """A three-member etcd cluster on 127.0.0.1 (``tests/support/etcd.py``) and a
+    ``TcpProxy`` from each server to its member: the ``ClusterFaults`` of a schedule."""
 
-    base = Path(state_root) / "etcd"
-    base.mkdir(parents=True, exist_ok=True)
-    cluster = EtcdCluster(base, size=3, base_port=free_base_port(3, 24790))
-    cluster.start()
-    return cluster
+    def __init__(self, base: Path, seed: int) -> None:
+        from support.etcd import EtcdCluster, free_base_port
+        from support.proxy import TcpProxy
+
+        shutil.rmtree(base, ignore_errors=True)
+        base.mkdir(parents=True)
+        self._base = base
+        # Ports of the seed's own: two schedules running side by side never race for one.
+        self.etcd = EtcdCluster(base, size=3, base_port=free_base_port(3, 24000 + seed % 400 * 8))
+        self.etcd.start()
+        self.proxies = [TcpProxy("127.0.0.1", self.etcd.client_port(k)) for k in range(3)]
+        self.urls = tuple(f"etcd3+http://127.0.0.1:{p.port}" for p in self.proxies)
+
+    def member(self, k: int, up: bool) -> None:
+        if up:
+            self.etcd.restart(k, wait=False)
+        else:
+            self.etcd.kill(k)
+
+    def cut(self, i: int, cut: bool) -> None:
+        (self.proxies[i].stall if cut else self.proxies[i].mend)()
+
+    def __enter__(self) -> EtcdFaults:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proxy in self.proxies:
+            proxy.close()
+        self.etcd.stop()
+        shutil.rmtree(self._base, ignore_errors=True)
 
 
 def rerun_from(rev: str, argv: list[str]) -> int:
@@ -188,22 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     kinds: set[str] = set()
     ctx = multiprocessing.get_context("spawn")
-    etcd = etcd_cluster(args.state_root) if args.servers > 1 else None
-    urls = tuple(u.replace("http://", "etcd3+http://") for u in etcd.client_urls) if etcd else ()
-    try:
-        with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
-            futures = [
-                pool.submit(run_seed, s, args.state_root, keep, args.servers, urls) for s in seeds
-            ]
-            for fut in concurrent.futures.as_completed(futures):
-                res = fut.result()
-                results.append(res)
-                report(res)
-                if args.findings:
-                    append_findings(Path(args.findings), res, kinds, rev)
-    finally:
-        if etcd is not None:
-            etcd.stop()
+    with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+        futures = [pool.submit(run_seed, s, args.state_root, keep, args.servers) for s in seeds]
+        for fut in concurrent.futures.as_completed(futures):
+            res = fut.result()
+            results.append(res)
+            report(res)
+            if args.findings:
+                append_findings(Path(args.findings), res, kinds, rev)
     results.sort(key=lambda r: r["seed"])
     by_kind = Counter(v["kind"] for r in results for v in r["violations"])
     bad = [r for r in results if r["violations"]]

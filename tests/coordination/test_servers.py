@@ -37,6 +37,7 @@ from vigil.store.sql import upgrade
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 ETCD = pytest.param("etcd", marks=pytest.mark.etcd)
 REDIS = pytest.param("redis", marks=pytest.mark.redis)
+OWN_ETCD = pytest.param("etcd-own", marks=pytest.mark.etcd)  # a cluster the test may break
 
 TOKEN, KEY = "ha-test-token", "ha-test-key"
 LEASE_TTL = 3  # coordination.lease_ttl: a dead owner's segment is free 3 s after it
@@ -114,10 +115,12 @@ margin = 0.5
 @pytest.fixture
 def backend_urls(request: pytest.FixtureRequest) -> list[str]:
     """Each server's coordination URL: its own member of the etcd cluster, as on three
-    controllers (the default); or one Redis server (``indirect`` parameter "redis")."""
-    if getattr(request, "param", "etcd") == "redis":
+    controllers (the default, or "etcd-own": a cluster of the test's own, which it may
+    break); or one Redis server ("redis")."""
+    kind = getattr(request, "param", "etcd")
+    if kind == "redis":
         return [request.getfixturevalue("redis_server").url] * 3
-    cluster = request.getfixturevalue("etcd_cluster")
+    cluster = request.getfixturevalue("own_etcd_cluster" if kind == "etcd-own" else "etcd_cluster")
     return [u.replace("http://", "etcd3+http://") for u in cluster.client_urls]
 
 
@@ -391,3 +394,84 @@ def test_an_owner_cut_off_from_etcd_only_stops_acting_and_another_finishes(
     log = owner.process.log.read_text()
     assert "unreachable" in log and ("stops acting on it" in log or "no longer acting" in log)
     assert took <= LEASE_TTL + 2.5 + 1, f"takeover took {took:.1f}s"
+
+
+MUTATING = ("evacuate", "bmc_power_off", "set_forced_down", "disable", "enable", "start")
+
+
+def _backend_healthy(server: Server) -> bool:
+    return bool(server.api.get("/v1/servers").json()["backend_healthy"])
+
+
+@pytest.mark.parametrize("backend_urls", [OWN_ETCD], indirect=True)
+def test_one_etcd_member_lost_mid_recovery_the_owner_finishes_it(
+    world: World, own_etcd_cluster: Any
+) -> None:
+    """etcd's leader dies in the middle of an evacuation (or, when the owner talks to the
+    leader, another member: that case is the owner cut off from etcd, tested above). The
+    two others keep the majority and elect a leader; the owner keeps its segment (etcd
+    extends every lease when a new leader is elected) and finishes, exactly once. The
+    server whose member died says so and acts on nothing; its member back, it is too."""
+    etcd = own_etcd_cluster
+    first, _ = world.owner()
+    owner = world.server(first)
+    mine = [s.member for s in world.servers].index(first)
+    world.cloud.isolate("compute-1")
+
+    wait_until(lambda: _evacuating(world, owner), "the owner to be evacuating", 30, every=0.02)
+    leader = etcd.leader()
+    lost = leader if leader is not None and leader != mine else (mine + 1) % 3
+    etcd.kill(lost)
+    orphan = world.servers[lost]
+    wait_until(lambda: not _backend_healthy(orphan), "its server to notice", 10, every=0.1)
+    rec = wait_until(lambda: _finished(world), "the recovery to finish", 60, every=0.1)
+    assert rec["status"] == "succeeded", rec
+    _exactly_once(world)
+    assert world.owner(owner)[0] == first
+    assert orphan.api.get("/v1/servers").json()["acting_on"] == {}
+    etcd.restart(lost)
+    wait_until(lambda: _backend_healthy(orphan), "its server to be back", 15, every=0.1)
+    everyone = {s.member for s in world.servers}
+    wait_until(
+        lambda: set(owner.api.get("/v1/servers").json()["members"]) == everyone,
+        "every server a member again",
+        15,
+        every=0.1,
+    )
+    assert world.owner(owner)[0] == first
+
+
+@pytest.mark.parametrize("backend_urls", [OWN_ETCD], indirect=True)
+def test_etcd_majority_lost_no_server_acts_and_recovery_resumes_when_it_returns(
+    world: World, own_etcd_cluster: Any
+) -> None:
+    """Two of etcd's three members die: no server can renew its lease, and within
+    lease_ttl - margin none acts. A host that fails then is not fenced, however long it
+    stays failed -- no server may know that another does not act on it. When the majority
+    returns, the segment's owner recovers the host: fenced once, evacuated once."""
+    etcd = own_etcd_cluster
+    first, _ = world.owner()
+    mine = [s.member for s in world.servers].index(first)
+    dead = [mine, (mine + 1) % 3]  # the owner's member, and one more
+    for k in dead:
+        etcd.kill(k)
+
+    def nobody_acts() -> bool:
+        return all(s.api.get("/v1/servers").json()["acting_on"] == {} for s in world.servers)
+
+    wait_until(nobody_acts, "every server to stop acting", LEASE_TTL + 2, every=0.1)
+    before = {m: world.cloud.attempts(m) for m in MUTATING}
+    world.cloud.isolate("compute-1")
+    time.sleep(4 * 1.75)  # four times detection.failed_after: it would have been fenced
+    assert {m: world.cloud.attempts(m) for m in MUTATING} == before
+    assert world.cloud.is_powered("compute-1")
+    assert all(not _backend_healthy(s) for s in world.servers)
+    for k in dead:
+        etcd.restart(k, wait=False)
+    etcd.wait_healthy()
+    rec = wait_until(lambda: _finished(world), "the recovery to finish", 60, every=0.1)
+    assert rec["status"] == "succeeded", rec
+    _exactly_once(world)
+    for s in world.servers:
+        log = s.process.log.read_text()
+        assert "coordination backend" in log and "unreachable" in log, s.member

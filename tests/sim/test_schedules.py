@@ -12,6 +12,7 @@ from vigil.drivers.compute import POLICY_KEY
 from vigil.sim.cloud import EvacuationRecord, HostCondition, PowerOffRecord, SimInstance
 from vigil.sim.schedules import (
     CLOUD_ACTIONS,
+    ETCD_ACTIONS,
     HOST_ACTIONS,
     SERVER_ACTIONS,
     Fault,
@@ -124,21 +125,34 @@ def test_generated_schedules_cover_every_kind_of_fault() -> None:
 
 def test_with_several_servers_the_same_world_and_host_faults_and_server_faults_on_top() -> None:
     seen: set[str] = set()
+    majority_lost = 0
+    theirs_actions = SERVER_ACTIONS | ETCD_ACTIONS
     for seed in range(100):
         one, three = generate(seed), generate(seed, servers=3)
         assert three.servers == 3 and three.describe()[0].endswith(", 3 servers")
         assert (three.hosts, three.instances) == (one.hosts, one.instances)
-        ours = [f for f in three.faults if f.action not in SERVER_ACTIONS]
-        assert ours[:-1] == [f for f in one.faults[:-1] if f.action not in SERVER_ACTIONS]
-        theirs = [f for f in three.faults if f.action in SERVER_ACTIONS]
-        assert 1 <= sum(f.action in ("server-kill", "server-stop") for f in theirs) <= 3
-        assert {f.host for f in theirs} <= {"vigil-0", "vigil-1", "vigil-2"}
-        for f in theirs:  # every stopped server is continued
-            if f.action == "server-stop":
-                assert any(g.action == "server-cont" and g.host == f.host for g in theirs)
+        ours = [f for f in three.faults if f.action not in theirs_actions]
+        assert ours[:-1] == [f for f in one.faults[:-1] if f.action not in theirs_actions]
+        theirs = [f for f in three.faults if f.action in theirs_actions]
+        starts = ("server-kill", "server-stop", "server-cut", "etcd-kill")
+        assert 1 <= sum(f.action in starts for f in theirs) <= 6
+        servers = {f.host for f in theirs if f.action in SERVER_ACTIONS}
+        assert servers <= {"vigil-0", "vigil-1", "vigil-2"}
+        members = {f.host for f in theirs if f.action in ETCD_ACTIONS}
+        assert members <= {"etcd-0", "etcd-1", "etcd-2"}
+        for f in theirs:  # every stopped server is continued, every killed member started
+            ends = {"server-stop": "server-cont", "etcd-kill": "etcd-start"}
+            if f.action in ends:
+                assert any(g.action == ends[f.action] and g.host == f.host for g in theirs)
+        down: set[str] = set()
+        for f in theirs:  # (in time order)
+            if f.action in ETCD_ACTIONS:
+                (down.add if f.action == "etcd-kill" else down.discard)(str(f.host))
+                majority_lost += len(down) >= 2
         assert [f.at for f in three.faults] == sorted(f.at for f in three.faults)
         seen |= {f.action for f in theirs}
-    assert seen == SERVER_ACTIONS
+    assert seen == theirs_actions
+    assert majority_lost >= 3  # etcd's majority lost in some schedules
 
 
 def test_blips_are_shorter_than_detection() -> None:

@@ -253,6 +253,23 @@ class EtcdCluster:
                 )
             time.sleep(0.05)
 
+    def leader(self, timeout: float = 1.0) -> int | None:
+        """The member that leads, as the running members report it (None: no leader)."""
+        for i in range(self.size):
+            if not self.running(i):
+                continue
+            request = urllib.request.Request(
+                f"{self.client_urls[i]}/v3/maintenance/status", data=b"{}", method="POST"
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=timeout) as answer:
+                    status = json.loads(answer.read())
+            except (OSError, ValueError, urllib.error.URLError):
+                continue
+            if status.get("leader") and status.get("leader") == status["header"]["member_id"]:
+                return i
+        return None
+
     def log_tail(self, i: int, lines: int = 20) -> str:
         try:
             text = self.log_path(i).read_text(errors="replace").splitlines()[-lines:]

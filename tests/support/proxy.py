@@ -2,8 +2,10 @@
 (or any service it reaches over TCP) becomes unreachable and comes back.
 
 ``cut()`` closes every forwarded connection and refuses new ones (the listening socket
-is closed: connection refused, as from a database that restarts); ``mend()`` listens on
-the same port again.
+is closed: connection refused, as from a database that restarts); ``stall()`` keeps the
+connections and accepts new ones but drops every byte (a partition: the client hears
+nothing until its own timeout); ``mend()`` forwards again (after a stall, on new
+connections: what was dropped is gone).
 """
 
 from __future__ import annotations
@@ -22,10 +24,17 @@ class TcpProxy:
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._listener: socket.socket | None = None
+        self.stalled = False
         self.mend()
 
     def mend(self) -> None:
-        """Accept connections again (on the same port)."""
+        """Forward again: after a cut, listen on the same port; after a stall, close the
+        connections whose bytes were dropped."""
+        if self.stalled:
+            self.stalled = False
+            self._drop_connections()
+        if self._listener is not None:
+            return
         listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))
@@ -40,6 +49,13 @@ class TcpProxy:
             with contextlib.suppress(OSError):
                 listener.shutdown(socket.SHUT_RDWR)
             listener.close()
+        self._drop_connections()
+
+    def stall(self) -> None:
+        """Drop every byte both ways, on the connections there are and on new ones."""
+        self.stalled = True
+
+    def _drop_connections(self) -> None:
         with self._lock:
             conns, self._conns = self._conns, set()
         for conn in conns:
@@ -56,6 +72,10 @@ class TcpProxy:
                 client, _ = listener.accept()
             except OSError:
                 return  # cut
+            if self.stalled:  # accepted, and never answered
+                with self._lock:
+                    self._conns.add(client)
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
@@ -70,7 +90,8 @@ class TcpProxy:
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                if not self.stalled:
+                    dst.sendall(data)
         except OSError:
             pass
         finally:

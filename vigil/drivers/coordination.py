@@ -21,6 +21,7 @@ import contextlib
 import logging
 import threading
 import urllib.parse
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -135,7 +136,7 @@ class ToozCoordinator(Coordinator):
         call_timeout: float,
         namespace: str = "vigil",
     ) -> None:
-        from tooz import coordination
+        coordination = _tooz()
 
         self.member = member
         self._url = url
@@ -252,6 +253,19 @@ def _with_params(url: str, params: dict[str, str]) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
+def _tooz() -> Any:
+    """``tooz.coordination``, imported without the noise of the libraries under it:
+    futurist imports eventlet, which imports dnspython, which warns of cryptography's DSA
+    deprecation at import time -- four lines in every server log, not ours to fix."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"\s*Eventlet is deprecated")
+        warnings.filterwarnings("ignore", message=r"DSA is deprecated")
+        import futurist  # type: ignore[import-untyped,unused-ignore]  # noqa: F401
+        from tooz import coordination
+    return coordination
+
+
 @contextlib.contextmanager
 def _errors(what: str) -> Iterator[None]:
     """Turns the backend's exceptions into ``CoordinationError`` naming the call."""
@@ -260,7 +274,16 @@ def _errors(what: str) -> Iterator[None]:
     except CoordinationError:
         raise
     except Exception as exc:
-        raise CoordinationError(f"coordination {what}: {exc}") from exc
+        # Some say nothing of themselves (a tooz timeout's text is empty): name the kind.
+        raise CoordinationError(f"coordination {what}: {_describe(exc)}") from exc
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc).strip()
+    cause = exc.__cause__ or exc.__context__
+    if not text and cause is not None:
+        return f"{type(exc).__name__} ({_describe(cause)})"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def build_coordinator(

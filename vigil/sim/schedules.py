@@ -71,7 +71,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from vigil.drivers.compute import POLICY_KEY
 from vigil.model import HaPolicy
@@ -181,8 +181,14 @@ HOST_ACTIONS = frozenset(
     }
 )
 CLOUD_ACTIONS = frozenset({"lose-evacuations", "network", "server-kill", "server-start", "heal"})
-# With several servers, a server fault names its server in ``host`` ("vigil-<i>").
-SERVER_ACTIONS = frozenset({"server-kill", "server-start", "server-stop", "server-cont"})
+# With several servers, a server fault names its server in ``host`` ("vigil-<i>"):
+# killed and started, stopped (SIGSTOP) and continued, or cut off from its etcd member
+# (packets dropped, as in a partition) and mended; an etcd fault names a member
+# ("etcd-<k>", the member server k talks to), killed and started again.
+SERVER_ACTIONS = frozenset(
+    {"server-kill", "server-start", "server-stop", "server-cont", "server-cut", "server-mend"}
+)
+ETCD_ACTIONS = frozenset({"etcd-kill", "etcd-start"})
 
 
 @dataclass(frozen=True)
@@ -355,22 +361,41 @@ def generate(seed: int, timing: Timing | None = None, *, servers: int = 1) -> Sc
 
 
 def _server_faults(rng: random.Random, servers: int, t: Timing) -> list[Fault]:
-    """One to three faults of servers: killed (back 1-8 s later, or only at the heal),
-    or stopped 1-8 s (past its 3 s lease, mostly) and continued."""
+    """One to three faults of servers or of their coordination: a server killed (back
+    1-8 s later, or only at the heal), stopped 1-8 s (past its 3 s lease, mostly) and
+    continued, or cut off from etcd (a partition, mended 1-8 s later or at the heal);
+    or the etcd member a server talks to killed and started again -- sometimes two
+    members at once, and etcd has lost its majority."""
     faults: list[Fault] = []
-    busy: dict[str, float] = {}  # a server's faults do not overlap
+    busy: dict[int, float] = {}  # a server's (and its member's) faults do not overlap
     for _ in range(rng.randint(1, 3)):
-        name = f"vigil-{rng.randrange(servers)}"
-        at = round(max(rng.uniform(1.0, t.fault_window), busy.get(name, 0.0) + 0.5), 2)
+        i = rng.randrange(servers)
+        name = f"vigil-{i}"
+        at = round(max(rng.uniform(1.0, t.fault_window), busy.get(i, 0.0) + 0.5), 2)
         back = round(at + rng.uniform(1.0, 8.0), 2)
-        if rng.random() < 0.55:
+        kind = rng.random()
+        if kind < 0.35:
             faults.append(Fault(at, "server-kill", name))
             if rng.random() < 0.75:
                 faults.append(Fault(back, "server-start", name))
-        else:
+        elif kind < 0.55:
             faults.append(Fault(at, "server-stop", name))
             faults.append(Fault(back, "server-cont", name))
-        busy[name] = back
+        elif kind < 0.75:
+            faults.append(Fault(at, "server-cut", name))
+            if rng.random() < 0.8:
+                faults.append(Fault(back, "server-mend", name))
+        else:
+            faults.append(Fault(at, "etcd-kill", f"etcd-{i}"))
+            faults.append(Fault(back, "etcd-start", f"etcd-{i}"))
+            if rng.random() < 0.35:  # a second member: the majority lost
+                j = rng.choice([k for k in range(servers) if k != i])
+                at2 = round(at + rng.uniform(0.0, 2.0), 2)
+                back2 = round(max(at2, busy.get(j, 0.0) + 0.5) + rng.uniform(1.0, 8.0), 2)
+                faults.append(Fault(at2, "etcd-kill", f"etcd-{j}"))
+                faults.append(Fault(back2, "etcd-start", f"etcd-{j}"))
+                busy[j] = max(busy.get(j, 0.0), back2)
+        busy[i] = back
     return faults
 
 
@@ -751,6 +776,20 @@ class Cluster:
     database_url: str
     backend_urls: tuple[str, ...]
     namespace: str
+    # What breaks the coordination (etcd members killed, servers cut off from them);
+    # without it, schedules with such faults skip them.
+    faults: ClusterFaults | None = None
+
+
+class ClusterFaults(Protocol):
+    """The coordination faults of a cluster: its etcd members (member ``k`` is the one
+    server ``k``'s ``backend_urls`` entry reaches) and the path from each server to it."""
+
+    def member(self, k: int, up: bool) -> None:
+        """Kill member ``k`` (SIGKILL, its data kept), or start it again (not waiting)."""
+
+    def cut(self, i: int, cut: bool) -> None:
+        """Drop (or forward again) every packet between server ``i`` and its member."""
 
 
 # Ownership timing of the servers (not accelerated: etcd counts leases in whole
@@ -820,7 +859,11 @@ class _Servers:
         import httpx
 
         self._env, self._cwd = env, cwd
+        self._cluster = cluster
         self.names = [f"vigil-{i}" for i in range(schedule.servers)]
+        self.cut: set[str] = set()  # servers cut off from their etcd member
+        self.etcd_down: set[int] = set()  # etcd members killed
+        self._no_majority: int | None = None  # the open span of ``down`` while etcd has none
         self.confs: dict[str, Path] = {}
         self.logs: list[Path] = []
         self.procs: dict[str, list[subprocess.Popen[bytes]]] = {n: [] for n in self.names}
@@ -946,13 +989,58 @@ class _Servers:
                 return "not stopped"
             proc.send_signal(signal.SIGCONT)
             self.stopped.discard(name)
+        elif action in ("server-cut", "server-mend"):
+            faults = self._cluster.faults if self._cluster else None
+            if faults is None:
+                return "no coordination to cut"
+            if (name in self.cut) == (action == "server-cut"):
+                return "already cut" if name in self.cut else "not cut"
+            faults.cut(self.names.index(name), action == "server-cut")
+            if action == "server-cut":
+                self.cut.add(name)
+                self.down.append((now, now + self._takeover))  # its segments move
+            else:
+                self.cut.discard(name)
+        return ""
+
+    def apply_etcd(self, action: str, member: str) -> str:
+        """An etcd fault (member "etcd-<k>"); the reason it could not apply, or ""."""
+        faults = self._cluster.faults if self._cluster else None
+        if faults is None or self._cluster is None:
+            return "no etcd cluster"
+        size = len(self._cluster.backend_urls)
+        k = int(member.rsplit("-", 1)[1])
+        if not 0 <= k < size:
+            return f"no member {member}"
+        now = time.monotonic()
+        if (k in self.etcd_down) == (action == "etcd-kill"):
+            return "not running" if k in self.etcd_down else "running"
+        faults.member(k, action == "etcd-start")
+        if action == "etcd-kill":
+            self.etcd_down.add(k)
+            self.down.append((now, now + self._takeover))  # server k's segments move
+        else:
+            self.etcd_down.discard(k)
+        lost = size - len(self.etcd_down) < size // 2 + 1
+        if lost and self._no_majority is None:
+            # No server can renew a lease: none acts until the majority is back.
+            self.down.append((now, None))
+            self._no_majority = len(self.down) - 1
+        elif not lost and self._no_majority is not None:
+            start = self.down[self._no_majority][0]
+            self.down[self._no_majority] = (start, now + self._takeover)
+            self._no_majority = None
         return ""
 
     def heal(self) -> None:
         """Every server running again."""
+        for k in sorted(self.etcd_down):
+            self.apply_etcd("etcd-start", f"etcd-{k}")
         for name in self.names:
             if name in self.stopped:
                 self.apply("server-cont", name)
+            if name in self.cut:
+                self.apply("server-mend", name)
             if not self._running(name):
                 self._start(name)
 
@@ -1192,8 +1280,9 @@ def _apply(
         cloud.lose_evacuations(int(f.value))
     elif a == "network":
         cloud.set_network(f.value, f.value2)
-    elif a in SERVER_ACTIONS:
-        problem = servers.apply(a, f.host or "vigil-0")
+    elif a in SERVER_ACTIONS or a in ETCD_ACTIONS:
+        apply = servers.apply if a in SERVER_ACTIONS else servers.apply_etcd
+        problem = apply(a, f.host or "vigil-0")
         if problem:
             skipped.append(f"{f.describe()}: {problem}")
     elif a == "heal":

@@ -172,8 +172,17 @@ _agent = [
         help="(agent) Every vigil-server's heartbeat address, as HOST:PORT, when several "
         "share the hosts (e.g. ctl1:8788,ctl2:8788,ctl3:8788): every heartbeat goes to each "
         "of them, so that whichever takes this host's segment over has heard it all along; "
-        "lease grants are accepted from any. Empty: server_host:server_port is the one "
-        "server.",
+        "lease grants are accepted from any. HOST may be one name that resolves to every "
+        "server (an address per server, in DNS or /etc/hosts): heartbeats go to each of its "
+        "addresses. Empty: server_host:server_port is the one server.",
+    ),
+    cfg.FloatOpt(
+        "resolve_interval",
+        default=30.0,
+        min=1.0,
+        help="(agent) Seconds between two resolutions of the server names in servers (or "
+        "server_host), off the heartbeat thread: servers added to or removed from a name are "
+        "followed within this time; a name that cannot be resolved keeps its last addresses.",
     ),
 ]
 

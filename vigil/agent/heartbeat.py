@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
+from vigil.agent.resolve import ServerAddresses
 from vigil.wire.heartbeat import (
     MAX_DATAGRAM,
     BadHeartbeat,
@@ -33,7 +34,9 @@ class HeartbeatSender:
     one host and neither.
 
     Every heartbeat goes to each of ``servers`` (or to the one ``server``: give exactly
-    one of the two), the same datagram with the same sequence number: several
+    one of the two) -- to every address of a name, resolved again every
+    ``resolve_interval`` seconds off the sending thread (``vigil.agent.resolve``) --, the
+    same datagram with the same sequence number: several
     vigil-servers share the hosts, and each keeps hearing every host so that the one that
     takes a segment over knows at once which hosts are alive. A send that fails to one
     server does not stop the others; it is logged once per host and server until
@@ -67,12 +70,13 @@ class HeartbeatSender:
         on_grant: Callable[[LeaseGrant, float], None] | None = None,
         kernel_boot_id: Callable[[str], str] | None = None,
         peer_window: float = 0.0,
+        resolve_interval: float = 30.0,
     ) -> None:
         if (server is None) == (servers is None):
             raise ValueError("give exactly one of server and servers")
-        self._servers = [server] if server is not None else list(servers or ())
-        if not self._servers:
-            raise ValueError("servers is empty: heartbeats need at least one server")
+        self._servers = ServerAddresses(
+            [server] if server is not None else list(servers or ()), interval=resolve_interval
+        )
         self._hosts = list(hosts)
         self._key = key
         self._interval = interval
@@ -99,12 +103,14 @@ class HeartbeatSender:
         self._failing_lock = threading.Lock()  # the sender thread and delay timers send
 
     def start(self) -> None:
+        self._servers.start()
         self._thread.start()
         if self._on_lease is not None:
             self._listener.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self._servers.stop()
         for thread in (self._thread, self._listener):
             if thread.is_alive():
                 thread.join(timeout=5)
@@ -121,10 +127,11 @@ class HeartbeatSender:
 
     @property
     def servers(self) -> list[tuple[str, int]]:
-        return list(self._servers)
+        """The addresses heartbeats go to now (every address of each configured name)."""
+        return list(self._servers.current())
 
     def _send(self, datagram: bytes, host: str) -> None:
-        for server in self._servers:  # one failing server must not keep it from the others
+        for server in self._servers.current():  # one failing must not keep it from the others
             try:
                 self._sock.sendto(datagram, server)
             except OSError as exc:  # the server being away must not stop the agent

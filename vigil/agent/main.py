@@ -101,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         on_grant=guard.on_grant if guard else None,
         kernel_boot_id=read_kernel_boot_id,
         peer_window=guard.window if guard else 0.0,
+        resolve_interval=conf.agent.resolve_interval,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -108,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     LOG.info(
         "host %s: sending heartbeats to %s every %ss",
         host,
-        ", ".join(f"{h}:{p}" for h, p in servers),
+        ", ".join(f"{h}:{p}" for h, p in sender.servers),
         interval,
     )
     monitor: LibvirtMonitor | None = None

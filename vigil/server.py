@@ -36,7 +36,7 @@ from vigil.engine.known_hosts import KnownHosts
 from vigil.engine.lease import LeaseKeeper, SelfFenceDevice
 from vigil.engine.masakari_rules import SegmentTargets, replay_reports
 from vigil.engine.outbox import OutboxDispatcher, Sink, webhook_sink
-from vigil.engine.ownership import SegmentOwnership
+from vigil.engine.ownership import HostOwner, SegmentOwnership
 from vigil.engine.service_keeper import ServiceKeeper
 from vigil.model import Host
 from vigil.sim.api import CloudApi
@@ -139,7 +139,10 @@ class VigilServer:
             ownership=self.ownership,
         )
         self.ownership.set_busy(self.engine.busy_in)
-        self.engine.requests.owns = self._owns_host
+        # The reactions about one host at a time act as its segment's owner, under its
+        # token: guest failures, host services, operator requests.
+        self.host_owner = HostOwner(self.ownership, self._segment_of)
+        self.engine.requests.owner = self.host_owner
         # Guest-OS failures reported by the agents' libvirt monitors.
         # ...and the agents' service watch (nova-compute, libvirtd down: disable, not fence).
         self.guest = GuestEngine(
@@ -154,9 +157,9 @@ class VigilServer:
                 on_events=self.outbox.wake,
             ),
         )
-        self.guest.owns_host = self._owns_host
+        self.guest.owner = self.host_owner
         if self.guest.services is not None:
-            self.guest.services.owns_host = self._owns_host
+            self.guest.services.owner = self.host_owner
         self.receiver = HeartbeatReceiver(
             self.heartbeats,
             key=settings.agent_key.encode(),
@@ -222,18 +225,16 @@ class VigilServer:
         host, port = sock.getsockname()[:2]
         return f"http://{host}:{port}"
 
-    def _owns_host(self, name: str | None) -> bool:
-        """Whether this server acts on ``name``'s segment now (a request about no host:
-        the owner of the first segment by name)."""
+    def _segment_of(self, name: str | None) -> str | None:
+        """``name``'s segment (a request about no host: the first segment by name)."""
         if name is None:
-            segments = sorted({h.segment for h in self.known.all().values()})
-            return not segments or self.ownership.owns(segments[0])
+            return min((h.segment for h in self.known.all().values()), default=None)
         host = self.known.get(name)
-        return host is not None and self.ownership.owns(host.segment)
+        return host.segment if host is not None else None
 
     def _may_grant(self, name: str) -> bool:
         """A self-fencing lease goes only from the owner of the host's segment."""
-        return self.known.may_grant(name) and self._owns_host(name)
+        return self.known.may_grant(name) and self.host_owner.owns(name)
 
     def _bus_sink(self, name: str) -> Sink:
         if name == "memory":

@@ -16,10 +16,25 @@ from support.world import World
 
 from vigil.clock import FakeClock
 from vigil.config import ConfigError, CoordinationSettings
+from vigil.drivers.compute import ComputeService, Server
 from vigil.drivers.coordination import CoordinationError, Coordinator
 from vigil.drivers.fencing import FenceDevice, PowerState
-from vigil.engine.ownership import Give, SegmentOwnership, Take, assign, plan
-from vigil.model import Host, HostState, OwnerToken, Segment, StepKind, StepStatus
+from vigil.engine.guest import GuestSettings
+from vigil.engine.ownership import Give, HostOwner, SegmentOwnership, Take, assign, plan
+from vigil.model import (
+    ComputeHold,
+    GuestFailureKind,
+    HaPolicy,
+    Host,
+    HostState,
+    OwnerToken,
+    Segment,
+    ServiceState,
+    StepKind,
+    StepStatus,
+)
+from vigil.sim.cloud import SimCloud
+from vigil.sim.drivers import SimCompute
 from vigil.store import StaleEpoch, acting_as
 from vigil.store.sql import SqlStore
 
@@ -323,3 +338,105 @@ class _LosesOnRead(FenceDevice):
 
     def power_on(self) -> None:
         self._device.power_on()
+
+
+# --- the reactions about one host: guest failures, host services ------------------------
+
+
+class _RevokesOnRead(SimCompute):
+    """Nova whose reads (``get_server``, ``get_service``) take segment s1 away, once
+    ``armed``, before they answer: the segment is lost between the reaction's read and
+    its call that changes the cloud."""
+
+    def __init__(self, cloud: SimCloud) -> None:
+        super().__init__(cloud)
+        self.ownership: Revocable | None = None
+        self.armed = False
+
+    def _read(self) -> None:
+        if self.armed and self.ownership is not None:
+            self.ownership.revoked = True
+
+    def get_server(self, server_id: str) -> Server:
+        self._read()
+        return super().get_server(server_id)
+
+    def get_service(self, host: str) -> ComputeService:
+        self._read()
+        return super().get_service(host)
+
+
+def _owned_world(tmp_path: Path) -> tuple[World, _RevokesOnRead, Revocable, HostOwner]:
+    world = World(tmp_path, ("c1", "c2"), compute=_RevokesOnRead)
+    compute = world.compute
+    assert isinstance(compute, _RevokesOnRead)
+    taken = world.store.take_segment("s1", "vigil-a", at=world.clock.wall())
+    ownership = Revocable(OwnerToken("s1", "vigil-a", taken.epoch))
+    compute.ownership = ownership
+    owner = HostOwner(ownership, lambda host: "s1")
+    return world, compute, ownership, owner
+
+
+def test_a_guest_restart_whose_segment_is_lost_before_nova_is_called_is_left_to_the_next(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The restart worker reads the instance, then the segment is lost: no start is asked
+    of Nova, nothing is recorded (the restart stays RUNNING), and the segment's next
+    owner requeues it and restarts the instance, once."""
+    world, compute, ownership, owner = _owned_world(tmp_path)
+    with world:
+        guest = world.guest_engine(GuestSettings(restart_budget=3))
+        guest.owner = owner
+        sid = world.cloud.add_instance("vm-1", "c1", policy=HaPolicy.KEEP_RUNNING)
+        world.cloud.stop(sid)
+        world.guest_report(sid, GuestFailureKind.CRASHED, reason="panicked")
+        world.cycle()  # the policy read, then the plan
+        compute.armed = True
+        world.cycle()  # the restart: its read loses the segment
+        assert world.cloud.calls("start", sid) == 0 and world.cloud.calls("reboot", sid) == 0
+        (failure,) = world.store.list_guest_failures(instance_id=sid)
+        assert failure.action_status is StepStatus.RUNNING
+        world.cycle()  # no longer owned: not even looked at
+        assert world.cloud.calls("start", sid) == 0
+
+        # The next owner (epoch 2) requeues what was left running in s1, and restarts it.
+        compute.armed = False
+        taken = world.store.take_segment("s1", "vigil-b", at=world.clock.wall())
+        ownership.__init__(OwnerToken("s1", "vigil-b", taken.epoch))  # type: ignore[misc]
+        with acting_as(ownership.token("s1")):
+            assert (
+                world.store.requeue_running_guest_actions(at=world.clock.wall(), segment="s1") == 1
+            )
+        world.cycle()
+        assert world.cloud.calls("start", sid) == 1
+        assert world.store.list_guest_failures(instance_id=sid)[0].restarts == 1
+    assert "restart stopped: segment s1: epoch 1 is no longer this server's" in caplog.text
+
+
+def test_a_disable_whose_segment_is_lost_before_nova_is_called_is_not_made(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The service keeper reads c1's compute service, then loses the segment: the host
+    is not disabled, and nothing says it was."""
+    world, compute, _, owner = _owned_world(tmp_path)
+    with world:
+        keeper = world.service_keeper()
+        keeper.owner = owner
+        now = world.clock.wall()
+        world.store.set_host_state("c1", HostState.UP, reason="heard", at=now)
+        keeper.receive(
+            "c1",
+            {
+                "nova-compute": ServiceState(False, now, "no process"),
+                "libvirtd": ServiceState(True, now, "pid 3"),
+            },
+            reported_at=now,
+        )
+        compute.armed = True
+        world.cycle()
+        assert not world.cloud.get_service("c1").disabled
+        (held,) = world.store.list_host_services()
+        assert held.hold is ComputeHold.NONE  # nothing recorded as done
+        world.cycle()  # no longer owned: not looked at again
+        assert world.cloud.calls("disable", "c1") == 0
+    assert "service action stopped: segment s1: epoch 1 is no longer this server's" in caplog.text

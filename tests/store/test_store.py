@@ -29,6 +29,8 @@ from vigil.model import (
     FailureKind,
     FailureStatus,
     FenceMethod,
+    GuestFailureKind,
+    GuestReport,
     HaPolicy,
     Host,
     HostServices,
@@ -39,6 +41,7 @@ from vigil.model import (
     OwnerToken,
     Recovery,
     RecoveryStatus,
+    RequestKind,
     Segment,
     SegmentOwner,
     ServiceState,
@@ -783,6 +786,60 @@ def test_a_token_for_a_segment_never_taken_is_refused(store: SqlStore) -> None:
     with acting_as(OwnerToken("seg", "vigil-a", 1)), pytest.raises(StaleEpoch, match="no owner"):
         store.set_host_state("n1", HostState.SUSPECT, reason="x", at=T0)
     assert store.get_host("n1").state is HostState.UP
+
+
+def _running_restart(store: SqlStore, host: str, instance: str) -> int:
+    """A guest failure of ``instance`` on ``host`` whose restart is RUNNING."""
+    failure, _, _ = store.record_guest_report(
+        GuestReport(f"r-{instance}", host, instance, GuestFailureKind.CRASHED, at=T0),
+        reason="crashed",
+        received_at=T0,
+    )
+    store.update_guest_failure(failure.id, at=T0 + 1, action_status=StepStatus.RUNNING)
+    return failure.id
+
+
+def test_a_takeover_requeues_the_restarts_and_requests_of_its_segment_only(
+    store: SqlStore,
+) -> None:
+    add_host(store, "n1")
+    add_host(store, "n2", segment="seg2")
+    f1, f2 = _running_restart(store, "n1", "vm-1"), _running_restart(store, "n2", "vm-2")
+    requests = [
+        store.add_request(RequestKind.RESTART_INSTANCE, vm, host=host, reason="op", at=T0)
+        for vm, host in (("vm-1", "n1"), ("vm-2", "n2"), ("vm-3", None))
+    ]
+    for r in requests:
+        store.start_request(r.id, at=T0 + 1)
+
+    assert store.requeue_running_guest_actions(at=T0 + 10, segment="seg2") == 1
+    assert store.get_guest_failure(f1).action_status is StepStatus.RUNNING
+    assert store.get_guest_failure(f2).action_status is StepStatus.PENDING
+    assert store.requeue_running_requests(at=T0 + 10, segment="seg2", hostless=False) == 1
+    assert [store.get_request(r.id).status for r in requests] == [
+        StepStatus.RUNNING,
+        StepStatus.PENDING,
+        StepStatus.RUNNING,
+    ]
+    assert store.requeue_running_requests(at=T0 + 10, segment="seg") == 2  # n1's, no host's
+    assert store.requeue_running_guest_actions(at=T0 + 10) == 1  # a restart: every one
+
+
+def test_restarts_and_requests_under_a_stale_epoch_are_refused(store: SqlStore) -> None:
+    add_host(store, "n1")
+    failure = _running_restart(store, "n1", "vm-1")
+    request = store.add_request(RequestKind.RESTORE_HOST, "n1", host="n1", reason="op", at=T0)
+    old = store.take_segment("seg", "vigil-a", at=T0)
+    token = OwnerToken("seg", old.owner, old.epoch)
+    with acting_as(token):
+        store.start_request(request.id, at=T0 + 1)
+    store.take_segment("seg", "vigil-b", at=T0 + 2)
+    with acting_as(token), pytest.raises(StaleEpoch):
+        store.update_guest_failure(failure, at=T0 + 3, action_status=StepStatus.SUCCEEDED)
+    with acting_as(token), pytest.raises(StaleEpoch):
+        store.finish_request(request.id, StepStatus.SUCCEEDED, at=T0 + 3)
+    assert store.get_guest_failure(failure).action_status is StepStatus.RUNNING
+    assert store.get_request(request.id).status is StepStatus.RUNNING
 
 
 def test_a_takeover_requeues_the_running_steps_of_its_segment_only(store: SqlStore) -> None:

@@ -61,7 +61,7 @@ from vigil.engine.flow import StepInput, run_step
 from vigil.engine.heartbeat import HeartbeatTable
 from vigil.engine.known_hosts import KnownHosts
 from vigil.engine.lease import LeaseKeeper
-from vigil.engine.ownership import Ownership, SoleOwnership
+from vigil.engine.ownership import Ownership, SoleOwnership, may_act, run_as
 from vigil.engine.reconciler import Loop, Reaction, RetryPolicy
 from vigil.engine.requests import OperatorRequests
 from vigil.engine.steps import StepContext
@@ -220,6 +220,11 @@ class Engine(Reaction[Snapshot, Action]):
         self.wake()
 
     def resume_after_restart(self) -> None:
+        if not isinstance(self._ownership, SoleOwnership):
+            # Several servers: what was left running is requeued segment by segment, by
+            # whoever takes each (``_follow_ownership``), never by a server starting while
+            # the owner is in the middle of it.
+            return
         count = self._store.requeue_running_steps(at=self._clock.wall())
         if count:
             LOG.warning("resuming: %d recovery steps were running when vigil stopped", count)
@@ -275,6 +280,7 @@ class Engine(Reaction[Snapshot, Action]):
             raise InvalidTransition(
                 f"host {name} is {host.state.value}: only a recovered host can be restored"
             )
+        self._may_act()
         self._compute.set_forced_down(name, False)
         self._compute.enable(name)
         if self._leases is not None:
@@ -287,6 +293,7 @@ class Engine(Reaction[Snapshot, Action]):
         return "compute service up and enabled; monitored again from its next heartbeat", []
 
     def _restart_instance(self, request: OperatorRequest) -> tuple[str, list[Event]]:
+        self._may_act()
         self._compute.reboot(request.target, hard=True)
         event = make_event(
             "vigil.consumer.action",
@@ -380,15 +387,24 @@ class Engine(Reaction[Snapshot, Action]):
         for segment, token in tokens.items():
             if self._epochs.get(segment) == token.epoch:
                 continue
+            now = self._clock.wall()
             with acting_as(token):  # raises with the store away: done again next cycle
-                count = self._store.requeue_running_steps(at=self._clock.wall(), segment=segment)
+                count = self._store.requeue_running_steps(at=now, segment=segment)
+                others = self._store.requeue_running_guest_actions(at=now, segment=segment)
+                # Requests about no host go with the first segment by name (as ``owns``).
+                first = min((h.segment for h in self.known.all().values()), default=None)
+                others += self._store.requeue_running_requests(
+                    at=now, segment=segment, hostless=first == segment
+                )
             self._epochs[segment] = token.epoch
             LOG.warning(
-                "segment %s: acting on it from now (epoch %d); %d step(s) left running by "
-                "its previous owner to re-check",
+                "segment %s: acting on it from now (epoch %d); %d step(s) and %d instance "
+                "restart(s) or operator request(s) left running by its previous owner to "
+                "re-check",
                 segment,
                 token.epoch,
                 count,
+                others,
             )
         for segment in set(self._epochs) - set(tokens):
             if isinstance(self._ownership, SoleOwnership):
@@ -435,14 +451,8 @@ class Engine(Reaction[Snapshot, Action]):
 
     def _may_act(self) -> None:
         """Raises ``Cancelled`` when the token this worker acts under is no longer this
-        server's (called by the steps right before each call that changes the cloud:
-        the store would refuse the step's record, the cloud cannot refuse the call)."""
-        token = current_token()
-        if not self._ownership.valid(token):
-            assert token is not None
-            raise Cancelled(
-                f"segment {token.segment}: epoch {token.epoch} is no longer this server's"
-            )
+        server's (``vigil.engine.ownership.may_act``)."""
+        may_act(self._ownership)
 
     def busy_in(self, segment: str) -> bool:
         """Whether a step or probe of ``segment`` is in flight (its owner gives it up
@@ -474,14 +484,7 @@ class Engine(Reaction[Snapshot, Action]):
         busy = set(self._workers.busy())
         self._job_segment = {k: s for k, s in self._job_segment.items() if k in busy}
         self._job_segment[key] = segment
-
-        def owned_job(*a: Any) -> None:
-            if not self._ownership.valid(token):
-                LOG.warning("segment %s: %s not started: no longer owned here", segment, key)
-                return
-            with acting_as(token):
-                job(*a)
-
+        owned_job = run_as(self._ownership, token, str(key), job)
         return self._workers.submit(key, owned_job, *args, **kw)
 
     def decide(self, snapshot: Snapshot) -> list[Action]:

@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from vigil.clock import Clock
@@ -51,9 +52,10 @@ from vigil.engine.guest import (
     guest_policy_from_metadata,
     needs_policy,
 )
+from vigil.engine.ownership import SOLE_OWNER, HostOwner, SoleOwnership
 from vigil.engine.reconciler import Loop, Reaction, RetryPolicy
 from vigil.engine.service_keeper import ServiceKeeper
-from vigil.engine.workers import KeyedWorkers
+from vigil.engine.workers import Cancelled, KeyedWorkers
 from vigil.events import make_event
 from vigil.model import (
     GuestFailureStatus,
@@ -144,8 +146,9 @@ class GuestEngine(Reaction[list[GuestView], GuestAction]):
         super().__init__()
         self._store = store
         self.services = services
-        # With several servers, only the owner of a host's segment acts on its guests.
-        self.owns_host: Callable[[str], bool] = lambda _host: True
+        # With several servers, only the owner of a host's segment acts on its guests,
+        # under its token (``vigil.engine.ownership.HostOwner``).
+        self.owner: HostOwner = SOLE_OWNER
         self._compute = compute
         self._clock = clock
         self.settings = settings or GuestSettings()
@@ -235,9 +238,12 @@ class GuestEngine(Reaction[list[GuestView], GuestAction]):
         self._loop.wake()
 
     def start(self) -> None:
-        count = self._store.requeue_running_guest_actions(at=self._clock.wall())
-        if count:
-            LOG.warning("resuming: %d instance restarts were running when vigil stopped", count)
+        # With segment ownership, the engine requeues them segment by segment as it takes
+        # each (never those its owner, another server, is in the middle of).
+        if isinstance(self.owner.ownership, SoleOwnership):
+            count = self._store.requeue_running_guest_actions(at=self._clock.wall())
+            if count:
+                LOG.warning("resuming: %d instance restarts were running when vigil stopped", count)
         self._loop.start()
 
     def stop(self) -> None:
@@ -253,7 +259,7 @@ class GuestEngine(Reaction[list[GuestView], GuestAction]):
         failures = [
             f
             for f in self._store.list_guest_failures(statuses=UNRESOLVED)
-            if self.owns_host(f.host)
+            if self.owner.owns(f.host)
         ]
         in_flight = self._workers.busy()
         views = []
@@ -292,6 +298,9 @@ class GuestEngine(Reaction[list[GuestView], GuestAction]):
     def admit(self, action: GuestAction) -> bool:
         # The operator's pause (S4) holds restarts; reports are still recorded.
         return not (self._held and isinstance(action, RunRestart))
+
+    def acting(self, action: GuestAction) -> AbstractContextManager[None]:
+        return self.owner.acting(action.failure.host)
 
     def recorded(self) -> None:
         self._events_written()
@@ -423,13 +432,17 @@ class GuestEngine(Reaction[list[GuestView], GuestAction]):
         )
         # Not submitted when shutting down: requeued at the next start.
         # The loop is woken once the failure is no longer busy.
-        self._workers.submit(f.id, self._restart, started, then=self.wake)
+        restart = self.owner.job(f.host, f"restart of instance {f.instance_id}", self._restart)
+        self._workers.submit(f.id, restart, started, then=self.wake)
 
     def _restart(self, f: InstanceFailure) -> None:
         where = f"host {f.host}: instance {f.instance_id}"
         try:
             try:
                 detail = self._restart_through_nova(f)
+            except Cancelled as exc:  # its segment's new owner re-checks it
+                LOG.warning("%s: restart stopped: %s", where, exc)
+                return
             except Exception as exc:
                 if not isinstance(exc, DriverError):
                     LOG.exception("%s: restart crashed", where)
@@ -467,6 +480,7 @@ class GuestEngine(Reaction[list[GuestView], GuestAction]):
 
     def _restart_through_nova(self, f: InstanceFailure) -> str:
         server = self._compute.get_server(f.instance_id)
+        self.owner.may_act()
         if server.status == nova.SHUTOFF:
             self._compute.start(f.instance_id)
             how = "started through Nova (it was SHUTOFF)"

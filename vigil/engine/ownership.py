@@ -33,14 +33,16 @@ import math
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from vigil.clock import Clock
 from vigil.config import CoordinationSettings
 from vigil.drivers.coordination import CoordinationError, Coordinator
+from vigil.engine.workers import Cancelled
 from vigil.model import OwnerToken
-from vigil.store import Store, StoreError
+from vigil.store import Store, StoreError, acting_as, current_token
 
 LOG = logging.getLogger("vigil.ownership")
 
@@ -391,3 +393,68 @@ class SoleOwnership:
 
     def tokens(self) -> dict[str, OwnerToken]:
         return {}
+
+
+def may_act(ownership: Ownership) -> None:
+    """Raises ``Cancelled`` when the token this thread acts under
+    (``vigil.store.acting_as``) is no longer this server's: called right before each call
+    that changes the cloud (the store would refuse the record of it; the cloud cannot
+    refuse the call)."""
+    token = current_token()
+    if not ownership.valid(token):
+        assert token is not None
+        raise Cancelled(f"segment {token.segment}: epoch {token.epoch} is no longer this server's")
+
+
+def run_as(
+    ownership: Ownership, token: OwnerToken | None, what: str, job: Callable[..., None]
+) -> Callable[..., None]:
+    """``job`` for a worker, under ``token`` (taken when it is submitted): it does not
+    start once that token is no longer this server's, and it writes under it."""
+
+    def owned(*args: Any, **kwargs: Any) -> None:
+        if not ownership.valid(token):
+            assert token is not None
+            LOG.warning("segment %s: %s not started: no longer owned here", token.segment, what)
+            return
+        with acting_as(token):
+            job(*args, **kwargs)
+
+    return owned
+
+
+class HostOwner:
+    """How the reactions about one host at a time (guest failures, host services,
+    operator requests) act as the owner of that host's segment: whether this server
+    does (``owns``), and under which token (``acting``, ``job``) -- the epoch that the
+    store checks each of their writes against and that ``may_act`` checks right before
+    each call that changes the cloud. ``segment_of(host)`` is the host's segment (None:
+    not known; a request about no host is ``segment_of(None)``'s)."""
+
+    def __init__(
+        self, ownership: Ownership, segment_of: Callable[[str | None], str | None]
+    ) -> None:
+        self.ownership = ownership
+        self._segment_of = segment_of
+
+    def token(self, host: str | None) -> OwnerToken | None:
+        segment = self._segment_of(host)
+        return None if segment is None else self.ownership.token(segment)
+
+    def owns(self, host: str | None) -> bool:
+        segment = self._segment_of(host)
+        if segment is None:  # not (yet) known here: a sole server acts, several do not
+            return isinstance(self.ownership, SoleOwnership)
+        return self.ownership.owns(segment)
+
+    def acting(self, host: str | None) -> AbstractContextManager[None]:
+        return acting_as(self.token(host))
+
+    def job(self, host: str | None, what: str, job: Callable[..., None]) -> Callable[..., None]:
+        return run_as(self.ownership, self.token(host), what, job)
+
+    def may_act(self) -> None:
+        may_act(self.ownership)
+
+
+SOLE_OWNER = HostOwner(SoleOwnership(), lambda _host: None)

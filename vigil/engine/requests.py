@@ -24,12 +24,14 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from vigil.clock import Clock
 from vigil.drivers.errors import Conflict, DriverError, TemporaryError
+from vigil.engine.ownership import SOLE_OWNER, HostOwner
 from vigil.engine.reconciler import Reaction, RetryPolicy
-from vigil.engine.workers import KeyedWorkers
+from vigil.engine.workers import Cancelled, KeyedWorkers
 from vigil.model import Event, InvalidTransition, OperatorRequest, RequestKind, StepStatus
 from vigil.store import Store, StoreError, StoreUnavailable
 
@@ -88,8 +90,8 @@ class OperatorRequests(Reaction[RequestsView, RunRequest]):
         self._clock = clock
         self._retry = retry
         # With several servers, a request is carried out by the owner of its host's
-        # segment (None: a request about no host).
-        self.owns: Callable[[str | None], bool] = lambda _host: True
+        # segment, under its token (``vigil.engine.ownership.HostOwner``).
+        self.owner: HostOwner = SOLE_OWNER
         self._wake = wake
         self._on_events = on_events
         self._workers = KeyedWorkers(threads, "vigil-request")
@@ -147,11 +149,16 @@ class OperatorRequests(Reaction[RequestsView, RunRequest]):
 
     def observe(self) -> RequestsView:
         busy = frozenset(str(key) for key in self._workers.busy())
-        requests = tuple(r for r in self._store.list_requests(statuses=OPEN) if self.owns(r.host))
+        requests = tuple(
+            r for r in self._store.list_requests(statuses=OPEN) if self.owner.owns(r.host)
+        )
         return RequestsView(self._clock.wall(), requests, busy)
 
     def decide(self, snapshot: RequestsView) -> list[RunRequest]:
         return decide_requests(snapshot)
+
+    def acting(self, action: RunRequest) -> AbstractContextManager[None]:
+        return self.owner.acting(action.request.host)
 
     def drain(self, timeout: float = 10.0) -> bool:
         return self._workers.drain(timeout)
@@ -162,13 +169,17 @@ class OperatorRequests(Reaction[RequestsView, RunRequest]):
     def _run(self, action: RunRequest) -> None:
         request = self._store.start_request(action.request.id, at=self._clock.wall())
         # False when shutting down: it stays RUNNING and is requeued at the next start.
-        self._workers.submit(request.target, self._execute, request, then=self._finished)
+        run = self.owner.job(request.host, f"request {request.id}", self._execute)
+        self._workers.submit(request.target, run, request, then=self._finished)
 
     def _execute(self, request: OperatorRequest) -> None:
         about, kind = _about(request), request.kind.value
         try:
             try:
                 detail, events = self._kinds[request.kind](request)
+            except Cancelled as exc:  # its segment's new owner carries it on
+                LOG.warning("%s: %s (request %d) stopped: %s", about, kind, request.id, exc)
+                return
             except Exception as exc:
                 if not isinstance(exc, DriverError | InvalidTransition | StoreError):
                     LOG.exception("%s: %s crashed", about, kind)

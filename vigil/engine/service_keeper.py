@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from vigil.clock import Clock
 from vigil.drivers.compute import ComputeDriver
 from vigil.drivers.errors import DriverError
+from vigil.engine.ownership import SOLE_OWNER, HostOwner
 from vigil.engine.reconciler import Reaction, RetryPolicy
 from vigil.engine.services import (
     DisableCompute,
@@ -37,7 +39,7 @@ from vigil.engine.services import (
     decide_services,
     may_act,
 )
-from vigil.engine.workers import KeyedWorkers
+from vigil.engine.workers import Cancelled, KeyedWorkers
 from vigil.events import make_event
 from vigil.model import (
     SERVICE_HOLD_PREFIX,
@@ -85,8 +87,9 @@ class ServiceKeeper(Reaction[ServiceSnapshot, ServiceAction]):
         # retried for as long as it takes, every retry_after seconds
         self._retry = RetryPolicy(attempts=0, base=retry_after, cap=retry_after)
         self._workers = KeyedWorkers(2, "vigil-services")  # one action per host at a time
-        # With several servers, only the owner of a host's segment acts on its services.
-        self.owns_host: Callable[[str], bool] = lambda _host: True
+        # With several servers, only the owner of a host's segment acts on its services,
+        # under its token (``vigil.engine.ownership.HostOwner``).
+        self.owner: HostOwner = SOLE_OWNER
         self.handle(ForgetHold, self._forget)
         self.handle(DisableCompute, self._submit)
         self.handle(ReleaseCompute, self._submit)
@@ -155,7 +158,7 @@ class ServiceKeeper(Reaction[ServiceSnapshot, ServiceAction]):
             if may_act(s)
             and s.host not in busy
             and s.next_attempt_at <= now
-            and self.owns_host(s.host)
+            and self.owner.owns(s.host)
         ]
         hosts = {}
         for s in candidates:
@@ -171,13 +174,17 @@ class ServiceKeeper(Reaction[ServiceSnapshot, ServiceAction]):
             return []
         return decide_services(list(snapshot.candidates), dict(snapshot.hosts))
 
+    def acting(self, action: ServiceAction) -> AbstractContextManager[None]:
+        return self.owner.acting(action.host)
+
     def recorded(self) -> None:
         pass  # the workers and ``_forget`` tell the outbox themselves
 
     def _submit(self, action: DisableCompute | ReleaseCompute) -> None:
         """Nova may hold a disable call for its rpc_response_timeout (it asks the compute,
         dead or not, to update its placement trait): on a worker, never on the loop."""
-        self._workers.submit(action.host, self._run, action, self._by_host[action.host])
+        run = self.owner.job(action.host, f"{type(action).__name__} of {action.host}", self._run)
+        self._workers.submit(action.host, run, action, self._by_host[action.host])
 
     def drain(self, timeout: float = 10.0) -> bool:
         """Wait until no action runs (tests, and a clean stop)."""
@@ -192,6 +199,8 @@ class ServiceKeeper(Reaction[ServiceSnapshot, ServiceAction]):
                 self._disable(action)
             else:
                 self._release(action, services)
+        except Cancelled as exc:  # its segment's new owner decides again
+            LOG.warning("host %s: service action stopped: %s", action.host, exc)
         except Exception as exc:
             attempt = services.action_attempts + 1
             delay = self._retry.after_failure(attempt, exc)
@@ -231,6 +240,7 @@ class ServiceKeeper(Reaction[ServiceSnapshot, ServiceAction]):
                 service.disabled_reason,
             )
         else:
+            self.owner.may_act()
             self._compute.disable(host, action.reason)
             hold, reason, what = ComputeHold.DISABLED, action.reason, "disabled"
             LOG.warning(
@@ -257,6 +267,7 @@ class ServiceKeeper(Reaction[ServiceSnapshot, ServiceAction]):
         if action.hold is ComputeHold.DISABLED:
             service = self._compute.get_service(host)
             if service.disabled and service.disabled_reason.startswith(SERVICE_HOLD_PREFIX):
+                self.owner.may_act()
                 self._compute.enable(host)
                 what = "enabled"
                 reason = f"services up again; was disabled with {service.disabled_reason!r}"

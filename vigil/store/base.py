@@ -384,8 +384,9 @@ class GuestStore(abc.ABC):
         changed_at = at. Unknown field -> ValueError."""
 
     @abc.abstractmethod
-    def requeue_running_guest_actions(self, *, at: float) -> int:
-        """After a restart: restart steps left RUNNING back to PENDING (due now)."""
+    def requeue_running_guest_actions(self, *, at: float, segment: str | None = None) -> int:
+        """After a restart (or a takeover of ``segment``: only its hosts' instances):
+        restart steps left RUNNING back to PENDING (due now)."""
 
 
 class ServiceStore(abc.ABC):
@@ -558,8 +559,12 @@ class RequestStore(abc.ABC):
         ``next_attempt_at``), with the events of the outcome in one transaction."""
 
     @abc.abstractmethod
-    def requeue_running_requests(self, *, at: float) -> int:
-        """Requests left RUNNING by a crash are PENDING again; how many."""
+    def requeue_running_requests(
+        self, *, at: float, segment: str | None = None, hostless: bool = True
+    ) -> int:
+        """Requests left RUNNING by a crash are PENDING again; how many. With ``segment``
+        (a takeover): only those about its hosts, and those about no host if
+        ``hostless``."""
 
 
 class Store(

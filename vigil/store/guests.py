@@ -23,7 +23,7 @@ from vigil.model import (
 )
 from vigil.store.base import GuestStore, NotFoundError
 from vigil.store.mapping import record_of
-from vigil.store.rows import GuestFailureRow, GuestReportRow
+from vigil.store.rows import GuestFailureRow, GuestReportRow, HostRow
 from vigil.store.session import SessionBase, converted, same
 
 # Reports of these kinds fold into one failure: a crash loop is one episode.
@@ -172,13 +172,18 @@ class SqlGuests(SessionBase, GuestStore):
             s.flush()
             return _guest_failure(row)
 
-    def requeue_running_guest_actions(self, *, at: float) -> int:
+    def requeue_running_guest_actions(self, *, at: float, segment: str | None = None) -> int:
         with self._write() as s:
-            rows = s.scalars(
-                sa.select(GuestFailureRow).where(
-                    GuestFailureRow.action_status == str(StepStatus.RUNNING)
+            query = sa.select(GuestFailureRow).where(
+                GuestFailureRow.action_status == str(StepStatus.RUNNING)
+            )
+            if segment is not None:
+                query = query.where(
+                    GuestFailureRow.host.in_(
+                        sa.select(HostRow.name).where(HostRow.segment == segment)
+                    )
                 )
-            ).all()
+            rows = s.scalars(query).all()
             for row in rows:
                 row.action_status = str(StepStatus.PENDING)
                 row.next_restart_at = at

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from vigil.model import Event, InvalidTransition, OperatorRequest, RequestKind, StepStatus
 from vigil.store.base import NotFoundError, RequestStore
 from vigil.store.mapping import record_of
-from vigil.store.rows import RequestRow
+from vigil.store.rows import HostRow, RequestRow
 from vigil.store.session import SessionBase
 
 
@@ -95,12 +95,19 @@ class SqlRequests(SessionBase, RequestStore):
             s.flush()
             return record_of(OperatorRequest, row)
 
-    def requeue_running_requests(self, *, at: float) -> int:
+    def requeue_running_requests(
+        self, *, at: float, segment: str | None = None, hostless: bool = True
+    ) -> int:
         with self._write() as s:
+            query = sa.update(RequestRow).where(RequestRow.status == str(StepStatus.RUNNING))
+            if segment is not None:
+                hosts = sa.select(HostRow.name).where(HostRow.segment == segment)
+                about: sa.ColumnElement[bool] = RequestRow.host.in_(hosts)
+                if hostless:
+                    about = sa.or_(about, RequestRow.host.is_(None))
+                query = query.where(about)
             result = s.connection().execute(
-                sa.update(RequestRow)
-                .where(RequestRow.status == str(StepStatus.RUNNING))
-                .values(status=str(StepStatus.PENDING), next_attempt_at=at)
+                query.values(status=str(StepStatus.PENDING), next_attempt_at=at)
             )
             return result.rowcount
 

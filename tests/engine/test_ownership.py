@@ -268,6 +268,7 @@ class Revocable:
     choosing (as the keeper does when a renewal fails or the lock is lost)."""
 
     member = "vigil-a"
+    shared = True
 
     def __init__(self, token: OwnerToken) -> None:
         self._token = token

@@ -220,7 +220,7 @@ class Engine(Reaction[Snapshot, Action]):
         self.wake()
 
     def resume_after_restart(self) -> None:
-        if not isinstance(self._ownership, SoleOwnership):
+        if self._ownership.shared:
             # Several servers: what was left running is requeued segment by segment, by
             # whoever takes each (``_follow_ownership``), never by a server starting while
             # the owner is in the middle of it.

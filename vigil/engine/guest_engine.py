@@ -52,7 +52,7 @@ from vigil.engine.guest import (
     guest_policy_from_metadata,
     needs_policy,
 )
-from vigil.engine.ownership import SOLE_OWNER, HostOwner, SoleOwnership
+from vigil.engine.ownership import SOLE_OWNER, HostOwner
 from vigil.engine.reconciler import Loop, Reaction, RetryPolicy
 from vigil.engine.service_keeper import ServiceKeeper
 from vigil.engine.workers import Cancelled, KeyedWorkers
@@ -240,7 +240,7 @@ class GuestEngine(Reaction[list[GuestView], GuestAction]):
     def start(self) -> None:
         # With segment ownership, the engine requeues them segment by segment as it takes
         # each (never those its owner, another server, is in the middle of).
-        if isinstance(self.owner.ownership, SoleOwnership):
+        if not self.owner.ownership.shared:
             count = self._store.requeue_running_guest_actions(at=self._clock.wall())
             if count:
                 LOG.warning("resuming: %d instance restarts were running when vigil stopped", count)

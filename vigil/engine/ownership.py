@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 from vigil.clock import Clock
 from vigil.config import CoordinationSettings
-from vigil.drivers.coordination import CoordinationError, Coordinator
+from vigil.drivers.coordination import CoordinationError, Coordinator, LocalCoordinator
 from vigil.engine.workers import Cancelled
 from vigil.model import OwnerToken
 from vigil.store import Store, StoreError, acting_as, current_token
@@ -164,6 +164,11 @@ class SegmentOwnership:
     @property
     def member(self) -> str:
         return self._coordinator.member
+
+    @property
+    def shared(self) -> bool:
+        """Whether other servers may own segments (a coordination backend is set)."""
+        return not isinstance(self._coordinator, LocalCoordinator)
 
     def set_busy(self, busy: Callable[[str], bool]) -> None:
         """``busy(segment)``: whether work on the segment is still in flight."""
@@ -362,6 +367,11 @@ class Ownership(Protocol):
     @property
     def member(self) -> str: ...
 
+    @property
+    def shared(self) -> bool:
+        """Whether other servers may own segments: what one was running when it stopped
+        is then its segment's next owner's to requeue, not any server's that starts."""
+
     def token(self, segment: str) -> OwnerToken | None: ...
 
     def owns(self, segment: str) -> bool: ...
@@ -378,6 +388,7 @@ class SoleOwnership:
     reactions' default when built without a keeper, as in-process tests do)."""
 
     member = "sole"
+    shared = False
 
     def token(self, segment: str) -> OwnerToken | None:
         return None

@@ -43,7 +43,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -63,7 +62,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the tests' shared support, as pytest 
 
 from services import POSTGRES_ADMIN_URL, scratch_database  # noqa: E402
 from support.etcd import EtcdCluster, free_base_port  # noqa: E402
-from support.processes import ServerProcess, free_port  # noqa: E402
+from support.processes import ServerProcess, server_config  # noqa: E402
 
 from vigil.clock import SystemClock  # noqa: E402
 from vigil.model import HaPolicy  # noqa: E402
@@ -215,32 +214,22 @@ def build_cloud(hosts: int, instances_per_host: int, seed: int) -> SimCloud:
 def server_conf(
     workdir: Path, i: int, db_url: str, etcd_url: str, cloud_url: str, args: argparse.Namespace
 ) -> Server:
-    api_port, hb_port = free_port(), free_port(socket.SOCK_DGRAM)
     conf = workdir / f"vigil-{i}.conf"
-    conf.write_text(
-        f"""[database]
-connection = {db_url}
-auto_migrate = false
-[api]
-port = {api_port}
-auth_token = {TOKEN}
-[agent]
-key = {KEY}
-listen_port = {hb_port}
-[compute]
-sim_url = {cloud_url}
-[coordination]
-backend_url = {etcd_url}
-member_id = vigil-{i}
-lease_ttl = {args.lease_ttl:g}
-renew_interval = {args.renew_interval:g}
-call_timeout = {args.call_timeout:g}
-margin = {args.margin:g}
-"""
-    )
-    api = httpx.Client(
-        base_url=f"http://127.0.0.1:{api_port}",
-        headers={"Authorization": f"Bearer {TOKEN}"},
+    coordination = {
+        "backend_url": etcd_url,
+        "member_id": f"vigil-{i}",
+        "lease_ttl": f"{args.lease_ttl:g}",
+        "renew_interval": f"{args.renew_interval:g}",
+        "call_timeout": f"{args.call_timeout:g}",
+        "margin": f"{args.margin:g}",
+    }
+    api, hb_port = server_config(
+        conf,
+        token=TOKEN,
+        key=KEY,
+        cloud_url=cloud_url,
+        database=db_url,
+        coordination=coordination,
         timeout=5,
     )
     return Server(f"vigil-{i}", ServerProcess(conf, workdir / f"vigil-{i}.log"), api, hb_port)

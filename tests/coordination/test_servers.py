@@ -25,7 +25,7 @@ import httpx
 import pytest
 from services import require
 from support import wait_until
-from support.processes import ServerProcess, free_port, three_hosts_six_victims
+from support.processes import ServerProcess, server_config, three_hosts_six_victims
 from support.proxy import TcpProxy
 
 from vigil.cli.main import main
@@ -59,11 +59,11 @@ class World:
     database: TcpProxy  # between the servers and PostgreSQL
     agents: list[SimAgents] = field(default_factory=list)
 
-    def owner(self, via: Server | None = None) -> tuple[str, int]:
+    def owner(self, via: Server | None = None, segment: str = "s") -> tuple[str, int]:
         """The segment's owner and epoch, by the store, asked through a live server."""
         api = (via or self.live()[0]).api
         owners = api.get("/v1/servers").json()["owners"]
-        row = next(o for o in owners if o["segment"] == "s")
+        row = next(o for o in owners if o["segment"] == segment)
         return row["owner"], row["epoch"]
 
     def server(self, member: str) -> Server:
@@ -77,37 +77,42 @@ class World:
         return recs[0]["steps"] if recs else []
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Each host's segment (compute-1 holds the six victims; hosts beyond compute-3 are
+    added, empty), and how many servers run from the start (the others join later)."""
+
+    hosts: dict[str, str]
+    started: int = 3
+
+    @property
+    def segments(self) -> list[str]:
+        return sorted(set(self.hosts.values()))
+
+
+ONE_SEGMENT = Layout({"compute-1": "s", "compute-2": "s", "compute-3": "s"})
+
+
+@pytest.fixture
+def layout() -> Layout:
+    return ONE_SEGMENT
+
+
 def server_conf(
     tmp_path: Path, i: int, db_url: str, backend_url: str, cloud_url: str, namespace: str
 ) -> Server:
-    api_port, hb_port = free_port(), free_port(__import__("socket").SOCK_DGRAM)
     conf = tmp_path / f"vigil-{i}.conf"
-    conf.write_text(
-        f"""[database]
-connection = {db_url}
-auto_migrate = false
-[api]
-port = {api_port}
-auth_token = {TOKEN}
-[agent]
-key = {KEY}
-listen_port = {hb_port}
-[compute]
-sim_url = {cloud_url}
-[coordination]
-backend_url = {backend_url}
-namespace = {namespace}vigil
-member_id = vigil-{i}
-lease_ttl = {LEASE_TTL}
-renew_interval = 0.5
-call_timeout = 1
-margin = 0.5
-"""
-    )
-    api = httpx.Client(
-        base_url=f"http://127.0.0.1:{api_port}",
-        headers={"Authorization": f"Bearer {TOKEN}"},
-        timeout=10,
+    coordination = {
+        "backend_url": backend_url,
+        "namespace": f"{namespace}vigil",
+        "member_id": f"vigil-{i}",
+        "lease_ttl": LEASE_TTL,
+        "renew_interval": 0.5,
+        "call_timeout": 1,
+        "margin": 0.5,
+    }
+    api, hb_port = server_config(
+        conf, token=TOKEN, key=KEY, cloud_url=cloud_url, database=db_url, coordination=coordination
     )
     return Server(f"vigil-{i}", ServerProcess(conf, tmp_path / f"vigil-{i}.log"), api, hb_port)
 
@@ -126,7 +131,11 @@ def backend_urls(request: pytest.FixtureRequest) -> list[str]:
 
 @pytest.fixture
 def world(
-    tmp_path: Path, backend_urls: list[str], postgres_url: str, fresh_etcd_prefix: str
+    tmp_path: Path,
+    backend_urls: list[str],
+    postgres_url: str,
+    fresh_etcd_prefix: str,
+    layout: Layout,
 ) -> Iterator[World]:
     from sqlalchemy import create_engine, make_url, text
 
@@ -136,6 +145,8 @@ def world(
     engine.dispose()
     upgrade(postgres_url)
     cloud, victims = three_hosts_six_victims(seed=11)
+    for host in sorted(set(layout.hosts) - set(cloud.hosts())):
+        cloud.add_host(host, capacity=20)
     cloud_server, cloud_url = serve_cloud(cloud)
     url = make_url(postgres_url)
     database = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
@@ -146,16 +157,17 @@ def world(
     ]
     w = World(cloud, servers, victims, database)
     try:
-        for s in servers:
+        for s in servers[: layout.started]:
             s.process.start(s.api)
         api = servers[0].api
-        api.post(
-            "/v1/segments", json={"name": "s", "max_parallel_evacuations": 2}
-        ).raise_for_status()
-        for i in (1, 2, 3):
+        for segment in layout.segments:
+            api.post(
+                "/v1/segments", json={"name": segment, "max_parallel_evacuations": 2}
+            ).raise_for_status()
+        for host, segment in layout.hosts.items():
             api.post(
                 "/v1/hosts",
-                json={"name": f"compute-{i}", "segment": "s", "fencing": [{"driver": "sim"}]},
+                json={"name": host, "segment": segment, "fencing": [{"driver": "sim"}]},
             ).raise_for_status()
         agents = SimAgents(  # every host heard by every server
             cloud,
@@ -166,7 +178,10 @@ def world(
         agents.start()
         w.agents.append(agents)
         wait_until(
-            lambda: w.owner()[1] >= 1, "a server to own segment s", 15, ignoring=(Exception,)
+            lambda: all(w.owner(segment=g)[1] >= 1 for g in layout.segments),
+            "a server to own each segment",
+            15,
+            ignoring=(Exception,),
         )
         wait_until(
             lambda: all(h["state"] == "up" for h in api.get("/v1/hosts").json()),
@@ -475,3 +490,67 @@ def test_etcd_majority_lost_no_server_acts_and_recovery_resumes_when_it_returns(
     for s in world.servers:
         log = s.process.log.read_text()
         assert "coordination backend" in log and "unreachable" in log, s.member
+
+
+THREE_SEGMENTS = Layout(
+    {"compute-1": "s", "compute-2": "s", "compute-3": "t", "compute-4": "u"}, started=2
+)
+
+
+def _owners(w: World) -> dict[str, tuple[str, int]]:
+    return {g: w.owner(segment=g) for g in THREE_SEGMENTS.segments}
+
+
+def _recovered(w: World, host: str) -> dict[str, Any] | None:
+    for s in w.live():
+        try:
+            recs = s.api.get("/v1/recoveries", params={"host": host}).json()
+        except httpx.TransportError:
+            continue
+        done = [r for r in recs if r["status"] in ("succeeded", "failed")]
+        return done[0] if done else None
+    return None
+
+
+@pytest.mark.parametrize("backend_urls", [ETCD], indirect=True)
+@pytest.mark.parametrize("layout", [THREE_SEGMENTS])
+def test_a_server_joining_and_one_leaving_while_hosts_fail(world: World) -> None:
+    """Two servers share three segments. compute-1 (segment s) fails; while its owner
+    evacuates, a third server joins (the segments are balanced again: one moves to it,
+    handed over only once nothing of it is in flight) and compute-3 (segment t) fails;
+    then the owner of s leaves (SIGTERM: it lets its locks go). Each host is recovered,
+    once; every segment ends with one live owner, s under a higher epoch."""
+    first, epoch = world.owner(segment="s")
+    world.cloud.isolate("compute-1")
+    wait_until(
+        lambda: _evacuating(world, world.server(first)), "s's owner to evacuate", 30, every=0.02
+    )
+    joining = world.servers[2]
+    joining.process.start(joining.api)
+    world.cloud.isolate("compute-3")
+    wait_until(
+        lambda: joining.member in {o for o, _ in _owners(world).values()},
+        "the new server to own a segment",
+        20,
+        every=0.1,
+    )
+    leaving = world.server(world.owner(segment="s")[0])
+    leaving.process.stop()
+    stayed = [s for s in world.servers if s is not leaving]
+    rec1 = wait_until(lambda: _recovered(world, "compute-1"), "compute-1 recovered", 60)
+    rec3 = wait_until(lambda: _recovered(world, "compute-3"), "compute-3 recovered", 60)
+    assert rec1["status"] == rec3["status"] == "succeeded", (rec1, rec3)
+    _exactly_once(world)
+    assert world.cloud.attempts("bmc_power_off", "compute-3") == 1
+    assert not world.cloud.is_powered("compute-3")
+    for other in ("compute-2", "compute-4"):
+        assert world.cloud.attempts("bmc_power_off", other) == 0
+    members = {s.member for s in stayed}
+
+    def shared_by_those_that_stayed() -> dict[str, tuple[str, int]] | None:
+        owners = _owners(world)
+        return owners if {m for m, _ in owners.values()} == members else None
+
+    owners = wait_until(shared_by_those_that_stayed, "the segments shared by the two", 20)
+    assert owners["s"][1] > epoch
+    assert all(s.process.proc and s.process.proc.poll() is None for s in stayed)

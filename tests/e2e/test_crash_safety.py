@@ -7,7 +7,6 @@ The recovery must complete, and nothing completed before the kill may be done ag
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from support import wait_until
-from support.processes import ServerProcess, free_port, three_hosts_six_victims
+from support.processes import ServerProcess, server_config, three_hosts_six_victims
 
 from vigil.sim.agents import SimAgents
 from vigil.sim.cloud import SimCloud
@@ -24,34 +23,14 @@ from vigil.sim.rpc import serve_cloud
 TOKEN, KEY = "crash-test-token", "crash-test-key"
 
 
-def server_config(tmp_path: Path, cloud_url: str) -> tuple[Path, httpx.Client, int]:
-    """A vigil.conf for a server process on free ports, its API client and heartbeat port."""
-    api_port, hb_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
-    conf = tmp_path / "vigil.conf"
-    conf.write_text(
-        f"""[database]
-connection = sqlite:///{tmp_path / "vigil.db"}
-[api]
-port = {api_port}
-auth_token = {TOKEN}
-[agent]
-key = {KEY}
-listen_port = {hb_port}
-[compute]
-sim_url = {cloud_url}
-"""
-    )
-    api = httpx.Client(
-        base_url=f"http://127.0.0.1:{api_port}", headers={"Authorization": f"Bearer {TOKEN}"}
-    )
-    return conf, api, hb_port
-
-
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
     cloud, victims = three_hosts_six_victims(seed=7)
     cloud_server, cloud_url = serve_cloud(cloud)
-    conf, api, hb_port = server_config(tmp_path, cloud_url)
+    conf = tmp_path / "vigil.conf"
+    api, hb_port = server_config(
+        conf, token=TOKEN, key=KEY, cloud_url=cloud_url, database=f"sqlite:///{tmp_path}/vigil.db"
+    )
     server = ServerProcess(conf, tmp_path / "server.log")
     agents = SimAgents(cloud, server=("127.0.0.1", hb_port), key=KEY.encode(), interval=0.5)
     try:

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -48,10 +49,14 @@ def healthy(api: httpx.Client) -> bool:
 
 
 class ServerProcess:
-    """``python -m vigil.server --config-file conf``, its output appended to ``log``."""
+    """``python -m vigil.server --config-file conf`` (or ``python *command --config-file
+    conf``), its output appended to ``log``."""
 
-    def __init__(self, conf: Path, log: Path) -> None:
+    def __init__(
+        self, conf: Path, log: Path, command: Sequence[str] = ("-m", "vigil.server")
+    ) -> None:
         self.conf, self.log = conf, log
+        self.command = list(command)
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -59,7 +64,7 @@ class ServerProcess:
         self.starts += 1
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "vigil.server", "--config-file", str(self.conf)],
+                [sys.executable, *self.command, "--config-file", str(self.conf)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -86,3 +91,44 @@ class ServerProcess:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def server_config(
+    conf: Path,
+    *,
+    token: str,
+    key: str,
+    cloud_url: str = "",
+    database: str,
+    coordination: Mapping[str, object] | None = None,
+    extra: Mapping[str, Mapping[str, object]] | None = None,
+    timeout: float = 10.0,
+) -> tuple[httpx.Client, int]:
+    """Write ``conf`` for a vigil-server process on free ports of 127.0.0.1: its API
+    (``token``), heartbeats (``key``), the simulated cloud at ``cloud_url``, the
+    ``database`` URL (not migrated by the server when ``coordination`` is given: several
+    servers share one schema, migrated once), the ``[coordination]`` options, and any
+    ``extra`` groups (``{"compute": {"driver": "openstack", ...}}`` replaces the
+    simulated cloud). Returns a client of its API and its heartbeat port."""
+    api_port, hb_port = free_port(socket.SOCK_STREAM), free_port(socket.SOCK_DGRAM)
+    groups: dict[str, Mapping[str, object]] = {
+        "database": {"connection": database, **({"auto_migrate": "false"} if coordination else {})},
+        "api": {"port": api_port, "auth_token": token},
+        "agent": {"key": key, "listen_port": hb_port},
+        "compute": {"sim_url": cloud_url},
+        **(extra or {}),
+    }
+    if coordination:
+        groups["coordination"] = coordination
+    conf.write_text(
+        "".join(
+            f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in options.items())
+            for group, options in groups.items()
+        )
+    )
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{api_port}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=timeout,
+    )
+    return api, hb_port

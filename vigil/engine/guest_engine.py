@@ -297,6 +297,8 @@ class GuestEngine(Reaction[list[GuestView], GuestAction]):
 
     def admit(self, action: GuestAction) -> bool:
         # The operator's pause (S4) holds restarts; reports are still recorded.
+        if not self.owner.owns(action.failure.host):  # lost since the snapshot
+            return False
         return not (self._held and isinstance(action, RunRestart))
 
     def acting(self, action: GuestAction) -> AbstractContextManager[None]:

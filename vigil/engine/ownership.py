@@ -449,8 +449,14 @@ class HostOwner:
         self._segment_of = segment_of
 
     def token(self, host: str | None) -> OwnerToken | None:
+        """The token to act on ``host`` under: None acting alone; with shared ownership
+        and the segment not (or no longer) owned here, an epoch-0 token that the store
+        refuses and ``may_act`` stops (no epoch is ever 0)."""
         segment = self._segment_of(host)
-        return None if segment is None else self.ownership.token(segment)
+        token = None if segment is None else self.ownership.token(segment)
+        if token is None and self.ownership.shared:
+            return OwnerToken(segment or "", self.ownership.member, 0)
+        return token
 
     def owns(self, host: str | None) -> bool:
         segment = self._segment_of(host)

@@ -157,6 +157,9 @@ class OperatorRequests(Reaction[RequestsView, RunRequest]):
     def decide(self, snapshot: RequestsView) -> list[RunRequest]:
         return decide_requests(snapshot)
 
+    def admit(self, action: RunRequest) -> bool:
+        return self.owner.owns(action.request.host)  # not lost since the snapshot
+
     def acting(self, action: RunRequest) -> AbstractContextManager[None]:
         return self.owner.acting(action.request.host)
 

@@ -174,6 +174,9 @@ class ServiceKeeper(Reaction[ServiceSnapshot, ServiceAction]):
             return []
         return decide_services(list(snapshot.candidates), dict(snapshot.hosts))
 
+    def admit(self, action: ServiceAction) -> bool:
+        return self.owner.owns(action.host)  # not lost since the snapshot
+
     def acting(self, action: ServiceAction) -> AbstractContextManager[None]:
         return self.owner.acting(action.host)
 

@@ -138,10 +138,10 @@ class VigilServer:
             known=self.known,
             ownership=self.ownership,
         )
-        self.ownership.set_busy(self.engine.busy_in)
         # The reactions about one host at a time act as its segment's owner, under its
         # token: guest failures, host services, operator requests.
         self.host_owner = HostOwner(self.ownership, self._segment_of)
+        self.ownership.set_busy(lambda s: self.engine.busy_in(s) or self.host_owner.busy_in(s))
         self.engine.requests.owner = self.host_owner
         # Guest-OS failures reported by the agents' libvirt monitors.
         # ...and the agents' service watch (nova-compute, libvirtd down: disable, not fence).

@@ -7,6 +7,7 @@ etcd and Redis do, proven against them in tests/coordination); the store is real
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -441,3 +442,25 @@ def test_a_disable_whose_segment_is_lost_before_nova_is_called_is_not_made(
         world.cycle()  # no longer owned: not looked at again
         assert world.cloud.calls("disable", "c1") == 0
     assert "service action stopped: segment s1: epoch 1 is no longer this server's" in caplog.text
+
+
+def test_a_host_job_counts_as_busy_in_its_segment_while_it_runs() -> None:
+    """The keeper gives a segment up only once nothing of it is in flight: a guest restart
+    or an operator request in the middle of a Nova call counts."""
+
+    ownership = Revocable(OwnerToken("s1", "vigil-a", 1))
+    owner = HostOwner(ownership, lambda host: {"c1": "s1", "c2": "s2"}.get(host or ""))
+    inside, release = threading.Event(), threading.Event()
+
+    def call_nova() -> None:
+        inside.set()
+        release.wait(5)
+
+    job = threading.Thread(target=owner.job("c1", "restart of vm-1", call_nova))
+    assert not owner.busy_in("s1")
+    job.start()
+    assert inside.wait(5)
+    assert owner.busy_in("s1") and not owner.busy_in("s2")
+    release.set()
+    job.join(5)
+    assert not owner.busy_in("s1")

@@ -447,6 +447,8 @@ class HostOwner:
     ) -> None:
         self.ownership = ownership
         self._segment_of = segment_of
+        self._lock = threading.Lock()
+        self._running: Counter[str | None] = Counter()  # jobs running, by segment
 
     def token(self, host: str | None) -> OwnerToken | None:
         """The token to act on ``host`` under: None acting alone; with shared ownership
@@ -468,7 +470,27 @@ class HostOwner:
         return acting_as(self.token(host))
 
     def job(self, host: str | None, what: str, job: Callable[..., None]) -> Callable[..., None]:
-        return run_as(self.ownership, self.token(host), what, job)
+        """``job`` for a worker, under ``host``'s token (``run_as``), counted in
+        ``busy_in`` while it runs."""
+        segment = self._segment_of(host)
+        owned = run_as(self.ownership, self.token(host), what, job)
+
+        def counted(*args: Any, **kwargs: Any) -> None:
+            with self._lock:
+                self._running[segment] += 1
+            try:
+                owned(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self._running[segment] -= 1
+
+        return counted
+
+    def busy_in(self, segment: str) -> bool:
+        """Whether a job of ``segment`` is running (its owner gives it up only once none
+        is: a restart or a request in the middle of a Nova call is not done twice)."""
+        with self._lock:
+            return self._running[segment] > 0
 
     def may_act(self) -> None:
         may_act(self.ownership)

@@ -815,7 +815,8 @@ def test_power_offs_record_the_host_condition(cloud: SimCloud, clock: FakeClock)
     cloud.bmc_power_off("h2")  # a healthy host: what a checker must flag
     cloud.bmc_lies("h3", True)
     cloud.bmc_power_off("h3")
-    cloud.watchdog_reset("h1")
+    assert cloud.watchdog_reset("h1") is False  # off: its watchdog runs no more
+    assert cloud.watchdog_reset("h3") is True  # still on (its BMC lied): reset
     a, b, c, d = cloud.power_offs()
     assert (a.host, a.cause, a.effective, a.condition.healthy) == ("h1", "bmc", True, False)
     assert a.condition.isolated and a.condition.describe() == "isolated"
@@ -823,8 +824,8 @@ def test_power_offs_record_the_host_condition(cloud: SimCloud, clock: FakeClock)
     assert (b.host, b.effective, b.condition.healthy) == ("h2", True, True)
     assert b.condition.healthy_since == t0
     assert (c.host, c.effective) == ("h3", False)  # the BMC lied
-    assert (d.host, d.cause, d.condition.powered) == ("h1", "watchdog", False)
-    assert cloud.power_losses() == {"h1": [t0 + 3.0], "h2": [t0 + 3.0]}
+    assert (d.host, d.cause, d.condition.powered) == ("h3", "watchdog", True)
+    assert cloud.power_losses() == {"h1": [t0 + 3.0], "h2": [t0 + 3.0], "h3": [t0 + 3.0]}
 
 
 def test_healthy_since_restarts_when_a_fault_heals(cloud: SimCloud, clock: FakeClock) -> None:

@@ -186,8 +186,8 @@ class SimAgents:
                     if fire:
                         # Reset: the rebooted agent arms again at its next lease.
                         self._forget(host)
-                if fire:
-                    self._cloud.watchdog_reset(host)
+                # (The power may have gone since it was read: then nothing resets.)
+                if fire and self._cloud.watchdog_reset(host):
                     self.sender.restart_agent(host)
                     self.resets.append(host)
 

@@ -562,12 +562,16 @@ class SimCloud:
             h = self._host_or_value_error(host)
             return h.powered and not h.hung and h.agent_running
 
-    def watchdog_reset(self, host: str) -> None:
+    def watchdog_reset(self, host: str) -> bool:
         """The host's hardware watchdog fired: a hard reset. Like a power cycle, nothing it
-        ran keeps running; it comes back up (still isolated or hung if it was)."""
+        ran keeps running; it comes back up (still isolated or hung if it was). False,
+        and nothing happens, if the host has no power (its BMC got there first: the
+        watchdog of a host that is off runs no more)."""
         with self._lock:
             self._advance()
             h = self._host_or_value_error(host)
+            if not h.powered:
+                return False
             self._cancel_power_op(h)
             now = self._clock.monotonic()
             self._power_offs.append(PowerOffRecord(now, host, "watchdog", True, h.condition()))
@@ -583,6 +587,7 @@ class SimCloud:
                 self._note_health(h, now)
             else:
                 self._restore_power(h, now)
+            return True
 
     def instances(self) -> list[SimInstance]:
         with self._lock:

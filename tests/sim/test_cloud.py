@@ -876,3 +876,15 @@ def test_after_a_reboot_nova_keeps_instances_active_until_its_power_sync(
     assert (server.status, server.power_state) == (ACTIVE, 4)
     clock.advance(5.0)  # its power sync
     assert c.get_server(sid).status == SHUTOFF
+
+
+def test_a_bmc_power_off_on_its_way_lands_after_a_watchdog_reset(clock: FakeClock) -> None:
+    """The BMC was told to power the host off; its watchdog resets it before the command
+    lands: the host ends off (the reset does not undo the BMC's command)."""
+    cloud = SimCloud(clock, latency=SimLatency(power_off=0.15))
+    cloud.add_host("h1")
+    cloud.bmc_power_off("h1")
+    assert cloud.watchdog_reset("h1") is True  # still on: the command has not landed
+    clock.advance(0.2)
+    assert not cloud.is_powered("h1")
+    assert cloud.bmc_power_status("h1") is PowerState.OFF

@@ -566,13 +566,13 @@ class SimCloud:
         """The host's hardware watchdog fired: a hard reset. Like a power cycle, nothing it
         ran keeps running; it comes back up (still isolated or hung if it was). False,
         and nothing happens, if the host has no power (its BMC got there first: the
-        watchdog of a host that is off runs no more)."""
+        watchdog of a host that is off runs no more). A BMC power-off already on its way
+        still lands after the reset: the host ends off, as the BMC was told."""
         with self._lock:
             self._advance()
             h = self._host_or_value_error(host)
             if not h.powered:
                 return False
-            self._cancel_power_op(h)
             now = self._clock.monotonic()
             self._power_offs.append(PowerOffRecord(now, host, "watchdog", True, h.condition()))
             if h.powered:

@@ -159,10 +159,10 @@ def test_three_servers_on_nova_the_owner_killed_mid_evacuation_another_finishes_
                 evacuations = cloud.evacuations(sid)
                 assert len(evacuations) == 1, f"{name} evacuated {len(evacuations)} times"
         finally:
-            sender.stop()
-            for name, process, api, _ in servers:
+            for name, process, api, _ in servers:  # before the heartbeats stop
                 process.stop()
                 api.close()
                 if process.log.exists():
                     tail = process.log.read_text().splitlines()[-40:]
                     print(f"--- {name} ---", *tail, sep="\n")
+            sender.stop()

@@ -334,7 +334,11 @@ def test_compute_host_notification_alone_fences_nothing(vigil: Running) -> None:
         )
         time.sleep(1.5)  # several engine cycles and BMC reads
         shown = c.get(f"/notifications/{n['notification_uuid']}").json()["notification"]
-        assert shown["status"] == "new" and shown["recovery_workflow_details"] == []
+        # Still open, or already closed as not corroborated (once the report is
+        # detection.failed_after old with the BMC reading on: which one depends on how
+        # soon "suspect" was seen above); never acted on.
+        assert shown["status"] in ("new", "ignored"), shown
+        assert shown["recovery_workflow_details"] == []
         assert c.get(f"/notifications/{n['notification_uuid']}/vmoves").json() == {"vmoves": []}
         assert vigil.api.get("/v1/recoveries").json() == []
         assert vigil.cloud.bmc_power_status("compute-2").value == "on"

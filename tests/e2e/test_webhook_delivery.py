@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 from notify.receivers import WebhookReceiver
 from support import wait_until
-from test_crash_safety import KEY, ServerProcess, server_config
+from support.processes import ServerProcess, server_config
+from test_crash_safety import KEY, TOKEN
 
 from vigil.cli.demo import DemoOptions, Harness
 from vigil.clock import SystemClock
@@ -86,7 +87,10 @@ def test_server_killed_between_change_and_delivery_still_delivers(tmp_path: Path
     for n in range(3):
         cloud.add_instance(f"db-{n}", "compute-1", policy=HaPolicy.KEEP_RUNNING)
     cloud_server, cloud_url = serve_cloud(cloud)
-    conf, api, hb_port = server_config(tmp_path, cloud_url)
+    conf = tmp_path / "vigil.conf"
+    api, hb_port = server_config(
+        conf, token=TOKEN, key=KEY, cloud_url=cloud_url, database=f"sqlite:///{tmp_path}/vigil.db"
+    )
     server = ServerProcess(conf, tmp_path / "server.log")
     agents = SimAgents(cloud, server=("127.0.0.1", hb_port), key=KEY.encode(), interval=0.25)
     receiver = WebhookReceiver(default_status=503)  # the consumer is down at first

@@ -51,6 +51,15 @@ _database = [
         "when it wakes, is rolled back. vigil's own transactions never wait on anything "
         "but the database.",
     ),
+    cfg.FloatOpt(
+        "event_retention_days",
+        default=30.0,
+        min=0.0,
+        help="Days events are kept (GET /v1/events, the event stream's replay). Older "
+        "ones are deleted once every sink (the notifiers, each webhook subscription) has "
+        "delivered them; one not yet delivered is never deleted. 0: kept for ever. "
+        "Recoveries, their steps and failures are kept whatever this says.",
+    ),
 ]
 
 _api = [
@@ -632,6 +641,7 @@ class Settings:
     database_url: str = "sqlite:///vigil.db"
     auto_migrate: bool = True
     idle_transaction_timeout: float = 5.0
+    event_retention: float = 30 * 86400.0  # seconds; 0: for ever
     api_host: str = "127.0.0.1"
     api_port: int = 8787
     api_token: str = field(default="", repr=False)
@@ -677,6 +687,7 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
         database_url=conf.database.connection,
         auto_migrate=conf.database.auto_migrate,
         idle_transaction_timeout=conf.database.idle_transaction_timeout,
+        event_retention=conf.database.event_retention_days * 86400.0,
         api_host=conf.api.host,
         api_port=conf.api.port,
         api_token=read_secret(conf.api.auth_token, conf.api.auth_token_file, what="api token"),

@@ -38,6 +38,7 @@ from vigil.engine.masakari_rules import SegmentTargets, replay_reports
 from vigil.engine.outbox import OutboxDispatcher, Sink, webhook_sink
 from vigil.engine.ownership import HostOwner, SegmentOwnership
 from vigil.engine.service_keeper import ServiceKeeper
+from vigil.metrics import ServerMetrics
 from vigil.model import Host
 from vigil.sim.api import CloudApi
 from vigil.sim.drivers import SimCompute, sim_fence_builder
@@ -116,7 +117,7 @@ class VigilServer:
             self.clock,
             settings.self_fencing,
             may_grant=self._may_grant,
-            members=lambda: [(h.name, h.segment) for h in self.store.list_hosts()],
+            members=lambda: [(h.name, h.segment) for h in self.known.all().values()],
             agent_known=self.known.agent_known,
             since=self.ownership.taken_at,
         )
@@ -125,7 +126,12 @@ class VigilServer:
         self.memory = MemoryNotifier()
         self._bus_sinks = [self._bus_sink(name) for name in settings.notifiers]
         self._webhook_sinks: dict[tuple[str, str, str, tuple[str, ...]], Sink] = {}
-        self.outbox = OutboxDispatcher(self.store, clock=self.clock, sinks=self._sinks)
+        self.outbox = OutboxDispatcher(
+            self.store,
+            clock=self.clock,
+            sinks=self._sinks,
+            retention=settings.event_retention,
+        )
         self.engine = Engine(
             store=self.store,
             compute=self.compute,
@@ -168,6 +174,16 @@ class VigilServer:
             clock=self.clock,
             leases=self.leases,
         )
+        self.metrics = ServerMetrics(
+            heartbeats=lambda: (self.receiver.received, self.receiver.refused),
+            hosts=self.known.all,
+            cycles=lambda: {
+                (loop.name, reaction): spent
+                for loop in (self.engine.loop, self.guest.loop)
+                for reaction, spent in loop.spent.items()
+            },
+            outbox_lags=self.outbox.lags,
+        )
         self.app = create_app(
             store=self.store,
             engine=self.engine,
@@ -179,6 +195,7 @@ class VigilServer:
             guest=self.guest,
             agent_key=settings.agent_key,
             ownership=self.ownership,
+            metrics=self.metrics.render,
         )
         # Masakari's instance-ha v1 API, for clients and monitors written for Masakari.
         self.masakari_records = MasakariRecords(settings.database_url)

@@ -226,3 +226,34 @@ def test_a_slow_consumer_does_not_slow_the_others(store: SqlStore) -> None:
         wait_until(lambda: len(slow.got) == 5, "len(slow.got) == 5", 10.0, every=0.01)
     finally:
         d.stop()
+
+
+def test_retention_deletes_old_events_only_once_every_sink_has_them(store: SqlStore) -> None:
+    """Events past ``retention`` go, oldest first, a sink's undelivered ones never; on
+    the fake clock, pruning called as the dispatcher's thread calls it."""
+    from vigil.clock import FakeClock
+
+    store.ensure_sink("fast")
+    store.ensure_sink("slow")
+    emit(store, 10)  # events at t = 0 .. 9, seq 1 .. 10
+    store.sink_delivered("fast", 8)
+    store.sink_delivered("slow", 3)
+    clock = FakeClock(start=12.0)
+    d = OutboxDispatcher(store, clock=clock, sinks=lambda: [], retention=5.0)
+    # Older than 12 - 5 = 7 s: seq 1 .. 7; "slow" has had only 1 .. 3.
+    assert d.prune() == 3
+    assert [e.seq for e in store.list_events()] == list(range(4, 11))
+    store.sink_delivered("slow", 10)
+    assert d.prune() == 4
+    assert [e.seq for e in store.list_events()] == [8, 9, 10]
+    clock.advance(100)
+    assert d.prune() == 1  # all old now, but "fast" has had only up to 8
+    assert [e.seq for e in store.list_events()] == [9, 10]
+    # Retention 0: kept for ever.
+    keep = OutboxDispatcher(store, clock=clock, sinks=lambda: [], retention=0.0)
+    assert keep.prune() == 0
+    # New events keep numbering on: nothing is given a deleted event's seq.
+    store.sink_delivered("fast", 10)
+    assert d.prune() == 2 and store.list_events() == []
+    emit(store, 1, start=200)
+    assert [e.seq for e in store.list_events()] == [11]

@@ -1234,6 +1234,8 @@ def test_migration_0007_keeps_every_row_and_link_on_sqlite(tmp_path: Path) -> No
             # for it and dropped again before the upgrade.
             connection.exec_driver_sql("ALTER TABLE steps ADD COLUMN status_before VARCHAR(32)")
             connection.exec_driver_sql("ALTER TABLE steps ADD COLUMN epoch INTEGER")
+            connection.exec_driver_sql("CREATE TABLE revisions (id INTEGER PRIMARY KEY, n, full)")
+            connection.exec_driver_sql("CREATE TABLE host_revisions (host PRIMARY KEY, revision)")
         old = SqlStore(url)
         recovery = open_recovery(old, "node1")
         old.create_segment(Segment("spare"))
@@ -1242,6 +1244,8 @@ def test_migration_0007_keeps_every_row_and_link_on_sqlite(tmp_path: Path) -> No
         with engine.begin() as connection:
             connection.exec_driver_sql("ALTER TABLE steps DROP COLUMN status_before")
             connection.exec_driver_sql("ALTER TABLE steps DROP COLUMN epoch")
+            connection.exec_driver_sql("DROP TABLE revisions")
+            connection.exec_driver_sql("DROP TABLE host_revisions")
         upgrade(url)
 
         def count(c: sa.Connection, sql: str) -> Any:
@@ -1265,3 +1269,134 @@ def test_migration_0007_keeps_every_row_and_link_on_sqlite(tmp_path: Path) -> No
             store.close()
     finally:
         engine.dispose()
+
+
+# --- change revisions (what the engine reads again) --------------------------------------
+
+
+def changed_by(store: SqlStore, write: Callable[[], Any]) -> tuple[int, frozenset[str], bool]:
+    """What ``write`` changed by the store's revisions: how much the revision rose, the
+    hosts it names, whether everything must be read again."""
+    before = store.changes_since(1 << 62)
+    write()
+    after = store.changes_since(before.revision)
+    return after.revision - before.revision, after.hosts, after.full != before.full
+
+
+def test_each_write_names_the_hosts_it_changed_and_nothing_else(store: SqlStore) -> None:
+    add_host(store, "n1")
+    add_host(store, "n2")
+    assert changed_by(store, lambda: add_host(store, "n3")) == (1, {"n3"}, False)
+    assert changed_by(
+        store, lambda: store.set_host_state("n1", HostState.SUSPECT, reason="silent", at=T0)
+    ) == (1, {"n1"}, False)
+    assert changed_by(store, lambda: store.update_host("n2", maintenance=True)) == (
+        1,
+        {"n2"},
+        False,
+    )
+    recovery: list[Recovery] = []
+    rose, hosts, full = changed_by(store, lambda: recovery.append(open_recovery(store, "n4")))
+    assert hosts == {"n4"} and not full  # created in one write, opened in the next
+    first = recovery[0].steps[0]
+    # A step's writes name the host of its recovery.
+    assert changed_by(store, lambda: store.start_step(first.id, at=T0 + 1)) == (1, {"n4"}, False)
+    assert changed_by(
+        store, lambda: store.finish_step(first.id, StepStatus.SUCCEEDED, at=T0 + 2)
+    ) == (1, {"n4"}, False)
+    # Reads change nothing; the cloud-wide pause and segments change no host.
+    assert changed_by(store, lambda: (store.list_hosts(), store.list_recoveries())) == (
+        0,
+        frozenset(),
+        False,
+    )
+    assert changed_by(store, lambda: store.set_control(paused=True, reason="x", at=T0)) == (
+        1,
+        frozenset(),
+        False,
+    )
+    assert changed_by(store, lambda: store.update_segment("seg", paused=True)) == (
+        1,
+        frozenset(),
+        False,
+    )
+
+
+def test_changes_name_every_host_changed_since_the_revision_asked_about(store: SqlStore) -> None:
+    add_host(store, "n1")
+    start = store.changes_since(0).revision
+    add_host(store, "n2")
+    store.set_host_state("n1", HostState.SUSPECT, reason="silent", at=T0)
+    middle = store.changes_since(0).revision
+    store.set_host_state("n1", HostState.UP, reason="back", at=T0 + 1)
+    assert store.changes_since(start).hosts == {"n1", "n2"}
+    assert store.changes_since(middle).hosts == {"n1"}
+    assert store.changes_since(store.changes_since(0).revision).hosts == frozenset()
+
+
+def test_what_cannot_be_told_host_by_host_asks_for_everything_again(store: SqlStore) -> None:
+    """A host deleted, steps requeued in bulk: ``full`` rises."""
+    add_host(store, "n1")
+    add_host(store, "n2")
+    assert changed_by(store, lambda: store.delete_host("n2"))[2]
+    steps = open_recovery(store, "n3").steps
+    store.start_step(steps[0].id, at=T0 + 1)
+    assert changed_by(store, lambda: store.requeue_running_steps(at=T0 + 2))[2]
+    assert not changed_by(store, lambda: store.requeue_running_steps(at=T0 + 3))[2]
+
+
+def test_a_refused_write_raises_no_revision(store: SqlStore) -> None:
+    add_host(store, "n1")
+    with pytest.raises(InvalidTransition):  # UP -> RECOVERED is not a transition
+        changed_by(
+            store, lambda: store.set_host_state("n1", HostState.RECOVERED, reason="x", at=T0)
+        )
+    assert store.changes_since(store.changes_since(0).revision - 0).hosts == frozenset()
+    before = store.changes_since(0).revision
+    with pytest.raises(InvalidTransition):
+        store.set_host_state("n1", HostState.RECOVERED, reason="x", at=T0)
+    assert store.changes_since(0).revision == before
+
+
+def test_concurrent_writers_take_distinct_revisions_in_commit_order(store: SqlStore) -> None:
+    """Writers of different hosts, and of steps of one host, at once: each takes its own
+    revision (none waits for another for ever: no deadlock between the counter and the
+    rows), and a reader that saw revision r sees every change after r later."""
+    names = [f"n{i}" for i in range(8)]
+    for name in names:
+        add_host(store, name)
+    steps = open_recovery(store, "busy").steps
+    start = store.changes_since(0).revision
+    seen: list[frozenset[str]] = []
+
+    def work(i: int) -> None:
+        if i < len(names):
+            store.set_host_state(names[i], HostState.SUSPECT, reason="silent", at=T0)
+        else:
+            store.start_step(steps[i - len(names)].id, at=T0)
+
+    reader_done = threading.Event()
+
+    def reader() -> None:
+        held = start
+        while True:
+            last = reader_done.is_set()
+            changes = store.changes_since(held)
+            seen.append(changes.hosts)
+            held = changes.revision
+            if last:
+                return
+
+    watcher = threading.Thread(target=reader)
+    watcher.start()
+    try:
+        results = run_in_threads(len(names) + len(steps), work)
+    finally:
+        reader_done.set()
+        watcher.join()
+    assert [r for r in results if r is not None] == []
+    end = store.changes_since(start)
+    assert end.revision - start == len(names) + len(steps)
+    assert end.hosts == {*names, "busy"}
+    # Followed revision by revision while the writes went on, the reader missed none.
+    assert set().union(*seen) == {*names, "busy"}

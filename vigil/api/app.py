@@ -19,9 +19,10 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -158,6 +159,7 @@ def create_app(
     guest: GuestEngine | None = None,
     agent_key: str = "",
     ownership: SegmentOwnership | None = None,
+    metrics: Callable[[], bytes] | None = None,
 ) -> FastAPI:
     closing = threading.Event()  # set by the server on shutdown: event streams end
     app = FastAPI(
@@ -233,6 +235,13 @@ def create_app(
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
+
+    if metrics is not None:
+
+        @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+        def prometheus_metrics() -> PlainTextResponse:
+            """Prometheus metrics, text format (``vigil.metrics``)."""
+            return PlainTextResponse(metrics(), media_type=CONTENT_TYPE_LATEST)
 
     auth = [Depends(authenticated)]
 

@@ -108,6 +108,24 @@ class Snapshot:
     # For failed hosts with no active recovery: the last recovery, if it ended FAILED at
     # the fence (nothing forced down, nothing moved).
     unfenced: Mapping[str, Recovery] = field(default_factory=dict)
+    # Hosts not in maintenance per segment, counting those ``hosts`` leaves out. None:
+    # ``hosts`` holds every host. At scale the engine puts in ``hosts`` only the ones the
+    # rules can act on this cycle (every host not UP, every UP host silent for
+    # ``suspect_after``, with a new boot id, a report or a recovery); the storm guard
+    # needs the others only as a count.
+    monitored: Mapping[str, int] | None = None
+
+    def monitored_in(self, segment: str | None = None) -> int:
+        """Hosts not in maintenance, of ``segment`` (None: of every segment here)."""
+        if self.monitored is not None:
+            if segment is None:
+                return sum(self.monitored.values())
+            return self.monitored.get(segment, 0)
+        return sum(
+            1
+            for v in self.hosts.values()
+            if not v.host.maintenance and (segment is None or v.host.segment == segment)
+        )
 
 
 # --- actions --------------------------------------------------------------------------
@@ -314,7 +332,7 @@ def _unpause(snap: Snapshot, detection: DetectionSettings) -> list[Action]:
     for name, segment in sorted(snap.segments.items()):
         if not segment.paused or not segment.pause_reason.startswith(GUARD_PREFIX):
             continue
-        members = [v for v in snap.hosts.values() if v.host.segment == name]
+        members = [v for v in snap.hosts.values() if v.host.segment == name]  # the unsettled
         if any(v.host.state == HostState.SUSPECT and not v.host.maintenance for v in members):
             continue
         if any(
@@ -328,8 +346,8 @@ def _unpause(snap: Snapshot, detection: DetectionSettings) -> list[Action]:
         actions.append(
             ResumeSegment(
                 name,
-                f"the storm guard's condition is over: {failing} of {len(members)} hosts "
-                "failing, the other declarations withdrawn",
+                f"the storm guard's condition is over: {failing} of "
+                f"{snap.monitored_in(name)} hosts failing, the other declarations withdrawn",
             )
         )
     return actions
@@ -488,23 +506,22 @@ def _held(snap: Snapshot, segment_name: str) -> str | None:
 
 def _storm(snap: Snapshot, segment_name: str) -> str | None:
     """Why starting a recovery in this segment now would be a storm (S3), or None."""
-    monitored = [v for v in snap.hosts.values() if not v.host.maintenance]
+    # Failing hosts are never UP: all of them are in ``hosts``; the others are counted.
+    failing = [v for v in snap.hosts.values() if _failing(v)]
     segment = snap.segments.get(segment_name)
-    members = [v for v in monitored if v.host.segment == segment_name]
-    failing_here = [v for v in members if _failing(v)]
+    members = snap.monitored_in(segment_name)
+    failing_here = sum(1 for v in failing if v.host.segment == segment_name)
     if segment is not None and members:
-        share = len(failing_here) / len(members)
+        share = failing_here / members
         if share > segment.max_failed_share:
             return GUARD_PREFIX + (
-                f"{len(failing_here)} of {len(members)} hosts of segment {segment_name} failing "
+                f"{failing_here} of {members} hosts of segment {segment_name} failing "
                 f"at once (more than {segment.max_failed_share:.0%}): storm guard"
             )
-    failing = [v for v in monitored if _failing(v)]
-    if len(monitored) >= MIN_HOSTS_FOR_CUTOFF_GUARD and len(failing) > CUTOFF_SHARE * len(
-        monitored
-    ):
+    monitored = snap.monitored_in()
+    if monitored >= MIN_HOSTS_FOR_CUTOFF_GUARD and len(failing) > CUTOFF_SHARE * monitored:
         return GUARD_PREFIX + (
-            f"{len(failing)} of {len(monitored)} hosts silent at once: vigil may be cut off "
+            f"{len(failing)} of {monitored} hosts silent at once: vigil may be cut off "
             "from them; not fencing"
         )
     return None

@@ -34,8 +34,8 @@ from vigil.config import Settings
 from vigil.drivers.compute import ComputeDriver
 from vigil.drivers.errors import DriverError
 from vigil.drivers.fencing import FenceDevice, PowerState
+from vigil.engine.book import HostBook
 from vigil.engine.decide import (
-    ACTIVE_RECOVERY,
     Action,
     ClearReport,
     DeclareFailure,
@@ -76,7 +76,6 @@ from vigil.model import (
     NewStep,
     OperatorRequest,
     OwnerToken,
-    Recovery,
     RecoveryStatus,
     RequestKind,
     Segment,
@@ -153,6 +152,10 @@ class Engine(Reaction[Snapshot, Action]):
         # The latest snapshot's hosts, for threads that must not read the store per call
         # (lease grants, heartbeats, evacuation targets); shared with the lease keeper.
         self.known = known or KnownHosts(heartbeats, store.list_hosts())
+        # The hosts and their active recoveries, read again each cycle only where the
+        # store says they changed (vigil.engine.book).
+        self._book = HostBook(store)
+        self._known_version = -1
         self._fenced: frozenset[str] = frozenset()  # recovered, or fence confirmed
         self._aimed: Counter[str] = Counter()  # evacuations aimed at each host
         for kind, handler in (
@@ -192,6 +195,11 @@ class Engine(Reaction[Snapshot, Action]):
 
     def is_known_host(self, name: str) -> bool:
         return self.known.is_known(name)
+
+    @property
+    def loop(self) -> Loop:
+        """The loop this reaction's cycles run on (its counts feed the metrics)."""
+        return self._loop
 
     def wake(self) -> None:
         self._loop.wake()
@@ -308,56 +316,75 @@ class Engine(Reaction[Snapshot, Action]):
     # --- the cycle ----------------------------------------------------------------------
 
     def snapshot(self) -> Snapshot:
-        """What the rule decides on. Only reads: the store, the heartbeat table, the
-        BMC readings and reports received, the work in flight."""
-        every = self._every_host = self._store.list_hosts()
+        """What the rule decides on. Only reads: the book of hosts (the store's, read
+        again only where it changed), the heartbeat table, the BMC readings and reports
+        received, the work in flight.
+
+        Only the hosts the rules can act on this cycle are in it: every host not UP,
+        every UP host silent for ``suspect_after``, and any with a new boot id, a report,
+        a BMC reading or an active recovery; the others (at rest, all but a few) are
+        counted per segment for the storm guard. So a cycle costs the few hosts that
+        matter plus one pass over the heartbeat table, not a read of every host."""
+        book = self._book
+        book.refresh()
         owns = self._ownership.owns
-        hosts = [h for h in every if owns(h.segment)]
-        ages = self._heartbeats.ages()
-        boots = self._heartbeats.kernel_boot_ids()
+        owned = [s for s in book.members if owns(s)]
+        heartbeats = self._heartbeats
+        suspect_after = self._settings.detection.suspect_after
+        ages: dict[str, float | None] = {}
+        for segment in owned:
+            ages.update(heartbeats.silent(book.members[segment], suspect_after))
+        boots = heartbeats.kernel_boot_ids()
+        hosts = book.hosts
+        with self._lock:
+            watched = set(self._reports) | set(self._power)
+        watched |= book.unsettled | book.recoveries.keys()
+        watched |= {
+            name for name, boot in boots.items() if (h := hosts.get(name)) and boot != h.boot_id
+        }
+        for name in watched - ages.keys():
+            host = hosts.get(name)
+            if host is not None and owns(host.segment):
+                ages[name] = heartbeats.age(name)
         now_mono = self._clock.monotonic()
         busy_keys = self._workers.busy()
         probing = {key[1] for key in busy_keys if key[0] == "probe"}  # type: ignore[index]
         in_flight = frozenset(key[2] for key in busy_keys if key[0] == "step")  # type: ignore[index]
         views: dict[str, HostView] = {}
         with self._lock:
-            for host in hosts:
-                said = self._reports.get(host.name)
+            for name, age in ages.items():
+                host = hosts[name]
+                said = self._reports.get(name)
                 # A reading counts for the suspicion it was taken in (a new one forgets it).
-                power = self._power.get(host.name) if host.state == HostState.SUSPECT else None
-                views[host.name] = HostView(
+                power = self._power.get(name) if host.state == HostState.SUSPECT else None
+                views[name] = HostView(
                     host=host,
-                    heartbeat_age=ages.get(host.name),
+                    heartbeat_age=age,
                     power=power[0] if power else None,
                     power_read_age=now_mono - power[1] if power else None,
-                    probing=host.name in probing,
+                    probing=name in probing,
                     report=(
                         DownReport(said[0], said[1], now_mono - said[2], said[3]) if said else None
                     ),
-                    boot_id=boots.get(host.name),
+                    boot_id=boots.get(name),
                 )
         recoveries = tuple(
-            r for r in self._store.list_recoveries(statuses=ACTIVE_RECOVERY) if owns(r.segment)
+            sorted(
+                (r for rs in book.recoveries.values() for r in rs if owns(r.segment)),
+                key=lambda r: (r.created_at, r.id),
+                reverse=True,
+            )
         )
-        busy = {r.host for r in recoveries}
-        unfenced: dict[str, Recovery] = {}
-        for host in hosts:  # only failed hosts without a recovery: few, read each cycle
-            if host.state != HostState.FAILED or host.name in busy:
-                continue
-            last = self._store.list_recoveries(host=host.name, limit=1)
-            fence = last[0].step(StepKind.FENCE) if last else None
-            gave_up = bool(last) and last[0].status == RecoveryStatus.FAILED
-            if gave_up and fence is not None and fence.status == StepStatus.FAILED:
-                unfenced[host.name] = last[0]
         return Snapshot(
             now=self._clock.wall(),
-            uptime=self._heartbeats.since_start(),
-            control=self._store.get_control(),
-            segments={s.name: s for s in self._store.list_segments() if owns(s.name)},
-            hosts=views,
+            uptime=heartbeats.since_start(),
+            control=book.control,
+            segments={name: s for name, s in book.segments.items() if owns(name)},
+            hosts=dict(sorted(views.items())),
             recoveries=recoveries,
             in_flight=in_flight,
-            unfenced=unfenced,
+            unfenced={h: r for h, r in book.unfenced.items() if h in views},
+            monitored={s: book.monitored.get(s, 0) for s in owned},
         )
 
     def observe(self) -> Snapshot:
@@ -366,7 +393,9 @@ class Engine(Reaction[Snapshot, Action]):
         self._follow_ownership()
         self._requeue_unrecorded()
         snap = self.snapshot()
-        self.known.replace(self._every_host)
+        if self._book.version != self._known_version:
+            self.known.share(self._book.hosts)
+            self._known_version = self._book.version
         self._fenced = frozenset(
             {name for name, view in snap.hosts.items() if view.host.state == HostState.RECOVERED}
             | {

@@ -234,6 +234,11 @@ class GuestEngine(Reaction[list[GuestView], GuestAction]):
 
     # --- the loop -----------------------------------------------------------------------
 
+    @property
+    def loop(self) -> Loop:
+        """The loop this reaction's cycles run on (its counts feed the metrics)."""
+        return self._loop
+
     def wake(self) -> None:
         self._loop.wake()
 

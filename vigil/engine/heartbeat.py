@@ -8,15 +8,25 @@ misconfigured agent is visible without flooding the log.
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from vigil.clock import Clock
 from vigil.engine.lease import LeaseKeeper
-from vigil.wire.heartbeat import MAX_DATAGRAM, BadHeartbeat, LeaseGrant, decode, encode_grant
+from vigil.wire.heartbeat import (
+    MAX_DATAGRAM,
+    BadHeartbeat,
+    Heartbeat,
+    LeaseGrant,
+    decode,
+    encode_grant,
+)
 
 LOG = logging.getLogger(__name__)
+
+BATCH = 512  # datagrams taken from the socket at most before they are recorded
 
 
 class HeartbeatTable:
@@ -34,14 +44,24 @@ class HeartbeatTable:
         """Record a heartbeat; False for a replayed or reordered one (not newer).
         ``kernel_boot_id``: the host's, when the agent sends it."""
         with self._lock:
-            last = self._seq.get(host)
-            if last is not None and last[0] == boot_id and seq <= last[1]:
-                return False
-            self._seq[host] = (boot_id, seq)
-            self._last[host] = self._clock.monotonic()
-            if kernel_boot_id:
-                self._kernel[host] = kernel_boot_id
-            return True
+            return self._beat(host, boot_id, seq, kernel_boot_id, self._clock.monotonic())
+
+    def beat_many(self, beats: Sequence[Heartbeat]) -> list[bool]:
+        """Record several heartbeats under one lock, received at the same instant; for
+        each, whether it was newer (``beat``)."""
+        now = self._clock.monotonic()
+        with self._lock:
+            return [self._beat(b.host, b.boot_id, b.seq, b.kernel_boot_id, now) for b in beats]
+
+    def _beat(self, host: str, boot_id: str, seq: int, kernel_boot_id: str, now: float) -> bool:
+        last = self._seq.get(host)
+        if last is not None and last[0] == boot_id and seq <= last[1]:
+            return False
+        self._seq[host] = (boot_id, seq)
+        self._last[host] = now
+        if kernel_boot_id:
+            self._kernel[host] = kernel_boot_id
+        return True
 
     def kernel_boot_ids(self) -> dict[str, str]:
         """The last kernel boot id heard from each host (hosts whose agent sends one):
@@ -54,6 +74,24 @@ class HeartbeatTable:
         with self._lock:
             last = self._last.get(host)
         return None if last is None else self._clock.monotonic() - last
+
+    def silent(self, hosts: Iterable[str], longer_than: float) -> dict[str, float | None]:
+        """Of ``hosts``, those silent for ``longer_than`` seconds or more, with their
+        age (None: never heard since this process began). One pass over ``hosts`` under
+        the lock: at 10,000 hosts about a millisecond, so the engine looks only at the
+        hosts that matter without asking for every host's age each cycle."""
+        cutoff = self._clock.monotonic() - longer_than
+        now = cutoff + longer_than
+        last = self._last
+        out: dict[str, float | None] = {}
+        with self._lock:
+            for host in hosts:
+                t = last.get(host)
+                if t is None:
+                    out[host] = None
+                elif t <= cutoff:
+                    out[host] = now - t
+        return out
 
     def ages(self) -> dict[str, float]:
         now = self._clock.monotonic()
@@ -83,11 +121,11 @@ class HeartbeatReceiver:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
         self._sock.bind(bind)
-        self._sock.settimeout(0.5)
         self.address: tuple[str, int] = self._sock.getsockname()
         self._stop = threading.Event()
         self._warned: dict[tuple[str, str], float] = {}
         self.refused = 0
+        self.received = 0  # heartbeats recorded (verified, from a known host, newer)
         self._thread = threading.Thread(target=self._run, name="heartbeat-receiver", daemon=True)
 
     def start(self) -> None:
@@ -106,15 +144,37 @@ class HeartbeatReceiver:
         self.refused += 1  # counted once said: a reader of the count finds the line too
 
     def _run(self) -> None:
+        """Wait for datagrams, then take every one already queued (up to ``BATCH``) in
+        one go: verified without the table's lock, recorded under it once per batch.
+        At 10,000 hosts beating four times a second that is 40,000 datagrams a second:
+        a lock, a wake-up and a timeout check per datagram would cost more than the
+        verification itself. (Python has no ``recvmmsg``; non-blocking ``recvfrom``
+        until the queue is empty is the batch it allows.)"""
+        self._sock.setblocking(False)
         while not self._stop.is_set():
             try:
-                datagram, (addr, port) = self._sock.recvfrom(MAX_DATAGRAM + 1)
-            except TimeoutError:
+                ready, _, _ = select.select([self._sock], [], [], 0.5)
+            except (OSError, ValueError):  # closed by stop()
+                if self._stop.is_set():
+                    return
+                raise
+            if not ready:
                 continue
+            batch: list[tuple[bytes, tuple[str, int]]] = []
+            try:
+                while len(batch) < BATCH:
+                    batch.append(self._sock.recvfrom(MAX_DATAGRAM + 1))
+            except BlockingIOError:
+                pass
             except OSError:
                 if self._stop.is_set():
                     return
                 raise
+            self._take(batch)
+
+    def _take(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
+        beats: list[tuple[Heartbeat, tuple[str, int]]] = []
+        for datagram, (addr, port) in batch:
             try:
                 beat = decode(datagram, self._key)
             except BadHeartbeat as exc:
@@ -123,22 +183,31 @@ class HeartbeatReceiver:
             if not self._known(beat.host):
                 self._refuse(f"host {beat.host} at {addr}", "unknown host")
                 continue
-            if not self._table.beat(beat.host, beat.boot_id, beat.seq, beat.kernel_boot_id):
+            beats.append((beat, (addr, port)))
+        taken = self._table.beat_many([b for b, _ in beats])
+        self.received += sum(taken)
+        for (beat, (addr, port)), newer in zip(beats, taken, strict=True):
+            if not newer:
                 self._refuse(f"host {beat.host} at {addr}", "replayed or out-of-order sequence")
                 continue
             if beat.watchdog and self._leases is not None:
-                ttl = self._leases.grant(
-                    beat.host,
-                    beat.watchdog,
-                    boot_id=beat.boot_id,
-                    seq=beat.seq,
-                    ack=beat.ack,
-                    peer_window=beat.peer_window,
-                )
-                if ttl is not None:
-                    segment, n = self._leases.segment(beat.host)
-                    grant = LeaseGrant(beat.host, beat.boot_id, beat.seq, ttl, segment, n)
-                    try:
-                        self._sock.sendto(encode_grant(grant, self._key), (addr, port))
-                    except OSError as exc:
-                        LOG.warning("host %s: lease grant not sent: %s", beat.host, exc)
+                self._grant(beat, (addr, port))
+
+    def _grant(self, beat: Heartbeat, to: tuple[str, int]) -> None:
+        assert self._leases is not None
+        ttl = self._leases.grant(
+            beat.host,
+            beat.watchdog,
+            boot_id=beat.boot_id,
+            seq=beat.seq,
+            ack=beat.ack,
+            peer_window=beat.peer_window,
+        )
+        if ttl is None:
+            return
+        segment, n = self._leases.segment(beat.host)
+        grant = LeaseGrant(beat.host, beat.boot_id, beat.seq, ttl, segment, n)
+        try:
+            self._sock.sendto(encode_grant(grant, self._key), to)
+        except OSError as exc:
+            LOG.warning("host %s: lease grant not sent: %s", beat.host, exc)

@@ -8,7 +8,7 @@ to read from any thread)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from vigil.engine.heartbeat import HeartbeatTable
 from vigil.model import Host, HostState
@@ -17,15 +17,19 @@ from vigil.model import Host, HostState
 class KnownHosts:
     def __init__(self, heartbeats: HeartbeatTable, hosts: Iterable[Host] = ()) -> None:
         self._heartbeats = heartbeats
-        self._hosts: dict[str, Host] = {h.name: h for h in hosts}
+        self._hosts: Mapping[str, Host] = {h.name: h for h in hosts}
 
     def replace(self, hosts: Iterable[Host]) -> None:
         self._hosts = {h.name: h for h in hosts}
 
+    def share(self, hosts: Mapping[str, Host]) -> None:
+        """Read ``hosts`` from now on: a mapping its owner replaces, never changes."""
+        self._hosts = hosts
+
     def get(self, name: str) -> Host | None:
         return self._hosts.get(name)
 
-    def all(self) -> dict[str, Host]:
+    def all(self) -> Mapping[str, Host]:
         return self._hosts
 
     def is_known(self, name: str) -> bool:

@@ -59,6 +59,9 @@ class _Worker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"outbox-{sink.name}", daemon=True)
+        # When the oldest event not yet delivered to this sink happened (None: none
+        # waits): the sink's lag, read by the metrics.
+        self.oldest_pending: float | None = None
 
     def start(self) -> None:
         self._store.ensure_sink(self.sink.name)
@@ -103,9 +106,11 @@ class _Worker:
             return min(wait, self._settings.poll)
         events = self._store.list_events(after=state.cursor, limit=self._settings.batch)
         if not events:
+            self.oldest_pending = None
             return self._settings.poll
         attempts = state.attempts
         for event in events:
+            self.oldest_pending = event.timestamp
             if self._stop.is_set():
                 return 0.0
             if not self.sink.wants(event.event_type):
@@ -169,8 +174,15 @@ class OutboxDispatcher:
         sinks: Callable[[], list[Sink]],
         settings: DeliverySettings | None = None,
         refresh: float = 1.0,
+        retention: float = 0.0,
+        prune_every: float = 60.0,
     ) -> None:
         self._store = store
+        # Events older than ``retention`` seconds (0: kept for ever) that every sink has
+        # delivered are deleted, checked every ``prune_every`` seconds.
+        self._retention = retention
+        self._prune_every = prune_every
+        self._pruned_at: float | None = None
         self._clock = clock
         self._sinks = sinks
         self._settings = settings or DeliverySettings()
@@ -189,6 +201,17 @@ class OutboxDispatcher:
             workers = list(self._workers.values())
         for worker in workers:
             worker.wake()
+
+    def lags(self) -> dict[str, float]:
+        """Seconds since the oldest event not yet delivered happened, per sink (0: none
+        waits)."""
+        now = self._clock.wall()
+        with self._lock:
+            workers = list(self._workers.values())
+        return {
+            w.sink.name: max(0.0, now - w.oldest_pending) if w.oldest_pending is not None else 0.0
+            for w in workers
+        }
 
     def stop(self) -> None:
         self._stop.set()
@@ -216,11 +239,31 @@ class OutboxDispatcher:
         for worker in new:
             worker.start()
 
+    def prune(self) -> int:
+        """Delete the events past their retention that every sink has delivered, a
+        thousand at a time (short transactions beside the engine's); how many."""
+        if self._retention <= 0:
+            return 0
+        before = self._clock.wall() - self._retention
+        total = 0
+        while not self._stop.is_set():
+            count = self._store.prune_events(before=before, limit=1000)
+            total += count
+            if count < 1000:
+                break
+        if total:
+            LOG.info("outbox: %d event(s) older than %gs deleted", total, self._retention)
+        return total
+
     def _run(self) -> None:
         failing = ""
         while not self._stop.wait(self._refresh):
             try:
                 self._sync()
+                now = self._clock.monotonic()
+                if self._pruned_at is None or now - self._pruned_at >= self._prune_every:
+                    self._pruned_at = now
+                    self.prune()
             except Exception as exc:
                 if str(exc) != failing:
                     _log_failure("outbox: refreshing the sinks failed", exc)

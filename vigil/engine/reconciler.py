@@ -34,6 +34,7 @@ from __future__ import annotations
 import abc
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -161,6 +162,8 @@ class Loop:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failing: dict[str, str] = {}  # reaction -> its last failure, while failing
+        # reaction -> (cycles run, seconds spent in them): what the metrics show
+        self.spent: dict[str, tuple[int, float]] = {}
 
     def wake(self) -> None:
         self._wake.set()
@@ -173,12 +176,15 @@ class Loop:
             # makes the next cycle start at once instead of being lost.
             self._wake.clear()
             for reaction in self._reactions:
+                started = time.perf_counter()
                 try:
                     reaction.run_cycle()
                 except Exception as exc:  # the loop must outlive any one bad cycle
                     self._failed(reaction.name, exc)
                 else:
                     self._worked(reaction.name)
+                cycles, seconds = self.spent.get(reaction.name, (0, 0.0))
+                self.spent[reaction.name] = (cycles + 1, seconds + time.perf_counter() - started)
             wait = min(r.next_wait(self._tick) for r in self._reactions)
             self._wake.wait(max(0.0, wait))
 

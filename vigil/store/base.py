@@ -21,9 +21,10 @@ webhook subscription) keep a cursor in it and deliver in ``seq`` order.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from vigil.model import (
@@ -103,8 +104,26 @@ class InUse(StoreError):
     """The record is referenced (a segment with hosts, a host under recovery)."""
 
 
+@dataclass(frozen=True)
+class Changes:
+    """What changed in the store since a revision (``HostStore.changes_since``).
+
+    ``revision`` is the store's now; ``full`` rises when what changed cannot be told host
+    by host (a host deleted): a reader whose ``full`` differs reads everything again.
+    ``hosts``: the hosts changed after the revision asked about — themselves, their
+    recoveries or those recoveries' steps."""
+
+    revision: int
+    full: int
+    hosts: frozenset[str] = frozenset()
+
+
 class HostStore(abc.ABC):
     """Segments, their hosts, and instance policy overrides."""
+
+    @abc.abstractmethod
+    def changes_since(self, revision: int) -> Changes:
+        """The store's revision and the hosts changed after ``revision``."""
 
     # --- segments ---------------------------------------------------------------------
     @abc.abstractmethod
@@ -136,8 +155,10 @@ class HostStore(abc.ABC):
     def get_host(self, name: str) -> Host: ...
 
     @abc.abstractmethod
-    def list_hosts(self, segment: str | None = None) -> list[Host]:
-        """Ordered by name."""
+    def list_hosts(
+        self, segment: str | None = None, *, names: Collection[str] | None = None
+    ) -> list[Host]:
+        """Ordered by name; ``names``: only those (the ones that exist)."""
 
     @abc.abstractmethod
     def update_host(self, name: str, **changes: Any) -> Host:
@@ -252,8 +273,9 @@ class RecoveryStore(abc.ABC):
         host: str | None = None,
         statuses: Sequence[RecoveryStatus] | None = None,
         limit: int = 1000,
+        hosts: Collection[str] | None = None,
     ) -> list[Recovery]:
-        """Newest first, each with its steps."""
+        """Newest first, each with its steps; ``hosts``: only of those hosts."""
 
     @abc.abstractmethod
     def set_recovery_status(
@@ -453,6 +475,12 @@ class OutboxStore(abc.ABC):
 
     @abc.abstractmethod
     def last_event_seq(self) -> int: ...
+
+    @abc.abstractmethod
+    def prune_events(self, *, before: float, limit: int = 1000) -> int:
+        """Delete up to ``limit`` of the oldest events that happened before ``before``
+        and that every sink has delivered (one not yet delivered is never deleted);
+        how many were. Events go in their order: the first one too recent stops it."""
 
     @abc.abstractmethod
     def ensure_sink(self, name: str) -> SinkState:

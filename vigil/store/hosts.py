@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,18 +22,36 @@ from vigil.model import (
     InstancePolicy,
     Segment,
 )
-from vigil.store.base import AlreadyExists, ControlStore, HostStore, InUse, NotFoundError
+from vigil.store.base import (
+    AlreadyExists,
+    Changes,
+    ControlStore,
+    HostStore,
+    InUse,
+    NotFoundError,
+)
 from vigil.store.mapping import record_of
 from vigil.store.rows import (
     CONTROL_ID,
     ControlRow,
+    HostRevisionRow,
     HostRow,
     HostServicesRow,
     InstancePolicyRow,
     RecoveryRow,
+    RevisionRow,
     SegmentRow,
 )
-from vigil.store.session import ACTIVE_RECOVERY, SessionBase, converted, enum_value, same, upsert
+from vigil.store.session import (
+    ACTIVE_RECOVERY,
+    SessionBase,
+    chunks,
+    converted,
+    enum_value,
+    note_change,
+    same,
+    upsert,
+)
 
 
 def _fencing_to_json(methods: Sequence[FenceMethod]) -> list[dict[str, Any]]:
@@ -154,12 +172,33 @@ class SqlHosts(SessionBase, HostStore, ControlStore):
         with self._read() as s:
             return _host(self._host_row(s, name))
 
-    def list_hosts(self, segment: str | None = None) -> list[Host]:
+    def list_hosts(
+        self, segment: str | None = None, *, names: Collection[str] | None = None
+    ) -> list[Host]:
         query = sa.select(HostRow).order_by(HostRow.name)
         if segment is not None:
             query = query.where(HostRow.segment == segment)
         with self._read() as s:
-            return [_host(r) for r in s.scalars(query)]
+            if names is None:
+                return [_host(r) for r in s.scalars(query)]
+            rows = [
+                row
+                for chunk in chunks(sorted(names))
+                for row in s.scalars(query.where(HostRow.name.in_(chunk)))
+            ]
+            return [_host(r) for r in sorted(rows, key=lambda r: r.name)]
+
+    def changes_since(self, revision: int) -> Changes:
+        with self._read() as s:
+            row = s.get(RevisionRow, 1)
+            if row is None:
+                return Changes(0, 0)
+            if row.n <= revision:
+                return Changes(row.n, row.full)
+            hosts = s.scalars(
+                sa.select(HostRevisionRow.host).where(HostRevisionRow.revision > revision)
+            )
+            return Changes(row.n, row.full, frozenset(hosts))
 
     def update_host(self, name: str, **changes: Any) -> Host:
         values = converted(changes, _HOST_FIELDS, "update_host")
@@ -245,6 +284,7 @@ class SqlHosts(SessionBase, HostStore, ControlStore):
         with self._write() as s:
             values = {"id": CONTROL_ID, "paused": paused, "reason": reason, "changed_at": at}
             upsert(s, ControlRow, values)
+            note_change(s)
             return Control(paused=paused, reason=reason, changed_at=at)
 
     # --- helpers ----------------------------------------------------------------------

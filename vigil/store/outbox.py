@@ -8,6 +8,7 @@ reads them and keeps the sinks. ``SqlOutbox`` implements ``OutboxStore``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import takewhile
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -42,6 +43,22 @@ class SqlOutbox(SessionBase, OutboxStore):
     def last_event_seq(self) -> int:
         with self._read() as s:
             return int(s.scalar(sa.select(sa.func.max(EventRow.seq))) or 0)
+
+    def prune_events(self, *, before: float, limit: int = 1000) -> int:
+        with self._write() as s:
+            delivered = s.scalar(sa.select(sa.func.min(SinkRow.cursor)))
+            if delivered is None:  # no sink: nothing waits for any event
+                delivered = s.scalar(sa.select(sa.func.max(EventRow.seq))) or 0
+            oldest = s.execute(
+                sa.select(EventRow.seq, EventRow.timestamp)
+                .where(EventRow.seq <= delivered)
+                .order_by(EventRow.seq)
+                .limit(limit)
+            ).all()
+            gone = list(takewhile(lambda row: row.timestamp < before, oldest))
+            if gone:
+                s.execute(sa.delete(EventRow).where(EventRow.seq <= gone[-1].seq))
+            return len(gone)
 
     def ensure_sink(self, name: str) -> SinkState:
         try:

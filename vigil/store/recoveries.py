@@ -9,7 +9,7 @@ recovery's host first (``_lock_recovery``), the lock order of ``vigil.store.sess
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -33,7 +33,7 @@ from vigil.store.base import NotFoundError, RecoveryStore
 from vigil.store.failures import SqlFailures
 from vigil.store.mapping import record_of
 from vigil.store.rows import FailureRow, RecoveryRow, StepRow
-from vigil.store.session import ACTIVE_RECOVERY
+from vigil.store.session import ACTIVE_RECOVERY, chunks
 from vigil.store.steps import SqlSteps
 
 
@@ -128,15 +128,24 @@ class SqlRecoveries(SqlFailures, SqlSteps, RecoveryStore):
         host: str | None = None,
         statuses: Sequence[RecoveryStatus] | None = None,
         limit: int = 1000,
+        hosts: Collection[str] | None = None,
     ) -> list[Recovery]:
         query = sa.select(RecoveryRow)
         if host is not None:
             query = query.where(RecoveryRow.host == host)
         if statuses is not None:
             query = query.where(RecoveryRow.status.in_([str(RecoveryStatus(x)) for x in statuses]))
-        query = query.order_by(RecoveryRow.created_at.desc(), RecoveryRow.id.desc()).limit(limit)
+        order = (RecoveryRow.created_at.desc(), RecoveryRow.id.desc())
         with self._read() as s:
-            return self._with_steps(s, list(s.scalars(query)))
+            if hosts is None:
+                return self._with_steps(s, list(s.scalars(query.order_by(*order).limit(limit))))
+            rows = [
+                row
+                for chunk in chunks(sorted(hosts))
+                for row in s.scalars(query.where(RecoveryRow.host.in_(chunk)))
+            ]
+            rows.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+            return self._with_steps(s, rows[:limit])
 
     def set_recovery_status(
         self,

@@ -299,3 +299,28 @@ class SegmentOwnerRow(Base):
     owner: Mapped[str] = mapped_column(sa.String(_NAME))
     epoch: Mapped[int] = mapped_column(sa.Integer)
     taken_at: Mapped[float] = mapped_column(sa.Double)
+
+
+class RevisionRow(Base):
+    """The store's change counter, one row (migration 0012): ``n`` rises with every
+    committed write to hosts, their recoveries and steps, segments or the control row;
+    ``full`` rises when a change cannot be told host by host (a host deleted, steps
+    requeued in bulk). Readers that keep these in memory (``vigil.engine.book``) read
+    again only what changed since the revision they hold."""
+
+    __tablename__ = "revisions"
+    __table_args__ = _MYSQL_TABLE
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=False)
+    n: Mapped[int] = mapped_column(sa.BigInteger)
+    full: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+class HostRevisionRow(Base):
+    """The revision of the last change to each host, its recoveries or their steps."""
+
+    __tablename__ = "host_revisions"
+    __table_args__ = _MYSQL_TABLE
+
+    host: Mapped[str] = mapped_column(sa.String(_NAME), primary_key=True)
+    revision: Mapped[int] = mapped_column(sa.BigInteger, index=True)

@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -51,7 +52,18 @@ from vigil.model import (
 )
 from vigil.store.base import NotFoundError, StaleEpoch, current_token
 from vigil.store.db import _SQLITE_IMMEDIATE, make_engine, unavailable
-from vigil.store.rows import Base, EventRow, HostRow, SegmentOwnerRow
+from vigil.store.rows import (
+    Base,
+    ControlRow,
+    EventRow,
+    HostRevisionRow,
+    HostRow,
+    RecoveryRow,
+    RevisionRow,
+    SegmentOwnerRow,
+    SegmentRow,
+    StepRow,
+)
 
 ACTIVE_RECOVERY = (RecoveryStatus.PENDING, RecoveryStatus.RUNNING, RecoveryStatus.PAUSED)
 
@@ -76,6 +88,7 @@ class SessionBase:
             writer = self._engine
         self._reads = sessionmaker(reader, expire_on_commit=False)
         self._writes = sessionmaker(writer, expire_on_commit=False)
+        event.listen(self._writes, "before_flush", _note_changes)
 
     @property
     def engine(self) -> Engine:
@@ -99,7 +112,8 @@ class SessionBase:
             yield session
             if events:
                 self._outbox(session, events)
-                session.flush()
+            session.flush()
+            _raise_revision(session)
 
     @staticmethod
     def _check_token(s: Session, token: OwnerToken) -> None:
@@ -151,7 +165,82 @@ class SessionBase:
             row.state_changed_at = at
 
 
+# --- change revisions -----------------------------------------------------------------
+#
+# Every write transaction that changes a host, a recovery, a step, a segment or the
+# control row raises the store's revision (``revisions.n``) as its last statement, and
+# records it as the revision of each host it concerned (``host_revisions``), so that a
+# reader holding revision r reads again only the hosts changed since (``changes_since``).
+# The counter's row is locked by that last statement until the commit: writers take
+# revisions in commit order (a reader never sees revision r+1 committed before r), and
+# as ``host_revisions`` rows are only written under that lock no two writers can wait on
+# each other there. What cannot be told host by host (a host deleted, steps requeued in
+# bulk) raises ``full`` too: readers then read everything again.
+
+_SEGMENT_WIDE = (SegmentRow, ControlRow)
+
+
+def _note_changes(session: Session, _context: Any, _instances: Any) -> None:
+    """Before each flush of a write session: which hosts its changes concern."""
+    info = session.info
+    touched: set[str] = info.setdefault("touched", set())
+    for obj in (*session.new, *session.dirty):
+        if isinstance(obj, HostRow):
+            touched.add(obj.name)
+        elif isinstance(obj, RecoveryRow):
+            touched.add(obj.host)
+        elif isinstance(obj, StepRow):
+            info.setdefault("recoveries", set()).add(obj.recovery_id)
+        elif isinstance(obj, _SEGMENT_WIDE):
+            info["changed"] = True
+    for obj in session.deleted:
+        if isinstance(obj, (HostRow, RecoveryRow, StepRow)):
+            info["full"] = True
+        elif isinstance(obj, _SEGMENT_WIDE):
+            info["changed"] = True
+
+
+def note_change(session: Session, *, full: bool = False) -> None:
+    """A write that bypasses the ORM (a bulk UPDATE, an upsert) changed something the
+    revision covers: ``full`` when it cannot name the hosts it concerned."""
+    session.info["changed"] = True
+    if full:
+        session.info["full"] = True
+
+
+def _raise_revision(session: Session) -> None:
+    info = session.info
+    touched: set[str] = info.pop("touched", set())
+    recoveries: set[int] = info.pop("recoveries", set())
+    full = bool(info.pop("full", False))
+    changed = bool(info.pop("changed", False))
+    if not (touched or recoveries or full or changed):
+        return
+    if recoveries:
+        touched |= set(
+            session.scalars(sa.select(RecoveryRow.host).where(RecoveryRow.id.in_(recoveries)))
+        )
+    bump = (
+        sa.update(RevisionRow)
+        .where(RevisionRow.id == 1)
+        .values(n=RevisionRow.n + 1, full=RevisionRow.full + (1 if full else 0))
+    )
+    if session.connection().execute(bump).rowcount == 0:  # a schema made without 0012's row
+        session.add(RevisionRow(id=1, n=1, full=1))
+        session.flush()
+    revision = session.scalar(sa.select(RevisionRow.n).where(RevisionRow.id == 1))
+    for host in sorted(touched):
+        upsert(session, HostRevisionRow, {"host": host, "revision": revision})
+    info.pop("touched", None)  # the flush above noted nothing of interest
+
+
 # --- field updates --------------------------------------------------------------------
+
+
+def chunks(names: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
+    """``names`` in slices short enough for an ``IN (...)`` on every backend."""
+    for start in range(0, len(names), size):
+        yield names[start : start + size]
 
 
 def same(value: Any) -> Any:

@@ -25,7 +25,7 @@ from vigil.model import (
 from vigil.store.base import NotFoundError, current_token
 from vigil.store.mapping import record_of
 from vigil.store.rows import RecoveryRow, StepRow
-from vigil.store.session import SessionBase
+from vigil.store.session import SessionBase, note_change
 
 _TERMINAL_STEP = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED)
 
@@ -103,6 +103,8 @@ class SqlSteps(SessionBase):
             result = s.connection().execute(
                 query.values(status=str(StepStatus.PENDING), next_attempt_at=at)
             )
+            if result.rowcount:
+                note_change(s, full=True)
             return result.rowcount
 
     # --- helpers (all run inside the caller's transaction) --------------------------------

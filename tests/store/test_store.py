@@ -1297,7 +1297,7 @@ def test_each_write_names_the_hosts_it_changed_and_nothing_else(store: SqlStore)
     )
     recovery: list[Recovery] = []
     rose, hosts, full = changed_by(store, lambda: recovery.append(open_recovery(store, "n4")))
-    assert hosts == {"n4"} and not full  # created in one write, opened in the next
+    assert (rose, hosts, full) == (2, {"n4"}, False)  # created in one write, opened in one
     first = recovery[0].steps[0]
     # A step's writes name the host of its recovery.
     assert changed_by(store, lambda: store.start_step(first.id, at=T0 + 1)) == (1, {"n4"}, False)

@@ -55,6 +55,38 @@ def _without_ages(s: Any) -> Any:
             422,
             "driver",
         ),
+        (  # a batch is all or none: the good host in it is not created either
+            "post",
+            "/v1/host-batches",
+            {
+                "hosts": [
+                    {"name": "compute-8", "segment": "demo"},
+                    {"name": "compute-9", "segment": "nowhere"},
+                ]
+            },
+            404,
+            "nowhere",
+        ),
+        (
+            "post",
+            "/v1/host-batches",
+            {
+                "hosts": [
+                    {"name": "compute-8", "segment": "demo"},
+                    {"name": "compute-2", "segment": "demo"},
+                ]
+            },
+            409,
+            "compute-2",
+        ),
+        (
+            "post",
+            "/v1/host-batches",
+            {"hosts": [{"name": "twin", "segment": "demo"}, {"name": "twin", "segment": "demo"}]},
+            400,
+            "twin",
+        ),
+        ("post", "/v1/host-batches", {"hosts": []}, 422, "hosts"),
         ("patch", "/v1/hosts/compute-1", {"maintenance": "perhaps"}, 422, "maintenance"),
         ("patch", "/v1/hosts/compute-1", {"state": "up"}, 422, "state"),
         ("patch", "/v1/hosts/compute-9", {"maintenance": True}, 404, "compute-9"),
@@ -101,6 +133,21 @@ def test_every_v1_route_needs_the_token_and_refusals_are_logged(
     assert all(s["name"] != "sneaky" for s in h.client.get("/v1/segments").json())
     assert not h.client.get("/v1/control").json()["paused"]
     assert anon.get("/healthz").status_code == 200
+
+
+def test_hosts_registered_in_a_batch_come_up_like_any(h: Harness) -> None:
+    api = h.client
+    created = api.post(
+        "/v1/host-batches",
+        json={"hosts": [{"name": f"late-{i}", "segment": "demo"} for i in range(3)]},
+    )
+    assert created.status_code == 201, created.text
+    assert [x["name"] for x in created.json()] == ["late-0", "late-1", "late-2"]
+    assert {x["state"] for x in created.json()} == {"new"}
+    hosts = {x["name"]: x for x in api.get("/v1/hosts").json()}
+    assert {"late-0", "late-1", "late-2"} <= set(hosts)
+    for i in range(3):
+        assert api.delete(f"/v1/hosts/late-{i}").status_code == 204
 
 
 def test_crud_round_trip_and_secrets_never_returned(h: Harness) -> None:

@@ -41,7 +41,7 @@ inference.algorithms = ["location-headers"]
 generation.max-examples = 30
 
 [[operations]]
-include-path-regex = "^/v1/hosts(/\\\\{name\\\\})?$"
+include-path-regex = "^/v1/(hosts(/\\\\{name\\\\})?|host-batches)$"
 include-method-regex = "^(POST|PATCH)$"
 checks.positive_data_acceptance.enabled = false
 

@@ -79,6 +79,33 @@ def test_a_cycle_dispatches_by_type_and_one_failing_action_stops_none_of_the_oth
     assert counter.recorded_count == 2  # after each action carried out, held ones not
 
 
+class Batches(Reaction[int, object]):
+    """Pings handled together per parity (``batch_key``), Helds one by one."""
+
+    name = "batches"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[object] = []
+        self.handle_together(Ping, self.calls.append)
+        self.handle(Held, self.calls.append)
+
+    def observe(self) -> int:
+        return 0
+
+    def decide(self, snapshot: int) -> Sequence[object]:
+        return [Held(0), Ping(1), Ping(2), Held(1), Ping(3), Ping(4)]
+
+    def batch_key(self, action: object) -> object:
+        return action.n % 2 if isinstance(action, Ping) else None
+
+
+def test_actions_handled_together_go_in_one_call_per_key_where_the_first_stood() -> None:
+    batches = Batches()
+    batches.run_cycle()
+    assert batches.calls == [Held(0), [Ping(1), Ping(3)], [Ping(2), Ping(4)], Held(1)]
+
+
 def test_a_loop_cycles_each_tick_and_at_once_when_woken() -> None:
     counter = Counter()
     loop = Loop("test-loop", [counter], tick=30.0)

@@ -52,6 +52,7 @@ from vigil.model import (
 )
 from vigil.store.base import (
     AlreadyExists,
+    HostChange,
     InUse,
     NotFoundError,
     StaleEpoch,
@@ -1400,3 +1401,43 @@ def test_concurrent_writers_take_distinct_revisions_in_commit_order(store: SqlSt
     assert end.hosts == {*names, "busy"}
     # Followed revision by revision while the writes went on, the reader missed none.
     assert set().union(*seen) == {*names, "busy"}
+
+
+# --- hosts in batches -------------------------------------------------------------------
+
+
+def test_hosts_created_in_a_batch_all_or_none(store: SqlStore) -> None:
+    add_host(store, "n1")
+    with pytest.raises(AlreadyExists, match="'n1'"):
+        store.create_hosts([Host("n2", "seg"), Host("n1", "seg")])
+    with pytest.raises(NotFoundError, match="'elsewhere'"):
+        store.create_hosts([Host("n2", "seg"), Host("n3", "elsewhere")])
+    with pytest.raises(ValueError, match="n2"):
+        store.create_hosts([Host("n2", "seg"), Host("n2", "seg")])
+    assert [h.name for h in store.list_hosts()] == ["n1"]
+    made = store.create_hosts([Host(f"b{i:04d}", "seg") for i in range(1200)])
+    assert len(made) == 1200 and len(store.list_hosts()) == 1201
+    assert store.changes_since(0).hosts >= {h.name for h in made}
+
+
+def test_host_changes_in_a_batch_leave_out_the_moves_not_allowed(store: SqlStore) -> None:
+    add_host(store, "up", state=HostState.UP)
+    add_host(store, "suspect", state=HostState.SUSPECT)
+    add_host(store, "new", state=HostState.NEW)
+    cleared = make_event("vigil.host.failure.cleared", at=T0, host="suspect", reason="back")
+    refused = make_event("vigil.host.failure.cleared", at=T0, host="up", reason="x")
+    done = store.change_hosts(
+        [
+            HostChange("suspect", HostState.UP, "heartbeats resumed", events=(cleared,)),
+            HostChange("new", HostState.UP, "first heartbeat", boot_id="k1"),
+            HostChange("up", HostState.RECOVERED, "not allowed", events=(refused,)),
+            HostChange("gone", HostState.UP, "deleted meanwhile"),
+        ],
+        at=T0,
+    )
+    assert sorted(done) == ["new", "suspect"]
+    assert store.get_host("suspect").state == HostState.UP
+    new = store.get_host("new")
+    assert (new.state, new.boot_id, new.state_reason) == (HostState.UP, "k1", "first heartbeat")
+    assert store.get_host("up").state == HostState.UP
+    assert [e.id for e in store.list_events()] == [cleared.id]  # the refused one's not

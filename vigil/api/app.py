@@ -37,6 +37,7 @@ from vigil.api.schemas import (
     FailureOut,
     GuestFailureOut,
     HandledIn,
+    HostBatchIn,
     HostIn,
     HostOut,
     HostPatch,
@@ -380,6 +381,33 @@ def _host_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         LOG.info("host %s created in segment %s", host.name, host.segment)
         engine.wake()
         return HostOut.of(host)
+
+    @app.post(
+        "/v1/host-batches",
+        responses=answers(400, 401, 404, 409, 422),
+        status_code=201,
+        dependencies=auth,
+        tags=["hosts"],
+    )
+    def create_hosts(body: HostBatchIn) -> list[HostOut]:
+        """Register up to 1,000 hosts at once, all or none (one transaction): a name
+        given twice is a 400, a segment that does not exist a 404, a host that exists a
+        409, each naming them."""
+        hosts = store.create_hosts(
+            [
+                Host(
+                    name=h.name,
+                    segment=h.segment,
+                    maintenance=h.maintenance,
+                    reserved=h.reserved,
+                    fencing=tuple(m.to_model() for m in h.fencing),
+                )
+                for h in body.hosts
+            ]
+        )
+        LOG.info("%d hosts created: %s ... %s", len(hosts), hosts[0].name, hosts[-1].name)
+        engine.wake()
+        return [HostOut.of(h) for h in hosts]
 
     @app.get(
         "/v1/hosts/{name}", responses=answers(401, 404, 422), dependencies=auth, tags=["hosts"]

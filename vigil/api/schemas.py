@@ -154,6 +154,12 @@ class HostIn(_In):
     fencing: list[FenceMethodIn] = Field(default_factory=list, max_length=8)
 
 
+class HostBatchIn(_In):
+    """Hosts registered in one go (a cloud's thousands), all or none."""
+
+    hosts: list[HostIn] = Field(min_length=1, max_length=1000)
+
+
 class HostPatch(_In):
     segment: str | None = Field(None, pattern=NAME)
     maintenance: bool | None = None

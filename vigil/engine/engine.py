@@ -84,6 +84,7 @@ from vigil.model import (
     StepStatus,
 )
 from vigil.store import Store, StoreError, StoreUnavailable, acting_as, current_token
+from vigil.store.base import HostChange
 
 LOG = logging.getLogger("vigil.engine")
 
@@ -158,12 +159,13 @@ class Engine(Reaction[Snapshot, Action]):
         self._known_version = -1
         self._fenced: frozenset[str] = frozenset()  # recovered, or fence confirmed
         self._aimed: Counter[str] = Counter()  # evacuations aimed at each host
+        # The moves every host of a segment may make at once: handled together.
+        self.handle_together(MarkUp, self._on_mark_up)
+        self.handle_together(RecordBoot, self._on_record_boot)
         for kind, handler in (
-            (MarkUp, self._on_mark_up),
             (MarkSuspect, self._on_mark_suspect),
             (ProbePower, self._on_probe_power),
             (DeclareFailure, self._on_declare_failure),
-            (RecordBoot, self._on_record_boot),
             (HostRebooted, self._on_host_rebooted),
             (ClearReport, self._on_clear_report),
             (ForgetReport, self._on_forget_report),
@@ -355,6 +357,8 @@ class Engine(Reaction[Snapshot, Action]):
             for name, age in ages.items():
                 host = hosts[name]
                 said = self._reports.get(name)
+                if age is None and said is None and host.state == HostState.NEW:
+                    continue  # registered, never heard, nobody says it is down: nothing to do
                 # A reading counts for the suspicion it was taken in (a new one forgets it).
                 power = self._power.get(name) if host.state == HostState.SUSPECT else None
                 views[name] = HostView(
@@ -496,6 +500,9 @@ class Engine(Reaction[Snapshot, Action]):
             segment = host.segment if host is not None else None
         return segment
 
+    def batch_key(self, action: Action) -> object:
+        return self._segment_of(action)
+
     def admit(self, action: Action) -> bool:
         segment = self._segment_of(action)
         return segment is None or self._ownership.owns(segment)
@@ -527,23 +534,31 @@ class Engine(Reaction[Snapshot, Action]):
     # --- actions: one handler per action type, on the decision thread (store writes);
     # what waits on a BMC or Nova is handed to the workers ----------------------------
 
-    def _on_mark_up(self, action: MarkUp) -> None:
+    def _on_mark_up(self, actions: list[MarkUp]) -> None:
+        """Hosts heard again (or for the first time), all those of a segment in one
+        transaction: a server starting beside 10,000 agents hears them all at once."""
         now = self._clock.wall()
-        store = self._store
-        host = store.get_host(action.host)
-        events = []
-        if host.state == HostState.SUSPECT:
-            events.append(
-                make_event(
-                    "vigil.host.failure.cleared",
-                    at=now,
-                    host=action.host,
-                    reason=action.reason,
-                    segment=host.segment,
+        changes = []
+        for action in actions:
+            host = self._book.hosts.get(action.host)
+            events: tuple[Event, ...] = ()
+            if host is not None and host.state == HostState.SUSPECT:
+                events = (
+                    make_event(
+                        "vigil.host.failure.cleared",
+                        at=now,
+                        host=action.host,
+                        reason=action.reason,
+                        segment=host.segment,
+                    ),
                 )
-            )
-        store.set_host_state(action.host, HostState.UP, reason=action.reason, at=now, events=events)
-        LOG.info("host %s: up (%s)", action.host, action.reason)
+            changes.append(HostChange(action.host, HostState.UP, action.reason, events=events))
+        done = set(self._store.change_hosts(changes, at=now))
+        for action in actions:
+            if action.host in done:
+                LOG.info("host %s: up (%s)", action.host, action.reason)
+            else:
+                LOG.warning("host %s: not marked up: it changed meanwhile", action.host)
 
     def _on_mark_suspect(self, action: MarkSuspect) -> None:
         now = self._clock.wall()
@@ -617,9 +632,9 @@ class Engine(Reaction[Snapshot, Action]):
                 recovery.id,
             )
 
-    def _on_record_boot(self, action: RecordBoot) -> None:
-        store = self._store
-        store.update_host(action.host, boot_id=action.boot_id)
+    def _on_record_boot(self, actions: list[RecordBoot]) -> None:
+        changes = [HostChange(a.host, boot_id=a.boot_id) for a in actions]
+        self._store.change_hosts(changes, at=self._clock.wall())
 
     def _on_host_rebooted(self, action: HostRebooted) -> None:
         now = self._clock.wall()

@@ -103,10 +103,23 @@ class Reaction(abc.ABC, Generic[S, A]):
 
     def __init__(self) -> None:
         self._handlers: dict[type, Callable[[Any], None]] = {}
+        self._batched: dict[type, Callable[[list[Any]], None]] = {}
 
     def handle(self, kind: type[A], handler: Callable[[Any], None]) -> None:
         """``handler(action)`` carries out every action of type ``kind``."""
         self._handlers[kind] = handler
+
+    def handle_together(self, kind: type[A], handler: Callable[[list[Any]], None]) -> None:
+        """``handler(actions)`` carries out, in one go, every action of type ``kind`` a
+        cycle decided that runs in the same context (``batch_key``): one transaction
+        for a thousand hosts' first heartbeats instead of a thousand. Called where the
+        first of them stands among the cycle's actions."""
+        self._batched[kind] = handler
+
+    def batch_key(self, action: A) -> object:
+        """Actions of one batched kind with equal keys are handled together; they must
+        share their ``acting`` context (the engine's: the segment)."""
+        return None
 
     @abc.abstractmethod
     def observe(self) -> S:
@@ -135,17 +148,33 @@ class Reaction(abc.ABC, Generic[S, A]):
 
     def run_cycle(self) -> list[A]:
         actions = list(self.decide(self.observe()))
+        units: list[list[A]] = []  # each handled at once: an action, or a batch
+        batches: dict[tuple[type, object], list[A]] = {}
         for action in actions:
             if not self.admit(action):
                 continue
-            handler = self._handlers.get(type(action))
+            if type(action) in self._batched:
+                key = (type(action), self.batch_key(action))
+                if key not in batches:
+                    batches[key] = []
+                    units.append(batches[key])
+                batches[key].append(action)
+            else:
+                units.append([action])
+        for unit in units:
+            kind = type(unit[0])
             try:
-                if handler is None:
-                    raise TypeError(f"{self.name}: no handler for {type(action).__name__}")
-                with self.acting(action):
-                    handler(action)
+                with self.acting(unit[0]):
+                    if kind in self._batched:
+                        self._batched[kind](unit)
+                    elif (handler := self._handlers.get(kind)) is not None:
+                        handler(unit[0])
+                    else:
+                        raise TypeError(f"{self.name}: no handler for {kind.__name__}")
             except Exception:  # one action must not stop the others
-                LOG.exception("%s: action %s failed", self.name, action)
+                LOG.exception(
+                    "%s: action %s failed", self.name, unit[0] if len(unit) == 1 else unit
+                )
             self.recorded()
         return actions
 

@@ -118,6 +118,19 @@ class Changes:
     hosts: frozenset[str] = frozenset()
 
 
+@dataclass(frozen=True)
+class HostChange:
+    """One host's change in a batch (``HostStore.change_hosts``): a move to ``state``
+    (None: none) for ``reason``, a new kernel ``boot_id`` (None: unchanged), and the
+    events written with it."""
+
+    name: str
+    state: HostState | None = None
+    reason: str = ""
+    boot_id: str | None = None
+    events: tuple[Event, ...] = ()
+
+
 class HostStore(abc.ABC):
     """Segments, their hosts, and instance policy overrides."""
 
@@ -152,6 +165,12 @@ class HostStore(abc.ABC):
         """NotFoundError if its segment does not exist; AlreadyExists for a taken name."""
 
     @abc.abstractmethod
+    def create_hosts(self, hosts: Sequence[Host]) -> list[Host]:
+        """All or none, in one transaction: ValueError for a name given twice,
+        NotFoundError naming the segments that do not exist, AlreadyExists naming the
+        hosts that do."""
+
+    @abc.abstractmethod
     def get_host(self, name: str) -> Host: ...
 
     @abc.abstractmethod
@@ -159,6 +178,12 @@ class HostStore(abc.ABC):
         self, segment: str | None = None, *, names: Collection[str] | None = None
     ) -> list[Host]:
         """Ordered by name; ``names``: only those (the ones that exist)."""
+
+    @abc.abstractmethod
+    def change_hosts(self, changes: Sequence[HostChange], *, at: float) -> list[str]:
+        """Several hosts' changes in one transaction (the engine's moves of one cycle);
+        a change whose move is not allowed, or of a host that no longer exists, is left
+        out with its events. Returns the names of the hosts changed."""
 
     @abc.abstractmethod
     def update_host(self, name: str, **changes: Any) -> Host:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
@@ -20,12 +21,14 @@ from vigil.model import (
     Host,
     HostState,
     InstancePolicy,
+    InvalidTransition,
     Segment,
 )
 from vigil.store.base import (
     AlreadyExists,
     Changes,
     ControlStore,
+    HostChange,
     HostStore,
     InUse,
     NotFoundError,
@@ -161,6 +164,44 @@ class SqlHosts(SessionBase, HostStore, ControlStore):
         except IntegrityError as exc:
             raise self._host_insert_error(host) from exc
 
+    def create_hosts(self, hosts: Sequence[Host]) -> list[Host]:
+        names = [h.name for h in hosts]
+        twice = sorted(n for n, count in Counter(names).items() if count > 1)
+        if twice:
+            raise ValueError(f"hosts named twice: {', '.join(twice)}")
+        with self._write() as s:
+            segments = {h.segment for h in hosts}
+            found = set(s.scalars(sa.select(SegmentRow.name).where(SegmentRow.name.in_(segments))))
+            if segments - found:
+                missing = ", ".join(repr(n) for n in sorted(segments - found))
+                raise NotFoundError(f"segment(s) {missing} do not exist")
+            taken = [
+                name
+                for chunk in chunks(sorted(names))
+                for name in s.scalars(sa.select(HostRow.name).where(HostRow.name.in_(chunk)))
+            ]
+            if taken:
+                raise AlreadyExists(f"host(s) {', '.join(repr(n) for n in taken)} already exist")
+            rows = [
+                HostRow(
+                    name=host.name,
+                    segment=host.segment,
+                    state=str(HostState(host.state)),
+                    maintenance=host.maintenance,
+                    reserved=host.reserved,
+                    fencing=_fencing_to_json(host.fencing),
+                    state_reason=host.state_reason,
+                    state_changed_at=host.state_changed_at,
+                )
+                for host in hosts
+            ]
+            s.add_all(rows)
+            try:
+                s.flush()
+            except IntegrityError as exc:  # added or deleted meanwhile by another writer
+                raise AlreadyExists(f"hosts or segments changed meanwhile: {exc.orig}") from exc
+            return [_host(r) for r in rows]
+
     def _host_insert_error(self, host: Host) -> Exception:
         """Which constraint refused the new host: its name, or its segment (deleted since)."""
         with self._read() as s:
@@ -228,6 +269,28 @@ class SqlHosts(SessionBase, HostStore, ControlStore):
             self._move_host(row, HostState(state), reason=reason, at=at)
             s.flush()
             return _host(row)
+
+    def change_hosts(self, changes: Sequence[HostChange], *, at: float) -> list[str]:
+        done: list[str] = []
+        events: list[Event] = []
+        by_name = {c.name: c for c in changes}
+        with self._write() as s:
+            for chunk in chunks(sorted(by_name)):  # locked in name order, as one by one
+                query = sa.select(HostRow).where(HostRow.name.in_(chunk)).order_by(HostRow.name)
+                for row in s.scalars(query.with_for_update()):
+                    change = by_name[row.name]
+                    if change.state is not None:
+                        try:
+                            self._move_host(row, change.state, reason=change.reason, at=at)
+                        except InvalidTransition:
+                            continue
+                    if change.boot_id is not None:
+                        row.boot_id = change.boot_id
+                    done.append(row.name)
+                    events.extend(change.events)
+            if events:
+                self._outbox(s, events)
+        return done
 
     def delete_host(self, name: str) -> None:
         with self._write() as s:

@@ -371,7 +371,15 @@ _recovery = [
         min=0.01,
         help="Longest wait between two status polls of a step.",
     ),
-    cfg.IntOpt("workers", default=32, min=1, help="Threads that run recovery steps."),
+    cfg.IntOpt(
+        "workers",
+        default=128,
+        min=1,
+        help="Threads that run recovery steps. An evacuation holds one until its instance "
+        "is ACTIVE (seconds on a busy Nova), so this caps the evacuations in flight across "
+        "all recoveries: a rack failure's throughput is at most workers / evacuation time "
+        "(the segments' max_parallel_evacuations limit each recovery).",
+    ),
 ]
 
 _compute = [
@@ -633,7 +641,7 @@ class RecoverySettings:
     max_duration: float = 1800.0
     poll_interval: float = 0.1
     poll_interval_max: float = 1.0
-    workers: int = 32
+    workers: int = 128
 
 
 @dataclass(frozen=True)

@@ -233,6 +233,142 @@ def test_evacuate_leaves_stopped_like_microversion_2_95(clock: FakeClock) -> Non
     assert cloud.instance(sid).running_on == {"h2"}
 
 
+# ------------------------------------------------ Nova's concurrency limit on rebuilds
+
+
+def limited(clock: FakeClock, limit: int, n: int) -> tuple[SimCloud, list[str]]:
+    """A fenced source "src" with ``n`` instances, a roomy "dst", Nova running at most
+    ``limit`` rebuilds at once (0: no limit), evacuations taking 1 s."""
+    cloud = SimCloud(clock, latency=lat(evacuate=1.0), max_concurrent_evacuations=limit)
+    cloud.add_host("src", capacity=n)
+    cloud.add_host("dst", capacity=n)
+    ids = [cloud.add_instance(f"vm{i}", "src") for i in range(n)]
+    fence(cloud, "src")
+    return cloud, ids
+
+
+def active(cloud: SimCloud, ids: list[str]) -> list[str]:
+    return [s for s in ids if cloud.get_server(s).status == ACTIVE]
+
+
+def test_evacuations_beyond_the_limit_are_accepted_and_wait(clock: FakeClock) -> None:
+    cloud, ids = limited(clock, 2, 5)
+    for sid in ids:
+        cloud.evacuate(sid)  # all accepted at once, like Nova's 202
+    for sid in ids:
+        server = cloud.get_server(sid)
+        assert (server.status, server.task_state, server.host) == (REBUILD, "rebuilding", "src")
+    assert cloud.calls("evacuate") == 5
+    assert cloud.evacuations_in_progress() == (2, 3)
+    with pytest.raises(Conflict, match="InstanceInvalidState"):
+        cloud.evacuate(ids[4])  # one evacuation per instance, waiting or not
+    clock.advance(1.0)
+    assert active(cloud, ids) == ids[:2], "only two rebuilds ran"
+    assert cloud.evacuations_in_progress() == (2, 1)
+    clock.advance(1.0)
+    assert active(cloud, ids) == ids[:4]
+    clock.advance(1.0)
+    assert active(cloud, ids) == ids
+    assert cloud.evacuations_in_progress() == (0, 0)
+    assert {cloud.get_server(s).host for s in ids} == {"dst"}
+    assert cloud.double_running() == []
+
+
+def test_waiting_evacuations_start_in_arrival_order(clock: FakeClock) -> None:
+    cloud, ids = limited(clock, 1, 4)
+    for sid in reversed(ids):  # arrival order: vm3, vm2, vm1, vm0
+        cloud.evacuate(sid)
+    landed: list[str] = []
+    for _ in ids:
+        clock.advance(1.0)
+        landed += [s for s in active(cloud, ids) if s not in landed]
+    assert landed == list(reversed(ids))
+
+
+def test_an_evacuation_s_latency_starts_when_a_slot_frees(clock: FakeClock) -> None:
+    cloud, ids = limited(clock, 1, 2)
+    cloud.evacuate(ids[0])
+    clock.advance(0.5)
+    cloud.evacuate(ids[1])  # waits: the slot is taken until 1.0
+    clock.advance(0.5)
+    assert active(cloud, ids) == ids[:1]
+    clock.advance(0.99)  # 1.99: not 1.5 (accepted + 1 s), 2.0 (slot freed + 1 s)
+    assert cloud.get_server(ids[1]).status == REBUILD
+    clock.advance(0.01)
+    assert active(cloud, ids) == ids
+
+
+def test_slots_are_handed_on_in_due_order_when_nobody_looks(clock: FakeClock) -> None:
+    cloud, ids = limited(clock, 2, 6)
+    for sid in ids:
+        cloud.evacuate(sid)
+    clock.advance(2.5)  # nobody called in between: applied lazily, in due order
+    assert active(cloud, ids) == ids[:4]
+    assert cloud.evacuations_in_progress() == (2, 0)
+    clock.advance(0.5)
+    assert active(cloud, ids) == ids
+
+
+def test_a_failed_rebuild_frees_its_slot_for_the_next(clock: FakeClock) -> None:
+    cloud = SimCloud(clock, latency=lat(evacuate=1.0), max_concurrent_evacuations=1)
+    cloud.add_host("src")
+    cloud.add_host("dead", capacity=1)
+    sid_a = cloud.add_instance("a", "src")
+    fence(cloud, "src")
+    cloud.evacuate(sid_a)  # to "dead", the only host with room
+    cloud.add_host("spare")
+    sid_b = cloud.add_instance("b", "src")
+    cloud.evacuate(sid_b)  # to "spare", waits for the slot
+    clock.advance(0.25)
+    cloud.power_loss("dead")  # a's rebuild fails now: b starts now, lands 1 s later
+    assert cloud.get_server(sid_a).status == ERROR
+    assert cloud.evacuations_in_progress() == (1, 0)
+    clock.advance(0.99)
+    assert cloud.get_server(sid_b).status == REBUILD
+    clock.advance(0.01)
+    assert (cloud.get_server(sid_b).status, cloud.get_server(sid_b).host) == (ACTIVE, "spare")
+
+
+def test_a_waiting_evacuation_of_an_instance_reset_is_dropped(clock: FakeClock) -> None:
+    cloud, ids = limited(clock, 1, 2)
+    cloud.evacuate(ids[0])
+    cloud.evacuate(ids[1])
+    cloud.reset_state(ids[1])  # before its rebuild started
+    assert cloud.evacuations_in_progress() == (1, 0)
+    clock.advance(5.0)
+    assert active(cloud, ids) == ids[:1]
+    server = cloud.get_server(ids[1])
+    assert (server.status, server.host) == (ERROR, "src"), "the stale rebuild never ran"
+    cloud.evacuate(ids[1])  # its claim was freed: it can go again, and gets the slot
+    assert cloud.evacuations_in_progress() == (1, 0)
+    clock.advance(1.0)
+    assert active(cloud, ids) == ids
+
+
+def test_no_valid_host_takes_no_slot(clock: FakeClock) -> None:
+    cloud = SimCloud(clock, latency=lat(evacuate=1.0, action=0.1), max_concurrent_evacuations=1)
+    cloud.add_host("src")
+    cloud.add_host("dst", capacity=1)
+    sid_a, sid_b = cloud.add_instance("a", "src"), cloud.add_instance("b", "src")
+    fence(cloud, "src")
+    cloud.evacuate(sid_a)
+    cloud.evacuate(sid_b)  # no room left anywhere: fails as fast as without a limit
+    assert cloud.evacuations_in_progress() == (1, 0)
+    clock.advance(0.1)
+    assert (cloud.get_server(sid_b).status, cloud.get_server(sid_b).host) == (ERROR, "src")
+
+
+def test_no_limit_runs_every_evacuation_at_once(clock: FakeClock) -> None:
+    cloud, ids = limited(clock, 0, 50)
+    for sid in ids:
+        cloud.evacuate(sid)
+    assert cloud.evacuations_in_progress() == (50, 0)
+    clock.advance(1.0)
+    assert active(cloud, ids) == ids
+    with pytest.raises(ValueError, match="max_concurrent_evacuations"):
+        SimCloud(clock, max_concurrent_evacuations=-1)
+
+
 @pytest.mark.parametrize(("before", "after"), [(SHUTOFF, SHUTOFF), (ERROR, ACTIVE)])
 def test_evacuated_status_follows_the_status_before(
     cloud: SimCloud, before: str, after: str

@@ -71,6 +71,18 @@ can tell "fenced while it was plainly working" from "fenced just after it came b
 ``host_can_heartbeat`` is false for a host cut off from vigil-server: its datagrams are
 lost on the way.
 
+Nova's concurrency limit (``max_concurrent_evacuations``; 0, the default: none): Nova
+accepts every evacuate at once (HTTP 202; the instance reads REBUILD, task
+``rebuilding``, its destination claimed), but only that many rebuilds run at a time --
+nova-compute's ``max_concurrent_builds`` and the conductor, summed over the cloud here
+(one cloud-wide limit). Those beyond wait in arrival order, and an evacuation's
+``SimLatency.evacuate`` starts only when it gets a slot; a slot is held from then until
+the rebuild ends (landed, ERROR, or refused as stale), waiting for a hung or dead
+destination included. An evacuation with no valid host, or lost (``lose_evacuations``),
+takes no slot; one still waiting when its instance is reset (``reset_state``) is
+dropped (Nova's expected task state would refuse it). ``evacuations_in_progress()``
+says how many run and how many wait.
+
 Limits: capacity is a count of instances (placement claims an in-flight evacuation's
 destination at once); the only server group policies are ``anti-affinity`` (enforced) and
 ``soft-anti-affinity`` (not enforced); an instance stays on its source host until its
@@ -87,7 +99,7 @@ import random
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -318,6 +330,7 @@ class _Op:
     dest: str | None = None  # evacuate: chosen destination; None means no valid host
     status_before: str = ""
     done: bool = False
+    slot: bool = False  # evacuate: holds one of Nova's concurrent rebuild slots
 
 
 class SimCloud:
@@ -331,9 +344,12 @@ class SimCloud:
         service_down_time: float = 60.0,
         evacuate_leaves_stopped: bool = False,
         dead_destination_hangs: bool = False,
+        max_concurrent_evacuations: int = 0,
         seed: int = 0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
+        if max_concurrent_evacuations < 0:
+            raise ValueError("max_concurrent_evacuations must not be negative (0: no limit)")
         self._clock = clock
         self._latency = latency if latency is not None else SimLatency()
         self._service_down_time = service_down_time
@@ -354,6 +370,12 @@ class SimCloud:
         self._heap: list[tuple[float, int, _Op]] = []
         self._waiting: dict[str, list[_Op]] = {}
         self._seq = 0
+        # Nova's rebuild slots: how many run, and the accepted evacuations waiting for
+        # one, in arrival order (by instance too, so that a reset drops its own in O(1)).
+        self._max_evacuations = max_concurrent_evacuations
+        self._evacuating = 0
+        self._evac_queue: deque[_Op] = deque()
+        self._queued_evac: dict[str, _Op] = {}
         self._double: dict[str, None] = {}  # insertion-ordered set
         self._calls: Counter[tuple[str, str]] = Counter()
         self._attempts: Counter[tuple[str, str]] = Counter()
@@ -640,6 +662,12 @@ class SimCloud:
             self._advance()
             return self._host_or_value_error(host).condition()
 
+    def evacuations_in_progress(self) -> tuple[int, int]:
+        """(rebuilds running, accepted evacuations waiting for a slot) now."""
+        with self._lock:
+            self._advance()
+            return self._evacuating, len(self._queued_evac)
+
     def calls(self, method: str, target: str | None = None) -> int:
         """Accepted calls of a mutating method (``evacuate``, ``start``, ``stop``, ``reboot``,
         ``set_forced_down``, ``disable``, ``enable``, ``bmc_power_off``, ``bmc_power_on``,
@@ -746,13 +774,20 @@ class SimCloud:
                 self._calls["evacuate", server_id] += 1
                 return
             op = self._new_op("evacuate", inst.id, actor=dest, dest=dest, status=inst.status)
-            # A scheduling failure surfaces about as fast as a start or stop would.
-            op.due = now + self._delay(self._latency.evacuate if dest else self._latency.action)
-            if dest is not None:
-                self._claims[dest] += 1
             inst.status, inst.task_state, inst.fault = REBUILD, "rebuilding", None
-            self._queue(op)
             self._calls["evacuate", server_id] += 1
+            if dest is None:
+                # A scheduling failure surfaces about as fast as a start or stop would,
+                # and takes no rebuild slot.
+                op.due = now + self._delay(self._latency.action)
+                self._queue(op)
+                return
+            self._claims[dest] += 1
+            if self._max_evacuations and self._evacuating >= self._max_evacuations:
+                self._evac_queue.append(op)  # accepted; the rebuild waits for a slot
+                self._queued_evac[inst.id] = op
+            else:
+                self._start_rebuild(op, now)
 
     def evacuation_started(self, server_id: str) -> bool | None:
         self._api_latency()
@@ -767,6 +802,10 @@ class SimCloud:
             self._advance()
             inst = self._instance_or_not_found(server_id)
             self._lost.discard(server_id)
+            waiting = self._queued_evac.pop(server_id, None)
+            if waiting is not None:  # its rebuild never started: dropped, its claim freed
+                waiting.done = True
+                self._claims[waiting.dest or ""] -= 1
             inst.status, inst.task_state = ERROR, None
             self._calls["reset_state", server_id] += 1
 
@@ -1074,9 +1113,30 @@ class SimCloud:
             if op.done:
                 continue
             if self._apply(op):
-                op.done = True
+                self._done(op, op.due)
             else:
                 self._waiting.setdefault(op.actor or "", []).append(op)
+
+    def _done(self, op: _Op, at: float) -> None:
+        """``op`` is over (carried out or failed) at ``at``: a rebuild slot it held goes
+        to the evacuation waiting longest, whose rebuild starts then."""
+        op.done = True
+        if not op.slot:
+            return
+        op.slot = False
+        self._evacuating -= 1
+        while self._evac_queue and self._evacuating < self._max_evacuations:
+            nxt = self._evac_queue.popleft()
+            if nxt.done:  # reset while it waited
+                continue
+            del self._queued_evac[nxt.subject]
+            self._start_rebuild(nxt, at)
+
+    def _start_rebuild(self, op: _Op, at: float) -> None:
+        op.slot = True
+        self._evacuating += 1
+        op.due = at + self._delay(self._latency.evacuate)
+        self._queue(op)
 
     def _apply(self, op: _Op) -> bool:
         """Carry out a due operation; False if its host cannot act yet (hung or isolated)."""
@@ -1145,7 +1205,7 @@ class SimCloud:
             inst.status = ACTIVE
             self._add_copy(inst, dest)
 
-    def _fail_ops_of(self, host: str) -> None:
+    def _fail_ops_of(self, host: str, at: float) -> None:
         """The host lost power: what its nova-compute was doing will never finish."""
         queued = [entry[2] for entry in self._heap]
         waiting = self._waiting.pop(host, [])
@@ -1158,8 +1218,8 @@ class SimCloud:
                     if any(op is w for w in waiting):
                         self._waiting.setdefault(host, []).append(op)
                     continue
-                op.done = True
                 self._fail_op(op)
+                self._done(op, at)
 
     def _fail_op(self, op: _Op) -> None:
         inst = self._instances[op.subject]
@@ -1178,7 +1238,7 @@ class SimCloud:
         self._note_health(h, at)
         for iid in list(self._copies[h.name]):
             self._drop_copy(self._instances[iid], h.name)
-        self._fail_ops_of(h.name)
+        self._fail_ops_of(h.name, at)
 
     def _restore_power(self, h: _Host, at: float) -> None:
         h.powered = True

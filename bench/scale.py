@@ -90,18 +90,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import heapq
 import itertools
 import json
 import math
-import multiprocessing
 import os
 import platform
 import random
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -109,13 +106,10 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +129,7 @@ from vigil.drivers.compute import ACTIVE  # noqa: E402
 from vigil.model import HaPolicy  # noqa: E402
 from vigil.sim.cloud import SimCloud, SimLatency  # noqa: E402
 from vigil.sim.rpc import serve_cloud  # noqa: E402
-from vigil.wire.heartbeat import Heartbeat, encode  # noqa: E402
+from vigil.sim.senders import SenderProcesses  # noqa: E402
 
 TOKEN, KEY = "bench-token", "bench-key"
 INSTANCES_PER_HOST = 20
@@ -151,7 +145,6 @@ REGISTER_THREADS = 4
 API_PAUSE = 0.1  # seconds between two reads of the API reader during the rack failure
 METRICS_EVERY = 0.5  # seconds between two scrapes of /metrics during the rack failure
 RACK_POLL = 0.25  # seconds between two looks at the rack's instances
-LATE = 0.05  # a heartbeat sent this much behind its schedule is late
 DONE = ("succeeded", "failed", "withdrawn")  # a recovery's final statuses
 
 
@@ -207,203 +200,7 @@ def wait(
 # --------------------------------------------------------------------- heartbeat senders
 
 
-def sender_main(
-    conn: Connection,
-    names: list[str],
-    kernel_boot_ids: list[str],
-    key: bytes,
-    address: tuple[str, int],
-    interval: float,
-    loss: float,
-    jitter: float,
-    seed: int,
-) -> None:
-    """One sender process: the agents of ``names``, driven over ``conn``.
-
-    Messages: ("stop", i) the host's power is cut; ("start", i, kernel_boot_id) it is back
-    (a new agent); ("stats",) answered with the counters; ("quit",). A closed pipe (the
-    bench died) ends it too.
-    """
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the bench stops it, after the server
-    rng = random.Random(seed)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
-    n = len(names)
-    agent = [uuid.uuid4().hex[:16] for _ in range(n)]
-    kernel = list(kernel_boot_ids)
-    seq = [0] * n
-    gen = [0] * n  # a beat due of an older generation (stopped, restarted) is dropped
-    running = [True] * n
-    order = itertools.count()
-    start = time.monotonic()
-    # (due, tie-breaker, host, generation, datagram): a beat to make when the datagram is
-    # empty, else a datagram to deliver (generation -1).
-    heap: list[tuple[float, int, int, int, bytes]] = [
-        (start + rng.uniform(0.0, interval), next(order), i, 0, b"") for i in range(n)
-    ]
-    heapq.heapify(heap)
-    beats = sent = dropped = errors = late = 0
-    max_lag = 0.0
-    conn.send(("ready", n))
-    while True:
-        now = time.monotonic()
-        handled = 0
-        while heap and heap[0][0] <= now and handled < 500:
-            handled += 1
-            due, _, i, g, datagram = heapq.heappop(heap)
-            if datagram:
-                try:
-                    sock.sendto(datagram, address)
-                    sent += 1
-                except OSError:
-                    errors += 1
-                continue
-            if g != gen[i] or not running[i]:
-                continue
-            lag = now - due
-            if lag > max_lag:
-                max_lag = lag
-            if lag > LATE:
-                late += 1
-            heapq.heappush(heap, (due + interval, next(order), i, g, b""))
-            seq[i] += 1
-            beats += 1
-            if loss and rng.random() < loss:
-                dropped += 1
-                continue
-            datagram = encode(
-                Heartbeat(names[i], agent[i], seq[i], time.time(), kernel_boot_id=kernel[i]), key
-            )
-            if jitter:
-                delay = rng.uniform(0.0, jitter)
-                heapq.heappush(heap, (due + delay, next(order), i, -1, datagram))
-                continue
-            try:
-                sock.sendto(datagram, address)
-                sent += 1
-            except OSError:
-                errors += 1
-        pause = 0.0
-        if heap and handled < 500:
-            pause = min(max(0.0, heap[0][0] - time.monotonic()), 0.05)
-        try:
-            ready = conn.poll(pause)
-            while ready:
-                msg = conn.recv()
-                if msg[0] == "stop":
-                    running[msg[1]] = False
-                    gen[msg[1]] += 1
-                elif msg[0] == "start":
-                    i = msg[1]
-                    running[i], kernel[i] = True, msg[2]
-                    gen[i] += 1
-                    agent[i], seq[i] = uuid.uuid4().hex[:16], 0
-                    heapq.heappush(heap, (time.monotonic(), next(order), i, gen[i], b""))
-                elif msg[0] == "stats":
-                    conn.send(
-                        {
-                            "hosts": n,
-                            "beats": beats,
-                            "sent": sent,
-                            "dropped": dropped,
-                            "errors": errors,
-                            "late": late,
-                            "max_lag_s": max_lag,
-                            "cpu_s": time.process_time(),
-                            "at": time.monotonic(),
-                        }
-                    )
-                    max_lag = 0.0
-                elif msg[0] == "quit":
-                    return
-                ready = conn.poll(0)
-        except (EOFError, OSError):
-            return
-
-
-class Senders:
-    """The sender processes and the hosts each owns (every ``n``-th host)."""
-
-    def __init__(
-        self,
-        hosts: list[str],
-        kernel_boot_ids: dict[str, str],
-        address: tuple[str, int],
-        args: argparse.Namespace,
-    ) -> None:
-        n = max(1, min(args.senders, len(hosts)))
-        self.slices = [hosts[k::n] for k in range(n)]
-        self.where = {h: (k, i) for k, names in enumerate(self.slices) for i, h in enumerate(names)}
-        self._kernel = kernel_boot_ids
-        self._address = address
-        self._args = args
-        self._conns: list[Connection] = []
-        self._procs: list[BaseProcess] = []
-        self._locks = [threading.Lock() for _ in range(n)]
-
-    def start(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        for k, names in enumerate(self.slices):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=sender_main,
-                args=(
-                    child,
-                    names,
-                    [self._kernel[h] for h in names],
-                    KEY.encode(),
-                    self._address,
-                    HEARTBEAT_INTERVAL,
-                    self._args.loss,
-                    self._args.jitter,
-                    self._args.seed * 1000 + k,
-                ),
-                name=f"heartbeat-sender-{k}",
-                daemon=True,
-            )
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
-        for k, conn in enumerate(self._conns):
-            if not conn.poll(60):
-                raise TimeoutError(f"heartbeat sender {k} did not start")
-            conn.recv()
-
-    def _send(self, k: int, msg: tuple[Any, ...]) -> None:
-        with self._locks[k]:
-            self._conns[k].send(msg)
-
-    def stop_host(self, host: str) -> None:
-        k, i = self.where[host]
-        self._send(k, ("stop", i))
-
-    def start_host(self, host: str, kernel_boot_id: str) -> None:
-        k, i = self.where[host]
-        self._send(k, ("start", i, kernel_boot_id))
-
-    def stats(self) -> list[dict[str, Any]]:
-        out = []
-        for k, conn in enumerate(self._conns):
-            with self._locks[k]:
-                conn.send(("stats",))
-                if not conn.poll(10):
-                    raise TimeoutError(f"heartbeat sender {k} does not answer")
-                out.append(conn.recv())
-        return out
-
-    def close(self) -> None:
-        for k in range(len(self._conns)):
-            with contextlib.suppress(OSError, ValueError):
-                self._send(k, ("quit",))
-        for proc in self._procs:
-            proc.join(5)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(5)
-        for conn in self._conns:
-            conn.close()
-        self._conns, self._procs = [], []
+# (the sender processes are vigil.sim.senders.SenderProcesses, shared with the demo)
 
 
 # ------------------------------------------------------------------- the server, measured
@@ -610,7 +407,7 @@ class Size:
         self.cloud = self._build_cloud()
         self.server: ServerProcess | None = None
         self.api: httpx.Client | None = None
-        self.senders: Senders | None = None
+        self.senders: SenderProcesses | None = None
         self.size: StoreSize | None = None
         self.rack_ended: list[str] = []  # rack hosts whose recovery ended
         self._stack = contextlib.ExitStack()
@@ -697,7 +494,17 @@ class Size:
         say(f"{self.n} hosts registered in {setup['register_s']:.1f}s")
 
         kernel = {h: self.cloud.boot_id(h) for h in self.hosts}
-        self.senders = Senders(self.hosts, kernel, ("127.0.0.1", hb_port), args)
+        self.senders = SenderProcesses(
+            self.hosts,
+            kernel,
+            address=("127.0.0.1", hb_port),
+            key=KEY.encode(),
+            interval=HEARTBEAT_INTERVAL,
+            loss=args.loss,
+            jitter=args.jitter,
+            processes=args.senders,
+            seed=args.seed,
+        )
         t = time.monotonic()
         self.senders.start()
         setup["senders_start_s"] = time.monotonic() - t

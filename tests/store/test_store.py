@@ -640,6 +640,27 @@ def test_start_and_finish_a_step(store: SqlStore) -> None:
     assert store.get_recovery(fence.recovery_id).steps[0] == done
 
 
+def test_steps_started_together_leave_out_those_no_longer_pending(store: SqlStore) -> None:
+    a, b = open_recovery(store, "n1"), open_recovery(store, "n2")
+    store.start_step(b.steps[0].id, at=T0)  # already running: left out, its event too
+    base = max((e.seq for e in store.list_events(after=0)), default=0)
+
+    started = store.start_steps(
+        [
+            (a.steps[0].id, [make_event("vigil.host.fence.start", at=T0 + 1, host="n1")]),
+            (b.steps[0].id, [make_event("vigil.host.fence.start", at=T0 + 1, host="n2")]),
+        ],
+        at=T0 + 1,
+    )
+
+    assert [(s.id, s.status, s.attempts, s.started_at) for s in started] == [
+        (a.steps[0].id, "running", 1, T0 + 1)
+    ]
+    assert store.get_recovery(a.id).steps[0] == started[0]
+    assert store.get_recovery(b.id).steps[0].attempts == 1  # not started twice
+    assert [e.host for e in store.list_events(after=base)] == ["n1"]
+
+
 def test_a_step_retried_after_a_temporary_error(store: SqlStore) -> None:
     fence = open_recovery(store).steps[0]
     store.start_step(fence.id, at=T0 + 1)

@@ -30,6 +30,7 @@ from vigil.model import HaPolicy
 from vigil.server import VigilServer
 from vigil.sim.agents import SimAgents
 from vigil.sim.cloud import SimCloud
+from vigil.sim.senders import CloudFollower, SenderProcesses
 
 SCENARIOS = {
     "power-loss": "power cut",
@@ -37,6 +38,9 @@ SCENARIOS = {
     "hung": "host hung (frozen, still powered)",
     "agent-crash": "vigil agent crashed (host and VMs keep running)",
 }
+
+# Beyond this many hosts the demo's heartbeats come from processes of their own.
+SENDER_PROCESSES_ABOVE = 1000
 
 
 @dataclass
@@ -115,19 +119,40 @@ class Harness:
         self.settings = _settings(opts, Path(opts.state_dir or self._tmp.name))
         self.cloud = build_cloud(opts)
         self.server = VigilServer(self.settings, cloud=self.cloud)
-        self.agents = SimAgents(
-            self.cloud,
-            server=self.server.heartbeat_address,
-            key=self.settings.agent_key.encode(),
-            interval=self.settings.detection.heartbeat_interval,
-            seed=opts.seed,
-            self_fencing=self.cloud.hosts() if opts.self_fencing else (),
-            watchdog_timeout=self.settings.self_fencing.watchdog_timeout,
-            # Every host is in the one segment "demo": the others are its peers.
-            peers={h: self.cloud.hosts() for h in self.cloud.hosts()},
-            peer_interval=self.settings.self_fencing.peer_interval,
-            peer_timeout=self.settings.self_fencing.peer_timeout,
-        )
+        # Up to SENDER_PROCESSES_ABOVE hosts, one thread of this process sends every
+        # host's heartbeats (and runs the self-fencing hosts' watchdogs); beyond, the
+        # signing alone would starve the in-process server: processes of their own send
+        # them, following the cloud.
+        self.agents: SimAgents | None = None
+        self.senders: SenderProcesses | None = None
+        self._follower: CloudFollower | None = None
+        if opts.hosts > SENDER_PROCESSES_ABOVE and not opts.self_fencing:
+            loss, jitter = self.cloud.network()
+            self.senders = SenderProcesses(
+                self.cloud.hosts(),
+                {h: self.cloud.boot_id(h) for h in self.cloud.hosts()},
+                address=self.server.heartbeat_address,
+                key=self.settings.agent_key.encode(),
+                interval=self.settings.detection.heartbeat_interval,
+                loss=loss,
+                jitter=jitter,
+                seed=opts.seed,
+            )
+            self._follower = CloudFollower(self.cloud, self.senders)
+        else:
+            self.agents = SimAgents(
+                self.cloud,
+                server=self.server.heartbeat_address,
+                key=self.settings.agent_key.encode(),
+                interval=self.settings.detection.heartbeat_interval,
+                seed=opts.seed,
+                self_fencing=self.cloud.hosts() if opts.self_fencing else (),
+                watchdog_timeout=self.settings.self_fencing.watchdog_timeout,
+                # Every host is in the one segment "demo": the others are its peers.
+                peers={h: self.cloud.hosts() for h in self.cloud.hosts()},
+                peer_interval=self.settings.self_fencing.peer_interval,
+                peer_timeout=self.settings.self_fencing.peer_timeout,
+            )
         self._segment = {"name": "demo", "max_parallel_evacuations": 8, **(segment or {})}
         self.api: httpx.Client | None = None
 
@@ -153,7 +178,11 @@ class Harness:
                     ]
                 },
             ).raise_for_status()
-        self.agents.start()
+        if self.agents is not None:
+            self.agents.start()
+        if self.senders is not None and self._follower is not None:
+            self.senders.start()
+            self._follower.start()
         # Listing every host costs the server more the more there are: asked less often
         # at scale, with time for the first heartbeats of every host to be recorded.
         count = len(self.cloud.hosts())
@@ -165,14 +194,21 @@ class Harness:
         )
         if self.opts.self_fencing:  # granted by the segment's owner once it took it
             hosts = set(self.cloud.hosts())
-            _wait(lambda: self.agents.leased() >= hosts, 10, "every host's first lease")
+            agents = self.agents
+            assert agents is not None
+            _wait(lambda: agents.leased() >= hosts, 10, "every host's first lease")
             # ... and its next heartbeats acknowledge it: until the server has heard that,
             # it cannot count on the host's watchdog (``LeaseKeeper.armed``)
             time.sleep(2 * self.settings.detection.heartbeat_interval)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.agents.stop()
+        if self._follower is not None:
+            self._follower.stop()
+        if self.senders is not None:
+            self.senders.close()
+        if self.agents is not None:
+            self.agents.stop()
         if self.api is not None:
             self.api.close()
         self.server.stop()

@@ -64,7 +64,7 @@ from vigil.engine.lease import LeaseKeeper
 from vigil.engine.ownership import Ownership, SoleOwnership, may_act, run_as
 from vigil.engine.reconciler import Loop, Reaction, RetryPolicy
 from vigil.engine.requests import OperatorRequests
-from vigil.engine.steps import StepContext
+from vigil.engine.steps import ServiceListing, StepContext
 from vigil.engine.workers import Cancelled, KeyedWorkers
 from vigil.events import STEP_EVENT_NAMES, make_event
 from vigil.model import (
@@ -138,6 +138,7 @@ class Engine(Reaction[Snapshot, Action]):
             booted_again=self._booted_again,
             boot_of=lambda name: self._heartbeats.kernel_boot_ids().get(name),
             may_act=self._may_act,
+            services=ServiceListing(compute, clock),
         )
         # Steps run under the key ("step", recovery id, step id), power reads under
         # ("probe", host): the snapshot sees both busy and the rule waits for them.
@@ -162,6 +163,7 @@ class Engine(Reaction[Snapshot, Action]):
         # The moves every host of a segment may make at once: handled together.
         self.handle_together(MarkUp, self._on_mark_up)
         self.handle_together(RecordBoot, self._on_record_boot)
+        self.handle_together(RunStep, self._on_run_steps)
         for kind, handler in (
             (MarkSuspect, self._on_mark_suspect),
             (ProbePower, self._on_probe_power),
@@ -174,7 +176,6 @@ class Engine(Reaction[Snapshot, Action]):
             (PauseSegment, self._on_pause_segment),
             (PauseRecovery, self._on_pause_recovery),
             (ResumeRecovery, self._on_resume_recovery),
-            (RunStep, self._on_run_step),
             (FinishRecovery, self._on_finish_recovery),
         ):
             self.handle(kind, handler)
@@ -740,25 +741,37 @@ class Engine(Reaction[Snapshot, Action]):
         )
         LOG.info("host %s: recovery %d resumed", action.host, action.recovery_id)
 
-    def _on_run_step(self, action: RunStep) -> None:
+    def _on_run_steps(self, actions: list[RunStep]) -> None:
+        """The steps a cycle starts in a segment, recorded RUNNING in one transaction
+        (a rack failure starts hundreds at once), then handed to the workers."""
         now = self._clock.wall()
-        store = self._store
-        step = action.step
-        event = self._step_event(
-            step, action.recovery_id, action.host, "start", attempt=step.attempts + 1
-        )
-        step = store.start_step(step.id, at=now, events=[event])
-        # False when shutting down: the step stays RUNNING, requeued at the next start.
-        self._submit(
-            ("step", action.recovery_id, step.id),
-            self._segment_of(action) or "",
-            self._execute,
-            action.recovery_id,
-            action.host,
-            step.id,
-            step.attempts,
-            then=self._step_done,
-        )
+        starts = [
+            (a.step.id, [self._step_event(a.step, a.recovery_id, a.host, "start", attempt=n)])
+            for a in actions
+            for n in (a.step.attempts + 1,)
+        ]
+        started = {step.id: step for step in self._store.start_steps(starts, at=now)}
+        for action in actions:
+            step = started.get(action.step.id)
+            if step is None:
+                LOG.warning(
+                    "host %s: step %d of recovery %d not started: it changed meanwhile",
+                    action.host,
+                    action.step.id,
+                    action.recovery_id,
+                )
+                continue
+            # False when shutting down: the step stays RUNNING, requeued at the next start.
+            self._submit(
+                ("step", action.recovery_id, step.id),
+                self._segment_of(action) or "",
+                self._execute,
+                action.recovery_id,
+                action.host,
+                step.id,
+                step.attempts,
+                then=self._step_done,
+            )
 
     def _on_finish_recovery(self, action: FinishRecovery) -> None:
         now = self._clock.wall()

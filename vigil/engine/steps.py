@@ -21,6 +21,7 @@ came back Nova already shows the instance SHUTOFF; one that ran before runs afte
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 from vigil.clock import Clock
 from vigil.config import RecoverySettings
 from vigil.drivers import compute as nova
-from vigil.drivers.compute import ComputeDriver, Server
+from vigil.drivers.compute import ComputeDriver, ComputeService, Server
 from vigil.drivers.errors import DriverError, PermanentError, TemporaryError
 from vigil.drivers.fencing import FenceDevice, PowerState
 from vigil.model import (
@@ -94,6 +95,32 @@ class StepContext:
     # no longer act on the host's segment — its epoch went stale while the step ran, or
     # while the process was stopped between recording the step and calling the cloud.
     may_act: Callable[[], None] = lambda: None
+    # Nova's compute services for choosing a destination; the engine's is a
+    # ``ServiceListing`` shared by its workers.
+    services: Callable[[], Sequence[ComputeService]] | None = None
+
+
+class ServiceListing:
+    """Nova's compute services as last listed, shared by the workers that choose
+    destinations: listed at most once every ``max_age`` seconds, by one worker while the
+    others wait for its answer. A rack failure's 2,000 evacuations would otherwise each
+    list every compute service of the cloud (10,000 at scale), loading nova-api for a
+    choice that is checked again anyway: on the chosen host's own service
+    (``get_service``) and by Nova itself."""
+
+    def __init__(self, compute: ComputeDriver, clock: Clock, max_age: float = 1.0) -> None:
+        self._compute = compute
+        self._clock = clock
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._listed: tuple[float, list[ComputeService]] | None = None
+
+    def __call__(self) -> list[ComputeService]:
+        with self._lock:
+            if self._listed is None or self._clock.monotonic() - self._listed[0] >= self._max_age:
+                started = self._clock.monotonic()
+                self._listed = (started, self._compute.list_services())
+            return self._listed[1]
 
 
 def pick_target(candidates: Sequence[str | None], attempt: int) -> str | None:
@@ -302,7 +329,8 @@ def _status_before(recovery: Recovery, instance_id: str) -> str | None:
 
 def destinations(ctx: StepContext, host: Host, segment: Segment) -> list[str]:
     """Where vigil may send an instance of ``host``: see the module docstring."""
-    services = {s.host: s for s in ctx.compute.list_services()}
+    listing = ctx.services() if ctx.services is not None else ctx.compute.list_services()
+    services = {s.host: s for s in listing}
 
     def nova_takes(name: str) -> bool:
         s = services.get(name)

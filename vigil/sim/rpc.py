@@ -207,7 +207,11 @@ class RemoteCloud:
 
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        # As many kept-alive connections as a server has step workers: with httpx's
+        # default of 20, a rack failure's concurrent calls would open (and the served
+        # side start a thread for) a new connection for most of them.
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, limits=limits)
 
     def close(self) -> None:
         self._http.close()

@@ -342,6 +342,14 @@ class RecoveryStore(abc.ABC):
         """PENDING -> RUNNING, attempts + 1, started_at = at (first start only)."""
 
     @abc.abstractmethod
+    def start_steps(
+        self, starts: Sequence[tuple[int, Sequence[Event]]], *, at: float
+    ) -> list[Step]:
+        """``start_step`` for many steps (with each one's events) in one transaction:
+        what one cycle starts, a rack failure's hundreds. A step that is no longer
+        PENDING is left out, its events with it; the steps started are returned."""
+
+    @abc.abstractmethod
     def finish_step(
         self,
         step_id: int,

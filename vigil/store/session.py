@@ -16,7 +16,12 @@ Servers run writes at READ COMMITTED, so a statement issued after the lock is gr
 sees what the previous holder committed; reads run at REPEATABLE READ for a consistent
 view across the queries of one call. SQLite has no row locks: its writes start with
 ``BEGIN IMMEDIATE``, which takes the database's write lock up front (waiting up to
-``busy_timeout``) instead of failing when a reader later tries to write.
+``busy_timeout``) instead of failing when a reader later tries to write. The threads of
+one process also queue for that lock on a lock of their own (``_one_writer``): SQLite's
+busy handler waits by sleeping, up to 100 ms at a time, so a hundred threads writing at
+once (a rack failure's evacuations) would leave the database idle between writes; a
+Python lock hands it over as soon as it is free. Another process (``vigil`` commands on
+the same file) still meets ``busy_timeout``.
 
 Fencing tokens. A segment's owner makes its writes inside ``acting_as(token)``: each
 write transaction then first reads the segment's row of ``segment_owners`` with a shared
@@ -32,9 +37,10 @@ the reactions enter it around each handler and each worker job (``vigil.engine``
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -68,6 +74,9 @@ from vigil.store.rows import (
 ACTIVE_RECOVERY = (RecoveryStatus.PENDING, RecoveryStatus.RUNNING, RecoveryStatus.PAUSED)
 
 
+_T = TypeVar("_T")
+
+
 class SessionBase:
     """The engine and the read and write transactions; the row helpers every aggregate
     uses (all run inside the caller's transaction)."""
@@ -80,9 +89,11 @@ class SessionBase:
         )
         reader: Engine
         writer: Engine
+        self._one_writer: AbstractContextManager[Any] = nullcontext()
         if self._engine.dialect.name == "sqlite":
             reader = self._engine
             writer = self._engine.execution_options(**{_SQLITE_IMMEDIATE: True})
+            self._one_writer = threading.RLock()
         else:
             reader = self._engine.execution_options(isolation_level="REPEATABLE READ")
             writer = self._engine
@@ -105,7 +116,7 @@ class SessionBase:
     @contextmanager
     def _write(self, events: Sequence[Event] = ()) -> Iterator[Session]:
         """A write transaction; ``events`` go to the outbox in the same transaction."""
-        with unavailable(), self._writes.begin() as session:
+        with self._one_writer, unavailable(), self._writes.begin() as session:
             token = current_token()
             if token is not None:
                 self._check_token(session, token)
@@ -237,10 +248,10 @@ def _raise_revision(session: Session) -> None:
 # --- field updates --------------------------------------------------------------------
 
 
-def chunks(names: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
-    """``names`` in slices short enough for an ``IN (...)`` on every backend."""
-    for start in range(0, len(names), size):
-        yield names[start : start + size]
+def chunks(items: Sequence[_T], size: int = 500) -> Iterator[Sequence[_T]]:
+    """``items`` in slices short enough for an ``IN (...)`` on every backend."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def same(value: Any) -> Any:

@@ -25,7 +25,7 @@ from vigil.model import (
 from vigil.store.base import NotFoundError, current_token
 from vigil.store.mapping import record_of
 from vigil.store.rows import RecoveryRow, StepRow
-from vigil.store.session import SessionBase, note_change
+from vigil.store.session import SessionBase, chunks, note_change
 
 _TERMINAL_STEP = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED)
 
@@ -44,6 +44,41 @@ class SqlSteps(SessionBase):
                 row.started_at = at
             s.flush()
             return record_of(Step, row)
+
+    def start_steps(
+        self, starts: Sequence[tuple[int, Sequence[Event]]], *, at: float
+    ) -> list[Step]:
+        events_of = dict(starts)
+        token = current_token()
+        started: list[StepRow] = []
+        events: list[Event] = []
+        with self._write() as s:
+            hosts: set[str] = set()
+            for chunk in chunks(sorted(events_of)):
+                hosts.update(
+                    s.scalars(
+                        sa.select(RecoveryRow.host)
+                        .join(StepRow, StepRow.recovery_id == RecoveryRow.id)
+                        .where(StepRow.id.in_(chunk))
+                    )
+                )
+            for host in sorted(hosts):  # locked in name order, as one by one
+                self._host_row(s, host, lock=True)
+            for step_id, _ in starts:
+                row = s.get(StepRow, step_id)
+                if row is None or StepStatus(row.status) != StepStatus.PENDING:
+                    continue
+                self._move_step(row, StepStatus.RUNNING, expect=StepStatus.PENDING)
+                row.attempts += 1
+                row.epoch = token.epoch if token is not None else None
+                if row.started_at is None:
+                    row.started_at = at
+                started.append(row)
+                events.extend(events_of[step_id])
+            if events:
+                self._outbox(s, events)
+            s.flush()
+            return [record_of(Step, row) for row in started]
 
     def finish_step(
         self,

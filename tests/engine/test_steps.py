@@ -1,0 +1,60 @@
+"""Steps' shared look-ups, on the fake clock: the compute service listing the workers
+choose destinations from is listed once a second at most, by one worker at a time."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from vigil.clock import FakeClock
+from vigil.drivers.compute import ComputeService
+from vigil.engine.steps import ServiceListing
+from vigil.sim.cloud import SimCloud
+from vigil.sim.drivers import SimCompute
+
+
+class CountingCompute(SimCompute):
+    def __init__(self, cloud: SimCloud, delay: float = 0.0) -> None:
+        super().__init__(cloud)
+        self.listings = 0
+        self.delay = delay
+
+    def list_services(self) -> list[ComputeService]:
+        self.listings += 1
+        time.sleep(self.delay)
+        return super().list_services()
+
+
+def test_the_listing_is_shared_until_it_is_a_second_old() -> None:
+    clock = FakeClock()
+    cloud = SimCloud(clock)
+    for name in ("c1", "c2"):
+        cloud.add_host(name)
+    compute = CountingCompute(cloud)
+    listing = ServiceListing(compute, clock, max_age=1.0)
+
+    assert {s.host for s in listing()} == {"c1", "c2"}
+    clock.advance(0.9)
+    cloud.disable("c2", "maintenance")
+    assert not next(s for s in listing() if s.host == "c2").disabled  # still the same one
+    assert compute.listings == 1
+
+    clock.advance(0.1)
+    assert next(s for s in listing() if s.host == "c2").disabled  # listed again
+    assert compute.listings == 2
+
+
+def test_workers_asking_at_once_wait_for_one_listing() -> None:
+    clock = FakeClock()
+    cloud = SimCloud(clock)
+    cloud.add_host("c1")
+    compute = CountingCompute(cloud, delay=0.2)
+    listing = ServiceListing(compute, clock)
+    answers: list[int] = []
+    threads = [threading.Thread(target=lambda: answers.append(len(listing()))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert answers == [1] * 8
+    assert compute.listings == 1

@@ -27,8 +27,8 @@ host, KEEP_RUNNING) a world of its own, all real processes on 127.0.0.1:
   boot id. Each sender reports its datagrams sent and dropped on purpose, its lag
   behind schedule and its CPU, so that one that cannot keep up shows.
 
-The hosts are registered through the REST API (4 client threads), in segments of up to
-1,000 hosts (``seg-01``, ``seg-02``, ...), each with max_failed_share 0.5 and
+The hosts are registered through the REST API (``POST /v1/host-batches``, a segment at
+a time), in segments of up to 1,000 hosts (``seg-01``, ``seg-02``, ...), each with max_failed_share 0.5 and
 max_parallel_evacuations 64, every host fenced by the ``sim`` driver (its BMC in the
 simulated cloud); then the bench waits for every host ``up`` in ``GET /v1/hosts``.
 Measured at each size, one phase after the other:
@@ -141,7 +141,7 @@ HEARTBEAT_INTERVAL = 0.25  # detection.heartbeat_interval's default
 NOVA = SimLatency(api_call=0.02, evacuate=2.0, power_off=1.0, jitter=0.1)
 NOVA_MAX_EVACUATIONS = 40  # rebuilds Nova runs at once
 NOVA_LIMIT_PER_S = NOVA_MAX_EVACUATIONS / NOVA.evacuate
-REGISTER_THREADS = 4
+RESTORE_THREADS = 4
 API_PAUSE = 0.1  # seconds between two reads of the API reader during the rack failure
 METRICS_EVERY = 0.5  # seconds between two scrapes of /metrics during the rack failure
 RACK_POLL = 0.25  # seconds between two looks at the rack's instances
@@ -542,32 +542,16 @@ class Size:
                 },
             ).raise_for_status()
         self.row["segments"] = len(segments)
-        local = threading.local()
-
-        def client() -> httpx.Client:
-            c: httpx.Client | None = getattr(local, "client", None)
-            if c is None:
-                c = local.client = httpx.Client(
-                    base_url=str(api.base_url), headers=dict(api.headers), timeout=120
-                )
-                clients.append(c)
-            return c
-
-        def post(i: int) -> None:
-            body = {"name": host_name(i), "segment": segment_of(i), "fencing": [{"driver": "sim"}]}
-            response = client().post("/v1/hosts", json=body)
-            if response.status_code != 409:  # already there (a retried request)
-                response.raise_for_status()
-
-        clients: list[httpx.Client] = []
-        try:
-            with ThreadPoolExecutor(REGISTER_THREADS) as pool:
-                for done, _ in enumerate(pool.map(post, range(1, self.n + 1)), start=1):
-                    if done % 1000 == 0:
-                        say(f"  {done}/{self.n} hosts registered")
-        finally:
-            for c in clients:
-                c.close()
+        # A segment's hosts at a time, as an operator adding a cloud would
+        # (POST /v1/host-batches: up to 1,000 hosts, all or none).
+        for name in segments:
+            batch = [
+                {"name": host_name(i), "segment": name, "fencing": [{"driver": "sim"}]}
+                for i in range(1, self.n + 1)
+                if segment_of(i) == name
+            ]
+            api.post("/v1/host-batches", json={"hosts": batch}).raise_for_status()
+            say(f"  {len(batch)} hosts of {name} registered")
 
     def _states(self) -> Counter[str]:
         assert self.api is not None
@@ -744,7 +728,7 @@ class Size:
                 return False
             return True
 
-        with ThreadPoolExecutor(min(REGISTER_THREADS, len(hosts))) as pool:
+        with ThreadPoolExecutor(min(RESTORE_THREADS, len(hosts))) as pool:
             done = list(pool.map(restore, hosts))
         left = [h for h, ok in zip(hosts, done, strict=True) if not ok]
         if left:

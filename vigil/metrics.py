@@ -6,8 +6,9 @@ custom-collector API), so that nothing on a hot path — 40,000 heartbeats a sec
 10,000 hosts — pays for a metric per event; in a registry of its own per server, since
 tests and the demo run several servers in one process.
 
-- ``vigil_heartbeats_received_total`` / ``vigil_heartbeats_refused_total``: heartbeats
-  recorded, and refused (bad signature, unknown host, replayed);
+- ``vigil_heartbeats_received_total`` / ``vigil_heartbeats_refused_total`` /
+  ``vigil_heartbeats_dropped_total``: heartbeats recorded, refused (bad signature,
+  unknown host, replayed), and dropped by the socket before the server read them;
 - ``vigil_hosts{state}``: hosts by state, as the engine's latest cycle read them;
 - ``vigil_cycles_total{loop,reaction}`` / ``vigil_cycle_seconds_total{loop,reaction}``:
   the reconciler cycles run and the time spent in them (their ratio: a cycle's mean
@@ -32,7 +33,7 @@ class ServerMetrics(Collector):
     def __init__(
         self,
         *,
-        heartbeats: Callable[[], tuple[int, int]],
+        heartbeats: Callable[[], tuple[int, int, int]],
         hosts: Callable[[], Mapping[str, Host]],
         cycles: Callable[[], Mapping[tuple[str, str], tuple[int, float]]],
         outbox_lags: Callable[[], Mapping[str, float]],
@@ -48,7 +49,7 @@ class ServerMetrics(Collector):
         return generate_latest(self.registry)
 
     def collect(self) -> Iterator[Metric]:
-        received, refused = self._heartbeats()
+        received, refused, dropped = self._heartbeats()
         yield CounterMetricFamily(
             "vigil_heartbeats_received", "Heartbeats recorded.", value=received
         )
@@ -56,6 +57,12 @@ class ServerMetrics(Collector):
             "vigil_heartbeats_refused",
             "Heartbeats refused: bad signature, unknown host, replayed.",
             value=refused,
+        )
+        yield CounterMetricFamily(
+            "vigil_heartbeats_dropped",
+            "Heartbeat datagrams this server's socket dropped, its queue full (the server "
+            "not keeping up; no host's silence counts meanwhile).",
+            value=dropped,
         )
         states = Counter(h.state for h in self._hosts().values())
         hosts = GaugeMetricFamily("vigil_hosts", "Hosts by state.", labels=["state"])

@@ -175,7 +175,11 @@ class VigilServer:
             leases=self.leases,
         )
         self.metrics = ServerMetrics(
-            heartbeats=lambda: (self.receiver.received, self.receiver.refused),
+            heartbeats=lambda: (
+                self.receiver.received,
+                self.receiver.refused,
+                self.receiver.dropped,
+            ),
             hosts=self.known.all,
             cycles=lambda: {
                 (loop.name, reaction): spent

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import time
 
 import pytest
 
 from vigil.agent.heartbeat import read_kernel_boot_id
-from vigil.clock import SystemClock
+from vigil.clock import FakeClock, SystemClock
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
 from vigil.wire.heartbeat import BadHeartbeat, Heartbeat, decode, encode
 
@@ -165,3 +166,62 @@ def test_a_burst_of_datagrams_is_taken_whole(
     # kernel dropped would show as fewer, not as a refusal).
     assert rx.refused == 0 and rx.received == 1200
     assert table.age("compute-1") is not None
+
+
+def test_heartbeats_the_server_lost_are_not_silence() -> None:
+    """When this server's socket dropped datagrams, any host may have beaten: every host
+    heard before counts as heard then, so vigil falling behind never fences a host."""
+    clock = FakeClock()
+    table = HeartbeatTable(clock)
+    table.beat("a", "b", 1)
+    table.beat("b", "b", 1)
+    clock.advance(1.0)
+    table.beat("b", "b", 2)
+    clock.advance(0.5)
+    assert table.silent(["a", "b"], 1.0) == {"a": pytest.approx(1.5)}
+
+    table.note_lost()
+    assert table.silent(["a", "b", "never"], 1.0) == {"never": None}
+    assert table.age("a") == 0.0
+
+    clock.advance(1.25)  # nothing heard since: silent again, counted from the loss
+    assert table.silent(["a", "b"], 1.0) == {
+        "a": pytest.approx(1.25),
+        "b": pytest.approx(1.25),
+    }
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_MEMINFO is Linux's")
+def test_a_socket_that_overflowed_says_so_and_counts_no_host_silent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    table = HeartbeatTable(clock)
+    table.beat("compute-2", "b", 1)  # heard once, long ago
+    clock.advance(10)
+    rx = HeartbeatReceiver(
+        table,
+        key=KEY,
+        known_host=lambda h: h == "compute-1",
+        bind=("127.0.0.1", 0),
+        clock=clock,
+        receive_buffer=4096,  # a few datagrams
+    )
+    try:
+        # Sent before the receiver reads: the kernel keeps what fits and drops the rest.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for seq in range(1, 301):
+                s.sendto(encode(Heartbeat("compute-1", "b", seq, time.time()), KEY), rx.address)
+        assert table.silent(["compute-2"], 1.0) == {"compute-2": 10.0}
+        with caplog.at_level(logging.WARNING, logger="vigil.engine.heartbeat"):
+            rx.start()
+            deadline = time.monotonic() + 5
+            while rx.received == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.05)
+        assert 0 < rx.received < 300
+        assert rx.dropped == 300 - rx.received
+        assert table.silent(["compute-2"], 1.0) == {}  # its heartbeat may have been dropped
+        assert "dropped by this server's socket" in caplog.text
+    finally:
+        rx.stop()

@@ -136,7 +136,7 @@ class Engine(Reaction[Snapshot, Action]):
             fenced=lambda name: name in self._fenced,
             spread=self._spread,
             booted_again=self._booted_again,
-            boot_of=lambda name: self._heartbeats.kernel_boot_ids().get(name),
+            boot_of=lambda name: self._heartbeats.kernel_boot_id(name),
             may_act=self._may_act,
             services=ServiceListing(compute, clock),
         )
@@ -160,6 +160,7 @@ class Engine(Reaction[Snapshot, Action]):
         self._known_version = -1
         self._fenced: frozenset[str] = frozenset()  # recovered, or fence confirmed
         self._aimed: Counter[str] = Counter()  # evacuations aimed at each host
+        self._boots_unsettled: dict[str, str] = {}  # host -> a kernel boot id not stored
         # The moves every host of a segment may make at once: handled together.
         self.handle_together(MarkUp, self._on_mark_up)
         self.handle_together(RecordBoot, self._on_record_boot)
@@ -337,14 +338,19 @@ class Engine(Reaction[Snapshot, Action]):
         ages: dict[str, float | None] = {}
         for segment in owned:
             ages.update(heartbeats.silent(book.members[segment], suspect_after))
-        boots = heartbeats.kernel_boot_ids()
         hosts = book.hosts
         with self._lock:
             watched = set(self._reports) | set(self._power)
         watched |= book.unsettled | book.recoveries.keys()
-        watched |= {
-            name for name, boot in boots.items() if (h := hosts.get(name)) and boot != h.boot_id
-        }
+        # Hosts heard with a kernel boot id other than the stored one: looked at until
+        # the two agree (RecordBoot), or the host is gone.
+        self._boots_unsettled.update(heartbeats.kernel_changes())
+        for name, boot in list(self._boots_unsettled.items()):
+            h = hosts.get(name)
+            if heartbeats.kernel_boot_id(name) != boot or (h is not None and boot == h.boot_id):
+                del self._boots_unsettled[name]
+            elif h is not None:
+                watched.add(name)
         for name in watched - ages.keys():
             host = hosts.get(name)
             if host is not None and owns(host.segment):
@@ -371,7 +377,7 @@ class Engine(Reaction[Snapshot, Action]):
                     report=(
                         DownReport(said[0], said[1], now_mono - said[2], said[3]) if said else None
                     ),
-                    boot_id=boots.get(name),
+                    boot_id=heartbeats.kernel_boot_id(name),
                 )
         recoveries = tuple(
             sorted(
@@ -824,7 +830,7 @@ class Engine(Reaction[Snapshot, Action]):
         host = self.known.get(name)
         if host is None or host.boot_id is None:
             return None
-        heard = self._heartbeats.kernel_boot_ids().get(name)
+        heard = self._heartbeats.kernel_boot_id(name)
         return heard is not None and heard != host.boot_id
 
     def _spread(self, candidates: Sequence[str]) -> str:

@@ -3,6 +3,14 @@
 The receiver only verifies and records; it decides nothing. Refusals (bad signature,
 unknown host, replay) are logged, at most once per source and reason every 30 s, so a
 misconfigured agent is visible without flooding the log.
+
+Heartbeats this server lost itself are not silence. When the socket's queue overflows
+(the process could not read fast enough: overloaded, stopped, starved of CPU), the
+kernel drops datagrams and counts them (``SO_MEMINFO``, Linux); any host may have
+beaten meanwhile, so the table then counts every host as heard at that moment
+(``HeartbeatTable.note_lost``): vigil falling behind delays a detection, it never fences
+a host that was beating. Found by bench/scale.py: 5,000 hosts and a server starved at
+start-up had hosts declared failed whose heartbeats it had dropped.
 """
 
 from __future__ import annotations
@@ -10,6 +18,8 @@ from __future__ import annotations
 import logging
 import select
 import socket
+import struct
+import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
 
@@ -27,6 +37,10 @@ from vigil.wire.heartbeat import (
 LOG = logging.getLogger(__name__)
 
 BATCH = 512  # datagrams taken from the socket at most before they are recorded
+# Linux's SO_MEMINFO (not in Python's socket module): the socket's memory counters, the
+# ninth (SK_MEMINFO_DROPS) the datagrams it dropped so far.
+SO_MEMINFO = 55 if sys.platform.startswith("linux") else None
+_MEMINFO_DROPS = struct.Struct("=32xI")  # after eight 32-bit counters
 
 
 class HeartbeatTable:
@@ -38,7 +52,15 @@ class HeartbeatTable:
         self._last: dict[str, float] = {}
         self._seq: dict[str, tuple[str, int]] = {}
         self._kernel: dict[str, str] = {}
+        self._kernel_changed: set[str] = set()  # hosts heard with a new kernel boot id
+        self._all_heard_at = float("-inf")  # heartbeats lost by this server: note_lost
         self.started_at = clock.monotonic()
+
+    def note_lost(self) -> None:
+        """Heartbeats were lost before this server could read them: any host may have
+        beaten meanwhile, so every host heard before counts as heard now."""
+        with self._lock:
+            self._all_heard_at = self._clock.monotonic()
 
     def beat(self, host: str, boot_id: str, seq: int, kernel_boot_id: str = "") -> bool:
         """Record a heartbeat; False for a replayed or reordered one (not newer).
@@ -59,9 +81,24 @@ class HeartbeatTable:
             return False
         self._seq[host] = (boot_id, seq)
         self._last[host] = now
-        if kernel_boot_id:
+        if kernel_boot_id and self._kernel.get(host) != kernel_boot_id:
             self._kernel[host] = kernel_boot_id
+            self._kernel_changed.add(host)
         return True
+
+    def kernel_boot_id(self, host: str) -> str | None:
+        """The last kernel boot id heard from the host (None: none heard)."""
+        with self._lock:
+            return self._kernel.get(host)
+
+    def kernel_changes(self) -> dict[str, str]:
+        """The hosts heard with another kernel boot id (or their first) since the last
+        call, with it: what a reader compares with what it knows, instead of every
+        host's at every cycle."""
+        with self._lock:
+            changed = {h: self._kernel[h] for h in self._kernel_changed}
+            self._kernel_changed.clear()
+        return changed
 
     def kernel_boot_ids(self) -> dict[str, str]:
         """The last kernel boot id heard from each host (hosts whose agent sends one):
@@ -73,6 +110,8 @@ class HeartbeatTable:
         """Seconds since the host's last heartbeat; None if none since this process began."""
         with self._lock:
             last = self._last.get(host)
+            if last is not None:
+                last = max(last, self._all_heard_at)
         return None if last is None else self._clock.monotonic() - last
 
     def silent(self, hosts: Iterable[str], longer_than: float) -> dict[str, float | None]:
@@ -85,18 +124,21 @@ class HeartbeatTable:
         last = self._last
         out: dict[str, float | None] = {}
         with self._lock:
+            if self._all_heard_at > cutoff:
+                return {h: None for h in hosts if h not in last}
             for host in hosts:
                 t = last.get(host)
                 if t is None:
                     out[host] = None
                 elif t <= cutoff:
-                    out[host] = now - t
+                    out[host] = now - max(t, self._all_heard_at)
         return out
 
     def ages(self) -> dict[str, float]:
         now = self._clock.monotonic()
         with self._lock:
-            return {h: now - t for h, t in self._last.items()}
+            heard = self._all_heard_at
+            return {h: now - max(t, heard) for h, t in self._last.items()}
 
     def since_start(self) -> float:
         return self._clock.monotonic() - self.started_at
@@ -112,20 +154,32 @@ class HeartbeatReceiver:
         bind: tuple[str, int],
         clock: Clock,
         leases: LeaseKeeper | None = None,
+        receive_buffer: int = 4 * 1024 * 1024,
     ) -> None:
+        """``receive_buffer``: the socket's queue in bytes (Linux doubles it and caps it
+        at net.core.rmem_max): about half a second of 10,000 hosts' heartbeats."""
         self._table = table
         self._leases = leases
         self._key = key
         self._known = known_host
         self._clock = clock
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         self._sock.bind(bind)
         self.address: tuple[str, int] = self._sock.getsockname()
         self._stop = threading.Event()
         self._warned: dict[tuple[str, str], float] = {}
         self.refused = 0
         self.received = 0  # heartbeats recorded (verified, from a known host, newer)
+        self.dropped = 0  # datagrams the socket dropped, its queue full (SO_MEMINFO)
+        self._dropping_since: float | None = None  # logged when it starts and ends
+        self._quiet_since = 0.0
+        self._counts_drops = SO_MEMINFO is not None and self._socket_drops() is not None
+        if not self._counts_drops:
+            LOG.warning(
+                "heartbeats: this system does not say when the socket drops heartbeats "
+                "(no SO_MEMINFO): a server that cannot keep up may take hosts for silent"
+            )
         self._thread = threading.Thread(target=self._run, name="heartbeat-receiver", daemon=True)
 
     def start(self) -> None:
@@ -160,6 +214,12 @@ class HeartbeatReceiver:
                 raise
             if not ready:
                 continue
+            # Asked before reading: a drop is known before the silence it caused is.
+            dropped = self._socket_drops() if self._counts_drops else None
+            if dropped is not None and dropped > self.dropped:
+                self._lost(dropped)
+            elif self._dropping_since is not None:
+                self._caught_up()
             batch: list[tuple[bytes, tuple[str, int]]] = []
             try:
                 while len(batch) < BATCH:
@@ -171,6 +231,39 @@ class HeartbeatReceiver:
                     return
                 raise
             self._take(batch)
+
+    def _socket_drops(self) -> int | None:
+        """The datagrams the socket has dropped so far, its queue full (None: unknown)."""
+        assert SO_MEMINFO is not None
+        try:
+            info = self._sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 64)
+        except OSError:
+            return None
+        if len(info) < _MEMINFO_DROPS.size:
+            return None
+        return int(_MEMINFO_DROPS.unpack_from(info)[0])
+
+    def _lost(self, dropped: int) -> None:
+        """The socket dropped heartbeats (its total so far: ``dropped``)."""
+        self._table.note_lost()
+        if self._dropping_since is None:
+            self._dropping_since = self._clock.monotonic()
+            LOG.warning(
+                "heartbeats: %d dropped by this server's socket, its queue full (this "
+                "process cannot keep up): no host's silence counts until it does",
+                dropped - self.dropped,
+            )
+        self._quiet_since = self._clock.monotonic()
+        self.dropped = dropped
+
+    def _caught_up(self) -> None:
+        now = self._clock.monotonic()
+        if self._dropping_since is not None and now - self._quiet_since >= 1.0:
+            LOG.warning(
+                "heartbeats: none dropped for 1s: keeping up again (%d dropped in all)",
+                self.dropped,
+            )
+            self._dropping_since = None
 
     def _take(self, batch: list[tuple[bytes, tuple[str, int]]]) -> None:
         beats: list[tuple[Heartbeat, tuple[str, int]]] = []

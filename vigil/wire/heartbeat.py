@@ -40,6 +40,7 @@ GRANT_MAGIC = b"VGLG"
 QUERY_MAGIC = b"VGLQ"
 ANSWER_MAGIC = b"VGLA"
 MAX_DATAGRAM = 1024
+_JSON = json.JSONDecoder()
 
 
 class BadHeartbeat(Exception):
@@ -101,11 +102,13 @@ def _verify(datagram: bytes, magic: bytes, key: bytes) -> dict[str, Any]:
     body, sep, signature = datagram.rpartition(b".")
     if not sep:
         raise BadHeartbeat("unsigned message")
-    expected = hmac.new(key, body, hashlib.sha256).hexdigest().encode()
+    # hmac.digest: the one-shot C path (no HMAC object); a server verifies 40,000 of
+    # these a second at 10,000 hosts.
+    expected = hmac.digest(key, body, "sha256").hex().encode()
     if not hmac.compare_digest(expected, signature):
         raise BadHeartbeat("bad signature (wrong or missing agent key)")
     try:
-        data = json.loads(body[len(magic) :])
+        data = _JSON.decode(body[len(magic) :].decode())
     except ValueError as exc:
         raise BadHeartbeat(f"malformed message: {exc}") from exc
     if not isinstance(data, dict):

@@ -29,7 +29,6 @@ answers.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ QUERY_MAGIC = b"VGLQ"
 ANSWER_MAGIC = b"VGLA"
 MAX_DATAGRAM = 1024
 _JSON = json.JSONDecoder()
+_JSON_OUT = json.JSONEncoder(separators=(",", ":"))
 
 
 class BadHeartbeat(Exception):
@@ -92,8 +92,8 @@ class PeerAnswer:
 
 
 def _sign(magic: bytes, fields: dict[str, Any], key: bytes) -> bytes:
-    body = magic + json.dumps(fields, separators=(",", ":")).encode()
-    return body + b"." + hmac.new(key, body, hashlib.sha256).hexdigest().encode()
+    body = magic + _JSON_OUT.encode(fields).encode()
+    return body + b"." + hmac.digest(key, body, "sha256").hex().encode()
 
 
 def _verify(datagram: bytes, magic: bytes, key: bytes) -> dict[str, Any]:

@@ -70,7 +70,6 @@ from vigil.events import CATALOGUE, event_as_json, make_event
 from vigil.model import (
     FailureStatus,
     GuestFailureStatus,
-    Host,
     HostState,
     InstancePolicy,
     InvalidTransition,
@@ -369,15 +368,7 @@ def _host_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         tags=["hosts"],
     )
     def create_host(body: HostIn) -> HostOut:
-        host = store.create_host(
-            Host(
-                name=body.name,
-                segment=body.segment,
-                maintenance=body.maintenance,
-                reserved=body.reserved,
-                fencing=tuple(m.to_model() for m in body.fencing),
-            )
-        )
+        host = store.create_host(body.to_model())
         LOG.info("host %s created in segment %s", host.name, host.segment)
         engine.wake()
         return HostOut.of(host)
@@ -393,18 +384,7 @@ def _host_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         """Register up to 1,000 hosts at once, all or none (one transaction): a name
         given twice is a 400, a segment that does not exist a 404, a host that exists a
         409, each naming them."""
-        hosts = store.create_hosts(
-            [
-                Host(
-                    name=h.name,
-                    segment=h.segment,
-                    maintenance=h.maintenance,
-                    reserved=h.reserved,
-                    fencing=tuple(m.to_model() for m in h.fencing),
-                )
-                for h in body.hosts
-            ]
-        )
+        hosts = store.create_hosts([h.to_model() for h in body.hosts])
         LOG.info("%d hosts created: %s ... %s", len(hosts), hosts[0].name, hosts[-1].name)
         engine.wake()
         return [HostOut.of(h) for h in hosts]

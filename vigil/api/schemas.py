@@ -153,6 +153,15 @@ class HostIn(_In):
     reserved: bool = False
     fencing: list[FenceMethodIn] = Field(default_factory=list, max_length=8)
 
+    def to_model(self) -> Host:
+        return Host(
+            name=self.name,
+            segment=self.segment,
+            maintenance=self.maintenance,
+            reserved=self.reserved,
+            fencing=tuple(m.to_model() for m in self.fencing),
+        )
+
 
 class HostBatchIn(_In):
     """Hosts registered in one go (a cloud's thousands), all or none."""

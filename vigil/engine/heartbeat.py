@@ -165,6 +165,14 @@ class HeartbeatReceiver:
         self._clock = clock
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        got = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        if got < receive_buffer:  # Linux reports twice what it grants (its bookkeeping)
+            LOG.warning(
+                "heartbeats: the socket's queue is %d bytes, not the %d asked for (capped "
+                "by net.core.rmem_max): with thousands of hosts, raise net.core.rmem_max",
+                got,
+                receive_buffer,
+            )
         self._sock.bind(bind)
         self.address: tuple[str, int] = self._sock.getsockname()
         self._stop = threading.Event()

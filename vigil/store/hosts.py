@@ -85,6 +85,19 @@ _HOST_FIELDS: Mapping[str, Callable[[Any], Any]] = {
 }
 
 
+def _new_host_row(host: Host) -> HostRow:
+    return HostRow(
+        name=host.name,
+        segment=host.segment,
+        state=str(HostState(host.state)),
+        maintenance=host.maintenance,
+        reserved=host.reserved,
+        fencing=_fencing_to_json(host.fencing),
+        state_reason=host.state_reason,
+        state_changed_at=host.state_changed_at,
+    )
+
+
 class SqlHosts(SessionBase, HostStore, ControlStore):
     """Segments, hosts, instance policies and the control row."""
 
@@ -148,16 +161,7 @@ class SqlHosts(SessionBase, HostStore, ControlStore):
         try:
             with self._write() as s:
                 self._segment_row(s, host.segment)
-                row = HostRow(
-                    name=host.name,
-                    segment=host.segment,
-                    state=str(HostState(host.state)),
-                    maintenance=host.maintenance,
-                    reserved=host.reserved,
-                    fencing=_fencing_to_json(host.fencing),
-                    state_reason=host.state_reason,
-                    state_changed_at=host.state_changed_at,
-                )
+                row = _new_host_row(host)
                 s.add(row)
                 s.flush()
                 return _host(row)
@@ -182,19 +186,7 @@ class SqlHosts(SessionBase, HostStore, ControlStore):
             ]
             if taken:
                 raise AlreadyExists(f"host(s) {', '.join(repr(n) for n in taken)} already exist")
-            rows = [
-                HostRow(
-                    name=host.name,
-                    segment=host.segment,
-                    state=str(HostState(host.state)),
-                    maintenance=host.maintenance,
-                    reserved=host.reserved,
-                    fencing=_fencing_to_json(host.fencing),
-                    state_reason=host.state_reason,
-                    state_changed_at=host.state_changed_at,
-                )
-                for host in hosts
-            ]
+            rows = [_new_host_row(host) for host in hosts]
             s.add_all(rows)
             try:
                 s.flush()

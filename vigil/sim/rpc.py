@@ -135,6 +135,10 @@ class _CloudHTTPServer(ThreadingHTTPServer):
     # The stdlib threaded server is enough: a handful of vigil processes make small JSON
     # calls on loopback, and a test fixture should not pull in a web framework.
     daemon_threads = True
+    # Every step worker of a server opens its own connection at once when a rack fails:
+    # with the stdlib's backlog of 5 the others' SYNs would be dropped and retried a
+    # second or more later, and the simulated Nova would look slow.
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], cloud: CloudApi) -> None:
         super().__init__(address, _Handler)

@@ -44,7 +44,9 @@ driver (its BMC in the simulated cloud); then the bench waits for every host ``u
   from the cut until every one of those instances is ACTIVE on another host (read from
   the cloud in this process every 0.25 s), the evacuations per second from the first
   evacuate Nova accepted to the last ACTIVE against Nova's 20/s (the ratio), each
-  instance evacuated exactly once (``SimCloud.evacuations()``), none running twice.
+  instance rebuilt elsewhere exactly once (``SimCloud.evacuations()``: an evacuate Nova
+  answered with "no valid host" is counted apart, ``no_valid_host_answers``), none
+  running twice.
   The rack comes before the power losses (whose instances would otherwise land on its
   lightly loaded hosts at small sizes); its hosts are brought back and restored after;
 - ``api_ms``: during the rack failure a thread reads ``GET /v1/hosts?segment=seg-01``
@@ -876,7 +878,9 @@ class Size:
         all_active = None if remaining else round(ended - cut, 2)
         mine = set(ids)
         records = [e for e in self.cloud.evacuations() if e.instance in mine]
-        per_instance = Counter(e.instance for e in records if not e.lost)
+        # Rebuilt: an evacuate Nova accepted and scheduled somewhere (an answer of "no
+        # valid host" moves nothing: vigil asks again, and it is counted apart).
+        per_instance = Counter(e.instance for e in records if not e.lost and e.dest is not None)
         first = min((e.at for e in records), default=None)
         span = None if first is None or remaining else ended - first
         rate = None if span is None else len(ids) / span
@@ -913,6 +917,7 @@ class Size:
             "evacuated_never": sum(per_instance[i] == 0 for i in ids),
             "evacuated_more_than_once": sum(per_instance[i] > 1 for i in ids),
             "evacuate_calls": len(records),
+            "no_valid_host_answers": sum(1 for e in records if e.dest is None),
             "double_running": len(double),
             "nova_rebuilding_max": sampler.running_max,
             "nova_waiting_max": sampler.queued_max,

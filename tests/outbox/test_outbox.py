@@ -17,6 +17,7 @@ from vigil.drivers.notifier import MemoryNotifier, Notifier
 from vigil.engine.outbox import DeliverySettings, OutboxDispatcher, Sink
 from vigil.events import make_event
 from vigil.model import Event, Host, HostState, Segment
+from vigil.store import NotFoundError
 from vigil.store.sql import SqlStore
 
 FAST = DeliverySettings(attempts=4, backoff=0.05, backoff_max=0.2, poll=0.05)
@@ -109,6 +110,51 @@ def test_a_failing_sink_retries_with_backoff_and_others_go_on(store: SqlStore) -
         assert store.list_dead_letters() == []
     finally:
         d.stop()
+
+
+def test_the_cursor_moves_once_a_round_and_before_a_failure_is_recorded(
+    store: SqlStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A round's deliveries are recorded in one write (not one per event); a failure
+    first records what was delivered before it, then its own attempt (which a later
+    record of deliveries would otherwise clear)."""
+    recorded: list[int] = []
+    record = store.sink_delivered
+
+    def counting(name: str, seq: int) -> None:
+        recorded.append(seq)
+        record(name, seq)
+
+    monkeypatch.setattr(store, "sink_delivered", counting)
+    flaky = Flaky(failures=0)
+    failed_once: list[str] = []
+    third: list[str] = []
+
+    def publish(event: Event) -> None:
+        if third and event.id == third[0] and not failed_once:
+            failed_once.append(event.id)
+            raise TemporaryError("not now")
+        flaky.got.append(event)
+
+    flaky.publish = publish  # type: ignore[method-assign]
+    slow = DeliverySettings(attempts=4, backoff=0.05, backoff_max=0.2, poll=1.0)
+    d = OutboxDispatcher(
+        store, clock=SystemClock(), settings=slow, sinks=lambda: [Sink("s", flaky)]
+    )
+    d.start()
+    try:
+        # A new sink starts at the end; its worker then sleeps a poll (no wake-up): the
+        # five events are all there for its next round.
+        wait_until(lambda: store.get_sink("s"), "the sink", 5.0, ignoring=(NotFoundError,))
+        ids = emit(store, 5)
+        third.append(ids[2])
+        seqs = [e.seq for e in store.list_events()][-5:]
+        wait_until(lambda: len(flaky.got) == 5, "all five delivered", 10.0, every=0.01)
+        wait_until(lambda: store.get_sink("s").cursor == seqs[-1], "the cursor at the end", 5.0)
+    finally:
+        d.stop()
+    assert [e.id for e in flaky.got] == ids  # in order, each once
+    assert recorded == [seqs[1], seqs[-1]]  # before the failure; then the second round's
 
 
 def test_after_the_last_try_a_dead_letter_and_the_sink_moves_on(store: SqlStore) -> None:

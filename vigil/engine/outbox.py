@@ -6,8 +6,10 @@ consumer delays nobody else and never the recovery: the engine only writes event
 transaction of the change they report. A sink delivers strictly in ``seq`` order (so
 never out of order for a host); an event that keeps failing is retried with exponential
 backoff and, after the last try, recorded as a dead letter so the sink moves on. The
-cursor moves after a delivery is confirmed, so a crash in between delivers the event
-again after restart: consumers deduplicate on the event id.
+cursor moves after deliveries are confirmed — once per round of up to ``batch`` events
+(and before a failure is recorded), not once per event: a rack failure's thousands of
+events would otherwise each wait for the store's writers — so a crash in between
+delivers those events again after restart: consumers deduplicate on the event id.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class _Worker:
         self._settings = settings
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._delivered = 0  # the last seq delivered and not yet recorded as such
         self._thread = threading.Thread(target=self._run, name=f"outbox-{sink.name}", daemon=True)
         # When the oldest event not yet delivered to this sink happened (None: none
         # waits): the sink's lag, read by the metrics.
@@ -109,17 +112,24 @@ class _Worker:
             self.oldest_pending = None
             return self._settings.poll
         attempts = state.attempts
-        for event in events:
-            self.oldest_pending = event.timestamp
-            if self._stop.is_set():
-                return 0.0
-            if not self.sink.wants(event.event_type):
-                self._store.sink_delivered(self.sink.name, event.seq)
-                continue
-            if not self._deliver(event, attempts):
-                return 0.0  # back off: the next round reads the new next_attempt_at
-            attempts = 0
-        return 0.0
+        try:
+            for event in events:
+                self.oldest_pending = event.timestamp
+                if self._stop.is_set():
+                    return 0.0
+                if self.sink.wants(event.event_type) and not self._deliver(event, attempts):
+                    return 0.0  # back off: the next round reads the new next_attempt_at
+                self._delivered = event.seq
+                attempts = 0
+            return 0.0
+        finally:
+            self._record_delivered()
+
+    def _record_delivered(self) -> None:
+        """Move the cursor past what this round delivered (or had no use for)."""
+        if self._delivered:
+            self._store.sink_delivered(self.sink.name, self._delivered)
+            self._delivered = 0
 
     def _deliver(self, event: Event, attempts: int) -> bool:
         name = self.sink.name
@@ -144,6 +154,7 @@ class _Worker:
                 )
                 return True
             delay = self._settings.delay(attempts)
+            self._record_delivered()  # first: it clears the attempts this one records
             self._store.sink_failed(
                 name, attempts=attempts, next_attempt_at=now + delay, error=str(exc)
             )
@@ -158,7 +169,6 @@ class _Worker:
                 exc,
             )
             return False
-        self._store.sink_delivered(name, event.seq)
         return True
 
 

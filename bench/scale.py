@@ -45,8 +45,9 @@ driver (its BMC in the simulated cloud); then the bench waits for every host ``u
   the cloud in this process every 0.25 s), the evacuations per second from the first
   evacuate Nova accepted to the last ACTIVE against Nova's 20/s (the ratio), each
   instance rebuilt elsewhere exactly once (``SimCloud.evacuations()``: an evacuate Nova
-  answered with "no valid host" is counted apart, ``no_valid_host_answers``), none
-  running twice.
+  answered with "no valid host", or one aimed at a host that had lost power and that Nova
+  fails, is counted apart: ``no_valid_host_answers``, ``aimed_at_a_host_without_power``),
+  none running twice.
   The rack comes before the power losses (whose instances would otherwise land on its
   lightly loaded hosts at small sizes); its hosts are brought back and restored after;
 - ``api_ms``: during the rack failure a thread reads ``GET /v1/hosts?segment=seg-01``
@@ -878,9 +879,16 @@ class Size:
         all_active = None if remaining else round(ended - cut, 2)
         mine = set(ids)
         records = [e for e in self.cloud.evacuations() if e.instance in mine]
-        # Rebuilt: an evacuate Nova accepted and scheduled somewhere (an answer of "no
-        # valid host" moves nothing: vigil asks again, and it is counted apart).
-        per_instance = Counter(e.instance for e in records if not e.lost and e.dest is not None)
+
+        # Rebuilt: an evacuate Nova accepted and scheduled on a host with power. An
+        # answer of "no valid host", or a destination that had lost power (another rack
+        # host vigil had not yet seen fail), moves nothing: Nova fails it, vigil asks
+        # again; each is counted apart.
+        def rebuilt(e: Any) -> bool:
+            condition = e.dest_condition
+            return not e.lost and e.dest is not None and condition is not None and condition.powered
+
+        per_instance = Counter(e.instance for e in records if rebuilt(e))
         first = min((e.at for e in records), default=None)
         span = None if first is None or remaining else ended - first
         rate = None if span is None else len(ids) / span
@@ -918,6 +926,11 @@ class Size:
             "evacuated_more_than_once": sum(per_instance[i] > 1 for i in ids),
             "evacuate_calls": len(records),
             "no_valid_host_answers": sum(1 for e in records if e.dest is None),
+            "aimed_at_a_host_without_power": sum(
+                1
+                for e in records
+                if e.dest is not None and e.dest_condition and not e.dest_condition.powered
+            ),
             "double_running": len(double),
             "nova_rebuilding_max": sampler.running_max,
             "nova_waiting_max": sampler.queued_max,
@@ -987,6 +1000,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     except ImportError:
         say("matplotlib is not installed: no plot")
         return
+    result = {**result, "sizes": sorted(result["sizes"], key=lambda r: r["hosts"])}
     rows = [r for r in result["sizes"] if r.get("rest")]
     if not rows:
         return

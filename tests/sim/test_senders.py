@@ -4,6 +4,7 @@ process started for the module)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 from collections.abc import Iterator
@@ -47,10 +48,8 @@ def listen(sock: socket.socket, seconds: float) -> list[Heartbeat]:
     beats = []
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(TimeoutError):
             beats.append(decode(sock.recv(2048), KEY))
-        except TimeoutError:
-            pass
     return beats
 
 

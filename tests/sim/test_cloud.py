@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 import threading
 from collections.abc import Callable
 
@@ -393,6 +394,47 @@ def test_scheduler_spreads_to_the_least_loaded_fitting_host(clock: FakeClock) ->
         cloud.evacuate(sid)
         targets.append(cloud.get_server(sid).host)
     assert targets == ["idle", "busy", "idle"]
+
+
+def test_scheduler_picks_as_a_scan_of_every_host_would_while_loads_change(
+    clock: FakeClock,
+) -> None:
+    """The scheduler keeps the hosts by load (a heap updated as loads change) instead of
+    scanning every host per evacuation: through evacuations landing, waiting for a
+    rebuild slot, reset while they wait, failing on a dead host, with hosts disabled and
+    forced down, it picks what the scan picks: the least loaded fitting host, by name."""
+    rng = random.Random(7)
+    cloud = SimCloud(clock, latency=lat(evacuate=1.0), max_concurrent_evacuations=3, seed=1)
+    hosts = [f"h{i:02d}" for i in range(12)]
+    for h in hosts:
+        cloud.add_host(h, capacity=rng.randint(5, 9))
+    ids = [cloud.add_instance(f"vm{i}", hosts[i % 4]) for i in range(20)]
+
+    def scan(sid: str) -> str | None:  # the scheduler as it was: every host, every time
+        inst = cloud._instances[sid]
+        now = clock.monotonic()
+        fits = [h for h in hosts if h != inst.host and not cloud._unfit(inst, cloud._hosts[h], now)]
+        return min(fits, key=lambda h: (cloud._load(h), h), default=None)
+
+    for h in hosts[:4]:
+        fence(cloud, h)
+    cloud.disable("h07", "maintenance")
+    picked = 0
+    for round_ in range(60):
+        sid = rng.choice(ids)
+        server = cloud.get_server(sid)
+        if server.status in (ACTIVE, ERROR) and cloud._hosts[server.host].forced_down:
+            with cloud._lock:
+                expected = scan(sid)
+                assert cloud._schedule(cloud._instances[sid], clock.monotonic()) == expected
+            cloud.evacuate(sid)
+            picked += expected is not None
+        elif server.status == REBUILD and rng.random() < 0.3:
+            cloud.reset_state(sid)
+        if round_ == 30:
+            cloud.power_loss("h05")  # its rebuilds in flight fail; Nova sees it up a while
+        clock.advance(rng.choice((0.0, 0.3, 0.7)))
+    assert picked > 10
 
 
 def test_scheduler_counts_evacuations_in_flight_against_capacity(clock: FakeClock) -> None:

@@ -80,7 +80,7 @@ with ``MYPYPATH=tests .venv/bin/mypy bench/scale.py``.
 
 The machine is shared: the server, the senders and this process (the cloud, the API
 reader) run on the same cores; each row says what the senders and this process used. A
-sender costs about 27 µs of CPU a heartbeat (signing, ~10 µs, most of it), so 10,000 hosts
+sender costs about 15 µs of CPU a heartbeat (signing and sending), so 10,000 hosts
 (40,000 a second) take about 1.1 cores of senders, whatever their number.
 
 Percentiles are nearest-rank: the value at rank ceil(p/100 * n) of the sorted samples,

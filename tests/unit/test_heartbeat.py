@@ -12,7 +12,7 @@ import pytest
 from vigil.agent.heartbeat import read_kernel_boot_id
 from vigil.clock import FakeClock, SystemClock
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
-from vigil.wire.heartbeat import BadHeartbeat, Heartbeat, decode, encode
+from vigil.wire.heartbeat import BadHeartbeat, BeatTemplate, Heartbeat, decode, encode
 
 KEY = b"right-key"
 
@@ -20,6 +20,18 @@ KEY = b"right-key"
 def test_signed_heartbeat_round_trips() -> None:
     beat = Heartbeat("compute-1", "boot", 3, 1.5)
     assert decode(encode(beat, KEY), KEY) == beat
+
+
+@pytest.mark.parametrize(
+    ("host", "boot_id", "kernel"),
+    [("compute-1", "a1b2", "7f3e-11"), ('odd "name" \\ é', "b\n", ""), ("h", "x", "k\u2028")],
+)
+def test_a_beat_template_gives_the_bytes_encode_gives(host: str, boot_id: str, kernel: str) -> None:
+    template = BeatTemplate(host, boot_id, KEY, kernel)
+    for seq, sent_at in ((1, 1796596834.7989082), (2**40, 1e22), (7, 0.1), (8, 5.0)):
+        beat = Heartbeat(host, boot_id, seq, sent_at, kernel_boot_id=kernel)
+        assert template.datagram(seq, sent_at) == encode(beat, KEY)
+        assert decode(template.datagram(seq, sent_at), KEY) == beat
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from vigil.sim.cloud import SimCloud
-from vigil.wire.heartbeat import Heartbeat, encode
+from vigil.wire.heartbeat import BeatTemplate
 
 LOG = logging.getLogger(__name__)
 
@@ -74,6 +74,7 @@ def sender_main(
     n = len(names)
     agent = [uuid.uuid4().hex[:16] for _ in range(n)]
     kernel = list(kernel_boot_ids)
+    beat = [BeatTemplate(names[i], agent[i], key, kernel[i]) for i in range(n)]
     seq = [0] * n
     gen = [0] * n  # a beat due of an older generation (stopped, restarted) is dropped
     running = [True] * n
@@ -106,10 +107,7 @@ def sender_main(
                 if loss and rng.random() < loss:
                     dropped += 1
                     continue
-                datagram = encode(
-                    Heartbeat(names[i], agent[i], seq[i], time.time(), kernel_boot_id=kernel[i]),
-                    key,
-                )
+                datagram = beat[i].datagram(seq[i], time.time())
                 if jitter:
                     delay = rng.uniform(0.0, jitter)
                     heapq.heappush(heap, (due + delay, next(order), i, -1, datagram))
@@ -134,6 +132,7 @@ def sender_main(
                     running[i], kernel[i] = True, msg[2]
                     gen[i] += 1
                     agent[i], seq[i] = uuid.uuid4().hex[:16], 0
+                    beat[i] = BeatTemplate(names[i], agent[i], key, kernel[i])
                     heapq.heappush(heap, (time.monotonic(), next(order), i, gen[i], b""))
                 elif msg[0] == "stats":
                     conn.send(

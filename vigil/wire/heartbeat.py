@@ -108,9 +108,14 @@ def _verify(datagram: bytes, magic: bytes, key: bytes) -> dict[str, Any]:
     if not hmac.compare_digest(expected, signature):
         raise BadHeartbeat("bad signature (wrong or missing agent key)")
     try:
-        data = _JSON.decode(body[len(magic) :].decode())
+        # raw_decode: decode() would look for whitespace around the object, which no
+        # encoder of this protocol writes (a third of the parse at 40,000 a second).
+        text = body[len(magic) :].decode()
+        data, end = _JSON.raw_decode(text)
     except ValueError as exc:
         raise BadHeartbeat(f"malformed message: {exc}") from exc
+    if end != len(text):
+        raise BadHeartbeat("malformed message: extra data after the object")
     if not isinstance(data, dict):
         raise BadHeartbeat("malformed message: not an object")
     return data
@@ -127,6 +132,28 @@ def encode(beat: Heartbeat, key: bytes) -> bytes:
     if beat.peer_window:
         fields["p"] = beat.peer_window
     return _sign(MAGIC, fields, key)
+
+
+class BeatTemplate:
+    """One agent's heartbeats, the same bytes as ``encode`` gives, from a prefix and a
+    suffix encoded once: only the sequence number and the send time change from one beat
+    to the next. For a process sending the heartbeats of thousands of hosts
+    (``vigil.sim.senders``), where building and encoding the whole message per beat was
+    most of its cost. A heartbeat with any other field set uses ``encode``."""
+
+    def __init__(self, host: str, boot_id: str, key: bytes, kernel_boot_id: str = "") -> None:
+        # The dict's JSON with placeholders for seq and time, split around them: the
+        # encoder's own escaping and separators, so the bytes cannot drift from encode's.
+        text = _JSON_OUT.encode({"h": host, "b": boot_id, "s": 0, "t": 0.5})
+        head, tail = text.rsplit(',"s":0,"t":0.5', 1)
+        kernel = f',"k":{_JSON_OUT.encode(kernel_boot_id)}' if kernel_boot_id else ""
+        self._head = MAGIC + f'{head},"s":'.encode()
+        self._tail = f"{kernel}{tail}".encode()
+        self._key = key
+
+    def datagram(self, seq: int, sent_at: float) -> bytes:
+        body = b'%s%d,"t":%s%s' % (self._head, seq, repr(sent_at).encode(), self._tail)
+        return body + b"." + hmac.digest(self._key, body, "sha256").hex().encode()
 
 
 def decode(datagram: bytes, key: bytes) -> Heartbeat:

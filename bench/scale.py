@@ -34,7 +34,8 @@ driver (its BMC in the simulated cloud); then the bench waits for every host ``u
 ``GET /v1/hosts``. Measured at each size, one phase after the other:
 
 - ``rest``: after a warm-up, over ``--rest-seconds``: the server process's CPU in cores
-  (utime + stime from /proc/<pid>/stat), its resident memory (VmRSS), heartbeats
+  (utime + stime from /proc/<pid>/stat, its heartbeat-receiving child's included), its
+  resident memory (VmRSS, the same two processes), heartbeats
   recorded per second (``vigil_heartbeats_received_total`` from ``GET /metrics``) and
   the share lost: 1 - received / sent, where sent excludes the datagrams dropped on
   purpose (``--loss``); null if the server has no such metric (the two counters are
@@ -211,17 +212,40 @@ def wait(
 # ------------------------------------------------------------------- the server, measured
 
 
+def family(pid: int) -> list[int]:
+    """``pid`` and its child processes (vigil-server's heartbeat receiver is one)."""
+    found = [pid]
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
 def proc_cpu_s(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of a process and its live children, in seconds."""
+    total = 0
+    for p in family(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def proc_mem_mb(pid: int, key: str = "VmRSS") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
+    """``key`` of /proc/PID/status (kB) of a process and its live children, in MB."""
+    total = 0
+    for p in family(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    total += int(line.split()[1])
+    return round(total / 1024, 1)
 
 
 _SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)")

@@ -84,6 +84,13 @@ _agent = [
         "listen_host", default="127.0.0.1", help="Address the server receives heartbeats on."
     ),
     cfg.PortOpt("listen_port", default=8788, help="UDP port the server receives heartbeats on."),
+    cfg.BoolOpt(
+        "receiver_process",
+        default=True,
+        help="(server) Read and verify heartbeats in a child process of vigil-server, so "
+        "that its engine and API never delay them (at 10,000 hosts, 40,000 datagrams a "
+        "second). false: on a thread of the server's own process.",
+    ),
     cfg.StrOpt("host", help="(agent) Name of this compute host, as Nova knows it."),
     cfg.StrOpt(
         "libvirt_uri",
@@ -656,6 +663,7 @@ class Settings:
     agent_key: str = field(default="", repr=False)
     heartbeat_host: str = "127.0.0.1"
     heartbeat_port: int = 8788
+    heartbeat_process: bool = True
     detection: DetectionSettings = field(default_factory=DetectionSettings)
     recovery: RecoverySettings = field(default_factory=RecoverySettings)
     self_fencing: SelfFencingSettings = field(default_factory=SelfFencingSettings)
@@ -702,6 +710,7 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
         agent_key=read_secret(conf.agent.key, conf.agent.key_file, what="agent key"),
         heartbeat_host=conf.agent.listen_host,
         heartbeat_port=conf.agent.listen_port,
+        heartbeat_process=conf.agent.receiver_process,
         detection=DetectionSettings(
             heartbeat_interval=d.heartbeat_interval,
             suspect_after=d.suspect_after,

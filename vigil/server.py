@@ -173,6 +173,7 @@ class VigilServer:
             bind=(settings.heartbeat_host, settings.heartbeat_port),
             clock=self.clock,
             leases=self.leases,
+            process=settings.heartbeat_process,
         )
         self.metrics = ServerMetrics(
             heartbeats=lambda: (

@@ -48,8 +48,10 @@ def test_forged_or_malformed_heartbeats_are_refused(datagram: bytes) -> None:
         decode(datagram, KEY)
 
 
-@pytest.fixture
-def receiver() -> tuple[HeartbeatReceiver, HeartbeatTable]:
+@pytest.fixture(params=["thread", "process"])
+def receiver(request: pytest.FixtureRequest) -> tuple[HeartbeatReceiver, HeartbeatTable]:
+    """The receiver reading on a thread of this process, and in a child process (what
+    vigil-server runs): the same behaviour."""
     table = HeartbeatTable(SystemClock())
     rx = HeartbeatReceiver(
         table,
@@ -57,6 +59,7 @@ def receiver() -> tuple[HeartbeatReceiver, HeartbeatTable]:
         known_host=lambda h: h == "compute-1",
         bind=("127.0.0.1", 0),
         clock=SystemClock(),
+        process=request.param == "process",
     )
     rx.start()
     yield rx, table  # type: ignore[misc]
@@ -154,12 +157,19 @@ def test_a_batch_is_recorded_in_order_and_a_replay_inside_it_refused() -> None:
         Heartbeat("b", "boot", 6, 0.0),  # reordered
         Heartbeat("a", "new-agent", 1, 0.0),  # the agent restarted: its count too
     ]
-    assert table.beat_many(beats) == [True, True, True, False, False, True]
+    assert table.beat_many([(b.host, b.boot_id, b.seq, b.kernel_boot_id) for b in beats]) == [
+        True,
+        True,
+        True,
+        False,
+        False,
+        True,
+    ]
     clock.advance(3.0)
     assert table.silent(["a", "b", "never"], 2.5) == {"a": 3.0, "b": 3.0, "never": None}
     assert table.silent(["a", "b"], 3.5) == {}
     assert table.kernel_boot_ids() == {"b": "k-b"}
-    assert table.beat_many([Heartbeat("b", "boot", 8, 0.0)]) == [True]
+    assert table.beat_many([("b", "boot", 8, "")]) == [True]
     assert table.silent(["a", "b"], 1.0) == {"a": 3.0}
 
 
@@ -204,8 +214,9 @@ def test_heartbeats_the_server_lost_are_not_silence() -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SO_MEMINFO is Linux's")
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
 def test_a_socket_that_overflowed_says_so_and_counts_no_host_silent(
-    caplog: pytest.LogCaptureFixture,
+    process: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = FakeClock()
     table = HeartbeatTable(clock)
@@ -218,6 +229,7 @@ def test_a_socket_that_overflowed_says_so_and_counts_no_host_silent(
         bind=("127.0.0.1", 0),
         clock=clock,
         receive_buffer=4096,  # a few datagrams
+        process=process,
     )
     try:
         # Sent before the receiver reads: the kernel keeps what fits and drops the rest.
@@ -237,3 +249,46 @@ def test_a_socket_that_overflowed_says_so_and_counts_no_host_silent(
         assert "dropped by this server's socket" in caplog.text
     finally:
         rx.stop()
+
+
+def test_a_receiving_process_that_dies_is_replaced_and_hides_no_silence_meanwhile(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The child reading the socket is killed: until a new one answers, no host counts
+    as silent (this server cannot hear); the new one, started at once, reads the same
+    socket, and a host beating again is heard."""
+    clock = FakeClock()
+    table = HeartbeatTable(clock)
+    rx = HeartbeatReceiver(
+        table,
+        key=KEY,
+        known_host=lambda h: h in ("compute-1", "compute-2"),
+        bind=("127.0.0.1", 0),
+        clock=clock,
+        process=True,
+    )
+    table.beat("compute-2", "b", 1)  # heard once, then silent
+    clock.advance(10)
+    try:
+        with caplog.at_level(logging.WARNING, logger="vigil.engine.heartbeat"):
+            rx.start()
+            assert table.silent(["compute-2"], 5.0) == {"compute-2": 10.0}
+            first = rx._child
+            assert first is not None
+            first.kill()
+            deadline = time.monotonic() + 10
+            while rx.children < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert rx.children == 2, "a new receiving process is started"
+            assert table.silent(["compute-2"], 5.0) == {}  # lost meanwhile: not silence
+            assert "the receiving process died" in caplog.text
+            seq = 0
+            while table.age("compute-1") is None and time.monotonic() < deadline:
+                seq += 1
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                    s.sendto(encode(Heartbeat("compute-1", "b", seq, time.time()), KEY), rx.address)
+                time.sleep(0.05)
+            assert table.age("compute-1") is not None, "the new process reads the socket"
+    finally:
+        rx.stop()
+    assert rx._child is None

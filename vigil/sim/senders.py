@@ -1,13 +1,13 @@
 """Heartbeats of thousands of simulated hosts, from processes of their own.
 
 ``SimAgents`` sends every host's heartbeats from one thread of the process that runs it:
-enough for hundreds of hosts, but 10,000 hosts beat 40,000 times a second, and signing
-alone (~10 µs a datagram) then takes most of a core, in the same interpreter as whatever
-else that process runs (the demo's in-process vigil-server). ``SenderProcesses`` spreads
-the hosts over a few processes (multiprocessing, "spawn"), each owning every n-th host
-and sending real signed heartbeats (``vigil.wire.heartbeat.encode``) over real UDP on
-one heap of due sends, no thread per host: what ``bench/scale.py`` and ``vigil demo
---hosts 10000`` run.
+enough for hundreds of hosts, but 10,000 hosts beat 40,000 times a second, which then
+takes most of a core, in the same interpreter as whatever else that process runs (the
+demo's in-process vigil-server). ``SenderProcesses`` spreads the hosts over a few
+processes (multiprocessing, "spawn"), each owning every n-th host and sending real
+signed heartbeats over real UDP on one heap of due sends, no thread per host: what
+``bench/scale.py`` and ``vigil demo --hosts 10000`` run. Each host's datagrams come from
+a ``BeatTemplate`` (the bytes ``vigil.wire.heartbeat.encode`` gives, half its cost).
 
 A host told to stop (it lost power, hung, was cut off) sends nothing more at once (a
 datagram already delayed on its way still arrives); told to start again, it is a new

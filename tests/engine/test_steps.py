@@ -1,13 +1,17 @@
 """Steps' shared look-ups, on the fake clock: the compute service listing the workers
-choose destinations from is listed once a second at most, by one worker at a time."""
+choose destinations from is listed once a second at most, by one worker at a time, and
+no worker waits for a new listing while it has one."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+import pytest
+
 from vigil.clock import FakeClock
 from vigil.drivers.compute import ComputeService
+from vigil.drivers.errors import TemporaryError
 from vigil.engine.steps import ServiceListing
 from vigil.sim.cloud import SimCloud
 from vigil.sim.drivers import SimCompute
@@ -33,14 +37,14 @@ def test_the_listing_is_shared_until_it_is_a_second_old() -> None:
     compute = CountingCompute(cloud)
     listing = ServiceListing(compute, clock, max_age=1.0)
 
-    assert {s.host for s in listing()} == {"c1", "c2"}
+    assert set(listing()) == {"c1", "c2"}
     clock.advance(0.9)
     cloud.disable("c2", "maintenance")
-    assert not next(s for s in listing() if s.host == "c2").disabled  # still the same one
+    assert not listing()["c2"].disabled  # still the same one
     assert compute.listings == 1
 
     clock.advance(0.1)
-    assert next(s for s in listing() if s.host == "c2").disabled  # listed again
+    assert listing()["c2"].disabled  # listed again
     assert compute.listings == 2
 
 
@@ -58,3 +62,44 @@ def test_workers_asking_at_once_wait_for_one_listing() -> None:
         t.join(5)
     assert answers == [1] * 8
     assert compute.listings == 1
+
+
+def test_while_one_worker_lists_again_the_others_use_the_last_listing() -> None:
+    clock = FakeClock()
+    cloud = SimCloud(clock)
+    cloud.add_host("c1")
+    compute = CountingCompute(cloud)
+    listing = ServiceListing(compute, clock)
+    assert not listing()["c1"].disabled
+    clock.advance(1.0)
+    cloud.disable("c1", "maintenance")
+    compute.delay = 0.5
+    lister = threading.Thread(target=listing)
+    lister.start()
+    deadline = time.monotonic() + 5
+    while compute.listings < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    began = time.monotonic()
+    assert not listing()["c1"].disabled  # the last listing, at once
+    assert time.monotonic() - began < 0.3
+    lister.join(5)
+    assert listing()["c1"].disabled and compute.listings == 2
+
+
+def test_a_failed_listing_is_not_kept_and_the_next_caller_lists_again() -> None:
+    clock = FakeClock()
+    cloud = SimCloud(clock)
+    cloud.add_host("c1")
+
+    class Failing(CountingCompute):
+        def list_services(self) -> list[ComputeService]:
+            if self.listings == 0:
+                self.listings += 1
+                raise TemporaryError("nova-api: 503")
+            return super().list_services()
+
+    compute = Failing(cloud)
+    listing = ServiceListing(compute, clock)
+    with pytest.raises(TemporaryError):
+        listing()
+    assert set(listing()) == {"c1"} and compute.listings == 2

@@ -97,30 +97,50 @@ class StepContext:
     may_act: Callable[[], None] = lambda: None
     # Nova's compute services for choosing a destination; the engine's is a
     # ``ServiceListing`` shared by its workers.
-    services: Callable[[], Sequence[ComputeService]] | None = None
+    services: Callable[[], Mapping[str, ComputeService]] | None = None
 
 
 class ServiceListing:
-    """Nova's compute services as last listed, shared by the workers that choose
-    destinations: listed at most once every ``max_age`` seconds, by one worker while the
-    others wait for its answer. A rack failure's 2,000 evacuations would otherwise each
-    list every compute service of the cloud (10,000 at scale), loading nova-api for a
-    choice that is checked again anyway: on the chosen host's own service
-    (``get_service``) and by Nova itself."""
+    """Nova's compute services as last listed, by host, shared by the workers that
+    choose destinations: listed again once the listing is ``max_age`` seconds old, by one
+    worker, while the others go on with the listing they have (only the very first
+    listing is waited for). A rack failure's 2,000 evacuations would otherwise each list
+    every compute service of the cloud (10,000 at scale), loading nova-api for a choice
+    that is checked again anyway: on the chosen host's own service (``get_service``) and
+    by Nova itself. (bench/scale.py, 10,000 hosts: with every worker waiting for each new
+    listing, most of the 128 workers waited on it and Nova rebuilt a handful at a time.)"""
 
     def __init__(self, compute: ComputeDriver, clock: Clock, max_age: float = 1.0) -> None:
         self._compute = compute
         self._clock = clock
         self._max_age = max_age
-        self._lock = threading.Lock()
-        self._listed: tuple[float, list[ComputeService]] | None = None
+        self._cond = threading.Condition()
+        self._listed: tuple[float, Mapping[str, ComputeService]] | None = None
+        self._listing = False  # a worker is listing
 
-    def __call__(self) -> list[ComputeService]:
-        with self._lock:
-            if self._listed is None or self._clock.monotonic() - self._listed[0] >= self._max_age:
-                started = self._clock.monotonic()
-                self._listed = (started, self._compute.list_services())
-            return self._listed[1]
+    def __call__(self) -> Mapping[str, ComputeService]:
+        with self._cond:
+            while True:
+                listed = self._listed
+                if listed is not None and (
+                    self._listing or self._clock.monotonic() - listed[0] < self._max_age
+                ):
+                    return listed[1]
+                if not self._listing:
+                    break
+                self._cond.wait()  # nothing listed yet: the first listing, being made
+            self._listing = True
+        started = self._clock.monotonic()
+        services: dict[str, ComputeService] | None = None
+        try:
+            services = {s.host: s for s in self._compute.list_services()}
+            return services
+        finally:  # a failed listing leaves the last one, and the next caller lists again
+            with self._cond:
+                if services is not None:
+                    self._listed = (started, services)
+                self._listing = False
+                self._cond.notify_all()
 
 
 def pick_target(candidates: Sequence[str | None], attempt: int) -> str | None:
@@ -329,8 +349,10 @@ def _status_before(recovery: Recovery, instance_id: str) -> str | None:
 
 def destinations(ctx: StepContext, host: Host, segment: Segment) -> list[str]:
     """Where vigil may send an instance of ``host``: see the module docstring."""
-    listing = ctx.services() if ctx.services is not None else ctx.compute.list_services()
-    services = {s.host: s for s in listing}
+    if ctx.services is not None:
+        services = ctx.services()
+    else:
+        services = {s.host: s for s in ctx.compute.list_services()}
 
     def nova_takes(name: str) -> bool:
         s = services.get(name)

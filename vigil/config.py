@@ -385,7 +385,9 @@ _recovery = [
         help="Threads that run recovery steps. An evacuation holds one until its instance "
         "is ACTIVE (seconds on a busy Nova), so this caps the evacuations in flight across "
         "all recoveries: a rack failure's throughput is at most workers / evacuation time "
-        "(the segments' max_parallel_evacuations limit each recovery).",
+        "(the segments' max_parallel_evacuations limit each recovery). Power probes and "
+        "host steps (fence, force-down, listings) run on workers / 4 more threads (at least "
+        "8) of their own, never queued behind evacuations.",
     ),
 ]
 

@@ -103,3 +103,23 @@ def test_check_raises_only_once_the_key_is_cancelled() -> None:
         assert seen == ["first check passed", "second check raised"]
     finally:
         workers.stop()
+
+
+def test_urgent_work_never_waits_behind_a_full_pool() -> None:
+    """Every worker holds a long job (evacuations waiting for ACTIVE): a fence submitted
+    as urgent runs at once on the urgent lane, and is busy under its key like any job."""
+    workers = KeyedWorkers(2, "test", urgent_threads=1)
+    release = threading.Event()
+    ran = threading.Event()
+    try:
+        for n in range(5):  # two run, three queue
+            assert workers.submit(("evacuate", n), release.wait, 5.0)
+        assert workers.submit("fence", ran.set, urgent=True)
+        assert ran.wait(2.0), "the urgent job ran while the pool was full"
+        wait_until(lambda: "fence" not in workers.busy())
+        assert ("evacuate", 4) in workers.busy()
+        release.set()
+        assert workers.drain(5.0)
+    finally:
+        release.set()
+        workers.stop()

@@ -57,7 +57,7 @@ from vigil.engine.decide import (
     WithdrawDeclaration,
     decide,
 )
-from vigil.engine.flow import StepInput, run_step
+from vigil.engine.flow import HOST_STEPS, StepInput, run_step
 from vigil.engine.heartbeat import HeartbeatTable
 from vigil.engine.known_hosts import KnownHosts
 from vigil.engine.lease import LeaseKeeper
@@ -142,7 +142,12 @@ class Engine(Reaction[Snapshot, Action]):
         )
         # Steps run under the key ("step", recovery id, step id), power reads under
         # ("probe", host): the snapshot sees both busy and the rule waits for them.
-        self._workers = KeyedWorkers(settings.recovery.workers, "vigil-step")
+        # Host steps and power probes on a lane of their own: never behind evacuations.
+        self._workers = KeyedWorkers(
+            settings.recovery.workers,
+            "vigil-step",
+            urgent_threads=max(8, settings.recovery.workers // 4),
+        )
         self._lock = threading.Lock()
         # The last BMC read of each suspect host (state, monotonic time), forgotten when
         # a new suspicion starts.
@@ -582,7 +587,9 @@ class Engine(Reaction[Snapshot, Action]):
 
     def _on_probe_power(self, action: ProbePower) -> None:
         segment = self._segment_of(action) or ""
-        self._submit(("probe", action.host), segment, self._probe, action.host, then=self.wake)
+        self._submit(
+            ("probe", action.host), segment, self._probe, action.host, then=self.wake, urgent=True
+        )
 
     def _on_forget_report(self, action: ForgetReport) -> None:
         with self._lock:
@@ -777,6 +784,7 @@ class Engine(Reaction[Snapshot, Action]):
                 step.id,
                 step.attempts,
                 then=self._step_done,
+                urgent=step.kind in HOST_STEPS,
             )
 
     def _on_finish_recovery(self, action: FinishRecovery) -> None:

@@ -46,7 +46,7 @@ from vigil.wire.heartbeat import (
     BadHeartbeat,
     Heartbeat,
     LeaseGrant,
-    decode,
+    decode_fields,
     encode_grant,
 )
 
@@ -198,23 +198,11 @@ def _verify_batch(
     refused: list[tuple[str, str]] = []
     for datagram, (addr, port) in batch:
         try:
-            b = decode(datagram, key)
+            host, boot_id, seq, _, watchdog, kernel, ack, peer = decode_fields(datagram, key)
         except BadHeartbeat as exc:
             refused.append((f"{addr}:{port}", str(exc)))
             continue
-        taken.append(
-            (
-                b.host,
-                b.boot_id,
-                b.seq,
-                b.kernel_boot_id,
-                b.watchdog,
-                b.ack,
-                b.peer_window,
-                addr,
-                port,
-            )
-        )
+        taken.append((host, boot_id, seq, kernel, watchdog, ack, peer, addr, port))
     return taken, refused
 
 

@@ -9,6 +9,12 @@ and a cooperative cancel: a job cannot be interrupted inside a driver call, but 
 next wait (``waiter``) or check (``check``) it raises ``Cancelled``, and its owner
 records the outcome. Work that is cancelled is never half-recorded: the job itself
 writes what became of it (steps are idempotent, so a cancelled one can run again).
+
+Urgent work has a lane of its own (``urgent_threads``): a pool's queue is first come,
+first served, and a rack failure's 2,000 evacuations (each holding a worker for seconds
+until its instance is ACTIVE) would otherwise queue another host's BMC probe, fence or
+force-down behind them for minutes (bench/scale.py: a rack host's instance listing
+waited 12 s for a worker).
 """
 
 from __future__ import annotations
@@ -31,8 +37,13 @@ class KeyedWorkers:
     returns (whatever it raises: ``fn`` logs its own errors); a loop asks ``busy()`` to
     leave such keys alone."""
 
-    def __init__(self, threads: int, name: str) -> None:
+    def __init__(self, threads: int, name: str, urgent_threads: int = 0) -> None:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix=name)
+        self._urgent = (
+            ThreadPoolExecutor(urgent_threads, thread_name_prefix=f"{name}-urgent")
+            if urgent_threads
+            else self._pool
+        )
         self._lock = threading.Lock()
         self._keys: dict[Hashable, threading.Event] = {}  # busy key → its cancel flag
         self._why: dict[Hashable, str] = {}
@@ -47,9 +58,11 @@ class KeyedWorkers:
         fn: Callable[..., Any],
         *args: Any,
         then: Callable[[], None] | None = None,
+        urgent: bool = False,
     ) -> bool:
-        """Run ``fn(*args)``, then ``then()`` once ``key`` is free again. False when
-        shutting down (the work is not done; the caller requeues it)."""
+        """Run ``fn(*args)``, then ``then()`` once ``key`` is free again; ``urgent`` on
+        the urgent lane. False when shutting down (the work is not done; the caller
+        requeues it)."""
         with self._lock:
             self._keys[key] = threading.Event()
             self._why.pop(key, None)
@@ -65,7 +78,7 @@ class KeyedWorkers:
                     then()
 
         try:
-            self._pool.submit(run)
+            (self._urgent if urgent else self._pool).submit(run)
         except RuntimeError:
             with self._lock:
                 self._keys.pop(key, None)
@@ -122,3 +135,4 @@ class KeyedWorkers:
 
     def stop(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._urgent.shutdown(wait=True, cancel_futures=True)

@@ -156,21 +156,31 @@ class BeatTemplate:
         return body + b"." + hmac.digest(self._key, body, "sha256").hex().encode()
 
 
-def decode(datagram: bytes, key: bytes) -> Heartbeat:
+HeartbeatFields = tuple[str, str, int, float, float, str, int, float]
+
+
+def decode_fields(datagram: bytes, key: bytes) -> HeartbeatFields:
+    """A heartbeat's fields, in ``Heartbeat``'s order, without building one: what a
+    server verifying 40,000 a second takes (a frozen dataclass costs more to build than
+    its JSON to parse)."""
     data = _verify(datagram, MAGIC, key)
     try:
-        return Heartbeat(
-            host=str(data["h"]),
-            boot_id=str(data["b"]),
-            seq=int(data["s"]),
-            sent_at=float(data["t"]),
-            watchdog=float(data.get("w", 0.0)),
-            kernel_boot_id=str(data.get("k", "")),
-            ack=int(data.get("a", 0)),
-            peer_window=float(data.get("p", 0.0)),
+        return (
+            str(data["h"]),
+            str(data["b"]),
+            int(data["s"]),
+            float(data["t"]),
+            float(data.get("w", 0.0)),
+            str(data.get("k", "")),
+            int(data.get("a", 0)),
+            float(data.get("p", 0.0)),
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise BadHeartbeat(f"malformed heartbeat: {exc}") from exc
+
+
+def decode(datagram: bytes, key: bytes) -> Heartbeat:
+    return Heartbeat(*decode_fields(datagram, key))
 
 
 def encode_grant(grant: LeaseGrant, key: bytes) -> bytes:

@@ -278,7 +278,12 @@ def test_agent_pets_only_while_the_lease_is_valid_and_says_so_once(
     assert device.read_bytes().endswith(b"V")  # magic close on a clean stop
 
 
-def test_real_udp_lease_petting_stops_when_the_server_revokes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+def test_real_udp_lease_petting_stops_when_the_server_revokes(
+    tmp_path: Path, process: bool
+) -> None:
+    """Leases granted over real UDP by the receiver on a thread and in its own process
+    (vigil-server's default), until the server revokes."""
     key = b"k"
     keeper = LeaseKeeper(SystemClock(), FAST)
     table = HeartbeatTable(SystemClock())
@@ -289,6 +294,7 @@ def test_real_udp_lease_petting_stops_when_the_server_revokes(tmp_path: Path) ->
         bind=("127.0.0.1", 0),
         clock=SystemClock(),
         leases=keeper,
+        process=process,
     )
     device = tmp_path / "watchdog"
     device.touch()

@@ -10,9 +10,11 @@ import time
 import pytest
 
 from vigil.clock import FakeClock
+from vigil.config import RecoverySettings
 from vigil.drivers.compute import ComputeService
 from vigil.drivers.errors import TemporaryError
-from vigil.engine.steps import ServiceListing
+from vigil.engine.steps import ServiceListing, StepContext, destinations
+from vigil.model import Host, HostState, Segment
 from vigil.sim.cloud import SimCloud
 from vigil.sim.drivers import SimCompute
 
@@ -103,3 +105,42 @@ def test_a_failed_listing_is_not_kept_and_the_next_caller_lists_again() -> None:
     with pytest.raises(TemporaryError):
         listing()
     assert set(listing()) == {"c1"} and compute.listings == 2
+
+
+def test_destinations_are_ranked_once_per_listing_and_hosts_and_follow_both() -> None:
+    """The workers of one recovery rank the segment's hosts once (not once per
+    instance), and a new view of the hosts or a new listing is ranked again at once."""
+    clock = FakeClock()
+    cloud = SimCloud(clock)
+    for name in ("a", "b", "c", "other"):
+        cloud.add_host(name)
+    compute = CountingCompute(cloud)
+    views = [
+        {
+            "a": Host("a", "seg", HostState.FAILED),
+            "b": Host("b", "seg", HostState.UP),
+            "c": Host("c", "seg", HostState.NEW),
+            "other": Host("other", "seg2", HostState.UP),
+        }
+    ]
+    ctx = StepContext(
+        compute=compute,
+        fence_devices=lambda h: [],
+        policies=lambda sid: None,
+        settings=RecoverySettings(),
+        clock=clock,
+        wait=clock.advance,
+        hosts=lambda: views[-1],
+        services=ServiceListing(compute, clock),
+    )
+    failed, seg = views[0]["a"], Segment("seg")
+    assert destinations(ctx, failed, seg) == ["b"]  # up first; never another segment's
+    assert destinations(ctx, failed, seg) == ["b"]
+    ranked = ctx.ranked["seg"]
+    views.append({**views[0], "b": Host("b", "seg", HostState.SUSPECT)})  # a new view
+    assert destinations(ctx, failed, seg) == ["c"]  # no up host left: a new one
+    assert ctx.ranked["seg"] is not ranked
+    cloud.disable("c", "maintenance")
+    clock.advance(1.0)  # the next listing shows it disabled
+    assert destinations(ctx, failed, seg) == []
+    assert compute.listings == 2

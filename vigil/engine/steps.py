@@ -82,6 +82,10 @@ class StepContext:
     spread: Callable[[Sequence[str]], str] = lambda candidates: candidates[0]
     # instance id -> the host vigil last sent it to (one dict shared by the workers)
     aimed: dict[str, str] = field(default_factory=dict)
+    # segment -> (the hosts and the service listing it was ranked from, its ranking):
+    # the workers of one rack failure rank a segment once per listing, not once per
+    # instance (a pass over every host of the cloud each, at 10,000 hosts)
+    ranked: dict[str, tuple[object, object, tuple[list[str], ...]]] = field(default_factory=dict)
     # Whether the host has been heard booted again (a new kernel boot id) since it was
     # declared failed; None when it cannot tell (no boot id known).
     booted_again: Callable[[str], bool | None] = lambda _host: None
@@ -354,22 +358,39 @@ def destinations(ctx: StepContext, host: Host, segment: Segment) -> list[str]:
     else:
         services = {s.host: s for s in ctx.compute.list_services()}
 
+    hosts = ctx.hosts()
+    memo = ctx.ranked.get(segment.name)
+    if memo is not None and memo[0] is hosts and memo[1] is services:
+        ranked = memo[2]  # the same hosts (replaced whole when they change), same listing
+    else:
+        ranked = _rank(hosts, services, segment.name)
+        ctx.ranked[segment.name] = (hosts, services, ranked)
+    for names in ranked:
+        chosen = [n for n in names if n != host.name]
+        if chosen:
+            return chosen
+    return []
+
+
+def _rank(
+    hosts: Mapping[str, Host], services: Mapping[str, ComputeService], segment: str
+) -> tuple[list[str], ...]:
+    """A segment's possible destinations, up hosts first then new ones, each by name:
+    not in maintenance, not reserved, and up and enabled in Nova."""
+
     def nova_takes(name: str) -> bool:
         s = services.get(name)
         return s is not None and s.up and not s.disabled and not s.forced_down
 
     members = [
         h
-        for h in ctx.hosts().values()
-        if h.segment == segment.name and h.name != host.name and not h.maintenance
+        for h in hosts.values()
+        if h.segment == segment and not h.maintenance and not h.reserved and nova_takes(h.name)
     ]
-    for state in (HostState.UP, HostState.NEW):
-        chosen = sorted(
-            h.name for h in members if h.state == state and not h.reserved and nova_takes(h.name)
-        )
-        if chosen:
-            return chosen
-    return []
+    return tuple(
+        sorted(h.name for h in members if h.state == state)
+        for state in (HostState.UP, HostState.NEW)
+    )
 
 
 def _choose(ctx: StepContext, step: Step, host: Host, segment: Segment, label: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -13,6 +14,7 @@ from vigil.clock import FakeClock, SystemClock
 from vigil.drivers.errors import Conflict, NotFound, PermanentError, TemporaryError
 from vigil.drivers.fencing import PowerState
 from vigil.model import HaPolicy
+from vigil.sim import rpc
 from vigil.sim.cloud import SimCloud, SimLatency
 from vigil.sim.rpc import CloudServer, RemoteCloud, serve_cloud
 
@@ -150,3 +152,23 @@ def test_concurrent_clients(cloud: SimCloud, remote: RemoteCloud) -> None:
     for t in threads:
         t.join(timeout=10)
     assert failures == []
+
+
+def test_a_kept_alive_connection_the_server_closed_is_replaced(
+    cloud: SimCloud, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The served side closes an idle connection (its handler's timeout): the next call
+    of that thread goes out on a new connection, without an error, and the call it
+    carries is made once."""
+    monkeypatch.setattr(rpc._Handler, "timeout", 0.2)
+    server, url = serve_cloud(cloud)
+    remote = RemoteCloud(url)
+    try:
+        assert remote.get_service("h1").host == "h1"
+        time.sleep(0.6)  # the served side has closed the connection meanwhile
+        remote.disable("h1", "maintenance")
+        assert cloud.calls("disable", "h1") == 1
+        assert remote.get_service("h1").disabled
+    finally:
+        remote.close()
+        server.close()

@@ -16,17 +16,18 @@ cloud.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import inspect
 import json
 import logging
 import socket
 import threading
+import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import asdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
-
-import httpx
 
 from vigil.drivers import errors
 from vigil.drivers.compute import ComputeService, Server
@@ -202,6 +203,11 @@ def serve_cloud(cloud: CloudApi, host: str = "127.0.0.1", port: int = 0) -> tupl
     return server, server.url
 
 
+# Seconds a kept-alive connection may have been idle and still be used: less than the
+# served side's idle timeout (``_Handler.timeout``), after which it closes it.
+_IDLE_REUSE = 20.0
+
+
 class RemoteCloud:
     """A ``CloudApi`` whose cloud is served by ``serve_cloud``, possibly in another process.
 
@@ -211,14 +217,59 @@ class RemoteCloud:
 
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         self.url = url.rstrip("/")
-        # As many kept-alive connections as a server has step workers: with httpx's
-        # default of 20, a rack failure's concurrent calls would open (and the served
-        # side start a thread for) a new connection for most of them.
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, limits=limits)
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"sim cloud URL {url!r}: http://HOST:PORT expected")
+        self._address = (parts.hostname, parts.port or 80)
+        self._timeout = timeout
+        # One kept-alive connection per calling thread (http.client, as urllib3 does per
+        # pool): a step worker's calls never wait for another's. An httpx pool of 256
+        # connections searched its connections on every request (httpcore), a fifth of
+        # vigil-server's time in a rack failure at 10,000 hosts.
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[http.client.HTTPConnection] = []
 
     def close(self) -> None:
-        self._http.close()
+        with self._lock:
+            conns, self._open = self._open, []
+        for conn in conns:
+            conn.close()
+
+    def _connection(self) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection, and whether it was used before (kept alive)."""
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        used: float = getattr(self._local, "used", 0.0)
+        if conn is not None and time.monotonic() - used < _IDLE_REUSE:
+            return conn, True
+        if conn is not None:  # idle long enough for the served side to close it
+            conn.close()
+        else:
+            conn = http.client.HTTPConnection(*self._address, timeout=self._timeout)
+            self._local.conn = conn
+            with self._lock:
+                self._open.append(conn)
+        return conn, False
+
+    def _post(self, method: str, body: bytes) -> tuple[int, bytes]:
+        for _ in range(2):
+            conn, reused = self._connection()
+            try:
+                conn.request("POST", f"/rpc/{method}", body, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                data = response.read()
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                self._local.used = 0.0
+                # A kept-alive connection the served side had closed before reading the
+                # request (it never saw it): once more, on a new connection.
+                stale = isinstance(exc, http.client.RemoteDisconnected | BrokenPipeError)
+                if reused and stale:
+                    continue
+                raise errors.TemporaryError(f"sim cloud at {self.url} unreachable: {exc}") from exc
+            self._local.used = time.monotonic()
+            return response.status, data
+        raise AssertionError("unreachable")
 
     def __enter__(self) -> RemoteCloud:
         return self
@@ -227,15 +278,12 @@ class RemoteCloud:
         self.close()
 
     def _call(self, method: str, **kwargs: Any) -> Any:
+        status, data = self._post(method, json.dumps(kwargs).encode())
         try:
-            response = self._http.post(f"/rpc/{method}", json=kwargs)
-        except httpx.HTTPError as exc:
-            raise errors.TemporaryError(f"sim cloud at {self.url} unreachable: {exc}") from exc
-        try:
-            body = response.json()
+            body = json.loads(data)
         except ValueError as exc:
             raise errors.TemporaryError(
-                f"sim cloud at {self.url}: unreadable answer (HTTP {response.status_code})"
+                f"sim cloud at {self.url}: unreadable answer (HTTP {status})"
             ) from exc
         if "error" in body:
             err = body["error"]

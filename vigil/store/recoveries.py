@@ -317,12 +317,16 @@ class SqlRecoveries(SqlFailures, SqlSteps, RecoveryStore):
         """Recoveries with their steps, loaded in one query for all of them."""
         steps: dict[int, list[Step]] = defaultdict(list)
         if rows:
+            # Plain rows, not ORM objects: read-only, and a rack failure's recoveries
+            # carry thousands of steps, each read by every cycle and listing that shows
+            # it (the ORM's identity map and instrumentation cost several times more).
+            table = StepRow.__table__
             query = (
-                sa.select(StepRow)
-                .where(StepRow.recovery_id.in_([r.id for r in rows]))
-                .order_by(StepRow.recovery_id, StepRow.seq)
+                sa.select(table)
+                .where(table.c.recovery_id.in_([r.id for r in rows]))
+                .order_by(table.c.recovery_id, table.c.seq)
             )
-            for step in s.scalars(query):
+            for step in s.execute(query):
                 steps[step.recovery_id].append(record_of(Step, step))
         return [_recovery(r, steps[r.id]) for r in rows]
 

@@ -81,8 +81,9 @@ with ``MYPYPATH=tests .venv/bin/mypy bench/scale.py``.
 
 The machine is shared: the server, the senders and this process (the cloud, the API
 reader) run on the same cores; each row says what the senders and this process used. A
-sender costs about 15 µs of CPU a heartbeat (signing and sending), so 10,000 hosts
-(40,000 a second) take about 1.1 cores of senders, whatever their number.
+sender costs about 14 µs of CPU a heartbeat (from a ``BeatTemplate``: signing and
+sending), so 10,000 hosts (40,000 a second) take about 0.55 cores of senders, whatever
+their number.
 
 Percentiles are nearest-rank: the value at rank ceil(p/100 * n) of the sorted samples,
 so with fewer than 100 samples p99 is the maximum.

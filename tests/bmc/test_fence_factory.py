@@ -271,3 +271,27 @@ def test_redfish_addresses(address: str, extra: dict[str, str], url: str) -> Non
     options = {**REDFISH, "address": address, **extra}
     (device,) = build_fence_devices("compute-1", [FenceMethod("redfish", options)])
     assert device.description == f"redfish {url}"
+
+
+def test_ipmi_logs_in_again_when_pyghmi_loses_the_logins_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pyghmi sometimes fails a refused login with AttributeError ('errormsg') instead of
+    its own error: the driver logs in once more and reports the BMC's answer."""
+    logins: list[int] = []
+
+    class IpmiException(Exception):
+        pass
+
+    class FlakySession:
+        def __init__(self, **kw: object) -> None:
+            logins.append(1)
+            if len(logins) == 1:
+                raise AttributeError("'_Session' object has no attribute 'errormsg'")
+            raise IpmiException("Incorrect password provided")
+
+    monkeypatch.setattr(ipmi, "_SESSION_CLASS", FlakySession)
+    device = ipmi.IpmiFenceDevice(address="127.0.0.1", username="admin", password=Secret("x"))
+    with pytest.raises(PermanentError, match="wrong password"):
+        device.power_status()
+    assert len(logins) == 2

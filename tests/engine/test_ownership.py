@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import new_store
@@ -261,12 +262,63 @@ def test_a_paused_owner_finds_its_segments_taken_and_can_record_nothing(
     assert not set(a.tokens()) & set(b.tokens())
 
 
+def test_a_late_renewal_stops_acting_meanwhile_and_goes_on_under_the_same_epochs(
+    store: SqlStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The backend answers, but a renewal comes late (the process starved): the server
+    does not act past its window, still holds its segments (``held``), and the late
+    renewal lets it act again under the same epochs, saying for how long it stopped."""
+    clock = FakeClock()
+    backend = Backend(clock, SETTINGS.lease_ttl)
+    a = keeper(store, backend, "vigil-a")
+    a.run_round()
+    before = a.tokens()
+    clock.advance(SETTINGS.acting_window + 0.2)  # no renewal meanwhile; locks not expired
+    assert a.tokens() == {} and a.token("seg-a") is None
+    assert a.held("seg-a") == before["seg-a"]
+    assert a.renew()
+    assert a.tokens() == before
+    assert "renewal late, vigil-a stopped acting on seg-a, seg-b, seg-c for 0.20s" in caplog.text
+
+
+def test_a_renewal_never_waits_for_the_store(store: SqlStore) -> None:
+    """The rebalancing waits on a store that does not answer (a database server whose
+    connections the workers hold): renewals go on meanwhile, and the window with them."""
+    clock = FakeClock()
+    backend = Backend(clock, SETTINGS.lease_ttl)
+    a = keeper(store, backend, "vigil-a")
+    a.run_round()
+    owned = a.tokens()
+    entered, answer = threading.Event(), threading.Event()
+    list_segments = store.list_segments
+
+    def slow_list_segments() -> list[Segment]:
+        entered.set()
+        answer.wait(10)
+        return list_segments()
+
+    store.list_segments = slow_list_segments  # type: ignore[method-assign]
+    rebalancing = threading.Thread(target=a.rebalance)
+    rebalancing.start()
+    try:
+        assert entered.wait(5)
+        for _ in range(10):  # 5 s of renewals while the store does not answer
+            clock.advance(SETTINGS.renew_interval)
+            assert a.renew()
+        assert a.tokens() == owned
+    finally:
+        answer.set()
+        rebalancing.join(5)
+    assert not rebalancing.is_alive()
+
+
 # --- the epoch checked right before a call that changes the cloud ---------------------
 
 
 class Revocable:
     """This server's ownership of segment s1, which a test takes away at a moment of its
-    choosing (as the keeper does when a renewal fails or the lock is lost)."""
+    choosing (as the keeper does when the lock is lost), or whose acting window it lets
+    lapse (``lapsed``: a renewal late, the lock still held)."""
 
     member = "vigil-a"
     shared = True
@@ -274,8 +326,12 @@ class Revocable:
     def __init__(self, token: OwnerToken) -> None:
         self._token = token
         self.revoked = False
+        self.lapsed = False
 
     def token(self, segment: str) -> OwnerToken | None:
+        return None if self.lapsed else self.held(segment)
+
+    def held(self, segment: str) -> OwnerToken | None:
         return None if self.revoked or segment != self._token.segment else self._token
 
     def owns(self, segment: str) -> bool:
@@ -288,7 +344,8 @@ class Revocable:
         return None
 
     def tokens(self) -> dict[str, OwnerToken]:
-        return {} if self.revoked else {self._token.segment: self._token}
+        token = self.token(self._token.segment)
+        return {} if token is None else {token.segment: token}
 
 
 def test_a_fence_whose_segment_is_lost_after_the_power_read_does_not_power_off(
@@ -342,6 +399,68 @@ class _LosesOnRead(FenceDevice):
         self._device.power_on()
 
 
+def test_a_fence_stopped_by_a_lapsed_window_is_done_once_renewed_and_not_failed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The fence step reads the BMC (on), then the acting window lapses (a renewal
+    late, the segment still held) before its power-off: no power-off meanwhile, the
+    step is neither failed nor left to another server, and once renewed the fence runs
+    again and the recovery ends with every instance recovered."""
+    from vigil.server import fence_factory
+
+    with World(tmp_path, ("c1", "c2", "c3")) as world:
+        owner = world.store.take_segment("s1", "vigil-a", at=world.clock.wall())
+        ownership = Revocable(OwnerToken("s1", "vigil-a", owner.epoch))
+        devices = fence_factory(world.cloud)
+        lapses = [True]  # the first read after a recovery exists lapses, only that one
+
+        def fence_devices(host: Host) -> list[FenceDevice]:
+            return [_LapsesOnRead(d, world, ownership, lapses) for d in devices(host)]
+
+        world.host_engine(ownership=ownership, fence_devices=fence_devices)
+        world.tick_until(lambda: world.state("c1") == HostState.UP, "c1 up")
+        sid = world.cloud.add_instance("vm-1", "c1", policy=HaPolicy.KEEP_RUNNING)
+        world.cloud.isolate("c1")
+        world.tick_until(lambda: ownership.lapsed, "the fence step's power read", 10)
+        for _ in range(5):
+            world.tick()
+        assert world.cloud.attempts("bmc_power_off", "c1") == 0
+        (recovery,) = world.store.list_recoveries()
+        fence = recovery.step(StepKind.FENCE)
+        assert fence is not None and fence.status == StepStatus.RUNNING
+
+        ownership.lapsed = False  # renewed: same epoch
+        world.tick_until(
+            lambda: world.store.list_recoveries()[0].status.value == "succeeded",
+            "the recovery done",
+            60,
+        )
+        assert world.cloud.attempts("bmc_power_off", "c1") == 1
+        assert world.cloud.get_server(sid).host != "c1"
+        (recovery,) = world.store.list_recoveries()
+        assert all(step.status == StepStatus.SUCCEEDED for step in recovery.steps)
+    assert "acting window lapsed (renewal late)" in caplog.text
+    assert "fence stopped, to be done again" in caplog.text
+    assert "left to the segment's new owner" not in caplog.text
+
+
+class _LapsesOnRead(_LosesOnRead):
+    """The first power read once a recovery exists lets the acting window lapse."""
+
+    def __init__(
+        self, device: FenceDevice, world: World, ownership: Revocable, lapses: list[bool]
+    ) -> None:
+        super().__init__(device, world, ownership)
+        self._lapses = lapses
+
+    def power_status(self) -> PowerState:
+        state = self._device.power_status()
+        if self._lapses[0] and self._world.store.list_recoveries():
+            self._lapses[0] = False
+            self._ownership.lapsed = True
+        return state
+
+
 # --- the reactions about one host: guest failures, host services ------------------------
 
 
@@ -353,11 +472,14 @@ class _RevokesOnRead(SimCompute):
     def __init__(self, cloud: SimCloud) -> None:
         super().__init__(cloud)
         self.ownership: Revocable | None = None
-        self.armed = False
+        self.armed = False  # a read loses the segment
+        self.lapses = False  # a read lets the acting window lapse
 
     def _read(self) -> None:
         if self.armed and self.ownership is not None:
             self.ownership.revoked = True
+        if self.lapses and self.ownership is not None:
+            self.ownership.lapsed = True
 
     def get_server(self, server_id: str) -> Server:
         self._read()
@@ -413,6 +535,81 @@ def test_a_guest_restart_whose_segment_is_lost_before_nova_is_called_is_left_to_
         assert world.cloud.calls("start", sid) == 1
         assert world.store.list_guest_failures(instance_id=sid)[0].restarts == 1
     assert "restart stopped: segment s1: epoch 1 is no longer this server's" in caplog.text
+
+
+def test_a_guest_restart_stopped_by_a_lapsed_window_is_done_once_renewed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The restart worker reads the instance, then the acting window lapses: no start
+    meanwhile; once renewed this server restarts it, once, its budget counted once."""
+    world, compute, ownership, owner = _owned_world(tmp_path)
+    with world:
+        guest = world.guest_engine(GuestSettings(restart_budget=3))
+        guest.owner = owner
+        sid = world.cloud.add_instance("vm-1", "c1", policy=HaPolicy.KEEP_RUNNING)
+        world.cloud.stop(sid)
+        world.guest_report(sid, GuestFailureKind.CRASHED, reason="panicked")
+        world.cycle()  # the policy read, then the plan
+        compute.lapses = True
+        world.cycle()  # the restart: its read lets the window lapse
+        assert world.cloud.calls("start", sid) == 0 and world.cloud.calls("reboot", sid) == 0
+        (failure,) = world.store.list_guest_failures(instance_id=sid)
+        assert failure.action_status is StepStatus.PENDING
+        world.cycle()  # lapsed: not started
+        assert world.cloud.calls("start", sid) == 0
+
+        compute.lapses = False
+        ownership.lapsed = False  # renewed: same epoch
+        world.cycle()
+        assert world.cloud.calls("start", sid) == 1
+        (failure,) = world.store.list_guest_failures(instance_id=sid)
+        assert failure.restarts == 1
+    assert "restart stopped: segment s1: acting window lapsed" in caplog.text
+
+
+def test_an_operator_request_stopped_by_a_lapsed_window_is_carried_out_once_renewed(
+    tmp_path: Path,
+) -> None:
+    """A request's call to Nova is stopped by a lapsed acting window (``may_act``): it is
+    due again, not failed, and carried out once renewed."""
+    from vigil.engine.reconciler import RetryPolicy
+    from vigil.engine.requests import OperatorRequests
+    from vigil.model import OperatorRequest, RequestKind
+
+    store = new_store(tmp_path, Segment("s1"), [Host("c1", "s1", state=HostState.UP)])
+    clock = FakeClock()
+    taken = store.take_segment("s1", "vigil-a", at=clock.wall())
+    ownership = Revocable(OwnerToken("s1", "vigil-a", taken.epoch))
+    requests = OperatorRequests(
+        store=store, clock=clock, retry=RetryPolicy(3, base=1.0, cap=4.0), wake=lambda: None
+    )
+    requests.owner = HostOwner(ownership, lambda host: "s1")
+    reboots: list[str] = []
+    lapses = [True]
+
+    def reboot(request: OperatorRequest) -> tuple[str, list[Any]]:
+        if lapses.pop() if lapses else False:
+            ownership.lapsed = True  # the window lapses as the request first runs
+        requests.owner.may_act()  # right before the call that changes the cloud
+        reboots.append(request.target)
+        return "rebooted", []
+
+    requests.register(RequestKind.RESTART_INSTANCE, reboot)
+    try:
+        asked = requests.submit(RequestKind.RESTART_INSTANCE, "vm-1", host="c1", reason="x")
+        requests.run_cycle()
+        assert requests.drain(10.0)
+        assert store.get_request(asked.id).status is StepStatus.PENDING and reboots == []
+        requests.run_cycle()  # still lapsed: not started
+        assert requests.drain(10.0) and reboots == []
+        ownership.lapsed = False
+        requests.run_cycle()
+        assert requests.drain(10.0)
+        assert store.get_request(asked.id).status is StepStatus.SUCCEEDED
+        assert reboots == ["vm-1"]
+    finally:
+        requests.close()
+        store.close()
 
 
 def test_a_disable_whose_segment_is_lost_before_nova_is_called_is_not_made(

@@ -27,6 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from vigil.clock import Clock
@@ -61,7 +62,14 @@ from vigil.engine.flow import HOST_STEPS, StepInput, run_step
 from vigil.engine.heartbeat import HeartbeatTable
 from vigil.engine.known_hosts import KnownHosts
 from vigil.engine.lease import LeaseKeeper
-from vigil.engine.ownership import Ownership, SoleOwnership, may_act, run_as
+from vigil.engine.ownership import (
+    NotActing,
+    Ownership,
+    SoleOwnership,
+    may_act,
+    run_as,
+    still_held,
+)
 from vigil.engine.reconciler import Loop, Reaction, RetryPolicy
 from vigil.engine.requests import OperatorRequests
 from vigil.engine.steps import ServiceListing, StepContext
@@ -115,7 +123,9 @@ class Engine(Reaction[Snapshot, Action]):
         self._ownership: Ownership = ownership or SoleOwnership()
         self._epochs: dict[str, int] = {}  # the token of each segment at the last snapshot
         # steps whose outcome could not be written: id -> (host, the token of the job)
-        self._unrecorded: dict[int, tuple[str, OwnerToken | None]] = {}
+        # step id -> (host, token, why): RUNNING with no job, to requeue
+        self._unrecorded: dict[int, tuple[str, OwnerToken | None, str]] = {}
+        self._lapsed: set[str] = set()  # segments held whose acting window lapsed
         self._job_segment: dict[object, str] = {}  # the segment of each job submitted
         self._on_events = on_events
         self._leases = leases
@@ -427,10 +437,16 @@ class Engine(Reaction[Snapshot, Action]):
         owner go back to PENDING, to be re-checked against the cloud before being done
         again (steps are idempotent: a fenced host is not fenced again, an evacuated
         instance not evacuated again). Segments lost: their work in flight is cancelled
-        at its next wait (the store would refuse its writes anyway)."""
+        at its next wait (the store would refuse its writes anyway). A segment whose
+        acting window lapsed (a renewal late) is still held: its work in flight goes on
+        waiting, is stopped before any call that changes the cloud (``may_act``), and what
+        was stopped is done again once renewed (``_requeue_unrecorded``)."""
         tokens = self._ownership.tokens()
         for segment, token in tokens.items():
             if self._epochs.get(segment) == token.epoch:
+                if segment in self._lapsed:
+                    self._lapsed.discard(segment)
+                    LOG.warning("segment %s: acting on it again (epoch %d)", segment, token.epoch)
                 continue
             now = self._clock.wall()
             with acting_as(token):  # raises with the store away: done again next cycle
@@ -442,6 +458,7 @@ class Engine(Reaction[Snapshot, Action]):
                     at=now, segment=segment, hostless=first == segment
                 )
             self._epochs[segment] = token.epoch
+            self._lapsed.discard(segment)
             LOG.warning(
                 "segment %s: acting on it from now (epoch %d); %d step(s) and %d instance "
                 "restart(s) or operator request(s) left running by its previous owner to "
@@ -454,26 +471,41 @@ class Engine(Reaction[Snapshot, Action]):
         for segment in set(self._epochs) - set(tokens):
             if isinstance(self._ownership, SoleOwnership):
                 continue
+            held = self._ownership.held(segment)
+            if held is not None and held.epoch == self._epochs[segment]:
+                if segment not in self._lapsed:
+                    self._lapsed.add(segment)
+                    LOG.warning(
+                        "segment %s: acting window lapsed (renewal late): nothing started "
+                        "on it until renewed, work in flight waits",
+                        segment,
+                    )
+                continue
             del self._epochs[segment]
+            self._lapsed.discard(segment)
             LOG.warning("segment %s: no longer acting on it", segment)
-        lost = {s for s in self._job_segment.values() if not self._ownership.owns(s)}
-        if lost:
+        lost = {s for s in self._job_segment.values() if self._ownership.held(s) is None}
+        if lost and not isinstance(self._ownership, SoleOwnership):
             for key in self._workers.busy():
                 of = self._job_segment.get(key)
                 if of in lost:
                     self._workers.cancel(key, f"segment {of} no longer owned here")
 
     def _requeue_unrecorded(self) -> None:
-        """Steps whose outcome could not be written (the database away as the job
-        ended): still RUNNING in the store, with no job left to finish them. Back to
-        PENDING, to be re-checked against the cloud (steps are idempotent), once the
-        store answers; one that did end after all (its write committed as the connection
-        dropped) is left as it is. A segment no longer owned here is its new owner's to
+        """Steps left RUNNING with no job to finish them: their outcome could not be
+        written (the database away as the job ended), or they were stopped, or not
+        started, while the acting window had lapsed. Back to PENDING, to be re-checked
+        against the cloud (steps are idempotent), once the store answers and this server
+        may act; one that did end after all (its write committed as the connection
+        dropped) is left as it is. A segment no longer held here is its new owner's to
         re-check (``_follow_ownership`` there)."""
         with self._lock:
             unrecorded, self._unrecorded = self._unrecorded, {}
-        for step_id, (host, token) in unrecorded.items():
+        for step_id, (host, token, why) in unrecorded.items():
             if not self._ownership.valid(token):
+                if still_held(self._ownership, token):
+                    with self._lock:  # the window lapsed: done once renewed
+                        self._unrecorded.setdefault(step_id, (host, token, why))
                 continue
             try:
                 with acting_as(token):
@@ -481,18 +513,29 @@ class Engine(Reaction[Snapshot, Action]):
                         step_id,
                         StepStatus.PENDING,
                         at=self._clock.wall(),
-                        detail="its outcome was not recorded (database unavailable): checked again",
+                        detail=f"{why}: checked again",
                         next_attempt_at=self._clock.wall(),
                     )
             except InvalidTransition:
                 continue  # it had ended: the write went through after all
             except StoreError:
                 with self._lock:  # still away (or the epoch moved on: dropped below)
-                    self._unrecorded.setdefault(step_id, (host, token))
+                    self._unrecorded.setdefault(step_id, (host, token, why))
                 continue
-            LOG.warning(
-                "host %s: step %d to be checked again: its outcome was not recorded", host, step_id
-            )
+            LOG.warning("host %s: step %d to be checked again: %s", host, step_id, why)
+
+    def _left_running(
+        self, step_id: int, host: str, token: OwnerToken | None, why: str, label: str = ""
+    ) -> None:
+        """A step stays RUNNING with no job: requeued here once this server may act
+        under ``token`` again, or its segment's new owner's to re-check."""
+        what = label or f"step {step_id}"
+        if token is not None and not still_held(self._ownership, token):
+            LOG.warning("host %s: %s left to the segment's new owner", host, what)
+            return
+        LOG.warning("host %s: %s stopped, to be done again: %s", host, what, why)
+        with self._lock:
+            self._unrecorded[step_id] = (host, token, why)
 
     def _may_act(self) -> None:
         """Raises ``Cancelled`` when the token this worker acts under is no longer this
@@ -524,15 +567,28 @@ class Engine(Reaction[Snapshot, Action]):
         return acting_as(self._ownership.token(segment) if segment is not None else None)
 
     def _submit(
-        self, key: object, segment: str, job: Callable[..., None], *args: Any, **kw: Any
+        self,
+        key: object,
+        segment: str,
+        job: Callable[..., None],
+        *args: Any,
+        refused: Callable[[OwnerToken | None], None] | None = None,
+        **kw: Any,
     ) -> bool:
         """Submit ``job`` on the workers, under the token its handler acts under: it
-        runs only while that token is still this server's, and writes under it."""
+        runs only while that token is still this server's to act under (else
+        ``refused(token)`` is called), and writes under it."""
         token = self._ownership.token(segment)
         busy = set(self._workers.busy())
         self._job_segment = {k: s for k, s in self._job_segment.items() if k in busy}
         self._job_segment[key] = segment
-        owned_job = run_as(self._ownership, token, str(key), job)
+        owned_job = run_as(
+            self._ownership,
+            token,
+            str(key),
+            job,
+            refused=(lambda: refused(token)) if refused is not None else (lambda: None),
+        )
         return self._workers.submit(key, owned_job, *args, **kw)
 
     def decide(self, snapshot: Snapshot) -> list[Action]:
@@ -785,6 +841,9 @@ class Engine(Reaction[Snapshot, Action]):
                 step.attempts,
                 then=self._step_done,
                 urgent=step.kind in HOST_STEPS,
+                refused=partial(
+                    self._left_running, step.id, action.host, why="not started: acting stopped"
+                ),
             )
 
     def _on_finish_recovery(self, action: FinishRecovery) -> None:
@@ -896,10 +955,12 @@ class Engine(Reaction[Snapshot, Action]):
                 ctx = replace(self._ctx, wait=self._workers.waiter(key, self._ctx.wait))
                 done = run_step(ctx, StepInput(step, recovery, host, segment))
             except Cancelled as why:
-                if not self._ownership.valid(current_token()):
-                    # The segment is no longer this server's: the step stays RUNNING for
-                    # its new owner to re-check (the store would refuse this write).
-                    LOG.warning("host %s: %s left to the segment's new owner", host_name, label)
+                token = current_token()
+                if isinstance(why, NotActing) or not self._ownership.valid(token):
+                    # Not this server's to act under now: the step stays RUNNING, for
+                    # its new owner to re-check (the store would refuse this write), or
+                    # done again here once the lapsed acting window is renewed.
+                    self._left_running(step_id, host_name, token, str(why), label)
                     return
                 # The recovery ended around it: FAILED with the reason, so that an
                 # operator's retry runs it again (steps are idempotent).
@@ -973,7 +1034,11 @@ class Engine(Reaction[Snapshot, Action]):
             else:
                 LOG.exception("host %s: recording step %d failed", host_name, step_id)
             with self._lock:  # RUNNING with no job: checked again once the store answers
-                self._unrecorded[step_id] = (host_name, current_token())
+                self._unrecorded[step_id] = (
+                    host_name,
+                    current_token(),
+                    "its outcome was not recorded (database unavailable)",
+                )
 
     def _step_done(self) -> None:
         """A step's outcome is written and its key free: deliver, decide again."""

@@ -439,7 +439,12 @@ class GuestEngine(Reaction[list[GuestView], GuestAction]):
         )
         # Not submitted when shutting down: requeued at the next start.
         # The loop is woken once the failure is no longer busy.
-        restart = self.owner.job(f.host, f"restart of instance {f.instance_id}", self._restart)
+        restart = self.owner.job(
+            f.host,
+            f"restart of instance {f.instance_id}",
+            self._restart,
+            refused=lambda: self._redo(started, "not started: acting stopped"),
+        )
         self._workers.submit(f.id, restart, started, then=self.wake)
 
     def _restart(self, f: InstanceFailure) -> None:
@@ -449,6 +454,8 @@ class GuestEngine(Reaction[list[GuestView], GuestAction]):
                 detail = self._restart_through_nova(f)
             except Cancelled as exc:  # its segment's new owner re-checks it
                 LOG.warning("%s: restart stopped: %s", where, exc)
+                if self.owner.to_redo(exc):  # or this server, once renewed
+                    self._redo(f, str(exc))
                 return
             except Exception as exc:
                 if not isinstance(exc, DriverError):
@@ -505,6 +512,19 @@ class GuestEngine(Reaction[list[GuestView], GuestAction]):
                     f"{self.settings.restart_confirm_timeout:g}s"
                 )
             self._wait(self._poll_interval)
+
+    def _redo(self, f: InstanceFailure, why: str) -> None:
+        """A restart stopped, or not started, before Nova was asked, while the acting
+        window had lapsed: due again, done once this server may act (its attempt counted,
+        the restart budget not again)."""
+        now = self._clock.wall()
+        self._store.update_guest_failure(
+            f.id,
+            at=now,
+            action_status=StepStatus.PENDING,
+            next_restart_at=now,
+            action_detail=why,
+        )
 
     def _restart_failed(self, f: InstanceFailure, exc: Exception) -> None:
         now = self._clock.wall()

@@ -20,9 +20,16 @@ from the backend stops acting at that deadline, whatever else it can still reach
 Giving a segment up (another server joined): the server stops acting on it at once, waits
 until none of its work on it is in flight (``busy``), then releases the lock.
 
-The keeper runs on a thread of its own — the coordination edge, like the heartbeat
+The keeper runs on two threads of its own — the coordination edge, like the heartbeat
 receiver is the agents' — and decides with the pure ``plan``; the reactions only read
-``token`` (a dictionary lookup and a clock read).
+``token`` (a dictionary lookup and a clock read). One thread renews (``renew``: only
+calls to the coordination backend); the other rebalances (``rebalance``: reads the
+store, then takes and gives), so that a store slow to answer (a database server busy
+with a rack failure's writes, its connection pool taken by the workers) never delays a
+renewal and the acting window never lapses for it. If the window does lapse (a renewal
+late), the server stops acting until the next renewal; when that one finds every lock
+still held, it acts again under the same epochs: work a reaction could not do meanwhile
+waits for it (``held``), it is not its segment's next owner's.
 """
 
 from __future__ import annotations
@@ -158,8 +165,9 @@ class SegmentOwnership:
         self._members: tuple[str, ...] = ()
         self._error = ""
         self._problems: dict[str, str] = {}  # segment ("" for all) -> what is wrong now
+        self._calls = threading.Lock()  # one call to the backend at a time
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     @property
     def member(self) -> str:
@@ -191,6 +199,13 @@ class SegmentOwnership:
         """Whether ``token`` is still the one to act under (None: no ownership, valid)."""
         return token is None or self.token(token.segment) == token
 
+    def held(self, segment: str) -> OwnerToken | None:
+        """The token of ``segment`` while this server holds it and is not giving it up,
+        even while the acting window has lapsed (a renewal late): work that could not be
+        done under it meanwhile is done here once renewed, not by a next owner."""
+        held = self._held.get(segment)
+        return None if held is None or held.giving else held.token
+
     def taken_at(self, segment: str) -> float | None:
         """When (monotonic) this server took ``segment``, if it holds it."""
         held = self._held.get(segment)
@@ -218,49 +233,81 @@ class SegmentOwnership:
 
     def start(self, *, background: bool = True) -> None:
         """Join the group (retried by the rounds if the backend is away), run a first
-        round, and renew on a thread of its own (``background``; tests run the rounds)."""
+        round, then renew and rebalance on threads of their own (``background``; tests
+        run the rounds)."""
         try:
-            self._coordinator.start()
+            with self._calls:
+                self._coordinator.start()
             self.run_round()  # alone, every segment is owned before the first cycle
         except CoordinationError as exc:
             self._note_error(str(exc))
         if background:
-            self._thread = threading.Thread(target=self._run, name="vigil-ownership", daemon=True)
-            self._thread.start()
+            for name, job in (("vigil-ownership", self.renew), ("vigil-rebalance", self.rebalance)):
+                thread = threading.Thread(target=self._every, args=(job,), name=name, daemon=True)
+                self._threads.append(thread)
+                thread.start()
 
     def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        for thread in self._threads:
+            thread.join(timeout=10)
         with self._lock:
             self._held.clear()
-        self._coordinator.stop()
+        with self._calls:
+            self._coordinator.stop()
 
-    def _run(self) -> None:
+    def _every(self, job: Callable[[], object]) -> None:
         while not self._stop.is_set():
             started = self._clock.monotonic()
             try:
-                self.run_round()
+                job()
             except Exception:  # the keeper must outlive one bad round
-                LOG.exception("ownership round failed")
+                LOG.exception("ownership: %s failed", job.__name__)
             spent = self._clock.monotonic() - started
             self._stop.wait(max(0.0, self._settings.renew_interval - spent))
 
     def run_round(self) -> None:
-        """One renewal: heartbeat, check the locks, then take and give what ``plan`` says."""
+        """One renewal, then one rebalancing if it succeeded (the two threads' work, in
+        turn: what tests and the first round at start-up run)."""
+        if self.renew():
+            self.rebalance()
+
+    def renew(self) -> bool:
+        """Heartbeat and check the locks: the acting window runs from the start of the
+        last renewal that succeeded. True if this one did."""
         started = self._clock.monotonic()
         try:
-            self._coordinator.heartbeat()
-            members = self._coordinator.members()
-            lost = [s for s in list(self._held) if not self._coordinator.still_held(_lock(s))]
+            with self._calls:
+                self._coordinator.heartbeat()
+                members = self._coordinator.members()
+                lost = [s for s in list(self._held) if not self._coordinator.still_held(_lock(s))]
         except CoordinationError as exc:
             self._note_error(str(exc))  # acting stops at the deadline of the last success
-            return
+            return False
         for segment in lost:
             self._drop(segment, "its lock was lost (expired while this server was away?)")
+        lapsed = self._clock.monotonic() - self._valid_until
+        if lapsed > 0 and self._held and not self._error:
+            # The backend answered throughout, yet a renewal came late (this process
+            # starved or paused): said, since nothing was started meanwhile.
+            LOG.error(
+                "ownership: renewal late, %s stopped acting on %s for %.2fs; acting again "
+                "under the same epochs (every lock still held)",
+                self.member,
+                ", ".join(sorted(self._held)),
+                lapsed,
+            )
         self._valid_until = started + self._settings.acting_window
         self._members = tuple(sorted(members))
         self._note_error("")
+        return True
+
+    def rebalance(self) -> None:
+        """Check the store's owners, then take and give what ``plan`` says (nothing while
+        the backend is unreachable)."""
+        if self._error or not self._members:
+            return
+        members = self._members
         try:
             segments = [s.name for s in self._store.list_segments()]
             owners = {o.segment: o for o in self._store.list_segment_owners()}
@@ -273,7 +320,7 @@ class SegmentOwnership:
             if row is None or (row.owner, row.epoch) != (held.token.owner, held.token.epoch):
                 self._drop(segment, f"the store names {row} its owner")
         current = {s: o.owner for s, o in owners.items()}
-        for action in plan(self.member, members, segments, self._held, current):
+        for action in plan(self.member, members, segments, list(self._held), current):
             if isinstance(action, Take):
                 self._take(action.segment)
             else:
@@ -281,7 +328,9 @@ class SegmentOwnership:
 
     def _take(self, segment: str) -> None:
         try:
-            if not self._coordinator.try_lock(_lock(segment)):
+            with self._calls:
+                locked = self._coordinator.try_lock(_lock(segment))
+            if not locked:
                 return  # still held by its previous owner: tried again next round
             owner = self._store.take_segment(segment, self.member, at=self._clock.wall())
         except (CoordinationError, StoreError) as exc:
@@ -324,7 +373,8 @@ class SegmentOwnership:
 
     def _release(self, segment: str) -> None:
         try:
-            self._coordinator.release(_lock(segment))
+            with self._calls:
+                self._coordinator.release(_lock(segment))
         except CoordinationError as exc:
             LOG.warning("segment %s: lock not released (it expires): %s", segment, exc)
 
@@ -378,9 +428,18 @@ class Ownership(Protocol):
 
     def valid(self, token: OwnerToken | None) -> bool: ...
 
+    def held(self, segment: str) -> OwnerToken | None: ...
+
     def taken_at(self, segment: str) -> float | None: ...
 
     def tokens(self) -> dict[str, OwnerToken]: ...
+
+
+def still_held(ownership: Ownership, token: OwnerToken | None) -> bool:
+    """Whether work under ``token`` stays this server's, to do once it may act again
+    (the acting window lapsed, not the segment lost): else it is the segment's next
+    owner's."""
+    return token is None or ownership.held(token.segment) == token
 
 
 class SoleOwnership:
@@ -399,6 +458,9 @@ class SoleOwnership:
     def valid(self, token: OwnerToken | None) -> bool:
         return True
 
+    def held(self, segment: str) -> OwnerToken | None:
+        return None
+
     def taken_at(self, segment: str) -> float | None:
         return None
 
@@ -406,27 +468,49 @@ class SoleOwnership:
         return {}
 
 
+class NotActing(Cancelled):
+    """The token a job acts under is not (or no longer) one this server may act under:
+    its segment lost, given up, or its acting window lapsed (``still_held`` tells)."""
+
+
 def may_act(ownership: Ownership) -> None:
-    """Raises ``Cancelled`` when the token this thread acts under
-    (``vigil.store.acting_as``) is no longer this server's: called right before each call
-    that changes the cloud (the store would refuse the record of it; the cloud cannot
-    refuse the call)."""
+    """Raises ``NotActing`` when the token this thread acts under
+    (``vigil.store.acting_as``) is not this server's to act under now: called right
+    before each call that changes the cloud (the store would refuse the record of it;
+    the cloud cannot refuse the call)."""
     token = current_token()
     if not ownership.valid(token):
         assert token is not None
-        raise Cancelled(f"segment {token.segment}: epoch {token.epoch} is no longer this server's")
+        if still_held(ownership, token):
+            raise NotActing(
+                f"segment {token.segment}: acting window lapsed (renewal late), epoch "
+                f"{token.epoch} still held"
+            )
+        raise NotActing(f"segment {token.segment}: epoch {token.epoch} is no longer this server's")
 
 
 def run_as(
-    ownership: Ownership, token: OwnerToken | None, what: str, job: Callable[..., None]
+    ownership: Ownership,
+    token: OwnerToken | None,
+    what: str,
+    job: Callable[..., None],
+    refused: Callable[[], None] = lambda: None,
 ) -> Callable[..., None]:
     """``job`` for a worker, under ``token`` (taken when it is submitted): it does not
-    start once that token is no longer this server's, and it writes under it."""
+    start while that token is not this server's to act under (``refused`` is called
+    instead), and it writes under it."""
 
     def owned(*args: Any, **kwargs: Any) -> None:
         if not ownership.valid(token):
             assert token is not None
-            LOG.warning("segment %s: %s not started: no longer owned here", token.segment, what)
+            lapsed = still_held(ownership, token)
+            LOG.warning(
+                "segment %s: %s not started: %s",
+                token.segment,
+                what,
+                "acting window lapsed (renewal late)" if lapsed else "no longer owned here",
+            )
+            refused()
             return
         with acting_as(token):
             job(*args, **kwargs)
@@ -469,11 +553,25 @@ class HostOwner:
     def acting(self, host: str | None) -> AbstractContextManager[None]:
         return acting_as(self.token(host))
 
-    def job(self, host: str | None, what: str, job: Callable[..., None]) -> Callable[..., None]:
-        """``job`` for a worker, under ``host``'s token (``run_as``), counted in
+    def job(
+        self,
+        host: str | None,
+        what: str,
+        job: Callable[..., None],
+        refused: Callable[[], None] = lambda: None,
+    ) -> Callable[..., None]:
+        """``job`` for a worker, under ``host``'s token (``run_as``: ``refused`` is
+        called instead while that token is not this server's to act under), counted in
         ``busy_in`` while it runs."""
         segment = self._segment_of(host)
-        owned = run_as(self.ownership, self.token(host), what, job)
+        token = self.token(host)
+
+        def not_started() -> None:
+            if still_held(self.ownership, token):  # the window lapsed: done once renewed
+                with acting_as(token):
+                    refused()
+
+        owned = run_as(self.ownership, token, what, job, refused=not_started)
 
         def counted(*args: Any, **kwargs: Any) -> None:
             with self._lock:
@@ -494,6 +592,16 @@ class HostOwner:
 
     def may_act(self) -> None:
         may_act(self.ownership)
+
+    def to_redo(self, stopped: Cancelled) -> bool:
+        """Whether work ``stopped`` (inside ``job``) stays this server's to do again once
+        it may act (its acting window lapsed), rather than its segment's next owner's."""
+        token = current_token()
+        return (
+            isinstance(stopped, NotActing)
+            and token is not None
+            and still_held(self.ownership, token)
+        )
 
 
 SOLE_OWNER = HostOwner(SoleOwnership(), lambda _host: None)

@@ -172,8 +172,21 @@ class OperatorRequests(Reaction[RequestsView, RunRequest]):
     def _run(self, action: RunRequest) -> None:
         request = self._store.start_request(action.request.id, at=self._clock.wall())
         # False when shutting down: it stays RUNNING and is requeued at the next start.
-        run = self.owner.job(request.host, f"request {request.id}", self._execute)
+        run = self.owner.job(
+            request.host,
+            f"request {request.id}",
+            self._execute,
+            refused=lambda: self._redo(request, "not started: acting stopped"),
+        )
         self._workers.submit(request.target, run, request, then=self._finished)
+
+    def _redo(self, request: OperatorRequest, why: str) -> None:
+        """Stopped, or not started, while the acting window had lapsed: due again, done
+        once this server may act."""
+        now = self._clock.wall()
+        self._store.finish_request(
+            request.id, StepStatus.PENDING, at=now, detail=why, next_attempt_at=now
+        )
 
     def _execute(self, request: OperatorRequest) -> None:
         about, kind = _about(request), request.kind.value
@@ -182,6 +195,8 @@ class OperatorRequests(Reaction[RequestsView, RunRequest]):
                 detail, events = self._kinds[request.kind](request)
             except Cancelled as exc:  # its segment's new owner carries it on
                 LOG.warning("%s: %s (request %d) stopped: %s", about, kind, request.id, exc)
+                if self.owner.to_redo(exc):  # or this server, once renewed
+                    self._redo(request, str(exc))
                 return
             except Exception as exc:
                 if not isinstance(exc, DriverError | InvalidTransition | StoreError):

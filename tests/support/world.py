@@ -195,10 +195,9 @@ class World(FakeTimeCloud):
         if self._since_beat >= self.settings.detection.heartbeat_interval - 1e-9:
             self._since_beat = 0.0
             self._beats += 1
-            for h in self.cloud.hosts():
-                if self.cloud.host_can_heartbeat(h):
-                    boot = self.cloud.boot_id(h)
-                    self.heartbeats.beat(h, "boot", self._beats, kernel_boot_id=boot)
+            beating = [h for h in self.cloud.hosts() if self.cloud.host_can_heartbeat(h)]
+            kernels = {h: boot for h in beating if (boot := self.cloud.boot_id(h))}
+            self.heartbeats.heard(beating, kernels)
         self.engine.run_cycle()
         if drain:
             assert self.engine.drain(5)

@@ -142,34 +142,40 @@ def test_the_real_agent_reads_this_machines_kernel_boot_id() -> None:
 
 
 def test_a_batch_is_recorded_in_order_and_a_replay_inside_it_refused() -> None:
-    """The receiver records a batch under one lock (``beat_many``): the same rules as
-    one by one — a replayed or reordered beat, even in the same batch, is not newer —
+    """A batch goes through the sequencer, then into the table at once: the same rules
+    as one by one — a replayed or reordered beat, even in the same batch, is not newer —
     at the instant the batch was taken, on the fake clock."""
     from vigil.clock import FakeClock
+    from vigil.engine.heartbeat import _Sequencer
 
     clock = FakeClock()
     table = HeartbeatTable(clock)
-    beats = [
+    sequencer = _Sequencer()
+
+    def take(*beats: Heartbeat) -> list[str]:
+        taken = [(b.host, b.boot_id, b.seq, b.kernel_boot_id, 0.0, 0, 0.0, "h", 1) for b in beats]
+        sequencer.take(taken, [])
+        _, heard, kernels, _, refused, _ = sequencer.message(None)
+        table.heard(heard, kernels)
+        return [f"{h} {why}" for h, why in refused]
+
+    refused = take(
         Heartbeat("a", "boot", 1, 0.0),
         Heartbeat("b", "boot", 7, 0.0, kernel_boot_id="k-b"),
         Heartbeat("a", "boot", 2, 0.0),
         Heartbeat("a", "boot", 2, 0.0),  # replayed in the same batch
         Heartbeat("b", "boot", 6, 0.0),  # reordered
         Heartbeat("a", "new-agent", 1, 0.0),  # the agent restarted: its count too
-    ]
-    assert table.beat_many([(b.host, b.boot_id, b.seq, b.kernel_boot_id) for b in beats]) == [
-        True,
-        True,
-        True,
-        False,
-        False,
-        True,
+    )
+    assert refused == [
+        "host a at h replayed or out-of-order sequence",
+        "host b at h replayed or out-of-order sequence",
     ]
     clock.advance(3.0)
     assert table.silent(["a", "b", "never"], 2.5) == {"a": 3.0, "b": 3.0, "never": None}
     assert table.silent(["a", "b"], 3.5) == {}
     assert table.kernel_boot_ids() == {"b": "k-b"}
-    assert table.beat_many([("b", "boot", 8, "")]) == [True]
+    assert take(Heartbeat("b", "boot", 8, 0.0)) == []
     assert table.silent(["a", "b"], 1.0) == {"a": 3.0}
 
 
@@ -195,10 +201,9 @@ def test_heartbeats_the_server_lost_are_not_silence() -> None:
     heard before counts as heard then, so vigil falling behind never fences a host."""
     clock = FakeClock()
     table = HeartbeatTable(clock)
-    table.beat("a", "b", 1)
-    table.beat("b", "b", 1)
+    table.heard(["a", "b"])
     clock.advance(1.0)
-    table.beat("b", "b", 2)
+    table.heard(["b"])
     clock.advance(0.5)
     assert table.silent(["a", "b"], 1.0) == {"a": pytest.approx(1.5)}
 
@@ -220,7 +225,7 @@ def test_a_socket_that_overflowed_says_so_and_counts_no_host_silent(
 ) -> None:
     clock = FakeClock()
     table = HeartbeatTable(clock)
-    table.beat("compute-2", "b", 1)  # heard once, long ago
+    table.heard(["compute-2"])  # heard once, long ago
     clock.advance(10)
     rx = HeartbeatReceiver(
         table,
@@ -267,7 +272,7 @@ def test_a_receiving_process_that_dies_is_replaced_and_hides_no_silence_meanwhil
         clock=clock,
         process=True,
     )
-    table.beat("compute-2", "b", 1)  # heard once, then silent
+    table.heard(["compute-2"])  # heard once, then silent
     clock.advance(10)
     try:
         with caplog.at_level(logging.WARNING, logger="vigil.engine.heartbeat"):

@@ -73,7 +73,6 @@ class HeartbeatTable:
         self._clock = clock
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}
-        self._seq: dict[str, tuple[str, int]] = {}
         self._kernel: dict[str, str] = {}
         self._kernel_changed: set[str] = set()  # hosts heard with a new kernel boot id
         self._all_heard_at = float("-inf")  # heartbeats lost by this server: note_lost
@@ -85,41 +84,17 @@ class HeartbeatTable:
         with self._lock:
             self._all_heard_at = self._clock.monotonic()
 
-    def beat(self, host: str, boot_id: str, seq: int, kernel_boot_id: str = "") -> bool:
-        """Record a heartbeat; False for a replayed or reordered one (not newer).
-        ``kernel_boot_id``: the host's, when the agent sends it."""
-        with self._lock:
-            return self._beat(host, boot_id, seq, kernel_boot_id, self._clock.monotonic())
-
-    def beat_many(self, beats: Sequence[tuple[str, str, int, str]]) -> list[bool]:
-        """Record several heartbeats (host, boot id, seq, kernel boot id) under one lock,
-        received at the same instant; for each, whether it was newer (``beat``)."""
-        now = self._clock.monotonic()
-        with self._lock:
-            return [self._beat(b[0], b[1], b[2], b[3], now) for b in beats]
-
-    def heard(self, hosts: Sequence[str], kernels: Mapping[str, str]) -> None:
-        """Record heartbeats already found newer (by a receiving process, which keeps the
-        sequence numbers): ``hosts`` heard now, ``kernels`` the kernel boot ids that
-        process saw change (or saw first)."""
+    def heard(self, hosts: Sequence[str], kernels: Mapping[str, str] | None = None) -> None:
+        """Record heartbeats already found newer (by the receiver's ``_Sequencer``, which
+        keeps the sequence numbers): ``hosts`` heard now, ``kernels`` the kernel boot ids
+        it saw change (or saw first)."""
         now = self._clock.monotonic()
         with self._lock:
             self._last.update(dict.fromkeys(hosts, now))
-            for host, kernel in kernels.items():
+            for host, kernel in (kernels or {}).items():
                 if self._kernel.get(host) != kernel:
                     self._kernel[host] = kernel
                     self._kernel_changed.add(host)
-
-    def _beat(self, host: str, boot_id: str, seq: int, kernel_boot_id: str, now: float) -> bool:
-        last = self._seq.get(host)
-        if last is not None and last[0] == boot_id and seq <= last[1]:
-            return False
-        self._seq[host] = (boot_id, seq)
-        self._last[host] = now
-        if kernel_boot_id and self._kernel.get(host) != kernel_boot_id:
-            self._kernel[host] = kernel_boot_id
-            self._kernel_changed.add(host)
-        return True
 
     def kernel_boot_id(self, host: str) -> str | None:
         """The last kernel boot id heard from the host (None: none heard)."""
@@ -220,12 +195,12 @@ def _verify_batch(
 
 
 class _Sequencer:
-    """The receiving child's half of ``HeartbeatTable``: each host's last (boot id,
-    sequence) and kernel boot id, so that what it sends the parent is only what the
-    parent records: hosts with a newer heartbeat, kernel boot ids that changed, and the
-    self-fencing heartbeats to answer. (Checking sequences in the parent cost its
-    interpreter ~6 µs a heartbeat, a fifth of its time during a rack failure at 10,000
-    hosts; a list of names costs it a dict update.)"""
+    """Each host's last (boot id, sequence) and kernel boot id, kept where datagrams are
+    read (the receiving child, or the receiver's thread), so that what is handed to the
+    ``HeartbeatTable`` is only what it records: hosts with a newer heartbeat, kernel boot
+    ids that changed, and the self-fencing heartbeats to answer. (Checking sequences in
+    the server's process cost its interpreter ~6 µs a heartbeat, a fifth of its time
+    during a rack failure at 10,000 hosts; a list of names costs it a dict update.)"""
 
     def __init__(self) -> None:
         self._seq: dict[str, tuple[str, int]] = {}
@@ -447,6 +422,7 @@ class HeartbeatReceiver:
         verification itself. (Python has no ``recvmmsg``; non-blocking ``recvfrom``
         until the queue is empty is the batch it allows.)"""
         self._sock.setblocking(False)
+        sequencer = _Sequencer()
         while not self._stop.is_set():
             try:
                 ready, _, _ = select.select([self._sock], [], [], 0.5)
@@ -464,10 +440,11 @@ class HeartbeatReceiver:
                 if self._stop.is_set():
                     return
                 raise
-            taken, refused = _verify_batch(batch, self._key)
+            sequencer.take(*_verify_batch(batch, self._key))
+            _, heard, kernels, grants, refused, _ = sequencer.message(None)
             for source, why in refused:
                 self._refuse(source, why)
-            self._record(taken)
+            self._record_heard(heard, kernels, grants)
 
     def _note_drops(self, dropped: int | None) -> None:
         if dropped is not None and dropped > self.dropped:
@@ -512,26 +489,6 @@ class HeartbeatReceiver:
             for t in grants:
                 if known(t[0]):
                     self._grant(Heartbeat(t[0], t[1], t[2], 0.0, t[4], t[3], t[5], t[6]), t[7:])
-
-    def _record(self, taken: list[Taken]) -> None:
-        """Verified heartbeats: from known hosts, recorded; answered if self-fencing."""
-        beats: list[Taken] = []
-        for t in taken:
-            if self._known(t[0]):
-                beats.append(t)
-            else:
-                self._refuse(f"host {t[0]} at {t[7]}", "unknown host")
-        newer = self._table.beat_many([t[:4] for t in beats])
-        self.received += sum(newer)
-        for t, new in zip(beats, newer, strict=True):
-            if not new:
-                self._refuse(f"host {t[0]} at {t[7]}", "replayed or out-of-order sequence")
-            elif t[4] and self._leases is not None:
-                host, boot_id, seq, kernel, watchdog, ack, peer_window, addr, port = t
-                self._grant(
-                    Heartbeat(host, boot_id, seq, 0.0, watchdog, kernel, ack, peer_window),
-                    (addr, port),
-                )
 
     def _grant(self, beat: Heartbeat, to: tuple[str, int]) -> None:
         assert self._leases is not None

@@ -7,8 +7,10 @@ custom-collector API), so that nothing on a hot path — 40,000 heartbeats a sec
 tests and the demo run several servers in one process.
 
 - ``vigil_heartbeats_received_total`` / ``vigil_heartbeats_refused_total`` /
-  ``vigil_heartbeats_dropped_total``: heartbeats recorded, refused (bad signature,
-  unknown host, replayed), and dropped by the socket before the server read them;
+  ``vigil_heartbeats_dropped_total``: heartbeats verified and recorded, refused (bad
+  signature, unknown host, replayed), and dropped by the socket before the server read
+  them; ``vigil_heartbeats_unverified_total``: heartbeats of other servers' segments,
+  recorded by name (``vigil.engine.heartbeat``);
 - ``vigil_hosts{state}``: hosts by state, as the engine's latest cycle read them;
 - ``vigil_cycles_total{loop,reaction}`` / ``vigil_cycle_seconds_total{loop,reaction}``:
   the reconciler cycles run and the time spent in them (their ratio: a cycle's mean
@@ -33,7 +35,7 @@ class ServerMetrics(Collector):
     def __init__(
         self,
         *,
-        heartbeats: Callable[[], tuple[int, int, int]],
+        heartbeats: Callable[[], tuple[int, int, int, int]],
         hosts: Callable[[], Mapping[str, Host]],
         cycles: Callable[[], Mapping[tuple[str, str], tuple[int, float]]],
         outbox_lags: Callable[[], Mapping[str, float]],
@@ -49,9 +51,15 @@ class ServerMetrics(Collector):
         return generate_latest(self.registry)
 
     def collect(self) -> Iterator[Metric]:
-        received, refused, dropped = self._heartbeats()
+        received, refused, dropped, unverified = self._heartbeats()
         yield CounterMetricFamily(
-            "vigil_heartbeats_received", "Heartbeats recorded.", value=received
+            "vigil_heartbeats_received", "Heartbeats verified and recorded.", value=received
+        )
+        yield CounterMetricFamily(
+            "vigil_heartbeats_unverified",
+            "Heartbeats of hosts of segments other servers hold, recorded by the host's "
+            "name alone (not verified here; their owner verifies them).",
+            value=unverified,
         )
         yield CounterMetricFamily(
             "vigil_heartbeats_refused",

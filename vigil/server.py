@@ -175,11 +175,13 @@ class VigilServer:
             leases=self.leases,
             process=settings.heartbeat_process,
         )
+        self.engine.on_hearing = self.receiver.verify_only
         self.metrics = ServerMetrics(
             heartbeats=lambda: (
                 self.receiver.received,
                 self.receiver.refused,
                 self.receiver.dropped,
+                self.receiver.unverified,
             ),
             hosts=self.known.all,
             cycles=lambda: {

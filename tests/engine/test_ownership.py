@@ -444,6 +444,31 @@ def test_a_fence_stopped_by_a_lapsed_window_is_done_once_renewed_and_not_failed(
     assert "left to the segment's new owner" not in caplog.text
 
 
+def test_the_receiver_verifies_the_heartbeats_of_the_segments_held_here(tmp_path: Path) -> None:
+    """The engine tells the receiver whose heartbeats to verify: the hosts of the
+    segments held here (a lapse keeps them), none once lost; all when alone."""
+    with World(tmp_path, ("c1", "c2")) as world:
+        taken = world.store.take_segment("s1", "vigil-a", at=world.clock.wall())
+        ownership = Revocable(OwnerToken("s1", "vigil-a", taken.epoch))
+        told: list[frozenset[str] | None] = []
+        world.host_engine(ownership=ownership).on_hearing = told.append
+        world.tick()
+        assert told == [frozenset({"c1", "c2"})]
+        ownership.lapsed = True
+        world.tick()
+        assert told == [frozenset({"c1", "c2"})]  # still held: still verified here
+        ownership.revoked = True
+        world.tick()
+        assert told[-1] == frozenset()
+    (tmp_path / "alone").mkdir()
+    with World(tmp_path / "alone", ("c1",)) as world:
+        told = []
+        world.host_engine().on_hearing = told.append
+        world.tick()
+        world.tick()
+        assert told == [None]
+
+
 class _LapsesOnRead(_LosesOnRead):
     """The first power read once a recovery exists lets the acting window lapse."""
 

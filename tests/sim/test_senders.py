@@ -31,7 +31,7 @@ def world() -> Iterator[tuple[SimCloud, SenderProcesses, socket.socket]]:
     senders = SenderProcesses(
         cloud.hosts(),
         {h: cloud.boot_id(h) for h in cloud.hosts()},
-        address=sock.getsockname(),
+        addresses=[sock.getsockname()],
         key=KEY,
         interval=INTERVAL,
         processes=2,

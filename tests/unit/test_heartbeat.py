@@ -12,7 +12,14 @@ import pytest
 from vigil.agent.heartbeat import read_kernel_boot_id
 from vigil.clock import FakeClock, SystemClock
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
-from vigil.wire.heartbeat import BadHeartbeat, BeatTemplate, Heartbeat, decode, encode
+from vigil.wire.heartbeat import (
+    BadHeartbeat,
+    BeatTemplate,
+    Heartbeat,
+    decode,
+    encode,
+    peek_host,
+)
 
 KEY = b"right-key"
 
@@ -141,6 +148,56 @@ def test_the_real_agent_reads_this_machines_kernel_boot_id() -> None:
     assert len(boot) == 36 and boot == read_kernel_boot_id()
 
 
+def test_the_host_of_a_heartbeat_is_read_without_verifying_it() -> None:
+    beat = Heartbeat("compute-7", "b", 1, 0.0, kernel_boot_id="k")
+    assert peek_host(encode(beat, KEY)) == "compute-7"
+    assert peek_host(BeatTemplate("compute-7", "b", KEY).datagram(3, 1.0)) == "compute-7"
+    assert peek_host(encode(beat, b"wrong-key")) == "compute-7"  # read, not verified
+    # Not in encode's shape: left to the verification (which refuses or takes it).
+    assert peek_host(encode(Heartbeat('odd "name"', "b", 1, 0.0), KEY)) is None
+    assert peek_host(b"VGL1{}") is None and peek_host(b"hello") is None
+
+
+@pytest.mark.parametrize("process", [False, True], ids=["thread", "process"])
+def test_heartbeats_of_other_servers_segments_are_heard_unverified(process: bool) -> None:
+    """Told to verify compute-1's only, the receiver still refuses a bad compute-1, and
+    records compute-2 as heard by its name alone: no refusal for a signature it did not
+    check, no kernel boot id; told to verify all again, it checks compute-2 too."""
+    table = HeartbeatTable(SystemClock())
+    rx = HeartbeatReceiver(
+        table,
+        key=KEY,
+        known_host=lambda h: h in ("compute-1", "compute-2"),
+        bind=("127.0.0.1", 0),
+        clock=SystemClock(),
+        process=process,
+    )
+    rx.start()
+    try:
+        rx.verify_only(["compute-1"])
+        time.sleep(0.2)  # the child told
+        _send(rx, encode(Heartbeat("compute-1", "b", 1, time.time()), b"wrong-key"))
+        other = Heartbeat("compute-2", "b", 1, time.time(), kernel_boot_id="k-2")
+        _send(rx, encode(other, b"wrong-key"))
+        deadline = time.monotonic() + 2
+        while (rx.refused < 1 or rx.unverified < 1) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (rx.refused, rx.received, rx.unverified) == (1, 0, 1)
+        assert table.age("compute-1") is None
+        assert table.age("compute-2") is not None
+        assert table.kernel_boot_ids() == {}
+
+        rx.verify_only(None)
+        time.sleep(0.2)
+        _send(rx, encode(Heartbeat("compute-2", "b", 2, time.time()), b"wrong-key"))
+        deadline = time.monotonic() + 2
+        while rx.refused < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert (rx.refused, rx.unverified) == (2, 1)
+    finally:
+        rx.stop()
+
+
 def test_a_batch_is_recorded_in_order_and_a_replay_inside_it_refused() -> None:
     """A batch goes through the sequencer, then into the table at once: the same rules
     as one by one — a replayed or reordered beat, even in the same batch, is not newer —
@@ -155,7 +212,7 @@ def test_a_batch_is_recorded_in_order_and_a_replay_inside_it_refused() -> None:
     def take(*beats: Heartbeat) -> list[str]:
         taken = [(b.host, b.boot_id, b.seq, b.kernel_boot_id, 0.0, 0, 0.0, "h", 1) for b in beats]
         sequencer.take(taken, [])
-        _, heard, kernels, _, refused, _ = sequencer.message(None)
+        _, heard, kernels, _, refused, _, _ = sequencer.message(None)
         table.heard(heard, kernels)
         return [f"{h} {why}" for h, why in refused]
 

@@ -131,7 +131,7 @@ class Harness:
             self.senders = SenderProcesses(
                 self.cloud.hosts(),
                 {h: self.cloud.boot_id(h) for h in self.cloud.hosts()},
-                address=self.server.heartbeat_address,
+                addresses=[self.server.heartbeat_address],
                 key=self.settings.agent_key.encode(),
                 interval=self.settings.detection.heartbeat_interval,
                 loss=loss,

@@ -173,6 +173,10 @@ class Engine(Reaction[Snapshot, Action]):
         # store says they changed (vigil.engine.book).
         self._book = HostBook(store)
         self._known_version = -1
+        # Told which hosts' heartbeats to verify: those of the segments held here (None:
+        # all, alone); set by the server to its receiver's ``verify_only``.
+        self.on_hearing: Callable[[frozenset[str] | None], None] | None = None
+        self._hearing: tuple[frozenset[str], int] | None = None
         self._fenced: frozenset[str] = frozenset()  # recovered, or fence confirmed
         self._aimed: Counter[str] = Counter()  # evacuations aimed at each host
         self._boots_unsettled: dict[str, str] = {}  # host -> a kernel boot id not stored
@@ -422,6 +426,7 @@ class Engine(Reaction[Snapshot, Action]):
         if self._book.version != self._known_version:
             self.known.share(self._book.hosts)
             self._known_version = self._book.version
+        self._follow_hearing()
         self._fenced = frozenset(
             {name for name, view in snap.hosts.items() if view.host.state == HostState.RECOVERED}
             | {
@@ -490,6 +495,24 @@ class Engine(Reaction[Snapshot, Action]):
                 of = self._job_segment.get(key)
                 if of in lost:
                     self._workers.cancel(key, f"segment {of} no longer owned here")
+
+    def _follow_hearing(self) -> None:
+        """Tell the receiver the hosts whose heartbeats to verify: those of the segments
+        this server holds (acting or lapsed), when they or the hosts change; all when
+        no other server may own segments."""
+        if self.on_hearing is None:
+            return
+        if not self._ownership.shared:
+            if self._hearing is None:
+                self._hearing = (frozenset(), -1)
+                self.on_hearing(None)
+            return
+        book = self._book
+        held = frozenset(s for s in book.members if self._ownership.held(s) is not None)
+        if self._hearing == (held, book.version):
+            return
+        self._hearing = (held, book.version)
+        self.on_hearing(frozenset(h for s in held for h in book.members[s]))
 
     def _requeue_unrecorded(self) -> None:
         """Steps left RUNNING with no job to finish them: their outcome could not be

@@ -55,7 +55,7 @@ def sender_main(
     names: list[str],
     kernel_boot_ids: list[str],
     key: bytes,
-    address: tuple[str, int],
+    addresses: list[tuple[str, int]],
     interval: float,
     loss: float,
     jitter: float,
@@ -112,11 +112,16 @@ def sender_main(
                     delay = rng.uniform(0.0, jitter)
                     heapq.heappush(heap, (due + delay, next(order), i, -1, datagram))
                     continue
-            try:
-                sock.sendto(datagram, address)
-                sent += 1
-            except OSError:
-                errors += 1
+            # To every server, as an agent does (vigil.agent.heartbeat): counted once
+            # if any took it, an error for each that did not.
+            took = False
+            for address in addresses:
+                try:
+                    sock.sendto(datagram, address)
+                    took = True
+                except OSError:
+                    errors += 1
+            sent += took
         pause = 0.0
         if heap and handled < BURST:
             pause = min(max(0.0, heap[0][0] - time.monotonic()), 0.05)
@@ -164,7 +169,7 @@ class SenderProcesses:
         hosts: Sequence[str],
         kernel_boot_ids: Mapping[str, str],
         *,
-        address: tuple[str, int],
+        addresses: Sequence[tuple[str, int]],
         key: bytes,
         interval: float,
         loss: float = 0.0,
@@ -176,7 +181,7 @@ class SenderProcesses:
         self.slices = [list(hosts[k::n]) for k in range(n)]
         self.where = {h: (k, i) for k, names in enumerate(self.slices) for i, h in enumerate(names)}
         self._kernel = kernel_boot_ids
-        self._address = address
+        self._addresses = list(addresses)
         self._key = key
         self._interval = interval
         self._loss = loss
@@ -197,7 +202,7 @@ class SenderProcesses:
                     names,
                     [self._kernel[h] for h in names],
                     self._key,
-                    self._address,
+                    self._addresses,
                     self._interval,
                     self._loss,
                     self._jitter,

@@ -27,6 +27,17 @@ host, KEEP_RUNNING) a world of its own, all real processes on 127.0.0.1:
   boot id. Each sender reports its datagrams sent and dropped on purpose, its lag
   behind schedule and its CPU, so that one that cannot keep up shows.
 
+With ``--servers N`` (more than one: ``--store postgresql``; ``1,3``: each size with one
+server, then with three, side by side), N vigil-servers share one
+scratch database (migrated once) and a coordination backend (``--coordination``, a tooz
+URL; Redis on 127.0.0.1 by default, a namespace per size), member ids ``vigil-0`` ...;
+the segments are spread over them by their ownership rule, and every heartbeat goes to
+each of them, as agents send it (``agent.servers``). The API is read through
+``vigil-0``'s (every server answers for the whole store); the rest window says, per
+server, the segments it acts on, its CPU (and its heartbeat-receiving process's), memory
+and heartbeats received (``per_server``); the row's ``cpu_cores`` and ``rss_mb`` are
+then their sums.
+
 The hosts are registered through the REST API (``POST /v1/host-batches``, a segment at
 a time), in segments of up to 1,000 hosts (``seg-01``, ``seg-02``, ...), each with
 max_failed_share 0.5 and max_parallel_evacuations 64, every host fenced by the ``sim``
@@ -70,12 +81,14 @@ driver (its BMC in the simulated cloud); then the bench waits for every host ``u
 
     .venv/bin/python bench/scale.py [--sizes 100,1000,3000,10000] [--store sqlite]
     .venv/bin/python bench/scale.py --quick      # 50 and 200 hosts, 5 failures, a 5-host rack
+    .venv/bin/python bench/scale.py --store postgresql --servers 1,3 --sizes 3000
 
 The JSON (``--out``, default ``bench/results/scale.json``, ``scale-postgresql.json`` with
-``--store postgresql``) is written again after each size, so a long run's first rows
-survive it; a plot (``--plot``; matplotlib) shows the server's CPU, memory and detection
-p99 against hosts. Progress goes to stderr. Everything started is stopped on exit,
-error or Ctrl-C (server, senders, the cloud's HTTP server, temporary files, the scratch
+``--store postgresql``, ``scale-postgresql-servers.json`` with several servers) is
+written again after each size, so a long run's first rows survive it; a plot
+(``--plot``; matplotlib) shows the server's CPU, memory and detection p99 against hosts.
+Progress goes to stderr. Everything started is stopped on exit, error or Ctrl-C
+(servers, senders, the cloud's HTTP server, temporary files, the scratch
 database). ``ROOT/tests`` is put on sys.path to reuse the tests' support code; type-check
 with ``MYPYPATH=tests .venv/bin/mypy bench/scale.py``.
 
@@ -137,6 +150,7 @@ from vigil.model import HaPolicy  # noqa: E402
 from vigil.sim.cloud import SimCloud, SimLatency  # noqa: E402
 from vigil.sim.rpc import serve_cloud  # noqa: E402
 from vigil.sim.senders import SenderProcesses  # noqa: E402
+from vigil.store.sql import upgrade  # noqa: E402
 
 TOKEN, KEY = "bench-token", "bench-key"
 INSTANCES_PER_HOST = 20
@@ -230,12 +244,22 @@ def family(pid: int) -> list[int]:
 
 def proc_cpu_s(pid: int) -> float:
     """utime + stime of a process and its live children, in seconds."""
-    total = 0
+    return sum(cpu_by_process(pid))
+
+
+def cpu_by_process(pid: int) -> tuple[float, float]:
+    """utime + stime in seconds of the process ``pid``, and of its live children (the
+    heartbeat-receiving process)."""
+    own = children = 0
     for p in family(pid):
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+            if p == pid:
+                own += int(fields[11]) + int(fields[12])
+            else:
+                children += int(fields[11]) + int(fields[12])
+    tick = os.sysconf("SC_CLK_TCK")
+    return own / tick, children / tick
 
 
 def proc_mem_mb(pid: int, key: str = "VmRSS") -> float:
@@ -267,6 +291,12 @@ def scrape(client: httpx.Client) -> dict[str, float] | None:
             with contextlib.suppress(ValueError):
                 out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
     return out
+
+
+def total(scrapes: list[dict[str, float] | None], name: str) -> float | None:
+    """``name`` summed over several servers' scrapes (None if one lacks it)."""
+    values = [metric(m, name) for m in scrapes]
+    return None if None in values else sum(v for v in values if v is not None)
 
 
 def metric(scraped: dict[str, float] | None, name: str, how: str = "sum") -> float | None:
@@ -439,8 +469,10 @@ class Size:
         self.rack_hosts = self.hosts[: min(args.rack_hosts, max(0, in_first - 1))]
         self.rack_set = set(self.rack_hosts)
         self.failed: Counter[str] = Counter()  # host -> power losses caused by the bench
-        self.row: dict[str, Any] = {"hosts": hosts, "store": args.store}
+        self.row: dict[str, Any] = {"hosts": hosts, "store": args.store, "servers": args.servers}
         self.cloud = self._build_cloud()
+        self.servers: list[ServerProcess] = []  # the first: self.server, read through self.api
+        self.apis: list[httpx.Client] = []
         self.server: ServerProcess | None = None
         self.api: httpx.Client | None = None
         self.senders: SenderProcesses | None = None
@@ -504,24 +536,38 @@ class Size:
             self.size = StoreSize(db_url, path)
         stack.callback(self.size.close)
         stack.callback(self._teardown)  # first out: the server, then the senders
-        conf = self.workdir / "vigil.conf"
         extra: dict[str, dict[str, object]] = {}
         for item in args.overrides:
             name, value = item.split("=", 1)
             group, option = name.split(".", 1)
             extra.setdefault(group, {})[option] = value
-        api, hb_port = server_config(
-            conf,
-            token=TOKEN,
-            key=KEY,
-            cloud_url=cloud_url,
-            database=db_url,
-            extra=extra,
-            timeout=120,
-        )
-        self.api = api
-        self.server = ServerProcess(conf, self.workdir / "vigil-server.log")
-        self.server.start(api, timeout=60)
+        hb_ports = []
+        if args.servers > 1:
+            upgrade(db_url)  # once: the servers share the schema
+        for i in range(args.servers):
+            # Several: one coordination backend, a member id each (vigil-0, vigil-1, ...).
+            coordination = {
+                "backend_url": args.coordination,
+                "member_id": f"vigil-{i}",
+                "namespace": f"vigil-scale-{os.getpid()}-{self.n}",
+            }
+            api, hb_port = server_config(
+                self.workdir / (f"vigil-{i}.conf" if i else "vigil.conf"),
+                token=TOKEN,
+                key=KEY,
+                cloud_url=cloud_url,
+                database=db_url,
+                coordination=coordination if args.servers > 1 else None,
+                extra=extra,
+                timeout=120,
+            )
+            log = self.workdir / (f"vigil-server-{i}.log" if i else "vigil-server.log")
+            server = ServerProcess(self.workdir / (f"vigil-{i}.conf" if i else "vigil.conf"), log)
+            self.servers.append(server)
+            self.apis.append(api)
+            server.start(api, timeout=60)
+            hb_ports.append(hb_port)
+        self.server, self.api = self.servers[0], self.apis[0]
         setup["server_start_s"] = time.monotonic() - started
 
         t = time.monotonic()
@@ -533,7 +579,7 @@ class Size:
         self.senders = SenderProcesses(
             self.hosts,
             kernel,
-            address=("127.0.0.1", hb_port),
+            addresses=[("127.0.0.1", port) for port in hb_ports],
             key=KEY.encode(),
             interval=HEARTBEAT_INTERVAL,
             loss=args.loss,
@@ -551,16 +597,17 @@ class Size:
         self.row["setup_s"] = {k: round(v, 1) for k, v in setup.items()}
 
     def _teardown(self) -> None:
-        if self.server is not None:
-            if self.server.proc is not None and self.server.proc.poll() is None:
+        for i, server in enumerate(self.servers):
+            out = self.row.setdefault("server", {}) if i == 0 else {}
+            if server.proc is not None and server.proc.poll() is None:
                 with contextlib.suppress(OSError):
-                    self.row.setdefault("server", {})["peak_rss_mb"] = proc_mem_mb(
-                        self.server.proc.pid, "VmHWM"
-                    )
-            self.server.stop()
-            self.row.setdefault("server", {})["log"] = log_counts(self.server.log)
-        if self.api is not None:
-            self.api.close()
+                    out["peak_rss_mb"] = proc_mem_mb(server.proc.pid, "VmHWM")
+            server.stop()
+            out["log"] = log_counts(server.log)
+            if i:
+                self.row.setdefault("other_servers", []).append(out)
+        for api in self.apis:
+            api.close()
         if self.senders is not None:
             self.senders.close()
 
@@ -620,42 +667,57 @@ class Size:
 
     def rest(self) -> None:
         assert self.api and self.server and self.server.proc and self.senders and self.size
-        pid, args = self.server.proc.pid, self.args
+        pids, args = self._pids(), self.args
         say(f"warm-up {args.warmup:g}s, then {args.rest_seconds:g}s at rest")
         time.sleep(args.warmup)
-        # The senders' counters and the server's, read one right after the other at
+        # The senders' counters and the servers', read one right after the other at
         # both ends; rates over each one's own span.
         z0, c0, own0, t0 = (
             self.size.measure(),
-            proc_cpu_s(pid),
+            [cpu_by_process(pid) for pid in pids],
             time.process_time(),
             time.monotonic(),
         )
-        s0, m0, tm0 = self.senders.stats(), scrape(self.api), time.monotonic()
+        s0, m0, tm0 = self.senders.stats(), [scrape(a) for a in self.apis], time.monotonic()
         time.sleep(args.rest_seconds)
-        s1, m1, tm1 = self.senders.stats(), scrape(self.api), time.monotonic()
+        s1, m1, tm1 = self.senders.stats(), [scrape(a) for a in self.apis], time.monotonic()
         z1, c1, own1, t1 = (
             self.size.measure(),
-            proc_cpu_s(pid),
+            [cpu_by_process(pid) for pid in pids],
             time.process_time(),
             time.monotonic(),
         )
         dt = t1 - t0
-        rss = proc_mem_mb(pid)
+        per_server: list[dict[str, Any]] = []
+        for i, (api, pid) in enumerate(zip(self.apis, pids, strict=True)):
+            got = [metric(m[i], "vigil_heartbeats_received_total") for m in (m0, m1)]
+            unverified = [metric(m[i], "vigil_heartbeats_unverified_total") for m in (m0, m1)]
+            acting = api.get("/v1/servers").json().get("acting_on", {})
+            per_server.append(
+                {
+                    "member": f"vigil-{i}",
+                    "segments_acting_on": len(acting),
+                    "cpu_cores": round((sum(c1[i]) - sum(c0[i])) / dt, 3),
+                    "receiving_process_cores": round((c1[i][1] - c0[i][1]) / dt, 3),
+                    "rss_mb": proc_mem_mb(pid),
+                    "heartbeats_per_s": None
+                    if None in got
+                    else round((got[1] - got[0]) / (tm1 - tm0), 1),  # type: ignore[operator]
+                    "unverified_per_s": None
+                    if None in unverified
+                    else round((unverified[1] - unverified[0]) / (tm1 - tm0), 1),  # type: ignore[operator]
+                }
+            )
+        rss = round(sum(p["rss_mb"] for p in per_server), 1)
         sent = sum(
             (b["sent"] - a["sent"]) / (b["at"] - a["at"]) for a, b in zip(s0, s1, strict=True)
         )
         dropped = sum(
             (b["dropped"] - a["dropped"]) / (b["at"] - a["at"]) for a, b in zip(s0, s1, strict=True)
         )
-        r0, r1 = (
-            metric(m0, "vigil_heartbeats_received_total"),
-            metric(m1, "vigil_heartbeats_received_total"),
-        )
-        f0, f1 = (
-            metric(m0, "vigil_heartbeats_refused_total"),
-            metric(m1, "vigil_heartbeats_refused_total"),
-        )
+        # Verified: each heartbeat by the one server holding its host's segment.
+        r0, r1 = (total(m, "vigil_heartbeats_received_total") for m in (m0, m1))
+        f0, f1 = (total(m, "vigil_heartbeats_refused_total") for m in (m0, m1))
         received = None if r0 is None or r1 is None else (r1 - r0) / (tm1 - tm0)
         refused = None if f0 is None or f1 is None else (f1 - f0) / (tm1 - tm0)
         senders = []
@@ -677,7 +739,10 @@ class Size:
             )
         self.row["rest"] = {
             "window_s": round(dt, 1),
-            "cpu_cores": round((c1 - c0) / dt, 3),
+            "cpu_cores": round(sum(p["cpu_cores"] for p in per_server), 3),
+            "receiving_process_cores": round(
+                sum(p["receiving_process_cores"] for p in per_server), 3
+            ),
             "rss_mb": rss,
             "heartbeats_per_s": None if received is None else round(received, 1),
             "lost_share": None if received is None or not sent else round(1 - received / sent, 4),
@@ -685,6 +750,7 @@ class Size:
             "sent_per_s": round(sent, 1),
             "dropped_on_purpose_per_s": round(dropped, 1),
             "bench_process_cpu_cores": round((own1 - own0) / dt, 3),
+            "per_server": per_server,
         }
         self.row["senders"] = senders
         self.row["store_growth"] = {
@@ -698,7 +764,16 @@ class Size:
             f"rest: server {r['cpu_cores']} cores, {rss} MB; heartbeats {r['heartbeats_per_s']}/s "
             f"received of {r['sent_per_s']}/s sent (lost {r['lost_share']}); senders "
             + ", ".join(f"{s['achieved_per_s']}/{s['expected_per_s']}/s" for s in senders)
+            + f"; receiving processes {r['receiving_process_cores']} cores"
         )
+        if len(per_server) > 1:
+            for p in per_server:
+                say(
+                    f"  {p['member']}: acting on {p['segments_acting_on']} segment(s), "
+                    f"{p['cpu_cores']} cores ({p['receiving_process_cores']} receiving), "
+                    f"{p['rss_mb']} MB, heartbeats {p['heartbeats_per_s']}/s verified, "
+                    f"{p['unverified_per_s']}/s unverified"
+                )
 
     # --- detection -------------------------------------------------------------------------
 
@@ -727,11 +802,19 @@ class Size:
         self.failed[host] += 1
 
     def _alive(self) -> None:
-        """Raise if vigil-server has exited: nothing more can be measured."""
-        assert self.server is not None and self.server.proc is not None
-        code = self.server.proc.poll()
-        if code is not None:
-            raise RuntimeError(f"vigil-server exited with status {code}")
+        """Raise if a vigil-server has exited: nothing more can be measured."""
+        for i, server in enumerate(self.servers):
+            assert server.proc is not None
+            code = server.proc.poll()
+            if code is not None:
+                raise RuntimeError(f"vigil-server {i} exited with status {code}")
+
+    def _pids(self) -> list[int]:
+        return [s.proc.pid for s in self.servers if s.proc is not None]
+
+    def _cpu_s(self) -> float:
+        """Every server's CPU so far (each with its heartbeat-receiving child)."""
+        return sum(proc_cpu_s(pid) for pid in self._pids())
 
     def _is_up(self, host: str) -> bool:
         assert self.api is not None
@@ -862,13 +945,12 @@ class Size:
         sampler_client = httpx.Client(base_url=str(api.base_url), timeout=30)
         reader, sampler = ApiReader(reader_client), Sampler(sampler_client, self.cloud)
         ids = list(self.rack_ids)
-        pid = self.server.proc.pid
         say(f"rack failure: {len(self.rack_hosts)} hosts, {len(ids)} instances")
         try:
             reader.start()
             sampler.start()
             time.sleep(1.0)  # the reader's first answers: at rest
-            c0 = proc_cpu_s(pid)
+            c0 = self._cpu_s()
             cut_wall, cut = time.time(), time.monotonic()
             for h in self.rack_hosts:
                 self._cut(h)
@@ -895,7 +977,7 @@ class Size:
                     said = now
                 time.sleep(RACK_POLL)
             ended = time.monotonic()
-            c1 = proc_cpu_s(pid)
+            c1 = self._cpu_s()
         finally:
             reader.stop()
             sampler.stop()
@@ -1066,24 +1148,25 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write(result: dict[str, Any], out: Path, plot_path: Path) -> None:
+def write(result: dict[str, Any], out: Path, plot_path: Path | None) -> None:
     result["machine"]["loadavg_now"] = [round(x, 2) for x in os.getloadavg()]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2) + "\n")
     tmp.replace(out)
-    plot(result, plot_path)
+    if plot_path is not None:
+        plot(result, plot_path)
 
 
 def run_size(
     args: argparse.Namespace, hosts: int, base: Path
 ) -> tuple[dict[str, Any], BaseException | None]:
     """One row, and what stopped it (the row then has what was measured, and "error")."""
-    workdir = base / f"size-{hosts}"
+    workdir = base / (f"size-{hosts}" + (f"-{args.servers}-servers" if args.servers > 1 else ""))
     workdir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    say(f"=== {hosts} hosts ({args.store}) ===")
-    row: dict[str, Any] = {"hosts": hosts, "store": args.store}
+    say(f"=== {hosts} hosts ({args.store}, {args.servers} server(s)) ===")
+    row: dict[str, Any] = {"hosts": hosts, "store": args.store, "servers": args.servers}
     failure: BaseException | None = None
     try:
         size = Size(args, hosts, workdir)
@@ -1131,6 +1214,17 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help="a smoke test: 50 and 200 hosts, 5 failures, 5 racked"
     )
+    parser.add_argument(
+        "--servers",
+        default="1",
+        help="vigil-servers sharing the hosts, comma-separated: each size is run with each "
+        "count, side by side (1); more than one need --store postgresql",
+    )
+    parser.add_argument(
+        "--coordination",
+        default="redis://127.0.0.1:6379",
+        help="their coordination backend, a tooz URL (redis://127.0.0.1:6379)",
+    )
     parser.add_argument("--logs", help="keep each size's server log and database here")
     parser.add_argument("--out", help="default bench/results/scale.json (-postgresql)")
     parser.add_argument("--plot", help="default: --out with .png")
@@ -1151,9 +1245,18 @@ def main() -> int:
         parser.error("--set takes GROUP.OPTION=VALUE")
     if min(sizes) < 2 or args.failures < 0 or args.senders < 1 or not 0 <= args.loss < 1:
         parser.error("sizes of at least 2 hosts, failures >= 0, senders >= 1, loss in [0, 1)")
-    suffix = "" if args.store == "sqlite" else f"-{args.store}"
+    counts = [int(n) for n in args.servers.split(",") if n.strip()]
+    if not counts or min(counts) < 1 or (max(counts) > 1 and args.store != "postgresql"):
+        parser.error("--servers: at least 1; more than one share a --store postgresql")
+    suffix = ("" if args.store == "sqlite" else f"-{args.store}") + (
+        "-servers" if max(counts) > 1 else ""
+    )
     out = Path(args.out or ROOT / f"bench/results/scale{suffix}.json")
-    plot_path = Path(args.plot) if args.plot else out.with_suffix(".png")
+    # The plot is of one server against hosts; several servers' rows are compared in
+    # the JSON (per_server) and the README.
+    plot_path = (
+        None if max(counts) > 1 else Path(args.plot) if args.plot else out.with_suffix(".png")
+    )
 
     def terminated(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
@@ -1185,6 +1288,8 @@ def main() -> int:
         "jitter": args.jitter,
         "settings": {
             "store": args.store,
+            "servers": counts,
+            "coordination": args.coordination if max(counts) > 1 else None,
             "instances_per_host": INSTANCES_PER_HOST,
             "policy": HaPolicy.KEEP_RUNNING.value,
             "segment_hosts": SEGMENT_HOSTS,
@@ -1220,8 +1325,10 @@ def main() -> int:
     started = time.monotonic()
     status = 0
     try:
-        for hosts in sizes:
-            row, failure = run_size(args, hosts, base)
+        for hosts, count in itertools.product(sizes, counts):
+            row, failure = run_size(
+                argparse.Namespace(**{**vars(args), "servers": count}), hosts, base
+            )
             result["duration_s"] = round(time.monotonic() - started, 1)
             result["sizes"].append(row)
             write(result, out, plot_path)
@@ -1244,14 +1351,14 @@ def main() -> int:
     for row in result["sizes"]:
         det, rest, rack = row["detection"], row["rest"], row["rack"] or {}
         print(
-            f"{row['hosts']:>6} hosts: server {rest['cpu_cores']} cores, {rest['rss_mb']} MB, "
+            f"{row['hosts']:>6} hosts, {row.get('servers', 1)} server(s): {rest['cpu_cores']} cores, {rest['rss_mb']} MB, "
             f"{rest['heartbeats_per_s']} heartbeats/s (lost {rest['lost_share']}); detection "
             f"p50 {det['p50_s']}s p99 {det['p99_s']}s over {det['n']}, false fences "
             f"{det['false_fences']}; rack {rack.get('instances')} instances ACTIVE after "
             f"{rack.get('all_active_s')}s at {rack.get('evacuations_per_s')}/s "
             f"({rack.get('ratio_to_limit')} of Nova's limit)"
         )
-    print(f"-> {out}, {plot_path}")
+    print(f"-> {out}" + (f", {plot_path}" if plot_path else ""))
     return 0
 
 

@@ -51,6 +51,29 @@ _database = [
         "when it wakes, is rolled back. vigil's own transactions never wait on anything "
         "but the database.",
     ),
+    cfg.IntOpt(
+        "max_pool_size",
+        default=10,
+        min=1,
+        help="Connections to a database server (PostgreSQL, MariaDB) each vigil-server "
+        "keeps open (oslo.db's name). Not used on SQLite.",
+    ),
+    cfg.IntOpt(
+        "max_overflow",
+        default=40,
+        min=0,
+        help="Connections a vigil-server may open beyond max_pool_size while it is busy "
+        "(a rack failure's evacuations record their steps at once), closed once returned. "
+        "Servers x (max_pool_size + max_overflow) must stay within the database's "
+        "max_connections (PostgreSQL's default: 100).",
+    ),
+    cfg.FloatOpt(
+        "pool_timeout",
+        default=30.0,
+        min=1.0,
+        help="Seconds a store call waits for a free connection before it fails (the store "
+        "is then taken as unavailable).",
+    ),
     cfg.FloatOpt(
         "event_retention_days",
         default=30.0,
@@ -658,6 +681,9 @@ class Settings:
     database_url: str = "sqlite:///vigil.db"
     auto_migrate: bool = True
     idle_transaction_timeout: float = 5.0
+    max_pool_size: int = 10
+    max_overflow: int = 40
+    pool_timeout: float = 30.0
     event_retention: float = 30 * 86400.0  # seconds; 0: for ever
     api_host: str = "127.0.0.1"
     api_port: int = 8787
@@ -705,6 +731,9 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
         database_url=conf.database.connection,
         auto_migrate=conf.database.auto_migrate,
         idle_transaction_timeout=conf.database.idle_transaction_timeout,
+        max_pool_size=conf.database.max_pool_size,
+        max_overflow=conf.database.max_overflow,
+        pool_timeout=conf.database.pool_timeout,
         event_retention=conf.database.event_retention_days * 86400.0,
         api_host=conf.api.host,
         api_port=conf.api.port,

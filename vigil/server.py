@@ -76,7 +76,9 @@ class VigilServer:
         if settings.auto_migrate:
             upgrade(settings.database_url)
         self.store = SqlStore(
-            settings.database_url, idle_transaction_timeout=settings.idle_transaction_timeout
+            settings.database_url,
+            idle_transaction_timeout=settings.idle_transaction_timeout,
+            pool=(settings.max_pool_size, settings.max_overflow, settings.pool_timeout),
         )
         if compute is None and settings.compute_driver == "openstack":
             try:

@@ -8,6 +8,7 @@ tables.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -1462,3 +1463,21 @@ def test_host_changes_in_a_batch_leave_out_the_moves_not_allowed(store: SqlStore
     assert (new.state, new.boot_id, new.state_reason) == (HostState.UP, "k1", "first heartbeat")
     assert store.get_host("up").state == HostState.UP
     assert [e.id for e in store.list_events()] == [cleared.id]  # the refused one's not
+
+
+@pytest.mark.parametrize("db_url", SERVERS, indirect=True)
+def test_a_store_call_waits_for_a_free_connection_at_most_pool_timeout(db_url: str) -> None:
+    """``[database] max_pool_size``, ``max_overflow``, ``pool_timeout``: with every
+    connection taken, a store call waits for one, then fails as the store unavailable
+    (not forever, not with a crash)."""
+    store = SqlStore(db_url, pool=(1, 0, 1.0))
+    try:
+        held = store.engine.connect()  # the one connection
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="database unavailable"):
+            store.list_segments()
+        assert 1.0 <= time.monotonic() - started < 5.0
+        held.close()
+        store.list_segments()  # a connection free again: answered
+    finally:
+        store.close()

@@ -32,19 +32,28 @@ _SQLITE_IMMEDIATE = "vigil_sqlite_begin_immediate"  # execution option read by t
 
 
 def make_engine(
-    url: str, *, echo: bool = False, idle_transaction_timeout: float | None = None
+    url: str,
+    *,
+    echo: bool = False,
+    idle_transaction_timeout: float | None = None,
+    pool: tuple[int, int, float] | None = None,
 ) -> Engine:
     """An engine configured for vigil: SQLite pragmas and transaction control, or READ
     COMMITTED with connection health checks for a database server, which ends any of its
     sessions left idle inside a transaction for ``idle_transaction_timeout`` seconds
-    (``_limit_idle_transactions``)."""
+    (``_limit_idle_transactions``), with ``pool`` = (pool size, overflow, timeout) for
+    its connections (SQLAlchemy's 5 + 10 otherwise: a rack failure's workers waited for
+    them, bench/scale.py on PostgreSQL)."""
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
         # Each pooled connection would get its own, empty, database.
         raise ValueError("vigil needs an SQLite file (sqlite:////path/to/vigil.db), not memory")
     if parsed.get_backend_name() != "sqlite":
+        sizes: dict[str, Any] = {}
+        if pool is not None:
+            sizes = {"pool_size": pool[0], "max_overflow": pool[1], "pool_timeout": pool[2]}
         engine = sa.create_engine(
-            parsed, echo=echo, isolation_level="READ COMMITTED", pool_pre_ping=True
+            parsed, echo=echo, isolation_level="READ COMMITTED", pool_pre_ping=True, **sizes
         )
         if idle_transaction_timeout:
             _limit_idle_transactions(engine, idle_transaction_timeout)
@@ -113,6 +122,10 @@ def unavailable() -> Iterator[None]:
         yield
     except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
         raise StoreUnavailable(f"database unavailable: {_first_line(exc)}") from exc
+    except sa.exc.TimeoutError as exc:  # every connection of the pool in use
+        raise StoreUnavailable(
+            f"database unavailable: no free connection ([database] pool_timeout): {exc}"
+        ) from exc
 
 
 def _first_line(exc: sa.exc.DBAPIError) -> str:

@@ -82,10 +82,15 @@ class SessionBase:
     uses (all run inside the caller's transaction)."""
 
     def __init__(
-        self, url: str, *, echo: bool = False, idle_transaction_timeout: float | None = None
+        self,
+        url: str,
+        *,
+        echo: bool = False,
+        idle_transaction_timeout: float | None = None,
+        pool: tuple[int, int, float] | None = None,
     ) -> None:
         self._engine = make_engine(
-            url, echo=echo, idle_transaction_timeout=idle_transaction_timeout
+            url, echo=echo, idle_transaction_timeout=idle_transaction_timeout, pool=pool
         )
         reader: Engine
         writer: Engine

@@ -1351,7 +1351,8 @@ def main() -> int:
     for row in result["sizes"]:
         det, rest, rack = row["detection"], row["rest"], row["rack"] or {}
         print(
-            f"{row['hosts']:>6} hosts, {row.get('servers', 1)} server(s): {rest['cpu_cores']} cores, {rest['rss_mb']} MB, "
+            f"{row['hosts']:>6} hosts, {row.get('servers', 1)} server(s): "
+            f"{rest['cpu_cores']} cores, {rest['rss_mb']} MB, "
             f"{rest['heartbeats_per_s']} heartbeats/s (lost {rest['lost_share']}); detection "
             f"p50 {det['p50_s']}s p99 {det['p99_s']}s over {det['n']}, false fences "
             f"{det['false_fences']}; rack {rack.get('instances')} instances ACTIVE after "

@@ -12,6 +12,15 @@ kernel package ``tools/libvirt/setup`` downloaded (``$VIGIL_GUEST_CACHE``, defau
 - ``panic``: ``echo c > /proc/sysrq-trigger``; QEMU's ISA pvpanic device tells libvirt;
 - ``poweroff``: a clean shutdown from inside (``poweroff -f``).
 
+With ``guest_agent=True`` (``initrd-ga.gz``) the initramfs also carries the real QEMU
+guest agent — Debian's ``qemu-guest-agent`` package (downloaded by tools/libvirt/setup),
+its ``qemu-ga`` and the shared libraries it needs, copied from this machine (the same
+Debian) — and the virtio modules of its channel. ``/init`` then brings ``lo`` up, starts
+busybox's ``httpd`` on 127.0.0.1:8080 (a service to check and kill; ``/www/index.html``
+says ``vigil-guest ok``) and ``qemu-ga`` on the ``org.qemu.guest_agent.0`` port (found
+by name in sysfs: there is no udev to make the /dev/virtio-ports link).
+``domain_xml(guest_agent=True)`` adds the channel.
+
 ``domain_xml`` describes it for libvirt: software emulation (``type='qemu'``; KVM is not
 usable on these machines), direct kernel boot, 192 MiB, no disk, a serial log.
 The guest boots to ``/init`` in about 11 s.
@@ -30,6 +39,34 @@ from xml.sax.saxutils import escape
 
 CACHE = Path(os.environ.get("VIGIL_GUEST_CACHE", Path.home() / ".cache" / "vigil-guest"))
 MODULES = ("watchdog.ko", "i6300esb.ko", "pvpanic.ko", "pvpanic-mmio.ko")
+# The guest agent's channel: virtio-serial over PCI, loaded in this order.
+VIRTIO_MODULES = (
+    "virtio_ring.ko",
+    "virtio.ko",
+    "virtio_pci_legacy_dev.ko",
+    "virtio_pci_modern_dev.ko",
+    "virtio_pci.ko",
+    "virtio_console.ko",
+)
+GUEST_AGENT_PORT = "org.qemu.guest_agent.0"
+
+AGENT_INIT = """
+if [ -x /usr/sbin/qemu-ga ]; then
+  for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci \
+      virtio_console; do
+    insmod /lib/$m.ko
+  done
+  ifconfig lo 127.0.0.1 up
+  httpd -p 127.0.0.1:8080 -h /www
+  port=""
+  for p in /sys/class/virtio-ports/*; do
+    [ "$(cat $p/name 2>/dev/null)" = "org.qemu.guest_agent.0" ] && port="/dev/${p##*/}"
+  done
+  mkdir -p /var/run
+  qemu-ga -m virtio-serial -p "$port" -t /var/run &
+  echo "vigil-guest: guest agent on $port, httpd on 8080"
+fi
+"""
 
 INIT = """#!/bin/sh
 mount -t proc proc /proc
@@ -44,6 +81,7 @@ for word in $(cat /proc/cmdline); do
   case "$word" in vigil_mode=*) mode="${word#vigil_mode=}" ;; esac
 done
 echo "vigil-guest: up, mode $mode"
+@AGENT@
 case "$mode" in
   hang)
     watchdog -F -T 4 -t 1 /dev/watchdog &
@@ -81,7 +119,7 @@ DOMAIN_XML = """<domain type='qemu'>
   <on_reboot>restart</on_reboot>
   <on_crash>{on_crash}</on_crash>
   <devices>
-    <serial type='file'><source path='{console}'/><target port='0'/></serial>
+    <serial type='file'><source path='{console}'/><target port='0'/></serial>{channel}
     <watchdog model='i6300esb' action='{watchdog}'/>
     <panic model='isa'/>
   </devices>
@@ -91,6 +129,50 @@ DOMAIN_XML = """<domain type='qemu'>
 
 class GuestUnavailable(RuntimeError):
     """The kernel package or busybox is missing (run tools/libvirt/setup)."""
+
+
+CHANNEL_XML = """
+    <controller type='virtio-serial' index='0'/>
+    <channel type='unix'>
+      <source mode='bind'/>
+      <target type='virtio' name='org.qemu.guest_agent.0'/>
+    </channel>"""
+
+
+def agent_package() -> Path:
+    debs = sorted(CACHE.glob("qemu-guest-agent_*.deb"))
+    if not debs:
+        raise GuestUnavailable(f"no qemu-guest-agent_*.deb in {CACHE} (run tools/libvirt/setup)")
+    return debs[-1]
+
+
+def _agent_files(workdir: Path) -> list[tuple[str, int, bytes]]:
+    """qemu-ga from its package, and every shared library it loads (this machine's,
+    as ``ldd`` resolves them), at their paths."""
+    unpacked = workdir / "qga"
+    subprocess.run(["dpkg-deb", "-x", str(agent_package()), str(unpacked)], check=True, timeout=120)
+    binary = unpacked / "usr" / "sbin" / "qemu-ga"
+    listing = subprocess.run(
+        ["ldd", str(binary)], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+    libraries = []
+    for line in listing.splitlines():
+        words = line.split()
+        path = words[2] if "=>" in words and len(words) > 2 else words[0] if words else ""
+        if path.startswith("/"):
+            libraries.append(Path(path))
+    if not any(p.name.startswith("ld-linux") for p in libraries):
+        raise GuestUnavailable(f"ldd found no loader for qemu-ga: {listing}")
+    entries = [("usr/sbin/qemu-ga", 0o100755, binary.read_bytes())]
+    dirs: set[str] = {"usr", "usr/sbin"}
+    for lib in libraries:
+        name = str(lib).lstrip("/")
+        parts = name.split("/")[:-1]
+        for k in range(1, len(parts) + 1):
+            dirs.add("/".join(parts[:k]))
+        entries.append((name, 0o100755, lib.resolve().read_bytes()))
+    shutil.rmtree(unpacked, ignore_errors=True)
+    return [(d, 0o040755, b"") for d in sorted(dirs)] + entries
 
 
 def kernel_package() -> Path:
@@ -132,13 +214,14 @@ def _cpio_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
     return out.getvalue()
 
 
-def build_guest(workdir: Path) -> tuple[Path, Path]:
+def build_guest(workdir: Path, *, guest_agent: bool = False) -> tuple[Path, Path]:
     """Extract the kernel and build the initramfs in ``workdir``; returns their paths.
 
     ``workdir`` must be readable by QEMU's user (libvirt-qemu): it is made 0755."""
     workdir.mkdir(parents=True, exist_ok=True)
     workdir.chmod(0o755)
-    kernel, initrd = workdir / "vmlinuz", workdir / "initrd.gz"
+    kernel = workdir / "vmlinuz"
+    initrd = workdir / ("initrd-ga.gz" if guest_agent else "initrd.gz")
     if kernel.exists() and initrd.exists():
         return kernel, initrd
     deb = kernel_package()
@@ -155,14 +238,20 @@ def build_guest(workdir: Path) -> tuple[Path, Path]:
                 data = archive.extractfile(member)
                 assert data is not None
                 kernel.write_bytes(data.read())
-            elif base in MODULES and (
-                "/drivers/watchdog/" in member.name or "/pvpanic/" in member.name
+            elif (
+                base in MODULES
+                and ("/drivers/watchdog/" in member.name or "/pvpanic/" in member.name)
+            ) or (
+                guest_agent
+                and base in VIRTIO_MODULES
+                and ("/drivers/virtio/" in member.name or "/drivers/char/" in member.name)
             ):
                 data = archive.extractfile(member)
                 assert data is not None
                 modules[base] = data.read()
     shutil.rmtree(extract, ignore_errors=True)
-    missing = [m for m in MODULES if m not in modules]
+    wanted = MODULES + (VIRTIO_MODULES if guest_agent else ())
+    missing = [m for m in wanted if m not in modules]
     if not kernel.exists() or missing:
         raise GuestUnavailable(f"{deb.name} lacks vmlinuz or modules {missing}")
     busybox = _busybox().read_bytes()
@@ -172,9 +261,20 @@ def build_guest(workdir: Path) -> tuple[Path, Path]:
     entries.append(("bin/busybox", 0o100755, busybox))
     # busybox applets by symlink would need the symlink mode; hard copies are simpler
     # and the initramfs is compressed anyway.
-    entries.append(("init", 0o100755, INIT.encode()))
-    entries += [(f"lib/{name}", 0o100644, modules[name]) for name in MODULES]
-    for applet in ("sh", "mount", "insmod", "cat", "echo", "sleep", "kill", "watchdog"):
+    init = INIT.replace("@AGENT@", AGENT_INIT if guest_agent else "")
+    entries.append(("init", 0o100755, init.encode()))
+    entries += [(f"lib/{name}", 0o100644, modules[name]) for name in wanted]
+    applets = ["sh", "mount", "insmod", "cat", "echo", "sleep", "kill", "watchdog"]
+    if guest_agent:
+        applets += ["ifconfig", "httpd", "wget", "killall", "mkdir", "pidof", "ps"]
+        entries += [("var", 0o040755, b""), ("www", 0o040755, b"")]
+        entries.append(("www/index.html", 0o100644, b"vigil-guest ok\n"))
+        entries += [
+            (n, m, d)
+            for n, m, d in _agent_files(workdir)
+            if m != 0o040755 or n not in {e[0] for e in entries}
+        ]
+    for applet in applets:
         entries.append((f"bin/{applet}", 0o120777, b"busybox"))
     entries.append(("sbin/poweroff", 0o120777, b"../bin/busybox"))
     initrd.write_bytes(gzip.compress(_cpio_newc(entries), compresslevel=6))
@@ -193,8 +293,10 @@ def domain_xml(
     mode: str,
     watchdog: str = "none",
     on_crash: str = "destroy",
+    guest_agent: bool = False,
 ) -> str:
     return DOMAIN_XML.format(
+        channel=CHANNEL_XML if guest_agent else "",
         name=escape(name),
         uuid=uuid,
         kernel=escape(str(kernel)),

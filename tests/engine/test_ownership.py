@@ -526,6 +526,18 @@ def _owned_world(tmp_path: Path) -> tuple[World, _RevokesOnRead, Revocable, Host
     return world, compute, ownership, owner
 
 
+def _crashed_guest(world: World, owner: HostOwner) -> str:
+    """A keep-running instance on c1 whose guest crashed, its restart planned (the
+    guest engine acting through ``owner``): the next cycle runs the restart."""
+    guest = world.guest_engine(GuestSettings(restart_budget=3))
+    guest.owner = owner
+    sid = world.cloud.add_instance("vm-1", "c1", policy=HaPolicy.KEEP_RUNNING)
+    world.cloud.stop(sid)
+    world.guest_report(sid, GuestFailureKind.CRASHED, reason="panicked")
+    world.cycle()  # the policy read, then the plan
+    return sid
+
+
 def test_a_guest_restart_whose_segment_is_lost_before_nova_is_called_is_left_to_the_next(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -534,12 +546,7 @@ def test_a_guest_restart_whose_segment_is_lost_before_nova_is_called_is_left_to_
     owner requeues it and restarts the instance, once."""
     world, compute, ownership, owner = _owned_world(tmp_path)
     with world:
-        guest = world.guest_engine(GuestSettings(restart_budget=3))
-        guest.owner = owner
-        sid = world.cloud.add_instance("vm-1", "c1", policy=HaPolicy.KEEP_RUNNING)
-        world.cloud.stop(sid)
-        world.guest_report(sid, GuestFailureKind.CRASHED, reason="panicked")
-        world.cycle()  # the policy read, then the plan
+        sid = _crashed_guest(world, owner)
         compute.armed = True
         world.cycle()  # the restart: its read loses the segment
         assert world.cloud.calls("start", sid) == 0 and world.cloud.calls("reboot", sid) == 0
@@ -569,12 +576,7 @@ def test_a_guest_restart_stopped_by_a_lapsed_window_is_done_once_renewed(
     meanwhile; once renewed this server restarts it, once, its budget counted once."""
     world, compute, ownership, owner = _owned_world(tmp_path)
     with world:
-        guest = world.guest_engine(GuestSettings(restart_budget=3))
-        guest.owner = owner
-        sid = world.cloud.add_instance("vm-1", "c1", policy=HaPolicy.KEEP_RUNNING)
-        world.cloud.stop(sid)
-        world.guest_report(sid, GuestFailureKind.CRASHED, reason="panicked")
-        world.cycle()  # the policy read, then the plan
+        sid = _crashed_guest(world, owner)
         compute.lapses = True
         world.cycle()  # the restart: its read lets the window lapse
         assert world.cloud.calls("start", sid) == 0 and world.cloud.calls("reboot", sid) == 0

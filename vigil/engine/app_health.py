@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import enum
 import shlex
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -375,14 +376,7 @@ def decide_ladder(
         if now < ready_at:
             return Wait(ready_at, f"{rungs[episode.attempts - 1]} given time to work")
     if episode.attempts >= len(rungs):
-        spent = ", ".join(f"{n} {r}" for r, n in _count(rungs).items()) or "no rung declared"
+        spent = ", ".join(f"{n} {r}" for r, n in Counter(rungs).items()) or "no rung declared"
         return EscalateApp(f"ladder spent ({spent}); still failing: {', '.join(failing)}")
     rung = rungs[episode.attempts]
     return Act(rung, episode.attempts + 1, f"failing: {', '.join(failing)}")
-
-
-def _count(rungs: Sequence[Rung]) -> dict[Rung, int]:
-    out: dict[Rung, int] = {}
-    for rung in rungs:
-        out[rung] = out.get(rung, 0) + 1
-    return out

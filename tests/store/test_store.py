@@ -62,6 +62,7 @@ from vigil.store.base import (
 )
 from vigil.store.rows import HostRow
 from vigil.store.sql import Base, SqlStore, alembic_config, make_engine, upgrade
+from vigil.store.steps import _Outcome
 
 T0 = 1_700_000_000.25  # a realistic epoch, with a fraction that single precision would lose
 DOWN = FailureKind.HOST_DOWN
@@ -802,6 +803,78 @@ def test_a_write_under_a_stale_epoch_is_refused_and_writes_nothing(store: SqlSto
         store.finish_step(fence.id, StepStatus.SUCCEEDED, at=T0 + 4)
     store.set_host_state("n1", HostState.FAILED, reason="no token: not checked", at=T0 + 5)
     assert store.get_recovery(recovery.id).steps[0].status is StepStatus.SUCCEEDED
+
+
+def test_step_outcomes_committed_together_each_answer_its_own_caller(store: SqlStore) -> None:
+    """One batch of ``finish_step`` calls (``vigil.store.group``): a stale owner's are
+    refused, a step that is not running and one that does not exist fail alone, the
+    rest are written with their events, in one transaction per owner's token."""
+    stale = open_recovery(store, "n1").steps[0]
+    add_host(store, "n2", segment="seg2", state=HostState.SUSPECT)
+    r2 = store.open_host_recovery(host="n2", reason="x", sources=["heartbeat"], at=T0, steps=PLAN)
+    fence, force_down, listing = r2.steps
+    old = store.take_segment("seg", "vigil-a", at=T0)
+    other = store.take_segment("seg2", "vigil-a", at=T0)
+    with acting_as(OwnerToken("seg", "vigil-a", old.epoch)):
+        store.start_step(stale.id, at=T0)
+    mine = OwnerToken("seg2", "vigil-a", other.epoch)
+    with acting_as(mine):
+        store.start_step(fence.id, at=T0)
+        store.start_step(listing.id, at=T0)
+    store.take_segment("seg", "vigil-b", at=T0 + 1)  # seg's token is stale now
+    base = store.last_event_seq()
+
+    def outcome(step_id: int, token: OwnerToken, host: str) -> _Outcome:
+        event = make_event("vigil.host.fence.end", at=T0 + 2, host=host)
+        return _Outcome(
+            step_id, StepStatus.SUCCEEDED, T0 + 2, "done", {"k": step_id}, None, (), (event,), token
+        )
+
+    results = store._finish_steps(
+        [
+            outcome(stale.id, OwnerToken("seg", "vigil-a", old.epoch), "n1"),
+            outcome(fence.id, mine, "n2"),
+            outcome(force_down.id, mine, "n2"),  # pending, not running
+            outcome(10_000, mine, "n2"),  # no such step
+            outcome(listing.id, mine, "n2"),
+        ]
+    )
+
+    assert isinstance(results[0], StaleEpoch)
+    assert isinstance(results[2], InvalidTransition)
+    assert isinstance(results[3], NotFoundError)
+    assert [(r.id, r.status, r.result) for r in (results[1], results[4])] == [  # type: ignore[union-attr]
+        (fence.id, StepStatus.SUCCEEDED, {"k": fence.id}),
+        (listing.id, StepStatus.SUCCEEDED, {"k": listing.id}),
+    ]
+    assert [s.status for s in store.get_recovery(r2.id).steps] == [
+        StepStatus.SUCCEEDED,
+        StepStatus.PENDING,
+        StepStatus.SUCCEEDED,
+    ]
+    assert store.get_recovery(stale.recovery_id).steps[0].status is StepStatus.RUNNING
+    assert [e.host for e in store.list_events(after=base)] == ["n2", "n2"]
+
+
+def test_many_workers_finishing_steps_at_once_are_each_recorded(store: SqlStore) -> None:
+    recovery = open_recovery(store, "n1")
+    add_host(store, "n2", state=HostState.SUSPECT)
+    r2 = store.open_host_recovery(host="n2", reason="x", sources=["hb"], at=T0, steps=PLAN)
+    steps = [*recovery.steps, *r2.steps]
+    for step in steps[1:]:
+        store.start_step(step.id, at=T0)  # the first stays pending
+
+    def finish(i: int) -> Any:
+        return store.finish_step(steps[i].id, StepStatus.SUCCEEDED, at=T0 + i, detail=str(i))
+
+    results = run_in_threads(len(steps), finish)
+
+    assert isinstance(results[0], InvalidTransition)
+    assert [(r.id, r.detail) for r in results[1:]] == [
+        (s.id, str(i)) for i, s in enumerate(steps) if i
+    ]
+    got = store.get_recovery(recovery.id).steps + store.get_recovery(r2.id).steps
+    assert [s.status for s in got] == [StepStatus.PENDING] + [StepStatus.SUCCEEDED] * 5
 
 
 def test_a_token_for_a_segment_never_taken_is_refused(store: SqlStore) -> None:

@@ -7,6 +7,7 @@ recovery's writes use too (``vigil.store.recoveries``): adding steps, moving one
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,12 +18,20 @@ from vigil.model import (
     Event,
     InvalidTransition,
     NewStep,
+    OwnerToken,
     Step,
     StepKind,
     StepStatus,
     check_transition,
 )
-from vigil.store.base import NotFoundError, current_token
+from vigil.store.base import (
+    NotFoundError,
+    StaleEpoch,
+    StoreUnavailable,
+    acting_as,
+    current_token,
+)
+from vigil.store.group import GroupCommit
 from vigil.store.mapping import record_of
 from vigil.store.rows import RecoveryRow, StepRow
 from vigil.store.session import SessionBase, chunks, note_change
@@ -30,8 +39,27 @@ from vigil.store.session import SessionBase, chunks, note_change
 _TERMINAL_STEP = (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED)
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """One ``finish_step`` call, as its caller made it (its owner's token included)."""
+
+    step_id: int
+    status: StepStatus
+    at: float
+    detail: str
+    result: dict[str, Any] | None
+    next_attempt_at: float | None
+    new_steps: tuple[NewStep, ...]
+    events: tuple[Event, ...]
+    token: OwnerToken | None
+
+
 class SqlSteps(SessionBase):
     """Steps; part of ``RecoveryStore`` (``SqlRecoveries`` is the whole)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._outcomes: GroupCommit[_Outcome, Step] = GroupCommit(self._finish_steps)
 
     def start_step(self, step_id: int, *, at: float, events: Sequence[Event] = ()) -> Step:
         with self._write(events) as s:
@@ -92,30 +120,107 @@ class SqlSteps(SessionBase):
         new_steps: Sequence[NewStep] = (),
         events: Sequence[Event] = (),
     ) -> Step:
+        """Committed together with the outcomes other threads record at the same time
+        (``vigil.store.group``): one transaction, one lock of each host, one revision."""
         status = StepStatus(status)
         if status not in (StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.PENDING):
             raise ValueError(f"finish_step: {status.value} is not an outcome")
-        with self._write(events) as s:
-            row = self._lock_step(s, step_id)
-            self._move_step(row, status, expect=StepStatus.RUNNING)
-            if status is StepStatus.PENDING:
-                row.next_attempt_at = at if next_attempt_at is None else next_attempt_at
-            else:
-                row.finished_at = at
-            row.detail = detail
-            if result is not None:
-                row.result = dict(result)
-            if new_steps:
-                last = s.scalar(
-                    sa.select(sa.func.max(StepRow.seq)).where(
-                        StepRow.recovery_id == row.recovery_id
+        outcome = _Outcome(
+            step_id,
+            status,
+            at,
+            detail,
+            None if result is None else dict(result),
+            next_attempt_at,
+            tuple(new_steps),
+            tuple(events),
+            current_token(),
+        )
+        return self._outcomes.submit(outcome)
+
+    def _finish_steps(self, outcomes: Sequence[_Outcome]) -> list[Step | BaseException]:
+        """A batch of outcomes, one transaction for each owner's token among them (a
+        write is checked against its caller's token). A transaction that fails for
+        another reason than the store or the token is done again one outcome at a time,
+        so that one bad outcome fails only its own caller."""
+        results: dict[int, Step | BaseException] = {}
+        by_token: dict[OwnerToken | None, list[int]] = {}
+        for i, outcome in enumerate(outcomes):
+            by_token.setdefault(outcome.token, []).append(i)
+        for token, indexes in by_token.items():
+            group = [outcomes[i] for i in indexes]
+            done: list[Step | BaseException]
+            try:
+                done = self._finish_group(token, group)
+            except (StoreUnavailable, StaleEpoch) as exc:  # the whole group's
+                done = [exc] * len(group)
+            except Exception as exc:
+                done = [exc] if len(group) == 1 else [self._finish_alone(token, o) for o in group]
+            results.update(zip(indexes, done, strict=True))
+        return [results[i] for i in range(len(outcomes))]
+
+    def _finish_alone(self, token: OwnerToken | None, outcome: _Outcome) -> Step | BaseException:
+        try:
+            return self._finish_group(token, [outcome])[0]
+        except Exception as exc:  # that caller's own error
+            return exc
+
+    def _finish_group(
+        self, token: OwnerToken | None, outcomes: Sequence[_Outcome]
+    ) -> list[Step | BaseException]:
+        with acting_as(token), self._write() as s:
+            ids = sorted({o.step_id for o in outcomes})
+            hosts: set[str] = set()
+            for chunk in chunks(ids):
+                hosts.update(
+                    s.scalars(
+                        sa.select(RecoveryRow.host)
+                        .join(StepRow, StepRow.recovery_id == RecoveryRow.id)
+                        .where(StepRow.id.in_(chunk))
                     )
                 )
-                self._add_steps(
-                    s, row.recovery_id, first_seq=(last or 0) + 1, steps=new_steps, at=at
-                )
+            for host in sorted(hosts):  # locked in name order, as one by one
+                self._host_row(s, host, lock=True)
+            done: list[StepRow | BaseException] = []
+            for outcome in outcomes:
+                row = s.get(StepRow, outcome.step_id)
+                if row is None:
+                    done.append(NotFoundError(f"step {outcome.step_id} does not exist"))
+                    continue
+                try:
+                    self._move_step(row, outcome.status, expect=StepStatus.RUNNING)
+                except InvalidTransition as exc:  # nothing of this outcome is written
+                    done.append(exc)
+                    continue
+                self._record_outcome(s, row, outcome)
+                done.append(row)
             s.flush()
-            return record_of(Step, row)
+            return [x if isinstance(x, BaseException) else record_of(Step, x) for x in done]
+
+    def _record_outcome(self, s: Session, row: StepRow, outcome: _Outcome) -> None:
+        if outcome.status is StepStatus.PENDING:
+            row.next_attempt_at = (
+                outcome.at if outcome.next_attempt_at is None else outcome.next_attempt_at
+            )
+        else:
+            row.finished_at = outcome.at
+        row.detail = outcome.detail
+        if outcome.result is not None:
+            row.result = outcome.result
+        if outcome.new_steps:
+            s.flush()  # an earlier outcome of the batch may have added steps to it
+            last = s.scalar(
+                sa.select(sa.func.max(StepRow.seq)).where(StepRow.recovery_id == row.recovery_id)
+            )
+            self._add_steps(
+                s,
+                row.recovery_id,
+                first_seq=(last or 0) + 1,
+                steps=outcome.new_steps,
+                at=outcome.at,
+            )
+        if outcome.events:
+            self._outbox(s, outcome.events)
 
     def skip_step(self, step_id: int, *, at: float, detail: str) -> Step:
         with self._write() as s:

@@ -27,7 +27,7 @@ def step_context(devices: Sequence[FenceDevice], *, confirm_timeout: float = 10.
     return StepContext(
         compute=SimCompute(SimCloud(SystemClock())),  # not used by the fence step
         fence_devices=lambda host: list(devices),
-        policies=lambda instance_id: None,
+        policies=lambda _ids: {},
         settings=RecoverySettings(fence_confirm_timeout=confirm_timeout, poll_interval=0.2),
         clock=SystemClock(),
         wait=time.sleep,

@@ -126,7 +126,7 @@ def test_destinations_are_ranked_once_per_listing_and_hosts_and_follow_both() ->
     ctx = StepContext(
         compute=compute,
         fence_devices=lambda h: [],
-        policies=lambda sid: None,
+        policies=lambda _ids: {},
         settings=RecoverySettings(),
         clock=clock,
         wait=clock.advance,

@@ -335,6 +335,9 @@ def test_instance_policies(store: SqlStore) -> None:
     assert store.get_instance_policy("vm-1") == replaced == InstancePolicy("vm-1", HaPolicy.NOTIFY)
     p0 = store.set_instance_policy(InstancePolicy("vm-0", HaPolicy.OFF))
     assert store.list_instance_policies() == [p0, replaced]
+    many = [f"vm-{i}" for i in range(1200)]  # more than one IN (...) chunk
+    assert store.instance_policies([*many, "vm-1", "unknown"]) == {"vm-0": p0, "vm-1": replaced}
+    assert store.instance_policies([]) == {}
 
     store.delete_instance_policy("vm-1")
     assert store.get_instance_policy("vm-1") is None

@@ -176,7 +176,7 @@ class World(FakeTimeCloud):
         return StepContext(
             compute=compute if compute is not None else self.compute,
             fence_devices=lambda host: [],
-            policies=lambda instance_id: None,
+            policies=lambda _ids: {},
             settings=self.settings.recovery,
             clock=self.clock,
             wait=self.clock.advance,

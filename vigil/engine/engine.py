@@ -138,7 +138,7 @@ class Engine(Reaction[Snapshot, Action]):
         self._ctx = StepContext(
             compute=compute,
             fence_devices=fence_devices,
-            policies=store.get_instance_policy,
+            policies=store.instance_policies,
             settings=settings.recovery,
             clock=clock,
             wait=wait,

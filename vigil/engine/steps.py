@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -66,7 +66,8 @@ class StepContext:
 
     compute: ComputeDriver
     fence_devices: Callable[[Host], list[FenceDevice]]
-    policies: Callable[[str], InstancePolicy | None]
+    # The policy overrides of the given instances (those that have one), in one read.
+    policies: Callable[[Collection[str]], Mapping[str, InstancePolicy]]
     settings: RecoverySettings
     clock: Clock
     wait: Callable[[float], None]
@@ -265,6 +266,7 @@ def plan_instances(
     Nova put on the host after a watchdog reset booted it again: such an instance is
     listed and left where it is (it runs there)."""
     servers = ctx.compute.list_servers(host.name)
+    overrides = ctx.policies([s.id for s in servers])
     record = recovery.step(StepKind.RECORD_INSTANCES) if recovery is not None else None
     before: set[str] | None = None
     # Unknown (no boot id) counts as booted again: leaving an instance is loud (a warning,
@@ -287,7 +289,7 @@ def plan_instances(
     seen: list[dict[str, Any]] = []
     late: list[str] = []
     for server in servers:
-        policy, priority = effective_policy(server, ctx.policies(server.id), segment)
+        policy, priority = effective_policy(server, overrides.get(server.id), segment)
         seen.append(
             {"id": server.id, "name": server.name, "status": server.status, "policy": policy.value}
         )
@@ -554,10 +556,11 @@ def plan_restarts(ctx: StepContext, host: Host, segment: Segment) -> Done:
     """A host that rebooted: one ``start`` per stopped keep-running instance on it, one
     ``notify`` per stopped notify one; running or unprotected ones are left alone."""
     servers = ctx.compute.list_servers(host.name)
+    overrides = ctx.policies([s.id for s in servers])
     steps: list[NewStep] = []
     seen: list[dict[str, Any]] = []
     for server in servers:
-        policy, priority = effective_policy(server, ctx.policies(server.id), segment)
+        policy, priority = effective_policy(server, overrides.get(server.id), segment)
         seen.append(
             {"id": server.id, "name": server.name, "status": server.status, "policy": policy.value}
         )

@@ -214,6 +214,11 @@ class HostStore(abc.ABC):
     def get_instance_policy(self, instance_id: str) -> InstancePolicy | None: ...
 
     @abc.abstractmethod
+    def instance_policies(self, instance_ids: Collection[str]) -> dict[str, InstancePolicy]:
+        """The overrides of those of ``instance_ids`` that have one, in one read (a
+        host's planning reads its fifty instances' at once)."""
+
+    @abc.abstractmethod
     def list_instance_policies(self) -> list[InstancePolicy]: ...
 
     @abc.abstractmethod

@@ -315,6 +315,15 @@ class SqlHosts(SessionBase, HostStore, ControlStore):
             row = s.get(InstancePolicyRow, instance_id)
             return None if row is None else record_of(InstancePolicy, row)
 
+    def instance_policies(self, instance_ids: Collection[str]) -> dict[str, InstancePolicy]:
+        query = sa.select(InstancePolicyRow)
+        with self._read() as s:
+            return {
+                row.instance_id: record_of(InstancePolicy, row)
+                for chunk in chunks(sorted(set(instance_ids)))
+                for row in s.scalars(query.where(InstancePolicyRow.instance_id.in_(chunk)))
+            }
+
     def list_instance_policies(self) -> list[InstancePolicy]:
         query = sa.select(InstancePolicyRow).order_by(InstancePolicyRow.instance_id)
         with self._read() as s:

@@ -181,9 +181,14 @@ class SqlSteps(SessionBase):
                 )
             for host in sorted(hosts):  # locked in name order, as one by one
                 self._host_row(s, host, lock=True)
+            rows = {  # read after the locks: as their last writer committed them
+                row.id: row
+                for chunk in chunks(ids)
+                for row in s.scalars(sa.select(StepRow).where(StepRow.id.in_(chunk)))
+            }
             done: list[StepRow | BaseException] = []
             for outcome in outcomes:
-                row = s.get(StepRow, outcome.step_id)
+                row = rows.get(outcome.step_id)
                 if row is None:
                     done.append(NotFoundError(f"step {outcome.step_id} does not exist"))
                     continue

@@ -118,8 +118,8 @@ def server_config(
         "compute": {"sim_url": cloud_url},
         **(extra or {}),
     }
-    if coordination:
-        groups["coordination"] = coordination
+    if coordination:  # with the extra [coordination] options, if any (bench --set)
+        groups["coordination"] = {**coordination, **groups.get("coordination", {})}
     conf.write_text(
         "".join(
             f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in options.items())

@@ -514,17 +514,15 @@ _coordination = [
     ),
     cfg.IntOpt(
         "others_every",
-        default=1,
+        default=8,
         min=1,
-        help="With several servers, N > 1 has the owner of a host's segment ask its agent "
-        "(a signed owner hint) to send every heartbeat to it and only one in N to the other "
-        "servers, which need them only to take the segment over: each server then reads its "
-        "own hosts' heartbeats and 1/N of the others' (8: three servers each read ~42 % "
-        "of what one reads). The price: a server that takes a segment over counts its "
-        "hosts' silence from (2N+1) heartbeat intervals after the take at most (the agents "
-        "still following the previous owner's hints come back to every server within "
-        "that), so a host that fails around a takeover is declared that much later. 1 (the "
-        "default): every heartbeat to every server, detection unchanged across takeovers.",
+        help="With several servers, the owner of a host's segment asks its agent (a signed "
+        "owner hint) to send every heartbeat to it and only one in N to the other servers, "
+        "which need them only to take the segment over: each server then reads its own "
+        "hosts' heartbeats and 1/N of the others'. A server that takes a segment over "
+        "counts no silence of its hosts for (2N+1) heartbeat intervals + "
+        "detection.failed_after (the agents still following the previous owner's hints "
+        "come back to every server within that). 1: every heartbeat to every server.",
     ),
 ]
 
@@ -645,7 +643,7 @@ class CoordinationSettings:
     renew_interval: float = 0.5
     call_timeout: float = 1.0
     margin: float = 0.5
-    others_every: int = 1
+    others_every: int = 8
 
     @property
     def acting_window(self) -> float:

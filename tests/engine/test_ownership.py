@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -485,7 +484,6 @@ def test_a_segment_taken_over_counts_silence_from_the_take_while_agents_may_foll
     declared failed once that grace is over, not before; the engine asks its receiver
     for hints while it acts, none once the segment is lost."""
     with World(tmp_path, ("c1", "c2")) as world:
-        world.settings = replace(world.settings, coordination=CoordinationSettings(others_every=8))
         taken = world.store.take_segment("s1", "vigil-a", at=world.clock.wall())
         world.heartbeats.heard(["c1", "c2"])  # every host heard once
         world.cloud.isolate("c1")  # silent from now, its BMC still on: before the take

@@ -32,10 +32,7 @@ server, then with three, side by side), N vigil-servers share one
 scratch database (migrated once) and a coordination backend (``--coordination``, a tooz
 URL; Redis on 127.0.0.1 by default, a namespace per size), member ids ``vigil-0`` ...;
 the segments are spread over them by their ownership rule, and every heartbeat goes to
-each of them, as agents send it (``agent.servers``); with ``--set
-coordination.others_every=8`` the owner of a host's segment answers one heartbeat in 8
-with an owner hint, and the sender processes then send the other servers only one in 8,
-as agents do (``vigil.agent.routes``). The API is read through
+each of them, as agents send it (``agent.servers``). The API is read through
 ``vigil-0``'s (every server answers for the whole store); the rest window says, per
 server, the segments it acts on, its CPU (and its heartbeat-receiving process's), memory
 and heartbeats received (``per_server``); the row's ``cpu_cores`` and ``rss_mb`` are

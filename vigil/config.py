@@ -512,18 +512,6 @@ _coordination = [
         "expire, counted from the start of its last successful renewal (covers clock rate "
         "differences and the actions already under way).",
     ),
-    cfg.IntOpt(
-        "others_every",
-        default=8,
-        min=1,
-        help="With several servers, the owner of a host's segment asks its agent (a signed "
-        "owner hint) to send every heartbeat to it and only one in N to the other servers, "
-        "which need them only to take the segment over: each server then reads its own "
-        "hosts' heartbeats and 1/N of the others'. A server that takes a segment over "
-        "counts no silence of its hosts for (2N+1) heartbeat intervals + "
-        "detection.failed_after (the agents still following the previous owner's hints "
-        "come back to every server within that). 1: every heartbeat to every server.",
-    ),
 ]
 
 _GROUPS: dict[str, Sequence[cfg.Opt]] = {
@@ -643,7 +631,6 @@ class CoordinationSettings:
     renew_interval: float = 0.5
     call_timeout: float = 1.0
     margin: float = 0.5
-    others_every: int = 8
 
     @property
     def acting_window(self) -> float:
@@ -799,7 +786,6 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
             renew_interval=conf.coordination.renew_interval,
             call_timeout=conf.coordination.call_timeout,
             margin=conf.coordination.margin,
-            others_every=conf.coordination.others_every,
         ),
     )
     settings.validate()

@@ -178,7 +178,6 @@ class VigilServer:
             process=settings.heartbeat_process,
         )
         self.engine.on_hearing = self.receiver.verify_only
-        self.engine.on_hinting = self.receiver.hint
         self.metrics = ServerMetrics(
             heartbeats=lambda: (
                 self.receiver.received,

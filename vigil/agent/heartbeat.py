@@ -11,16 +11,12 @@ import uuid
 from collections.abc import Callable, Sequence
 
 from vigil.agent.resolve import ServerAddresses
-from vigil.agent.routes import OwnerRoutes
 from vigil.wire.heartbeat import (
-    GRANT_MAGIC,
-    HINT_MAGIC,
     MAX_DATAGRAM,
     BadHeartbeat,
     Heartbeat,
     LeaseGrant,
     decode_grant,
-    decode_hint,
     encode,
 )
 
@@ -42,9 +38,7 @@ class HeartbeatSender:
     ``resolve_interval`` seconds off the sending thread (``vigil.agent.resolve``) --, the
     same datagram with the same sequence number: several
     vigil-servers share the hosts, and each keeps hearing every host so that the one that
-    takes a segment over knows at once which hosts are alive. Once the owner of the
-    host's segment has answered with an owner hint, the others get only one heartbeat in
-    the hint's ``every`` while it is in force (``vigil.agent.routes``). A send that fails to one
+    takes a segment over knows at once which hosts are alive. A send that fails to one
     server does not stop the others; it is logged once per host and server until
     heartbeats reach that server again. Grants may come from any of them (only the owner
     of the host's segment answers; they are signed and matched to what was sent).
@@ -107,12 +101,12 @@ class HeartbeatSender:
         # (host, server) whose last heartbeat to that server could not be sent
         self._failing: set[tuple[str, tuple[str, int]]] = set()
         self._failing_lock = threading.Lock()  # the sender thread and delay timers send
-        self.routes = OwnerRoutes()
 
     def start(self) -> None:
         self._servers.start()
         self._thread.start()
-        self._listener.start()  # lease grants, owner hints
+        if self._on_lease is not None:
+            self._listener.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -130,18 +124,14 @@ class HeartbeatSender:
             self._boot[host] = uuid.uuid4().hex
             self._seq[host] = 0
             self._acked[host] = 0
-        self.routes.forget(host)
 
     @property
     def servers(self) -> list[tuple[str, int]]:
         """The addresses heartbeats go to now (every address of each configured name)."""
         return list(self._servers.current())
 
-    def _send(self, datagram: bytes, host: str, seq: int) -> None:
-        servers: Sequence[tuple[str, int]] = self._servers.current()
-        if len(servers) > 1:
-            servers = self.routes.targets(host, seq, servers, time.monotonic())
-        for server in servers:  # one failing must not keep it from the others
+    def _send(self, datagram: bytes, host: str) -> None:
+        for server in self._servers.current():  # one failing must not keep it from the others
             try:
                 self._sock.sendto(datagram, server)
             except OSError as exc:  # the server being away must not stop the agent
@@ -186,13 +176,13 @@ class HeartbeatSender:
         if extra is None:
             return  # lost on the way
         if extra > 0:
-            timer = threading.Timer(extra, self._send, (datagram, host, seq))
+            timer = threading.Timer(extra, self._send, (datagram, host))
             timer.daemon = True
             timer.start()
             self._timers = [t for t in self._timers if t.is_alive()]
             self._timers.append(timer)
         else:
-            self._send(datagram, host, seq)
+            self._send(datagram, host)
 
     def _run(self) -> None:
         next_at = time.monotonic()
@@ -207,9 +197,10 @@ class HeartbeatSender:
             self._stop.wait(max(0.0, next_at - time.monotonic()))
 
     def _listen(self) -> None:
+        assert self._on_lease is not None
         while not self._stop.is_set():
             try:
-                datagram, source = self._sock.recvfrom(MAX_DATAGRAM + 1)
+                datagram, _ = self._sock.recvfrom(MAX_DATAGRAM + 1)
             except TimeoutError:
                 continue
             except OSError:
@@ -217,53 +208,23 @@ class HeartbeatSender:
                     return
                 time.sleep(0.1)  # not yet bound (nothing sent yet) or a transient error
                 continue
-            if datagram.startswith(HINT_MAGIC):
-                self._hinted(datagram, source)
-            elif datagram.startswith(GRANT_MAGIC) and self._on_lease is not None:
-                self._granted(datagram)
-
-    def _hinted(self, datagram: bytes, source: tuple[str, int]) -> None:
-        try:
-            hint = decode_hint(datagram, self._key)
-        except BadHeartbeat as exc:
-            LOG.warning("owner hint from %s:%s refused: %s", *source, exc)
-            return
-        with self._lock:
-            boot, seq = self._boot.get(hint.host), self._seq.get(hint.host, 0)
-        if boot is None:
-            return
-        before = self.routes.owner(hint.host, time.monotonic())
-        taken = self.routes.hinted(
-            hint, source, boot_id=boot, seq=seq, interval=self._interval, now=time.monotonic()
-        )
-        if taken and before != source:  # said when the owner changes, not at every hint
-            LOG.info(
-                "host %s: heartbeats to %s:%s, the owner of its segment; one in %d to the "
-                "other servers",
-                hint.host,
-                *source,
-                hint.every,
-            )
-
-    def _granted(self, datagram: bytes) -> None:
-        assert self._on_lease is not None
-        try:
-            grant = decode_grant(datagram, self._key)
-        except BadHeartbeat as exc:
-            LOG.warning("lease grant refused: %s", exc)
-            return
-        received = time.monotonic()
-        with self._lock:
-            sent = self._sent.get((grant.host, grant.boot_id, grant.seq))
-            if self._boot.get(grant.host) != grant.boot_id:
-                sent = None  # a grant to an earlier agent process
-            if sent is not None and grant.seq > self._acked.get(grant.host, 0):
-                self._acked[grant.host] = grant.seq
-        if sent is None:
-            return  # for an earlier boot, or too old to matter
-        self._on_lease(grant.host, sent + grant.ttl)
-        if self._on_grant is not None:
-            self._on_grant(grant, received)
+            try:
+                grant = decode_grant(datagram, self._key)
+            except BadHeartbeat as exc:
+                LOG.warning("lease grant refused: %s", exc)
+                continue
+            received = time.monotonic()
+            with self._lock:
+                sent = self._sent.get((grant.host, grant.boot_id, grant.seq))
+                if self._boot.get(grant.host) != grant.boot_id:
+                    sent = None  # a grant to an earlier agent process
+                if sent is not None and grant.seq > self._acked.get(grant.host, 0):
+                    self._acked[grant.host] = grant.seq
+            if sent is None:
+                continue  # for an earlier boot, or too old to matter
+            self._on_lease(grant.host, sent + grant.ttl)
+            if self._on_grant is not None:
+                self._on_grant(grant, received)
 
 
 def read_kernel_boot_id(_host: str = "") -> str:

@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from functools import partial
@@ -95,8 +95,6 @@ from vigil.store import Store, StoreError, StoreUnavailable, acting_as, current_
 from vigil.store.base import HostChange
 
 LOG = logging.getLogger("vigil.engine")
-# Seconds the receiver may go on sending owner hints after a cycle that allowed them.
-HINT_HOLD = 0.5
 
 
 class Engine(Reaction[Snapshot, Action]):
@@ -178,9 +176,6 @@ class Engine(Reaction[Snapshot, Action]):
         # Told which hosts' heartbeats to verify: those of the segments held here (None:
         # all, alone); set by the server to its receiver's ``verify_only``.
         self.on_hearing: Callable[[frozenset[str] | None], None] | None = None
-        # Owner hints to send (vigil.agent.routes): (until, every, ttl) or None; set by
-        # the server to its receiver's ``hint``.
-        self.on_hinting: Callable[[tuple[float, int, float] | None], None] | None = None
         self._hearing: tuple[frozenset[str], int] | None = None
         self._fenced: frozenset[str] = frozenset()  # recovered, or fence confirmed
         self._aimed: Counter[str] = Counter()  # evacuations aimed at each host
@@ -379,7 +374,6 @@ class Engine(Reaction[Snapshot, Action]):
             host = hosts.get(name)
             if host is not None and owns(host.segment):
                 ages[name] = heartbeats.age(name)
-        self._since_taken(ages, hosts)
         now_mono = self._clock.monotonic()
         busy_keys = self._workers.busy()
         probing = {key[1] for key in busy_keys if key[0] == "probe"}  # type: ignore[index]
@@ -433,7 +427,6 @@ class Engine(Reaction[Snapshot, Action]):
             self.known.share(self._book.hosts)
             self._known_version = self._book.version
         self._follow_hearing()
-        self._follow_hinting()
         self._fenced = frozenset(
             {name for name, view in snap.hosts.items() if view.host.state == HostState.RECOVERED}
             | {
@@ -520,46 +513,6 @@ class Engine(Reaction[Snapshot, Action]):
             return
         self._hearing = (held, book.version)
         self.on_hearing(frozenset(h for s in held for h in book.members[s]))
-
-    def _follow_hinting(self) -> None:
-        """Tell the receiver how to answer the heartbeats it verifies with owner hints:
-        only while this cycle's view of the segments held stands, until the acting
-        window closes and for HINT_HOLD at most unless a next cycle says so again (an
-        engine stalled stops hinting for a segment given up meanwhile)."""
-        if self.on_hinting is None:
-            return
-        routing = self._routing()
-        until = min(self._ownership.acting_until(), self._clock.monotonic() + HINT_HOLD)
-        self.on_hinting(None if routing is None else (until, *routing))
-
-    def _routing(self) -> tuple[int, float] | None:
-        """(every, ttl) of the owner hints this server sends its hosts' agents: one
-        heartbeat in ``every`` answered, each hint in force ``ttl`` s (two hints' worth
-        of heartbeats and one more: a hint lost does not send the agent back to every
-        server); None when alone, or when every heartbeat goes to every server."""
-        every = self._settings.coordination.others_every
-        if not self._ownership.shared or every < 2:
-            return None
-        return every, (2 * every + 1) * self._settings.detection.heartbeat_interval
-
-    def _since_taken(self, ages: dict[str, float | None], hosts: Mapping[str, Host]) -> None:
-        """In a segment taken less than ``ttl`` + ``failed_after`` ago, with owner hints
-        (``_routing``), a host's silence counts from ``ttl`` after the take at most:
-        until then its agent may still follow the previous owner's last hint and send
-        this server one heartbeat in ``every``; from then on it sends every heartbeat to
-        every server. A host silent since before the take is declared failed ``ttl``
-        later than it would be; a live one is never taken for silent by that routing."""
-        routing = self._routing()
-        if routing is None:
-            return
-        ttl = routing[1]
-        grace = ttl + self._settings.detection.failed_after
-        now = self._clock.monotonic()
-        for name, age in ages.items():
-            host = hosts.get(name)
-            taken = self._ownership.taken_at(host.segment) if host is not None else None
-            if age is not None and taken is not None and now - taken < grace:
-                ages[name] = min(age, max(0.0, now - taken - ttl))
 
     def _requeue_unrecorded(self) -> None:
         """Steps left RUNNING with no job to finish them: their outcome could not be

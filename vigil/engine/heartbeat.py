@@ -22,21 +22,16 @@ process records it, answers self-fencing agents and logs refusals, as the thread
 A child that stops answering, or dies, is a server that cannot hear: no host's silence
 counts (``note_lost``) until a new child (started at once) answers.
 
-Several servers (segment ownership): each server verifies (signature, sequence, kernel
-boot id, lease grant) only the heartbeats of the hosts of the segments it holds
-(``verify_only``, kept by the engine); of the others it reads the host's name alone
-(``peek_host``: ~0.4 µs against ~10 µs) and records that host as heard, unverified. And
-it answers one verified heartbeat in ``every`` with an owner hint (``hint``, while its
-acting window is open): the agent then sends it every heartbeat and the other servers
-only one in ``every`` (``vigil.agent.routes``), so that each server reads its own hosts'
-datagrams and a fraction of the others' -- reading one costs ~10 µs of Python whatever
-is done with it, which is why verifying fewer alone divided little. The other servers
-still hear every host, so the one that takes a segment over knows which hosts are
-alive; it counts their silence from a hint's lifetime after the take at most
-(``Engine._since_taken``), the time the agents take to come back to every server once
-their owner stopped hinting. What that gives up: until a server takes a segment, a
-forged datagram could make one of its hosts look alive to it; from the take on, only
-verified heartbeats count.
+Several servers (segment ownership): every agent sends every heartbeat to each server,
+so that the one taking a segment over knows at once which of its hosts are alive. Each
+server verifies (signature, sequence, kernel boot id, lease grant) only the heartbeats
+of the hosts of the segments it holds (``verify_only``, kept by the engine); of the
+others it reads the host's name alone (``peek_host``: ~0.4 µs against ~10 µs) and
+records that host as heard, unverified. So the cost of the heartbeats is divided among
+the servers, but for the reading of each datagram. What that gives up: until a server
+takes a segment, a forged datagram could make one of its hosts look alive to it; from
+the take on, only verified heartbeats count, so a dead host is still found silent at
+most ``suspect_after`` after the take.
 """
 
 from __future__ import annotations
@@ -63,10 +58,8 @@ from vigil.wire.heartbeat import (
     BadHeartbeat,
     Heartbeat,
     LeaseGrant,
-    OwnerHint,
     decode_fields,
     encode_grant,
-    encode_hint,
     peek_host,
 )
 
@@ -227,32 +220,6 @@ def _verify_batch(
     return taken, refused, others
 
 
-# Owner hints: (until, every, ttl): hint one heartbeat in ``every`` of the verified
-# hosts, each hint in force ``ttl`` s, until monotonic ``until`` (the acting window).
-Hinting = tuple[float, int, float]
-
-
-def _send_hints(
-    sock: socket.socket, key: bytes, taken: Sequence[Taken], hinting: Hinting | None
-) -> int:
-    """Answer the verified heartbeats whose sequence number is a multiple of ``every``
-    with an owner hint (``vigil.agent.routes``), while the acting window is open; how
-    many were sent."""
-    if hinting is None:
-        return 0
-    until, every, ttl = hinting
-    if time.monotonic() >= until:
-        return 0  # this server may no longer be the owner: its agents go back to all
-    sent = 0
-    for t in taken:
-        if t[2] % every == 0:
-            hint = OwnerHint(t[0], t[1], t[2], every, ttl)
-            with contextlib.suppress(OSError):  # the agent gone: it hears no hint
-                sock.sendto(encode_hint(hint, key), (t[7], t[8]))
-                sent += 1
-    return sent
-
-
 class _Sequencer:
     """Each host's last (boot id, sequence) and kernel boot id, kept where datagrams are
     read (the receiving child, or the receiver's thread), so that what is handed to the
@@ -303,25 +270,20 @@ def _receive_main(conn: Connection, sock: socket.socket, key: bytes) -> None:
     """The receiving child: read, verify and sequence; send ``_Sequencer.message`` to
     the parent every FLUSH seconds with something to say, at least every KEEPALIVE.
     Ends on ("quit",) or when the parent is gone (its end of the pipe closed);
-    ("only", hosts) says which hosts to verify (None: all, as it starts); ("hint",
-    hinting) how to answer them with owner hints (None: not at all)."""
+    ("only", hosts) says which hosts to verify (None: all, as it starts)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # its parent stops it
     sock.setblocking(False)
     sequencer = _Sequencer()
     sent_at = time.monotonic()
     dropped = _socket_drops(sock)
     only: frozenset[str] | None = None
-    hinting: Hinting | None = None
     while True:
         try:
             while conn.poll(0):
                 message = conn.recv()
                 if message[0] == "quit":
                     return
-                if message[0] == "hint":
-                    hinting = message[1]
-                else:
-                    only = message[1]
+                only = message[1]
         except (EOFError, OSError):
             return
         ready, _, _ = select.select([sock], [], [], FLUSH)
@@ -329,9 +291,7 @@ def _receive_main(conn: Connection, sock: socket.socket, key: bytes) -> None:
             # Asked before reading: a drop is known before the silence it caused is.
             dropped = _socket_drops(sock)
             batch = _read_batch(sock)
-            taken, refused, others = _verify_batch(batch, key, only)
-            sequencer.take(taken, refused, others)
-            _send_hints(sock, key, taken, hinting)
+            sequencer.take(*_verify_batch(batch, key, only))
             if len(batch) < BATCH:
                 # Let datagrams gather: woken for each one or two, the loop's own calls
                 # (select, the drop counter, the pipe) cost more than reading them.
@@ -384,7 +344,6 @@ class HeartbeatReceiver:
         self.received = 0  # heartbeats recorded (verified, from a known host, newer)
         self.unverified = 0  # heartbeats recorded unverified (other servers' segments)
         self._only: frozenset[str] | None = None  # the hosts to verify (None: all)
-        self._hinting: Hinting | None = None  # owner hints to send (None: none)
         self._conn_lock = threading.Lock()  # one sender on the pipe to the child
         self.dropped = 0  # datagrams the socket dropped, its queue full (SO_MEMINFO)
         self._dropping_since: float | None = None  # logged when it starts and ends
@@ -417,23 +376,14 @@ class HeartbeatReceiver:
         if only == self._only:
             return
         self._only = only
-        self._tell_child(("only", only))
+        self._tell_child(only)
 
-    def hint(self, hinting: Hinting | None) -> None:
-        """Answer one heartbeat in ``every`` of the hosts verified with an owner hint in
-        force ``ttl`` s, until monotonic ``until`` (``hinting`` = (until, every, ttl):
-        this server's acting window, renewed with it); None: no hints."""
-        if hinting == self._hinting:
-            return
-        self._hinting = hinting
-        self._tell_child(("hint", hinting))
-
-    def _tell_child(self, message: tuple[Any, ...]) -> None:
+    def _tell_child(self, only: frozenset[str] | None) -> None:
         with self._conn_lock:
             conn = self._conn
             if conn is not None:
                 with contextlib.suppress(EOFError, OSError):  # dead: its successor is told
-                    conn.send(message)
+                    conn.send(("only", only))
 
     def stop(self) -> None:
         self._stop.set()
@@ -459,9 +409,7 @@ class HeartbeatReceiver:
             self._child, self._conn = proc, parent
         self.children += 1
         if self._only is not None:
-            self._tell_child(("only", self._only))
-        if self._hinting is not None:
-            self._tell_child(("hint", self._hinting))
+            self._tell_child(self._only)
 
     def _end_child(self) -> None:
         with self._conn_lock:
@@ -556,9 +504,7 @@ class HeartbeatReceiver:
                 if self._stop.is_set():
                     return
                 raise
-            taken, refused, others = _verify_batch(batch, self._key, self._only)
-            sequencer.take(taken, refused, others)
-            _send_hints(self._sock, self._key, taken, self._hinting)
+            sequencer.take(*_verify_batch(batch, self._key, self._only))
             _, heard, kernels, grants, refused, _, others = sequencer.message(None)
             for source, why in refused:
                 self._refuse(source, why)

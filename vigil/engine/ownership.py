@@ -215,11 +215,6 @@ class SegmentOwnership:
         """Every segment this server acts on now, with its token."""
         return {s: t for s in list(self._held) if (t := self.token(s)) is not None}
 
-    def acting_until(self) -> float:
-        """When (monotonic) this server stops acting on every segment it holds, unless
-        renewed before: the acting window's end."""
-        return self._valid_until
-
     def status(self) -> OwnershipStatus:
         with self._lock:
             held = dict(self._held)
@@ -439,8 +434,6 @@ class Ownership(Protocol):
 
     def tokens(self) -> dict[str, OwnerToken]: ...
 
-    def acting_until(self) -> float: ...
-
 
 def still_held(ownership: Ownership, token: OwnerToken | None) -> bool:
     """Whether work under ``token`` stays this server's, to do once it may act again
@@ -473,9 +466,6 @@ class SoleOwnership:
 
     def tokens(self) -> dict[str, OwnerToken]:
         return {}
-
-    def acting_until(self) -> float:
-        return math.inf
 
 
 class NotActing(Cancelled):

@@ -39,9 +39,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from vigil.agent.routes import OwnerRoutes
 from vigil.sim.cloud import SimCloud
-from vigil.wire.heartbeat import HINT_MAGIC, MAX_DATAGRAM, BadHeartbeat, BeatTemplate, decode_hint
+from vigil.wire.heartbeat import BeatTemplate
 
 LOG = logging.getLogger(__name__)
 
@@ -87,12 +86,8 @@ def sender_main(
         (start + rng.uniform(0.0, interval), next(order), i, 0, b"") for i in range(n)
     ]
     heapq.heapify(heap)
-    beats = sent = dropped = errors = late = hints = 0
+    beats = sent = dropped = errors = late = 0
     max_lag = 0.0
-    # Several servers: each host's heartbeats go to its segment's owner once it has
-    # hinted, one in ``every`` to the others, as an agent does (vigil.agent.routes).
-    routes = OwnerRoutes() if len(addresses) > 1 else None
-    index = {name: i for i, name in enumerate(names)}
     conn.send(("ready", n))
     while True:
         now = time.monotonic()
@@ -117,21 +112,16 @@ def sender_main(
                     delay = rng.uniform(0.0, jitter)
                     heapq.heappush(heap, (due + delay, next(order), i, -1, datagram))
                     continue
-            # To every server, or its owner, as an agent does (vigil.agent.heartbeat):
-            # counted once if any took it, an error for each that did not.
+            # To every server, as an agent does (vigil.agent.heartbeat): counted once
+            # if any took it, an error for each that did not.
             took = False
-            targets: Sequence[tuple[str, int]] = addresses
-            if routes is not None:
-                targets = routes.targets(names[i], _seq_of(datagram), addresses, now)
-            for address in targets:
+            for address in addresses:
                 try:
                     sock.sendto(datagram, address)
                     took = True
                 except OSError:
                     errors += 1
             sent += took
-        if routes is not None:
-            hints += _take_hints(sock, key, routes, index, agent, seq, interval)
         pause = 0.0
         if heap and handled < BURST:
             pause = min(max(0.0, heap[0][0] - time.monotonic()), 0.05)
@@ -147,8 +137,6 @@ def sender_main(
                     running[i], kernel[i] = True, msg[2]
                     gen[i] += 1
                     agent[i], seq[i] = uuid.uuid4().hex[:16], 0
-                    if routes is not None:
-                        routes.forget(names[i])
                     beat[i] = BeatTemplate(names[i], agent[i], key, kernel[i])
                     heapq.heappush(heap, (time.monotonic(), next(order), i, gen[i], b""))
                 elif msg[0] == "stats":
@@ -160,7 +148,6 @@ def sender_main(
                             "dropped": dropped,
                             "errors": errors,
                             "late": late,
-                            "hints": hints,
                             "max_lag_s": max_lag,
                             "cpu_s": time.process_time(),
                             "at": time.monotonic(),
@@ -172,50 +159,6 @@ def sender_main(
                 ready = conn.poll(0)
         except (EOFError, OSError):
             return
-
-
-def _seq_of(datagram: bytes) -> int:
-    """The sequence number in a ``BeatTemplate`` datagram (``,"s":N,``), read back
-    rather than carried through the heap of delayed sends."""
-    start = datagram.index(b',"s":') + 5
-    return int(datagram[start : datagram.index(b",", start)])
-
-
-def _take_hints(
-    sock: socket.socket,
-    key: bytes,
-    routes: OwnerRoutes,
-    index: Mapping[str, int],
-    agent: Sequence[str],
-    seq: Sequence[int],
-    interval: float,
-) -> int:
-    """Every owner hint already received (without waiting); how many were taken."""
-    taken = 0
-    while True:
-        try:
-            datagram, source = sock.recvfrom(MAX_DATAGRAM + 1, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return taken
-        except OSError:  # nothing sent yet (unbound), or an ICMP error of a send
-            return taken
-        if not datagram.startswith(HINT_MAGIC):
-            continue
-        try:
-            hint = decode_hint(datagram, key)
-        except BadHeartbeat:
-            continue
-        i = index.get(hint.host)
-        if i is None:
-            continue
-        taken += routes.hinted(
-            hint,
-            source,
-            boot_id=agent[i],
-            seq=seq[i],
-            interval=interval,
-            now=time.monotonic(),
-        )
 
 
 class SenderProcesses:

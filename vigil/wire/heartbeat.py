@@ -22,14 +22,9 @@ Peers: an agent whose lease ran out asks the other agents of its segment (``VGLQ
 a random nonce) how long ago they last heard a grant; each answers (``VGLA``, the same
 nonce, so an old answer cannot be replayed into a new question).
 
-Several servers: the owner of a host's segment answers one heartbeat in ``every`` with
-an owner hint (``VGLO``): for ``ttl`` seconds the agent sends every heartbeat to that
-server, and to the others only those whose sequence number is a multiple of ``every``
-(they need them only to take the segment over; see ``vigil.agent.routes``).
-
 Wire format: ``MAGIC + json + b"." + hex(hmac_sha256(key, MAGIC + json))`` with MAGIC
-``VGL1`` for heartbeats, ``VGLG`` for grants, ``VGLO`` for owner hints, ``VGLQ`` /
-``VGLA`` for peer queries and answers.
+``VGL1`` for heartbeats, ``VGLG`` for grants, ``VGLQ`` / ``VGLA`` for peer queries and
+answers.
 """
 
 from __future__ import annotations
@@ -41,7 +36,6 @@ from typing import Any
 
 MAGIC = b"VGL1"
 GRANT_MAGIC = b"VGLG"
-HINT_MAGIC = b"VGLO"
 QUERY_MAGIC = b"VGLQ"
 ANSWER_MAGIC = b"VGLA"
 MAX_DATAGRAM = 1024
@@ -75,19 +69,6 @@ class LeaseGrant:
     ttl: float
     segment: str = ""  # the host's segment
     n: int = 0  # hosts in that segment (the host included); 0: unknown
-
-
-@dataclass(frozen=True)
-class OwnerHint:
-    """The owner of ``host``'s segment answers its heartbeat ``seq`` (agent ``boot_id``):
-    send me every heartbeat for ``ttl`` seconds from that one's sending, and the other
-    servers only those whose sequence number is a multiple of ``every``."""
-
-    host: str
-    boot_id: str
-    seq: int
-    every: int
-    ttl: float
 
 
 @dataclass(frozen=True)
@@ -246,28 +227,6 @@ def decode_grant(datagram: bytes, key: bytes) -> LeaseGrant:
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise BadHeartbeat(f"malformed lease grant: {exc}") from exc
-
-
-def encode_hint(hint: OwnerHint, key: bytes) -> bytes:
-    fields = {"h": hint.host, "b": hint.boot_id, "s": hint.seq, "e": hint.every, "l": hint.ttl}
-    return _sign(HINT_MAGIC, fields, key)
-
-
-def decode_hint(datagram: bytes, key: bytes) -> OwnerHint:
-    data = _verify(datagram, HINT_MAGIC, key)
-    try:
-        hint = OwnerHint(
-            host=str(data["h"]),
-            boot_id=str(data["b"]),
-            seq=int(data["s"]),
-            every=int(data["e"]),
-            ttl=float(data["l"]),
-        )
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BadHeartbeat(f"malformed owner hint: {exc}") from exc
-    if hint.every < 1 or not hint.ttl > 0:
-        raise BadHeartbeat(f"malformed owner hint: every {hint.every}, ttl {hint.ttl}")
-    return hint
 
 
 def encode_query(query: PeerQuery, key: bytes) -> bytes:

@@ -500,3 +500,76 @@ class SegmentOwner:
     owner: str
     epoch: int
     taken_at: float
+
+
+# --- application checks (issue 17) -------------------------------------------------------
+
+
+class Health(enum.StrEnum):
+    """One application check's verdict."""
+
+    UNKNOWN = "unknown"  # no result yet, or in its grace period
+    HEALTHY = "healthy"
+    FAILING = "failing"  # failed threshold times in a row
+    SUSPENDED = "suspended"  # paused, migrating, rebuilding, or its host failing
+
+
+@dataclass(frozen=True)
+class CheckState:
+    health: Health = Health.UNKNOWN
+    failures: int = 0  # consecutive failed runs counted
+    last_run_at: float | None = None
+    detail: str = ""
+    since: float | None = None  # when ``health`` last changed
+
+
+class AppEpisodeStatus(enum.StrEnum):
+    """Where an application failure stands (``AppInstance.episode``)."""
+
+    RECOVERING = "recovering"  # keep-running: the ladder climbs
+    NOTIFIED = "notified"  # notify: told, the owner acts
+    ESCALATED = "escalated"  # the ladder is spent: no more action until it is closed
+    RESOLVED = "resolved"  # every liveness check passes again
+    CLOSED = "closed"  # closed by an operator or the owner
+
+
+@dataclass(frozen=True)
+class AppEpisode:
+    """The current (or last) application failure of an instance: from its first failing
+    liveness check to every check passing again, or closed by hand."""
+
+    status: AppEpisodeStatus
+    mode: str  # "keep-running" or "notify"
+    opened_at: float
+    reason: str
+    attempts: int = 0  # ladder attempts made (an index into its rungs)
+    last_action_at: float | None = None
+    action: str = ""  # the rung of the last attempt ("restart-app", "soft-reboot", ...)
+    action_status: StepStatus | None = None  # PENDING/RUNNING, then SUCCEEDED or FAILED
+    action_id: str = ""  # the guest command's id of a restart-app attempt
+    action_detail: str = ""
+    closed_at: float | None = None
+    closed_by: str = ""
+
+    @property
+    def open(self) -> bool:
+        return self.status not in (AppEpisodeStatus.RESOLVED, AppEpisodeStatus.CLOSED)
+
+
+@dataclass(frozen=True)
+class AppInstance:
+    """An instance with application checks: what its owner declared, the state of each
+    check (run and judged by its host's agent; ``heartbeat`` checks judged by the
+    server from the application's own calls) and its current or last episode."""
+
+    instance_id: str
+    host: str
+    declaration: Mapping[str, str]  # the vigil:check:* and vigil:app_recovery keys in force
+    mode: str = "keep-running"  # or "notify" (the instance's HA policy)
+    error: str = ""  # why the declaration is refused ("field: reason"); no check runs then
+    checks: Mapping[str, CheckState] = field(default_factory=dict)  # by check name
+    started_at: float = 0.0  # last (re)start vigil knows of: grace counts from it
+    last_beat_at: float | None = None  # the application's last heartbeat call
+    reported_at: float = 0.0  # the ``at`` of the agent's last report
+    episode: AppEpisode | None = None
+    updated_at: float = 0.0

@@ -76,7 +76,7 @@ def encode_services(host: str, at: float, services: Mapping[str, ServiceState]) 
     ).encode()
 
 
-def _verify(body: bytes, signature: str | None, key: bytes) -> None:
+def verify_signature(body: bytes, signature: str | None, key: bytes) -> None:
     if signature is None:
         raise BadReport("unsigned report (no agent signature)")
     if len(body) > MAX_BODY:
@@ -89,7 +89,7 @@ def decode_services(
     body: bytes, signature: str | None, key: bytes, *, host: str
 ) -> tuple[float, dict[str, ServiceState]]:
     """Verify and parse a service snapshot of ``host``: (taken at, services)."""
-    _verify(body, signature, key)
+    verify_signature(body, signature, key)
     try:
         data: Any = json.loads(body)
         if data["host"] != host:
@@ -115,7 +115,7 @@ def decode_reports(
     body: bytes, signature: str | None, key: bytes, *, host: str
 ) -> list[GuestReport]:
     """Verify and parse a report body for ``host``; raises BadReport."""
-    _verify(body, signature, key)
+    verify_signature(body, signature, key)
     try:
         data: Any = json.loads(body)
         if data["host"] != host:

@@ -131,6 +131,24 @@ GUEST_FAILURE = Payload(
         },
     ),
 )
+APP_FAILURE = Payload(
+    "AppFailurePayload",
+    "1.0",
+    _obj(
+        {"host": _STR, "instance_id": _STR, "reason": _STR},
+        {
+            "check": _STR,
+            "health": _STR,
+            "detail": _STR,
+            "failing": {"type": "array", "items": _STR},
+            "mode": {"enum": ["keep-running", "notify"]},
+            "rung": _STR,
+            "attempt": _INT,
+            "action_id": _STR,
+            "closed_by": _STR,
+        },
+    ),
+)
 HOST_SERVICES = Payload(
     "HostServicesPayload",
     "1.0",
@@ -312,6 +330,91 @@ def _catalogue() -> dict[str, EventType]:
             " enabled (action 'enabled'), or, disabled by someone else meanwhile, left to"
             " them (action 'released').",
         ),
+        EventType(
+            "vigil.app.check.failing",
+            APP_FAILURE,
+            "WARN",
+            "An application check of the instance failed threshold times in a row.",
+        ),
+        EventType(
+            "vigil.app.check.healthy",
+            APP_FAILURE,
+            "INFO",
+            "A failing application check passes again.",
+        ),
+        EventType(
+            "vigil.app.not_ready",
+            APP_FAILURE,
+            "WARN",
+            "A readiness check fails: the instance is not ready (a load balancer or its"
+            " owner may take it out of service); vigil does not recover it for that.",
+        ),
+        EventType("vigil.app.ready", APP_FAILURE, "INFO", "A readiness check passes again."),
+        EventType(
+            "vigil.app.failure",
+            APP_FAILURE,
+            "WARN",
+            "The application of a keep-running instance failed: its recovery ladder starts.",
+        ),
+        EventType(
+            "vigil.app.notify",
+            APP_FAILURE,
+            "WARN",
+            "Policy notify: the owner is told that the application failed; vigil does"
+            " nothing to the instance.",
+        ),
+        EventType(
+            "vigil.app.recovery.start",
+            APP_FAILURE,
+            "INFO",
+            "A rung of the ladder is tried (restart-app in the guest, soft-reboot,"
+            " hard-reboot, rebuild through Nova).",
+        ),
+        EventType(
+            "vigil.app.recovery.end",
+            APP_FAILURE,
+            "INFO",
+            "The rung was carried out (the command exited 0, or Nova accepted the action);"
+            " the checks decide whether it helped.",
+        ),
+        EventType(
+            "vigil.app.recovery.error",
+            APP_FAILURE,
+            "ERROR",
+            "The rung could not be carried out; the ladder goes on after its backoff.",
+        ),
+        EventType(
+            "vigil.app.escalated",
+            APP_FAILURE,
+            "ERROR",
+            "The ladder is spent and the application still fails: vigil acts no more"
+            " until an operator or the owner closes the failure.",
+        ),
+        EventType(
+            "vigil.app.resolved",
+            APP_FAILURE,
+            "INFO",
+            "Every liveness check of the instance passes again.",
+        ),
+        EventType(
+            "vigil.app.closed",
+            APP_FAILURE,
+            "INFO",
+            "An operator or the owner closed the application failure.",
+        ),
+        EventType(
+            "vigil.app.reset_requested",
+            APP_FAILURE,
+            "WARN",
+            "The application asked, with its credential, to be recovered now.",
+        ),
+        EventType(
+            "vigil.app.declaration.refused",
+            APP_FAILURE,
+            "WARN",
+            "The instance's vigil:check:* or vigil:app_recovery declaration is refused"
+            " (reason names the field); none of its checks runs until it is corrected.",
+        ),
         EventType("vigil.subscription.test", TEST, "INFO", "A test event fired by an operator."),
     ]
     for kind, base in STEP_EVENT_NAMES.items():
@@ -470,6 +573,42 @@ def _service_samples(host: str) -> dict[str, dict[str, Any]]:
     }
 
 
+def _app_samples(host: str, iid: str) -> dict[str, dict[str, Any]]:
+    base = {"host": host, "instance_id": iid}
+    web = {**base, "check": "web", "detail": "exit status 1: wget: server returned error: 503"}
+    failing = {**base, "failing": ["web"], "mode": "keep-running"}
+    rung = {**failing, "rung": "restart-app", "attempt": 1, "action_id": "5f0c6b1e"}
+    return {
+        "vigil.app.check.failing": {**web, "health": "failing", "reason": "failed 3 times"},
+        "vigil.app.check.healthy": {**web, "health": "healthy", "reason": "passes again"},
+        "vigil.app.not_ready": {
+            **web,
+            "check": "ready",
+            "health": "failing",
+            "reason": "not ready",
+        },
+        "vigil.app.ready": {**web, "check": "ready", "health": "healthy", "reason": "ready"},
+        "vigil.app.failure": {**failing, "reason": "failing: web"},
+        "vigil.app.notify": {**failing, "mode": "notify", "reason": "failing: web"},
+        "vigil.app.recovery.start": {**rung, "reason": "failing: web"},
+        "vigil.app.recovery.end": {**rung, "reason": "systemctl restart web: exit status 0"},
+        "vigil.app.recovery.error": {**rung, "reason": "guest agent unresponsive"},
+        "vigil.app.escalated": {
+            **failing,
+            "reason": (
+                "ladder spent (2 restart-app, 1 soft-reboot, 1 hard-reboot); still failing: web"
+            ),
+        },
+        "vigil.app.resolved": {**base, "reason": "every check passes"},
+        "vigil.app.closed": {**base, "reason": "closed by an operator", "closed_by": "admin"},
+        "vigil.app.reset_requested": {**base, "reason": "the application asked to be recovered"},
+        "vigil.app.declaration.refused": {
+            **base,
+            "reason": "vigil:check:web.port: a http check needs a port",
+        },
+    }
+
+
 def samples() -> dict[str, dict[str, Any]]:
     """One documented example per event type, as published (``doc/notification_samples``).
 
@@ -567,6 +706,7 @@ def samples() -> dict[str, dict[str, Any]]:
         },
         **_guest_samples(iid),
         **_service_samples(host),
+        **_app_samples(host, iid),
         "vigil.subscription.test": {
             "subscription": "noc",
             "message": "test event fired by an operator",

@@ -29,6 +29,7 @@ from vigil.drivers.fencing import FenceDevice
 from vigil.drivers.notifier import LogNotifier, MemoryNotifier
 from vigil.drivers.openstack import build_openstack_compute
 from vigil.drivers.webhook import WebhookNotifier
+from vigil.engine.app_engine import AppHealth
 from vigil.engine.engine import Engine
 from vigil.engine.guest_engine import GuestEngine
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
@@ -164,10 +165,20 @@ class VigilServer:
                 clock=self.clock,
                 on_events=self.outbox.wake,
             ),
+            apps=AppHealth(
+                store=self.store,
+                compute=self.compute,
+                clock=self.clock,
+                key=settings.agent_key.encode(),
+                on_events=self.outbox.wake,
+            ),
         )
         self.guest.owner = self.host_owner
         if self.guest.services is not None:
             self.guest.services.owner = self.host_owner
+        if self.guest.apps is not None:
+            self.guest.apps.owner = self.host_owner
+            self.guest.apps.set_wake(self.guest.wake)
         self.receiver = HeartbeatReceiver(
             self.heartbeats,
             key=settings.agent_key.encode(),

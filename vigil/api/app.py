@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from vigil import __version__
+from vigil.api.apps import add_app_routes
 from vigil.api.guest import add_guest_routes
 from vigil.api.masakari import not_found_fault
 from vigil.api.schemas import (
@@ -45,7 +46,6 @@ from vigil.api.schemas import (
     InstanceOut,
     InstancePolicyIn,
     PauseIn,
-    Problem,
     RecoveryOut,
     SegmentIn,
     SegmentOut,
@@ -54,7 +54,7 @@ from vigil.api.schemas import (
     ServersOut,
     SubscriptionIn,
     SubscriptionOut,
-    ValidationProblem,
+    answers,
 )
 from vigil.clock import Clock
 from vigil.config import RecoverySettings
@@ -94,14 +94,6 @@ Cursor = Annotated[int, Query(ge=0, le=MAX_ID, description="seq of the last even
 _TEXT = r"^[^\x00-\x1f\x7f]+$"
 Name = Annotated[str, Path(max_length=255, pattern=_TEXT)]
 Filter = Annotated[str | None, Query(max_length=255, pattern=_TEXT)]
-_WHY = {
-    400: "a body that is not JSON, or a value the store refuses (named in detail)",
-    401: "missing or wrong bearer token",
-    404: "no such record (named in detail)",
-    409: "the record's state forbids it now, or it already exists",
-    422: "a field, parameter or header that does not validate",
-    502: "Nova (the compute driver) failed",
-}
 
 
 def _links(kind: str, param: str, ops: dict[str, str]) -> dict[int | str, Any]:
@@ -115,15 +107,6 @@ def _links(kind: str, param: str, ops: dict[str, str]) -> dict[int | str, Any]:
                 for name, op in ops.items()
             },
         }
-    }
-
-
-def answers(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """The refusals a route can answer, with their body, for the OpenAPI document: the
-    document is the API (schemathesis holds every route to it)."""
-    return {
-        code: {"model": ValidationProblem if code == 422 else Problem, "description": _WHY[code]}
-        for code in codes
     }
 
 
@@ -247,6 +230,14 @@ def create_app(
 
     if guest is not None:  # the agents' guest failure reports (signed, not bearer)
         add_guest_routes(app, guest=guest, agent_key=agent_key, known_host=engine.is_known_host)
+    if guest is not None and guest.apps is not None:  # application checks (issue 17)
+        add_app_routes(
+            app,
+            apps=guest.apps,
+            agent_key=agent_key,
+            known_host=engine.is_known_host,
+            auth=[Depends(authenticated)],
+        )
 
     api = _Api(store, engine, compute, clock, heartbeat_age, defaults, guest, closing)
     for routes in (

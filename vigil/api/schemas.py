@@ -17,6 +17,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from vigil.drivers.fence_factory import validate_fence_options
 from vigil.drivers.fence_options import is_secret_name
 from vigil.model import (
+    AppInstance,
     Failure,
     FenceMethod,
     HaPolicy,
@@ -434,3 +435,120 @@ class HandledIn(_In):
 
 class DismissIn(_In):
     reason: str = Field("dismissed by operator", max_length=1024)
+
+
+WHY = {
+    400: "a body that is not JSON, or a value the store refuses (named in detail)",
+    401: "missing or wrong bearer token",
+    404: "no such record (named in detail)",
+    409: "the record's state forbids it now, or it already exists",
+    422: "a field, parameter or header that does not validate",
+    502: "Nova (the compute driver) failed",
+}
+
+
+def answers(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The refusals a route can answer, with their body, for the OpenAPI document: the
+    document is the API (schemathesis holds every route to it)."""
+    return {
+        code: {"model": ValidationProblem if code == 422 else Problem, "description": WHY[code]}
+        for code in codes
+    }
+
+
+# --- application checks (issue 17) -----------------------------------------------------
+
+
+class AppCheckOut(BaseModel):
+    name: str
+    health: str
+    failures: int
+    last_run_at: float | None
+    since: float | None
+    detail: str
+
+
+class AppEpisodeOut(BaseModel):
+    status: str
+    mode: str
+    opened_at: float
+    reason: str
+    attempts: int
+    last_action_at: float | None
+    action: str
+    action_status: str | None
+    action_detail: str
+    closed_at: float | None
+    closed_by: str
+
+
+class AppInstanceOut(BaseModel):
+    """An instance's application checks: declared, their state, its current or last
+    failure (``episode``)."""
+
+    instance_id: str
+    host: str
+    mode: str
+    declaration: dict[str, str]
+    error: str
+    checks: list[AppCheckOut]
+    started_at: float
+    last_beat_at: float | None
+    episode: AppEpisodeOut | None
+
+    @classmethod
+    def of(cls, inst: AppInstance) -> AppInstanceOut:
+        ep = inst.episode
+        return cls(
+            instance_id=inst.instance_id,
+            host=inst.host,
+            mode=inst.mode,
+            declaration=dict(inst.declaration),
+            error=inst.error,
+            checks=[
+                AppCheckOut(
+                    name=name,
+                    health=s.health.value,
+                    failures=s.failures,
+                    last_run_at=s.last_run_at,
+                    since=s.since,
+                    detail=s.detail,
+                )
+                for name, s in sorted(inst.checks.items())
+            ],
+            started_at=inst.started_at,
+            last_beat_at=inst.last_beat_at,
+            episode=None
+            if ep is None
+            else AppEpisodeOut(
+                status=ep.status.value,
+                mode=ep.mode,
+                opened_at=ep.opened_at,
+                reason=ep.reason,
+                attempts=ep.attempts,
+                last_action_at=ep.last_action_at,
+                action=ep.action,
+                action_status=None if ep.action_status is None else ep.action_status.value,
+                action_detail=ep.action_detail,
+                closed_at=ep.closed_at,
+                closed_by=ep.closed_by,
+            ),
+        )
+
+
+class AppBeatIn(_In):
+    """An application's heartbeat; ``reset``: recover me now (what ``detail`` says)."""
+
+    reset: bool = False
+    detail: str = Field("", max_length=500)
+
+
+class AppCloseIn(_In):
+    reason: str = Field("closed by an operator", max_length=1024)
+    by: str = Field("operator", max_length=255)
+
+
+class AppCredentialOut(BaseModel):
+    instance_id: str
+    credential: str
+    header: str

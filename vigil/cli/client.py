@@ -296,6 +296,27 @@ class VigilClient:
         )
         return result
 
+    def list_apps(self, *, host: str | None = None, failing: bool | None = None) -> list[Json]:
+        params = {"host": host, "failing": None if failing is None else str(failing).lower()}
+        result: list[Json] = self._request("GET", "/v1/apps", params=params)
+        return result
+
+    def get_app(self, instance_id: str) -> Json:
+        result: Json = self._request("GET", f"/v1/instances/{_seg(instance_id)}/app")
+        return result
+
+    def app_credential(self, instance_id: str) -> Json:
+        result: Json = self._request("GET", f"/v1/instances/{_seg(instance_id)}/app/credential")
+        return result
+
+    def close_app(self, instance_id: str, reason: str, by: str) -> Json:
+        result: Json = self._request(
+            "POST",
+            f"/v1/instances/{_seg(instance_id)}/app/close",
+            body={"reason": reason, "by": by},
+        )
+        return result
+
     def get_host_services(self, name: str) -> Json:
         result: Json = self._request("GET", f"/v1/hosts/{_seg(name)}/services")
         return result

@@ -3,7 +3,7 @@
     vigil [--url URL] [--token TOKEN | --token-file FILE] [--json] NOUN VERB [ARGS]
 
 Nouns: ``segment``, ``host``, ``instance``, ``failure``, ``recovery``, ``guest-failure``,
-``event``, ``subscription``; and the cloud-wide
+``app``, ``event``, ``subscription``; and the cloud-wide
 ``pause``, ``resume`` and ``status``. ``demo`` runs the simulated demonstration.
 
 Exit status: 0 done; 1 the server refused or could not be reached (one line on stderr,
@@ -275,6 +275,22 @@ def import_masakari(c: VigilClient, args: argparse.Namespace, out: Output) -> No
 
 def failure_dismiss(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
     out.one(output.FAILURE, c.failure_dismiss(args.id, args.reason))
+
+
+def app_list(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.many(output.APP, c.list_apps(host=args.host, failing=args.failing))
+
+
+def app_show(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.APP, c.get_app(args.instance))
+
+
+def app_close(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.APP, c.close_app(args.instance, args.reason, args.by))
+
+
+def app_credential(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.APP_CREDENTIAL, c.app_credential(args.instance))
 
 
 def guest_failure_list(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
@@ -639,6 +655,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb(gf, "handled", guest_failure_handled, "mark a guest failure taken care of")
     p.add_argument("id", type=int)
     p.add_argument("--reason", default="handled by operator")
+
+    # application checks
+    ap = noun("app", "application checks of instances, and their failures")
+    p = verb(ap, "list", app_list, "list instances with application checks")
+    p.add_argument("--host")
+    p.add_argument("--failing", action=argparse.BooleanOptionalAction, default=None)
+    verb(ap, "show", app_show, "show an instance's checks and failure").add_argument("instance")
+    p = verb(ap, "close", app_close, "close an instance's application failure (escalated)")
+    p.add_argument("instance")
+    p.add_argument("--reason", default="closed by an operator")
+    p.add_argument("--by", default="operator")
+    p = verb(ap, "credential", app_credential, "the credential for an application's heartbeats")
+    p.add_argument("instance")
 
     # cloud-wide
     p = nouns.add_parser("pause", parents=[common], help="pause all automatic recovery")

@@ -203,6 +203,33 @@ GUEST_FAILURE: Sequence[Column] = [
     ("REASON", field("reason")),
 ]
 
+
+def _checks(item: Mapping[str, Any]) -> str:
+    return ", ".join(f"{c['name']} {c['health']}" for c in item.get("checks") or []) or "-"
+
+
+def _episode(key: str) -> Cell:
+    return lambda item: text((item.get("episode") or {}).get(key))
+
+
+APP: Sequence[Column] = [
+    ("INSTANCE", field("instance_id")),
+    ("HOST", field("host")),
+    ("MODE", field("mode")),
+    ("CHECKS", _checks),
+    ("FAILURE", _episode("status")),
+    ("ATTEMPTS", _episode("attempts")),
+    ("LAST ACTION", _episode("action")),
+    ("REASON", _episode("reason")),
+    ("REFUSED", field("error")),
+]
+
+APP_CREDENTIAL: Sequence[Column] = [
+    ("INSTANCE", field("instance_id")),
+    ("HEADER", field("header")),
+    ("CREDENTIAL", field("credential")),
+]
+
 SERVICE: Sequence[Column] = [
     ("SERVICE", field("name")),
     ("UP", field("up")),

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from vigil.drivers.errors import PermanentError
 from vigil.model import HaPolicy
 
 # Nova's server statuses that vigil reasons about.
@@ -94,6 +95,28 @@ class Server:
     # After its host reboots, Nova keeps an instance ACTIVE with power_state shutdown
     # until its periodic power sync (10 min) stops it.
     power_state: int | None = None
+    # The application checks declared for it (issue 17): the ``vigil:check:*`` and
+    # ``vigil:app_recovery`` keys, each from the first of metadata, image, flavor setting it.
+    app_keys: Mapping[str, str] = field(default_factory=dict)
+
+
+APP_CHECK_PREFIX = "vigil:check:"
+APP_RECOVERY_KEY = "vigil:app_recovery"
+
+
+def is_app_key(key: str) -> bool:
+    return key.startswith(APP_CHECK_PREFIX) or key == APP_RECOVERY_KEY
+
+
+def app_keys_of(*sources: Mapping[str, object]) -> dict[str, str]:
+    """The application check keys from ``sources`` (metadata, image properties, flavor
+    extra specs, in that order): each key from the first source that sets it."""
+    out: dict[str, str] = {}
+    for source in sources:
+        for key, value in source.items():
+            if is_app_key(key) and key not in out:
+                out[key] = str(value)
+    return out
 
 
 class ComputeDriver(abc.ABC):
@@ -167,3 +190,9 @@ class ComputeDriver(abc.ABC):
 
     @abc.abstractmethod
     def reboot(self, server_id: str, hard: bool = True) -> None: ...
+
+    def rebuild(self, server_id: str) -> None:
+        """Rebuild the instance in place from its own image (the last rung of an
+        application's recovery ladder: its disk is recreated). A driver that cannot
+        raises PermanentError."""
+        raise PermanentError(f"{type(self).__name__} cannot rebuild instances")

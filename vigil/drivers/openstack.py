@@ -64,7 +64,9 @@ from vigil.drivers.compute import (
     ComputeDriver,
     ComputeService,
     Server,
+    app_keys_of,
     ha_policy_from_metadata,
+    is_app_key,
 )
 from vigil.drivers.errors import (
     Conflict,
@@ -443,10 +445,11 @@ class OpenStackCompute(ComputeDriver):
         # Embedded in the server from 2.47 (admins see the extra specs).
         extra_specs = (flavor.get("extra_specs") or {}) if isinstance(flavor, dict) else {}
         image_properties: Mapping[str, Any] = {}
-        if not all(k in metadata for k in (POLICY_KEY, PRIORITY_KEY, WATCHDOG_ACTION_KEY)):
-            image = data.get("image")
-            if isinstance(image, dict) and image.get("id"):  # "" when booted from a volume
-                image_properties = self._image_properties(str(image["id"]))
+        # Read (cached) for every server: the image may declare application checks even
+        # when the metadata sets every policy key.
+        image = data.get("image")
+        if isinstance(image, dict) and image.get("id"):  # "" when booted from a volume
+            image_properties = self._image_properties(str(image["id"]))
         policy, priority = resolve_policy(metadata, image_properties, extra_specs)
         watchdog = resolve_watchdog_action(metadata, image_properties, extra_specs)
         fault = data.get("fault")  # only ERROR (and DELETED) servers carry one
@@ -464,6 +467,7 @@ class OpenStackCompute(ComputeDriver):
             fault=message or None,
             watchdog_action=watchdog,
             power_state=_int_or_none(data.get("OS-EXT-STS:power_state")),
+            app_keys=app_keys_of(metadata, image_properties, extra_specs),
         )
 
     def _image_properties(self, image_id: str) -> Mapping[str, Any]:
@@ -480,7 +484,7 @@ class OpenStackCompute(ComputeDriver):
             else:
                 self._raise_for(response, "GET", f"/images/{image_id} (Glance)")
                 body = response.json()
-                props = {k: v for k, v in body.items() if k in _POLICY_KEYS}
+                props = {k: v for k, v in body.items() if k in _POLICY_KEYS or is_app_key(k)}
         except (ksa_exc.ClientException, openstack.exceptions.SDKException) as exc:
             error: DriverError = self._translate(exc, f"Glance GET /images/{image_id}")
         except DriverError as exc:
@@ -513,6 +517,14 @@ class OpenStackCompute(ComputeDriver):
 
     def reboot(self, server_id: str, hard: bool = True) -> None:
         self._action(server_id, {"reboot": {"type": "HARD" if hard else "SOFT"}})
+
+    def rebuild(self, server_id: str) -> None:
+        """Rebuild from the image the server was booted from (a server booted from a
+        volume has none: PermanentError)."""
+        image = self._call("GET", f"/servers/{server_id}")["server"].get("image")
+        if not isinstance(image, dict) or not image.get("id"):
+            raise PermanentError(f"server {server_id} was booted from a volume: no image")
+        self._action(server_id, {"rebuild": {"imageRef": str(image["id"])}})
 
     def evacuation_started(self, server_id: str) -> bool | None:
         """Nova's own records say. The API saves the instance as rebuilding, records an

@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from vigil.engine.reconciler import backoff
-from vigil.wire.app_checks import LadderSpec, Rung
+from vigil.model import AppEpisodeStatus, AppInstance, CheckState, Health
+from vigil.wire.app_checks import (
+    AppDeclaration,
+    CheckType,
+    InstanceContext,
+    LadderSpec,
+    Rung,
+    judge_heartbeat,
+)
 
 # --- the ladder -------------------------------------------------------------------------
 
@@ -94,3 +102,145 @@ def decide_ladder(
         return EscalateApp(f"ladder spent ({spent}); still failing: {', '.join(failing)}")
     rung = rungs[episode.attempts]
     return Act(rung, episode.attempts + 1, f"failing: {', '.join(failing)}")
+
+
+# --- the rule over every instance with checks -------------------------------------------
+
+#: The pseudo check an application's "recover me now" sets FAILING; the next recovery
+#: action that completes clears it.
+RESET_CHECK = "reset-requested"
+
+
+@dataclass(frozen=True)
+class AppView:
+    instance: AppInstance
+    declaration: AppDeclaration | None  # None: refused (``instance.error`` says why)
+    host_up: bool  # its host is not suspected, failed or being recovered
+    busy: bool = False  # a recovery action of it runs on a worker now
+
+
+@dataclass(frozen=True)
+class AppSnapshot:
+    now: float
+    views: Sequence[AppView]
+
+
+@dataclass(frozen=True)
+class JudgeBeats:
+    """Heartbeat checks whose health changed (the server judges those)."""
+
+    instance_id: str
+    host: str
+    checks: Mapping[str, CheckState]
+
+
+@dataclass(frozen=True)
+class OpenEpisode:
+    instance_id: str
+    host: str
+    mode: Mode
+    failing: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StartRung:
+    instance_id: str
+    host: str
+    rung: Rung
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class EscalateEpisode:
+    instance_id: str
+    host: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResolveEpisode:
+    instance_id: str
+    host: str
+    reason: str
+
+
+AppAction = JudgeBeats | OpenEpisode | StartRung | EscalateEpisode | ResolveEpisode
+
+
+def failing_checks(declaration: AppDeclaration, checks: Mapping[str, CheckState]) -> list[str]:
+    """The liveness checks failing now (readiness checks never recover anything), and
+    the application's own request to be recovered."""
+    out = [
+        spec.name
+        for spec in declaration.checks
+        if not spec.readiness
+        and (state := checks.get(spec.name)) is not None
+        and state.health == Health.FAILING
+    ]
+    reset = checks.get(RESET_CHECK)
+    if reset is not None and reset.health == Health.FAILING:
+        out.append(RESET_CHECK)
+    return out
+
+
+def decide_apps(snapshot: AppSnapshot) -> list[AppAction]:
+    """For each instance with checks: judge its heartbeat checks, open an episode when
+    a liveness check fails, climb its ladder (``decide_ladder``), escalate when it is
+    spent, resolve when every check passes. Nothing is done for an instance whose host
+    is failing (the host's recovery owns it), nor while one of its actions runs."""
+    now = snapshot.now
+    actions: list[AppAction] = []
+    for view in snapshot.views:
+        inst, declaration = view.instance, view.declaration
+        if declaration is None:
+            continue
+        context = InstanceContext(
+            inst.started_at, "" if view.host_up else "its host is failing or recovering"
+        )
+        checks = dict(inst.checks)
+        beats: dict[str, CheckState] = {}
+        for spec in declaration.checks:
+            if spec.type != CheckType.HEARTBEAT:
+                continue
+            old = checks.get(spec.name, CheckState())
+            new = judge_heartbeat(
+                spec, old, last_beat_at=inst.last_beat_at, now=now, context=context
+            )
+            if (new.health, new.failures) != (old.health, old.failures):
+                beats[spec.name] = checks[spec.name] = new
+        if beats:
+            actions.append(JudgeBeats(inst.instance_id, inst.host, beats))
+        if not view.host_up or view.busy:
+            continue
+        failing = failing_checks(declaration, checks)
+        episode = inst.episode
+        if episode is None or not episode.open:
+            if failing:
+                actions.append(
+                    OpenEpisode(inst.instance_id, inst.host, Mode(inst.mode), tuple(failing))
+                )
+            continue
+        decision = decide_ladder(
+            Mode(episode.mode),
+            declaration.ladder,
+            Episode(
+                episode.opened_at,
+                episode.attempts,
+                episode.last_action_at,
+                escalated=episode.status == AppEpisodeStatus.ESCALATED,
+            ),
+            failing,
+            now,
+        )
+        if isinstance(decision, Act):
+            actions.append(
+                StartRung(
+                    inst.instance_id, inst.host, decision.rung, decision.attempt, decision.reason
+                )
+            )
+        elif isinstance(decision, EscalateApp):
+            actions.append(EscalateEpisode(inst.instance_id, inst.host, decision.reason))
+        elif isinstance(decision, Resolved):
+            actions.append(ResolveEpisode(inst.instance_id, inst.host, decision.reason))
+    return actions

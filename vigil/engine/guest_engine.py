@@ -37,6 +37,7 @@ from vigil.clock import Clock
 from vigil.drivers import compute as nova
 from vigil.drivers.compute import WATCHDOG_ACTION_KEY, ComputeDriver
 from vigil.drivers.errors import DriverError
+from vigil.engine.app_engine import AppHealth
 from vigil.engine.guest import (
     Acknowledge,
     Escalate,
@@ -142,10 +143,12 @@ class GuestEngine(Reaction[list[GuestView], GuestAction]):
         wait: Callable[[float], None] = time.sleep,
         poll_interval: float = 0.5,
         services: ServiceKeeper | None = None,
+        apps: AppHealth | None = None,
     ) -> None:
         super().__init__()
         self._store = store
         self.services = services
+        self.apps = apps
         # With several servers, only the owner of a host's segment acts on its guests,
         # under its token (``vigil.engine.ownership.HostOwner``).
         self.owner: HostOwner = SOLE_OWNER
@@ -175,9 +178,9 @@ class GuestEngine(Reaction[list[GuestView], GuestAction]):
         ):
             self.handle(kind, handler)
         # The agents' service snapshots (nova-compute, libvirtd) are acted on in this loop.
-        self._loop = Loop(
-            "vigil-guest-engine", [self, *([services] if services is not None else [])], tick
-        )
+        # ...and the application checks' failures (issue 17).
+        extra: list[Reaction[Any, Any]] = [r for r in (services, apps) if r is not None]
+        self._loop = Loop("vigil-guest-engine", [self, *extra], tick)
 
     # --- reports (the API calls this) -------------------------------------------------
 
@@ -256,6 +259,8 @@ class GuestEngine(Reaction[list[GuestView], GuestAction]):
         self._workers.stop()
         if self.services is not None:
             self.services.stop()
+        if self.apps is not None:
+            self.apps.stop()
 
     def drain(self, timeout: float = 10.0) -> bool:
         return self._workers.drain(timeout)

@@ -116,6 +116,7 @@ from vigil.drivers.compute import (
     SHUTOFF,
     ComputeService,
     Server,
+    app_keys_of,
     ha_policy_from_metadata,
 )
 from vigil.drivers.errors import Conflict, NotFound, PermanentError, TemporaryError
@@ -1015,6 +1016,7 @@ class SimCloud:
             server_group=inst.group,
             fault=inst.fault,
             power_state=inst.power_state,
+            app_keys=app_keys_of(inst.metadata),
         )
 
     def _snapshot(self, inst: _Instance) -> SimInstance:

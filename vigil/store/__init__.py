@@ -5,6 +5,7 @@ MariaDB in production), assembled from one module per aggregate."""
 
 from vigil.store.base import (
     AlreadyExists,
+    AppStore,
     ControlStore,
     GuestStore,
     HostStore,
@@ -25,6 +26,7 @@ from vigil.store.base import (
 
 __all__ = [
     "AlreadyExists",
+    "AppStore",
     "ControlStore",
     "GuestStore",
     "HostStore",

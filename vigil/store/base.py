@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from vigil.model import (
+    AppEpisode,
+    AppInstance,
+    CheckState,
     ComputeHold,
     Control,
     DeadLetter,
@@ -496,6 +499,73 @@ class ServiceStore(abc.ABC):
         a row: not before ``next_attempt_at`` again (kept across a restart)."""
 
 
+class AppStore(abc.ABC):
+    """Application checks (issue 17): per instance with declared checks, its
+    declaration, the state of its checks and its current or last episode
+    (``vigil.model.AppInstance``). Every write takes the instance's host lock (the
+    order of ``vigil.store.session``) and writes its events in the same transaction."""
+
+    @abc.abstractmethod
+    def sync_app_declarations(
+        self,
+        host: str,
+        declared: Mapping[str, tuple[Mapping[str, str], str, str]],
+        *,
+        at: float,
+        events: Callable[[AppInstance | None, AppInstance | None], Sequence[Event]] = (
+            lambda old, new: ()
+        ),
+    ) -> list[AppInstance]:
+        """The instances on ``host`` with declared checks, as Nova shows them now:
+        ``{instance_id: (declaration, mode, error)}``. A new instance gets a row
+        (``started_at`` = ``at``); one that moved here from another host is updated (its
+        host, declaration, mode, error; ``started_at`` = ``at``: a move restarts it);
+        one whose declaration, mode or error changed is updated; a row of ``host`` whose
+        instance is not in ``declared`` (deleted, moved away, no check declared any
+        more) is removed unless its episode is open. ``events(old, new)`` for each row
+        added (old None), changed, or removed (new None). Returns the host's rows."""
+
+    @abc.abstractmethod
+    def get_app_instance(self, instance_id: str) -> AppInstance | None: ...
+
+    @abc.abstractmethod
+    def list_app_instances(
+        self, *, host: str | None = None, episode_open: bool | None = None, limit: int = 10000
+    ) -> list[AppInstance]:
+        """By instance id; ``episode_open`` True: only those with an open episode,
+        False: only those without."""
+
+    @abc.abstractmethod
+    def update_app_checks(
+        self,
+        instance_id: str,
+        checks: Mapping[str, CheckState],
+        *,
+        at: float,
+        reported_at: float | None = None,
+        last_beat_at: float | None = None,
+        events: Callable[[AppInstance], Sequence[Event]] = lambda old: (),
+    ) -> AppInstance:
+        """Merge ``checks`` (by name) into the instance's check states; with
+        ``reported_at`` (an agent's report): ignored and returned unchanged when not
+        newer than the stored ``reported_at``; ``last_beat_at``: the application's
+        heartbeat. ``events(old)`` with the row as it was. NotFoundError if unknown."""
+
+    @abc.abstractmethod
+    def update_app_episode(
+        self,
+        instance_id: str,
+        episode: AppEpisode | None,
+        *,
+        at: float,
+        started_at: float | None = None,
+        events: Sequence[Event] = (),
+    ) -> AppInstance:
+        """Replace the instance's episode (with ``started_at``: a restart vigil caused
+        begins the checks' grace period); in the owner's token of the host's segment
+        when one is set (``acting_as``). NotFoundError if unknown."""
+
+
 class OutboxStore(abc.ABC):
     """The outbox, its delivery sinks and dead letters, and webhook subscriptions."""
 
@@ -639,6 +709,7 @@ class Store(
     RecoveryStore,
     GuestStore,
     ServiceStore,
+    AppStore,
     OutboxStore,
     RequestStore,
     OwnershipStore,

@@ -324,3 +324,29 @@ class HostRevisionRow(Base):
 
     host: Mapped[str] = mapped_column(sa.String(_NAME), primary_key=True)
     revision: Mapped[int] = mapped_column(sa.BigInteger, index=True)
+
+
+class AppInstanceRow(Base):
+    """An instance with application checks (``vigil.model.AppInstance``, migration 0013):
+    its declaration, the state of its checks and its current or last episode."""
+
+    __tablename__ = "app_instances"
+    __table_args__ = _MYSQL_TABLE
+
+    instance_id: Mapped[str] = mapped_column(sa.String(_NAME), primary_key=True)
+    # Not a foreign key: a row with an open episode outlives its instance's place there.
+    host: Mapped[str] = mapped_column(sa.String(_NAME), index=True)
+    declaration: Mapped[dict[str, str]] = mapped_column(sa.JSON)
+    mode: Mapped[str] = mapped_column(sa.String(_ENUM))
+    error: Mapped[str] = mapped_column(sa.Text)
+    # {name: {"health": str, "failures": int, "last_run_at": float | None,
+    #         "detail": str, "since": float | None}}
+    checks: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    started_at: Mapped[float] = mapped_column(sa.Double)
+    last_beat_at: Mapped[float | None] = mapped_column(sa.Double)
+    reported_at: Mapped[float] = mapped_column(sa.Double)
+    # Every field of vigil.model.AppEpisode (enumerations as their values), or NULL.
+    episode: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    # The episode is there and open: what the engine's scan of open episodes selects by.
+    episode_open: Mapped[bool] = mapped_column(sa.Boolean, index=True)
+    updated_at: Mapped[float] = mapped_column(sa.Double)

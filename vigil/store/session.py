@@ -2,8 +2,8 @@
 
 ``SessionBase`` holds the engine and two session factories; each aggregate's mixin
 (``vigil.store.hosts``, ``failures``, ``steps``, ``recoveries``, ``guests``,
-``host_services``, ``outbox``) builds on it, and ``vigil.store.sql.SqlStore`` is their
-composition.
+``host_services``, ``apps``, ``outbox``) builds on it, and ``vigil.store.sql.SqlStore`` is
+their composition.
 
 Concurrency. Every public method is one transaction in its own session (``_read`` or
 ``_write``), so one store may be shared by any number of threads; a write's events go

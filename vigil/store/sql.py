@@ -9,6 +9,7 @@ store is assembled from one mixin per aggregate, each over the shared transactio
   their recoveries;
 - ``vigil.store.guests``: guest failures;
 - ``vigil.store.host_services``: host services;
+- ``vigil.store.apps``: application checks (declarations, check states, episodes);
 - ``vigil.store.outbox``: events, sinks, dead letters, webhook subscriptions;
 - ``vigil.store.requests``: operator requests (restore a host, restart an instance);
 - ``vigil.store.ownership``: who owns each segment, and its epoch (the fencing token).
@@ -20,6 +21,7 @@ re-exported here, where callers have always found them.
 
 from __future__ import annotations
 
+from vigil.store.apps import SqlApps
 from vigil.store.base import Store
 from vigil.store.db import _SQLITE_IMMEDIATE, MIGRATIONS_DIR, alembic_config, make_engine, upgrade
 from vigil.store.guests import SqlGuests
@@ -47,6 +49,7 @@ class SqlStore(
     SqlRecoveries,
     SqlGuests,
     SqlHostServices,
+    SqlApps,
     SqlOutbox,
     SqlRequests,
     SqlOwnership,

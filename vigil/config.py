@@ -157,6 +157,29 @@ _agent = [
         "(a restart by systemd in between is not a failure).",
     ),
     cfg.BoolOpt(
+        "app_checks",
+        default=True,
+        help="(agent) Run the application checks vigil-server plans for this host's guests "
+        "(the vigil:check:* declarations of their owners) through each guest's QEMU guest "
+        "agent, and report them. Needs libvirt_uri and server_url (or server_urls).",
+    ),
+    cfg.IntOpt(
+        "app_check_workers",
+        default=16,
+        min=1,
+        help="(agent) Application checks run at the same time, at most; a guest has one "
+        "check or command at a time, so a hung guest holds one of them for at most its "
+        "check's timeout.",
+    ),
+    cfg.FloatOpt(
+        "app_report_interval",
+        default=30.0,
+        min=1.0,
+        help="(agent) Seconds between two reports of the application checks' states when "
+        "nothing changes (a change is reported at once; while a check is failing or a guest "
+        "command is under way, every second).",
+    ),
+    cfg.BoolOpt(
         "self_fencing",
         default=False,
         help="(agent) Hold a lease from the server and pet the hardware watchdog only while "

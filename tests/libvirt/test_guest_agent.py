@@ -3,25 +3,16 @@
 
 One tiny guest (``tinyguest.build_guest(guest_agent=True)``: Debian's ``qemu-ga`` in a
 busybox initramfs, busybox ``httpd`` on 127.0.0.1:8080 inside the guest) boots once for
-the module (~15 s to the agent under software emulation)."""
+the session (``conftest.py``, shared with ``test_app_checks.py``; ~15 s to the agent
+under software emulation)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import time
-import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import tinyguest as guest
-from bmc.emulators import DOMAIN_PREFIX, LIBVIRT_URI, Libvirt
-from lvstack import shared_libvirt as shared_libvirt
-from services import require
-from support import wait_until
 
 from vigil.agent.guest_agent import GuestAgent, GuestAgentError
 
@@ -31,48 +22,6 @@ pytestmark = [pytest.mark.libvirt, pytest.mark.guest_agent, pytest.mark.slow]
 # symlink with -T, died of SIGSEGV under guest-exec.
 BUSYBOX = "/bin/busybox"
 FETCH = [BUSYBOX, "wget", "-q", "-O", "-", "http://127.0.0.1:8080/"]
-
-
-@pytest.fixture(scope="module")
-def agent_guest(shared_libvirt: Libvirt) -> Iterator[tuple[GuestAgent, Any]]:
-    import libvirt  # type: ignore[import-untyped]
-
-    require("the qemu-guest-agent package (tools/libvirt/setup)", guest.agent_package)
-    workdir = Path(f"/var/tmp/vigil-guest-agent-{os.getpid()}")
-    kernel, initrd = guest.build_guest(workdir, guest_agent=True)
-    conn = libvirt.open(LIBVIRT_URI)
-    dom_uuid = str(uuid.uuid4())
-    name = f"{DOMAIN_PREFIX}{os.getpid()}-agent-{dom_uuid[:8]}"
-    console = workdir / f"{name}.log"
-    dom = conn.defineXML(
-        guest.domain_xml(
-            name=name,
-            uuid=dom_uuid,
-            kernel=kernel,
-            initrd=initrd,
-            console=console,
-            mode="idle",
-            guest_agent=True,
-        )
-    )
-    agent = GuestAgent(conn)
-    try:
-        dom.create()
-        wait_until(
-            lambda: agent.ping(dom, timeout=1) is None,
-            f"the guest agent of {name} to answer (console: {console})",
-            90,
-            every=0.5,
-            ignoring=(GuestAgentError,),
-        )
-        yield agent, dom
-    finally:
-        with contextlib.suppress(Exception):
-            dom.destroy()
-        with contextlib.suppress(Exception):
-            dom.undefine()
-        conn.close()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def test_a_command_runs_in_the_guest_and_a_killed_service_fails_its_check(

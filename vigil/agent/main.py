@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vigil import config
+from vigil.agent.app_checks import AppChecks, LibvirtConnection
+from vigil.agent.guest_agent import GuestAgent
 from vigil.agent.heartbeat import HeartbeatSender, read_kernel_boot_id
 from vigil.agent.libvirt_monitor import LibvirtMonitor, ReportSender
 from vigil.agent.peers import AgentState, PeerGuard, PeerLink, parse_peers
@@ -126,6 +128,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         reports.start()
         monitor.start()
         LOG.info("host %s: watching guests on %s", host, conf.agent.libvirt_uri)
+    app_checks: AppChecks | None = None
+    connection: LibvirtConnection | None = None
+    if conf.agent.libvirt_uri and server_urls and conf.agent.app_checks:
+        connection = LibvirtConnection(conf.agent.libvirt_uri)
+        app_checks = AppChecks(
+            host=host,
+            connection=connection,
+            guest_agent=GuestAgent(connection),
+            server_urls=server_urls,
+            key=key.encode(),
+            workers=conf.agent.app_check_workers,
+            report_interval=conf.agent.app_report_interval,
+        )
+        app_checks.start()
+        LOG.info(
+            "host %s: running the application checks of its guests (%d workers)",
+            host,
+            conf.agent.app_check_workers,
+        )
     services: ServiceWatch | None = None
     if server_urls and conf.agent.watch_service:
         try:
@@ -165,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         link.stop()
     if services is not None:
         services.stop()
+    if app_checks is not None and connection is not None:
+        app_checks.stop()
+        connection.close()
     if monitor is not None and reports is not None:
         monitor.stop()
         reports.stop()

@@ -5,7 +5,9 @@ them for the owner of the host's segment). An agent is configured with every ser
 URL; ``ServerUrls.post`` posts a signed body to the one that last answered, and on a
 connection error, a timeout or a 5xx goes on to the next one, in order, wrapping around.
 A 4xx is the server's final word on that body (refused signature, malformed report): the
-others would say the same, so they are not asked.
+others would say the same, so they are not asked. ``ServerUrls.exchange`` does the same
+and returns the accepting server's response, for a sender that reads the answer (the
+application checks: their answer is the plan).
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ class ServerUrls:
         None when a server accepted it (2xx); else why not — every server's error when
         none answered or all failed with a 5xx, or the one 4xx that ended the attempt.
         """
+        answer = self.exchange(client, path, body, key)
+        return answer if isinstance(answer, str) else None
+
+    def exchange(
+        self, client: httpx.Client, path: str, body: bytes, key: bytes
+    ) -> httpx.Response | str:
+        """As ``post``, for a sender that reads the answer: the 2xx response of the
+        server that accepted the body, else why none did (the same text as ``post``)."""
         headers = {SIGNATURE_HEADER: sign(body, key), "Content-Type": "application/json"}
         errors: list[str] = []
         n = len(self.urls)
@@ -72,6 +82,6 @@ class ServerUrls:
                 LOG.info("reports now go to %s (%s)", self.urls[index], "; ".join(errors))
             self._current = index  # it answered: start there next time
             if status // 100 == 2:
-                return None
+                return response
             return f"{url}: HTTP {status}: {response.text[:200]}"  # 4xx: final
         return "; ".join(errors)

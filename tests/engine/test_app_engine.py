@@ -88,8 +88,8 @@ def test_a_failing_check_is_restarted_in_the_guest_and_resolved_when_it_passes(
     iid = instance(world, vigil__check__web=WEB, vigil__app_recovery=LADDER)
     report(world, apps, iid, Health.HEALTHY)
     report(world, apps, iid, Health.FAILING)
-    cycle(world, apps)  # the episode opens...
-    cycle(world, apps)  # ...and its first rung: a command for the agent
+    cycle(world, apps)  # the failure opens, and its first rung in the same cycle
+    assert cycle(world, apps) == []  # the command waits for the agent
     answer = report(world, apps, iid, Health.FAILING)
     [command] = answer.commands
     assert command.instance_id == iid and command.argv == ("httpd", "-p", "8080")
@@ -224,8 +224,14 @@ def test_application_heartbeats_keep_it_healthy_and_their_absence_fails_it(
     assert checks["app"].health == Health.HEALTHY
     cycle(world, apps, 16.0)  # 25 s since the last beat: two intervals missed, not yet
     assert app_events(world, iid) == []  # (unknown to healthy is no news)
-    cycle(world, apps, 6.0)  # the third: failing, and its episode opens in the same cycle
-    assert app_events(world, iid) == ["vigil.app.check.failing", "vigil.app.failure"]
+    cycle(world, apps, 6.0)  # the third: failing; its failure opens, its first rung runs
+    assert app_events(world, iid) == [
+        "vigil.app.check.failing",
+        "vigil.app.failure",
+        "vigil.app.recovery.start",  # no restart command declared: a soft reboot
+        "vigil.app.recovery.end",
+    ]
+    assert world.cloud.calls("reboot", iid) == 1
 
 
 def test_recover_me_now_reboots_at_once_without_waiting_for_a_check(world: World) -> None:
@@ -237,8 +243,7 @@ def test_recover_me_now_reboots_at_once_without_waiting_for_a_check(world: World
     )
     apps.exchange(AppReport("c1", world.clock.wall(), {}))
     apps.beat(iid, apps.credential(iid), reset=True, detail="corrupt cache")
-    cycle(world, apps)  # opens
-    cycle(world, apps)  # the first rung: no restart command declared, so a soft reboot
+    cycle(world, apps)  # opens; no restart command declared: its first rung is a reboot
     assert world.cloud.calls("reboot", iid) == 1
     apps.beat(iid, apps.credential(iid))
     cycle(world, apps, 1.0)

@@ -216,23 +216,22 @@ def decide_apps(snapshot: AppSnapshot) -> list[AppAction]:
         failing = failing_checks(declaration, checks)
         episode = inst.episode
         if episode is None or not episode.open:
-            if failing:
-                actions.append(
-                    OpenEpisode(inst.instance_id, inst.host, Mode(inst.mode), tuple(failing))
-                )
-            continue
-        decision = decide_ladder(
-            Mode(episode.mode),
-            declaration.ladder,
-            Episode(
+            if not failing:
+                continue
+            # Opened, and its first rung decided in the same cycle: the first action is
+            # not a loop tick later than the failure.
+            mode = Mode(inst.mode)
+            actions.append(OpenEpisode(inst.instance_id, inst.host, mode, tuple(failing)))
+            ladder = Episode(now)
+            decision = decide_ladder(mode, declaration.ladder, ladder, failing, now)
+        else:
+            ladder = Episode(
                 episode.opened_at,
                 episode.attempts,
                 episode.last_action_at,
                 escalated=episode.status == AppEpisodeStatus.ESCALATED,
-            ),
-            failing,
-            now,
-        )
+            )
+            decision = decide_ladder(Mode(episode.mode), declaration.ladder, ladder, failing, now)
         if isinstance(decision, Act):
             actions.append(
                 StartRung(

@@ -435,6 +435,22 @@ _recovery = [
         "host steps (fence, force-down, listings) run on workers / 4 more threads (at least "
         "8) of their own, never queued behind evacuations.",
     ),
+    cfg.FloatOpt(
+        "app_declarations_interval",
+        default=60.0,
+        min=1.0,
+        help="Seconds between two readings from Nova of a host's instances' application "
+        "checks (vigil:check:* and vigil:app_recovery in metadata, image, flavor): read when "
+        "the host's agent reports, at most this often, so a changed declaration applies "
+        "within this time. One server listing per host per interval.",
+    ),
+    cfg.FloatOpt(
+        "app_command_timeout",
+        default=120.0,
+        min=1.0,
+        help="Seconds an application's restart command (restart-command of "
+        "vigil:app_recovery) may run in its guest before the attempt counts as failed.",
+    ),
 ]
 
 _compute = [
@@ -727,6 +743,8 @@ class Settings:
     topic: str = "versioned_notifications"
     exchange: str = "vigil"
     coordination: CoordinationSettings = field(default_factory=CoordinationSettings)
+    app_declarations_interval: float = 60.0
+    app_command_timeout: float = 120.0
 
     def validate(self) -> None:
         self.detection.validate()
@@ -793,6 +811,8 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
             peer_interval=conf.self_fencing.peer_interval,
             peer_timeout=conf.self_fencing.peer_timeout,
         ),
+        app_declarations_interval=r.app_declarations_interval,
+        app_command_timeout=r.app_command_timeout,
         compute_driver=conf.compute.driver,
         compute_cloud=conf.compute.cloud,
         compute_api_timeout=conf.compute.api_timeout,

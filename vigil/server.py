@@ -171,6 +171,8 @@ class VigilServer:
                 clock=self.clock,
                 key=settings.agent_key.encode(),
                 on_events=self.outbox.wake,
+                plan_ttl=settings.app_declarations_interval,
+                command_timeout=settings.app_command_timeout,
             ),
         )
         self.guest.owner = self.host_owner
@@ -229,6 +231,7 @@ class VigilServer:
                 clock=self.clock,
                 records=self.masakari_records,
                 defaults=settings.recovery,
+                apps=self.guest.apps,
             ),
         )
         # Masakari's recovery methods choose evacuation destinations; its reports that

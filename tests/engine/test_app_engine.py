@@ -254,3 +254,24 @@ def test_recover_me_now_reboots_at_once_without_waiting_for_a_check(world: World
         "vigil.app.recovery.end",
         "vigil.app.resolved",
     ]
+
+
+def test_a_masakari_guest_agent_error_is_a_failing_check_until_an_action_helps(
+    world: World,
+) -> None:
+    apps = build(world)
+    iid = instance(world, vigil__check__web=WEB, vigil__app_recovery="reboots=1 settle=10")
+    report(world, apps, iid, Health.HEALTHY)
+    taken, why = apps.guest_agent_error(iid, host="c1", detail="guest-ping timed out")
+    assert taken and "keep-running" in why
+    cycle(world, apps)  # the failure opens and its first rung, a reboot, runs
+    assert world.cloud.calls("reboot", iid) == 1
+    cycle(world, apps, 11.0)  # the reboot done, the web check healthy: resolved
+    assert app_events(world, iid) == [
+        "vigil.app.check.failing",
+        "vigil.app.failure",
+        "vigil.app.recovery.start",
+        "vigil.app.recovery.end",
+        "vigil.app.resolved",
+    ]
+    assert apps.guest_agent_error("unknown", host="c1", detail="")[0] is False

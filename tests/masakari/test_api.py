@@ -391,3 +391,22 @@ def test_compute_host_notification_is_one_signal_fenced_then_evacuated(vigil: Ru
     assert fence["status"] == "succeeded"
     failure = vigil.api.get("/v1/failures", params={"host": "compute-1"}).json()[0]
     assert failure["sources"] == ["masakari", "bmc"]
+
+
+def test_a_guest_agent_error_is_an_application_failure_where_checks_are_declared(
+    vigil: Running,
+) -> None:
+    """The introspective monitor's QEMU_GUEST_AGENT_ERROR maps to vigil's application
+    checks; an instance that declares none is told so (the mapping itself:
+    tests/engine/test_app_engine.py)."""
+    with vigil.masakari() as c:
+        seg = segment(c, "a")
+        host(c, seg["uuid"], "compute-1")
+        payload = {
+            "event": "QEMU_GUEST_AGENT_ERROR",
+            "vir_domain_event": "guest agent did not answer guest-ping",
+            "instance_uuid": "21ecef7a-0000-4000-8000-000000000002",
+        }
+        n = notify(c, "compute-1", "VM", payload).json()["notification"]
+        assert n["status"] == "ignored"
+        assert "vigil runs no application checks for instance" in n["message"]

@@ -15,7 +15,9 @@ What maps onto what (``doc/masakari-compatibility.md`` has the whole table):
   that follows fences before it evacuates. The notification's status follows that
   recovery; its vmoves are the recovery's evacuations.
 - VM and PROCESS notifications are recorded (and listed) but vigil does not act on them:
-  its own agent watches instances; they are ``ignored`` with a message saying so.
+  its own agent watches instances; they are ``ignored`` with a message saying so. The
+  exception is a VM ``QEMU_GUEST_AGENT_ERROR`` (the introspective monitor) about an
+  instance with application checks: a failing check of it (``AppHealth``), ``finished``.
 
 The API records and wakes the engine; it never fences or evacuates itself. Like
 Masakari, every route is for the admin: the same token as vigil's API, sent as
@@ -45,6 +47,7 @@ from vigil.clock import Clock
 from vigil.config import RecoverySettings
 from vigil.drivers.compute import ComputeDriver
 from vigil.drivers.errors import Conflict, DriverError, NotFound
+from vigil.engine.app_engine import AppHealth
 from vigil.engine.engine import Engine
 from vigil.engine.flow import MASAKARI_TASKS
 from vigil.model import (
@@ -378,9 +381,13 @@ def masakari_app(
     records: MasakariRecords,
     defaults: RecoverySettings | None = None,
     duplicate_interval: float = DUPLICATE_INTERVAL,
+    apps: AppHealth | None = None,
 ) -> FastAPI:
-    """Masakari's API on vigil's store and engine; mount it at ``/instance-ha``."""
+    """Masakari's API on vigil's store and engine; mount it at ``/instance-ha``.
+    ``apps``: a ``VM`` notification ``QEMU_GUEST_AGENT_ERROR`` becomes a failing
+    application check of its instance."""
     api = _MasakariApi(
+        apps=apps,
         store=store,
         engine=engine,
         compute=compute,
@@ -408,7 +415,9 @@ class _MasakariApi:
         records: MasakariRecords,
         defaults: RecoverySettings | None = None,
         duplicate_interval: float = DUPLICATE_INTERVAL,
+        apps: AppHealth | None = None,
     ) -> None:
+        self.apps = apps
         self.store = store
         self.engine = engine
         self.compute = compute
@@ -1039,6 +1048,14 @@ class _MasakariApi:
                         f"{payload.get('host_status', '?')})"
                     ),
                 )
+        elif kind == "VM" and event == "QEMU_GUEST_AGENT_ERROR" and self.apps is not None:
+            # Masakari's introspective monitor: the application layer's, where it maps.
+            taken, message = self.apps.guest_agent_error(
+                payload["instance_uuid"],
+                host=hostname,
+                detail=payload.get("vir_domain_event", ""),
+            )
+            status = "finished" if taken else "ignored"
         else:
             # vigil's own agent watches instances and processes; recorded, not acted on.
             status = "ignored"

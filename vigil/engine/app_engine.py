@@ -43,6 +43,8 @@ from vigil.clock import Clock
 from vigil.drivers.compute import ComputeDriver
 from vigil.drivers.errors import DriverError
 from vigil.engine.app_health import (
+    MASAKARI_CHECK,
+    REPORTED_CHECKS,
     RESET_CHECK,
     AppAction,
     AppSnapshot,
@@ -101,6 +103,15 @@ def _check_event(inst: AppInstance, spec: CheckSpec | None, name: str, new: Chec
     if new.health == Health.HEALTHY and old is not None and old.health == Health.FAILING:
         return "vigil.app.ready" if readiness else "vigil.app.check.healthy"
     return ""
+
+
+def _cleared(inst: AppInstance, now: float, why: str) -> dict[str, CheckState]:
+    """The failures reported from outside, cleared (after an action, or by hand)."""
+    return {
+        name: CheckState(Health.HEALTHY, 0, now, why[:500], now)
+        for name in REPORTED_CHECKS
+        if (state := inst.checks.get(name)) is not None and state.health == Health.FAILING
+    }
 
 
 class AppHealth(Reaction[AppSnapshot, AppAction]):
@@ -373,13 +384,8 @@ class AppHealth(Reaction[AppSnapshot, AppAction]):
             started_at=now if ok and episode.action != Rung.RESTART_APP else None,
             events=[event],
         )
-        reset = inst.checks.get(RESET_CHECK)
-        if ok and reset is not None and reset.health == Health.FAILING:
-            self._store.update_app_checks(
-                inst.instance_id,
-                {RESET_CHECK: CheckState(Health.HEALTHY, 0, now, "recovered", now)},
-                at=now,
-            )
+        if ok and (cleared := _cleared(inst, now, "a recovery action done")):
+            self._store.update_app_checks(inst.instance_id, cleared, at=now)
         self._events_written()
         if self._wake is not None:
             self._wake()
@@ -428,6 +434,28 @@ class AppHealth(Reaction[AppSnapshot, AppAction]):
             self._wake()
         return out
 
+    def guest_agent_error(self, instance_id: str, *, host: str, detail: str) -> tuple[bool, str]:
+        """A Masakari introspective monitor says the instance's guest agent stopped
+        answering (a ``VM`` notification, event ``QEMU_GUEST_AGENT_ERROR``): a failing
+        check of the instance if it declares checks — its ladder or its owner's notice
+        follow, as for vigil's own checks. (taken, what became of it)"""
+        inst = self._store.get_app_instance(instance_id)
+        if inst is None:
+            return False, (
+                f"vigil runs no application checks for instance {instance_id} (declare "
+                "vigil:check:* on it to have its application failures recovered)"
+            )
+        now = self._clock.wall()
+        reason = f"Masakari reports its guest agent unresponsive (from {host}): {detail}"
+        self._record_states(
+            inst,
+            {MASAKARI_CHECK: CheckState(Health.FAILING, 1, now, reason[:500], now)},
+            reported_at=None,
+        )
+        if self._wake is not None:
+            self._wake()
+        return True, f"an application failure of instance {instance_id} for vigil ({inst.mode})"
+
     def close(self, instance_id: str, *, by: str, reason: str = "") -> AppInstance:
         """Close the instance's open failure (an escalated one, typically): vigil starts
         over should its checks still fail. NotFoundError without an open one."""
@@ -446,12 +474,9 @@ class AppHealth(Reaction[AppSnapshot, AppAction]):
             closed_by=by,
         )
         episode = replace(inst.episode, status=AppEpisodeStatus.CLOSED, closed_at=now, closed_by=by)
-        checks = {}
-        if (reset := inst.checks.get(RESET_CHECK)) is not None and reset.health == Health.FAILING:
-            checks[RESET_CHECK] = CheckState(Health.HEALTHY, 0, now, why[:500], now)
         out = self._store.update_app_episode(instance_id, episode, at=now, events=[event])
-        if checks:
-            out = self._store.update_app_checks(instance_id, checks, at=now)
+        if cleared := _cleared(inst, now, why):
+            out = self._store.update_app_checks(instance_id, cleared, at=now)
         self._events_written()
         return out
 

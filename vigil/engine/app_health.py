@@ -106,9 +106,12 @@ def decide_ladder(
 
 # --- the rule over every instance with checks -------------------------------------------
 
-#: The pseudo check an application's "recover me now" sets FAILING; the next recovery
-#: action that completes clears it.
+#: The pseudo checks a failure reported from outside sets FAILING: the application's
+#: "recover me now", and a Masakari introspective monitor's QEMU_GUEST_AGENT_ERROR. The
+#: next recovery action that completes, or closing the failure, clears them.
 RESET_CHECK = "reset-requested"
+MASAKARI_CHECK = "masakari-guest-agent"
+REPORTED_CHECKS = (RESET_CHECK, MASAKARI_CHECK)
 
 
 @dataclass(frozen=True)
@@ -170,7 +173,7 @@ AppAction = JudgeBeats | OpenEpisode | StartRung | EscalateEpisode | ResolveEpis
 
 def failing_checks(declaration: AppDeclaration, checks: Mapping[str, CheckState]) -> list[str]:
     """The liveness checks failing now (readiness checks never recover anything), and
-    the application's own request to be recovered."""
+    the failures reported from outside (``REPORTED_CHECKS``)."""
     out = [
         spec.name
         for spec in declaration.checks
@@ -178,9 +181,11 @@ def failing_checks(declaration: AppDeclaration, checks: Mapping[str, CheckState]
         and (state := checks.get(spec.name)) is not None
         and state.health == Health.FAILING
     ]
-    reset = checks.get(RESET_CHECK)
-    if reset is not None and reset.health == Health.FAILING:
-        out.append(RESET_CHECK)
+    out += [
+        name
+        for name in REPORTED_CHECKS
+        if (state := checks.get(name)) is not None and state.health == Health.FAILING
+    ]
     return out
 
 

@@ -21,19 +21,24 @@ from support import new_store, wait_until
 
 from vigil.clock import SystemClock
 from vigil.drivers.compute import ACTIVE, POLICY_KEY, SHUTOFF, ComputeDriver
+from vigil.engine.app_engine import AppHealth
 from vigil.engine.guest import GuestSettings
 from vigil.engine.guest_engine import GuestEngine
 from vigil.model import (
+    AppEpisodeStatus,
+    CheckState,
     GuestFailureKind,
     GuestFailureStatus,
     GuestReport,
     HaPolicy,
+    Health,
     Host,
     InstanceFailure,
     Segment,
     StepStatus,
 )
 from vigil.store.sql import SqlStore
+from vigil.wire.app_checks import AppReport
 
 
 class GuestWorld(Protocol):
@@ -54,7 +59,8 @@ class GuestWorld(Protocol):
         """Stopped as Nova sees a guest that QEMU lost: SHUTOFF, once this returns."""
 
     def restarts(self, server_id: str) -> list[str]:
-        """The starts and reboots the cloud recorded for the instance, oldest first."""
+        """The starts, reboots and rebuilds the cloud recorded for the instance, oldest
+        first."""
 
 
 class Rig:
@@ -145,3 +151,51 @@ class GuestContract:
         assert rig.engine.drain(5.0)
         assert w.driver.get_server(sid).status == SHUTOFF
         assert w.restarts(sid) == []
+
+    def test_an_application_ladder_reboots_then_rebuilds_through_the_compute_api(
+        self, rig: Rig
+    ) -> None:
+        """Issue 17's ladder against the cloud: a failing application check, a soft
+        reboot, then (rebuild=true) a rebuild from the instance's image, then escalated."""
+        w = rig.world
+        sid = w.boot(
+            "web",
+            w.hosts[0],
+            {
+                "vigil:check:web": "type=exec command=/bin/false interval=5 timeout=2 grace=0",
+                "vigil:app_recovery": "reboots=1 rebuild=true settle=5 backoff=0",
+            },
+        )
+        clock = SystemClock()
+        apps = AppHealth(store=rig.store, compute=w.driver, clock=clock, key=b"k")
+        try:
+            now = clock.wall()
+            failing = CheckState(Health.FAILING, 3, now, "exit status 1", now)
+            apps.exchange(AppReport(w.hosts[0], now, {sid: {"web": failing}}))
+
+            def settled() -> bool:
+                server = w.driver.get_server(sid)
+                return server.status == ACTIVE and server.task_state is None
+
+            def climbed(rungs: int) -> AppEpisodeStatus | None:
+                apps.run_cycle()
+                assert apps.drain(w.timeout)
+                inst = rig.store.get_app_instance(sid)
+                episode = inst.episode if inst is not None else None
+                if episode is None or episode.attempts < rungs or not settled():
+                    return None
+                return episode.status
+
+            wait_until(lambda: climbed(1), "the soft reboot", w.timeout + 10, every=0.5)
+            assert w.restarts(sid) == ["reboot"]
+            wait_until(lambda: climbed(2), "the rebuild", w.timeout + 20, every=0.5)
+            assert w.restarts(sid) == ["reboot", "rebuild"]
+            assert wait_until(
+                lambda: climbed(2) == AppEpisodeStatus.ESCALATED, "escalated", 20, every=0.5
+            )
+            inst = rig.store.get_app_instance(sid)
+            assert inst is not None and inst.episode is not None
+            assert inst.episode.action_status == StepStatus.SUCCEEDED  # Nova took the rebuild
+            assert w.restarts(sid) == ["reboot", "rebuild"]  # and nothing after
+        finally:
+            apps.stop()

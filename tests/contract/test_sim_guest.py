@@ -40,7 +40,9 @@ class SimGuestWorld:
     def restarts(self, server_id: str) -> list[str]:
         # The simulated cloud counts calls per kind; one kind happens per scenario.
         return [
-            kind for kind in ("start", "reboot") for _ in range(self.cloud.calls(kind, server_id))
+            kind
+            for kind in ("start", "reboot", "rebuild")
+            for _ in range(self.cloud.calls(kind, server_id))
         ]
 
 

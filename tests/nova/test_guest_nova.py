@@ -40,7 +40,7 @@ class NovaGuestWorld:
     def restarts(self, server_id: str) -> list[str]:
         body = self.cloud.nova("GET", f"/servers/{server_id}/os-instance-actions")
         actions = sorted(body["instanceActions"], key=lambda a: a["start_time"])
-        return [a["action"] for a in actions if a["action"] in ("start", "reboot")]
+        return [a["action"] for a in actions if a["action"] in ("start", "reboot", "rebuild")]
 
 
 class TestNovaGuest(GuestContract):

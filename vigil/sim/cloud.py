@@ -317,7 +317,15 @@ class _Instance:
 
 
 _OpKind = Literal[
-    "evacuate", "start", "stop", "reboot", "power_off", "power_on", "boot", "power_sync"
+    "evacuate",
+    "start",
+    "stop",
+    "reboot",
+    "rebuild",
+    "power_off",
+    "power_on",
+    "boot",
+    "power_sync",
 ]
 
 
@@ -827,6 +835,11 @@ class SimCloud:
     def reboot(self, server_id: str, hard: bool = True) -> None:
         self._action("reboot", server_id, hard=hard)
 
+    def rebuild(self, server_id: str) -> None:
+        """Rebuild in place from its image (as Nova: REBUILD, task ``rebuilding``, then
+        ACTIVE on the same host)."""
+        self._action("rebuild", server_id)
+
     # ------------------------------------------------------------------------------- BMCs
 
     def bmc_power_off(self, host: str) -> None:
@@ -901,7 +914,7 @@ class SimCloud:
                 self._calls["disable_rpc_timeout", host] += 1
 
     def _action(
-        self, method: Literal["start", "stop", "reboot"], sid: str, hard: bool = True
+        self, method: Literal["start", "stop", "reboot", "rebuild"], sid: str, hard: bool = True
     ) -> None:
         self._api_latency()
         with self._lock:
@@ -912,7 +925,7 @@ class SimCloud:
                 self._check_state(inst, method, {SHUTOFF})
             elif method == "stop":
                 self._check_state(inst, method, {ACTIVE, ERROR})
-            elif hard:
+            elif method == "rebuild" or hard:
                 self._check_state(inst, method, {ACTIVE, SHUTOFF, ERROR})
             else:
                 self._check_state(inst, method, {ACTIVE})
@@ -925,6 +938,8 @@ class SimCloud:
                 inst.task_state = "powering-on"
             elif method == "stop":
                 inst.task_state = "powering-off"
+            elif method == "rebuild":
+                inst.status, inst.task_state = REBUILD, "rebuilding"
             elif hard:
                 inst.status, inst.task_state = HARD_REBOOT, "reboot_started_hard"
             else:
@@ -1211,7 +1226,7 @@ class SimCloud:
         elif op.kind == "stop":
             inst.status, inst.task_state = SHUTOFF, None
             self._drop_copy(inst, inst.host)
-        else:  # start, reboot
+        else:  # start, reboot, rebuild
             inst.status, inst.task_state = ACTIVE, None
             self._add_copy(inst, inst.host)
         return True

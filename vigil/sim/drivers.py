@@ -58,6 +58,9 @@ class SimCompute(ComputeDriver):
     def reboot(self, server_id: str, hard: bool = True) -> None:
         self._cloud.reboot(server_id, hard)
 
+    def rebuild(self, server_id: str) -> None:
+        self._cloud.rebuild(server_id)
+
 
 class SimFenceDevice(FenceDevice):
     """The simulated BMC of one host."""

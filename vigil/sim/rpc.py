@@ -52,6 +52,7 @@ _DECODE: dict[str, Callable[[Any], Any]] = {
     "start": lambda r: None,
     "stop": lambda r: None,
     "reboot": lambda r: None,
+    "rebuild": lambda r: None,
     "bmc_power_off": lambda r: None,
     "bmc_power_on": lambda r: None,
     "bmc_power_status": lambda r: PowerState(r),
@@ -328,6 +329,9 @@ class RemoteCloud:
 
     def reboot(self, server_id: str, hard: bool = True) -> None:
         self._call("reboot", server_id=server_id, hard=hard)
+
+    def rebuild(self, server_id: str) -> None:
+        self._call("rebuild", server_id=server_id)
 
     def bmc_power_off(self, host: str) -> None:
         self._call("bmc_power_off", host=host)

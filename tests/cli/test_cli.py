@@ -739,3 +739,61 @@ def test_guest_failures_and_host_services_seen_and_handled(world: World, cli: Cl
     assert cli.ok("--json", "host", "services", "compute-1").json()["services_down"] == [
         "nova-compute"
     ]
+
+
+def test_application_failures_seen_credentialed_and_closed(world: World, cli: Cli) -> None:
+    """vigil-server's wiring of issue 17: an agent's signed report of a failing check, the
+    ladder on the server's loop (no restart command, reboots=1: a soft reboot through
+    Nova, then escalated), the application's heartbeat with the credential the CLI
+    shows, and the operator closing the failure."""
+    cli.ok("segment", "create", "rack-a")
+    cli.ok("host", "create", "compute-1", "--segment", "rack-a")
+    checks = {
+        "vigil:check:web": "type=http port=8080 interval=5 timeout=2",
+        "vigil:check:app": "type=heartbeat interval=30",
+        "vigil:app_recovery": "reboots=1 settle=5 backoff=0",
+    }
+    iid = world.cloud.add_instance("web-1", "compute-1", metadata=checks)
+    key = b"k"  # the world's agent key
+
+    def agent_reports(health: str) -> dict[str, Any]:
+        now = time.time()
+        state = {"health": health, "failures": 3, "last_run_at": now, "detail": "HTTP 503"}
+        body = json.dumps(
+            {"host": "compute-1", "at": now, "instances": {iid: {"web": {**state, "since": now}}}}
+        ).encode()
+        with httpx.Client(base_url=world.server.api_url) as http:
+            answer = http.post(
+                "/v1/agents/compute-1/app",
+                content=body,
+                headers={SIGNATURE_HEADER: sign(body, key)},
+            )
+        assert answer.status_code == 200, answer.text
+        assert answer.headers[SIGNATURE_HEADER] == sign(answer.content, key)
+        result: dict[str, Any] = answer.json()
+        return result
+
+    assert [c["name"] for c in agent_reports("healthy")["plan"][iid]] == ["web"]
+    agent_reports("failing")
+    wait_until(lambda: world.cloud.calls("reboot", iid) == 1, "the soft reboot", 10)
+    [row] = wait_until(
+        lambda: (
+            (rows := cli.ok("app", "list", "--failing").rows())
+            and rows[0][4] == "escalated"
+            and rows
+        ),
+        "escalated",
+        20,
+    )
+    assert row[:3] == [iid, "compute-1", "keep-running"]
+    assert cli.ok("app", "show", iid).fields()["LAST ACTION".lower()] == "soft-reboot"
+    credential = cli.ok("--json", "app", "credential", iid).json()["credential"]
+    with httpx.Client(base_url=world.server.api_url) as http:
+        url = f"/v1/instances/{iid}/app/heartbeat"
+        assert http.post(url, headers={"X-Vigil-App-Credential": "x" * 64}).status_code == 401
+        assert http.post(url, headers={"X-Vigil-App-Credential": credential}).status_code == 200
+    closed = cli.ok("app", "close", iid, "--reason", "owner fixed it", "--by", "owner")
+    assert closed.fields()["failure"] == "closed"
+    assert cli("app", "show", "no-such-instance").code == 1
+    events = [e["event_type"] for e in cli.ok("--json", "event", "list").json()]
+    assert {"vigil.app.failure", "vigil.app.escalated", "vigil.app.closed"} <= set(events)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -354,3 +356,25 @@ def test_a_receiving_process_that_dies_is_replaced_and_hides_no_silence_meanwhil
     finally:
         rx.stop()
     assert rx._child is None
+
+
+def test_the_socket_queue_holds_a_second_of_heartbeats_past_rmem_max_where_allowed() -> None:
+    """A server starved for a moment reads its heartbeats late instead of dropping them
+    (then every host's silence would be ignored): its queue is 32 MB, forced past
+    net.core.rmem_max when the process may (CAP_NET_ADMIN, as root here), else capped."""
+    rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
+    rx = HeartbeatReceiver(
+        HeartbeatTable(FakeClock()),
+        key=KEY,
+        known_host=lambda h: True,
+        bind=("127.0.0.1", 0),
+        clock=FakeClock(),
+    )
+    try:
+        got = rx._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    finally:
+        rx._sock.close()  # never started
+    if os.geteuid() == 0:  # Linux reports twice what it grants (its bookkeeping)
+        assert got == 2 * 32 * 1024 * 1024
+    else:
+        assert got == min(2 * rmem_max, 2 * 32 * 1024 * 1024)

@@ -305,6 +305,18 @@ def _receive_main(conn: Connection, sock: socket.socket, key: bytes) -> None:
             sent_at = now
 
 
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux; absent from some builds
+
+
+def _set_receive_buffer(sock: socket.socket, size: int) -> None:
+    """The socket's queue: ``size`` bytes, past net.core.rmem_max when this process may
+    (CAP_NET_ADMIN), else as much as rmem_max allows."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
+    except OSError:  # not permitted (or not Linux): within rmem_max
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 class HeartbeatReceiver:
     def __init__(
         self,
@@ -315,11 +327,15 @@ class HeartbeatReceiver:
         bind: tuple[str, int],
         clock: Clock,
         leases: LeaseKeeper | None = None,
-        receive_buffer: int = 4 * 1024 * 1024,
+        receive_buffer: int = 32 * 1024 * 1024,
         process: bool = False,
     ) -> None:
-        """``receive_buffer``: the socket's queue in bytes (Linux doubles it and caps it
-        at net.core.rmem_max): about a fifth of a second of 10,000 hosts' heartbeats.
+        """``receive_buffer``: the socket's queue in bytes: about a second of 10,000
+        hosts' heartbeats (the kernel charges ~800 bytes a datagram). Set past
+        net.core.rmem_max where the server may (SO_RCVBUFFORCE, CAP_NET_ADMIN), else
+        capped by it. A starved server then reads heartbeats late instead of losing them:
+        a death is declared up to that much later for the hosts that died meanwhile,
+        instead of every host's silence ignored (``note_lost``) once the queue overflows.
         ``process``: read and verify in a child process (see the module's doc)."""
         self._table = table
         self._leases = leases
@@ -327,12 +343,13 @@ class HeartbeatReceiver:
         self._known = known_host
         self._clock = clock
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        _set_receive_buffer(self._sock, receive_buffer)
         got = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         if got < receive_buffer:  # Linux reports twice what it grants (its bookkeeping)
             LOG.warning(
                 "heartbeats: the socket's queue is %d bytes, not the %d asked for (capped "
-                "by net.core.rmem_max): with thousands of hosts, raise net.core.rmem_max",
+                "by net.core.rmem_max, and this process may not force it): with thousands "
+                "of hosts, raise net.core.rmem_max",
                 got,
                 receive_buffer,
             )

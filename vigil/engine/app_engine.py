@@ -38,6 +38,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
+from typing import Any
 
 from vigil.clock import Clock
 from vigil.drivers.compute import ComputeDriver
@@ -145,7 +146,10 @@ class AppHealth(Reaction[AppSnapshot, AppAction]):
         self._synced: dict[str, float] = {}  # host -> when its declarations were read
         self._sync_error: dict[str, str] = {}  # host -> the Nova error last logged
         self._parsed: dict[tuple[tuple[str, str], ...], AppDeclaration | None] = {}
-        self._hosts_up: dict[str, bool] = {}
+        # An episode is read and written under this lock by the loop's handlers, the
+        # workers' outcomes and the API's (an answer handing a command out, an outcome, a
+        # close): each writes the episode it read, so none undoes another's write.
+        self._episodes = threading.RLock()
         for kind, handler in (
             (JudgeBeats, self._judged),
             (OpenEpisode, self._open),
@@ -153,7 +157,14 @@ class AppHealth(Reaction[AppSnapshot, AppAction]):
             (EscalateEpisode, self._escalate),
             (ResolveEpisode, self._resolve),
         ):
-            self.handle(kind, handler)
+            self.handle(kind, self._locked(handler))
+
+    def _locked(self, handler: Callable[[Any], None]) -> Callable[[Any], None]:
+        def locked(action: Any) -> None:
+            with self._episodes:
+                handler(action)
+
+        return locked
 
     def set_wake(self, wake: Callable[[], None]) -> None:
         """What wakes the loop that runs this reaction (a report made something fail)."""
@@ -333,28 +344,49 @@ class AppHealth(Reaction[AppSnapshot, AppAction]):
                     )
                 )
                 if episode.action_status == StepStatus.PENDING:
-                    self._store.update_app_episode(
-                        inst.instance_id,
-                        replace(episode, action_status=StepStatus.RUNNING),
-                        at=self._clock.wall(),
-                    )
-                    LOG.info(
-                        "host %s: instance %s: application restart handed to its agent",
-                        inst.host,
-                        inst.instance_id,
-                    )
+                    self._handed_out(inst, episode.action_id)
         return AppAnswer(plan, tuple(commands))
 
-    def _command_done(self, instance_id: str, command_id: str, *, ok: bool, detail: str) -> None:
-        inst = self._store.get_app_instance(instance_id)
-        episode = inst.episode if inst is not None else None
-        if inst is None or episode is None or episode.action_id != command_id:
-            return  # an outcome told twice, or of an episode since closed
-        if episode.action_status not in _IN_FLIGHT:
-            return
-        self._rung_done(inst, episode, ok=ok, detail=detail or ("exit status 0" if ok else ""))
+    def _handed_out(self, inst: AppInstance, action_id: str) -> None:
+        """The restart command ``action_id`` went to the agent: RUNNING (if still due)."""
+        with self._episodes:
+            current = self._store.get_app_instance(inst.instance_id)
+            episode = current.episode if current is not None else None
+            if episode is None or episode.action_id != action_id:
+                return
+            if episode.action_status != StepStatus.PENDING:
+                return
+            self._store.update_app_episode(
+                inst.instance_id,
+                replace(episode, action_status=StepStatus.RUNNING),
+                at=self._clock.wall(),
+            )
+        LOG.info(
+            "host %s: instance %s: application restart handed to its agent",
+            inst.host,
+            inst.instance_id,
+        )
 
-    def _rung_done(self, inst: AppInstance, episode: AppEpisode, *, ok: bool, detail: str) -> None:
+    def _command_done(self, instance_id: str, command_id: str, *, ok: bool, detail: str) -> None:
+        self._rung_done(
+            instance_id, command_id, ok=ok, detail=detail or ("exit status 0" if ok else "")
+        )
+
+    def _rung_done(self, instance_id: str, action_id: str, *, ok: bool, detail: str) -> None:
+        """The outcome of attempt ``action_id`` (ignored when told twice, or when its
+        episode moved on meanwhile)."""
+        with self._episodes:
+            inst = self._store.get_app_instance(instance_id)
+            episode = inst.episode if inst is not None else None
+            if inst is None or episode is None or episode.action_id != action_id:
+                return
+            if episode.action_status not in _IN_FLIGHT:
+                return
+            self._record_outcome(inst, episode, ok=ok, detail=detail)
+
+    def _record_outcome(
+        self, inst: AppInstance, episode: AppEpisode, *, ok: bool, detail: str
+    ) -> None:
         now = self._clock.wall()
         status = StepStatus.SUCCEEDED if ok else StepStatus.FAILED
         event = make_event(
@@ -459,6 +491,10 @@ class AppHealth(Reaction[AppSnapshot, AppAction]):
     def close(self, instance_id: str, *, by: str, reason: str = "") -> AppInstance:
         """Close the instance's open failure (an escalated one, typically): vigil starts
         over should its checks still fail. NotFoundError without an open one."""
+        with self._episodes:
+            return self._close(instance_id, by=by, reason=reason)
+
+    def _close(self, instance_id: str, *, by: str, reason: str) -> AppInstance:
         inst = self._store.get_app_instance(instance_id)
         if inst is None or inst.episode is None or not inst.episode.open:
             raise NotFoundError(f"instance {instance_id} has no open application failure")
@@ -612,9 +648,9 @@ class AppHealth(Reaction[AppSnapshot, AppAction]):
             LOG.warning("instance %s: %s stopped: %s", inst.instance_id, episode.action, exc)
             return
         except DriverError as exc:
-            self._rung_done(inst, episode, ok=False, detail=f"Nova refused: {exc}")
+            self._rung_done(inst.instance_id, episode.action_id, ok=False, detail=f"Nova: {exc}")
             return
-        self._rung_done(inst, episode, ok=True, detail=detail)
+        self._rung_done(inst.instance_id, episode.action_id, ok=True, detail=detail)
 
     def _escalate(self, action: EscalateEpisode) -> None:
         inst = self._current(action.instance_id)

@@ -253,7 +253,11 @@ class AppChecks:
         backoff_max: float = 10.0,
         remember_commands: int = 1000,
         transport: httpx.BaseTransport | None = None,
+        on_run: Callable[[str, CheckSpec, float, float], None] | None = None,
     ) -> None:
+        """``on_run(instance, spec, due, started)``, if given, is called on the worker as
+        each check run starts, with when it was due (``next_run_at``) and when it started
+        on ``clock``: how late the checks run (``bench/app_failure.py``)."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self._host = host
@@ -271,6 +275,7 @@ class AppChecks:
         self._backoff_max = backoff_max
         self._remember = remember_commands
         self._transport = transport
+        self._on_run = on_run
         self._cv = threading.Condition()
         self._plan: dict[str, dict[str, _Check]] = {}  # instance -> check name -> check
         self._domains: dict[str, _Domain] = {}
@@ -341,7 +346,7 @@ class AppChecks:
                 else:
                     next_due = min(next_due, at)
         due.sort(key=lambda item: item[0])
-        for _, iid, job in due:
+        for due_at, iid, job in due:
             if self._in_flight >= self._workers:
                 break
             if iid in self._busy:
@@ -355,7 +360,7 @@ class AppChecks:
                 self._running.add(job.id)
                 self._pool.submit(self._run_command, job)
             else:
-                self._pool.submit(self._run_check, iid, job.spec, now)
+                self._pool.submit(self._run_check, iid, job.spec, now, due=due_at)
         return max(0.0, min(self._poll, next_due - now))
 
     def _free(self, iid: str) -> None:
@@ -366,8 +371,9 @@ class AppChecks:
 
     # --- one check (on a worker) -------------------------------------------------------
 
-    def _run_check(self, iid: str, spec: CheckSpec, at: float) -> None:
+    def _run_check(self, iid: str, spec: CheckSpec, at: float, *, due: float) -> None:
         try:
+            self._started(iid, spec, due)
             try:
                 context, domain = self._context(iid, at)
             except _Unreadable as exc:
@@ -384,6 +390,16 @@ class AppChecks:
             self._unjudged(iid, spec, at, f"not run: {exc}", log=False)
         finally:
             self._free(iid)
+
+    def _started(self, iid: str, spec: CheckSpec, due: float) -> None:
+        if self._on_run is None:
+            return
+        try:
+            self._on_run(iid, spec, due, self._clock())
+        except Exception:  # an observer's bug never stops a check
+            LOG.exception(
+                "host %s: on_run failed (instance %s, check %s)", self._host, iid, spec.name
+            )
 
     def _context(self, iid: str, at: float) -> tuple[InstanceContext, Any]:
         """The instance's domain (None if not here) and what excuses its checks."""

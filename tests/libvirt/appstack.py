@@ -31,6 +31,7 @@ from vigil.agent.app_checks import AppChecks, GuestChannel, LibvirtConnection
 from vigil.agent.guest_agent import GuestAgent
 from vigil.api.apps import add_app_routes
 from vigil.clock import SystemClock
+from vigil.drivers.compute import ComputeDriver
 from vigil.engine.app_engine import AppHealth
 from vigil.engine.reconciler import Loop
 from vigil.model import AppInstance, Event, HaPolicy, Host, Segment
@@ -45,7 +46,8 @@ class AppStack:
     """The server side and one agent; ``instances``: domain UUID -> its metadata
     (``vigil:check:*``, ``vigil:app_recovery``). ``agent_options`` go to ``AppChecks``
     (``on_run=``, ``workers=``...); ``guest_agent``: what the agent reaches the guests'
-    agents with (default: ``GuestAgent``). Start with ``with``; leaving stops
+    agents with (default: ``GuestAgent``); ``compute``: Nova's side, built on the
+    simulated cloud (default ``SimCompute``). Start with ``with``; leaving stops
     everything."""
 
     def __init__(
@@ -57,6 +59,7 @@ class AppStack:
         tick: float = 0.2,
         uri: str = LIBVIRT_URI,
         guest_agent: GuestChannel | None = None,
+        compute: Callable[[SimCloud], ComputeDriver] = SimCompute,
         **agent_options: Any,
     ) -> None:
         self.clock = SystemClock()
@@ -66,7 +69,7 @@ class AppStack:
         for n, (uuid, metadata) in enumerate(instances.items()):
             self.cloud.add_instance(f"app-{n}", HOST, id=uuid, policy=policy, metadata=metadata)
         self.apps = AppHealth(
-            store=self.store, compute=SimCompute(self.cloud), clock=self.clock, key=KEY.encode()
+            store=self.store, compute=compute(self.cloud), clock=self.clock, key=KEY.encode()
         )
         self.loop = Loop("app-e2e", [self.apps], tick=tick)
         self.apps.set_wake(self.loop.wake)

@@ -8,7 +8,10 @@ through libvirt (``appstack.py``):
   restart command runs in the guest, the check passes, the failure is resolved;
 - a restart that does not help: the ladder climbs to a reboot through (simulated) Nova,
   escalates, and then does nothing more;
-- a paused guest: its checks are suspended, no failure opens.
+- a paused guest: its checks are suspended, no failure opens;
+- a guest agent that stops answering: the ``guest-agent`` check fails and the ladder
+  reboots the guest (Nova's side simulated, its reboot done to the real guest), which
+  answers again.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import pytest
 from appstack import AppStack
 from support import wait_until
 
-from vigil.agent.guest_agent import GuestAgent
+from vigil.agent.guest_agent import GuestAgent, GuestAgentError
 from vigil.model import AppEpisodeStatus, Health
+from vigil.sim.cloud import SimCloud
+from vigil.sim.drivers import SimCompute
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.guest_agent, pytest.mark.slow]
 
@@ -191,3 +196,59 @@ def test_a_paused_guest_has_its_checks_suspended_and_is_not_recovered(
         inst = stack.instance(iid)
         assert inst.episode is None
         assert stack.cloud.calls("reboot", iid) == 0
+
+
+class RebootsTheGuest(SimCompute):
+    """Nova's side simulated, its reboots done to the real guest (a reset through
+    libvirt, as a hard reboot by a real Nova would)."""
+
+    def __init__(self, cloud: SimCloud, dom: Any) -> None:
+        super().__init__(cloud)
+        self._dom = dom
+
+    def reboot(self, server_id: str, hard: bool = True) -> None:
+        super().reboot(server_id, hard)
+        self._dom.reset(0)
+
+
+def test_a_guest_agent_that_stops_answering_is_detected_and_the_ladder_reboots_the_guest(
+    guest: Any, tmp_path: Path
+) -> None:
+    iid = guest.dom.UUIDString()
+    checks = {
+        "vigil:check:agent": "type=guest-agent interval=2 timeout=1 threshold=2 grace=0",
+        # No restart command (it would run through the very agent that hangs); the
+        # reboot is given two minutes for the software-emulated guest to boot.
+        "vigil:app_recovery": "reboots=1 settle=120 backoff=0",
+    }
+
+    def agent_health(stack: AppStack) -> Health | None:
+        inst = stack.store.get_app_instance(iid)
+        state = None if inst is None else inst.checks.get("agent")
+        return None if state is None else state.health
+
+    with AppStack(
+        tmp_path, {iid: checks}, compute=lambda cloud: RebootsTheGuest(cloud, guest.dom)
+    ) as stack:
+        wait_until(lambda: agent_health(stack) == Health.HEALTHY, "the agent answering", 60)
+        with contextlib.suppress(GuestAgentError):  # its status is never read: it stopped
+            guest.agent.exec(guest.dom, [BUSYBOX, "killall", "-STOP", "qemu-ga"], timeout=3)
+        wait_until(
+            lambda: "vigil.app.resolved" in stack.event_types(iid),
+            "the failure detected, the guest rebooted and its agent answering again",
+            150,
+            every=0.5,
+        )
+        events = stack.events(iid)
+        assert [e.event_type for e in events] == [
+            "vigil.app.check.failing",
+            "vigil.app.failure",
+            "vigil.app.recovery.start",
+            "vigil.app.recovery.end",
+            "vigil.app.check.healthy",
+            "vigil.app.resolved",
+        ]
+        data = {e.event_type: e.payload["vigil_object.data"] for e in events}
+        assert data["vigil.app.recovery.start"]["rung"] == "soft-reboot"
+        assert stack.cloud.calls("reboot", iid) == 1
+    guest.agent.ping(guest.dom, timeout=5)  # the rebooted guest's own agent

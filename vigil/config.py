@@ -551,6 +551,23 @@ _coordination = [
         "expire, counted from the start of its last successful renewal (covers clock rate "
         "differences and the actions already under way).",
     ),
+    cfg.FloatOpt(
+        "owner_hint_ttl",
+        default=2.0,
+        min=0.1,
+        help="Seconds an agent sends its heartbeats mostly to the server that told it it "
+        "owns the host's segment (owner hints are renewed every third of this while "
+        "heartbeats come); after it, to every server again. Shorter than lease_ttl, so "
+        "that a dead server's hints have lapsed when its segments are taken over.",
+    ),
+    cfg.FloatOpt(
+        "other_servers_interval",
+        default=2.0,
+        min=0.05,
+        help="Seconds between two heartbeats an agent with an owner sends to the other "
+        "servers too (they keep knowing the host is alive). A server taking a segment "
+        "over holds its hosts' silence for owner_hint_ttl + this.",
+    ),
 ]
 
 _GROUPS: dict[str, Sequence[cfg.Opt]] = {
@@ -670,6 +687,14 @@ class CoordinationSettings:
     renew_interval: float = 0.5
     call_timeout: float = 1.0
     margin: float = 0.5
+    owner_hint_ttl: float = 2.0
+    other_servers_interval: float = 2.0
+
+    @property
+    def takeover_hold(self) -> float:
+        """Seconds a server taking a segment over does not count its hosts' silence: the
+        previous owner's hints lapse, and each agent sends to every server again."""
+        return self.owner_hint_ttl + self.other_servers_interval
 
     @property
     def acting_window(self) -> float:
@@ -829,6 +854,8 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
             renew_interval=conf.coordination.renew_interval,
             call_timeout=conf.coordination.call_timeout,
             margin=conf.coordination.margin,
+            owner_hint_ttl=conf.coordination.owner_hint_ttl,
+            other_servers_interval=conf.coordination.other_servers_interval,
         ),
     )
     settings.validate()

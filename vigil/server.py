@@ -189,6 +189,7 @@ class VigilServer:
             clock=self.clock,
             leases=self.leases,
             process=settings.heartbeat_process,
+            owner_hint=(c.owner_hint_ttl, c.other_servers_interval),
         )
         self.engine.on_hearing = self.receiver.verify_only
         self.metrics = ServerMetrics(

@@ -688,3 +688,29 @@ def test_a_host_job_counts_as_busy_in_its_segment_while_it_runs() -> None:
     release.set()
     job.join(5)
     assert not owner.busy_in("s1")
+
+
+def test_a_segment_taken_over_holds_its_hosts_silence_until_their_agents_send_here(
+    tmp_path: Path,
+) -> None:
+    """Agents may still send most heartbeats to the previous owner for a while (their
+    owner hints): a host silent here from the take is judged only after the hold
+    (owner_hint_ttl + other_servers_interval), then as usual: suspect, then failed."""
+    with World(tmp_path, ("c1", "c2")) as world:
+        taken = world.store.take_segment("s1", "vigil-a", at=world.clock.wall())
+        ownership = Revocable(OwnerToken("s1", "vigil-a", taken.epoch))
+        ownership.revoked = True  # another server's for now: its hosts heard here
+        world.host_engine(ownership=ownership)
+        for _ in range(8):
+            world.tick()
+        world.cloud.isolate("c1")  # from the take on, nothing reaches this server
+        ownership.revoked = False
+        took = world.clock.monotonic()
+        hold = world.settings.coordination.takeover_hold
+        suspect_after = world.settings.detection.suspect_after
+        assert hold == 4.0
+        while world.clock.monotonic() - took < hold + suspect_after - 0.2:
+            world.tick()
+            assert world.state("c1") in (HostState.NEW, HostState.UP)
+        world.tick_until(lambda: world.state("c1") == HostState.FAILED, "c1 failed", 2)
+        assert world.state("c2") == HostState.UP

@@ -10,13 +10,16 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
+from vigil.agent.fanout import Fanout
 from vigil.agent.resolve import ServerAddresses
 from vigil.wire.heartbeat import (
+    HINT_MAGIC,
     MAX_DATAGRAM,
     BadHeartbeat,
     Heartbeat,
     LeaseGrant,
     decode_grant,
+    decode_hint,
     encode,
 )
 
@@ -38,10 +41,13 @@ class HeartbeatSender:
     ``resolve_interval`` seconds off the sending thread (``vigil.agent.resolve``) --, the
     same datagram with the same sequence number: several
     vigil-servers share the hosts, and each keeps hearing every host so that the one that
-    takes a segment over knows at once which hosts are alive. A send that fails to one
-    server does not stop the others; it is logged once per host and server until
-    heartbeats reach that server again. Grants may come from any of them (only the owner
-    of the host's segment answers; they are signed and matched to what was sent).
+    takes a segment over knows which hosts are alive. Once the owner of the host's
+    segment says so (an owner hint), every heartbeat goes to it and to the others only
+    every few seconds, for as long as its hints last (``vigil.agent.fanout``). A send
+    that fails to one server does not stop the others; it is logged once per host and
+    server until heartbeats reach that server again. Grants may come from any of them
+    (only the owner of the host's segment answers; they are signed and matched to what
+    was sent).
 
     With ``watchdog`` > 0 (self-fencing), each heartbeat reports that watchdog timeout and
     the server answers with a lease grant; ``on_lease(host, expires)`` then receives the
@@ -96,17 +102,20 @@ class HeartbeatSender:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.settimeout(0.2)
         self._thread = threading.Thread(target=self._run, name="heartbeat-sender", daemon=True)
-        self._listener = threading.Thread(target=self._listen, name="lease-listener", daemon=True)
+        self._listener = threading.Thread(
+            target=self._listen, name="heartbeat-listener", daemon=True
+        )
         self._timers: list[threading.Timer] = []
         # (host, server) whose last heartbeat to that server could not be sent
         self._failing: set[tuple[str, tuple[str, int]]] = set()
         self._failing_lock = threading.Lock()  # the sender thread and delay timers send
+        self._fanout = Fanout()  # under self._lock
+        self._foreign_hints: set[tuple[str, int]] = set()  # said once each
 
     def start(self) -> None:
         self._servers.start()
         self._thread.start()
-        if self._on_lease is not None:
-            self._listener.start()
+        self._listener.start()  # grants (self-fencing) and owner hints (several servers)
 
     def stop(self) -> None:
         self._stop.set()
@@ -124,6 +133,7 @@ class HeartbeatSender:
             self._boot[host] = uuid.uuid4().hex
             self._seq[host] = 0
             self._acked[host] = 0
+            self._fanout.forget(host)
 
     @property
     def servers(self) -> list[tuple[str, int]]:
@@ -131,7 +141,10 @@ class HeartbeatSender:
         return list(self._servers.current())
 
     def _send(self, datagram: bytes, host: str) -> None:
-        for server in self._servers.current():  # one failing must not keep it from the others
+        servers = self._servers.current()
+        with self._lock:
+            targets = self._fanout.targets(host, servers, time.monotonic())
+        for server in targets:  # one failing must not keep it from the others
             try:
                 self._sock.sendto(datagram, server)
             except OSError as exc:  # the server being away must not stop the agent
@@ -196,11 +209,36 @@ class HeartbeatSender:
             next_at += self._interval
             self._stop.wait(max(0.0, next_at - time.monotonic()))
 
+    def owners(self, host: str) -> list[tuple[str, int]]:
+        """The servers whose owner hint for ``host`` is in force now."""
+        with self._lock:
+            return self._fanout.owners(host, time.monotonic())
+
+    def _hint(self, datagram: bytes, source: tuple[str, int]) -> None:
+        try:
+            hint = decode_hint(datagram, self._key)
+        except BadHeartbeat as exc:
+            LOG.warning("owner hint from %s:%s refused: %s", *source, exc)
+            return
+        if hint.host not in self._boot:
+            return
+        if source not in self._servers.current():
+            if source not in self._foreign_hints:  # said once: heartbeats still go to all
+                self._foreign_hints.add(source)
+                LOG.warning(
+                    "host %s: owner hint from %s:%s, not an address heartbeats go to: "
+                    "ignored (every heartbeat keeps going to every server)",
+                    hint.host,
+                    *source,
+                )
+            return
+        with self._lock:
+            self._fanout.hinted(hint.host, source, hint.ttl, hint.others, time.monotonic())
+
     def _listen(self) -> None:
-        assert self._on_lease is not None
         while not self._stop.is_set():
             try:
-                datagram, _ = self._sock.recvfrom(MAX_DATAGRAM + 1)
+                datagram, source = self._sock.recvfrom(MAX_DATAGRAM + 1)
             except TimeoutError:
                 continue
             except OSError:
@@ -208,6 +246,11 @@ class HeartbeatSender:
                     return
                 time.sleep(0.1)  # not yet bound (nothing sent yet) or a transient error
                 continue
+            if datagram.startswith(HINT_MAGIC):
+                self._hint(datagram, source[:2])
+                continue
+            if self._on_lease is None:
+                continue  # no self-fencing: no grant is wanted
             try:
                 grant = decode_grant(datagram, self._key)
             except BadHeartbeat as exc:

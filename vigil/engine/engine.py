@@ -464,14 +464,22 @@ class Engine(Reaction[Snapshot, Action]):
                 )
             self._epochs[segment] = token.epoch
             self._lapsed.discard(segment)
+            hold = self._settings.coordination.takeover_hold if self._ownership.shared else 0.0
+            if hold:
+                # Its hosts' agents may still send most heartbeats to the previous owner
+                # (vigil.agent.fanout): their silence counts once they send here again.
+                self._heartbeats.hold(
+                    [h.name for h in self.known.all().values() if h.segment == segment], hold
+                )
             LOG.warning(
                 "segment %s: acting on it from now (epoch %d); %d step(s) and %d instance "
                 "restart(s) or operator request(s) left running by its previous owner to "
-                "re-check",
+                "re-check; its hosts' silence counts in %gs",
                 segment,
                 token.epoch,
                 count,
                 others,
+                hold,
             )
         for segment in set(self._epochs) - set(tokens):
             if isinstance(self._ownership, SoleOwnership):

@@ -27,11 +27,18 @@ so that the one taking a segment over knows at once which of its hosts are alive
 server verifies (signature, sequence, kernel boot id, lease grant) only the heartbeats
 of the hosts of the segments it holds (``verify_only``, kept by the engine); of the
 others it reads the host's name alone (``peek_host``: ~0.4 µs against ~10 µs) and
-records that host as heard, unverified. So the cost of the heartbeats is divided among
-the servers, but for the reading of each datagram. What that gives up: until a server
-takes a segment, a forged datagram could make one of its hosts look alive to it; from
-the take on, only verified heartbeats count, so a dead host is still found silent at
-most ``suspect_after`` after the take.
+records that host as heard, unverified. What that gives up: until a server takes a
+segment, a forged datagram could make one of its hosts look alive to it; from the take
+on, only verified heartbeats count, so a dead host is still found silent at most
+``suspect_after`` after the take (and its hold, below).
+
+Reading each datagram still cost every server ~11 µs of Python, so each server also tells
+the agents of the hosts it verifies that it owns them (an ``OwnerHint``, at most every
+third of its ``ttl`` per host, to the address the heartbeat came from): they then send
+every heartbeat to it and to the other servers only every ``others`` seconds
+(``vigil.agent.fanout``). A server taking a segment over holds its hosts' silence for
+``ttl + others`` (``HeartbeatTable.hold``): the time for the previous owner's hints to
+lapse and for each agent to send to every server again.
 """
 
 from __future__ import annotations
@@ -58,8 +65,10 @@ from vigil.wire.heartbeat import (
     BadHeartbeat,
     Heartbeat,
     LeaseGrant,
+    OwnerHint,
     decode_fields,
     encode_grant,
+    encode_hint,
     peek_host,
 )
 
@@ -92,7 +101,32 @@ class HeartbeatTable:
         self._kernel: dict[str, str] = {}
         self._kernel_changed: set[str] = set()  # hosts heard with a new kernel boot id
         self._all_heard_at = float("-inf")  # heartbeats lost by this server: note_lost
+        self._held: dict[str, float] = {}  # host -> counted as heard until then: hold
         self.started_at = clock.monotonic()
+
+    def hold(self, hosts: Iterable[str], seconds: float) -> None:
+        """Count ``hosts`` heard before as heard until ``seconds`` from now (their silence
+        counts from then; as ``note_lost`` does for every host): a server that takes
+        their segment over, while their agents may still send most heartbeats to the
+        previous owner (``vigil.agent.fanout``)."""
+        now = self._clock.monotonic()
+        with self._lock:
+            last = self._last
+            # Holds that ended before the host was heard again say nothing more.
+            self._held = {h: t for h, t in self._held.items() if t > last.get(h, float("-inf"))}
+            self._held.update(dict.fromkeys(hosts, now + seconds))
+
+    def _effective(self, host: str, t: float | None, now: float) -> float | None:
+        """When ``host`` counts as last heard: its last heartbeat, or its hold (up to
+        now), or when this server lost heartbeats; under the lock. As with lost
+        heartbeats, a host never heard stays never heard: a hold postpones a silence, it
+        is not a first heartbeat."""
+        if t is None:
+            return None
+        held = self._held.get(host) if self._held else None
+        if held is not None:
+            t = max(t, min(now, held))
+        return max(t, self._all_heard_at)
 
     def note_lost(self) -> None:
         """Heartbeats were lost before this server could read them: any host may have
@@ -134,11 +168,10 @@ class HeartbeatTable:
 
     def age(self, host: str) -> float | None:
         """Seconds since the host's last heartbeat; None if none since this process began."""
+        now = self._clock.monotonic()
         with self._lock:
-            last = self._last.get(host)
-            if last is not None:
-                last = max(last, self._all_heard_at)
-        return None if last is None else self._clock.monotonic() - last
+            last = self._effective(host, self._last.get(host), now)
+        return None if last is None else now - last
 
     def silent(self, hosts: Iterable[str], longer_than: float) -> dict[str, float | None]:
         """Of ``hosts``, those silent for ``longer_than`` seconds or more, with their
@@ -152,8 +185,11 @@ class HeartbeatTable:
         with self._lock:
             if self._all_heard_at > cutoff:
                 return {h: None for h in hosts if h not in last}
+            held = self._held
             for host in hosts:
                 t = last.get(host)
+                if held and host in held:
+                    t = self._effective(host, t, now)
                 if t is None:
                     out[host] = None
                 elif t <= cutoff:
@@ -164,7 +200,12 @@ class HeartbeatTable:
         now = self._clock.monotonic()
         with self._lock:
             heard = self._all_heard_at
-            return {h: now - max(t, heard) for h, t in self._last.items()}
+            ages = {h: now - max(t, heard) for h, t in self._last.items()}
+            for h in self._held:
+                t = self._effective(h, self._last.get(h), now)
+                if t is not None:
+                    ages[h] = now - t
+            return ages
 
     def since_start(self) -> float:
         return self._clock.monotonic() - self.started_at
@@ -220,6 +261,41 @@ def _verify_batch(
     return taken, refused, others
 
 
+class _Hinter:
+    """Owner hints to the agents of the hosts this server verifies because it holds
+    their segments, each at most every third of ``ttl`` (two lost in a row do not let a
+    hint lapse). A hint's bytes never change for a host, so they are signed once; one
+    replayed only makes an agent send to this server too, for ``ttl``."""
+
+    def __init__(self, key: bytes, ttl: float, others: float) -> None:
+        self._key = key
+        self._ttl = ttl
+        self._others = others
+        self._every = ttl / 3
+        self._at: dict[str, float] = {}
+        self._bytes: dict[str, bytes] = {}
+        self.sent = 0
+
+    def send(
+        self, sock: socket.socket, taken: list[Taken], only: frozenset[str], now: float
+    ) -> None:
+        at, every = self._at, self._every
+        for t in taken:
+            host = t[0]
+            if now - at.get(host, float("-inf")) < every or host not in only:
+                continue
+            at[host] = now
+            datagram = self._bytes.get(host)
+            if datagram is None:
+                datagram = encode_hint(OwnerHint(host, self._ttl, self._others), self._key)
+                self._bytes[host] = datagram
+            try:
+                sock.sendto(datagram, (t[7], t[8]))
+                self.sent += 1
+            except OSError:  # the agent's heartbeats go on to every server: harmless
+                pass
+
+
 class _Sequencer:
     """Each host's last (boot id, sequence) and kernel boot id, kept where datagrams are
     read (the receiving child, or the receiver's thread), so that what is handed to the
@@ -266,14 +342,18 @@ class _Sequencer:
         return bool(self.heard or self.refused or self.others)
 
 
-def _receive_main(conn: Connection, sock: socket.socket, key: bytes) -> None:
+def _receive_main(
+    conn: Connection, sock: socket.socket, key: bytes, hint: tuple[float, float] | None = None
+) -> None:
     """The receiving child: read, verify and sequence; send ``_Sequencer.message`` to
     the parent every FLUSH seconds with something to say, at least every KEEPALIVE.
     Ends on ("quit",) or when the parent is gone (its end of the pipe closed);
-    ("only", hosts) says which hosts to verify (None: all, as it starts)."""
+    ("only", hosts) says which hosts to verify (None: all, as it starts); ``hint`` (ttl,
+    others): owner hints to the agents of those hosts (None: none)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # its parent stops it
     sock.setblocking(False)
     sequencer = _Sequencer()
+    hinter = _Hinter(key, *hint) if hint else None
     sent_at = time.monotonic()
     dropped = _socket_drops(sock)
     only: frozenset[str] | None = None
@@ -291,7 +371,10 @@ def _receive_main(conn: Connection, sock: socket.socket, key: bytes) -> None:
             # Asked before reading: a drop is known before the silence it caused is.
             dropped = _socket_drops(sock)
             batch = _read_batch(sock)
-            sequencer.take(*_verify_batch(batch, key, only))
+            verified = _verify_batch(batch, key, only)
+            sequencer.take(*verified)
+            if hinter is not None and only is not None:
+                hinter.send(sock, verified[0], only, time.monotonic())
             if len(batch) < BATCH:
                 # Let datagrams gather: woken for each one or two, the loop's own calls
                 # (select, the drop counter, the pipe) cost more than reading them.
@@ -329,6 +412,7 @@ class HeartbeatReceiver:
         leases: LeaseKeeper | None = None,
         receive_buffer: int = 32 * 1024 * 1024,
         process: bool = False,
+        owner_hint: tuple[float, float] | None = None,
     ) -> None:
         """``receive_buffer``: the socket's queue in bytes: about a second of 10,000
         hosts' heartbeats (the kernel charges ~800 bytes a datagram). Set past
@@ -336,7 +420,9 @@ class HeartbeatReceiver:
         capped by it. A starved server then reads heartbeats late instead of losing them:
         a death is declared up to that much later for the hosts that died meanwhile,
         instead of every host's silence ignored (``note_lost``) once the queue overflows.
-        ``process``: read and verify in a child process (see the module's doc)."""
+        ``process``: read and verify in a child process (see the module's doc).
+        ``owner_hint``: (ttl, others) of the owner hints sent to the agents of the hosts
+        verified while ``verify_only`` names some (several servers); None: none sent."""
         self._table = table
         self._leases = leases
         self._key = key
@@ -372,6 +458,7 @@ class HeartbeatReceiver:
                 "(no SO_MEMINFO): a server that cannot keep up may take hosts for silent"
             )
         self._process = process
+        self._hint = owner_hint
         self._child: BaseProcess | None = None
         self._conn: Connection | None = None
         self._stalled_since: float | None = None  # the child silent (logged once)
@@ -416,7 +503,7 @@ class HeartbeatReceiver:
         parent, child = ctx.Pipe()
         proc = ctx.Process(
             target=_receive_main,
-            args=(child, self._sock, self._key),
+            args=(child, self._sock, self._key, self._hint),
             name="vigil-heartbeats",
             daemon=True,
         )
@@ -504,6 +591,7 @@ class HeartbeatReceiver:
         until the queue is empty is the batch it allows.)"""
         self._sock.setblocking(False)
         sequencer = _Sequencer()
+        hinter = _Hinter(self._key, *self._hint) if self._hint else None
         while not self._stop.is_set():
             try:
                 ready, _, _ = select.select([self._sock], [], [], 0.5)
@@ -521,7 +609,11 @@ class HeartbeatReceiver:
                 if self._stop.is_set():
                     return
                 raise
-            sequencer.take(*_verify_batch(batch, self._key, self._only))
+            only = self._only
+            verified = _verify_batch(batch, self._key, only)
+            sequencer.take(*verified)
+            if hinter is not None and only is not None:
+                hinter.send(self._sock, verified[0], only, self._clock.monotonic())
             _, heard, kernels, grants, refused, _, others = sequencer.message(None)
             for source, why in refused:
                 self._refuse(source, why)

@@ -12,7 +12,9 @@ a ``BeatTemplate`` (the bytes ``vigil.wire.heartbeat.encode`` gives, half its co
 A host told to stop (it lost power, hung, was cut off) sends nothing more at once (a
 datagram already delayed on its way still arrives); told to start again, it is a new
 agent: a new agent boot id, its sequence from 1, the kernel boot id it is given. Each
-datagram can be dropped (``loss``) or delayed by uniform [0, ``jitter``] s. Each process
+datagram can be dropped (``loss``) or delayed by uniform [0, ``jitter``] s. With several
+servers, each host follows its owner's hints as an agent does (``vigil.agent.fanout``).
+Each process
 counts what it sent and dropped on purpose, and how far behind its schedule it ran, so
 that a sender that cannot keep up shows (``stats``).
 
@@ -39,8 +41,9 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from vigil.agent.fanout import Fanout
 from vigil.sim.cloud import SimCloud
-from vigil.wire.heartbeat import BeatTemplate
+from vigil.wire.heartbeat import MAX_DATAGRAM, BadHeartbeat, BeatTemplate, OwnerHint, decode_hint
 
 LOG = logging.getLogger(__name__)
 
@@ -86,11 +89,31 @@ def sender_main(
         (start + rng.uniform(0.0, interval), next(order), i, 0, b"") for i in range(n)
     ]
     heapq.heapify(heap)
-    beats = sent = dropped = errors = late = 0
+    beats = sent = dropped = errors = late = hints = 0
     max_lag = 0.0
+    index = {name: i for i, name in enumerate(names)}
+    several = len(addresses) > 1
+    fanout = Fanout()
+    # A host's hints from one server are the same bytes every time: verified once.
+    verified: dict[bytes, OwnerHint] = {}
     conn.send(("ready", n))
     while True:
         now = time.monotonic()
+        for _ in range(BURST):  # owner hints (several servers), taken between bursts
+            try:
+                datagram, source = sock.recvfrom(MAX_DATAGRAM + 1, socket.MSG_DONTWAIT)
+            except OSError:  # nothing queued (or not bound yet: nothing sent)
+                break
+            hint = verified.get(datagram)
+            if hint is None:
+                try:
+                    hint = decode_hint(datagram, key)
+                except BadHeartbeat:
+                    continue
+                verified[datagram] = hint
+            if hint.host in index:
+                fanout.hinted(hint.host, source[:2], hint.ttl, hint.others, now)
+                hints += 1
         handled = 0
         while heap and heap[0][0] <= now and handled < BURST:
             handled += 1
@@ -115,7 +138,8 @@ def sender_main(
             # To every server, as an agent does (vigil.agent.heartbeat): counted once
             # if any took it, an error for each that did not.
             took = False
-            for address in addresses:
+            targets = fanout.targets(names[i], addresses, now) if several else addresses
+            for address in targets:
                 try:
                     sock.sendto(datagram, address)
                     took = True
@@ -137,6 +161,7 @@ def sender_main(
                     running[i], kernel[i] = True, msg[2]
                     gen[i] += 1
                     agent[i], seq[i] = uuid.uuid4().hex[:16], 0
+                    fanout.forget(names[i])
                     beat[i] = BeatTemplate(names[i], agent[i], key, kernel[i])
                     heapq.heappush(heap, (time.monotonic(), next(order), i, gen[i], b""))
                 elif msg[0] == "stats":
@@ -147,6 +172,7 @@ def sender_main(
                             "sent": sent,
                             "dropped": dropped,
                             "errors": errors,
+                            "hints": hints,
                             "late": late,
                             "max_lag_s": max_lag,
                             "cpu_s": time.process_time(),

@@ -22,9 +22,14 @@ Peers: an agent whose lease ran out asks the other agents of its segment (``VGLQ
 a random nonce) how long ago they last heard a grant; each answers (``VGLA``, the same
 nonce, so an old answer cannot be replayed into a new question).
 
+Several servers: the server that owns a host's segment tells the agent so, at most every
+third of ``ttl`` (``VGLH``, an ``OwnerHint``): for ``ttl`` seconds the agent then sends
+every heartbeat to that server and to the others only every ``others`` seconds
+(``vigil.agent.fanout``), instead of every heartbeat to every server.
+
 Wire format: ``MAGIC + json + b"." + hex(hmac_sha256(key, MAGIC + json))`` with MAGIC
-``VGL1`` for heartbeats, ``VGLG`` for grants, ``VGLQ`` / ``VGLA`` for peer queries and
-answers.
+``VGL1`` for heartbeats, ``VGLG`` for grants, ``VGLH`` for owner hints, ``VGLQ`` /
+``VGLA`` for peer queries and answers.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any
 
 MAGIC = b"VGL1"
 GRANT_MAGIC = b"VGLG"
+HINT_MAGIC = b"VGLH"
 QUERY_MAGIC = b"VGLQ"
 ANSWER_MAGIC = b"VGLA"
 MAX_DATAGRAM = 1024
@@ -69,6 +75,16 @@ class LeaseGrant:
     ttl: float
     segment: str = ""  # the host's segment
     n: int = 0  # hosts in that segment (the host included); 0: unknown
+
+
+@dataclass(frozen=True)
+class OwnerHint:
+    """The server sending it owns ``host``'s segment: for ``ttl`` seconds from its
+    receipt, heartbeats need reach the other servers only every ``others`` seconds."""
+
+    host: str
+    ttl: float
+    others: float
 
 
 @dataclass(frozen=True)
@@ -227,6 +243,21 @@ def decode_grant(datagram: bytes, key: bytes) -> LeaseGrant:
         )
     except (ValueError, KeyError, TypeError) as exc:
         raise BadHeartbeat(f"malformed lease grant: {exc}") from exc
+
+
+def encode_hint(hint: OwnerHint, key: bytes) -> bytes:
+    return _sign(HINT_MAGIC, {"h": hint.host, "l": hint.ttl, "o": hint.others}, key)
+
+
+def decode_hint(datagram: bytes, key: bytes) -> OwnerHint:
+    data = _verify(datagram, HINT_MAGIC, key)
+    try:
+        hint = OwnerHint(host=str(data["h"]), ttl=float(data["l"]), others=float(data["o"]))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadHeartbeat(f"malformed owner hint: {exc}") from exc
+    if not (0 < hint.ttl <= 60 and 0 < hint.others <= 60):
+        raise BadHeartbeat(f"malformed owner hint: ttl {hint.ttl}, others {hint.others}")
+    return hint
 
 
 def encode_query(query: PeerQuery, key: bytes) -> bytes:

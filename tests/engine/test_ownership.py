@@ -690,27 +690,33 @@ def test_a_host_job_counts_as_busy_in_its_segment_while_it_runs() -> None:
     assert not owner.busy_in("s1")
 
 
-def test_a_segment_taken_over_holds_its_hosts_silence_until_their_agents_send_here(
+def test_a_segment_taken_over_holds_the_silence_of_hosts_that_followed_another_owner(
     tmp_path: Path,
 ) -> None:
-    """Agents may still send most heartbeats to the previous owner for a while (their
-    owner hints): a host silent here from the take is judged only after the hold
-    (owner_hint_ttl + other_servers_interval), then as usual: suspect, then failed."""
-    with World(tmp_path, ("c1", "c2")) as world:
+    """c1's agent followed the previous owner (its heartbeats said so): it may still send
+    most of them there for a while, so its silence here from the take is judged only
+    after the hold (owner_hint_ttl + other_servers_interval), then as usual. c2's agent
+    sent every heartbeat to every server: its silence counts at once."""
+    with World(tmp_path, ("c1", "c2", "c3")) as world:
         taken = world.store.take_segment("s1", "vigil-a", at=world.clock.wall())
         ownership = Revocable(OwnerToken("s1", "vigil-a", taken.epoch))
         ownership.revoked = True  # another server's for now: its hosts heard here
         world.host_engine(ownership=ownership)
         for _ in range(8):
             world.tick()
+        world.heartbeats.heard_unverified(["c1"], fanned=["c1"])
         world.cloud.isolate("c1")  # from the take on, nothing reaches this server
+        world.cloud.isolate("c2")
         ownership.revoked = False
         took = world.clock.monotonic()
         hold = world.settings.coordination.takeover_hold
-        suspect_after = world.settings.detection.suspect_after
         assert hold == 4.0
+        world.tick_until(lambda: world.state("c2") == HostState.FAILED, "c2 failed", 3)
+        assert world.clock.monotonic() - took < 2.5
+        assert world.state("c1") in (HostState.NEW, HostState.UP)
+        suspect_after = world.settings.detection.suspect_after
         while world.clock.monotonic() - took < hold + suspect_after - 0.2:
             world.tick()
             assert world.state("c1") in (HostState.NEW, HostState.UP)
         world.tick_until(lambda: world.state("c1") == HostState.FAILED, "c1 failed", 2)
-        assert world.state("c2") == HostState.UP
+        assert world.state("c3") == HostState.UP

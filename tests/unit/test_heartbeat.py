@@ -214,7 +214,7 @@ def test_a_batch_is_recorded_in_order_and_a_replay_inside_it_refused() -> None:
     def take(*beats: Heartbeat) -> list[str]:
         taken = [(b.host, b.boot_id, b.seq, b.kernel_boot_id, 0.0, 0, 0.0, "h", 1) for b in beats]
         sequencer.take(taken, [])
-        _, heard, kernels, _, refused, _, _ = sequencer.message(None)
+        _, heard, kernels, _, refused, _, _, _ = sequencer.message(None)
         table.heard(heard, kernels)
         return [f"{h} {why}" for h, why in refused]
 

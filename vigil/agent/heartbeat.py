@@ -168,6 +168,7 @@ class HeartbeatSender:
             boot, seq, ack = self._boot[host], self._seq[host], self._acked[host]
             now = time.monotonic()
             self._sent[(host, boot, seq)] = now
+            fanned = self._fanout.fanned(host, now)
         kernel = ""
         if self._kernel_boot_id is not None:
             try:
@@ -183,6 +184,7 @@ class HeartbeatSender:
             kernel_boot_id=kernel,
             ack=ack,
             peer_window=self._peer_window if self._watchdog else 0.0,
+            fanned=fanned,
         )
         datagram = encode(beat, self._key)
         extra = 0.0 if self._delay is None else self._delay(host)

@@ -466,15 +466,14 @@ class Engine(Reaction[Snapshot, Action]):
             self._lapsed.discard(segment)
             hold = self._settings.coordination.takeover_hold if self._ownership.shared else 0.0
             if hold:
-                # Its hosts' agents may still send most heartbeats to the previous owner
-                # (vigil.agent.fanout): their silence counts once they send here again.
-                self._heartbeats.hold(
-                    [h.name for h in self.known.all().values() if h.segment == segment], hold
-                )
+                # Agents that follow the previous owner send most heartbeats there for a
+                # while (vigil.agent.fanout): their silence counts once they send here.
+                members = [h.name for h in self.known.all().values() if h.segment == segment]
+                self._heartbeats.hold(self._heartbeats.fanned(members), hold)
             LOG.warning(
                 "segment %s: acting on it from now (epoch %d); %d step(s) and %d instance "
                 "restart(s) or operator request(s) left running by its previous owner to "
-                "re-check; its hosts' silence counts in %gs",
+                "re-check; the silence of its hosts that followed another owner counts in %gs",
                 segment,
                 token.epoch,
                 count,

@@ -36,9 +36,10 @@ Reading each datagram still cost every server ~11 µs of Python, so each server 
 the agents of the hosts it verifies that it owns them (an ``OwnerHint``, at most every
 third of its ``ttl`` per host, to the address the heartbeat came from): they then send
 every heartbeat to it and to the other servers only every ``others`` seconds
-(``vigil.agent.fanout``). A server taking a segment over holds its hosts' silence for
-``ttl + others`` (``HeartbeatTable.hold``): the time for the previous owner's hints to
-lapse and for each agent to send to every server again.
+(``vigil.agent.fanout``). A server taking a segment over holds for ``ttl + others``
+(``HeartbeatTable.hold``) the silence of the hosts whose last heartbeat said their agent
+followed an owner (``is_fanned``, read with the name): the time for the previous
+owner's hints to lapse, or for its own to arrive.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ from vigil.wire.heartbeat import (
     decode_fields,
     encode_grant,
     encode_hint,
+    is_fanned,
     peek_host,
 )
 
@@ -102,6 +104,7 @@ class HeartbeatTable:
         self._kernel_changed: set[str] = set()  # hosts heard with a new kernel boot id
         self._all_heard_at = float("-inf")  # heartbeats lost by this server: note_lost
         self._held: dict[str, float] = {}  # host -> counted as heard until then: hold
+        self._fanned: set[str] = set()  # hosts whose last unverified heartbeat said fanned
         self.started_at = clock.monotonic()
 
     def hold(self, hosts: Iterable[str], seconds: float) -> None:
@@ -115,6 +118,21 @@ class HeartbeatTable:
             # Holds that ended before the host was heard again say nothing more.
             self._held = {h: t for h, t in self._held.items() if t > last.get(h, float("-inf"))}
             self._held.update(dict.fromkeys(hosts, now + seconds))
+
+    def heard_unverified(self, hosts: Sequence[str], fanned: Sequence[str] = ()) -> None:
+        """Record heartbeats of other servers' hosts, read by name: ``hosts`` heard now,
+        ``fanned`` those of them whose agent says it follows an owner (``is_fanned``)."""
+        now = self._clock.monotonic()
+        with self._lock:
+            self._last.update(dict.fromkeys(hosts, now))
+            self._fanned.difference_update(hosts)
+            self._fanned.update(fanned)
+
+    def fanned(self, hosts: Iterable[str]) -> list[str]:
+        """Of ``hosts``, those whose last heartbeat read unverified said their agent
+        follows an owner: what a server taking their segment over holds."""
+        with self._lock:
+            return [h for h in hosts if h in self._fanned]
 
     def _effective(self, host: str, t: float | None, now: float) -> float | None:
         """When ``host`` counts as last heard: its last heartbeat, or its hold (up to
@@ -239,18 +257,21 @@ def _verify_batch(
     batch: list[tuple[bytes, tuple[str, int]]],
     key: bytes,
     only: frozenset[str] | None = None,
-) -> tuple[list[Taken], list[tuple[str, str]], list[str]]:
-    """The heartbeats of ``batch`` that verify, (source, why) for those that do not, and
-    the hosts (unverified) of those left unverified: not in ``only`` (None: all are
-    verified)."""
+) -> tuple[list[Taken], list[tuple[str, str]], list[str], list[str]]:
+    """The heartbeats of ``batch`` that verify, (source, why) for those that do not, the
+    hosts (unverified) of those left unverified: not in ``only`` (None: all are
+    verified), and those of them that say their agent follows an owner."""
     taken: list[Taken] = []
     refused: list[tuple[str, str]] = []
     others: list[str] = []
+    fanned: list[str] = []
     for datagram, (addr, port) in batch:
         if only is not None:
             peeked = peek_host(datagram)
             if peeked is not None and peeked not in only:
                 others.append(peeked)
+                if is_fanned(datagram):
+                    fanned.append(peeked)
                 continue
         try:
             host, boot_id, seq, _, watchdog, kernel, ack, peer = decode_fields(datagram, key)
@@ -258,7 +279,7 @@ def _verify_batch(
             refused.append((f"{addr}:{port}", str(exc)))
             continue
         taken.append((host, boot_id, seq, kernel, watchdog, ack, peer, addr, port))
-    return taken, refused, others
+    return taken, refused, others, fanned
 
 
 class _Hinter:
@@ -312,12 +333,18 @@ class _Sequencer:
         self.grants: list[Taken] = []
         self.refused: list[tuple[str, str]] = []
         self.others: list[str] = []  # heard, unverified (other servers' segments)
+        self.fanned: list[str] = []  # of those, following an owner
 
     def take(
-        self, taken: list[Taken], refused: list[tuple[str, str]], others: Sequence[str] = ()
+        self,
+        taken: list[Taken],
+        refused: list[tuple[str, str]],
+        others: Sequence[str] = (),
+        fanned: Sequence[str] = (),
     ) -> None:
         self.refused += refused
         self.others += others
+        self.fanned += fanned
         seqs, kernels = self._seq, self._kernel
         for t in taken:
             host, boot_id, seq, kernel = t[0], t[1], t[2], t[3]
@@ -333,9 +360,20 @@ class _Sequencer:
                 self.grants.append(t)
 
     def message(self, dropped: int | None) -> tuple[Any, ...]:
-        """("took", heard, kernels, grants, refused, dropped, others), and a fresh start."""
-        out = ("took", self.heard, self.kernels, self.grants, self.refused, dropped, self.others)
-        self.heard, self.kernels, self.grants, self.refused, self.others = [], {}, [], [], []
+        """("took", heard, kernels, grants, refused, dropped, others, fanned), and a fresh
+        start."""
+        out = (
+            "took",
+            self.heard,
+            self.kernels,
+            self.grants,
+            self.refused,
+            dropped,
+            self.others,
+            self.fanned,
+        )
+        self.heard, self.kernels, self.grants, self.refused = [], {}, [], []
+        self.others, self.fanned = [], []
         return out
 
     def pending(self) -> bool:
@@ -543,7 +581,7 @@ class HeartbeatReceiver:
                 except (EOFError, OSError):
                     message = None
             if message is not None:
-                _, heard, kernels, grants, refused, dropped, others = message
+                _, heard, kernels, grants, refused, dropped, others, fanned = message
                 if self._stalled_since is not None:
                     LOG.warning("heartbeats: the receiving process answers again")
                     self._stalled_since = None
@@ -552,7 +590,7 @@ class HeartbeatReceiver:
                 for source, why in refused:
                     self._refuse(source, why)
                 self._record_heard(heard, kernels, grants)
-                self._record_others(others)
+                self._record_others(others, fanned)
                 continue
             if self._stop.is_set():
                 return
@@ -614,11 +652,11 @@ class HeartbeatReceiver:
             sequencer.take(*verified)
             if hinter is not None and only is not None:
                 hinter.send(self._sock, verified[0], only, self._clock.monotonic())
-            _, heard, kernels, grants, refused, _, others = sequencer.message(None)
+            _, heard, kernels, grants, refused, _, others, fanned = sequencer.message(None)
             for source, why in refused:
                 self._refuse(source, why)
             self._record_heard(heard, kernels, grants)
-            self._record_others(others)
+            self._record_others(others, fanned)
 
     def _note_drops(self, dropped: int | None) -> None:
         if dropped is not None and dropped > self.dropped:
@@ -664,14 +702,15 @@ class HeartbeatReceiver:
                 if known(t[0]):
                     self._grant(Heartbeat(t[0], t[1], t[2], 0.0, t[4], t[3], t[5], t[6]), t[7:])
 
-    def _record_others(self, others: list[str]) -> None:
+    def _record_others(self, others: list[str], fanned: list[str]) -> None:
         """Hosts of other servers' segments, heard unverified: their liveness only (no
-        kernel boot id, no grant); a name not known is passed over without a word."""
+        kernel boot id, no grant) and whether they follow an owner; a name not known is
+        passed over without a word."""
         if not others:
             return
         known = self._known
         hosts = [h for h in others if known(h)]
-        self._table.heard(hosts)
+        self._table.heard_unverified(hosts, [h for h in fanned if known(h)])
         self.unverified += len(hosts)
 
     def _grant(self, beat: Heartbeat, to: tuple[str, int]) -> None:

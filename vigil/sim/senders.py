@@ -130,7 +130,8 @@ def sender_main(
                 if loss and rng.random() < loss:
                     dropped += 1
                     continue
-                datagram = beat[i].datagram(seq[i], time.time())
+                fanned = several and fanout.fanned(names[i], now)
+                datagram = beat[i].datagram(seq[i], time.time(), fanned)
                 if jitter:
                     delay = rng.uniform(0.0, jitter)
                     heapq.heappush(heap, (due + delay, next(order), i, -1, datagram))

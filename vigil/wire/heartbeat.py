@@ -63,6 +63,7 @@ class Heartbeat:
     kernel_boot_id: str = ""  # the host's kernel boot id; "" when unknown
     ack: int = 0  # sequence number of the last lease grant received (this boot); 0: none
     peer_window: float = 0.0  # seconds one passing peer check lets the agent pet
+    fanned: bool = False  # the agent follows an owner's hints (vigil.agent.fanout)
 
 
 @dataclass(frozen=True)
@@ -147,6 +148,8 @@ def encode(beat: Heartbeat, key: bytes) -> bytes:
         fields["a"] = beat.ack
     if beat.peer_window:
         fields["p"] = beat.peer_window
+    if beat.fanned:
+        fields["f"] = 1  # last: is_fanned reads it without parsing
     return _sign(MAGIC, fields, key)
 
 
@@ -165,10 +168,12 @@ class BeatTemplate:
         kernel = f',"k":{_JSON_OUT.encode(kernel_boot_id)}' if kernel_boot_id else ""
         self._head = MAGIC + f'{head},"s":'.encode()
         self._tail = f"{kernel}{tail}".encode()
+        self._fanned_tail = f'{kernel},"f":1{tail}'.encode()
         self._key = key
 
-    def datagram(self, seq: int, sent_at: float) -> bytes:
-        body = b'%s%d,"t":%s%s' % (self._head, seq, repr(sent_at).encode(), self._tail)
+    def datagram(self, seq: int, sent_at: float, fanned: bool = False) -> bytes:
+        tail = self._fanned_tail if fanned else self._tail
+        body = b'%s%d,"t":%s%s' % (self._head, seq, repr(sent_at).encode(), tail)
         return body + b"." + hmac.digest(self._key, body, "sha256").hex().encode()
 
 
@@ -217,8 +222,18 @@ def peek_host(datagram: bytes) -> str | None:
         return None
 
 
+def is_fanned(datagram: bytes) -> bool:
+    """Whether a heartbeat says its agent follows an owner, NOT verified: read by a
+    server of the heartbeats it leaves unverified, as ``peek_host``."""
+    return datagram.find(_FANNED) >= 0
+
+
+_FANNED = b',"f":1}.'
+
+
 def decode(datagram: bytes, key: bytes) -> Heartbeat:
-    return Heartbeat(*decode_fields(datagram, key))
+    fanned = datagram.find(_FANNED) >= 0
+    return Heartbeat(*decode_fields(datagram, key), fanned=fanned)
 
 
 def encode_grant(grant: LeaseGrant, key: bytes) -> bytes:

@@ -697,18 +697,27 @@ def test_a_segment_taken_over_holds_the_silence_of_hosts_that_followed_another_o
     most of them there for a while, so its silence here from the take is judged only
     after the hold (owner_hint_ttl + other_servers_interval), then as usual. c2's agent
     sent every heartbeat to every server: its silence counts at once."""
-    with World(tmp_path, ("c1", "c2", "c3")) as world:
+    with World(tmp_path, ("c1", "c2", "c3", "c4")) as world:
         taken = world.store.take_segment("s1", "vigil-a", at=world.clock.wall())
         ownership = Revocable(OwnerToken("s1", "vigil-a", taken.epoch))
         ownership.revoked = True  # another server's for now: its hosts heard here
         world.host_engine(ownership=ownership)
         for _ in range(8):
             world.tick()
-        world.heartbeats.heard_unverified(["c1"], fanned=["c1"])
+        world.heartbeats.heard_unverified(["c1", "c3"], fanned=["c1", "c3"])
         world.cloud.isolate("c1")  # from the take on, nothing reaches this server
         world.cloud.isolate("c2")
+        # c3 failed (its recovery owns it): not held, a hold must not pass for heartbeats.
+        for state in (HostState.SUSPECT, HostState.FAILED):
+            world.store.set_host_state("c3", state, reason="test", at=world.clock.wall())
+        world.cloud.isolate("c3")
+        world.tick()
         ownership.revoked = False
         took = world.clock.monotonic()
+        for _ in range(5):
+            world.tick()
+        age = world.heartbeats.age("c3")
+        assert age is not None and age >= 0.25  # silent since before the take: not held
         hold = world.settings.coordination.takeover_hold
         assert hold == 4.0
         world.tick_until(lambda: world.state("c2") == HostState.FAILED, "c2 failed", 3)
@@ -719,4 +728,3 @@ def test_a_segment_taken_over_holds_the_silence_of_hosts_that_followed_another_o
             world.tick()
             assert world.state("c1") in (HostState.NEW, HostState.UP)
         world.tick_until(lambda: world.state("c1") == HostState.FAILED, "c1 failed", 2)
-        assert world.state("c3") == HostState.UP

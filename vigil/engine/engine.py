@@ -468,7 +468,14 @@ class Engine(Reaction[Snapshot, Action]):
             if hold:
                 # Agents that follow the previous owner send most heartbeats there for a
                 # while (vigil.agent.fanout): their silence counts once they send here.
-                members = [h.name for h in self.known.all().values() if h.segment == segment]
+                # Only hosts judged on their heartbeats: a failed host's recovery owns it,
+                # and a hold must not pass for its heartbeats returning.
+                members = [
+                    h.name
+                    for h in self.known.all().values()
+                    if h.segment == segment
+                    and h.state in (HostState.NEW, HostState.UP, HostState.SUSPECT)
+                ]
                 self._heartbeats.hold(self._heartbeats.fanned(members), hold)
             LOG.warning(
                 "segment %s: acting on it from now (epoch %d); %d step(s) and %d instance "

@@ -94,6 +94,19 @@ _api = [
         help="Bearer token required on every /v1 API call. Prefer auth_token_file.",
     ),
     cfg.StrOpt("auth_token_file", help="File whose first line is the API bearer token."),
+    cfg.StrOpt(
+        "auth_strategy",
+        default="token",
+        choices=[
+            ("token", "one static bearer token (auth_token), an admin's: the demo, standalone"),
+            (
+                "keystone",
+                "Keystone tokens, validated by keystonemiddleware with the options of "
+                "[keystone_authtoken]; oslo.policy decides ([oslo_policy])",
+            ),
+        ],
+        help="How API callers are authenticated (both vigil's API and Masakari's).",
+    ),
 ]
 
 _agent = [
@@ -752,6 +765,10 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 8787
     api_token: str = field(default="", repr=False)
+    auth_strategy: str = "token"
+    # The loaded options, for what reads its own groups from them: keystonemiddleware
+    # ([keystone_authtoken]) and oslo.policy ([oslo_policy]). None: built in code.
+    conf: cfg.ConfigOpts | None = field(default=None, repr=False, compare=False)
     agent_key: str = field(default="", repr=False)
     heartbeat_host: str = "127.0.0.1"
     heartbeat_port: int = 8788
@@ -775,8 +792,10 @@ class Settings:
         self.detection.validate()
         self.coordination.validate()
         self.self_fencing.validate(self.detection)
-        if not self.api_token:
+        if self.auth_strategy == "token" and not self.api_token:
             raise ConfigError("api.auth_token (or api.auth_token_file) must be set")
+        if self.auth_strategy == "keystone" and self.conf is None:
+            raise ConfigError("api.auth_strategy keystone: [keystone_authtoken] is read from files")
         if not self.agent_key:
             raise ConfigError("agent.key (or agent.key_file) must be set: agents are authenticated")
 
@@ -804,6 +823,8 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
         api_host=conf.api.host,
         api_port=conf.api.port,
         api_token=read_secret(conf.api.auth_token, conf.api.auth_token_file, what="api token"),
+        auth_strategy=conf.api.auth_strategy,
+        conf=conf,
         agent_key=read_secret(conf.agent.key, conf.agent.key_file, what="agent key"),
         heartbeat_host=conf.agent.listen_host,
         heartbeat_port=conf.agent.listen_port,

@@ -18,6 +18,7 @@ import uvicorn
 
 from vigil import config
 from vigil.api.app import create_app
+from vigil.api.auth import Authority
 from vigil.api.masakari import masakari_app
 from vigil.clock import Clock, SystemClock
 from vigil.config import Settings
@@ -207,6 +208,10 @@ class VigilServer:
             },
             outbox_lags=self.outbox.lags,
         )
+        # Who may call what, on both APIs (vigil.api.auth): the static token, or Keystone.
+        self.authority = Authority.from_conf(
+            settings.auth_strategy, settings.api_token, settings.conf
+        )
         self.app = create_app(
             store=self.store,
             engine=self.engine,
@@ -219,6 +224,7 @@ class VigilServer:
             agent_key=settings.agent_key,
             ownership=self.ownership,
             metrics=self.metrics.render,
+            authority=self.authority,
         )
         # Masakari's instance-ha v1 API, for clients and monitors written for Masakari.
         self.masakari_records = MasakariRecords(settings.database_url)
@@ -233,6 +239,7 @@ class VigilServer:
                 records=self.masakari_records,
                 defaults=settings.recovery,
                 apps=self.guest.apps,
+                authority=self.authority,
             ),
         )
         # Masakari's recovery methods choose evacuation destinations; its reports that

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +26,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from vigil import __version__
+from vigil.api import policies
 from vigil.api.apps import add_app_routes
+from vigil.api.auth import Authority, Caller
 from vigil.api.guest import add_guest_routes
 from vigil.api.masakari import not_found_fault
 from vigil.api.schemas import (
@@ -130,6 +131,52 @@ class _Api:
     closing: threading.Event  # set by the server on shutdown: event streams end
 
 
+def _guard(authority: Authority) -> Callable[..., Caller]:
+    """The dependency of every route that takes the operator's credentials: the caller,
+    allowed by the route's policy rule (``vigil.api.policies``); else 401 or 403, logged
+    with the route and the caller, never the token."""
+
+    def authenticated(
+        request: Request,
+        _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
+    ) -> Caller:
+        """The caller, allowed by the route's policy rule; else 401 or 403. (The bearer
+        scheme is declared for the OpenAPI document; ``Authority`` reads the headers.)"""
+        client = request.client.host if request.client else "?"
+        caller = authority.caller(request.headers)
+        if caller is None:
+            given = "x-auth-token" in request.headers or "authorization" in request.headers
+            LOG.warning(
+                "API %s %s from %s refused: %s",
+                request.method,
+                request.url.path,
+                client,
+                "invalid token" if given else "no token",
+            )
+            raise HTTPException(
+                401,
+                authority.refusal,
+                headers={"WWW-Authenticate": authority.challenge},
+            )
+        route = request.scope.get("route")
+        rule = policies.native_rule(getattr(route, "name", ""))
+        if rule is None or not authority.allows(rule, caller):
+            LOG.warning(
+                "API %s %s from %s (user %s, project %s, roles %s) refused by policy %s",
+                request.method,
+                request.url.path,
+                client,
+                caller.name or caller.user_id,
+                caller.project_id or "-",
+                ",".join(sorted(caller.roles)) or "-",
+                rule or "(no rule: refused)",
+            )
+            raise HTTPException(403, f"policy does not allow {rule or 'this route'}")
+        return caller
+
+    return authenticated
+
+
 def create_app(
     *,
     store: Store,
@@ -143,7 +190,11 @@ def create_app(
     agent_key: str = "",
     ownership: SegmentOwnership | None = None,
     metrics: Callable[[], bytes] | None = None,
+    authority: Authority | None = None,
 ) -> FastAPI:
+    """vigil's API. ``authority``: who may call what (``vigil.api.auth``); None: the one
+    bearer ``token``, an admin's."""
+    authority = authority or Authority.static(token)
     closing = threading.Event()  # set by the server on shutdown: event streams end
     app = FastAPI(
         title="vigil",
@@ -151,22 +202,7 @@ def create_app(
         description="High availability for OpenStack instances: hosts, failures, recoveries.",
     )
 
-    def authenticated(
-        request: Request,
-        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
-    ) -> None:
-        if creds is None or not secrets.compare_digest(creds.credentials.encode(), token.encode()):
-            client = request.client.host if request.client else "?"
-            LOG.warning(
-                "API %s %s from %s refused: %s",
-                request.method,
-                request.url.path,
-                client,
-                "no token" if creds is None else "wrong token",
-            )
-            raise HTTPException(
-                401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
-            )
+    authenticated = _guard(authority)
 
     def _error(status: int) -> Callable[[Request, Exception], Any]:
         async def handler(_: Request, exc: Exception) -> JSONResponse:

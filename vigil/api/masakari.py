@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -43,6 +42,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from vigil.api import masakari_openapi as doc
+from vigil.api import policies
+from vigil.api.auth import Authority, Caller
 from vigil.clock import Clock
 from vigil.config import RecoverySettings
 from vigil.drivers.compute import ComputeDriver
@@ -382,12 +383,15 @@ def masakari_app(
     defaults: RecoverySettings | None = None,
     duplicate_interval: float = DUPLICATE_INTERVAL,
     apps: AppHealth | None = None,
+    authority: Authority | None = None,
 ) -> FastAPI:
     """Masakari's API on vigil's store and engine; mount it at ``/instance-ha``.
     ``apps``: a ``VM`` notification ``QEMU_GUEST_AGENT_ERROR`` becomes a failing
-    application check of its instance."""
+    application check of its instance. ``authority``: who may call what, under
+    Masakari's rule names (``vigil.api.policies``); None: the one ``token``, an admin's."""
     api = _MasakariApi(
         apps=apps,
+        authority=authority,
         store=store,
         engine=engine,
         compute=compute,
@@ -412,6 +416,7 @@ class _MasakariApi:
         compute: ComputeDriver,
         token: str,
         clock: Clock,
+        authority: Authority | None = None,
         records: MasakariRecords,
         defaults: RecoverySettings | None = None,
         duplicate_interval: float = DUPLICATE_INTERVAL,
@@ -421,7 +426,7 @@ class _MasakariApi:
         self.store = store
         self.engine = engine
         self.compute = compute
-        self.token = token
+        self.authority = authority or Authority.static(token)
         self.clock = clock
         self.records = records
         self.defaults = defaults
@@ -452,18 +457,18 @@ class _MasakariApi:
         if root and path.startswith(root):
             path = path[len(root) :]
         if path not in PUBLIC:
-            given = request.headers.get("x-auth-token", "")
-            bearer = request.headers.get("authorization", "")
-            if not given and bearer.lower().startswith("bearer "):
-                given = bearer[7:].strip()
-            if not given or not secrets.compare_digest(given.encode(), self.token.encode()):
+            # Keystone may be asked (its answers are cached): not on the event loop.
+            caller = await run_in_threadpool(self.authority.caller, request.headers)
+            request.state.caller = caller
+            if caller is None:
                 client = request.client.host if request.client else "?"
+                given = "x-auth-token" in request.headers or "authorization" in request.headers
                 LOG.warning(
                     "Masakari API %s %s from %s refused: %s",
                     request.method,
                     request.url.path,
                     client,
-                    "no token" if not given else "wrong token",
+                    "invalid token" if given else "no token",
                 )
                 return _fault(
                     ApiError(401, "The request you have made requires authentication."),
@@ -516,7 +521,10 @@ class _MasakariApi:
         ``refusals`` and ``links`` describe it in the OpenAPI document (operation id: the
         handler's name; ``…_in_project`` with the project id)."""
 
+        rule = policies.masakari_rule(handler.__name__)
+
         async def endpoint(request: Request) -> Response:
+            self.authorize(request, rule)
             body = await self.body_of(request) if method in ("POST", "PUT") else None
             return await run_in_threadpool(handler, request, body)
 
@@ -540,6 +548,24 @@ class _MasakariApi:
                 openapi_extra=extra,
                 operation_id=handler.__name__ + ("" if prefix == "/v1" else "_in_project"),
             )
+
+    def authorize(self, request: Request, rule: str | None) -> None:
+        """Refuse (403, as Masakari words it) a caller the rule does not allow."""
+        caller: Caller = request.state.caller
+        if rule is not None and self.authority.allows(rule, caller):
+            return
+        client = request.client.host if request.client else "?"
+        LOG.warning(
+            "Masakari API %s %s from %s (user %s, project %s, roles %s) refused by policy %s",
+            request.method,
+            request.url.path,
+            client,
+            caller.name or caller.user_id,
+            caller.project_id or "-",
+            ",".join(sorted(caller.roles)) or "-",
+            rule or "(no rule: refused)",
+        )
+        raise ApiError(403, f"Policy doesn't allow {rule or 'this route'} to be performed.")
 
     async def body_of(self, request: Request) -> Any:
         try:

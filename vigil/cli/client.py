@@ -79,12 +79,23 @@ def _seg(value: str | int) -> str:
 class VigilClient:
     """Client of one vigil-server. Use as a context manager, or call ``close()``."""
 
-    def __init__(self, url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        keystone_token: str = "",
+    ) -> None:
+        """``token``: the static API token; ``keystone_token``: a Keystone token instead
+        (``[api] auth_strategy = keystone``), sent as OpenStack clients send it."""
         self.url = url.rstrip("/")
         self._shown_url = _without_userinfo(self.url)
         headers = {"Accept": "application/json", "User-Agent": "vigil-cli"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        if keystone_token:
+            headers["X-Auth-Token"] = keystone_token
         try:
             self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
         except (httpx.InvalidURL, ValueError) as exc:

@@ -511,6 +511,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="file whose first line is the token (env VIGIL_TOKEN_FILE)",
     )
+    auth.add_argument(
+        "--os-cloud",
+        default=None,
+        metavar="CLOUD",
+        help="authenticate with Keystone as this cloud of clouds.yaml (env OS_CLOUD, when no "
+        "token is given): for a vigil-server with [api] auth_strategy = keystone; its "
+        "catalog's 'ha' endpoint is the URL unless --url or VIGIL_URL says otherwise",
+    )
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds (default %(default)s)"
     )
@@ -722,6 +730,22 @@ def _token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     return lines[0].strip()
 
 
+def _keystone(cloud: str, url: str) -> tuple[str, str]:
+    """A Keystone token for ``cloud`` of clouds.yaml (openstacksdk's loader: OS_* and
+    clouds.yaml as every OpenStack client reads them), and the URL: ``url`` if given
+    (--url, VIGIL_URL), else the catalog's endpoint of service type ``ha``."""
+    import openstack.config
+
+    region = openstack.config.OpenStackConfig().get_one(cloud=cloud)
+    session = region.get_session()
+    token = str(session.get_token())
+    if "VIGIL_URL" not in os.environ and url == DEFAULT_URL:
+        found = session.get_endpoint(service_type="ha", interface="public")
+        if found:
+            url = str(found)
+    return token, url
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(argv)
@@ -742,8 +766,18 @@ def _main(argv: Sequence[str] | None) -> int:
     except SystemExit as exc:  # argparse: usage errors (2) and --help (0)
         return exc.code if isinstance(exc.code, int) else 1
     out = Output(as_json=args.json, stream=sys.stdout)
+    url, keystone_token = args.url, ""
+    cloud = args.os_cloud or (None if token else os.environ.get("OS_CLOUD"))
+    if cloud:
+        try:
+            keystone_token, url = _keystone(cloud, args.url)
+        except Exception as exc:  # keystoneauth's and openstacksdk's errors: said, not raised
+            print(
+                f"error: Keystone authentication as cloud {cloud!r} failed: {exc}", file=sys.stderr
+            )
+            return 1
     try:
-        with VigilClient(args.url, token, timeout=args.timeout) as client:
+        with VigilClient(url, token, timeout=args.timeout, keystone_token=keystone_token) as client:
             args.handler(client, args, out)
     except UsageError as exc:
         try:
@@ -753,7 +787,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except ApiError as exc:
         hint = ""
         if exc.status == 401:
-            hint = " (give the API token: --token-file, VIGIL_TOKEN or --token)"
+            hint = " (give the API token: --token-file, VIGIL_TOKEN or --token; or --os-cloud)"
         print(f"error: {exc}{hint}", file=sys.stderr)
         return 1
     return 0

@@ -25,7 +25,7 @@ import io
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from oslo_config import cfg
@@ -134,7 +134,6 @@ class Authority:
     authenticator: Authenticator
     enforcer: policy.Enforcer
     strategy: str = "token"
-    _checked: set[str] = field(default_factory=set)
 
     @classmethod
     def static(cls, token: str, conf: cfg.ConfigOpts | None = None) -> Authority:

@@ -149,12 +149,12 @@ def test_openstacksdk_instance_ha_through_keystone(served: Served, keystone: Key
     admin = session.Session(auth=auth)
     service = admin.post(
         "/services",
-        endpoint_filter={"service_type": "identity"},
+        endpoint_override=keystone.auth_url,
         json={"service": {"type": "instance-ha", "name": f"vigil-{uuid.uuid4().hex[:6]}"}},
     ).json()["service"]
     endpoint = admin.post(
         "/endpoints",
-        endpoint_filter={"service_type": "identity"},
+        endpoint_override=keystone.auth_url,
         json={
             "endpoint": {
                 "service_id": service["id"],
@@ -192,8 +192,8 @@ def test_openstacksdk_instance_ha_through_keystone(served: Served, keystone: Key
         with pytest.raises(openstack.exceptions.ForbiddenException):
             list(member.instance_ha.segments())
     finally:
-        admin.delete(f"/endpoints/{endpoint['id']}", endpoint_filter={"service_type": "identity"})
-        admin.delete(f"/services/{service['id']}", endpoint_filter={"service_type": "identity"})
+        admin.delete(f"/endpoints/{endpoint['id']}", endpoint_override=keystone.auth_url)
+        admin.delete(f"/services/{service['id']}", endpoint_override=keystone.auth_url)
 
 
 def test_the_cli_authenticates_with_keystone(

@@ -513,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     auth.add_argument(
         "--os-cloud",
+        dest="vigil_os_cloud",  # not "os_cloud": `vigil import masakari --os-cloud` is the source
         default=None,
         metavar="CLOUD",
         help="authenticate with Keystone as this cloud of clouds.yaml (env OS_CLOUD, when no "
@@ -767,7 +768,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return exc.code if isinstance(exc.code, int) else 1
     out = Output(as_json=args.json, stream=sys.stdout)
     url, keystone_token = args.url, ""
-    cloud = args.os_cloud or (None if token else os.environ.get("OS_CLOUD"))
+    cloud = args.vigil_os_cloud or (None if token else os.environ.get("OS_CLOUD"))
     if cloud:
         try:
             keystone_token, url = _keystone(cloud, args.url)

@@ -28,7 +28,7 @@ from starlette.routing import Match
 from vigil import __version__
 from vigil.api import policies
 from vigil.api.apps import add_app_routes
-from vigil.api.auth import Authority, Caller
+from vigil.api.auth import Authority, Caller, log_refusal
 from vigil.api.guest import add_guest_routes
 from vigil.api.masakari import not_found_fault
 from vigil.api.schemas import (
@@ -161,16 +161,7 @@ def _guard(authority: Authority) -> Callable[..., Caller]:
         route = request.scope.get("route")
         rule = policies.native_rule(getattr(route, "name", ""))
         if rule is None or not authority.allows(rule, caller):
-            LOG.warning(
-                "API %s %s from %s (user %s, project %s, roles %s) refused by policy %s",
-                request.method,
-                request.url.path,
-                client,
-                caller.name or caller.user_id,
-                caller.project_id or "-",
-                ",".join(sorted(caller.roles)) or "-",
-                rule or "(no rule: refused)",
-            )
+            log_refusal("API", request, caller, rule)
             raise HTTPException(403, f"policy does not allow {rule or 'this route'}")
         return caller
 

@@ -184,3 +184,19 @@ def _enforcer(conf: cfg.ConfigOpts | None) -> policy.Enforcer:
     enforcer = policy.Enforcer(conf)
     enforcer.register_defaults(policies.list_rules())
     return enforcer
+
+
+def log_refusal(api: str, request: Any, caller: Caller, rule: str | None) -> None:
+    """Say a call the policy refused, naming the route and the caller, never the token."""
+    client = request.client.host if request.client else "?"
+    LOG.warning(
+        "%s %s %s from %s (user %s, project %s, roles %s) refused by policy %s",
+        api,
+        request.method,
+        request.url.path,
+        client,
+        caller.name or caller.user_id,
+        caller.project_id or "-",
+        ",".join(sorted(caller.roles)) or "-",
+        rule or "(no rule: refused)",
+    )

@@ -43,7 +43,7 @@ from starlette.routing import Match
 
 from vigil.api import masakari_openapi as doc
 from vigil.api import policies
-from vigil.api.auth import Authority, Caller
+from vigil.api.auth import Authority, Caller, log_refusal
 from vigil.clock import Clock
 from vigil.config import RecoverySettings
 from vigil.drivers.compute import ComputeDriver
@@ -554,17 +554,7 @@ class _MasakariApi:
         caller: Caller = request.state.caller
         if rule is not None and self.authority.allows(rule, caller):
             return
-        client = request.client.host if request.client else "?"
-        LOG.warning(
-            "Masakari API %s %s from %s (user %s, project %s, roles %s) refused by policy %s",
-            request.method,
-            request.url.path,
-            client,
-            caller.name or caller.user_id,
-            caller.project_id or "-",
-            ",".join(sorted(caller.roles)) or "-",
-            rule or "(no rule: refused)",
-        )
+        log_refusal("Masakari API", request, caller, rule)
         raise ApiError(403, f"Policy doesn't allow {rule or 'this route'} to be performed.")
 
     async def body_of(self, request: Request) -> Any:

@@ -16,6 +16,14 @@ import pytest
 
 from vigil.cli.demo import DemoOptions, Harness, run_scenario, summarize
 
+# How soon a dead host must be declared failed here. The demo declares it after
+# [detection] failed_after (1.75 s) of silence; on a loaded 2-core CI machine the
+# receiving process can stall, and after a stall every host's silence is counted from
+# zero again (a stalled receiver must never fail a host: CI saw 4.1 s so). A detector
+# that waited for several windows, or never, still fails this bound; the distribution
+# itself is measured by bench/detection.py and bench/scale.py, not here.
+DETECTION_BOUND_S = 6.0
+
 # Short retries so that failing fences fail within a few seconds.
 FAST_FAIL = (
     "recovery.step_attempts=2",
@@ -33,7 +41,7 @@ def test_failed_host_is_fenced_and_every_ha_instance_recovered_once(scenario: st
     assert summary["host_fenced"] is True
     assert summary["double_running"] == 0
     assert summary["evacuate_calls"] == 3  # each instance evacuated exactly once
-    assert summary["detected_after_s"] <= 3
+    assert summary["detected_after_s"] <= DETECTION_BOUND_S
     assert summary["fenced_after_s"] <= summary["first_evacuation_after_s"]
 
 
@@ -64,7 +72,7 @@ def test_a_restart_stuck_on_nova_does_not_delay_declaring_another_host_failed() 
                 t0 = h.inject("power-loss", "compute-1")
                 recovery = h.watch("compute-1", t0)
                 assert recovery is not None and recovery["status"] == "succeeded"
-                assert recovery["created_at"] - t0 <= 3
+                assert recovery["created_at"] - t0 <= DETECTION_BOUND_S
                 assert not restart.done()  # Nova still had not answered the reboot
             finally:
                 release.set()
@@ -216,5 +224,5 @@ def test_no_false_failure_under_loss_and_jitter_yet_a_real_failure_is_caught() -
         t0 = h.inject("power-loss", "compute-2")
         done = h.watch("compute-2", t0)
         assert done is not None and done["status"] == "succeeded"
-        assert done["created_at"] - t0 <= 2.5
+        assert done["created_at"] - t0 <= DETECTION_BOUND_S
         assert [r["host"] for r in h.client.get("/v1/recoveries").json()] == ["compute-2"]

@@ -11,6 +11,7 @@ error message.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
@@ -76,6 +77,13 @@ def _seg(value: str | int) -> str:
     return quote(str(value), safe="")
 
 
+def _ca_bundle(path: str) -> ssl.SSLContext:
+    try:
+        return ssl.create_default_context(cafile=path)
+    except OSError as exc:
+        raise ApiError(0, f"cannot read the CA bundle {path}: {exc.strerror or exc}") from None
+
+
 class VigilClient:
     """Client of one vigil-server. Use as a context manager, or call ``close()``."""
 
@@ -86,9 +94,11 @@ class VigilClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         keystone_token: str = "",
+        verify: bool | str = True,
     ) -> None:
         """``token``: the static API token; ``keystone_token``: a Keystone token instead
-        (``[api] auth_strategy = keystone``), sent as OpenStack clients send it."""
+        (``[api] auth_strategy = keystone``), sent as OpenStack clients send it;
+        ``verify``: check the server's TLS certificate (a path: against this CA bundle)."""
         self.url = url.rstrip("/")
         self._shown_url = _without_userinfo(self.url)
         headers = {"Accept": "application/json", "User-Agent": "vigil-cli"}
@@ -96,8 +106,11 @@ class VigilClient:
             headers["Authorization"] = f"Bearer {token}"
         if keystone_token:
             headers["X-Auth-Token"] = keystone_token
+        tls: bool | ssl.SSLContext = verify if isinstance(verify, bool) else _ca_bundle(verify)
         try:
-            self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+            self._http = httpx.Client(
+                base_url=self.url, headers=headers, timeout=timeout, verify=tls
+            )
         except (httpx.InvalidURL, ValueError) as exc:
             # A malformed URL is rejected here rather than on the first request.
             raise ApiError(0, f"invalid server URL {self._shown_url}: {exc}") from None

@@ -527,7 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     nouns = parser.add_subparsers(dest="noun", metavar="COMMAND", required=True)
 
     def verb(group: Any, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = group.add_parser(name, parents=[common], help=help)
+        p: argparse.ArgumentParser = group.add_parser(
+            name, parents=[common], help=help, description=help
+        )
         p.set_defaults(handler=handler, usage=p)
         return p
 
@@ -679,15 +681,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("instance")
 
     # cloud-wide
-    p = nouns.add_parser("pause", parents=[common], help="pause all automatic recovery")
+    def cloud_wide(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = nouns.add_parser(
+            name, parents=[common], help=help, description=help
+        )
+        p.set_defaults(handler=handler, usage=p)
+        return p
+
+    p = cloud_wide("pause", pause, "pause all automatic recovery")
     p.add_argument("--reason", required=True, help="recorded and shown by status")
-    p.set_defaults(handler=pause, usage=p)
-    p = nouns.add_parser("resume", parents=[common], help="resume automatic recovery")
-    p.set_defaults(handler=resume, usage=p)
-    p = nouns.add_parser(
-        "status", parents=[common], help="pause, servers and segment owners, hosts, recoveries"
-    )
-    p.set_defaults(handler=status, usage=p)
+    cloud_wide("resume", resume, "resume automatic recovery")
+    cloud_wide("status", status, "pause, servers and segment owners, hosts, recoveries")
 
     # import from another HA service
     imp = noun("import", "move another HA service's configuration to vigil")
@@ -711,6 +715,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = nouns.add_parser("demo", parents=[common], add_help=False, help=DEMO_HELP)
     p.set_defaults(standalone=run_demo)
     return parser
+
+
+def commands() -> dict[tuple[str, ...], argparse.ArgumentParser]:
+    """Every command of ``build_parser()`` by its words (``("host", "list")``,
+    ``("pause",)``): its parser, whose ``description`` is its help and whose default
+    ``handler`` runs it (``demo`` has none: it parses its own options)."""
+    found: dict[tuple[str, ...], argparse.ArgumentParser] = {}
+
+    def walk(p: argparse.ArgumentParser, words: tuple[str, ...]) -> None:
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            found[words] = p
+        for action in subs:
+            for name, sub in action.choices.items():
+                walk(sub, (*words, name))
+
+    walk(build_parser(), ())
+    return found
 
 
 def _token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:

@@ -98,12 +98,26 @@ def fields(columns: Sequence[Column], item: Mapping[str, Any]) -> str:
     return table(["FIELD", "VALUE"], ([h.lower(), cell(item)] for h, cell in columns))
 
 
+class Field:
+    """A cell that shows one field of the record: ``key`` names it, ``show`` renders it.
+
+    ``openstack vigil`` (vigil.osc) prints the raw value of ``key`` for ``-f json|yaml|value``.
+    """
+
+    def __init__(self, key: str, show: Callable[[Any], str] = text) -> None:
+        self.key = key
+        self.show = show
+
+    def __call__(self, item: Mapping[str, Any]) -> str:
+        return self.show(item.get(self.key))
+
+
 def field(name: str) -> Cell:
-    return lambda item: text(item.get(name))
+    return Field(name)
 
 
 def time_field(name: str) -> Cell:
-    return lambda item: timestamp(item.get(name))
+    return Field(name, timestamp)
 
 
 class Output:
@@ -152,7 +166,7 @@ HOST_LIST: Sequence[Column] = [
     ("STATE", field("state")),
     ("MAINTENANCE", field("maintenance")),
     ("RESERVED", field("reserved")),
-    ("HEARTBEAT AGE", lambda h: duration(h.get("heartbeat_age"))),
+    ("HEARTBEAT AGE", Field("heartbeat_age", duration)),
     ("STATE SINCE", time_field("state_changed_at")),
     ("REASON", field("state_reason")),
 ]
@@ -165,8 +179,8 @@ HOST: Sequence[Column] = [
     ("STATE SINCE", time_field("state_changed_at")),
     ("MAINTENANCE", field("maintenance")),
     ("RESERVED", field("reserved")),
-    ("FENCING", lambda h: fencing(h.get("fencing") or [])),
-    ("HEARTBEAT AGE", lambda h: duration(h.get("heartbeat_age"))),
+    ("FENCING", Field("fencing", lambda f: fencing(f or []))),
+    ("HEARTBEAT AGE", Field("heartbeat_age", duration)),
 ]
 
 INSTANCE: Sequence[Column] = [
@@ -249,7 +263,7 @@ EVENT: Sequence[Column] = [
 SUBSCRIPTION: Sequence[Column] = [
     ("NAME", field("name")),
     ("URL", field("url")),
-    ("EVENT TYPES", lambda s: ", ".join(s.get("event_types") or []) or "all"),
+    ("EVENT TYPES", Field("event_types", lambda t: ", ".join(t or []) or "all")),
     ("CREATED", time_field("created_at")),
 ]
 

@@ -113,9 +113,39 @@ _agent = [
     cfg.StrOpt(
         "key",
         secret=True,
-        help="Shared secret that signs agent heartbeats (HMAC-SHA256). Prefer key_file.",
+        help="(server) The master key, from which each host's agent key is derived "
+        "(vigil-server agent-key HOST prints it); (agent) this host's agent key, which "
+        "signs its heartbeats and reports (HMAC-SHA256) and no other host's. Prefer "
+        "key_file.",
     ),
-    cfg.StrOpt("key_file", help="File whose first line is the agent key."),
+    cfg.StrOpt(
+        "key_file",
+        help="File holding the key. On a server, one master key per line: the first "
+        "derives the keys agents should hold, the others are still accepted (rotation: "
+        "put the new master first, install each host's new key, then remove the old "
+        "master). On an agent, its host's key on the first line. Both re-read the file "
+        "within seconds of a change: no restart.",
+    ),
+    cfg.BoolOpt(
+        "accept_master_key",
+        default=False,
+        help="(server) Also accept a master key itself as any host's key: for simulated "
+        "agents that sign every host's heartbeats in one process (vigil demo, "
+        "bench/scale.py). Never with real agents: a host holding a master signs for all.",
+    ),
+    cfg.StrOpt(
+        "peer_key",
+        secret=True,
+        help="(agent, self-fencing) The key peer checks are signed with, the same on "
+        "every agent of the cloud (vigil-server agent-key --peers prints it). Prefer "
+        "peer_key_file.",
+    ),
+    cfg.StrOpt(
+        "peer_key_file",
+        help="(agent, self-fencing) File holding the peer key on its first line; other "
+        "lines are keys still accepted (rotation: the new key first, the old second on "
+        "every agent, then the new alone). Re-read within seconds of a change.",
+    ),
     cfg.HostAddressOpt(
         "listen_host", default="127.0.0.1", help="Address the server receives heartbeats on."
     ),
@@ -769,7 +799,11 @@ class Settings:
     # The loaded options, for what reads its own groups from them: keystonemiddleware
     # ([keystone_authtoken]) and oslo.policy ([oslo_policy]). None: built in code.
     conf: cfg.ConfigOpts | None = field(default=None, repr=False, compare=False)
-    agent_key: str = field(default="", repr=False)
+    agent_key: str = field(default="", repr=False)  # the current master key
+    # The previous master keys, still accepted (rotation under way).
+    agent_previous_keys: tuple[str, ...] = field(default=(), repr=False)
+    agent_key_file: str | None = None  # where they were read: re-read when it changes
+    accept_master_key: bool = False
     heartbeat_host: str = "127.0.0.1"
     heartbeat_port: int = 8788
     heartbeat_process: bool = True
@@ -809,9 +843,24 @@ def read_secret(value: str | None, path: str | None, *, what: str) -> str:
     return value or ""
 
 
+def read_secrets(value: str | None, path: str | None, *, what: str) -> tuple[str, ...]:
+    """The keys of ``path``, one per non-empty line, in order (else ``value``, if set)."""
+    if not path:
+        return (value,) if value else ()
+    try:
+        keys = tuple(line.strip() for line in Path(path).read_text().splitlines())
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read {path}: {exc}") from exc
+    keys = tuple(k for k in keys if k)
+    if not keys:
+        raise ConfigError(f"{what}: {path} holds no key")
+    return keys
+
+
 def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
     """Typed settings from loaded options, validated (ConfigError says what is wrong)."""
     d, r = conf.detection, conf.recovery
+    masters = read_secrets(conf.agent.key, conf.agent.key_file, what="agent master key")
     settings = Settings(
         database_url=conf.database.connection,
         auto_migrate=conf.database.auto_migrate,
@@ -825,7 +874,10 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
         api_token=read_secret(conf.api.auth_token, conf.api.auth_token_file, what="api token"),
         auth_strategy=conf.api.auth_strategy,
         conf=conf,
-        agent_key=read_secret(conf.agent.key, conf.agent.key_file, what="agent key"),
+        agent_key=masters[0] if masters else "",
+        agent_previous_keys=masters[1:],
+        agent_key_file=conf.agent.key_file,
+        accept_master_key=conf.agent.accept_master_key,
         heartbeat_host=conf.agent.listen_host,
         heartbeat_port=conf.agent.listen_port,
         heartbeat_process=conf.agent.receiver_process,

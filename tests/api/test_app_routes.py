@@ -20,9 +20,11 @@ from vigil.wire.app_checks import (
     decode_app_answer,
     encode_app_report,
 )
+from vigil.wire.keys import host_key
 from vigil.wire.reports import SIGNATURE_HEADER, BadReport, sign
 
-KEY = b"agent-key"
+KEY = b"agent-key"  # the server's master key
+AGENT = host_key(KEY.decode(), "c1").encode()  # c1's agent's
 WEB = "type=http port=8080 path=/healthz interval=5 timeout=2 threshold=2 grace=0"
 
 
@@ -43,7 +45,7 @@ def client(tmp_path: Path) -> Iterator[tuple[TestClient, World, AppHealth, str]]
             yield c, w, apps, iid
 
 
-def exchange(c: TestClient, report: AppReport, key: bytes = KEY) -> tuple[int, bytes, str | None]:
+def exchange(c: TestClient, report: AppReport, key: bytes = AGENT) -> tuple[int, bytes, str | None]:
     body = encode_app_report(report)
     r = c.post(
         f"/v1/agents/{report.host}/app", content=body, headers={SIGNATURE_HEADER: sign(body, key)}
@@ -58,10 +60,10 @@ def test_the_agent_gets_its_plan_signed_and_bound_to_its_report(
     at = w.clock.wall()
     status, body, signature = exchange(c, AppReport("c1", at, {}))
     assert status == 200
-    answer = decode_app_answer(body, signature, KEY, host="c1", answer_to=at)
+    answer = decode_app_answer(body, signature, AGENT, host="c1", answer_to=at)
     assert [s.name for s in answer.plan[iid]] == ["web"]  # the heartbeat check is the server's
     with pytest.raises(BadReport, match="another report"):
-        decode_app_answer(body, signature, KEY, host="c1", answer_to=at + 1)  # a replay
+        decode_app_answer(body, signature, AGENT, host="c1", answer_to=at + 1)  # a replay
     with pytest.raises(BadReport, match="not signed"):
         decode_app_answer(body, signature, b"another key", host="c1", answer_to=at)
     w.clock.advance(1)
@@ -75,9 +77,11 @@ def test_agent_refusals_name_why(client: tuple[TestClient, World, AppHealth, str
     c, w, _, _ = client
     report = AppReport("c1", w.clock.wall(), {})
     assert exchange(c, report, key=b"wrong")[0] == 401
-    assert exchange(c, AppReport("c9", w.clock.wall(), {}))[0] == 404
+    c9 = host_key(KEY.decode(), "c9").encode()
+    assert exchange(c, AppReport("c9", w.clock.wall(), {}), key=c9)[0] == 404
+    assert exchange(c, AppReport("c9", w.clock.wall(), {}))[0] == 401  # c1's key
     body = b'{"host": "c1", "at": "soon", "instances": {}}'
-    r = c.post("/v1/agents/c1/app", content=body, headers={SIGNATURE_HEADER: sign(body, KEY)})
+    r = c.post("/v1/agents/c1/app", content=body, headers={SIGNATURE_HEADER: sign(body, AGENT)})
     assert r.status_code == 400 and "malformed" in r.json()["detail"]
     assert w.store.list_app_instances() == []
 

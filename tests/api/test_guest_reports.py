@@ -15,9 +15,11 @@ from support.world import World
 from vigil.api.guest import add_guest_routes
 from vigil.model import GuestFailureKind, GuestReport, ServiceState
 from vigil.store.sql import SqlStore
+from vigil.wire.keys import host_key
 from vigil.wire.reports import SIGNATURE_HEADER, encode_reports, encode_services, sign
 
-KEY = b"agent-key"
+KEY = b"agent-key"  # the server's master key
+AGENT = host_key(KEY.decode(), "c1").encode()  # c1's agent's
 
 
 @pytest.fixture
@@ -31,7 +33,7 @@ def client(tmp_path: Path) -> Iterator[tuple[TestClient, SqlStore]]:
 
 
 def post(
-    c: TestClient, host: str, body: bytes, key: bytes | None = KEY, route: str = "reports"
+    c: TestClient, host: str, body: bytes, key: bytes | None = AGENT, route: str = "reports"
 ) -> int:
     headers = {SIGNATURE_HEADER: sign(body, key)} if key is not None else {}
     return c.post(f"/v1/agents/{host}/{route}", content=body, headers=headers).status_code
@@ -58,7 +60,7 @@ def test_refusals(client: tuple[TestClient, SqlStore], caplog: pytest.LogCapture
     assert post(c, "c1", body, key=b"wrong") == 401
     assert post(c, "c2", body) == 401  # signed for c1, posted as c2
     other = encode_reports("c9", [report("c9")])
-    assert post(c, "c9", other) == 404  # unknown host
+    assert post(c, "c9", other, key=host_key(KEY.decode(), "c9").encode()) == 404  # unknown
     assert post(c, "c1", b"{") == 400
     assert store.list_guest_failures() == []
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
@@ -78,7 +80,7 @@ def test_service_snapshots_are_persisted_and_an_older_one_ignored(
     c, store = client
     down = encode_services("c1", 10.0, services(False, 9.0))
     answer = c.post(
-        "/v1/agents/c1/services", content=down, headers={SIGNATURE_HEADER: sign(down, KEY)}
+        "/v1/agents/c1/services", content=down, headers={SIGNATURE_HEADER: sign(down, AGENT)}
     )
     assert answer.status_code == 200
     assert answer.json() == {"accepted": True, "services_down": ["nova-compute"]}
@@ -95,7 +97,8 @@ def test_service_snapshot_refusals(client: tuple[TestClient, SqlStore]) -> None:
     assert post(c, "c1", body, key=None, route="services") == 401
     assert post(c, "c1", body, key=b"wrong", route="services") == 401
     assert post(c, "c2", body, route="services") == 401  # signed for c1, posted as c2
-    assert post(c, "c9", encode_services("c9", 1.0, {}), route="services") == 404
+    c9 = host_key(KEY.decode(), "c9").encode()
+    assert post(c, "c9", encode_services("c9", 1.0, {}), key=c9, route="services") == 404
     not_bool = body.replace(b'"up":false', b'"up":"no"')
     assert post(c, "c1", not_bool, route="services") == 400
     assert post(c, "c1", b'{"host":"c1"}', route="services") == 400

@@ -114,6 +114,7 @@ class World:
                 "agent.listen_port=0",
                 f"api.auth_token={config.random_secret()}",
                 f"agent.key={config.random_secret()}",
+                "agent.accept_master_key=true",  # the simulated agents sign for every host
                 "notifier.drivers=memory",
                 *overrides,
             ],

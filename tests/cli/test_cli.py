@@ -28,6 +28,7 @@ from vigil.model import GuestFailureKind, GuestReport, HaPolicy, ServiceState
 from vigil.server import VigilServer
 from vigil.sim.agents import SimAgents
 from vigil.sim.cloud import SimCloud, SimLatency
+from vigil.wire.keys import host_key
 from vigil.wire.reports import SIGNATURE_HEADER, encode_reports, encode_services, sign
 
 TOKEN = "t0ken"
@@ -110,6 +111,7 @@ def world(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[World]
         heartbeat_port=0,
         api_token=TOKEN,
         agent_key="k",
+        accept_master_key=True,  # SimAgents sign every host's heartbeats with it
         sim_url=None,
     )
     server = VigilServer(settings, cloud=cloud)
@@ -701,7 +703,7 @@ def test_guest_failures_and_host_services_seen_and_handled(world: World, cli: Cl
     cli.ok("segment", "create", "rack-a")
     cli.ok("host", "create", "compute-1", "--segment", "rack-a")
     assert cli("host", "services", "compute-1").code == 1  # no agent report yet
-    key = b"k"  # the world's agent key
+    key = host_key("k", "compute-1").encode()  # the world's master key is "k"
     now = time.time()
     report = GuestReport(
         str(uuid.uuid4()), "compute-1", "inst-1", GuestFailureKind.WATCHDOG, now, {"action": "none"}
@@ -754,7 +756,7 @@ def test_application_failures_seen_credentialed_and_closed(world: World, cli: Cl
         "vigil:app_recovery": "reboots=1 settle=5 backoff=0",
     }
     iid = world.cloud.add_instance("web-1", "compute-1", metadata=checks)
-    key = b"k"  # the world's agent key
+    key = host_key("k", "compute-1").encode()  # the world's master key is "k"
 
     def agent_reports(health: str) -> dict[str, Any]:
         now = time.time()

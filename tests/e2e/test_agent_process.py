@@ -23,6 +23,7 @@ from vigil.clock import SystemClock
 from vigil.config import Settings
 from vigil.server import VigilServer
 from vigil.sim.cloud import SimCloud, SimLatency
+from vigil.wire.keys import host_key
 
 TOKEN = "t0ken-for-agent-tests"
 KEY = "agent-key-for-agent-tests"
@@ -54,7 +55,7 @@ def agent_conf(tmp_path: Path, server: VigilServer, *watch: str) -> Path:
     lines = [
         "[agent]",
         "host = compute-1",
-        f"key = {KEY}",
+        f"key = {host_key(KEY, 'compute-1')}",
         f"server_url = {server.api_url}",
         f"server_host = {host}",
         f"server_port = {port}",

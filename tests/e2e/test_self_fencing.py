@@ -26,6 +26,7 @@ from vigil.drivers.errors import PermanentError
 from vigil.drivers.fencing import PowerState
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
 from vigil.engine.lease import LeaseKeeper, SelfFenceDevice
+from vigil.wire.keys import AgentKeys, host_key
 
 FAST = SelfFencingSettings(
     lease_ttl=1.5, watchdog_timeout=1.0, margin=0.5, peer_interval=0.5, peer_timeout=0.3
@@ -284,12 +285,12 @@ def test_real_udp_lease_petting_stops_when_the_server_revokes(
 ) -> None:
     """Leases granted over real UDP by the receiver on a thread and in its own process
     (vigil-server's default), until the server revokes."""
-    key = b"k"
+    key = host_key("k", "c1").encode()  # c1's agent's; the server holds "k"
     keeper = LeaseKeeper(SystemClock(), FAST)
     table = HeartbeatTable(SystemClock())
     rx = HeartbeatReceiver(
         table,
-        key=key,
+        keys=AgentKeys(["k"]),
         known_host=lambda h: True,
         bind=("127.0.0.1", 0),
         clock=SystemClock(),

@@ -37,6 +37,7 @@ from vigil.engine.reconciler import Loop
 from vigil.model import AppInstance, Event, HaPolicy, Host, Segment
 from vigil.sim.cloud import SimCloud
 from vigil.sim.drivers import SimCompute
+from vigil.wire.keys import host_key
 
 HOST = "compute-app-e2e"
 KEY = "agent-key-for-app-e2e"
@@ -88,7 +89,7 @@ class AppStack:
             host=HOST,
             connection=self.connection,
             guest_agent=guest_agent or GuestAgent(self.connection),
-            key=KEY.encode(),
+            key=host_key(KEY, HOST).encode(),  # the server holds KEY, the master
             server_url=self.url,
             **agent_options,
         )

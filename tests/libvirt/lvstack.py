@@ -50,6 +50,7 @@ from vigil.engine.guest_engine import GuestEngine
 from vigil.engine.service_keeper import ServiceKeeper
 from vigil.model import HaPolicy, Host, InstanceFailure, Segment
 from vigil.store.sql import SqlStore
+from vigil.wire.keys import host_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tinyguest as guest
@@ -331,7 +332,8 @@ def make_stack(tmp_path: Path, files: GuestFiles, uri: str) -> Iterator[Stack]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, "the report API", 10, every=0.1, ignoring=(Exception,))
-    sender = ReportSender(host=HOST, server_url=f"http://127.0.0.1:{port}", key=KEY.encode())
+    key = host_key(KEY, HOST).encode()  # the server holds KEY, the master
+    sender = ReportSender(host=HOST, server_url=f"http://127.0.0.1:{port}", key=key)
     seen: list[tuple[float, str, str, Observation]] = []
     monitor = LibvirtMonitor(
         host=HOST,

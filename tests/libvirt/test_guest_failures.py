@@ -21,6 +21,7 @@ from support import wait_until
 from vigil.agent.services import ServiceWatch
 from vigil.engine.guest import GuestPolicy
 from vigil.model import GuestFailureKind, GuestFailureStatus, HaPolicy, HostState
+from vigil.wire.keys import host_key
 
 pytestmark = [pytest.mark.libvirt, pytest.mark.slow]
 
@@ -169,7 +170,7 @@ def test_libvirtd_down_disables_the_host_for_scheduling_until_it_is_back(
     watch = ServiceWatch(
         host=HOST,
         server_url=f"http://127.0.0.1:{stack.port}",
-        key=KEY.encode(),
+        key=host_key(KEY, HOST).encode(),
         # This test's own libvirtd, told apart from the machine's by its pid file.
         services={"libvirtd": rf"^libvirtd .*{re.escape(str(daemon.pid_file))}"},
         interval=0.2,

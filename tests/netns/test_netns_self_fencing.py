@@ -37,6 +37,8 @@ import pytest
 from services import require
 from support import wait_until
 
+from vigil.wire.keys import host_key, peer_key
+
 pytestmark = pytest.mark.netns
 
 HERE = Path(__file__).parent
@@ -234,7 +236,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             conf.write_text(
                 f"""[agent]
 host = {host}
-key = {KEY}
+key = {host_key(KEY, host)}
+peer_key = {peer_key(KEY)}
 server_host = {SERVER_ADDR}
 server_port = 8788
 self_fencing = true

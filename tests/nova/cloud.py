@@ -350,6 +350,7 @@ def running_vigil(
             "agent.listen_port=0",
             f"api.auth_token={config.random_secret()}",
             f"agent.key={config.random_secret()}",
+            "agent.accept_master_key=true",  # one sender signs every host's heartbeats
             *(overrides or []),
         ],
     )

@@ -20,6 +20,7 @@ from support import wait_until
 
 from vigil.agent.services import ServiceWatch
 from vigil.model import SERVICE_HOLD_PREFIX
+from vigil.wire.keys import host_key
 
 from .cloud import HOME, Minicloud, Vigil, report, running_vigil
 
@@ -46,7 +47,7 @@ def watch_nova_compute(vigil: Vigil) -> ServiceWatch:
     return ServiceWatch(
         host=HOST,
         server_url=vigil.server.api_url,
-        key=vigil.server.settings.agent_key.encode(),
+        key=host_key(vigil.server.settings.agent_key, HOST).encode(),
         services={"nova-compute": rf"nova-compute .*{re.escape(str(config))}"},
         interval=0.2,
     )

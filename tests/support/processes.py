@@ -105,7 +105,8 @@ def server_config(
     timeout: float = 10.0,
 ) -> tuple[httpx.Client, int]:
     """Write ``conf`` for a vigil-server process on free ports of 127.0.0.1: its API
-    (``token``), heartbeats (``key``), the simulated cloud at ``cloud_url``, the
+    (``token``), heartbeats (``key``: the master key, also taken as any host's: the
+    simulated agents sign with it), the simulated cloud at ``cloud_url``, the
     ``database`` URL (not migrated by the server when ``coordination`` is given: several
     servers share one schema, migrated once), the ``[coordination]`` options, and any
     ``extra`` groups (``{"compute": {"driver": "openstack", ...}}`` replaces the
@@ -118,6 +119,10 @@ def server_config(
         "compute": {"sim_url": cloud_url},
         **(extra or {}),
     }
+    # The simulated agents (SimAgents, SenderProcesses) sign every host's heartbeats
+    # with the master key itself; extra [agent] options are added to these.
+    agent = {"key": key, "listen_port": hb_port, "accept_master_key": "true"}
+    groups["agent"] = {**agent, **groups["agent"]}
     if coordination:  # with the extra [coordination] options, if any (bench --set)
         groups["coordination"] = {**coordination, **groups.get("coordination", {})}
     conf.write_text(

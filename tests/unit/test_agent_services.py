@@ -28,11 +28,12 @@ from vigil.engine.service_keeper import ServiceKeeper
 from vigil.model import Host, HostState, Segment
 from vigil.sim.cloud import SimCloud
 from vigil.sim.drivers import SimCompute
+from vigil.wire.keys import host_key
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bmc.emulators import free_port
 
-KEY = "agent-key-for-service-tests"
+KEY = "agent-key-for-service-tests"  # the server's master key; c1's agent holds its own
 
 
 # --- on a given process table -----------------------------------------------------------
@@ -158,7 +159,7 @@ def test_a_killed_service_disables_the_host_and_its_return_enables_it(server: Se
     watch = ServiceWatch(
         host="c1",
         server_url=f"http://127.0.0.1:{server.port}",
-        key=KEY.encode(),
+        key=host_key(KEY, "c1").encode(),
         services={"nova-compute": f"--vigil-test=nova-{marker}"},
         interval=0.1,
     )

@@ -22,8 +22,10 @@ from vigil.wire.heartbeat import (
     encode,
     peek_host,
 )
+from vigil.wire.keys import AgentKeys, host_key
 
-KEY = b"right-key"
+MASTER = "right-master"  # the servers'
+KEY = host_key(MASTER, "compute-1").encode()  # compute-1's agent's
 
 
 def test_signed_heartbeat_round_trips() -> None:
@@ -64,7 +66,7 @@ def receiver(request: pytest.FixtureRequest) -> tuple[HeartbeatReceiver, Heartbe
     table = HeartbeatTable(SystemClock())
     rx = HeartbeatReceiver(
         table,
-        key=KEY,
+        keys=AgentKeys([MASTER]),
         known_host=lambda h: h == "compute-1",
         bind=("127.0.0.1", 0),
         clock=SystemClock(),
@@ -104,8 +106,9 @@ def test_unknown_host_is_refused_and_logged(
     receiver: tuple[HeartbeatReceiver, HeartbeatTable], caplog: pytest.LogCaptureFixture
 ) -> None:
     rx, table = receiver
+    intruder_key = host_key(MASTER, "intruder").encode()  # signed: known is what counts
     with caplog.at_level(logging.WARNING):
-        _send(rx, encode(Heartbeat("intruder", "b", 1, time.time()), KEY))
+        _send(rx, encode(Heartbeat("intruder", "b", 1, time.time()), intruder_key))
         _settle(rx, table, 1, "intruder")
     assert rx.refused == 1 and table.age("intruder") is None
     assert "host intruder" in caplog.text and "unknown host" in caplog.text
@@ -168,7 +171,7 @@ def test_heartbeats_of_other_servers_segments_are_heard_unverified(process: bool
     table = HeartbeatTable(SystemClock())
     rx = HeartbeatReceiver(
         table,
-        key=KEY,
+        keys=AgentKeys([MASTER]),
         known_host=lambda h: h in ("compute-1", "compute-2"),
         bind=("127.0.0.1", 0),
         clock=SystemClock(),
@@ -212,9 +215,11 @@ def test_a_batch_is_recorded_in_order_and_a_replay_inside_it_refused() -> None:
     sequencer = _Sequencer()
 
     def take(*beats: Heartbeat) -> list[str]:
-        taken = [(b.host, b.boot_id, b.seq, b.kernel_boot_id, 0.0, 0, 0.0, "h", 1) for b in beats]
+        taken = [
+            (b.host, b.boot_id, b.seq, b.kernel_boot_id, 0.0, 0, 0.0, "h", 1, b"k") for b in beats
+        ]
         sequencer.take(taken, [])
-        _, heard, kernels, _, refused, _, _, _ = sequencer.message(None)
+        _, heard, kernels, _, refused, _, _, _, _ = sequencer.message(None)
         table.heard(heard, kernels)
         return [f"{h} {why}" for h, why in refused]
 
@@ -288,7 +293,7 @@ def test_a_socket_that_overflowed_says_so_and_counts_no_host_silent(
     clock.advance(10)
     rx = HeartbeatReceiver(
         table,
-        key=KEY,
+        keys=AgentKeys([MASTER]),
         known_host=lambda h: h == "compute-1",
         bind=("127.0.0.1", 0),
         clock=clock,
@@ -325,7 +330,7 @@ def test_a_receiving_process_that_dies_is_replaced_and_hides_no_silence_meanwhil
     table = HeartbeatTable(clock)
     rx = HeartbeatReceiver(
         table,
-        key=KEY,
+        keys=AgentKeys([MASTER]),
         known_host=lambda h: h in ("compute-1", "compute-2"),
         bind=("127.0.0.1", 0),
         clock=clock,
@@ -365,7 +370,7 @@ def test_the_socket_queue_holds_a_second_of_heartbeats_past_rmem_max_where_allow
     rmem_max = int(Path("/proc/sys/net/core/rmem_max").read_text())
     rx = HeartbeatReceiver(
         HeartbeatTable(FakeClock()),
-        key=KEY,
+        keys=AgentKeys([MASTER]),
         known_host=lambda h: True,
         bind=("127.0.0.1", 0),
         clock=FakeClock(),

@@ -28,8 +28,10 @@ from vigil.wire.heartbeat import (
     encode_hint,
     is_fanned,
 )
+from vigil.wire.keys import AgentKeys, host_key
 
 KEY = b"hint-key"
+MASTER = "hint-master"  # the receiver's; its agents hold host_key(MASTER, host)
 A, B, C = ("127.0.0.1", 1), ("127.0.0.1", 2), ("127.0.0.1", 3)
 
 
@@ -168,6 +170,10 @@ def test_a_hold_postpones_silence_and_is_no_first_heartbeat() -> None:
 # --- real sockets ------------------------------------------------------------------------
 
 
+def _key(host: str) -> bytes:
+    return host_key(MASTER, host).encode()
+
+
 def _udp() -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.bind(("127.0.0.1", 0))
@@ -179,7 +185,7 @@ def _udp() -> socket.socket:
 def receiver(request: pytest.FixtureRequest) -> Iterator[HeartbeatReceiver]:
     rx = HeartbeatReceiver(
         HeartbeatTable(SystemClock()),
-        key=KEY,
+        keys=AgentKeys([MASTER]),
         known_host=lambda h: h in ("c1", "c2"),
         bind=("127.0.0.1", 0),
         clock=SystemClock(),
@@ -209,7 +215,7 @@ def _hints(agent: socket.socket, seconds: float) -> list[OwnerHint]:
     got, deadline = [], time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            got.append(decode_hint(agent.recv(2048), KEY))
+            got.append(decode_hint(agent.recv(2048), _key("c1")))
         except TimeoutError:
             continue
     return got
@@ -224,7 +230,9 @@ def test_the_receiver_hints_the_agents_of_the_hosts_it_verifies(
     try:
 
         def beat(host: str, seq: int) -> None:
-            agent.sendto(encode(Heartbeat(host, "boot", seq, time.time()), KEY), receiver.address)
+            agent.sendto(
+                encode(Heartbeat(host, "boot", seq, time.time()), _key(host)), receiver.address
+            )
 
         beat("c1", 1)
         assert _hints(agent, 0.3) == []
@@ -242,7 +250,8 @@ def test_the_receiver_hints_the_agents_of_the_hosts_it_verifies(
         table = receiver._table
         assert table.fanned(["c2"]) == []
         agent.sendto(
-            encode(Heartbeat("c2", "boot", 20, time.time(), fanned=True), KEY), receiver.address
+            encode(Heartbeat("c2", "boot", 20, time.time(), fanned=True), _key("c2")),
+            receiver.address,
         )
         deadline = time.monotonic() + 2
         while not table.fanned(["c2"]) and time.monotonic() < deadline:

@@ -263,7 +263,7 @@ class AppChecks:
         self._host = host
         self._connection = connection
         self._agent = guest_agent
-        self._key = key
+        self.key = key  # the host's agent key; replaced when its key file changes
         self._servers = ServerUrls(urls_given(server_url, server_urls))
         self._path = f"/v1/agents/{host}/app"
         self._workers = workers
@@ -630,7 +630,8 @@ class AppChecks:
     def _exchange(self, client: httpx.Client, report: AppReport) -> bool:
         """Post one report, apply the answer; False (logged) if it did not come back
         valid."""
-        answer = self._servers.exchange(client, self._path, encode_app_report(report), self._key)
+        key = self.key  # the answer is signed with the key the report was
+        answer = self._servers.exchange(client, self._path, encode_app_report(report), key)
         if isinstance(answer, str):
             self._failed(f"report not accepted ({answer})")
             return False
@@ -638,7 +639,7 @@ class AppChecks:
             decoded = decode_app_answer(
                 answer.content,
                 answer.headers.get(SIGNATURE_HEADER),
-                self._key,
+                key,
                 host=self._host,
                 answer_to=report.at,
             )

@@ -84,7 +84,7 @@ class HeartbeatSender:
             [server] if server is not None else list(servers or ()), interval=resolve_interval
         )
         self._hosts = list(hosts)
-        self._key = key
+        self.key = key  # the host's agent key; replaced when its key file changes
         self._interval = interval
         self._alive = alive
         self._delay = delay
@@ -186,7 +186,7 @@ class HeartbeatSender:
             peer_window=self._peer_window if self._watchdog else 0.0,
             fanned=fanned,
         )
-        datagram = encode(beat, self._key)
+        datagram = encode(beat, self.key)
         extra = 0.0 if self._delay is None else self._delay(host)
         if extra is None:
             return  # lost on the way
@@ -218,7 +218,7 @@ class HeartbeatSender:
 
     def _hint(self, datagram: bytes, source: tuple[str, int]) -> None:
         try:
-            hint = decode_hint(datagram, self._key)
+            hint = decode_hint(datagram, self.key)
         except BadHeartbeat as exc:
             LOG.warning("owner hint from %s:%s refused: %s", *source, exc)
             return
@@ -254,7 +254,7 @@ class HeartbeatSender:
             if self._on_lease is None:
                 continue  # no self-fencing: no grant is wanted
             try:
-                grant = decode_grant(datagram, self._key)
+                grant = decode_grant(datagram, self.key)
             except BadHeartbeat as exc:
                 LOG.warning("lease grant refused: %s", exc)
                 continue

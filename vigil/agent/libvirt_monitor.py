@@ -218,7 +218,7 @@ class ReportSender:
         self._host = host
         self._servers = ServerUrls(urls_given(server_url, server_urls))
         self._path = f"/v1/agents/{host}/reports"
-        self._key = key
+        self.key = key  # the host's agent key; replaced when its key file changes
         self._queue: collections.deque[GuestReport] = collections.deque()
         self._max = max_queue
         self._timeout = timeout
@@ -265,7 +265,7 @@ class ReportSender:
                         return
                     batch = list(self._queue)[:100]
                 body = encode_reports(self._host, batch)
-                error = self._servers.post(client, self._path, body, self._key)
+                error = self._servers.post(client, self._path, body, self.key)
                 if error is None:
                     with self._cv:
                         for _ in batch:

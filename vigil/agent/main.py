@@ -1,4 +1,9 @@
-"""``vigil-agent``: the process on each compute host."""
+"""``vigil-agent``: the process on each compute host.
+
+Its key (``[agent] key_file``) is its host's own (``vigil.wire.keys``), and the peer key
+of self-fencing agents is in ``peer_key_file``: both files are re-read every few seconds
+and a new key is used at once, so a rotation needs no restart.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from vigil import config
 from vigil.agent.app_checks import AppChecks, LibvirtConnection
@@ -18,8 +24,32 @@ from vigil.agent.libvirt_monitor import LibvirtMonitor, ReportSender
 from vigil.agent.peers import AgentState, PeerGuard, PeerLink, parse_peers
 from vigil.agent.selffence import DeviceWatchdog, SelfFencer
 from vigil.agent.services import ServiceWatch, parse_watched
+from vigil.wire.keys import CHECK_EVERY, KeyFile
 
 LOG = logging.getLogger("vigil.agent")
+
+
+class _Signer(Protocol):
+    key: bytes
+
+
+def follow_key_files(
+    stop: threading.Event,
+    host_file: KeyFile | None,
+    signers: Sequence[_Signer],
+    peer_file: KeyFile | None,
+    link: PeerLink | None,
+) -> None:
+    """Every CHECK_EVERY seconds, re-read the key files: a new host key signs from the
+    next message on; new peer keys (the first signs) from the next peer check."""
+    while not stop.wait(CHECK_EVERY):
+        if host_file is not None and (keys := host_file.changed()) is not None:
+            for signer in signers:
+                signer.key = keys[0].encode()
+            LOG.warning("agent key file %s changed: signing with its new key", host_file.path)
+        if peer_file is not None and link is not None and (keys := peer_file.changed()):
+            link.keys = tuple(k.encode() for k in keys)
+            LOG.warning("peer key file %s changed: %d key(s) accepted", peer_file.path, len(keys))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -28,7 +58,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         conf = config.load(sys.argv[1:] if argv is None else argv, prog="vigil-agent")
         key = config.read_secret(conf.agent.key, conf.agent.key_file, what="agent key")
         if not key:
-            raise config.ConfigError("agent.key (or agent.key_file) must be set")
+            raise config.ConfigError(
+                "agent.key (or agent.key_file) must be set: this host's key "
+                "(vigil-server agent-key HOST prints it)"
+            )
+        peer_keys = config.read_secrets(
+            conf.agent.peer_key, conf.agent.peer_key_file, what="peer key"
+        )
+        if conf.agent.self_fencing and not peer_keys:
+            raise config.ConfigError(
+                "agent.self_fencing needs agent.peer_key (or agent.peer_key_file): "
+                "vigil-server agent-key --peers prints it"
+            )
         host = conf.agent.host or socket.gethostname()
         interval = conf.detection.heartbeat_interval
         servers = config.agent_servers(conf)
@@ -74,10 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             link = PeerLink(
                 guard,
-                key=key.encode(),
+                key=peer_keys[0].encode(),
                 bind=(conf.agent.peer_host, conf.agent.peer_port),
                 peers=peers,
             )
+            link.keys = tuple(k.encode() for k in peer_keys)
         except OSError as exc:
             LOG.error(
                 "configuration refused: peer port %s:%s: %s",
@@ -164,6 +206,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         services.start()
         LOG.info("host %s: watching services %s", host, ", ".join(watched))
+    signers: list[_Signer] = [c for c in (sender, reports, app_checks, services) if c is not None]
+    host_file = KeyFile(conf.agent.key_file, [key]) if conf.agent.key_file else None
+    peer_file = KeyFile(conf.agent.peer_key_file, peer_keys) if conf.agent.peer_key_file else None
+    if host_file is not None or peer_file is not None:
+        threading.Thread(
+            target=follow_key_files,
+            args=(stop, host_file, signers, peer_file, link),
+            name="key-files",
+            daemon=True,
+        ).start()
     sender.start()
     if fencer is not None:
         LOG.info(

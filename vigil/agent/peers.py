@@ -62,6 +62,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from vigil.wire.heartbeat import (
     MAX_DATAGRAM,
@@ -69,6 +70,7 @@ from vigil.wire.heartbeat import (
     LeaseGrant,
     PeerAnswer,
     PeerQuery,
+    WrongKey,
     decode_answer,
     decode_query,
     encode_answer,
@@ -76,6 +78,7 @@ from vigil.wire.heartbeat import (
 )
 
 LOG = logging.getLogger("vigil.agent.peers")
+T = TypeVar("T")
 
 
 class Verdict(enum.Enum):
@@ -324,10 +327,24 @@ def parse_peers(items: Iterable[str], default_port: int) -> dict[str, tuple[str,
     return peers
 
 
+def _first_valid(
+    keys: Sequence[bytes], decode: Callable[[bytes, bytes], T], datagram: bytes
+) -> tuple[T, bytes]:
+    """``decode(datagram, key)`` with the first of ``keys`` that signed it, and that key."""
+    for key in keys[:-1]:
+        try:
+            return decode(datagram, key), key
+        except WrongKey:
+            continue
+    return decode(datagram, keys[-1]), keys[-1]
+
+
 class PeerLink:
     """The UDP side: answers the queries of peers with ``guard``'s state, and sends
     ``guard``'s queries (``ask``) to ``peers``. Answers are accepted from any address:
-    they are signed, and name their host and the nonce asked."""
+    they are signed, and name their host and the nonce asked. Signed with the peer key
+    (``vigil.wire.keys``), the same on every agent: ``keys``, the first signs, any
+    verifies (a rotation under way); replaced when the peer key file changes."""
 
     def __init__(
         self,
@@ -338,7 +355,7 @@ class PeerLink:
         peers: Mapping[str, tuple[str, int]],
     ) -> None:
         self._guard = guard
-        self._key = key
+        self.keys: tuple[bytes, ...] = (key,)
         self._peers = dict(peers)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind(bind)
@@ -350,7 +367,7 @@ class PeerLink:
 
     def ask(self, nonce: str) -> None:
         guard = self._guard
-        datagram = encode_query(PeerQuery(guard.host, nonce), self._key)
+        datagram = encode_query(PeerQuery(guard.host, nonce), self.keys[0])
         for name, addr in self._peers.items():
             try:
                 self._sock.sendto(datagram, addr)
@@ -386,11 +403,11 @@ class PeerLink:
             guard = self._guard
             try:
                 if datagram.startswith(b"VGLQ"):
-                    query = decode_query(datagram, self._key)
-                    reply = encode_answer(guard.answer(query), self._key)
+                    query, key = _first_valid(self.keys, decode_query, datagram)
+                    reply = encode_answer(guard.answer(query), key)
                     self._sock.sendto(reply, source)
                 else:
-                    guard.on_answer(decode_answer(datagram, self._key))
+                    guard.on_answer(_first_valid(self.keys, decode_answer, datagram)[0])
             except BadHeartbeat as exc:
                 self._warn(f"bad:{source[0]}", f"peer message from {source[0]} refused: {exc}")
             except OSError as exc:

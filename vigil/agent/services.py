@@ -103,7 +103,7 @@ class ServiceWatch:
         self._host = host
         self._servers = ServerUrls(urls_given(server_url, server_urls))
         self._path = f"/v1/agents/{host}/services"
-        self._key = key
+        self.key = key  # the host's agent key; replaced when its key file changes
         self._watched = [_Watched(name, re.compile(rx)) for name, rx in services.items()]
         self._interval = interval
         self._down_after = down_after
@@ -168,7 +168,7 @@ class ServiceWatch:
                     pending = encode_services(self._host, self._clock(), self.states())
                     last_sent, next_try, delay = now, now, 0.0
                 if pending is not None and now >= next_try:
-                    error = self._servers.post(client, self._path, pending, self._key)
+                    error = self._servers.post(client, self._path, pending, self.key)
                     if error is None:
                         pending = None
                         self.acknowledged += 1

@@ -1,8 +1,10 @@
 """The agents' reports: guest failures (``POST /v1/agents/{host}/reports``) and the state
 of the host's watched services (``POST /v1/agents/{host}/services``).
 
-Authenticated by the agent key, not the operator's bearer token: the body is signed
-with HMAC-SHA256 (``vigil.wire.reports``), so an agent holds no operator credential.
+Authenticated by the host's agent key, not the operator's bearer token: the body is
+signed with HMAC-SHA256 (``vigil.wire.reports``) under the key derived for the host of
+the URL (``vigil.wire.keys``), so an agent holds no operator credential and cannot
+report for another host.
 A missing or wrong signature is 401, an unknown host 404, a malformed body 400; each
 refusal is logged with the host and the client's address. The answer (200) comes only
 after the reports are persisted with their events (S2): the agent retries until then.
@@ -20,6 +22,7 @@ from fastapi import FastAPI, HTTPException, Request
 from vigil.api.schemas import Problem
 from vigil.engine.guest_engine import GuestEngine
 from vigil.model import HostServices
+from vigil.wire.keys import AgentKeys
 from vigil.wire.reports import SIGNATURE_HEADER, BadReport, decode_reports, decode_services
 
 LOG = logging.getLogger("vigil.api.guest")
@@ -33,9 +36,14 @@ _REFUSALS: dict[int | str, dict[str, object]] = {
 
 
 def add_guest_routes(
-    app: FastAPI, *, guest: GuestEngine, agent_key: str, known_host: Callable[[str], bool]
+    app: FastAPI,
+    *,
+    guest: GuestEngine,
+    agent_key: AgentKeys | str,
+    known_host: Callable[[str], bool],
 ) -> None:
-    key = agent_key.encode()
+    """``agent_key``: the servers' master keys (a string: the one master key)."""
+    keys = AgentKeys.of(agent_key)
 
     async def _accepted(host: str, request: Request, decode: Callable[..., T], what: str) -> T:
         """The body, verified and parsed by ``decode``; else 401 (signature), 400
@@ -43,7 +51,8 @@ def add_guest_routes(
         body = await request.body()
         client = request.client.host if request.client else "?"
         try:
-            parsed = decode(body, request.headers.get(SIGNATURE_HEADER), key, host=host)
+            signature = request.headers.get(SIGNATURE_HEADER)
+            parsed, _ = keys.first_valid(host, lambda key: decode(body, signature, key, host=host))
         except BadReport as exc:
             status = 400 if str(exc).startswith("malformed") else 401
             LOG.warning("%s for host %s from %s refused: %s", what, host, client, exc)

@@ -32,6 +32,13 @@ segment, a forged datagram could make one of its hosts look alive to it; from th
 on, only verified heartbeats count, so a dead host is still found silent at most
 ``suspect_after`` after the take (and its hold, below).
 
+Keys (``vigil.wire.keys``): a heartbeat is verified with the keys derived for the host
+it names, so no host's key signs another's; grants and owner hints go back signed with
+the key that verified the heartbeat, the one its agent holds (during a rotation, some
+agents hold a key of the new master and some of the old). Where datagrams are read (the
+thread, or the child), the servers' key file is re-read every ``CHECK_EVERY`` seconds;
+a host heard with a previous master's key is logged, once, as one left to rotate.
+
 Reading each datagram still cost every server ~11 µs of Python, so each server also tells
 the agents of the hosts it verifies that it owns them (an ``OwnerHint``, at most every
 third of its ``ttl`` per host, to the address the heartbeat came from): they then send
@@ -67,12 +74,16 @@ from vigil.wire.heartbeat import (
     Heartbeat,
     LeaseGrant,
     OwnerHint,
+    WrongKey,
+    claimed_host,
     decode_fields,
+    decode_signed,
     encode_grant,
     encode_hint,
     is_fanned,
     peek_host,
 )
+from vigil.wire.keys import CHECK_EVERY, AgentKeys
 
 LOG = logging.getLogger(__name__)
 
@@ -89,8 +100,10 @@ SETTLE = 0.005
 KEEPALIVE = 0.1  # seconds: it sends at least this often, even nothing
 STALLED = 0.5  # seconds without a word from the child: it cannot hear for this server
 # What the child sends of a heartbeat: (host, boot_id, seq, kernel_boot_id, watchdog,
-# ack, peer_window, address, port); a tuple pickles in a fraction of a Heartbeat's time.
-Taken = tuple[str, str, int, str, float, int, float, str, int]
+# ack, peer_window, address, port, key: the one that verified it, which signs the
+# answers); a tuple pickles in a fraction of a Heartbeat's time.
+Taken = tuple[str, str, int, str, float, int, float, str, int, bytes]
+Verified = tuple[list[Taken], list[tuple[str, str]], list[str], list[str], list[str]]
 
 
 class HeartbeatTable:
@@ -255,46 +268,64 @@ def _read_batch(sock: socket.socket) -> list[tuple[bytes, tuple[str, int]]]:
 
 def _verify_batch(
     batch: list[tuple[bytes, tuple[str, int]]],
-    key: bytes,
+    keys: AgentKeys,
     only: frozenset[str] | None = None,
-) -> tuple[list[Taken], list[tuple[str, str]], list[str], list[str]]:
-    """The heartbeats of ``batch`` that verify, (source, why) for those that do not, the
-    hosts (unverified) of those left unverified: not in ``only`` (None: all are
-    verified), and those of them that say their agent follows an owner."""
+) -> Verified:
+    """The heartbeats of ``batch`` that verify (each with its host's keys), (source, why)
+    for those that do not, the hosts (unverified) of those left unverified: not in
+    ``only`` (None: all are verified), those of them that say their agent follows an
+    owner, and the hosts whose heartbeat only a previous master's key verified."""
     taken: list[Taken] = []
     refused: list[tuple[str, str]] = []
     others: list[str] = []
     fanned: list[str] = []
+    stale: list[str] = []
+    for_host, cache = keys.for_host, keys.cache
     for datagram, (addr, port) in batch:
-        if only is not None:
-            peeked = peek_host(datagram)
-            if peeked is not None and peeked not in only:
-                others.append(peeked)
-                if is_fanned(datagram):
-                    fanned.append(peeked)
+        host = peek_host(datagram)
+        if only is not None and host is not None and host not in only:
+            others.append(host)
+            if is_fanned(datagram):
+                fanned.append(host)
+            continue
+        if host is None:
+            host = claimed_host(datagram)
+            if host is None:
+                refused.append((f"{addr}:{port}", "not a heartbeat naming its host"))
                 continue
+        host_keys = cache.get(host) or for_host(host)
+        key = host_keys[0] if host_keys else b""
         try:
-            host, boot_id, seq, _, watchdog, kernel, ack, peer = decode_fields(datagram, key)
+            try:  # the current key first, inline: decode_signed costs a call more
+                fields = decode_fields(datagram, key)
+                if fields[0] != host:
+                    raise WrongKey("names another host")  # decode_signed says which
+            except WrongKey:
+                fields, index = decode_signed(datagram, host, host_keys)
+                key = host_keys[index]
+                if keys.is_previous(index):
+                    stale.append(host)
         except BadHeartbeat as exc:
             refused.append((f"{addr}:{port}", str(exc)))
             continue
-        taken.append((host, boot_id, seq, kernel, watchdog, ack, peer, addr, port))
-    return taken, refused, others, fanned
+        _, boot_id, seq, _, watchdog, kernel, ack, peer = fields
+        taken.append((host, boot_id, seq, kernel, watchdog, ack, peer, addr, port, key))
+    return taken, refused, others, fanned, stale
 
 
 class _Hinter:
     """Owner hints to the agents of the hosts this server verifies because it holds
     their segments, each at most every third of ``ttl`` (two lost in a row do not let a
-    hint lapse). A hint's bytes never change for a host, so they are signed once; one
-    replayed only makes an agent send to this server too, for ``ttl``."""
+    hint lapse). A hint's bytes never change for a host and key, so they are signed
+    once per key (that of the host's heartbeat: the one its agent holds); one replayed
+    only makes an agent send to this server too, for ``ttl``."""
 
-    def __init__(self, key: bytes, ttl: float, others: float) -> None:
-        self._key = key
+    def __init__(self, ttl: float, others: float) -> None:
         self._ttl = ttl
         self._others = others
         self._every = ttl / 3
         self._at: dict[str, float] = {}
-        self._bytes: dict[str, bytes] = {}
+        self._bytes: dict[str, tuple[bytes, bytes]] = {}  # host -> (key, hint signed)
         self.sent = 0
 
     def send(
@@ -306,10 +337,10 @@ class _Hinter:
             if now - at.get(host, float("-inf")) < every or host not in only:
                 continue
             at[host] = now
-            datagram = self._bytes.get(host)
-            if datagram is None:
-                datagram = encode_hint(OwnerHint(host, self._ttl, self._others), self._key)
-                self._bytes[host] = datagram
+            key, datagram = self._bytes.get(host, (b"", b""))
+            if key != t[9]:
+                key, datagram = t[9], encode_hint(OwnerHint(host, self._ttl, self._others), t[9])
+                self._bytes[host] = (key, datagram)
             try:
                 sock.sendto(datagram, (t[7], t[8]))
                 self.sent += 1
@@ -334,6 +365,7 @@ class _Sequencer:
         self.refused: list[tuple[str, str]] = []
         self.others: list[str] = []  # heard, unverified (other servers' segments)
         self.fanned: list[str] = []  # of those, following an owner
+        self.stale: list[str] = []  # verified with a previous master's key only
 
     def take(
         self,
@@ -341,10 +373,12 @@ class _Sequencer:
         refused: list[tuple[str, str]],
         others: Sequence[str] = (),
         fanned: Sequence[str] = (),
+        stale: Sequence[str] = (),
     ) -> None:
         self.refused += refused
         self.others += others
         self.fanned += fanned
+        self.stale += stale
         seqs, kernels = self._seq, self._kernel
         for t in taken:
             host, boot_id, seq, kernel = t[0], t[1], t[2], t[3]
@@ -360,8 +394,8 @@ class _Sequencer:
                 self.grants.append(t)
 
     def message(self, dropped: int | None) -> tuple[Any, ...]:
-        """("took", heard, kernels, grants, refused, dropped, others, fanned), and a fresh
-        start."""
+        """("took", heard, kernels, grants, refused, dropped, others, fanned, stale), and
+        a fresh start."""
         out = (
             "took",
             self.heard,
@@ -371,9 +405,10 @@ class _Sequencer:
             dropped,
             self.others,
             self.fanned,
+            self.stale,
         )
         self.heard, self.kernels, self.grants, self.refused = [], {}, [], []
-        self.others, self.fanned = [], []
+        self.others, self.fanned, self.stale = [], [], []
         return out
 
     def pending(self) -> bool:
@@ -381,18 +416,22 @@ class _Sequencer:
 
 
 def _receive_main(
-    conn: Connection, sock: socket.socket, key: bytes, hint: tuple[float, float] | None = None
+    conn: Connection,
+    sock: socket.socket,
+    keys: AgentKeys,
+    hint: tuple[float, float] | None = None,
 ) -> None:
     """The receiving child: read, verify and sequence; send ``_Sequencer.message`` to
     the parent every FLUSH seconds with something to say, at least every KEEPALIVE.
     Ends on ("quit",) or when the parent is gone (its end of the pipe closed);
     ("only", hosts) says which hosts to verify (None: all, as it starts); ``hint`` (ttl,
-    others): owner hints to the agents of those hosts (None: none)."""
+    others): owner hints to the agents of those hosts (None: none). Re-reads the key
+    file every CHECK_EVERY seconds (the parent logs the change: it reads it too)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # its parent stops it
     sock.setblocking(False)
     sequencer = _Sequencer()
-    hinter = _Hinter(key, *hint) if hint else None
-    sent_at = time.monotonic()
+    hinter = _Hinter(*hint) if hint else None
+    sent_at = checked_at = time.monotonic()
     dropped = _socket_drops(sock)
     only: frozenset[str] | None = None
     while True:
@@ -409,7 +448,7 @@ def _receive_main(
             # Asked before reading: a drop is known before the silence it caused is.
             dropped = _socket_drops(sock)
             batch = _read_batch(sock)
-            verified = _verify_batch(batch, key, only)
+            verified = _verify_batch(batch, keys, only)
             sequencer.take(*verified)
             if hinter is not None and only is not None:
                 hinter.send(sock, verified[0], only, time.monotonic())
@@ -418,6 +457,9 @@ def _receive_main(
                 # (select, the drop counter, the pipe) cost more than reading them.
                 time.sleep(SETTLE)
         now = time.monotonic()
+        if now - checked_at >= CHECK_EVERY:
+            keys.refresh()
+            checked_at = now
         if (sequencer.pending() and now - sent_at >= FLUSH) or now - sent_at >= KEEPALIVE:
             try:
                 conn.send(sequencer.message(dropped))
@@ -443,7 +485,7 @@ class HeartbeatReceiver:
         self,
         table: HeartbeatTable,
         *,
-        key: bytes,
+        keys: AgentKeys,
         known_host: Callable[[str], bool],
         bind: tuple[str, int],
         clock: Clock,
@@ -460,10 +502,15 @@ class HeartbeatReceiver:
         instead of every host's silence ignored (``note_lost``) once the queue overflows.
         ``process``: read and verify in a child process (see the module's doc).
         ``owner_hint``: (ttl, others) of the owner hints sent to the agents of the hosts
-        verified while ``verify_only`` names some (several servers); None: none sent."""
+        verified while ``verify_only`` names some (several servers); None: none sent.
+        ``keys``: the servers' master keys, whose file this receiver re-reads every
+        CHECK_EVERY seconds (what else verifies with the same object, the API, follows;
+        a receiving child re-reads its own copy)."""
         self._table = table
         self._leases = leases
-        self._key = key
+        self._keys = keys
+        self._keys_checked = time.monotonic()
+        self._stale_told: set[str] = set()  # hosts logged as holding a previous key
         self._known = known_host
         self._clock = clock
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -506,9 +553,40 @@ class HeartbeatReceiver:
         )
 
     def start(self) -> None:
+        self._log_keys(logging.INFO, "accepted")
         if self._process:
             self._spawn()
         self._thread.start()
+
+    def _log_keys(self, level: int, what: str) -> None:
+        LOG.log(
+            level,
+            "agent keys: %d master key(s) %s; agents should hold keys derived from the first",
+            len(self._keys.masters),
+            what,
+        )
+
+    def _check_keys(self) -> None:
+        """Re-read the servers' key file every CHECK_EVERY seconds: said once on change."""
+        now = time.monotonic()
+        if now - self._keys_checked < CHECK_EVERY:
+            return
+        self._keys_checked = now
+        if self._keys.refresh():
+            self._stale_told.clear()  # a new rotation: each host left is said again
+            self._log_keys(logging.WARNING, "accepted now (key file changed)")
+
+    def _note_stale(self, hosts: list[str]) -> None:
+        """Hosts heard with a previous master's key: each said once (per key change)."""
+        for host in hosts:
+            if host not in self._stale_told and self._known(host):
+                self._stale_told.add(host)
+                LOG.warning(
+                    "host %s: its agent still signs with a key of a previous master key: "
+                    "install its new key (vigil-server agent-key %s)",
+                    host,
+                    host,
+                )
 
     def verify_only(self, hosts: Iterable[str] | None) -> None:
         """Verify the heartbeats of ``hosts`` only (those of the segments this server
@@ -541,7 +619,7 @@ class HeartbeatReceiver:
         parent, child = ctx.Pipe()
         proc = ctx.Process(
             target=_receive_main,
-            args=(child, self._sock, self._key, self._hint),
+            args=(child, self._sock, self._keys, self._hint),
             name="vigil-heartbeats",
             daemon=True,
         )
@@ -572,6 +650,7 @@ class HeartbeatReceiver:
         server that cannot hear: every host counts as heard until one answers again."""
         heard_at = self._clock.monotonic()
         while not self._stop.is_set():
+            self._check_keys()
             conn = self._conn
             message = None
             if conn is not None:
@@ -581,7 +660,7 @@ class HeartbeatReceiver:
                 except (EOFError, OSError):
                     message = None
             if message is not None:
-                _, heard, kernels, grants, refused, dropped, others, fanned = message
+                _, heard, kernels, grants, refused, dropped, others, fanned, stale = message
                 if self._stalled_since is not None:
                     LOG.warning("heartbeats: the receiving process answers again")
                     self._stalled_since = None
@@ -591,6 +670,7 @@ class HeartbeatReceiver:
                     self._refuse(source, why)
                 self._record_heard(heard, kernels, grants)
                 self._record_others(others, fanned)
+                self._note_stale(stale)
                 continue
             if self._stop.is_set():
                 return
@@ -629,7 +709,7 @@ class HeartbeatReceiver:
         until the queue is empty is the batch it allows.)"""
         self._sock.setblocking(False)
         sequencer = _Sequencer()
-        hinter = _Hinter(self._key, *self._hint) if self._hint else None
+        hinter = _Hinter(*self._hint) if self._hint else None
         while not self._stop.is_set():
             try:
                 ready, _, _ = select.select([self._sock], [], [], 0.5)
@@ -637,6 +717,7 @@ class HeartbeatReceiver:
                 if self._stop.is_set():
                     return
                 raise
+            self._check_keys()
             if not ready:
                 continue
             # Asked before reading: a drop is known before the silence it caused is.
@@ -648,15 +729,16 @@ class HeartbeatReceiver:
                     return
                 raise
             only = self._only
-            verified = _verify_batch(batch, self._key, only)
+            verified = _verify_batch(batch, self._keys, only)
             sequencer.take(*verified)
             if hinter is not None and only is not None:
                 hinter.send(self._sock, verified[0], only, self._clock.monotonic())
-            _, heard, kernels, grants, refused, _, others, fanned = sequencer.message(None)
+            _, heard, kernels, grants, refused, _, others, fanned, stale = sequencer.message(None)
             for source, why in refused:
                 self._refuse(source, why)
             self._record_heard(heard, kernels, grants)
             self._record_others(others, fanned)
+            self._note_stale(stale)
 
     def _note_drops(self, dropped: int | None) -> None:
         if dropped is not None and dropped > self.dropped:
@@ -700,7 +782,8 @@ class HeartbeatReceiver:
         if self._leases is not None:
             for t in grants:
                 if known(t[0]):
-                    self._grant(Heartbeat(t[0], t[1], t[2], 0.0, t[4], t[3], t[5], t[6]), t[7:])
+                    beat = Heartbeat(t[0], t[1], t[2], 0.0, t[4], t[3], t[5], t[6])
+                    self._grant(beat, (t[7], t[8]), t[9])
 
     def _record_others(self, others: list[str], fanned: list[str]) -> None:
         """Hosts of other servers' segments, heard unverified: their liveness only (no
@@ -713,7 +796,8 @@ class HeartbeatReceiver:
         self._table.heard_unverified(hosts, [h for h in fanned if known(h)])
         self.unverified += len(hosts)
 
-    def _grant(self, beat: Heartbeat, to: tuple[str, int]) -> None:
+    def _grant(self, beat: Heartbeat, to: tuple[str, int], key: bytes) -> None:
+        """Answer ``beat`` with a lease grant signed with ``key``, the one it was."""
         assert self._leases is not None
         ttl = self._leases.grant(
             beat.host,
@@ -728,6 +812,6 @@ class HeartbeatReceiver:
         segment, n = self._leases.segment(beat.host)
         grant = LeaseGrant(beat.host, beat.boot_id, beat.seq, ttl, segment, n)
         try:
-            self._sock.sendto(encode_grant(grant, self._key), to)
+            self._sock.sendto(encode_grant(grant, key), to)
         except OSError as exc:
             LOG.warning("host %s: lease grant not sent: %s", beat.host, exc)

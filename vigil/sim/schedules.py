@@ -878,7 +878,7 @@ class _Servers:
             groups: dict[str, dict[str, str]] = {
                 "database": {"connection": f"sqlite:///{state_dir / 'vigil.db'}"},
                 "api": {"port": str(api_port), "auth_token": token},
-                "agent": {"key": key, "listen_port": str(hb_port)},
+                "agent": {"key": key, "listen_port": str(hb_port), "accept_master_key": "true"},
                 "compute": {"sim_url": cloud_url},
                 "notifier": {"drivers": "memory"},
                 **t.overrides(),

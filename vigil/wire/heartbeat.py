@@ -3,8 +3,10 @@
 Heartbeats are single UDP datagrams: one server must take tens of thousands per second
 (10,000 hosts, a few beats per second each), which connection-oriented transports make
 expensive, and a lost datagram is exactly the signal the detector measures. Each datagram
-is signed with HMAC-SHA256 over the agent key, and carries the agent's boot id and a
-sequence number so that a replayed or reordered datagram is not mistaken for a live host.
+is signed with HMAC-SHA256 under its host's agent key (``vigil.wire.keys``: a server
+verifies it with the key of the host it names, ``decode_signed``), and carries the
+agent's boot id and a sequence number so that a replayed or reordered datagram is not
+mistaken for a live host.
 
 ``boot_id`` is the agent *process*'s id (its sequence numbers start again with it);
 ``kernel_boot_id`` is the host's (``/proc/sys/kernel/random/boot_id``), new at every boot
@@ -29,15 +31,20 @@ every heartbeat to that server and to the others only every ``others`` seconds
 
 Wire format: ``MAGIC + json + b"." + hex(hmac_sha256(key, MAGIC + json))`` with MAGIC
 ``VGL1`` for heartbeats, ``VGLG`` for grants, ``VGLH`` for owner hints, ``VGLQ`` /
-``VGLA`` for peer queries and answers.
+``VGLA`` for peer queries and answers. Grants and hints are signed with the key the
+heartbeat was verified with (the one its agent holds); peer queries and answers with
+the peer key.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from vigil.wire.keys import BadSignature
 
 MAGIC = b"VGL1"
 GRANT_MAGIC = b"VGLG"
@@ -51,6 +58,10 @@ _JSON_OUT = json.JSONEncoder(separators=(",", ":"))
 
 class BadHeartbeat(Exception):
     """A datagram that is not a valid, correctly signed message; the message says why."""
+
+
+class WrongKey(BadHeartbeat, BadSignature):
+    """A message not signed with the key tried (another may still verify it)."""
 
 
 @dataclass(frozen=True)
@@ -123,7 +134,7 @@ def _verify(datagram: bytes, magic: bytes, key: bytes) -> dict[str, Any]:
     # these a second at 10,000 hosts.
     expected = hmac.digest(key, body, "sha256").hex().encode()
     if not hmac.compare_digest(expected, signature):
-        raise BadHeartbeat("bad signature (wrong or missing agent key)")
+        raise WrongKey("bad signature (wrong or missing agent key)")
     try:
         # raw_decode: decode() would look for whitespace around the object, which no
         # encoder of this protocol writes (a third of the parse at 40,000 a second).
@@ -220,6 +231,37 @@ def peek_host(datagram: bytes) -> str | None:
         return name.decode()
     except UnicodeDecodeError:
         return None
+
+
+def claimed_host(datagram: bytes) -> str | None:
+    """The host a heartbeat names, NOT verified: ``peek_host``, or for a name it cannot
+    read (escaped), the parsed field (None: none)."""
+    host = peek_host(datagram)
+    if host is not None or not datagram.startswith(MAGIC):
+        return host
+    body = datagram[len(MAGIC) : datagram.rfind(b".")]
+    try:
+        data, _ = _JSON.raw_decode(body.decode())
+    except ValueError:
+        return None
+    name = data.get("h") if isinstance(data, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def decode_signed(datagram: bytes, host: str, keys: Sequence[bytes]) -> tuple[HeartbeatFields, int]:
+    """A heartbeat of ``host`` (its ``claimed_host``), verified with ``host``'s ``keys``
+    (``AgentKeys.for_host``, the current first): its fields, and the index of the key
+    that signed it. One signed with another host's key, or naming another host in its
+    fields, raises ``BadHeartbeat``."""
+    for index, key in enumerate(keys):
+        try:
+            fields = decode_fields(datagram, key)
+        except WrongKey:
+            continue
+        if fields[0] != host:  # a second "h" in the object: JSON keeps the last
+            raise BadHeartbeat(f"malformed heartbeat: names {host!r} and {fields[0]!r}")
+        return fields, index
+    raise WrongKey(f"bad signature (not host {host}'s agent key)")
 
 
 def is_fanned(datagram: bytes) -> bool:

@@ -2,9 +2,10 @@
 
 Reports go over HTTP (``POST /v1/agents/{host}/reports``), not UDP like heartbeats: each
 one must arrive, so the agent retries until the server answers 2xx, which it does only
-after the report is persisted. A report is signed like a heartbeat — HMAC-SHA256 with the
-agent key over the exact body, hex in the ``X-Vigil-Agent-Signature`` header — and names
-its host in the body, which must match the URL. Its ``id`` (a UUID) makes a retry
+after the report is persisted. A report is signed like a heartbeat — HMAC-SHA256 with its
+host's agent key (``vigil.wire.keys``) over the exact body, hex in the
+``X-Vigil-Agent-Signature`` header — and names its host in the body, which must match the
+URL (whose key the server verifies with). Its ``id`` (a UUID) makes a retry
 idempotent: the server records each id once.
 
 Body: ``{"host": ..., "reports": [{"id", "instance_id", "kind", "at", "detail"}, ...]}``.
@@ -27,6 +28,7 @@ from typing import Any
 import httpx
 
 from vigil.model import GuestFailureKind, GuestReport, ServiceState
+from vigil.wire.keys import BadSignature
 
 SIGNATURE_HEADER = "X-Vigil-Agent-Signature"
 MAX_BODY = 256 * 1024
@@ -35,6 +37,10 @@ MAX_REPORTS = 500
 
 class BadReport(Exception):
     """A report body that is unsigned, wrongly signed or malformed; the message says why."""
+
+
+class WrongSignature(BadReport, BadSignature):
+    """A report not signed with the key tried (another may still verify it)."""
 
 
 def sign(body: bytes, key: bytes) -> str:
@@ -82,7 +88,7 @@ def verify_signature(body: bytes, signature: str | None, key: bytes) -> None:
     if len(body) > MAX_BODY:
         raise BadReport("report too large")
     if not key or not hmac.compare_digest(sign(body, key), signature.strip()):
-        raise BadReport("bad signature (wrong or missing agent key)")
+        raise WrongSignature("bad signature (wrong or missing agent key)")
 
 
 def decode_services(

@@ -19,6 +19,7 @@ nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -483,6 +484,7 @@ def event_as_json(event: Event) -> dict[str, Any]:
         "priority": event.priority,
         "host": event.host,
         "instance_id": event.instance_id,
+        "project_id": event.project_id,
         "payload": dict(event.payload),
     }
 
@@ -741,6 +743,8 @@ def samples() -> dict[str, dict[str, Any]]:
     out = {}
     for n, name in enumerate(sorted(CATALOGUE)):
         event = make_event(name, at=at + n, **data[name])
+        if event.instance_id:  # as the store stamps it: the instance's project
+            event = dataclasses.replace(event, project_id="8f6b2c1d4e7a4b0c9d3e5f7a1b2c4d6e")
         out[name] = {
             **event_as_json(event),
             "id": str(uuid.UUID(int=n + 1)),

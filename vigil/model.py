@@ -287,6 +287,10 @@ class Event:
     priority: str = "INFO"
     payload: Mapping[str, Any] = field(default_factory=dict)
     seq: int = 0
+    # The project (tenant) of ``instance_id``, as Nova last told vigil; None for an event
+    # about no instance, or one whose project vigil never learnt. A project member sees
+    # only the events of their project.
+    project_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -300,12 +304,17 @@ class Subscription:
     event_types: tuple[str, ...] = ()
     created_at: float = 0.0
     id: int | None = None
+    # A project member's subscription (None: an admin's, for every project): it is sent
+    # only the events of instances of this project.
+    project_id: str | None = None
 
-    def wants(self, event_type: str) -> bool:
+    def wants(self, event: Event) -> bool:
+        if self.project_id is not None and event.project_id != self.project_id:
+            return False
         if not self.event_types:
             return True
         return any(
-            event_type == t or (t.endswith(".*") and event_type.startswith(t[:-1]))
+            event.event_type == t or (t.endswith(".*") and event.event_type.startswith(t[:-1]))
             for t in self.event_types
         )
 

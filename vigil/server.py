@@ -2,10 +2,13 @@
 
 ``VigilServer`` is also what the demo and the tests start in-process; ``main`` is the
 process entry point (oslo.config command line: ``--config-file /etc/vigil/vigil.conf``).
+``vigil-server agent-key HOST`` prints the key to install on HOST's agent, derived from
+the server's current master key (``--peers``: the self-fencing agents' peer key).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import signal
 import socket
@@ -22,7 +25,7 @@ from vigil.api.auth import Authority
 from vigil.api.masakari import masakari_app
 from vigil.clock import Clock, SystemClock
 from vigil.config import Settings
-from vigil.drivers.compute import ComputeDriver
+from vigil.drivers.compute import ComputeDriver, noting_projects
 from vigil.drivers.coordination import build_coordinator
 from vigil.drivers.errors import PermanentError
 from vigil.drivers.fence_factory import ExtraBuilder, fence_device_factory
@@ -47,6 +50,7 @@ from vigil.sim.drivers import SimCompute, sim_fence_builder
 from vigil.sim.rpc import RemoteCloud
 from vigil.store.masakari import MasakariRecords
 from vigil.store.sql import SqlStore, upgrade
+from vigil.wire.keys import AgentKeys, host_key, peer_key
 
 LOG = logging.getLogger("vigil.server")
 
@@ -95,7 +99,15 @@ class VigilServer:
             if cloud is None:
                 raise config.ConfigError("compute.driver is sim: set compute.sim_url")
             compute = SimCompute(cloud)
-        self.compute = compute
+        # Every server Nova reports tells the store its project (tenancy, issue 18).
+        self.compute = noting_projects(compute, self.store.note_instance_projects)
+        # Heartbeats and reports are verified with the key derived for their host; the
+        # key file is re-read by the heartbeat receiver (vigil.wire.keys).
+        self.agent_keys = AgentKeys(
+            (settings.agent_key, *settings.agent_previous_keys) if settings.agent_key else (),
+            path=settings.agent_key_file,
+            accept_masters=settings.accept_master_key,
+        )
         self.heartbeats = HeartbeatTable(self.clock)
         # What the engine's snapshots say of the hosts, for the lease keeper to read: made
         # first, so that neither asks the other.
@@ -184,7 +196,7 @@ class VigilServer:
             self.guest.apps.set_wake(self.guest.wake)
         self.receiver = HeartbeatReceiver(
             self.heartbeats,
-            key=settings.agent_key.encode(),
+            keys=self.agent_keys,
             known_host=self.known.is_known,
             bind=(settings.heartbeat_host, settings.heartbeat_port),
             clock=self.clock,
@@ -221,7 +233,7 @@ class VigilServer:
             heartbeat_age=self.heartbeats.age,
             defaults=settings.recovery,
             guest=self.guest,
-            agent_key=settings.agent_key,
+            agent_key=self.agent_keys,
             ownership=self.ownership,
             metrics=self.metrics.render,
             authority=self.authority,
@@ -358,10 +370,46 @@ class VigilServer:
         self.masakari_records.close()
 
 
+def agent_key(argv: Sequence[str]) -> int:
+    """``vigil-server agent-key HOST [--config-file ...]``: print HOST's agent key (or,
+    ``--peers``, the peer key), derived from the first master key of the server's
+    configuration: what to install in that agent's ``[agent] key_file``."""
+    parser = argparse.ArgumentParser(
+        prog="vigil-server agent-key",
+        description="Print the agent key of HOST, derived from the server's current master "
+        "key ([agent] key_file): install it in that host's agent key_file.",
+    )
+    parser.add_argument("host", nargs="?", help="the compute host, as Nova names it")
+    parser.add_argument(
+        "--peers", action="store_true", help="print the peer key of self-fencing agents instead"
+    )
+    for option in ("--config-file", "--config-dir"):  # oslo.config's, passed on
+        parser.add_argument(option, action="append", default=[], help="as vigil-server's")
+    opts = parser.parse_args(argv)
+    if (opts.host is None) != opts.peers:
+        parser.error("give HOST, or --peers")
+    oslo = [f"--config-file={f}" for f in opts.config_file]
+    oslo += [f"--config-dir={d}" for d in opts.config_dir]
+    try:
+        conf = config.load(oslo)
+        masters = config.read_secrets(conf.agent.key, conf.agent.key_file, what="agent key")
+    except config.ConfigError as exc:
+        LOG.error("configuration refused: %s", exc)
+        return 2
+    if not masters:
+        LOG.error("configuration refused: agent.key (or agent.key_file) must be set")
+        return 2
+    print(peer_key(masters[0]) if opts.peers else host_key(masters[0], opts.host))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["agent-key"]:
+        return agent_key(args[1:])
     try:
-        conf = config.load(sys.argv[1:] if argv is None else argv)
+        conf = config.load(args)
         settings = config.settings_from_conf(conf)
     except config.ConfigError as exc:
         LOG.error("configuration refused: %s", exc)

@@ -13,16 +13,13 @@ import pytest
 from fastapi.testclient import TestClient
 from oslo_config import cfg
 from starlette.routing import Mount
+from support.served import TOKEN, serving
 
 from vigil.api import policies
 from vigil.api.auth import Authority, Caller, StaticToken
-from vigil.clock import SystemClock
-from vigil.config import Settings
 from vigil.server import VigilServer
-from vigil.sim.cloud import SimCloud, SimLatency
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "static-token"
 # Routes a caller's token does not open: the agents' (signed by the agent key), the
 # application's heartbeat (its own credential), health and metrics, Masakari's versions.
 UNGUARDED = {"healthz", "prometheus_metrics", "agent_reports", "agent_services", "agent_app"}
@@ -31,19 +28,8 @@ UNGUARDED |= {"app_heartbeat"}
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[VigilServer]:
-    cloud = SimCloud(SystemClock(), latency=SimLatency.zero())
-    cloud.add_host("compute-1")
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path}/v.db",
-        api_port=0,
-        heartbeat_port=0,
-        api_token=TOKEN,
-        agent_key="k",
-    )
-    server = VigilServer(settings, cloud=cloud)
-    server.start()
-    yield server
-    server.stop()
+    with serving(tmp_path) as (server, _cloud):
+        yield server
 
 
 def test_every_route_of_both_apis_has_a_rule(server: VigilServer) -> None:
@@ -91,15 +77,27 @@ def test_the_default_rules() -> None:
     authority = Authority.static(TOKEN)
     admin = Caller("u", "p", frozenset({"admin", "member", "reader"}))
     cloud_reader = Caller("u", None, frozenset({"reader"}), system_scope="all")
-    project_reader = Caller("u", "p", frozenset({"reader", "member"}))
+    project_member = Caller("u", "p", frozenset({"reader", "member"}))
+    project_reader = Caller("u", "p", frozenset({"reader"}))
+    callers = (admin, cloud_reader, project_member, project_reader)
+    # The target of a project's rules is the project that owns the record: "p" here.
     for rule, allowed in (
         ("vigil:hosts:list", {admin, cloud_reader}),
         ("vigil:hosts:delete", {admin}),
-        ("vigil:apps:credential", {admin}),
+        ("vigil:apps:credential", {admin, project_member}),
+        ("vigil:instances:get", {admin, cloud_reader, project_member, project_reader}),
+        ("vigil:instances:evacuate", {admin, project_member}),
+        ("vigil:all_projects", {admin, cloud_reader}),
         ("os_masakari_api:segments:index", {admin}),
     ):
-        for caller in (admin, cloud_reader, project_reader):
-            assert authority.allows(rule, caller) == (caller in allowed), (rule, caller)
+        for caller in callers:
+            allows = authority.allows(rule, caller, {"project_id": "p"})
+            assert allows == (caller in allowed), (rule, caller)
+    # ... and another project's record is no project member's.
+    for caller in (project_member, project_reader):
+        assert not authority.allows("vigil:instances:get", caller, {"project_id": "q"})
+    assert authority.scope(project_member).project_id == "p"
+    assert authority.scope(cloud_reader).project_id is None
 
 
 def test_the_static_token_is_an_admins_and_nothing_else_passes() -> None:

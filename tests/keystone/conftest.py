@@ -14,12 +14,15 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+import openstack
 import pytest
 from keystoneauth1 import session
 from keystoneauth1.identity import v3
@@ -69,24 +72,53 @@ class Keystone:
     def project_id(self, user: str) -> str:
         return str(self.info["users"][user]["project_id"])
 
+    def credentials(self, user: str) -> dict[str, str]:
+        """``user``'s password credentials, scoped to its project (keystoneauth's and
+        openstacksdk's keyword arguments)."""
+        return {
+            "auth_url": self.auth_url,
+            "username": user,
+            "password": self.password(user),
+            "user_domain_id": "default",
+            "project_name": self.info["users"][user]["project"],
+            "project_domain_id": "default",
+        }
+
+    def session(self, user: str, *, system: bool = False) -> session.Session:
+        """A keystoneauth session of ``user``: project-scoped, or system-scoped."""
+        creds = self.credentials(user)
+        if system:
+            del creds["project_name"], creds["project_domain_id"]
+            creds["system_scope"] = "all"
+        return session.Session(auth=v3.Password(**creds))
+
+    def connect(self, user: str) -> openstack.connection.Connection:
+        """An openstacksdk connection of ``user``, through the catalog."""
+        return openstack.connect(**self.credentials(user), region_name="RegionOne")
+
+    @contextmanager
+    def in_catalog(self, service_type: str, url: str) -> Iterator[None]:
+        """A service of ``service_type`` with its public endpoint ``url`` in the catalog,
+        as an operator registers vigil (removed on the way out)."""
+        admin = self.session("admin")
+        identity = {"endpoint_override": self.auth_url}
+        name = f"vigil-{uuid.uuid4().hex[:6]}"
+        service = admin.post(
+            "/services", json={"service": {"type": service_type, "name": name}}, **identity
+        ).json()["service"]
+        body = {"service_id": service["id"], "interface": "public", "region_id": "RegionOne"}
+        endpoint = admin.post(
+            "/endpoints", json={"endpoint": {**body, "url": url}}, **identity
+        ).json()["endpoint"]
+        try:
+            yield
+        finally:
+            admin.delete(f"/endpoints/{endpoint['id']}", **identity)
+            admin.delete(f"/services/{service['id']}", **identity)
+
     def token(self, user: str, *, system: bool = False) -> str:
         """A fresh token of ``user``: project-scoped, or system-scoped."""
-        scope: dict[str, Any] = (
-            {"system_scope": "all"}
-            if system
-            else {
-                "project_name": self.info["users"][user]["project"],
-                "project_domain_id": "default",
-            }
-        )
-        auth = v3.Password(
-            auth_url=self.auth_url,
-            username=user,
-            password=self.password(user),
-            user_domain_id="default",
-            **scope,
-        )
-        return str(session.Session(auth=auth).get_token())
+        return str(self.session(user, system=system).get_token())
 
 
 @pytest.fixture(scope="session")

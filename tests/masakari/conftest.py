@@ -3,24 +3,16 @@ cloud, and where Masakari's own clients and monitors are (tools/masakari/setup-c
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.monitors import CLIENTS_HOME, installed
 
 from .vigil_masakari import Running, running_vigil, sim_cloud
 
-REPO = Path(__file__).resolve().parents[2]
-CLIENTS_HOME = Path(os.environ.get("MASAKARI_CLIENTS_HOME") or REPO / ".masakari")
 OPENSTACK_CLI = CLIENTS_HOME / "clients" / "bin" / "openstack"
-PROCESS_MONITOR = CLIENTS_HOME / "monitors" / "bin" / "masakari-processmonitor"
-
-
-def installed(path: Path) -> None:
-    """A check for services.require."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run tools/masakari/setup-clients")
+__all__ = ["OPENSTACK_CLI", "installed"]
 
 
 @pytest.fixture

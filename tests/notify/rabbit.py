@@ -27,6 +27,7 @@ from support import wait_until
 from vigil.drivers.messaging import (
     CONTEXT_HOST,
     CONTEXT_INSTANCE_ID,
+    CONTEXT_PROJECT_ID,
     parse_notification_timestamp,
 )
 from vigil.drivers.notifier import Event
@@ -72,6 +73,7 @@ class Notification:
             timestamp=parse_notification_timestamp(self.metadata["timestamp"]),
             host=self.ctxt.get(CONTEXT_HOST),
             instance_id=self.ctxt.get(CONTEXT_INSTANCE_ID),
+            project_id=self.ctxt.get(CONTEXT_PROJECT_ID),
             priority=self.priority,
             payload=self.payload,
         )

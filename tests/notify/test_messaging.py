@@ -25,6 +25,7 @@ from vigil.drivers.errors import DriverError, PermanentError, TemporaryError
 from vigil.drivers.messaging import (
     CONTEXT_HOST,
     CONTEXT_INSTANCE_ID,
+    CONTEXT_PROJECT_ID,
     CONTEXT_SEQ,
     OsloMessagingNotifier,
     notification_timestamp,
@@ -105,6 +106,7 @@ def test_the_envelope_is_openstacks_with_the_event_id_as_message_id() -> None:
     assert notifier.context(event) == {
         CONTEXT_HOST: "compute-3",
         CONTEXT_INSTANCE_ID: None,
+        CONTEXT_PROJECT_ID: None,
         CONTEXT_SEQ: event.seq,
     }
     notifier.close()
@@ -253,7 +255,9 @@ def test_a_listener_receives_the_versioned_notification(
 ) -> None:
     notifier = notifier_for(listener, driver=driver)
     event = make_event(
-        instance_id="6f1c2a4e-8d1b-4c55-9a0e-2f6f1e9b7c10", payload=VERSIONED_PAYLOAD
+        instance_id="6f1c2a4e-8d1b-4c55-9a0e-2f6f1e9b7c10",
+        project_id="8f6b2c1d4e7a4b0c9d3e5f7a1b2c4d6e",
+        payload=VERSIONED_PAYLOAD,
     )
     notifier.publish(event)
     wait_until(received_ids(listener)({event.id}), "the notification", 10, every=0.01)
@@ -266,6 +270,7 @@ def test_a_listener_receives_the_versioned_notification(
     assert got.metadata["timestamp"] == "2027-01-15 08:02:03.250000"
     assert got.ctxt[CONTEXT_HOST] == "compute-3"
     assert got.ctxt[CONTEXT_INSTANCE_ID] == event.instance_id
+    assert got.ctxt[CONTEXT_PROJECT_ID] == event.project_id
     assert got.event() == event
     notifier.close()
 

@@ -1192,6 +1192,34 @@ def test_sink_cursor_failures_and_dead_letters(store: SqlStore) -> None:
         store.get_sink("nowhere")
 
 
+def test_events_about_an_instance_carry_its_project_and_a_project_sees_its_own(
+    store: SqlStore,
+) -> None:
+    store.note_instance_projects({"vm-a": "alpha", "vm-b": "beta"})
+    store.note_instance_projects({"vm-a": "alpha"})  # the same again: nothing written
+    store.append_events(
+        [
+            make_event("vigil.consumer.action", at=T0, action="restart", instance_id=vm)
+            for vm in ("vm-a", "vm-b", "vm-unknown")
+        ]
+        + [make_event("vigil.host.restored", at=T0, host="c1", reason="operator")]
+    )
+    projects = {e.instance_id: e.project_id for e in store.list_events()}
+    assert projects == {"vm-a": "alpha", "vm-b": "beta", "vm-unknown": None, None: None}
+    assert [e.instance_id for e in store.list_events(project_id="alpha")] == ["vm-a"]
+    assert store.instance_projects(["vm-a", "vm-unknown"]) == {"vm-a": "alpha"}
+    for vm in ("vm-a", "vm-b"):
+        store.set_instance_policy(InstancePolicy(vm, HaPolicy.NOTIFY))
+    assert [p.instance_id for p in store.list_instance_policies(project_id="beta")] == ["vm-b"]
+    # A project member's subscription is sent that project's events only.
+    sub = Subscription("a", "https://a.example/hook", "s" * 20, created_at=T0, project_id="alpha")
+    store.create_subscription(sub, sink="webhook:a")
+    assert [s.name for s in store.list_subscriptions(project_id="alpha")] == ["a"]
+    assert store.list_subscriptions(project_id="beta") == []
+    wanted = [e.instance_id for e in store.list_events() if store.get_subscription("a").wants(e)]
+    assert wanted == ["vm-a"]
+
+
 def test_subscriptions_with_their_sink(store: SqlStore) -> None:
     sub = Subscription("ops", "https://ops.example/hook", "s" * 20, ("vigil.recovery.*",), T0)
     created = store.create_subscription(sub, sink="webhook:ops")
@@ -1205,8 +1233,8 @@ def test_subscriptions_with_their_sink(store: SqlStore) -> None:
     with pytest.raises(AlreadyExists):
         store.create_subscription(sub, sink="webhook:ops")
     assert [s.name for s in store.list_subscriptions()] == ["ops"]
-    assert store.get_subscription("ops").wants("vigil.recovery.end")
-    assert not store.get_subscription("ops").wants("vigil.host.fence.end")
+    assert store.get_subscription("ops").wants(Event("e", "vigil.recovery.end", T0))
+    assert not store.get_subscription("ops").wants(Event("e", "vigil.host.fence.end", T0))
     store.delete_subscription("ops", sink="webhook:ops")
     assert store.list_subscriptions() == []
     with pytest.raises(NotFoundError):

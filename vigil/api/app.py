@@ -28,7 +28,7 @@ from starlette.routing import Match
 from vigil import __version__
 from vigil.api import policies
 from vigil.api.apps import add_app_routes
-from vigil.api.auth import Authority, Caller, log_refusal
+from vigil.api.auth import Authority, Scope, log_refusal
 from vigil.api.guest import add_guest_routes
 from vigil.api.masakari import not_found_fault
 from vigil.api.schemas import (
@@ -72,6 +72,7 @@ from vigil.model import (
     FailureStatus,
     GuestFailureStatus,
     HostState,
+    InstanceFailure,
     InstancePolicy,
     InvalidTransition,
     NewStep,
@@ -82,6 +83,7 @@ from vigil.model import (
     Subscription,
 )
 from vigil.store import AlreadyExists, InUse, NotFoundError, Store, StoreUnavailable
+from vigil.wire.keys import AgentKeys
 
 LOG = logging.getLogger("vigil.api")
 _BEARER = HTTPBearer(auto_error=False)
@@ -129,19 +131,42 @@ class _Api:
     defaults: RecoverySettings
     guest: GuestEngine | None
     closing: threading.Event  # set by the server on shutdown: event streams end
+    # The guard as a parameter's default (``scope: Scope = api.scope``): the handler gets
+    # the caller's scope (FastAPI runs the guard once per request).
+    scope: Any
+
+    def project_of(self, instance_id: str) -> str | None:
+        """The instance's project: as vigil learnt it, else asked of Nova (None: Nova
+        does not know the instance either)."""
+        known = self.store.instance_projects([instance_id]).get(instance_id)
+        if known is not None:
+            return known
+        try:
+            return self.compute.get_server(instance_id).project_id
+        except NotFound:
+            return None
+
+    def require_instance(self, scope: Scope, instance_id: str, project: str | None = None) -> None:
+        """404 unless the instance is in the caller's scope (``project``: its project,
+        when the handler has it already)."""
+        if scope.project_id is None:
+            return
+        if not scope.sees(project if project is not None else self.project_of(instance_id)):
+            raise NotFoundError(f"instance {instance_id} not found")
 
 
-def _guard(authority: Authority) -> Callable[..., Caller]:
-    """The dependency of every route that takes the operator's credentials: the caller,
-    allowed by the route's policy rule (``vigil.api.policies``); else 401 or 403, logged
-    with the route and the caller, never the token."""
+def _guard(authority: Authority) -> Callable[..., Scope]:
+    """The dependency of every route that takes a caller's credentials: the caller,
+    allowed by the route's policy rule (``vigil.api.policies``), with the projects it
+    reaches; else 401 or 403, logged with the route and the caller, never the token."""
 
     def authenticated(
         request: Request,
         _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
-    ) -> Caller:
-        """The caller, allowed by the route's policy rule; else 401 or 403. (The bearer
-        scheme is declared for the OpenAPI document; ``Authority`` reads the headers.)"""
+    ) -> Scope:
+        """The caller's scope, allowed by the route's policy rule; else 401 or 403. (The
+        bearer scheme is declared for the OpenAPI document; ``Authority`` reads the
+        headers.)"""
         client = request.client.host if request.client else "?"
         caller = authority.caller(request.headers)
         if caller is None:
@@ -160,10 +185,10 @@ def _guard(authority: Authority) -> Callable[..., Caller]:
             )
         route = request.scope.get("route")
         rule = policies.native_rule(getattr(route, "name", ""))
-        if rule is None or not authority.allows(rule, caller):
+        if rule is None or not authority.route_allows(rule, caller):
             log_refusal("API", request, caller, rule)
             raise HTTPException(403, f"policy does not allow {rule or 'this route'}")
-        return caller
+        return authority.scope(caller)
 
     return authenticated
 
@@ -178,7 +203,7 @@ def create_app(
     heartbeat_age: Callable[[str], float | None],
     defaults: RecoverySettings,
     guest: GuestEngine | None = None,
-    agent_key: str = "",
+    agent_key: AgentKeys | str = "",
     ownership: SegmentOwnership | None = None,
     metrics: Callable[[], bytes] | None = None,
     authority: Authority | None = None,
@@ -254,6 +279,7 @@ def create_app(
             return PlainTextResponse(metrics(), media_type=CONTENT_TYPE_LATEST)
 
     auth = [Depends(authenticated)]
+    api = _Api(store, engine, compute, clock, heartbeat_age, defaults, guest, closing, auth[0])
 
     if guest is not None:  # the agents' guest failure reports (signed, not bearer)
         add_guest_routes(app, guest=guest, agent_key=agent_key, known_host=engine.is_known_host)
@@ -263,16 +289,17 @@ def create_app(
             apps=guest.apps,
             agent_key=agent_key,
             known_host=engine.is_known_host,
-            auth=[Depends(authenticated)],
+            auth=auth,
+            require_instance=api.require_instance,
         )
 
-    api = _Api(store, engine, compute, clock, heartbeat_age, defaults, guest, closing)
     for routes in (
         _segment_routes,
         _host_routes,
         _instance_routes,
         _recovery_routes,
         _event_routes,
+        _subscription_routes,
         _consumer_routes,
         _failure_action_routes,
         _guest_routes,
@@ -460,19 +487,21 @@ def _instance_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         dependencies=auth,
         tags=["instances"],
     )
-    def list_instances(host: Filter = None) -> list[InstanceOut]:
+    def list_instances(host: Filter = None, scope: Scope = api.scope) -> list[InstanceOut]:
         """With ``host``: the instances Nova places there and their effective policy.
-        Without: the instances with an operator override."""
+        Without: the instances with an override. A project's caller: its own only."""
         if host is None:
             return [
                 InstanceOut(
                     id=p.instance_id, policy=p.policy, priority=p.priority, policy_source="override"
                 )
-                for p in store.list_instance_policies()
+                for p in store.list_instance_policies(project_id=scope.project_id)
             ]
         segment = store.get_segment(store.get_host(host).segment)
         out = []
         for server in compute.list_servers(host):
+            if not scope.sees(server.project_id):
+                continue
             override = store.get_instance_policy(server.id)
             policy, priority = effective_policy(server, override, segment)
             source = "override" if override else "metadata" if server.policy else "segment"
@@ -495,19 +524,21 @@ def _instance_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         dependencies=auth,
         tags=["instances"],
     )
-    def get_instance(instance_id: Name) -> InstanceOut:
+    def get_instance(instance_id: Name, scope: Scope = api.scope) -> InstanceOut:
         override = store.get_instance_policy(instance_id)
         try:
             server = compute.get_server(instance_id)
         except NotFound:
             if override is None:
                 raise NotFoundError(f"instance {instance_id} not found") from None
+            api.require_instance(scope, instance_id)
             return InstanceOut(
                 id=instance_id,
                 policy=override.policy,
                 priority=override.priority,
                 policy_source="override",
             )
+        api.require_instance(scope, instance_id, server.project_id or "")
         segment_name = None
         if server.host:
             try:
@@ -533,7 +564,10 @@ def _instance_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         dependencies=auth,
         tags=["instances"],
     )
-    def set_instance_policy(instance_id: Name, body: InstancePolicyIn) -> InstanceOut:
+    def set_instance_policy(
+        instance_id: Name, body: InstancePolicyIn, scope: Scope = api.scope
+    ) -> InstanceOut:
+        api.require_instance(scope, instance_id)
         p = store.set_instance_policy(InstancePolicy(instance_id, body.policy, body.priority))
         LOG.info("instance %s: policy override %s priority %d", instance_id, p.policy, p.priority)
         return InstanceOut(
@@ -547,7 +581,8 @@ def _instance_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         dependencies=auth,
         tags=["instances"],
     )
-    def delete_instance_policy(instance_id: Name) -> None:
+    def delete_instance_policy(instance_id: Name, scope: Scope = api.scope) -> None:
+        api.require_instance(scope, instance_id)
         store.delete_instance_policy(instance_id)
         LOG.info("instance %s: policy override removed", instance_id)
 
@@ -620,26 +655,31 @@ def _recovery_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
 
 
 def _event_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
-    """Events, the event stream, webhook subscriptions and their dead letters."""
-    store, clock, closing = api.store, api.clock, api.closing
+    """Events and the event stream."""
+    store, closing = api.store, api.closing
 
     @app.get("/v1/events", responses=answers(401, 422), dependencies=auth, tags=["events"])
     def list_events(
         after: Cursor = 0,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         host: Filter = None,
+        scope: Scope = api.scope,
     ) -> list[dict[str, Any]]:
-        return [event_as_json(e) for e in store.list_events(after=after, limit=limit, host=host)]
+        """Oldest first; a project's caller sees its instances' events only."""
+        events = store.list_events(after=after, limit=limit, host=host, project_id=scope.project_id)
+        return [event_as_json(e) for e in events]
 
     @app.get("/v1/events/stream", responses=answers(401, 422), dependencies=auth, tags=["events"])
     async def stream_events(
         request: Request,
         after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
         last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0, le=MAX_ID)] = None,
+        scope: Scope = api.scope,
     ) -> StreamingResponse:
         """Server-sent events, each with its seq as id; a client resumes after a drop with
         Last-Event-ID (or ?after=). Without either it starts at the newest event. Both are
-        validated before the 200: a bad one is a 422, not a stream that breaks."""
+        validated before the 200: a bad one is a 422, not a stream that breaks. A
+        project's caller is sent its instances' events only."""
         if after is None:
             after = last_event_id
         start = after if after is not None else await asyncio.to_thread(store.last_event_seq)
@@ -647,7 +687,9 @@ def _event_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         async def frames() -> Any:
             cursor, idle = start, 0.0
             while not closing.is_set() and not await request.is_disconnected():
-                events = await asyncio.to_thread(store.list_events, after=cursor, limit=200)
+                events = await asyncio.to_thread(
+                    store.list_events, after=cursor, limit=200, project_id=scope.project_id
+                )
                 for e in events:
                     cursor = e.seq
                     data = json.dumps(event_as_json(e), separators=(",", ":"))
@@ -664,6 +706,12 @@ def _event_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         return StreamingResponse(
             frames(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
+
+
+def _subscription_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
+    """Webhook subscriptions (each a project's, or an admin's for every project) and
+    their dead letters."""
+    store, clock = api.store, api.clock
 
     def _check_subscription(body: SubscriptionIn) -> None:
         """The checks pydantic cannot make, refused as its own are (422, field named)."""
@@ -689,18 +737,37 @@ def _event_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         dependencies=auth,
         tags=["subscriptions"],
     )
-    def create_subscription(body: SubscriptionIn) -> SubscriptionOut:
+    def create_subscription(body: SubscriptionIn, scope: Scope = api.scope) -> SubscriptionOut:
+        """A project's caller subscribes its project: only its instances' events are sent."""
         _check_subscription(body)
         sub = store.create_subscription(
-            Subscription(body.name, body.url, body.secret, tuple(body.event_types), clock.wall()),
+            Subscription(
+                body.name,
+                body.url,
+                body.secret,
+                tuple(body.event_types),
+                clock.wall(),
+                project_id=scope.project_id,
+            ),
             sink=webhook_sink(body.name),
         )
-        LOG.info("subscription %s created: %s", sub.name, sub.url)
+        LOG.info(
+            "subscription %s created: %s (%s)",
+            sub.name,
+            sub.url,
+            f"project {sub.project_id}" if sub.project_id else "every project",
+        )
         return _subscription_out(sub)
 
+    def _subscription(name: str, scope: Scope) -> Subscription:
+        sub = store.get_subscription(name)
+        if not scope.sees(sub.project_id):
+            raise NotFoundError(f"subscription {name!r} does not exist")
+        return sub
+
     @app.get("/v1/subscriptions", responses=answers(401), dependencies=auth, tags=["subscriptions"])
-    def list_subscriptions() -> list[SubscriptionOut]:
-        return [_subscription_out(s) for s in store.list_subscriptions()]
+    def list_subscriptions(scope: Scope = api.scope) -> list[SubscriptionOut]:
+        return [_subscription_out(s) for s in store.list_subscriptions(project_id=scope.project_id)]
 
     @app.get(
         "/v1/subscriptions/{name}",
@@ -708,8 +775,8 @@ def _event_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         dependencies=auth,
         tags=["subscriptions"],
     )
-    def get_subscription(name: Name) -> SubscriptionOut:
-        return _subscription_out(store.get_subscription(name))
+    def get_subscription(name: Name, scope: Scope = api.scope) -> SubscriptionOut:
+        return _subscription_out(_subscription(name, scope))
 
     @app.delete(
         "/v1/subscriptions/{name}",
@@ -718,7 +785,8 @@ def _event_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         dependencies=auth,
         tags=["subscriptions"],
     )
-    def delete_subscription(name: Name) -> None:
+    def delete_subscription(name: Name, scope: Scope = api.scope) -> None:
+        _subscription(name, scope)
         store.delete_subscription(name, sink=webhook_sink(name))
         LOG.info("subscription %s deleted", name)
 
@@ -728,9 +796,9 @@ def _event_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         dependencies=auth,
         tags=["subscriptions"],
     )
-    def test_subscription(name: Name) -> dict[str, Any]:
+    def test_subscription(name: Name, scope: Scope = api.scope) -> dict[str, Any]:
         """Send one test event to this subscription now and say how it went."""
-        sub = store.get_subscription(name)
+        sub = _subscription(name, scope)
         event = make_event(
             "vigil.subscription.test",
             at=clock.wall(),
@@ -746,8 +814,15 @@ def _event_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
     @app.get(
         "/v1/dead-letters", responses=answers(401, 422), dependencies=auth, tags=["subscriptions"]
     )
-    def list_dead_letters(sink: Filter = None) -> list[dict[str, Any]]:
-        return [dl.__dict__ for dl in store.list_dead_letters(sink=sink)]
+    def list_dead_letters(sink: Filter = None, scope: Scope = api.scope) -> list[dict[str, Any]]:
+        """Events a sink gave up on; a project's caller sees its subscriptions' only."""
+        letters = store.list_dead_letters(sink=sink)
+        if scope.project_id is not None:
+            mine = {
+                webhook_sink(s.name) for s in store.list_subscriptions(project_id=scope.project_id)
+            }
+            letters = [dl for dl in letters if dl.sink in mine]
+        return [dl.__dict__ for dl in letters]
 
 
 def _consumer_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
@@ -777,13 +852,16 @@ def _consumer_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         dependencies=auth,
         tags=["instances"],
     )
-    def evacuate_instance(instance_id: Name, body: EvacuateIn) -> RecoveryOut:
+    def evacuate_instance(
+        instance_id: Name, body: EvacuateIn, scope: Scope = api.scope
+    ) -> RecoveryOut:
         """A consumer's recovery: evacuate this instance of a fenced host (optionally to a
         named host). Recorded as a step of the host's recovery, like vigil's own."""
         try:
             server = compute.get_server(instance_id)
         except NotFound:
             raise NotFoundError(f"instance {instance_id} not found") from None
+        api.require_instance(scope, instance_id, server.project_id or "")
         if not server.host:
             raise HTTPException(409, f"instance {instance_id} has no host")
         if body.target_host is not None:
@@ -823,9 +901,10 @@ def _consumer_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         dependencies=auth,
         tags=["instances"],
     )
-    def restart_instance(instance_id: Name) -> dict[str, Any]:
+    def restart_instance(instance_id: Name, scope: Scope = api.scope) -> dict[str, Any]:
         """A consumer's recovery: hard-reboot this instance on its (healthy) host."""
         server = compute.get_server(instance_id)
+        api.require_instance(scope, instance_id, server.project_id or "")
         if server.host:
             state = store.get_host(server.host).state
             if state in (HostState.SUSPECT, HostState.FAILED, HostState.RECOVERED):
@@ -907,12 +986,20 @@ def _guest_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         instance_id: Filter = None,
         status: GuestFailureStatus | None = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        scope: Scope = api.scope,
     ) -> list[GuestFailureOut]:
         statuses = [status] if status is not None else None
         failures = store.list_guest_failures(
-            instance_id=instance_id, statuses=statuses, limit=limit
+            instance_id=instance_id, statuses=statuses, limit=limit, project_id=scope.project_id
         )
         return [GuestFailureOut.of(f) for f in failures]
+
+    def _guest_failure(failure_id: int, scope: Scope) -> InstanceFailure:
+        f = store.get_guest_failure(failure_id)
+        project = store.instance_projects([f.instance_id]).get(f.instance_id)
+        if scope.project_id is not None and not scope.sees(project):
+            raise NotFoundError(f"guest failure {failure_id} does not exist")
+        return f
 
     @app.get(
         "/v1/guest-failures/{failure_id}",
@@ -920,8 +1007,8 @@ def _guest_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         dependencies=auth,
         tags=["guest failures"],
     )
-    def get_guest_failure(failure_id: Id) -> GuestFailureOut:
-        return GuestFailureOut.of(store.get_guest_failure(failure_id))
+    def get_guest_failure(failure_id: Id, scope: Scope = api.scope) -> GuestFailureOut:
+        return GuestFailureOut.of(_guest_failure(failure_id, scope))
 
     @app.post(
         "/v1/guest-failures/{failure_id}/handled",
@@ -929,11 +1016,13 @@ def _guest_routes(app: FastAPI, api: _Api, auth: Sequence[Any]) -> None:
         dependencies=auth,
         tags=["guest failures"],
     )
-    def guest_failure_handled(failure_id: Id, body: HandledIn) -> GuestFailureOut:
+    def guest_failure_handled(
+        failure_id: Id, body: HandledIn, scope: Scope = api.scope
+    ) -> GuestFailureOut:
         """An operator or the owner says a guest failure is taken care of (typically an
         escalated one): resolved, a planned restart cancelled; the next failure of the
         instance starts a new episode with a fresh restart budget."""
-        f = store.get_guest_failure(failure_id)
+        f = _guest_failure(failure_id, scope)
         if f.action_status is StepStatus.RUNNING:
             raise HTTPException(409, f"guest failure {failure_id}: its restart is running")
         if f.status is GuestFailureStatus.RESOLVED:

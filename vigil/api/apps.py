@@ -1,8 +1,9 @@
 """Application checks (issue 17) over HTTP.
 
-- ``POST /v1/agents/{host}/app`` — the agent's signed check states; the answer (its
-  plan and the guest commands waiting) is signed with the same agent key, so an agent
-  runs in its guests only what a server holding the key asked (``vigil.wire.app_checks``).
+- ``POST /v1/agents/{host}/app`` — the agent's check states, signed with its host's
+  agent key; the answer (its plan and the guest commands waiting) is signed with the
+  same key, so an agent runs in its guests only what a server holding the master key
+  asked (``vigil.wire.app_checks``, ``vigil.wire.keys``).
 - ``POST /v1/instances/{id}/app/heartbeat`` — the application's own heartbeat, or
   "recover me now" (``{"reset": true}``), authenticated by the instance's credential in
   ``X-Vigil-App-Credential``, not by the operator's token: an application holds no
@@ -16,12 +17,13 @@ A check's history is the event stream: ``GET /v1/events?instance_id=...`` (``vig
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import FastAPI, Header, HTTPException, Path, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
 
+from vigil.api.auth import Caller, Scope
 from vigil.api.schemas import (
     AppBeatIn,
     AppCloseIn,
@@ -33,6 +35,7 @@ from vigil.api.schemas import (
 from vigil.engine.app_engine import AppHealth, BadCredential
 from vigil.store import NotFoundError
 from vigil.wire.app_checks import decode_app_report, encode_app_answer
+from vigil.wire.keys import AgentKeys
 from vigil.wire.reports import SIGNATURE_HEADER, BadReport, sign
 
 LOG = logging.getLogger("vigil.api.apps")
@@ -50,18 +53,26 @@ def add_app_routes(
     app: FastAPI,
     *,
     apps: AppHealth,
-    agent_key: str,
+    agent_key: AgentKeys | str,
     known_host: Any,
     auth: Sequence[Any],
+    require_instance: Callable[[Scope, str], None] = lambda _scope, _instance: None,
 ) -> None:
-    key = agent_key.encode()
+    """``auth``: the guard of the caller's routes (its first is the scope's dependency);
+    ``require_instance``: 404 unless the instance is in the caller's scope."""
+    # Without a guard (``auth`` empty: these routes mounted alone) nothing limits a call.
+    scope_of = auth[0] if auth else Depends(lambda: Scope(Caller("unguarded"), None))
+    keys = AgentKeys.of(agent_key)  # the servers' master keys (a string: the one)
 
     @app.post("/v1/agents/{host}/app", tags=["agents"], responses=_AGENT_REFUSALS)
     async def agent_app(host: str, request: Request) -> Response:
         body = await request.body()
         client = request.client.host if request.client else "?"
         try:
-            report = decode_app_report(body, request.headers.get(SIGNATURE_HEADER), key, host=host)
+            signature = request.headers.get(SIGNATURE_HEADER)
+            report, key = keys.first_valid(
+                host, lambda k: decode_app_report(body, signature, k, host=host)
+            )
         except BadReport as exc:
             status = 400 if str(exc).startswith("malformed") else 401
             LOG.warning("check report for host %s from %s refused: %s", host, client, exc)
@@ -103,10 +114,14 @@ def add_app_routes(
     def list_apps(
         host: Annotated[str | None, Query(max_length=255, pattern=_TEXT)] = None,
         failing: bool | None = None,
+        scope: Scope = scope_of,
     ) -> list[AppInstanceOut]:
         """Instances with application checks; ``failing``: only those with an open
-        failure (true) or without (false)."""
+        failure (true) or without (false). A project's caller: its own only."""
         rows = apps.store.list_app_instances(host=host, episode_open=failing)
+        if scope.project_id is not None:
+            projects = apps.store.instance_projects([i.instance_id for i in rows])
+            rows = [i for i in rows if scope.sees(projects.get(i.instance_id))]
         return [AppInstanceOut.of(i) for i in rows]
 
     @app.get(
@@ -115,7 +130,8 @@ def add_app_routes(
         dependencies=auth,
         tags=["applications"],
     )
-    def get_app(instance_id: InstanceId) -> AppInstanceOut:
+    def get_app(instance_id: InstanceId, scope: Scope = scope_of) -> AppInstanceOut:
+        require_instance(scope, instance_id)
         inst = apps.store.get_app_instance(instance_id)
         if inst is None:
             raise HTTPException(404, f"instance {instance_id} has no application checks")
@@ -127,9 +143,10 @@ def add_app_routes(
         dependencies=auth,
         tags=["applications"],
     )
-    def app_credential(instance_id: InstanceId) -> AppCredentialOut:
+    def app_credential(instance_id: InstanceId, scope: Scope = scope_of) -> AppCredentialOut:
         """What the instance's application sends in ``X-Vigil-App-Credential`` with its
-        heartbeats (give it to the owner; it is good for this instance only)."""
+        heartbeats (its owner's, to give the application; good for this instance only)."""
+        require_instance(scope, instance_id)
         return AppCredentialOut(
             instance_id=instance_id,
             credential=apps.credential(instance_id),
@@ -142,9 +159,12 @@ def add_app_routes(
         dependencies=auth,
         tags=["applications"],
     )
-    def close_app(instance_id: InstanceId, body: AppCloseIn) -> AppInstanceOut:
+    def close_app(
+        instance_id: InstanceId, body: AppCloseIn, scope: Scope = scope_of
+    ) -> AppInstanceOut:
         """Close the instance's open application failure (an escalated one: the owner
         fixed it by hand). Should its checks still fail, vigil starts over."""
+        require_instance(scope, instance_id)
         try:
             return AppInstanceOut.of(apps.close(instance_id, by=body.by, reason=body.reason))
         except NotFoundError as exc:

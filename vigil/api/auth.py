@@ -54,6 +54,21 @@ class Caller:
         )
 
 
+@dataclass(frozen=True)
+class Scope:
+    """A caller a route's rule allowed, and the records it reaches: every project's
+    (``project_id`` None: it passes ``vigil:all_projects``), or only its own project's.
+    A record outside the scope is answered as missing (404), never as forbidden: a
+    project learns nothing of another's instances, not even that they exist."""
+
+    caller: Caller
+    project_id: str | None
+
+    def sees(self, project_id: str | None) -> bool:
+        """Whether a record of ``project_id`` (None: of no project known) is in scope."""
+        return self.project_id is None or (project_id is not None and project_id == self.project_id)
+
+
 class Authenticator(Protocol):
     challenge: str  # the WWW-Authenticate header of a 401
 
@@ -173,6 +188,17 @@ class Authority:
         return bool(
             self.enforcer.enforce(rule, dict(target or {}), caller.credentials(), do_raise=False)
         )
+
+    def route_allows(self, rule: str, caller: Caller) -> bool:
+        """Whether ``caller`` may call a route of ``rule`` at all: the rule's target is the
+        caller's own project (what it reaches is then limited by its ``scope``)."""
+        return self.allows(rule, caller, {"project_id": caller.project_id or ""})
+
+    def scope(self, caller: Caller) -> Scope:
+        """Which projects' records ``caller`` reaches (``vigil:all_projects``)."""
+        if self.allows(policies.ALL_PROJECTS, caller, {"project_id": caller.project_id or ""}):
+            return Scope(caller, None)
+        return Scope(caller, caller.project_id or "")
 
 
 def _enforcer(conf: cfg.ConfigOpts | None) -> policy.Enforcer:

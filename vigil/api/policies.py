@@ -14,7 +14,14 @@ The defaults, with Keystone's default roles (``admin`` implies ``member``, which
   system-scoped token (a cloud-wide reader: ``reader_api``);
 - anything that changes what vigil does, or hands out a secret (an application's
   heartbeat credential): an admin (``admin_api``);
-- a project member: nothing yet (a project's own instances come with tenancy).
+- a project's own instances (their HA policy, guest and application failures, events,
+  the event stream, webhook subscriptions, and the consumer's actions: evacuate from a
+  fenced host, restart, mark handled, close): a project reader reads them
+  (``project_reader_api``), a project member acts on them (``project_member_api``).
+  The target of these rules is the project of the instance (or of the subscription);
+  a caller outside it is answered 404, as if the instance did not exist, as Nova does.
+  Whoever passes ``vigil:all_projects`` (a cloud-wide reader, an admin) is not limited
+  to one project; everyone else sees only their token's project in every listing.
 
 With ``[api] auth_strategy = token`` (the demo, a standalone vigil) the one bearer token
 is an admin's.
@@ -26,6 +33,9 @@ from oslo_policy import policy
 
 ADMIN = "rule:admin_api"
 READER = "rule:reader_api"
+OWN_READ = "rule:project_reader_api"
+OWN_ACT = "rule:project_member_api"
+ALL_PROJECTS = "vigil:all_projects"
 
 BASE = [
     policy.RuleDefault(
@@ -35,6 +45,22 @@ BASE = [
         "reader_api",
         "role:admin or (role:reader and system_scope:all)",
         description="A cloud-wide reader: an admin, or a reader with a system-scoped token.",
+    ),
+    policy.RuleDefault(
+        "project_reader_api",
+        "rule:reader_api or (role:reader and project_id:%(project_id)s)",
+        description="A cloud-wide reader, or a reader of the project that owns the target.",
+    ),
+    policy.RuleDefault(
+        "project_member_api",
+        "rule:admin_api or (role:member and project_id:%(project_id)s)",
+        description="An admin, or a member of the project that owns the target.",
+    ),
+    policy.RuleDefault(
+        ALL_PROJECTS,
+        READER,
+        description="See and act beyond one's own project: every listing shows every "
+        "project's instances, events and subscriptions (otherwise only the token's project).",
     ),
 ]
 
@@ -77,38 +103,38 @@ _NATIVE: dict[str, tuple[str, str, str, str, str]] = {
         "/v1/hosts/{name}/services",
         "The state of a host's watched services.",
     ),
-    "list_instances": ("vigil:instances:list", READER, "GET", "/v1/instances", "List."),
+    "list_instances": ("vigil:instances:list", OWN_READ, "GET", "/v1/instances", "List."),
     "get_instance": (
         "vigil:instances:get",
-        READER,
+        OWN_READ,
         "GET",
         "/v1/instances/{instance_id}",
         "An instance's HA policy and state.",
     ),
     "set_instance_policy": (
         "vigil:instances:policy:set",
-        ADMIN,
+        OWN_ACT,
         "PUT",
         "/v1/instances/{instance_id}/policy",
         "Set an instance's HA policy.",
     ),
     "delete_instance_policy": (
         "vigil:instances:policy:delete",
-        ADMIN,
+        OWN_ACT,
         "DELETE",
         "/v1/instances/{instance_id}/policy",
         "Remove an instance's own HA policy.",
     ),
     "evacuate_instance": (
         "vigil:instances:evacuate",
-        ADMIN,
+        OWN_ACT,
         "POST",
         "/v1/instances/{instance_id}/evacuate",
         "Evacuate an instance from a fenced host (custom recovery).",
     ),
     "restart_instance": (
         "vigil:instances:restart",
-        ADMIN,
+        OWN_ACT,
         "POST",
         "/v1/instances/{instance_id}/restart",
         "Restart an instance (custom recovery).",
@@ -144,83 +170,89 @@ _NATIVE: dict[str, tuple[str, str, str, str, str]] = {
         "/v1/recoveries/{recovery_id}/retry",
         "Retry a failed recovery.",
     ),
-    "list_events": ("vigil:events:list", READER, "GET", "/v1/events", "List events."),
-    "stream_events": ("vigil:events:stream", READER, "GET", "/v1/events/stream", "Follow."),
+    "list_events": ("vigil:events:list", OWN_READ, "GET", "/v1/events", "List events."),
+    "stream_events": ("vigil:events:stream", OWN_READ, "GET", "/v1/events/stream", "Follow."),
     "create_subscription": (
         "vigil:subscriptions:create",
-        ADMIN,
+        OWN_ACT,
         "POST",
         "/v1/subscriptions",
         "Subscribe a webhook to events.",
     ),
-    "list_subscriptions": ("vigil:subscriptions:list", READER, "GET", "/v1/subscriptions", "List."),
+    "list_subscriptions": (
+        "vigil:subscriptions:list",
+        OWN_READ,
+        "GET",
+        "/v1/subscriptions",
+        "List.",
+    ),
     "get_subscription": (
         "vigil:subscriptions:get",
-        READER,
+        OWN_READ,
         "GET",
         "/v1/subscriptions/{name}",
         "Show a subscription.",
     ),
     "delete_subscription": (
         "vigil:subscriptions:delete",
-        ADMIN,
+        OWN_ACT,
         "DELETE",
         "/v1/subscriptions/{name}",
         "Remove a subscription.",
     ),
     "test_subscription": (
         "vigil:subscriptions:test",
-        ADMIN,
+        OWN_ACT,
         "POST",
         "/v1/subscriptions/{name}/test",
         "Send a test event to a subscription.",
     ),
     "list_dead_letters": (
         "vigil:subscriptions:dead_letters",
-        READER,
+        OWN_READ,
         "GET",
         "/v1/dead-letters",
         "Events a webhook never took.",
     ),
     "list_guest_failures": (
         "vigil:guest_failures:list",
-        READER,
+        OWN_READ,
         "GET",
         "/v1/guest-failures",
         "List guest-OS failures.",
     ),
     "get_guest_failure": (
         "vigil:guest_failures:get",
-        READER,
+        OWN_READ,
         "GET",
         "/v1/guest-failures/{failure_id}",
         "Show a guest-OS failure.",
     ),
     "guest_failure_handled": (
         "vigil:guest_failures:handled",
-        ADMIN,
+        OWN_ACT,
         "POST",
         "/v1/guest-failures/{failure_id}/handled",
         "Mark a guest-OS failure handled.",
     ),
-    "list_apps": ("vigil:apps:list", READER, "GET", "/v1/apps", "Application checks' state."),
+    "list_apps": ("vigil:apps:list", OWN_READ, "GET", "/v1/apps", "Application checks' state."),
     "get_app": (
         "vigil:apps:get",
-        READER,
+        OWN_READ,
         "GET",
         "/v1/instances/{instance_id}/app",
         "An instance's application checks and their history.",
     ),
     "app_credential": (
         "vigil:apps:credential",
-        ADMIN,
+        OWN_ACT,
         "GET",
         "/v1/instances/{instance_id}/app/credential",
         "Hand out an application's heartbeat credential (a secret).",
     ),
     "close_app": (
         "vigil:apps:close",
-        ADMIN,
+        OWN_ACT,
         "POST",
         "/v1/instances/{instance_id}/app/close",
         "Close an escalated application failure.",
@@ -291,6 +323,16 @@ def native_rule(endpoint: str) -> str | None:
     """The rule of the native API's route whose function is ``endpoint`` (None: none)."""
     found = _NATIVE.get(endpoint)
     return found[0] if found else None
+
+
+def project_access(endpoint: str) -> str | None:
+    """Who of a project may call the native route ``endpoint`` on their own project's
+    records, by the defaults in code: ``"read"`` (its readers), ``"act"`` (its members),
+    or None (no one: not a project's route)."""
+    found = _NATIVE.get(endpoint)
+    if found is None:
+        return None
+    return {OWN_READ: "read", OWN_ACT: "act"}.get(found[1])
 
 
 def masakari_rule(handler: str) -> str | None:

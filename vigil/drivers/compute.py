@@ -9,11 +9,15 @@ Implementations: ``vigil.drivers.openstack`` (Nova through openstacksdk) and
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from vigil.drivers.errors import PermanentError
 from vigil.model import HaPolicy
+
+LOG = logging.getLogger(__name__)
 
 # Nova's server statuses that vigil reasons about.
 ACTIVE = "ACTIVE"
@@ -98,6 +102,7 @@ class Server:
     # The application checks declared for it (issue 17): the ``vigil:check:*`` and
     # ``vigil:app_recovery`` keys, each from the first of metadata, image, flavor setting it.
     app_keys: Mapping[str, str] = field(default_factory=dict)
+    project_id: str | None = None  # its owner's project (Nova's tenant_id)
 
 
 APP_CHECK_PREFIX = "vigil:check:"
@@ -196,3 +201,53 @@ class ComputeDriver(abc.ABC):
         application's recovery ladder: its disk is recreated). A driver that cannot
         raises PermanentError."""
         raise PermanentError(f"{type(self).__name__} cannot rebuild instances")
+
+
+class ProjectNoting:
+    """A compute driver that tells ``note`` the project of every server Nova reports
+    (instance id -> project id) before handing the servers on: vigil learns each
+    instance's project where it meets the instance anyway (a host's listing in a
+    recovery, a guest failure's lookup, the API), with no call of its own to Nova.
+
+    A proxy rather than a subclass: it stands in front of any driver (the real Nova, the
+    simulated cloud, a test's fake), and everything but the two readings goes through
+    untouched. A failure to note is logged, never raised: the recovery that listed the
+    servers goes on, and its events lack the project."""
+
+    def __init__(self, inner: ComputeDriver, note: Callable[[Mapping[str, str]], None]) -> None:
+        self._inner = inner
+        self._note = note
+        self._failing = ""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def _noted(self, servers: list[Server]) -> None:
+        known = {s.id: s.project_id for s in servers if s.project_id}
+        if not known:
+            return
+        try:
+            self._note(known)
+        except Exception as exc:
+            if str(exc) != self._failing:
+                LOG.warning("instances' projects not recorded (their events lack it): %s", exc)
+            self._failing = str(exc)
+        else:
+            self._failing = ""
+
+    def list_servers(self, host: str) -> list[Server]:
+        servers = self._inner.list_servers(host)
+        self._noted(servers)
+        return servers
+
+    def get_server(self, server_id: str) -> Server:
+        server = self._inner.get_server(server_id)
+        self._noted([server])
+        return server
+
+
+def noting_projects(
+    inner: ComputeDriver, note: Callable[[Mapping[str, str]], None]
+) -> ComputeDriver:
+    """``inner``, telling ``note`` the projects of the servers it reports."""
+    return cast(ComputeDriver, ProjectNoting(inner, note))

@@ -9,8 +9,9 @@ envelope OpenStack services use for versioned notifications (Nova's, among other
 
 on topic ``<topic>.<priority>`` (default ``versioned_notifications.error``) of the exchange
 ``vigil``, so any oslo.messaging notification listener (Ceilometer, a consumer's own tools)
-receives them. ``event.host`` and ``event.instance_id`` travel in the notification
-context (``vigil_host``, ``vigil_instance_id``), which listeners receive as ``ctxt``.
+receives them. ``event.host``, ``event.instance_id`` and the instance's project travel
+in the notification context (``vigil_host``, ``vigil_instance_id``, and ``project_id``
+where oslo.context keeps it), which listeners receive as ``ctxt``.
 
 Why not ``oslo_messaging.Notifier.info()``: that path swallows every delivery error (both
 ``Notifier._notify`` and the messaging driver catch ``Exception`` and only log it), so a
@@ -73,6 +74,7 @@ DEFAULT_TOPIC = "versioned_notifications"
 DEFAULT_EXCHANGE = "vigil"
 CONTEXT_HOST = "vigil_host"
 CONTEXT_INSTANCE_ID = "vigil_instance_id"
+CONTEXT_PROJECT_ID = "project_id"  # oslo.context's key: a listener filters on it as usual
 # The outbox position: oslo.messaging puts each priority on its own queue, so a consumer
 # that reads several priorities restores vigil's order (per host, and overall) by it.
 CONTEXT_SEQ = "vigil_seq"
@@ -211,6 +213,7 @@ class OsloMessagingNotifier(Notifier):
         return {
             CONTEXT_HOST: event.host,
             CONTEXT_INSTANCE_ID: event.instance_id,
+            CONTEXT_PROJECT_ID: event.project_id,
             CONTEXT_SEQ: event.seq,
         }
 

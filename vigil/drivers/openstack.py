@@ -468,6 +468,7 @@ class OpenStackCompute(ComputeDriver):
             watchdog_action=watchdog,
             power_state=_int_or_none(data.get("OS-EXT-STS:power_state")),
             app_keys=app_keys_of(metadata, image_properties, extra_specs),
+            project_id=data.get("tenant_id") or data.get("project_id") or None,
         )
 
     def _image_properties(self, image_id: str) -> Mapping[str, Any]:

@@ -37,7 +37,7 @@ def webhook_sink(subscription: str) -> str:
 class Sink:
     name: str
     notifier: Notifier
-    wants: Callable[[str], bool] = lambda _t: True
+    wants: Callable[[Event], bool] = lambda _e: True
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ class _Worker:
                 self.oldest_pending = event.timestamp
                 if self._stop.is_set():
                     return 0.0
-                if self.sink.wants(event.event_type) and not self._deliver(event, attempts):
+                if self.sink.wants(event) and not self._deliver(event, attempts):
                     return 0.0  # back off: the next round reads the new next_attempt_at
                 self._delivered = event.seq
                 attempts = 0

@@ -131,6 +131,8 @@ POWER_SHUTDOWN = 4  # Nova's power_state of a guest that is not running
 HARD_REBOOT = "HARD_REBOOT"
 REBOOT = "REBOOT"
 
+# The project of an instance placed without one: Nova's instances always have a project.
+DEFAULT_PROJECT = "demo"
 ANTI_AFFINITY = "anti-affinity"
 SOFT_ANTI_AFFINITY = "soft-anti-affinity"
 
@@ -314,6 +316,7 @@ class _Instance:
     fault: str | None = None
     running_on: set[str] = field(default_factory=set)
     power_state: int = POWER_SHUTDOWN  # Nova's, as its host's nova-compute last reported
+    project_id: str = DEFAULT_PROJECT
 
 
 _OpKind = Literal[
@@ -436,6 +439,7 @@ class SimCloud:
         status: str = ACTIVE,
         id: str | None = None,
         metadata: Mapping[str, str] | None = None,
+        project_id: str = DEFAULT_PROJECT,
     ) -> str:
         """Place an instance directly (no scheduling); returns its id.
 
@@ -467,7 +471,7 @@ class SimCloud:
                     self._group_members[server_group] = set()
                 elif anti_affinity and self._groups[server_group] != ANTI_AFFINITY:
                     raise ValueError(f"server group {server_group} is not anti-affinity")
-            inst = _Instance(iid, name, host, status, md, server_group)
+            inst = _Instance(iid, name, host, status, md, server_group, project_id=project_id)
             if self._breaks_affinity(inst, host):
                 raise ValueError(f"{name} on {host} would break anti-affinity of {server_group}")
             self._instances[iid] = inst
@@ -1032,6 +1036,7 @@ class SimCloud:
             fault=inst.fault,
             power_state=inst.power_state,
             app_keys=app_keys_of(inst.metadata),
+            project_id=inst.project_id,
         )
 
     def _snapshot(self, inst: _Instance) -> SimInstance:

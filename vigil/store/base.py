@@ -222,7 +222,18 @@ class HostStore(abc.ABC):
         host's planning reads its fifty instances' at once)."""
 
     @abc.abstractmethod
-    def list_instance_policies(self) -> list[InstancePolicy]: ...
+    def list_instance_policies(self, *, project_id: str | None = None) -> list[InstancePolicy]:
+        """Every override; with ``project_id``, those of that project's instances."""
+
+    # --- the projects of instances ----------------------------------------------------
+    @abc.abstractmethod
+    def note_instance_projects(self, projects: Mapping[str, str]) -> None:
+        """Remember the project of each instance (instance id -> project id), as Nova
+        reports it: events about the instance are stamped with it from now on."""
+
+    @abc.abstractmethod
+    def instance_projects(self, instance_ids: Collection[str]) -> dict[str, str]:
+        """The known projects of those of ``instance_ids`` vigil has seen."""
 
     @abc.abstractmethod
     def delete_instance_policy(self, instance_id: str) -> None:
@@ -435,8 +446,9 @@ class GuestStore(abc.ABC):
         instance_id: str | None = None,
         statuses: Sequence[GuestFailureStatus] | None = None,
         limit: int = 1000,
+        project_id: str | None = None,
     ) -> list[InstanceFailure]:
-        """Newest first."""
+        """Newest first; with ``project_id``, of that project's instances only."""
 
     @abc.abstractmethod
     def update_guest_failure(
@@ -577,9 +589,15 @@ class OutboxStore(abc.ABC):
 
     @abc.abstractmethod
     def list_events(
-        self, *, after: int = 0, limit: int = 100, host: str | None = None
+        self,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        host: str | None = None,
+        project_id: str | None = None,
     ) -> list[Event]:
-        """Events with seq > ``after``, oldest first."""
+        """Events with seq > ``after``, oldest first; with ``project_id``, only those about
+        that project's instances."""
 
     @abc.abstractmethod
     def last_event_seq(self) -> int: ...
@@ -619,7 +637,8 @@ class OutboxStore(abc.ABC):
         """With its sink, starting at the end of the outbox. AlreadyExists for a taken name."""
 
     @abc.abstractmethod
-    def list_subscriptions(self) -> list[Subscription]: ...
+    def list_subscriptions(self, *, project_id: str | None = None) -> list[Subscription]:
+        """Every subscription; with ``project_id``, that project's members'."""
 
     @abc.abstractmethod
     def get_subscription(self, name: str) -> Subscription: ...

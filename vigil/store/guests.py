@@ -23,7 +23,7 @@ from vigil.model import (
 )
 from vigil.store.base import GuestStore, NotFoundError
 from vigil.store.mapping import record_of
-from vigil.store.rows import GuestFailureRow, GuestReportRow, HostRow
+from vigil.store.rows import GuestFailureRow, GuestReportRow, HostRow, InstanceProjectRow
 from vigil.store.session import SessionBase, converted, same
 
 # Reports of these kinds fold into one failure: a crash loop is one episode.
@@ -134,8 +134,13 @@ class SqlGuests(SessionBase, GuestStore):
         instance_id: str | None = None,
         statuses: Sequence[GuestFailureStatus] | None = None,
         limit: int = 1000,
+        project_id: str | None = None,
     ) -> list[InstanceFailure]:
         query = sa.select(GuestFailureRow)
+        if project_id is not None:
+            query = query.join(
+                InstanceProjectRow, InstanceProjectRow.instance_id == GuestFailureRow.instance_id
+            ).where(InstanceProjectRow.project_id == project_id)
         if instance_id is not None:
             query = query.where(GuestFailureRow.instance_id == instance_id)
         if statuses is not None:

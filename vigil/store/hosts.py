@@ -41,6 +41,7 @@ from vigil.store.rows import (
     HostRow,
     HostServicesRow,
     InstancePolicyRow,
+    InstanceProjectRow,
     RecoveryRow,
     RevisionRow,
     SegmentRow,
@@ -324,8 +325,12 @@ class SqlHosts(SessionBase, HostStore, ControlStore):
                 for row in s.scalars(query.where(InstancePolicyRow.instance_id.in_(chunk)))
             }
 
-    def list_instance_policies(self) -> list[InstancePolicy]:
+    def list_instance_policies(self, *, project_id: str | None = None) -> list[InstancePolicy]:
         query = sa.select(InstancePolicyRow).order_by(InstancePolicyRow.instance_id)
+        if project_id is not None:
+            query = query.join(
+                InstanceProjectRow, InstanceProjectRow.instance_id == InstancePolicyRow.instance_id
+            ).where(InstanceProjectRow.project_id == project_id)
         with self._read() as s:
             return [record_of(InstancePolicy, r) for r in s.scalars(query)]
 
@@ -336,6 +341,30 @@ class SqlHosts(SessionBase, HostStore, ControlStore):
             )
             if deleted.rowcount == 0:
                 raise NotFoundError(f"no policy for instance {instance_id!r}")
+
+    # --- the projects of instances ---------------------------------------------------
+
+    def note_instance_projects(self, projects: Mapping[str, str]) -> None:
+        # Written only when new or changed (Nova reports the same projects at every
+        # listing): the process remembers what it wrote.
+        seen = self._projects_written
+        changed = {i: p for i, p in projects.items() if seen.get(i) != p}
+        if not changed:
+            return
+        with self._write() as s:
+            for instance_id, project_id in sorted(changed.items()):
+                values = {"instance_id": instance_id, "project_id": project_id}
+                upsert(s, InstanceProjectRow, values)
+        seen.update(changed)
+
+    def instance_projects(self, instance_ids: Collection[str]) -> dict[str, str]:
+        query = sa.select(InstanceProjectRow.instance_id, InstanceProjectRow.project_id)
+        with self._read() as s:
+            return {
+                row.instance_id: row.project_id
+                for chunk in chunks(sorted(set(instance_ids)))
+                for row in s.execute(query.where(InstanceProjectRow.instance_id.in_(chunk)))
+            }
 
     # --- cloud-wide control -----------------------------------------------------------
 

@@ -31,12 +31,19 @@ class SqlOutbox(SessionBase, OutboxStore):
             pass
 
     def list_events(
-        self, *, after: int = 0, limit: int = 100, host: str | None = None
+        self,
+        *,
+        after: int = 0,
+        limit: int = 100,
+        host: str | None = None,
+        project_id: str | None = None,
     ) -> list[Event]:
         with self._read() as s:
             query = sa.select(EventRow).where(EventRow.seq > after)
             if host is not None:
                 query = query.where(EventRow.host == host)
+            if project_id is not None:
+                query = query.where(EventRow.project_id == project_id)
             rows = s.scalars(query.order_by(EventRow.seq).limit(limit))
             return [record_of(Event, r) for r in rows]
 
@@ -133,6 +140,7 @@ class SqlOutbox(SessionBase, OutboxStore):
                 secret=subscription.secret,
                 event_types=list(subscription.event_types),
                 created_at=subscription.created_at,
+                project_id=subscription.project_id,
             )
             s.add(row)
             try:
@@ -143,9 +151,12 @@ class SqlOutbox(SessionBase, OutboxStore):
                 self._new_sink(s, sink)
             return record_of(Subscription, row)
 
-    def list_subscriptions(self) -> list[Subscription]:
+    def list_subscriptions(self, *, project_id: str | None = None) -> list[Subscription]:
+        query = sa.select(SubscriptionRow).order_by(SubscriptionRow.name)
+        if project_id is not None:
+            query = query.where(SubscriptionRow.project_id == project_id)
         with self._read() as s:
-            rows = s.scalars(sa.select(SubscriptionRow).order_by(SubscriptionRow.name))
+            rows = s.scalars(query)
             return [record_of(Subscription, r) for r in rows]
 
     def get_subscription(self, name: str) -> Subscription:

@@ -84,6 +84,17 @@ class InstancePolicyRow(Base):
     priority: Mapped[int] = mapped_column(sa.Integer)
 
 
+class InstanceProjectRow(Base):
+    """The project of each instance, as Nova last told vigil: what a project member may
+    see is decided by it, and every event about the instance is stamped with it."""
+
+    __tablename__ = "instance_projects"
+    __table_args__ = _MYSQL_TABLE
+
+    instance_id: Mapped[str] = mapped_column(sa.String(_NAME), primary_key=True)
+    project_id: Mapped[str] = mapped_column(sa.String(_NAME), index=True)
+
+
 class FailureRow(Base):
     __tablename__ = "failures"
     __table_args__ = _MYSQL_TABLE
@@ -172,6 +183,7 @@ class EventRow(Base):
     instance_id: Mapped[str | None] = mapped_column(sa.String(_NAME))
     priority: Mapped[str] = mapped_column(sa.String(_ENUM))
     payload: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    project_id: Mapped[str | None] = mapped_column(sa.String(_NAME), index=True, default=None)
 
 
 class SinkRow(Base):
@@ -209,6 +221,7 @@ class SubscriptionRow(Base):
     secret: Mapped[str] = mapped_column(sa.Text)
     event_types: Mapped[list[str]] = mapped_column(sa.JSON)
     created_at: Mapped[float] = mapped_column(sa.Double)
+    project_id: Mapped[str | None] = mapped_column(sa.String(_NAME), default=None)
 
 
 class GuestFailureRow(Base):

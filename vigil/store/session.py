@@ -64,6 +64,7 @@ from vigil.store.rows import (
     EventRow,
     HostRevisionRow,
     HostRow,
+    InstanceProjectRow,
     RecoveryRow,
     RevisionRow,
     SegmentOwnerRow,
@@ -92,6 +93,7 @@ class SessionBase:
         self._engine = make_engine(
             url, echo=echo, idle_transaction_timeout=idle_transaction_timeout, pool=pool
         )
+        self._projects_written: dict[str, str] = {}  # instance -> project, as last written
         reader: Engine
         writer: Engine
         self._one_writer: AbstractContextManager[Any] = nullcontext()
@@ -149,7 +151,16 @@ class SessionBase:
 
     @staticmethod
     def _outbox(s: Session, events: Sequence[Event]) -> None:
-        """Events computed inside a transaction (they name a row it just created)."""
+        """Events computed inside a transaction (they name a row it just created). An
+        event about an instance is stamped with the instance's project, as vigil last
+        learnt it from Nova (``InstanceProjectRow``), unless it carries one."""
+        unknown = {e.instance_id for e in events if e.instance_id and e.project_id is None}
+        projects: dict[str, str] = {}
+        if unknown:
+            query = sa.select(InstanceProjectRow.instance_id, InstanceProjectRow.project_id)
+            for chunk in chunks(sorted(unknown)):
+                rows = s.execute(query.where(InstanceProjectRow.instance_id.in_(chunk)))
+                projects.update((r.instance_id, r.project_id) for r in rows)
         s.add_all(
             EventRow(
                 id=e.id,
@@ -159,6 +170,7 @@ class SessionBase:
                 instance_id=e.instance_id,
                 priority=e.priority,
                 payload=dict(e.payload),
+                project_id=e.project_id or projects.get(e.instance_id or ""),
             )
             for e in events
         )

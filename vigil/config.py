@@ -107,6 +107,17 @@ _api = [
         ],
         help="How API callers are authenticated (both vigil's API and Masakari's).",
     ),
+    cfg.StrOpt(
+        "cert_file",
+        help="PEM file of the API's TLS certificate (its chain may follow it): set it and "
+        "key_file to serve HTTPS, vigil's API and Masakari's. Its subjectAltName must name "
+        "the host and address clients use. Unset: plain HTTP (the demo; only on a trusted "
+        "network).",
+    ),
+    cfg.StrOpt(
+        "key_file",
+        help="PEM file of the private key of cert_file (readable by vigil-server only).",
+    ),
 ]
 
 _agent = [
@@ -167,8 +178,9 @@ _agent = [
     cfg.URIOpt(
         "server_url",
         help="(agent) vigil-server's API, where guest failure reports and the state of the "
-        "watched services go (e.g. http://vigil:8787). Unset: neither is sent. Ignored "
-        "when server_urls is set.",
+        "watched services go (e.g. http://vigil:8787; https://vigil:8787 when its API "
+        "serves TLS, see api_ca_file). Unset: neither is sent. Ignored when server_urls "
+        "is set.",
     ),
     cfg.ListOpt(
         "server_urls",
@@ -177,6 +189,12 @@ _agent = [
         "http://ctl1:8787,http://ctl2:8787,http://ctl3:8787): each report goes to the "
         "first that answers, starting with the one that last did; a connection error or a "
         "5xx moves on to the next, a 4xx is final. Empty: server_url is the one server.",
+    ),
+    cfg.StrOpt(
+        "api_ca_file",
+        help="(agent) PEM bundle of the CA(s) that signed the servers' API certificate "
+        "([api] cert_file), for https:// server URLs. Unset: the system's trust store. "
+        "Agents always verify the certificate.",
     ),
     cfg.MultiStrOpt(
         "watch_service",
@@ -796,6 +814,8 @@ class Settings:
     api_port: int = 8787
     api_token: str = field(default="", repr=False)
     auth_strategy: str = "token"
+    api_cert_file: str | None = None  # both set: the API serves HTTPS (vigil.wire.tls)
+    api_key_file: str | None = None
     # The loaded options, for what reads its own groups from them: keystonemiddleware
     # ([keystone_authtoken]) and oslo.policy ([oslo_policy]). None: built in code.
     conf: cfg.ConfigOpts | None = field(default=None, repr=False, compare=False)
@@ -873,6 +893,8 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
         api_port=conf.api.port,
         api_token=read_secret(conf.api.auth_token, conf.api.auth_token_file, what="api token"),
         auth_strategy=conf.api.auth_strategy,
+        api_cert_file=conf.api.cert_file,
+        api_key_file=conf.api.key_file,
         conf=conf,
         agent_key=masters[0] if masters else "",
         agent_previous_keys=masters[1:],

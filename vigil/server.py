@@ -51,6 +51,7 @@ from vigil.sim.rpc import RemoteCloud
 from vigil.store.masakari import MasakariRecords
 from vigil.store.sql import SqlStore, upgrade
 from vigil.wire.keys import AgentKeys, host_key, peer_key
+from vigil.wire.tls import Certificate, server_certificate
 
 LOG = logging.getLogger("vigil.server")
 
@@ -79,6 +80,10 @@ class VigilServer:
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
+        # HTTPS when a certificate is configured; checked before anything else starts.
+        self.certificate: Certificate | None = None
+        if settings.api_cert_file or settings.api_key_file:
+            self.certificate = server_certificate(settings.api_cert_file, settings.api_key_file)
         if settings.auto_migrate:
             upgrade(settings.database_url)
         self.store = SqlStore(
@@ -271,6 +276,8 @@ class VigilServer:
                 log_config=None,
                 lifespan="off",
                 timeout_graceful_shutdown=3,
+                ssl_certfile=settings.api_cert_file if self.certificate else None,
+                ssl_keyfile=settings.api_key_file if self.certificate else None,
             )
         )
         self._threads: list[threading.Thread] = []
@@ -283,7 +290,8 @@ class VigilServer:
     def api_url(self) -> str:
         sock = self._uvicorn.servers[0].sockets[0]
         host, port = sock.getsockname()[:2]
-        return f"http://{host}:{port}"
+        scheme = "https" if self.certificate else "http"
+        return f"{scheme}://{host}:{port}"
 
     def _segment_of(self, name: str | None) -> str | None:
         """``name``'s segment (a request about no host: the first segment by name)."""
@@ -353,6 +361,8 @@ class VigilServer:
         LOG.info(
             "vigil-server: API on %s, heartbeats on %s:%s", self.api_url, *self.heartbeat_address
         )
+        if self.certificate is not None:
+            LOG.info("vigil-server: the API serves TLS with the certificate %s", self.certificate)
 
     def stop(self) -> None:
         self.app.state.closing.set()

@@ -24,7 +24,6 @@ import base64
 import contextlib
 import ctypes
 import ctypes.util
-import datetime
 import fcntl
 import grp
 import json
@@ -45,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from support import wait_until
+from support.tls import ThrowawayCa
 
 VENV_BIN = Path(sys.executable).parent
 LIBVIRT_URI = "qemu:///system"
@@ -321,83 +321,12 @@ class Tls:
 
 
 def make_tls(directory: Path) -> Tls:
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-
-    def name(text: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
-
-    def ca_pair(text: str) -> tuple[Any, x509.Certificate]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name(text))
-            .issuer_name(name(text))
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .sign(key, hashes.SHA256())
-        )
-        return key, cert
-
-    ca_key, ca_cert = ca_pair("vigil test BMC CA")
-    _other_key, other_cert = ca_pair("vigil test other CA")
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name("127.0.0.1"))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
     directory.mkdir(parents=True, exist_ok=True)
-    tls = Tls(
-        directory / "ca.pem", directory / "bmc.pem", directory / "bmc.key", directory / "other.pem"
-    )
-    tls.ca.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    tls.other_ca.write_bytes(other_cert.public_bytes(serialization.Encoding.PEM))
-    tls.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    tls.key.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.TraditionalOpenSSL,
-            serialization.NoEncryption(),
-        )
-    )
-    tls.key.chmod(0o600)
-    return tls
+    ca = ThrowawayCa(directory, "vigil test BMC CA")
+    other = ThrowawayCa(directory, "vigil test other CA")
+    cert, key = ca.issue("bmc", dns=["localhost"], ips=["127.0.0.1"])
+    key.chmod(0o600)
+    return Tls(ca.path, cert, key, other.path)
 
 
 # ------------------------------------------------------------------------- sushy-tools

@@ -44,6 +44,7 @@ import contextlib
 import logging
 import math
 import shlex
+import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -254,17 +255,20 @@ class AppChecks:
         remember_commands: int = 1000,
         transport: httpx.BaseTransport | None = None,
         on_run: Callable[[str, CheckSpec, float, float], None] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         """``on_run(instance, spec, due, started)``, if given, is called on the worker as
         each check run starts, with when it was due (``next_run_at``) and when it started
-        on ``clock``: how late the checks run (``bench/app_failure.py``)."""
+        on ``clock``: how late the checks run (``bench/app_failure.py``). ``tls``
+        verifies an https:// server's certificate (None: against the system's trust
+        store)."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self._host = host
         self._connection = connection
         self._agent = guest_agent
         self.key = key  # the host's agent key; replaced when its key file changes
-        self._servers = ServerUrls(urls_given(server_url, server_urls))
+        self._servers = ServerUrls(urls_given(server_url, server_urls), tls)
         self._path = f"/v1/agents/{host}/app"
         self._workers = workers
         self._report_interval = report_interval
@@ -581,7 +585,7 @@ class AppChecks:
         last = -math.inf  # clock time of the last attempt
         next_try = -math.inf  # no attempt before (backoff)
         retry = False  # the last attempt failed
-        with httpx.Client(timeout=self._timeout, transport=self._transport) as client:
+        with self._servers.client(self._timeout, self._transport) as client:
             while True:
                 with self._cv:
                     if self._stopped:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import ssl
 import threading
 import time
 import uuid
@@ -39,9 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
-from vigil.agent.servers import ServerUrls, urls_given
+from vigil.agent.servers import Failures, ServerUrls, urls_given
 from vigil.model import GuestFailureKind, GuestReport
 from vigil.wire.reports import encode_reports
 
@@ -201,7 +200,9 @@ class ReportSender:
     """Sends reports to the server, retrying with backoff until acknowledged (2xx).
 
     ``server_url`` is one server's API; ``server_urls`` several (give exactly one of the
-    two): each batch goes to the first that answers (``vigil.agent.servers``).
+    two): each batch goes to the first that answers (``vigil.agent.servers``). ``tls``
+    verifies an https:// server's certificate (None: against the system's trust store).
+    A failure is logged when its cause changes, not at every retry.
     """
 
     def __init__(
@@ -214,9 +215,11 @@ class ReportSender:
         max_queue: int = 10_000,
         timeout: float = 5.0,
         backoff_max: float = 10.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self._host = host
-        self._servers = ServerUrls(urls_given(server_url, server_urls))
+        self._servers = ServerUrls(urls_given(server_url, server_urls), tls)
+        self._failures = Failures(LOG, f"host {host}: guest failure reports")
         self._path = f"/v1/agents/{host}/reports"
         self.key = key  # the host's agent key; replaced when its key file changes
         self._queue: collections.deque[GuestReport] = collections.deque()
@@ -256,7 +259,7 @@ class ReportSender:
 
     def _run(self) -> None:
         delay = 0.0
-        with httpx.Client(timeout=self._timeout) as client:
+        with self._servers.client(self._timeout) as client:
             while True:
                 with self._cv:
                     while not self._queue and not self._stop:
@@ -272,16 +275,11 @@ class ReportSender:
                             if self._queue and self._queue[0] in batch:
                                 self._queue.popleft()
                     self.sent += len(batch)
+                    self._failures.succeeded()
                     delay = 0.0
                     continue
                 delay = min(self._backoff_max, max(0.2, delay * 2))
-                LOG.warning(
-                    "host %s: %d report(s) not accepted (%s); retrying in %.1fs",
-                    self._host,
-                    len(batch),
-                    error,
-                    delay,
-                )
+                self._failures.failed(error)
                 with self._cv:
                     self._cv.wait_for(lambda: self._stop, timeout=delay)
 

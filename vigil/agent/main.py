@@ -25,6 +25,7 @@ from vigil.agent.peers import AgentState, PeerGuard, PeerLink, parse_peers
 from vigil.agent.selffence import DeviceWatchdog, SelfFencer
 from vigil.agent.services import ServiceWatch, parse_watched
 from vigil.wire.keys import CHECK_EVERY, KeyFile
+from vigil.wire.tls import client_context
 
 LOG = logging.getLogger("vigil.agent")
 
@@ -74,8 +75,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         interval = conf.detection.heartbeat_interval
         servers = config.agent_servers(conf)
         server_urls = config.agent_server_urls(conf)
+        tls = client_context(conf.agent.api_ca_file)  # always verified: no opt-out
     except config.ConfigError as exc:
         LOG.error("configuration refused: %s", exc)
+        return 2
+    except ValueError as exc:
+        LOG.error("configuration refused: agent.api_ca_file: %s", exc)
         return 2
     fencer: SelfFencer | None = None
     guard: PeerGuard | None = None
@@ -165,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "(or agent.server_urls)"
             )
             return 2
-        reports = ReportSender(host=host, server_urls=server_urls, key=key.encode())
+        reports = ReportSender(host=host, server_urls=server_urls, key=key.encode(), tls=tls)
         monitor = LibvirtMonitor(host=host, uri=conf.agent.libvirt_uri, report=reports.put)
         reports.start()
         monitor.start()
@@ -182,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             key=key.encode(),
             workers=conf.agent.app_check_workers,
             report_interval=conf.agent.app_report_interval,
+            tls=tls,
         )
         app_checks.start()
         LOG.info(
@@ -203,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             services=watched,
             interval=conf.agent.service_check_interval,
             down_after=conf.agent.service_down_after,
+            tls=tls,
         )
         services.start()
         LOG.info("host %s: watching services %s", host, ", ".join(watched))

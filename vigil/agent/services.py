@@ -23,15 +23,15 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-import httpx
 import psutil
 
-from vigil.agent.servers import ServerUrls, urls_given
+from vigil.agent.servers import Failures, ServerUrls, urls_given
 from vigil.model import ServiceState
 from vigil.wire.reports import encode_services
 
@@ -97,11 +97,15 @@ class ServiceWatch:
         processes: Callable[[], Iterable[tuple[int, str]]] = command_lines,
         clock: Callable[[], float] = time.time,
         timeout: float = 5.0,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """``tls`` verifies an https:// server's certificate (None: against the system's
+        trust store)."""
         if down_after < 1:
             raise ValueError("down_after must be at least 1")
         self._host = host
-        self._servers = ServerUrls(urls_given(server_url, server_urls))
+        self._servers = ServerUrls(urls_given(server_url, server_urls), tls)
+        self._failures = Failures(LOG, f"host {host}: service reports")
         self._path = f"/v1/agents/{host}/services"
         self.key = key  # the host's agent key; replaced when its key file changes
         self._watched = [_Watched(name, re.compile(rx)) for name, rx in services.items()]
@@ -159,7 +163,7 @@ class ServiceWatch:
         last_sent = float("-inf")
         delay = 0.0
         next_try = 0.0
-        with httpx.Client(timeout=self._timeout) as client:
+        with self._servers.client(self._timeout) as client:
             while not self._stop.is_set():
                 changed = self.check()
                 now = time.monotonic()
@@ -172,13 +176,9 @@ class ServiceWatch:
                     if error is None:
                         pending = None
                         self.acknowledged += 1
+                        self._failures.succeeded()
                     else:
                         delay = min(10.0, max(0.5, delay * 2))
                         next_try = now + delay
-                        LOG.warning(
-                            "host %s: service report not accepted (%s); retrying in %.1fs",
-                            self._host,
-                            error,
-                            delay,
-                        )
+                        self._failures.failed(error)
                 self._stop.wait(self._interval)

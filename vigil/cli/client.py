@@ -11,13 +11,14 @@ error message.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
+
+from vigil.wire.tls import client_context, tls_failure
 
 Json = dict[str, Any]
 
@@ -77,13 +78,6 @@ def _seg(value: str | int) -> str:
     return quote(str(value), safe="")
 
 
-def _ca_bundle(path: str) -> ssl.SSLContext:
-    try:
-        return ssl.create_default_context(cafile=path)
-    except OSError as exc:
-        raise ApiError(0, f"cannot read the CA bundle {path}: {exc.strerror or exc}") from None
-
-
 class VigilClient:
     """Client of one vigil-server. Use as a context manager, or call ``close()``."""
 
@@ -98,7 +92,8 @@ class VigilClient:
     ) -> None:
         """``token``: the static API token; ``keystone_token``: a Keystone token instead
         (``[api] auth_strategy = keystone``), sent as OpenStack clients send it;
-        ``verify``: check the server's TLS certificate (a path: against this CA bundle)."""
+        ``verify``: check an https:// server's certificate, against the system's trust
+        store (True) or this CA bundle (a path); False: not at all (tests only)."""
         self.url = url.rstrip("/")
         self._shown_url = _without_userinfo(self.url)
         headers = {"Accept": "application/json", "User-Agent": "vigil-cli"}
@@ -106,7 +101,11 @@ class VigilClient:
             headers["Authorization"] = f"Bearer {token}"
         if keystone_token:
             headers["X-Auth-Token"] = keystone_token
-        tls: bool | ssl.SSLContext = verify if isinstance(verify, bool) else _ca_bundle(verify)
+        self._verified_with = verify if isinstance(verify, str) else "the system's trust store"
+        try:
+            tls = client_context(verify if isinstance(verify, str) else None) if verify else False
+        except ValueError as exc:
+            raise ApiError(0, str(exc)) from None
         try:
             self._http = httpx.Client(
                 base_url=self.url, headers=headers, timeout=timeout, verify=tls
@@ -146,9 +145,9 @@ class VigilClient:
         except httpx.TimeoutException:
             raise ApiError(0, f"vigil-server at {self._shown_url} did not answer in time") from None
         except httpx.TransportError as exc:
-            raise ApiError(
-                0, f"cannot reach vigil-server at {self._shown_url}: {exc or type(exc).__name__}"
-            ) from None
+            hint = f" (verified with {self._verified_with}; --os-cacert FILE gives the CA bundle)"
+            why = tls_failure(exc, hint) or str(exc) or type(exc).__name__
+            raise ApiError(0, f"cannot reach vigil-server at {self._shown_url}: {why}") from None
         if resp.is_error:
             raise ApiError(resp.status_code, self._error_detail(resp))
         if resp.status_code == 204 or not resp.content:

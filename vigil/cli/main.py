@@ -520,6 +520,20 @@ def build_parser() -> argparse.ArgumentParser:
         "token is given): for a vigil-server with [api] auth_strategy = keystone; its "
         "catalog's 'ha' endpoint is the URL unless --url or VIGIL_URL says otherwise",
     )
+    tls = parser.add_mutually_exclusive_group()
+    tls.add_argument(
+        "--os-cacert",
+        metavar="FILE",
+        default=os.environ.get("OS_CACERT"),
+        help="CA bundle (PEM) to verify an https:// server's certificate with (env OS_CACERT; "
+        "default: the cloud's cacert in clouds.yaml with --os-cloud, else the system's trust "
+        "store)",
+    )
+    tls.add_argument(
+        "--insecure",
+        action="store_true",
+        help="do not verify the server's TLS certificate: for tests only, never in production",
+    )
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds (default %(default)s)"
     )
@@ -753,20 +767,23 @@ def _token(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     return lines[0].strip()
 
 
-def _keystone(cloud: str, url: str) -> tuple[str, str]:
+def _keystone(cloud: str, url: str, tls: dict[str, Any]) -> tuple[str, str, bool | str]:
     """A Keystone token for ``cloud`` of clouds.yaml (openstacksdk's loader: OS_* and
-    clouds.yaml as every OpenStack client reads them), and the URL: ``url`` if given
-    (--url, VIGIL_URL), else the catalog's endpoint of service type ``ha``."""
+    clouds.yaml as every OpenStack client reads them), the URL: ``url`` if given (--url,
+    VIGIL_URL), else the catalog's endpoint of service type ``ha``; and how to verify
+    TLS: the cloud's ``cacert``/``verify``, unless ``tls`` (--os-cacert, --insecure) says
+    otherwise."""
     import openstack.config
 
-    region = openstack.config.OpenStackConfig().get_one(cloud=cloud)
+    region = openstack.config.OpenStackConfig().get_one(cloud=cloud, **tls)
+    verify = region.get_requests_verify_args()[0]
     session = region.get_session()
     token = str(session.get_token())
     if "VIGIL_URL" not in os.environ and url == DEFAULT_URL:
         found = session.get_endpoint(service_type="ha", interface="public")
         if found:
             url = str(found)
-    return token, url
+    return token, url, True if verify is None else verify
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -790,17 +807,23 @@ def _main(argv: Sequence[str] | None) -> int:
         return exc.code if isinstance(exc.code, int) else 1
     out = Output(as_json=args.json, stream=sys.stdout)
     url, keystone_token = args.url, ""
+    verify: bool | str = False if args.insecure else args.os_cacert or True
     cloud = args.vigil_os_cloud or (None if token else os.environ.get("OS_CLOUD"))
     if cloud:
+        tls: dict[str, Any] = {"insecure": True} if args.insecure else {}
+        if args.os_cacert:
+            tls["cacert"] = args.os_cacert
         try:
-            keystone_token, url = _keystone(cloud, args.url)
+            keystone_token, url, verify = _keystone(cloud, args.url, tls)
         except Exception as exc:  # keystoneauth's and openstacksdk's errors: said, not raised
             print(
                 f"error: Keystone authentication as cloud {cloud!r} failed: {exc}", file=sys.stderr
             )
             return 1
     try:
-        with VigilClient(url, token, timeout=args.timeout, keystone_token=keystone_token) as client:
+        with VigilClient(
+            url, token, timeout=args.timeout, keystone_token=keystone_token, verify=verify
+        ) as client:
             args.handler(client, args, out)
     except UsageError as exc:
         try:

@@ -103,6 +103,19 @@ def test_a_hosts_key_does_not_sign_another_hosts_heartbeat(
     assert "not host c2's agent key" in caplog.text and "names 'c1' and 'c2'" in caplog.text
 
 
+def test_a_heartbeat_signed_with_the_master_key_is_refused_saying_how_to_move_on(
+    receiver: tuple[HeartbeatReceiver, HeartbeatTable], caplog: pytest.LogCaptureFixture
+) -> None:
+    # An agent of before per-host keys signs with the one shared key: the servers' master.
+    rx, table = receiver
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s, caplog.at_level(logging.WARNING):
+        s.sendto(encode(Heartbeat("c1", "b", 1, time.time()), NEW.encode()), rx.address)
+        _settle(rx, 0, 1)
+    assert table.age("c1") is None
+    assert "host c1 signs with the servers' master key" in caplog.text
+    assert "vigil-server agent-key c1" in caplog.text and "accept_master_key" in caplog.text
+
+
 def test_a_hosts_key_does_not_sign_another_hosts_report(tmp_path: Path) -> None:
     with World(tmp_path, ["c1", "c2"]) as w:
         app = FastAPI()

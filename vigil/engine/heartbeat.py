@@ -266,6 +266,22 @@ def _read_batch(sock: socket.socket) -> list[tuple[bytes, tuple[str, int]]]:
     return batch
 
 
+def _why_refused(datagram: bytes, host: str, keys: AgentKeys, exc: BadHeartbeat) -> str:
+    """Why a heartbeat was refused, in the operator's words. One signed with a master key
+    is an agent still holding the one shared key of before per-host keys (an upgrade
+    whose agents were not given their host keys yet): say how to move on, since every
+    such host is silent to the server and would be declared failed."""
+    try:
+        decode_signed(datagram, host, tuple(m.encode() for m in keys.masters))
+    except BadHeartbeat:
+        return str(exc)
+    return (
+        f"host {host} signs with the servers' master key, not its own: install its key "
+        f"(vigil-server agent-key {host}), or set [agent] accept_master_key = true while "
+        "its agents move from one shared key to a key per host"
+    )
+
+
 def _verify_batch(
     batch: list[tuple[bytes, tuple[str, int]]],
     keys: AgentKeys,
@@ -306,7 +322,7 @@ def _verify_batch(
                 if keys.is_previous(index):
                     stale.append(host)
         except BadHeartbeat as exc:
-            refused.append((f"{addr}:{port}", str(exc)))
+            refused.append((f"{addr}:{port}", _why_refused(datagram, host, keys, exc)))
             continue
         _, boot_id, seq, _, watchdog, kernel, ack, peer = fields
         taken.append((host, boot_id, seq, kernel, watchdog, ack, peer, addr, port, key))

@@ -2,8 +2,9 @@
 session, kill and restart its processes, boot servers, and put every host back the way
 the next test expects it (up, enabled, not forced down, no servers).
 
-A test talks to Nova through openstacksdk with the minicloud's clouds.yaml, exactly like
-vigil's driver does; process control goes through the tool's pid files.
+A test talks to Nova through openstacksdk with the minicloud's clouds.yaml (its admin on
+the real Keystone), exactly like vigil's driver does; process control goes through the
+tool's pid files.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import httpx
 import kombu
 import openstack.connection
 import pytest
+from keystoneauth1.identity.base import BaseIdentityPlugin
 from openstack.config import OpenStackConfig
 from support import wait_until
+from support.keystone import Keystone
 
 from vigil import config
 from vigil.agent.heartbeat import HeartbeatSender
@@ -40,6 +43,19 @@ IMAGE = "155d900f-4e14-4e4c-a73d-069cbf4541e6"  # "cirros", no properties
 HA_IMAGE = "a7c1d0b4-6a56-4b8e-9a55-2f0c3e7d9b10"  # "cirros-ha": vigil:ha_policy keep-running
 FLAVOR = "1"  # m1.tiny
 BOOT_MICROVERSION = "2.74"  # "host" in the create request: boot onto a chosen compute
+# keystoneauth takes a new token when the one it holds expires within 120 s. The tier's
+# Keystone issues the identity tier's 20-second tokens: every request would log in again
+# (some 40 logins a second, a busy Keystone, the tier twice as slow). Production tokens
+# last an hour; with this margin keystoneauth renews here about as rarely as there.
+TOKEN_MARGIN = 5  # seconds
+
+
+def renew_tokens_late(patch: pytest.MonkeyPatch | None = None) -> None:
+    """keystoneauth renews a token TOKEN_MARGIN seconds before it expires, not 120."""
+    if patch is None:
+        BaseIdentityPlugin.MIN_TOKEN_LIFE_SECONDS = TOKEN_MARGIN
+    else:
+        patch.setattr(BaseIdentityPlugin, "MIN_TOKEN_LIFE_SECONDS", TOKEN_MARGIN)
 
 
 def report(config: pytest.Config, text: str) -> None:
@@ -73,6 +89,7 @@ class Minicloud:
 
     started_here: bool
     startup_seconds: float
+    keystone: Keystone | None = None  # the real Keystone it runs on (None: not told)
     conn: openstack.connection.Connection = field(init=False)
 
     def __post_init__(self) -> None:
@@ -248,6 +265,23 @@ class Minicloud:
             if svc["status"] == "disabled" or self._disabled_trait(host):
                 self._set_status(svc["id"], "disabled")
                 self._set_status(svc["id"], "enabled")
+                # The compute drops the trait when Nova tells it; one that has only just
+                # started can miss that (then "no allocation candidates" on it until its
+                # periodic update): wait for it, and tell it once more if need be.
+                for attempt in (1, 2):
+                    try:
+                        wait_until(
+                            lambda host=host: not self._disabled_trait(host),
+                            f"{host}'s COMPUTE_STATUS_DISABLED trait gone",
+                            10 if attempt == 1 else timeout,
+                            every=0.5,
+                        )
+                        break
+                    except AssertionError:
+                        if attempt == 2:
+                            raise
+                        self._set_status(svc["id"], "disabled")
+                        self._set_status(svc["id"], "enabled")
         self.delete_all_servers(timeout)
         return time.monotonic() - t0
 
@@ -255,15 +289,16 @@ class Minicloud:
         self.nova("PUT", f"/os-services/{service_id}", {"status": status}, mv="2.53")
 
     def _disabled_trait(self, host: str) -> bool:
-        # The minicloud's placement runs with noauth2: its admin is the token "admin".
-        base = self.conn.placement.get_endpoint()
-        headers = {"X-Auth-Token": "admin", "OpenStack-API-Version": "placement 1.6"}
-        with httpx.Client(base_url=base, headers=headers, timeout=10) as placement:
-            found = placement.get("/resource_providers", params={"name": host}).json()
-            for rp in found["resource_providers"]:
-                traits = placement.get(f"/resource_providers/{rp['uuid']}/traits").json()
-                if "COMPUTE_STATUS_DISABLED" in traits["traits"]:
-                    return True
+        # Placement through the catalog, with the admin's Keystone token.
+        placement = self.conn.placement
+        found = placement.get(
+            "/resource_providers", params={"name": host}, microversion="1.6"
+        ).json()
+        for rp in found["resource_providers"]:
+            path = f"/resource_providers/{rp['uuid']}/traits"
+            traits = placement.get(path, microversion="1.6").json()
+            if "COMPUTE_STATUS_DISABLED" in traits["traits"]:
+                return True
         return False
 
     def _api_answers(self) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1])]  # tests/: nova.cloud, support
 
-from nova.cloud import Minicloud, ProcessFence  # noqa: E402
+from nova.cloud import Minicloud, ProcessFence, renew_tokens_late  # noqa: E402
 from vigil import config  # noqa: E402
 from vigil.drivers.fencing import FenceDevice  # noqa: E402
 from vigil.model import Host  # noqa: E402
@@ -27,6 +27,7 @@ from vigil.server import VigilServer  # noqa: E402
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = config.settings_from_conf(config.load(sys.argv[1:]))
+    renew_tokens_late()  # as in the test process: the tier's tokens last 20 s
     cloud = Minicloud(started_here=False, startup_seconds=0.0)
 
     def fences(host: Host) -> list[FenceDevice]:

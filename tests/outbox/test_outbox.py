@@ -232,7 +232,7 @@ def test_filters_and_new_sinks_start_at_the_end(store: SqlStore) -> None:
         store,
         clock=SystemClock(),
         settings=FAST,
-        sinks=lambda: [Sink("filtered", got, lambda t: t.endswith(".recovery.end"))],
+        sinks=lambda: [Sink("filtered", got, lambda e: e.event_type.endswith(".recovery.end"))],
     )
     d.start()
     try:

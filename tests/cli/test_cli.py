@@ -19,67 +19,27 @@ from typing import Any
 import httpx
 import pytest
 from support import wait_until
+from support.cli import InProcess, Result, table_fields, table_rows
+from support.served import AGENT_KEY, TOKEN, bearer, serving
 
 from vigil.cli import output
 from vigil.cli.main import fence_method, main
-from vigil.clock import SystemClock
-from vigil.config import Settings
 from vigil.model import GuestFailureKind, GuestReport, HaPolicy, ServiceState
 from vigil.server import VigilServer
 from vigil.sim.agents import SimAgents
-from vigil.sim.cloud import SimCloud, SimLatency
+from vigil.sim.cloud import SimCloud
 from vigil.wire.keys import host_key
 from vigil.wire.reports import SIGNATURE_HEADER, encode_reports, encode_services, sign
 
-TOKEN = "t0ken"
 SECRET = "s3cret"
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-    def rows(self) -> list[list[str]]:
-        return table_rows(self.out)
-
-    def fields(self) -> dict[str, str]:
-        return table_fields(self.out)
-
-
-def table_rows(text: str) -> list[list[str]]:
-    """A table's data rows, split on the column gaps (cells hold single spaces)."""
-    lines = text.splitlines()
-    assert set(lines[1].replace(" ", "")) <= {"-"}, f"no header rule in:\n{text}"
-    return [[c.strip() for c in line.split("  ") if c.strip()] for line in lines[2:]]
-
-
-def table_fields(text: str) -> dict[str, str]:
-    """A ``show`` table as {field: value}."""
-    assert text.splitlines()[0].split() == ["FIELD", "VALUE"]
-    return {row[0]: row[1] if len(row) > 1 else "" for row in table_rows(text)}
-
-
-class Cli:
+class Cli(InProcess):
     """Runs ``vigil --url URL --token TOKEN ...`` and keeps every output it produced."""
-
-    def __init__(self, url: str, capsys: pytest.CaptureFixture[str]) -> None:
-        self.url = url
-        self.capsys = capsys
-        self.seen: list[str] = []
 
     def __call__(self, *args: str, token: str | None = TOKEN) -> Result:
         argv = ["--url", self.url, *(["--token", token] if token is not None else []), *args]
-        self.capsys.readouterr()
-        code = main(argv)
-        captured = self.capsys.readouterr()
-        self.seen += [captured.out, captured.err]
-        assert "Traceback" not in captured.err
-        return Result(code, captured.out, captured.err)
+        return self.run(lambda: main(argv))
 
     def ok(self, *args: str) -> Result:
         result = self(*args)
@@ -95,31 +55,17 @@ class World:
     cli: Cli
 
     def api(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.server.api_url, headers={"Authorization": f"Bearer {TOKEN}"}
-        )
+        return httpx.Client(base_url=self.server.api_url, headers=bearer())
 
 
 @pytest.fixture
 def world(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[World]:
-    cloud = SimCloud(SystemClock(), latency=SimLatency.zero())
-    for name in ("compute-1", "compute-2", "compute-3"):
-        cloud.add_host(name)
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path}/v.db",
-        api_port=0,
-        heartbeat_port=0,
-        api_token=TOKEN,
-        agent_key="k",
+    with serving(
+        tmp_path,
+        hosts=("compute-1", "compute-2", "compute-3"),
         accept_master_key=True,  # SimAgents sign every host's heartbeats with it
-        sim_url=None,
-    )
-    server = VigilServer(settings, cloud=cloud)
-    server.start()
-    try:
+    ) as (server, cloud):
         yield World(server, cloud, Cli(server.api_url, capsys))
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -703,7 +649,7 @@ def test_guest_failures_and_host_services_seen_and_handled(world: World, cli: Cl
     cli.ok("segment", "create", "rack-a")
     cli.ok("host", "create", "compute-1", "--segment", "rack-a")
     assert cli("host", "services", "compute-1").code == 1  # no agent report yet
-    key = host_key("k", "compute-1").encode()  # the world's master key is "k"
+    key = host_key(AGENT_KEY, "compute-1").encode()
     now = time.time()
     report = GuestReport(
         str(uuid.uuid4()), "compute-1", "inst-1", GuestFailureKind.WATCHDOG, now, {"action": "none"}
@@ -756,7 +702,7 @@ def test_application_failures_seen_credentialed_and_closed(world: World, cli: Cl
         "vigil:app_recovery": "reboots=1 settle=5 backoff=0",
     }
     iid = world.cloud.add_instance("web-1", "compute-1", metadata=checks)
-    key = host_key("k", "compute-1").encode()  # the world's master key is "k"
+    key = host_key(AGENT_KEY, "compute-1").encode()
 
     def agent_reports(health: str) -> dict[str, Any]:
         now = time.time()

@@ -8,88 +8,54 @@ the installed entry points make them; every command of the ``vigil`` CLI must ha
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import logging
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cliff.lister import Lister
 from cliff.show import ShowOne
 from openstackclient import shell
 from osc_lib import clientmanager
+from support.cli import InProcess, Result
+from support.served import TOKEN, serving
 
 from vigil.cli import main as cli
-from vigil.clock import SystemClock
-from vigil.config import Settings
 from vigil.osc import plugin, v1
-from vigil.server import VigilServer
-from vigil.sim.cloud import SimCloud, SimLatency
 
-TOKEN = "t0ken"
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 GROUP = "openstack.vigil.v1"
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
-
-
-class Osc:
+class Osc(InProcess):
     """Runs ``openstack --os-endpoint URL --os-token TOKEN ARGS`` in this process."""
 
-    def __init__(self, url: str, capsys: pytest.CaptureFixture[str]) -> None:
-        self.url = url
-        self.capsys = capsys
-
     def __call__(self, *args: str, endpoint: str | None = None) -> Result:
-        root = logging.getLogger()
-        handlers, level = list(root.handlers), root.level
-        self.capsys.readouterr()
         argv = ["--os-endpoint", endpoint or self.url, "--os-token", TOKEN, *args]
-        try:
-            code = shell.OpenStackShell().run(argv)
-        except SystemExit as exc:  # argparse: a usage error (as `openstack` exits)
-            code = int(exc.code or 0)
-        finally:  # each shell configures the root logger anew, and keeps its client
-            root.handlers[:], root.level = handlers, level
-            cache = vars(clientmanager.ClientManager)[plugin.API_NAME]
-            if cache._handle is not None:
-                cache._handle.close()
-                cache._handle = None
-        captured = self.capsys.readouterr()
-        assert "Traceback" not in captured.err
-        return Result(code, captured.out, captured.err)
+        return self.run(lambda: openstack(argv))
+
+
+def openstack(argv: list[str]) -> int:
+    """``openstack ARGV``'s exit status, as the installed command would exit."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    try:
+        return shell.OpenStackShell().run(argv)
+    except SystemExit as exc:  # argparse: a usage error (as `openstack` exits)
+        return int(exc.code or 0)
+    finally:  # each shell configures the root logger anew, and keeps its client
+        root.handlers[:], root.level = handlers, level
+        cache = vars(clientmanager.ClientManager)[plugin.API_NAME]
+        if cache._handle is not None:
+            cache._handle.close()
+            cache._handle = None
 
 
 @pytest.fixture
 def osc(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[Osc]:
-    cloud = SimCloud(SystemClock(), latency=SimLatency.zero())
-    for name in ("compute-1", "compute-2"):
-        cloud.add_host(name)
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path}/v.db",
-        api_port=0,
-        heartbeat_port=0,
-        api_token=TOKEN,
-        agent_key="k",
-        sim_url=None,
-    )
-    server = VigilServer(settings, cloud=cloud)
-    server.start()
-    try:
+    with serving(tmp_path, hosts=("compute-1", "compute-2")) as (server, _cloud):
         yield Osc(server.api_url, capsys)
-    finally:
-        server.stop()
 
 
 def ok(result: Result) -> Result:

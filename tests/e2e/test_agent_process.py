@@ -18,36 +18,19 @@ from pathlib import Path
 import httpx
 import pytest
 from support import wait_until
+from support.served import AGENT_KEY, bearer, serving
 
-from vigil.clock import SystemClock
-from vigil.config import Settings
 from vigil.server import VigilServer
-from vigil.sim.cloud import SimCloud, SimLatency
+from vigil.sim.cloud import SimCloud
 from vigil.wire.keys import host_key
 
-TOKEN = "t0ken-for-agent-tests"
-KEY = "agent-key-for-agent-tests"
 AGENT = Path(sys.executable).with_name("vigil-agent")
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[tuple[VigilServer, SimCloud]]:
-    cloud = SimCloud(SystemClock(), latency=SimLatency.zero())
-    cloud.add_host("compute-1")
-    settings = Settings(
-        database_url=f"sqlite:///{tmp_path}/v.db",
-        api_port=0,
-        heartbeat_port=0,
-        api_token=TOKEN,
-        agent_key=KEY,
-        sim_url=None,
-    )
-    server = VigilServer(settings, cloud=cloud)
-    server.start()
-    try:
-        yield server, cloud
-    finally:
-        server.stop()
+    with serving(tmp_path, hosts=("compute-1",)) as served:
+        yield served
 
 
 def agent_conf(tmp_path: Path, server: VigilServer, *watch: str) -> Path:
@@ -55,7 +38,7 @@ def agent_conf(tmp_path: Path, server: VigilServer, *watch: str) -> Path:
     lines = [
         "[agent]",
         "host = compute-1",
-        f"key = {host_key(KEY, 'compute-1')}",
+        f"key = {host_key(AGENT_KEY, 'compute-1')}",
         f"server_url = {server.api_url}",
         f"server_host = {host}",
         f"server_port = {port}",
@@ -77,7 +60,7 @@ def test_the_agent_process_reports_a_dead_service_and_the_host_is_held_not_fence
     server: tuple[VigilServer, SimCloud], tmp_path: Path
 ) -> None:
     vigil, cloud = server
-    api = httpx.Client(base_url=vigil.api_url, headers={"Authorization": f"Bearer {TOKEN}"})
+    api = httpx.Client(base_url=vigil.api_url, headers=bearer())
     api.post("/v1/segments", json={"name": "rack-a"}).raise_for_status()
     api.post(
         "/v1/hosts", json={"name": "compute-1", "segment": "rack-a", "fencing": [{"driver": "sim"}]}

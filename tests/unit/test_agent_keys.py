@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from support.heartbeats import receiving
 from support.world import World
 
 from vigil.agent.heartbeat import HeartbeatSender
@@ -65,18 +66,8 @@ def test_the_agent_key_command_prints_a_hosts_key_from_the_servers_key_file(
 
 @pytest.fixture(params=["thread", "process"])
 def receiver(request: pytest.FixtureRequest) -> Iterator[tuple[HeartbeatReceiver, HeartbeatTable]]:
-    table = HeartbeatTable(SystemClock())
-    rx = HeartbeatReceiver(
-        table,
-        keys=AgentKeys([NEW]),
-        known_host=lambda h: h in ("c1", "c2"),
-        bind=("127.0.0.1", 0),
-        clock=SystemClock(),
-        process=request.param == "process",
-    )
-    rx.start()
-    yield rx, table
-    rx.stop()
+    with receiving(NEW, ("c1", "c2"), process=request.param == "process") as started:
+        yield started
 
 
 def _settle(rx: HeartbeatReceiver, received: int, refused: int) -> None:

@@ -7,12 +7,14 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.heartbeats import receiving
 
 from vigil.agent.heartbeat import read_kernel_boot_id
-from vigil.clock import FakeClock, SystemClock
+from vigil.clock import FakeClock
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
 from vigil.wire.heartbeat import (
     BadHeartbeat,
@@ -60,21 +62,11 @@ def test_forged_or_malformed_heartbeats_are_refused(datagram: bytes) -> None:
 
 
 @pytest.fixture(params=["thread", "process"])
-def receiver(request: pytest.FixtureRequest) -> tuple[HeartbeatReceiver, HeartbeatTable]:
+def receiver(request: pytest.FixtureRequest) -> Iterator[tuple[HeartbeatReceiver, HeartbeatTable]]:
     """The receiver reading on a thread of this process, and in a child process (what
     vigil-server runs): the same behaviour."""
-    table = HeartbeatTable(SystemClock())
-    rx = HeartbeatReceiver(
-        table,
-        keys=AgentKeys([MASTER]),
-        known_host=lambda h: h == "compute-1",
-        bind=("127.0.0.1", 0),
-        clock=SystemClock(),
-        process=request.param == "process",
-    )
-    rx.start()
-    yield rx, table  # type: ignore[misc]
-    rx.stop()
+    with receiving(MASTER, ("compute-1",), process=request.param == "process") as started:
+        yield started
 
 
 def _send(rx: HeartbeatReceiver, datagram: bytes) -> None:
@@ -168,17 +160,7 @@ def test_heartbeats_of_other_servers_segments_are_heard_unverified(process: bool
     """Told to verify compute-1's only, the receiver still refuses a bad compute-1, and
     records compute-2 as heard by its name alone: no refusal for a signature it did not
     check, no kernel boot id; told to verify all again, it checks compute-2 too."""
-    table = HeartbeatTable(SystemClock())
-    rx = HeartbeatReceiver(
-        table,
-        keys=AgentKeys([MASTER]),
-        known_host=lambda h: h in ("compute-1", "compute-2"),
-        bind=("127.0.0.1", 0),
-        clock=SystemClock(),
-        process=process,
-    )
-    rx.start()
-    try:
+    with receiving(MASTER, ("compute-1", "compute-2"), process=process) as (rx, table):
         rx.verify_only(["compute-1"])
         time.sleep(0.2)  # the child told
         _send(rx, encode(Heartbeat("compute-1", "b", 1, time.time()), b"wrong-key"))
@@ -199,8 +181,6 @@ def test_heartbeats_of_other_servers_segments_are_heard_unverified(process: bool
         while rx.refused < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert (rx.refused, rx.unverified) == (2, 1)
-    finally:
-        rx.stop()
 
 
 def test_a_batch_is_recorded_in_order_and_a_replay_inside_it_refused() -> None:

@@ -631,6 +631,17 @@ _coordination = [
     ),
 ]
 
+_clusters = [
+    cfg.StrOpt(
+        "vigil_url",
+        default="",
+        help="The address of vigil's API as the VMs of an in-guest cluster reach it, e.g. "
+        "https://vigil.example.org:8675: written into each member's fence device "
+        "(fence_vigil). Empty: clusters cannot be created (vigil cluster create answers "
+        "409 naming this option).",
+    ),
+]
+
 _GROUPS: dict[str, Sequence[cfg.Opt]] = {
     "database": _database,
     "api": _api,
@@ -641,6 +652,7 @@ _GROUPS: dict[str, Sequence[cfg.Opt]] = {
     "compute": _compute,
     "notifier": _notifier,
     "coordination": _coordination,
+    "clusters": _clusters,
 }
 
 
@@ -832,6 +844,7 @@ class Settings:
     self_fencing: SelfFencingSettings = field(default_factory=SelfFencingSettings)
     compute_driver: str = "sim"
     compute_cloud: str | None = None
+    clusters_vigil_url: str = ""  # [clusters] vigil_url: where members' fence agents call
     compute_api_timeout: float = 60.0
     sim_url: str | None = None
     notifiers: tuple[str, ...] = ("log",)
@@ -935,6 +948,7 @@ def settings_from_conf(conf: cfg.ConfigOpts) -> Settings:
         app_command_timeout=r.app_command_timeout,
         compute_driver=conf.compute.driver,
         compute_cloud=conf.compute.cloud,
+        clusters_vigil_url=conf.clusters.vigil_url,
         compute_api_timeout=conf.compute.api_timeout,
         sim_url=conf.compute.sim_url,
         notifiers=tuple(conf.notifier.drivers),

@@ -468,6 +468,12 @@ class RequestKind(enum.StrEnum):
 
     RESTORE_HOST = "restore-host"  # compute service up and enabled, the host monitored again
     RESTART_INSTANCE = "restart-instance"  # a consumer's hard reboot of an instance
+    # in-guest clusters (vigil.engine.clusters): their cloud resources built or removed,
+    # and a member powered off or on for its cluster's fence agent
+    BUILD_CLUSTER = "build-cluster"
+    DELETE_CLUSTER = "delete-cluster"
+    POWER_OFF_MEMBER = "power-off-member"
+    POWER_ON_MEMBER = "power-on-member"
 
 
 @dataclass(frozen=True)
@@ -582,3 +588,56 @@ class AppInstance:
     reported_at: float = 0.0  # the ``at`` of the agent's last report
     episode: AppEpisode | None = None
     updated_at: float = 0.0
+
+
+class ClusterStatus(enum.StrEnum):
+    """An in-guest cluster's life: its cloud resources being built, built, failed to
+    build (an operator looks, then deletes), being removed."""
+
+    BUILDING = "building"
+    ACTIVE = "active"
+    ERROR = "error"
+    DELETING = "deleting"
+
+
+@dataclass(frozen=True)
+class ClusterMember:
+    """One VM of an in-guest cluster: its name (corosync's node name), its address,
+    fixed before it exists, its Neutron port and (once booted) its instance."""
+
+    name: str
+    address: str
+    port_id: str = ""
+    instance_id: str = ""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """An in-guest cluster (``vigil.engine.clusters``): what was asked (size, image,
+    flavor, network, a VIP or none, the members' HA policy) and the cloud resources
+    built for it, recorded as they are made so that a crash resumes without making them
+    twice. ``authkey`` is corosync's shared secret (base64), never shown."""
+
+    id: str
+    name: str
+    project_id: str | None
+    status: ClusterStatus
+    size: int
+    image: str
+    flavor: str
+    network: str
+    policy: HaPolicy = HaPolicy.NOTIFY
+    want_vip: bool = False
+    detail: str = ""
+    network_id: str = ""
+    vip: str = ""
+    vip_port_id: str = ""
+    server_group_id: str = ""
+    security_group_id: str = ""
+    members: tuple[ClusterMember, ...] = ()
+    authkey: str = ""
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    def member(self, name: str) -> ClusterMember | None:
+        return next((m for m in self.members if m.name == name), None)

@@ -30,10 +30,12 @@ from vigil.drivers.coordination import build_coordinator
 from vigil.drivers.errors import PermanentError
 from vigil.drivers.fence_factory import ExtraBuilder, fence_device_factory
 from vigil.drivers.fencing import FenceDevice
+from vigil.drivers.network import NetworkDriver
 from vigil.drivers.notifier import LogNotifier, MemoryNotifier
 from vigil.drivers.openstack import build_openstack_compute
 from vigil.drivers.webhook import WebhookNotifier
 from vigil.engine.app_engine import AppHealth
+from vigil.engine.clusters import Clusters
 from vigil.engine.engine import Engine
 from vigil.engine.guest_engine import GuestEngine
 from vigil.engine.heartbeat import HeartbeatReceiver, HeartbeatTable
@@ -47,6 +49,7 @@ from vigil.metrics import ServerMetrics
 from vigil.model import Host
 from vigil.sim.api import CloudApi
 from vigil.sim.drivers import SimCompute, sim_fence_builder
+from vigil.sim.network import SimNetwork
 from vigil.sim.rpc import RemoteCloud
 from vigil.store.masakari import MasakariRecords
 from vigil.store.sql import SqlStore, upgrade
@@ -77,6 +80,7 @@ class VigilServer:
         cloud: CloudApi | None = None,
         compute: ComputeDriver | None = None,
         fence_devices: Callable[[Host], list[FenceDevice]] | None = None,
+        network: NetworkDriver | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock or SystemClock()
@@ -104,6 +108,11 @@ class VigilServer:
             if cloud is None:
                 raise config.ConfigError("compute.driver is sim: set compute.sim_url")
             compute = SimCompute(cloud)
+        # Neutron, for in-guest clusters (the real one comes with vigil.drivers.neutron).
+        if isinstance(compute, SimCompute) and isinstance(network, SimNetwork):
+            sim_network = network
+            compute.on_boot = lambda sid, port: sim_network.plug(port, sid)
+        self.network = network
         # Every server Nova reports tells the store its project (tenancy, issue 18).
         self.compute = noting_projects(compute, self.store.note_instance_projects)
         # Heartbeats and reports are verified with the key derived for their host; the
@@ -165,6 +174,18 @@ class VigilServer:
             known=self.known,
             ownership=self.ownership,
         )
+        # In-guest clusters (issue 19): built by the engine's request workers.
+        self.clusters = Clusters(
+            store=self.store,
+            compute=self.compute,
+            network=self.network,
+            requests=self.engine.requests,
+            clock=self.clock,
+            key=settings.agent_key.encode(),
+            vigil_url=settings.clusters_vigil_url,
+            wait=2 * settings.compute_api_timeout,
+        )
+        self.engine.use_cluster_peers(self.clusters.peers)
         # The reactions about one host at a time act as its segment's owner, under its
         # token: guest failures, host services, operator requests.
         self.host_owner = HostOwner(self.ownership, self._segment_of)
@@ -242,6 +263,7 @@ class VigilServer:
             ownership=self.ownership,
             metrics=self.metrics.render,
             authority=self.authority,
+            clusters=self.clusters,
         )
         # Masakari's instance-ha v1 API, for clients and monitors written for Masakari.
         self.masakari_records = MasakariRecords(settings.database_url)

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,9 @@ from support import wait_until
 
 from vigil.events import make_event
 from vigil.model import (
+    Cluster,
+    ClusterMember,
+    ClusterStatus,
     ComputeHold,
     Control,
     Event,
@@ -1585,3 +1589,41 @@ def test_a_store_call_waits_for_a_free_connection_at_most_pool_timeout(db_url: s
         store.list_segments()  # a connection free again: answered
     finally:
         store.close()
+
+
+def test_a_cluster_is_recorded_as_it_is_built_and_found_by_its_members(store: SqlStore) -> None:
+    made = store.add_cluster(
+        Cluster(
+            "c-1",
+            "db",
+            "alpha",
+            ClusterStatus.BUILDING,
+            2,
+            "img",
+            "flavor",
+            "private",
+            want_vip=True,
+            authkey="a2V5",
+            created_at=1.0,
+            updated_at=1.0,
+        )
+    )
+    assert made.status == ClusterStatus.BUILDING and made.members == ()
+    with pytest.raises(AlreadyExists):  # one name per project
+        store.add_cluster(replace(made, id="c-2"))
+    store.add_cluster(replace(made, id="c-3", project_id="beta"))  # another project's
+    members = (
+        ClusterMember("db-1", "10.0.0.11", "p1", "vm-1"),
+        ClusterMember("db-2", "10.0.0.12", "p2"),
+    )
+    updated = store.update_cluster("c-1", at=2.0, members=members, vip="10.0.0.10")
+    assert updated.members == members and updated.vip == "10.0.0.10" and updated.updated_at == 2.0
+    assert store.get_cluster("c-1") == updated
+    assert [c.id for c in store.list_clusters(project_id="alpha")] == ["c-1"]
+    assert store.cluster_of_instance("vm-1") == updated
+    assert store.cluster_of_instance("vm-2") is None
+    store.delete_cluster("c-1")
+    with pytest.raises(NotFoundError):
+        store.get_cluster("c-1")
+    with pytest.raises(NotFoundError):
+        store.update_cluster("c-1", at=3.0, status=ClusterStatus.ACTIVE)

@@ -14,6 +14,7 @@ from typing import Any
 
 from vigil.clock import SystemClock
 from vigil.config import Settings
+from vigil.drivers.network import NetworkDriver
 from vigil.server import VigilServer
 from vigil.sim.cloud import SimCloud, SimLatency
 
@@ -27,10 +28,15 @@ def bearer(token: str = TOKEN) -> dict[str, str]:
 
 @contextmanager
 def serving(
-    tmp_path: Path, *, hosts: Iterable[str] = ("compute-1",), **settings: Any
+    tmp_path: Path,
+    *,
+    hosts: Iterable[str] = ("compute-1",),
+    network: NetworkDriver | None = None,
+    **settings: Any,
 ) -> Iterator[tuple[VigilServer, SimCloud]]:
-    """A started server and its simulated cloud with ``hosts``; ``settings`` override
-    the test defaults of ``Settings``. Stopped on the way out."""
+    """A started server and its simulated cloud with ``hosts`` (and ``network``, its
+    Neutron); ``settings`` override the test defaults of ``Settings``. Stopped on the
+    way out."""
     cloud = SimCloud(SystemClock(), latency=SimLatency.zero())
     for name in hosts:
         cloud.add_host(name)
@@ -43,7 +49,7 @@ def serving(
         "sim_url": None,
         **settings,
     }
-    server = VigilServer(Settings(**given), cloud=cloud)
+    server = VigilServer(Settings(**given), cloud=cloud, network=network)
     server.start()
     try:
         yield server, cloud

@@ -121,6 +121,7 @@ class Tenancy:
             "failure_id": str(seeded.guest_failure) if "guest" in route.path else "1",
             "name": seeded.subscription if "subscriptions" in route.path else "compute-1",
             "recovery_id": "1",
+            "cluster_id": "no-such-cluster",  # clusters are the cloud's: refused before
         }
         return route.path.format(**values)
 

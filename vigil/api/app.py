@@ -29,6 +29,7 @@ from vigil import __version__
 from vigil.api import policies
 from vigil.api.apps import add_app_routes
 from vigil.api.auth import Authority, Scope, log_refusal
+from vigil.api.clusters import add_cluster_routes
 from vigil.api.guest import add_guest_routes
 from vigil.api.masakari import not_found_fault
 from vigil.api.schemas import (
@@ -62,6 +63,7 @@ from vigil.config import RecoverySettings
 from vigil.drivers.compute import ComputeDriver
 from vigil.drivers.errors import Conflict, DriverError, NotFound
 from vigil.drivers.webhook import WebhookNotifier, validate_webhook_url
+from vigil.engine.clusters import Clusters
 from vigil.engine.engine import Engine
 from vigil.engine.guest_engine import GuestEngine
 from vigil.engine.outbox import webhook_sink
@@ -207,6 +209,7 @@ def create_app(
     ownership: SegmentOwnership | None = None,
     metrics: Callable[[], bytes] | None = None,
     authority: Authority | None = None,
+    clusters: Clusters | None = None,
 ) -> FastAPI:
     """vigil's API. ``authority``: who may call what (``vigil.api.auth``); None: the one
     bearer ``token``, an admin's."""
@@ -292,6 +295,9 @@ def create_app(
             auth=auth,
             require_instance=api.require_instance,
         )
+
+    if clusters is not None:  # in-guest clusters (issue 19)
+        add_cluster_routes(app, clusters=clusters, auth=auth)
 
     for routes in (
         _segment_routes,

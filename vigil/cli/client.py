@@ -340,6 +340,36 @@ class VigilClient:
         )
         return result
 
+    # in-guest clusters (issue 19)
+    def list_clusters(self) -> list[Json]:
+        result: list[Json] = self._request("GET", "/v1/clusters")
+        return result
+
+    def get_cluster(self, cluster_id: str) -> Json:
+        result: Json = self._request("GET", f"/v1/clusters/{_seg(cluster_id)}")
+        return result
+
+    def create_cluster(self, body: Json) -> Json:
+        result: Json = self._request("POST", "/v1/clusters", body=body)
+        return result
+
+    def verify_cluster(self, cluster_id: str) -> Json:
+        result: Json = self._request("GET", f"/v1/clusters/{_seg(cluster_id)}/verify")
+        return result
+
+    def cluster_user_data(self, cluster_id: str) -> str:
+        path = f"/v1/clusters/{_seg(cluster_id)}/user-data"
+        try:
+            resp = self._http.request("GET", path)
+        except httpx.TransportError as exc:
+            raise ApiError(0, f"cannot reach vigil-server at {self._shown_url}: {exc}") from None
+        if resp.is_error:
+            raise ApiError(resp.status_code, self._error_detail(resp))
+        return resp.text
+
+    def delete_cluster(self, cluster_id: str) -> None:
+        self._request("DELETE", f"/v1/clusters/{_seg(cluster_id)}")
+
     def get_host_services(self, name: str) -> Json:
         result: Json = self._request("GET", f"/v1/hosts/{_seg(name)}/services")
         return result

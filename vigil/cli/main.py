@@ -293,6 +293,47 @@ def app_credential(c: VigilClient, args: argparse.Namespace, out: Output) -> Non
     out.one(output.APP_CREDENTIAL, c.app_credential(args.instance))
 
 
+def cluster_list(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.many(output.CLUSTER, c.list_clusters())
+
+
+def cluster_show(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.CLUSTER, c.get_cluster(args.cluster))
+
+
+def cluster_create(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    body = {
+        "name": args.name,
+        "size": args.size,
+        "image": args.image,
+        "flavor": args.flavor,
+        "network": args.network,
+        "vip": args.vip,
+        "policy": args.policy,
+    }
+    made = c.create_cluster(body)
+    out.one(output.CLUSTER, made)
+    if made.get("status") == "error":
+        raise ApiError(0, f"cluster {args.name} could not be built: {made.get('detail')}")
+
+
+def cluster_verify(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    verified = c.verify_cluster(args.cluster)
+    out.many(output.CLUSTER_CHECK, verified["checks"])
+    if not verified["ok"]:
+        failed = ", ".join(k["name"] for k in verified["checks"] if not k["ok"])
+        raise ApiError(0, f"cluster {args.cluster}: not verified: {failed}")
+
+
+def cluster_user_data(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    print(c.cluster_user_data(args.cluster), end="", file=out.stream)
+
+
+def cluster_delete(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    c.delete_cluster(args.cluster)
+    out.line(f"cluster {args.cluster} deleted")
+
+
 def guest_failure_list(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
     items = c.list_guest_failures(instance_id=args.instance, status=args.status, limit=args.limit)
     out.many(output.GUEST_FAILURE, items)
@@ -693,6 +734,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by", default="operator")
     p = verb(ap, "credential", app_credential, "the credential for an application's heartbeats")
     p.add_argument("instance")
+
+    # in-guest clusters
+    cl = noun("cluster", "in-guest Pacemaker clusters: built whole, fenced through vigil")
+    verb(cl, "list", cluster_list, "list clusters")
+    verb(cl, "show", cluster_show, "show a cluster and its members").add_argument("cluster")
+    p = verb(
+        cl,
+        "create",
+        cluster_create,
+        "build a cluster: ports with fixed addresses, an anti-affinity group, members "
+        "booted with the generated corosync and Pacemaker configuration",
+    )
+    p.add_argument("name", help="lower-case letters, digits and '-'; members are NAME-1...")
+    p.add_argument("--size", type=int, default=3, help="members, 2 to 8 (default 3)")
+    p.add_argument("--image", required=True)
+    p.add_argument("--flavor", required=True)
+    p.add_argument("--network", required=True, help="the Neutron network's name or id")
+    p.add_argument(
+        "--vip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reserve a service address Pacemaker moves between members (default: yes)",
+    )
+    p.add_argument(
+        "--policy",
+        choices=["notify", "keep-running"],
+        default="notify",
+        help="the members' HA policy (default notify: the cluster moves its service)",
+    )
+    p = verb(cl, "verify", cluster_verify, "check members, hosts and ports (exit 1 if not ok)")
+    p.add_argument("cluster")
+    p = verb(cl, "user-data", cluster_user_data, "print the members' cloud-init (has secrets)")
+    p.add_argument("cluster")
+    verb(cl, "delete", cluster_delete, "delete a cluster and what was built for it").add_argument(
+        "cluster"
+    )
 
     # cloud-wide
     def cloud_wide(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:

@@ -244,6 +244,28 @@ APP_CREDENTIAL: Sequence[Column] = [
     ("CREDENTIAL", field("credential")),
 ]
 
+
+def _members(item: Mapping[str, Any]) -> str:
+    return " ".join(f"{m['name']}@{m['address']}" for m in item.get("members") or [])
+
+
+CLUSTER: Sequence[Column] = [
+    ("ID", field("id")),
+    ("NAME", field("name")),
+    ("STATUS", field("status")),
+    ("SIZE", field("size")),
+    ("POLICY", field("policy")),
+    ("VIP", field("vip")),
+    ("MEMBERS", _members),
+    ("DETAIL", field("detail")),
+]
+
+CLUSTER_CHECK: Sequence[Column] = [
+    ("CHECK", field("name")),
+    ("OK", field("ok")),
+    ("DETAIL", field("detail")),
+]
+
 SERVICE: Sequence[Column] = [
     ("SERVICE", field("name")),
     ("UP", field("up")),

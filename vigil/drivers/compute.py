@@ -202,6 +202,38 @@ class ComputeDriver(abc.ABC):
         raises PermanentError."""
         raise PermanentError(f"{type(self).__name__} cannot rebuild instances")
 
+    # --- building an in-guest cluster (vigil.engine.clusters) ----------------------------
+    # Not abstract: a driver that cannot build raises PermanentError, and vigil's HA
+    # works without them.
+
+    def create_server_group(self, name: str, policy: str = "anti-affinity") -> str:
+        """A new server group with Nova's ``policy``; its id."""
+        raise PermanentError(f"{type(self).__name__} cannot create server groups")
+
+    def delete_server_group(self, group_id: str) -> None:
+        """Delete it; NotFound when it is gone already."""
+        raise PermanentError(f"{type(self).__name__} cannot delete server groups")
+
+    def create_server(
+        self,
+        *,
+        name: str,
+        image: str,
+        flavor: str,
+        port_id: str,
+        user_data: str,
+        server_group: str,
+        metadata: Mapping[str, str],
+    ) -> str:
+        """Boot an instance on an existing port (its address fixed before it exists), in
+        the server group (Nova's scheduler keeps anti-affinity), with cloud-init's
+        ``user_data``; returns its id once Nova accepted it (it builds on)."""
+        raise PermanentError(f"{type(self).__name__} cannot create instances")
+
+    def delete_server(self, server_id: str) -> None:
+        """Delete the instance; NotFound when it is gone already."""
+        raise PermanentError(f"{type(self).__name__} cannot delete instances")
+
 
 class ProjectNoting:
     """A compute driver that tells ``note`` the project of every server Nova reports

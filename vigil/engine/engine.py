@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
 from functools import partial
@@ -232,6 +232,10 @@ class Engine(Reaction[Snapshot, Action]):
     ) -> None:
         """Where evacuations go, per host and segment (Masakari's recovery methods)."""
         self._ctx = replace(self._ctx, targets=targets)
+
+    def use_cluster_peers(self, peers: Callable[[str], Collection[str]]) -> None:
+        """The other members of an instance's in-guest cluster (never on one host)."""
+        self._ctx = replace(self._ctx, peers=peers)
 
     def report_down(self, host: str, *, source: str, reason: str) -> None:
         """Another monitor says ``host`` is down (a Masakari COMPUTE_HOST notification).

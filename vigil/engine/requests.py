@@ -256,6 +256,8 @@ class OperatorRequests(Reaction[RequestsView, RunRequest]):
 
 
 def _about(request: OperatorRequest) -> str:
-    if request.kind == RequestKind.RESTART_INSTANCE:
+    if request.kind in (RequestKind.BUILD_CLUSTER, RequestKind.DELETE_CLUSTER):
+        return f"cluster {request.target}"
+    if request.kind != RequestKind.RESTORE_HOST:  # about an instance
         return f"host {request.host}: instance {request.target}"
     return f"host {request.target}"

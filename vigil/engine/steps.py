@@ -30,7 +30,7 @@ from vigil.clock import Clock
 from vigil.config import RecoverySettings
 from vigil.drivers import compute as nova
 from vigil.drivers.compute import ComputeDriver, ComputeService, Server
-from vigil.drivers.errors import DriverError, PermanentError, TemporaryError
+from vigil.drivers.errors import DriverError, NotFound, PermanentError, TemporaryError
 from vigil.drivers.fencing import FenceDevice, PowerState
 from vigil.model import (
     HaPolicy,
@@ -83,6 +83,9 @@ class StepContext:
     spread: Callable[[Sequence[str]], str] = lambda candidates: candidates[0]
     # instance id -> the host vigil last sent it to (one dict shared by the workers)
     aimed: dict[str, str] = field(default_factory=dict)
+    # instance id -> the other members of its in-guest cluster (vigil.engine.clusters):
+    # no evacuation puts two members of one cluster on one host
+    peers: Callable[[str], Collection[str]] = lambda _sid: ()
     # segment -> (the hosts and the service listing it was ranked from, its ranking):
     # the workers of one rack failure rank a segment once per listing, not once per
     # instance (a pass over every host of the cloud each, at 10,000 hosts)
@@ -353,8 +356,11 @@ def _status_before(recovery: Recovery, instance_id: str) -> str | None:
     return None
 
 
-def destinations(ctx: StepContext, host: Host, segment: Segment) -> list[str]:
-    """Where vigil may send an instance of ``host``: see the module docstring."""
+def destinations(
+    ctx: StepContext, host: Host, segment: Segment, avoid: Collection[str] = ()
+) -> list[str]:
+    """Where vigil may send an instance of ``host``: see the module docstring; none of
+    ``avoid``."""
     if ctx.services is not None:
         services = ctx.services()
     else:
@@ -368,7 +374,7 @@ def destinations(ctx: StepContext, host: Host, segment: Segment) -> list[str]:
         ranked = _rank(hosts, services, segment.name)
         ctx.ranked[segment.name] = (hosts, services, ranked)
     for names in ranked:
-        chosen = [n for n in names if n != host.name]
+        chosen = [n for n in names if n != host.name and n not in avoid]
         if chosen:
             return chosen
     return []
@@ -395,19 +401,35 @@ def _rank(
     )
 
 
+def _peer_hosts(ctx: StepContext, sid: str) -> set[str]:
+    """The hosts the other members of the instance's cluster are on or being sent to."""
+    hosts: set[str] = set()
+    for peer in ctx.peers(sid):
+        if peer in ctx.aimed:
+            hosts.add(ctx.aimed[peer])
+        try:
+            server = ctx.compute.get_server(peer)
+        except NotFound:
+            continue
+        if server.host:
+            hosts.add(server.host)
+    return hosts
+
+
 def _choose(ctx: StepContext, step: Step, host: Host, segment: Segment, label: str) -> str:
     """This attempt's destination: the segment's recovery method's (Masakari's reserved
-    hosts), unless vigil knows it is down; else one of ``destinations``, spread."""
+    hosts), unless vigil knows it is down; else one of ``destinations``, spread. Never
+    a host that runs (or is getting) another member of the instance's cluster."""
     known = ctx.hosts()
+    avoid = _peer_hosts(ctx, step.instance_id) if step.instance_id else set()
     named = pick_target(ctx.targets(host, segment), step.attempts)
     if named is not None:
         state = known[named].state if named in known else HostState.NEW
-        if state in (HostState.NEW, HostState.UP):
+        if state in (HostState.NEW, HostState.UP) and named not in avoid:
             return named
-        LOG.warning(
-            "host %s: %s: not evacuating to %s, which is %s", host.name, label, named, state
-        )
-    candidates = destinations(ctx, host, segment)
+        why = "has another member of its cluster" if named in avoid else f"is {state}"
+        LOG.warning("host %s: %s: not evacuating to %s, which %s", host.name, label, named, why)
+    candidates = destinations(ctx, host, segment, avoid)
     if not candidates:
         raise TemporaryError(
             f"no destination for {label}: no other host of segment {segment.name} is up "

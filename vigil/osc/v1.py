@@ -242,6 +242,26 @@ ShowApp = _command(VigilShowOne, "app", "show")
 CloseApp = _command(VigilShowOne, "app", "close")
 CredentialApp = _command(VigilShowOne, "app", "credential")
 
+ListCluster = _command(VigilLister, "cluster", "list")
+ShowCluster = _command(VigilShowOne, "cluster", "show")
+CreateCluster = _command(VigilShowOne, "cluster", "create")
+VerifyCluster = _command(VigilLister, "cluster", "verify")
+DeleteCluster = _command(VigilCommand, "cluster", "delete")
+
+
+class UserDataCluster(VigilCommand):
+    """The members' cloud-init document, printed as it is (not a record)."""
+
+    words = ("cluster", "user-data")
+    _description = _PARSERS[words].description or ""
+
+    def take_action(self, parsed_args: argparse.Namespace) -> None:
+        caught = self.caught(parsed_args)
+        stream = caught.stream
+        assert isinstance(stream, io.StringIO)
+        self.app.stdout.write(stream.getvalue())
+
+
 Pause = _command(VigilShowOne, "pause")
 Resume = _command(VigilShowOne, "resume")
 Status = _command(VigilShowOne, "status")

@@ -484,6 +484,54 @@ class SimCloud:
                 inst.power_state = POWER_RUNNING
         return iid
 
+    def boot(
+        self,
+        name: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        server_group: str | None = None,
+        project_id: str = DEFAULT_PROJECT,
+    ) -> str:
+        """Nova's create, scheduled: the least loaded fitting host (an anti-affinity
+        group's members each on their own); PermanentError "No valid host" when none."""
+        iid = str(uuid.uuid4())
+        anti = server_group is not None and self._groups.get(server_group) == ANTI_AFFINITY
+        with self._lock:
+            self._advance()
+            probe = _Instance(iid, name, "", ACTIVE, dict(metadata or {}), server_group)
+            dest = self._schedule(probe, self._clock.monotonic())
+        if dest is None:
+            raise PermanentError(f"create {name}: No valid host was found")
+        return self.add_instance(
+            name,
+            dest,
+            server_group=server_group,
+            anti_affinity=anti,
+            id=iid,
+            metadata=metadata,
+            project_id=project_id,
+        )
+
+    def delete_instance(self, server_id: str) -> None:
+        """Nova's delete: gone from its host (its copies stop) and its group."""
+        with self._lock:
+            self._advance()
+            inst = self._instance_or_not_found(server_id)
+            for host in list(inst.running_on):
+                self._drop_copy(inst, host)
+            self._on_host[inst.host].discard(server_id)
+            if inst.group is not None:
+                self._group_members[inst.group].discard(server_id)
+            del self._instances[server_id]
+            self._loaded(inst.host)
+
+    def delete_server_group(self, name: str) -> None:
+        with self._lock:
+            if name not in self._groups:
+                raise NotFound(f"server group {name} does not exist")
+            del self._groups[name]
+            del self._group_members[name]
+
     # ------------------------------------------------------------------------ host faults
 
     def power_loss(self, host: str) -> None:

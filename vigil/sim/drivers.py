@@ -8,16 +8,23 @@ refuses, how long a power-off takes) are the cloud's.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Mapping
 
 from vigil.drivers.compute import ComputeDriver, ComputeService, Server
+from vigil.drivers.errors import PermanentError
 from vigil.drivers.fencing import FenceDevice, PowerState
 from vigil.sim.api import CloudApi
+from vigil.sim.cloud import SimCloud
 
 
 class SimCompute(ComputeDriver):
     def __init__(self, cloud: CloudApi) -> None:
         self._cloud = cloud
+        # instances booted here: {id: (port id, user data)}, what a test reads to stand in
+        # for the VM; on_boot(id, port id): a port's binding (SimNetwork.plug)
+        self.booted: dict[str, tuple[str, str]] = {}
+        self.on_boot: Callable[[str, str], None] | None = None
 
     def list_services(self) -> list[ComputeService]:
         return self._cloud.list_services()
@@ -57,6 +64,43 @@ class SimCompute(ComputeDriver):
 
     def reboot(self, server_id: str, hard: bool = True) -> None:
         self._cloud.reboot(server_id, hard)
+
+    # Building in-guest clusters: only on a cloud in this process (the demo's and the
+    # tests'), not through the simulator's RPC.
+    def _local(self) -> SimCloud:
+        if not isinstance(self._cloud, SimCloud):
+            raise PermanentError("the simulated cloud builds clusters only in vigil's process")
+        return self._cloud
+
+    def create_server_group(self, name: str, policy: str = "anti-affinity") -> str:
+        group = f"{name}-{uuid.uuid4().hex[:8]}"
+        self._local().add_server_group(group, policy)
+        return group
+
+    def delete_server_group(self, group_id: str) -> None:
+        self._local().delete_server_group(group_id)
+
+    def create_server(
+        self,
+        *,
+        name: str,
+        image: str,
+        flavor: str,
+        port_id: str,
+        user_data: str,
+        server_group: str,
+        metadata: Mapping[str, str],
+    ) -> str:
+        cloud = self._local()
+        sid = cloud.boot(name, metadata=metadata, server_group=server_group)
+        self.booted[sid] = (port_id, user_data)
+        if self.on_boot is not None:
+            self.on_boot(sid, port_id)
+        return sid
+
+    def delete_server(self, server_id: str) -> None:
+        self._local().delete_instance(server_id)
+        self.booted.pop(server_id, None)
 
     def rebuild(self, server_id: str) -> None:
         self._cloud.rebuild(server_id)

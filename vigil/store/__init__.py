@@ -6,6 +6,7 @@ MariaDB in production), assembled from one module per aggregate."""
 from vigil.store.base import (
     AlreadyExists,
     AppStore,
+    ClusterStore,
     ControlStore,
     GuestStore,
     HostStore,
@@ -27,6 +28,7 @@ from vigil.store.base import (
 __all__ = [
     "AlreadyExists",
     "AppStore",
+    "ClusterStore",
     "ControlStore",
     "GuestStore",
     "HostStore",

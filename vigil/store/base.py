@@ -31,6 +31,7 @@ from vigil.model import (
     AppEpisode,
     AppInstance,
     CheckState,
+    Cluster,
     ComputeHold,
     Control,
     DeadLetter,
@@ -722,6 +723,42 @@ class RequestStore(abc.ABC):
         ``hostless``."""
 
 
+class ClusterStore(abc.ABC):
+    """In-guest clusters (issue 19, ``vigil.model.Cluster``): one record each, with its
+    members, written as its cloud resources are made. Clusters are few (tens, not
+    thousands): finding an instance's cluster reads them all."""
+
+    @abc.abstractmethod
+    def add_cluster(self, cluster: Cluster, *, events: Sequence[Event] = ()) -> Cluster:
+        """Record a new cluster; AlreadyExists when its project has one of that name."""
+
+    @abc.abstractmethod
+    def get_cluster(self, cluster_id: str) -> Cluster:
+        """NotFoundError for an unknown cluster."""
+
+    @abc.abstractmethod
+    def list_clusters(self, *, project_id: str | None = None) -> list[Cluster]:
+        """Every cluster (of ``project_id`` only, when given), oldest first."""
+
+    @abc.abstractmethod
+    def update_cluster(
+        self, cluster_id: str, *, at: float, events: Sequence[Event] = (), **changes: Any
+    ) -> Cluster:
+        """Change the named fields of the cluster's record (``members`` a tuple of
+        ClusterMember); NotFoundError for an unknown cluster."""
+
+    @abc.abstractmethod
+    def delete_cluster(self, cluster_id: str, *, events: Sequence[Event] = ()) -> None:
+        """Forget the cluster (its cloud resources removed already)."""
+
+    def cluster_of_instance(self, instance_id: str) -> Cluster | None:
+        """The cluster one of whose members is the instance, if any."""
+        for cluster in self.list_clusters():
+            if any(m.instance_id == instance_id for m in cluster.members):
+                return cluster
+        return None
+
+
 class Store(
     HostStore,
     ControlStore,
@@ -729,6 +766,7 @@ class Store(
     GuestStore,
     ServiceStore,
     AppStore,
+    ClusterStore,
     OutboxStore,
     RequestStore,
     OwnershipStore,

@@ -363,3 +363,29 @@ class AppInstanceRow(Base):
     # The episode is there and open: what the engine's scan of open episodes selects by.
     episode_open: Mapped[bool] = mapped_column(sa.Boolean, index=True)
     updated_at: Mapped[float] = mapped_column(sa.Double)
+
+
+class ClusterRow(Base):
+    """An in-guest cluster (``vigil.model.Cluster``, migration 0015): what was asked and
+    the cloud resources made for it; its members as a JSON list (a cluster has at most a
+    few: they are read and written with it)."""
+
+    __tablename__ = "clusters"
+    __table_args__ = (sa.UniqueConstraint("project_key", "name"), _MYSQL_TABLE)
+
+    id: Mapped[str] = mapped_column(sa.String(_NAME), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(_NAME))
+    project_id: Mapped[str | None] = mapped_column(sa.String(_NAME), index=True)
+    # project_id or "" — a unique constraint over a NULL column would not hold
+    project_key: Mapped[str] = mapped_column(sa.String(_NAME))
+    status: Mapped[str] = mapped_column(sa.String(_ENUM))
+    # size, image, flavor, network, policy, want_vip: what was asked
+    spec: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    # network_id, vip, vip_port_id, server_group_id, security_group_id: what was made
+    resources: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    # [{"name", "address", "port_id", "instance_id"}]
+    members: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON)
+    detail: Mapped[str] = mapped_column(sa.Text)
+    authkey: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[float] = mapped_column(sa.Double)
+    updated_at: Mapped[float] = mapped_column(sa.Double)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from vigil.store.apps import SqlApps
 from vigil.store.base import Store
+from vigil.store.clusters import SqlClusters
 from vigil.store.db import _SQLITE_IMMEDIATE, MIGRATIONS_DIR, alembic_config, make_engine, upgrade
 from vigil.store.guests import SqlGuests
 from vigil.store.host_services import SqlHostServices
@@ -50,6 +51,7 @@ class SqlStore(
     SqlGuests,
     SqlHostServices,
     SqlApps,
+    SqlClusters,
     SqlOutbox,
     SqlRequests,
     SqlOwnership,

@@ -7,8 +7,8 @@ package fence-agents or fence-agents-common), which gives it every ClusterLabs
 convention — options on stdin and as arguments, ``off | on | reboot | status | list |
 monitor | metadata | validate-all``, the XML metadata, the exit codes (0 done, 1
 failed, 2 status off), ``power_timeout`` and ``delay``. vigil writes it into each
-member by cloud-init (``vigil.engine.clusters``); ``pip install vigil`` also installs it
-as the ``fence_vigil`` command.
+member by cloud-init (``vigil.engine.clusters``); elsewhere, copy this file to
+``/usr/sbin/fence_vigil`` (Pacemaker looks for fence agents there).
 
 What it asks vigil (``POST {vigil_url}/v1/clusters/{cluster}/fence``, authenticated by
 the cluster's token, good for that cluster only): a member's power.

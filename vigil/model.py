@@ -636,6 +636,9 @@ class Cluster:
     security_group_id: str = ""
     members: tuple[ClusterMember, ...] = ()
     authkey: str = ""
+    # what the members last said of themselves (fence_vigil's monitor, every minute):
+    # {"quorate": bool, "online": [names], "dc": name, "at": wall time, "by": member}
+    report: Mapping[str, Any] | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
 

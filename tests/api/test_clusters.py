@@ -53,6 +53,18 @@ class World:
             headers={} if token == "" else {TOKEN_HEADER: token or self.token(cluster)},
         )
 
+    def report(self, cluster: dict[str, Any], *, online: list[str], quorate: bool = True) -> None:
+        """What fence_vigil's monitor sends: the member's view of its cluster."""
+        sent = self.api.post(
+            f"/v1/clusters/{cluster['id']}/fence",
+            json={
+                "action": "list",
+                "report": {"quorate": quorate, "online": online, "dc": online[0], "by": online[0]},
+            },
+            headers={TOKEN_HEADER: self.token(cluster)},
+        )
+        assert sent.status_code == 200, sent.text
+
     def token(self, cluster: dict[str, Any]) -> str:
         return self.server.clusters.token(cluster["id"])
 
@@ -124,6 +136,17 @@ def test_a_cluster_is_built_whole_and_verified(world: World) -> None:
         ("tcp", 2224, cluster["security_group_id"]),
     }
 
+    # before the members said anything of themselves: not verified
+    unheard = world.api.get(f"/v1/clusters/{cluster['id']}/verify").json()
+    assert not unheard["ok"]
+    assert [c["name"] for c in unheard["checks"] if not c["ok"]] == [
+        "members report quorum, all online"
+    ]
+    # fence_vigil's monitor (every minute, on the member running the fence device)
+    world.report(cluster, online=["db-1", "db-2"])
+    partial = world.api.get(f"/v1/clusters/{cluster['id']}/verify").json()
+    assert not partial["ok"] and "offline: db-3" in str(partial["checks"])
+    world.report(cluster, online=["db-1", "db-2", "db-3"])
     verified = world.api.get(f"/v1/clusters/{cluster['id']}/verify").json()
     assert verified["ok"], verified
     assert {c["name"] for c in verified["checks"]} >= {
@@ -298,6 +321,7 @@ def test_the_cli_builds_verifies_and_deletes_a_cluster(
     assert shown["status"] == "active" and shown["vip"] == "-"
     assert shown["members"].startswith("db-1@10.20.0.")
     cluster_id = shown["id"]
+    world.report(world.api.get(f"/v1/clusters/{cluster_id}").json(), online=["db-1", "db-2"])
     verified = vigil("cluster", "verify", cluster_id)
     assert verified.code == 0, verified.err
     assert {row[0]: row[1] for row in verified.rows()}["members on distinct hosts"] == "yes"

@@ -9,151 +9,46 @@ another member. One set-up for the whole story: starting a cluster costs seconds
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 from lxml import etree
 from services import require
 from support import wait_until
-from support.guest_cluster import GuestCluster, Member, check_can_run, write_files_of
-from support.served import AGENT_KEY, bearer, serving
-
-from vigil.server import VigilServer
-from vigil.sim.agents import SimAgents
-from vigil.sim.cloud import SimCloud
-from vigil.sim.network import SimNetwork
+from support.guest_cluster import check_can_run
+from support.incluster import ClusterWorld, answers, cluster_world
 
 pytestmark = pytest.mark.pacemaker
 
-HOSTS = ("compute-1", "compute-2", "compute-3", "compute-4")
-GATEWAY = "10.77.0.1"
-FENCE_VIGIL = Path(__file__).resolve().parents[2] / "vigil" / "agent" / "fence_vigil.py"
 SCHEMA = Path("/usr/share/cluster/relaxng/metadata.rng")
 
 
-@dataclass
-class Story:
-    server: VigilServer
-    cloud: SimCloud
-    api: httpx.Client
-    cluster: dict[str, Any]
-    guests: GuestCluster
-    url: str
-
-    def host_of(self, member: str) -> str:
-        instance = next(m["instance_id"] for m in self.cluster["members"] if m["name"] == member)
-        return self.cloud.instance(instance).host
-
-    def fence_vigil(
-        self, action: str, member: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        """The agent as Pacemaker runs it (options on stdin), from this machine."""
-        token = self.server.clusters.token(self.cluster["id"])
-        options = [
-            f"action={action}",
-            f"vigil_url={self.url}",
-            f"cluster={self.cluster['id']}",
-            f"token={token}",
-            "power_timeout=10",
-        ]
-        if member:
-            options.append(f"port={member}")
-        return subprocess.run(
-            ["/usr/bin/python3", str(FENCE_VIGIL)],
-            input="\n".join(options) + "\n",
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("0.0.0.0", 0))
-        return int(s.getsockname()[1])
-
-
-def answers(address: str) -> bool:
-    """Whether something holds ``address``: a refused TCP connection is an answer."""
-    try:
-        with socket.create_connection((address, 9), timeout=0.5):
-            return True
-    except ConnectionRefusedError:
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
-def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
+def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterWorld]:
     require("corosync and pacemaker in namespaces (root; tools/pacemaker/setup)", check_can_run)
-    network = SimNetwork()
-    network.add_network("private", "10.77.0.0/24")
-    port = _free_port()
-    url = f"http://{GATEWAY}:{port}"
-    with serving(
-        tmp_path_factory.mktemp("vigil"),
-        hosts=HOSTS,
-        network=network,
-        api_host="0.0.0.0",  # the members reach it on the bridge's address
-        api_port=port,
-        clusters_vigil_url=url,
-        accept_master_key=True,  # SimAgents sign every host's heartbeats with it
-    ) as (server, cloud):
-        api = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=bearer(), timeout=30)
-        api.post("/v1/segments", json={"name": "s"}).raise_for_status()
-        for host in HOSTS:
-            api.post(
-                "/v1/hosts", json={"name": host, "segment": "s", "fencing": [{"driver": "sim"}]}
-            ).raise_for_status()
-        agents = SimAgents(
-            cloud, server=server.heartbeat_address, key=AGENT_KEY.encode(), interval=0.1
-        )
-        agents.start()
-        try:
-            wait_until(
-                lambda: all(h["state"] == "up" for h in api.get("/v1/hosts").json()), "hosts up"
-            )
-            made = api.post(
-                "/v1/clusters",
-                json={
-                    "name": "db",
-                    "size": 3,
-                    "image": "debian-12-ha",
-                    "flavor": "m1.small",
-                    "network": "private",
-                },
-            )
-            assert made.status_code == 201, made.text
-            cluster = made.json()
-            user_data = api.get(f"/v1/clusters/{cluster['id']}/user-data").text
-            files = write_files_of(user_data)
-            members = [Member(m["name"], m["address"], files) for m in cluster["members"]]
-            with GuestCluster(members) as guests:
-                guests.start()
-                yield Story(server, cloud, api, cluster, guests, url)
-        finally:
-            agents.stop()
-            api.close()
+    with cluster_world(tmp_path_factory.mktemp("vigil")) as world:
+        yield world
 
 
-def test_the_generated_cluster_forms_with_quorum_and_runs_the_vip(story: Story) -> None:
+def test_the_generated_cluster_forms_with_quorum_and_runs_the_vip(story: ClusterWorld) -> None:
     story.guests.wait_for_quorum(timeout=60)
     vip = story.cluster["vip"]
     wait_until(lambda: story.guests.resource_node("vip") is not None, "the VIP started", 60)
     wait_until(lambda: answers(vip), f"the VIP {vip} answering", 30)
-    # the fence device vigil configured is running too
+    # the fence device vigil configured is running too, and its monitor tells vigil what
+    # the members see: vigil cluster verify passes on the members' own word
     wait_until(lambda: story.guests.resource_node("fence-vigil") is not None, "fence-vigil", 60)
+    verify = f"/v1/clusters/{story.cluster['id']}/verify"
+    verified = wait_until(
+        lambda: (v := story.api.get(verify).json())["ok"] and v, "the cluster verified", 90
+    )
+    reported = next(c for c in verified["checks"] if c["name"].startswith("members report"))
+    assert "quorate, online: db-1, db-2, db-3" in reported["detail"]
 
 
-def test_fence_vigil_metadata_is_a_fence_agents_one(story: Story) -> None:
+def test_fence_vigil_metadata_is_a_fence_agents_one(story: ClusterWorld) -> None:
     member = story.cluster["members"][0]["name"]
     # the agent's own, as every fence_* prints it, against fence-agents' schema
     own = story.guests.run(member, ["fence_vigil", "-o", "metadata"], timeout=30)
@@ -179,7 +74,7 @@ def test_fence_vigil_metadata_is_a_fence_agents_one(story: Story) -> None:
     assert etree.fromstring(shown.stdout.encode()).get("name") == "fence_vigil"
 
 
-def test_the_vip_moves_only_once_vigil_has_fenced_the_dead_hypervisor(story: Story) -> None:
+def test_the_vip_moves_only_once_vigil_has_fenced_the_dead_hypervisor(story: ClusterWorld) -> None:
     guests, cloud = story.guests, story.cloud
     guests.wait_for_quorum(timeout=60)
     owner = wait_until(lambda: guests.resource_node("vip"), "the VIP placed", 60)
@@ -226,7 +121,7 @@ def test_the_vip_moves_only_once_vigil_has_fenced_the_dead_hypervisor(story: Sto
     print(f"VIP moved to {moved} {took:.1f}s after the BMC answered again")
 
 
-def test_off_on_a_live_member_powers_it_off_through_nova(story: Story) -> None:
+def test_off_on_a_live_member_powers_it_off_through_nova(story: ClusterWorld) -> None:
     # a member of a live host that does not run the VIP; it leaves the cluster after
     vip_at = story.guests.resource_node("vip")
     live = [

@@ -29,10 +29,13 @@ the cluster's token, good for that cluster only): a member's power.
 import atexit
 import json
 import logging
+import socket
 import ssl
+import subprocess
 import sys
 import urllib.error
 import urllib.request
+import xml.etree.ElementTree as ET
 from typing import Any
 
 sys.path.append("/usr/share/fence")
@@ -75,10 +78,12 @@ class Vigil:
         elif options.get("--cacert"):
             self.context = ssl.create_default_context(cafile=options["--cacert"])
 
-    def ask(self, action: str, member: str | None = None) -> tuple[int, dict[str, Any]]:
+    def ask(
+        self, action: str, member: str | None = None, report: dict[str, Any] | None = None
+    ) -> tuple[int, dict[str, Any]]:
         """vigil's answer as (HTTP status, JSON body); status 0 when vigil was not
         reached (the body says why)."""
-        body = json.dumps({"action": action, "member": member}).encode()
+        body = json.dumps({"action": action, "member": member, "report": report}).encode()
         request = urllib.request.Request(
             f"{self.url}/v1/clusters/{self.cluster}/fence",
             data=body,
@@ -131,8 +136,38 @@ def set_power_status(vigil: Vigil, options: dict[str, Any]) -> None:
         logging.info("%s: %s: %s", member, action, _detail(answer))
 
 
+def cluster_report() -> dict[str, Any] | None:
+    """This member's view of the cluster (``crm_mon``): quorum and the members online.
+    None where there is no running cluster to ask (``crm_mon`` fails or is missing)."""
+    try:
+        shown = subprocess.run(
+            ["crm_mon", "-1", "--output-as=xml"], capture_output=True, text=True, timeout=10
+        )
+        root = ET.fromstring(shown.stdout) if shown.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError, ET.ParseError):
+        return None
+    if root is None:
+        return None
+    dc = root.find("summary/current_dc")
+    nodes = root.find("nodes")
+    online = (
+        []
+        if nodes is None
+        else [str(n.get("name")) for n in nodes.findall("node") if n.get("online") == "true"]
+    )
+    return {
+        "quorate": dc is not None and dc.get("with_quorum") == "true",
+        "online": online,
+        "dc": "" if dc is None else str(dc.get("name") or ""),
+        "by": socket.gethostname(),
+    }
+
+
 def get_list(vigil: Vigil, options: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    status, answer = vigil.ask("list")
+    # Pacemaker's monitor of the device (every minute) also tells vigil what this
+    # member sees: ``vigil cluster verify`` checks quorum and membership with it.
+    monitor = options.get("--original-action") == "monitor"
+    status, answer = vigil.ask("list", report=cluster_report() if monitor else None)
     if status != 200:
         fail_usage(f"Failed: cluster {vigil.cluster}: {_detail(answer)}")
     return {m["name"]: (m.get("address", ""), m.get("power", "")) for m in answer["members"]}

@@ -105,9 +105,19 @@ class VerifyOut(BaseModel):
     checks: list[CheckOut]
 
 
+class ClusterReport(BaseModel):
+    """What a member says of the cluster (``crm_mon``), sent with fence_vigil's monitor."""
+
+    quorate: bool
+    online: list[Annotated[str, Field(max_length=64, pattern=_TEXT)]] = Field(max_length=32)
+    dc: str = Field(default="", max_length=64)
+    by: str = Field(default="", max_length=64)
+
+
 class FenceIn(BaseModel):
     action: Literal["off", "on", "reboot", "status", "list", "monitor"]
     member: str | None = Field(default=None, max_length=64, pattern=_TEXT)
+    report: ClusterReport | None = None
 
 
 class FenceOut(BaseModel):
@@ -221,7 +231,8 @@ def add_cluster_routes(app: FastAPI, *, clusters: Clusters, auth: Sequence[Any])
         """The cluster's fence agent: a member's power, off, on (``reboot`` is off)."""
         action = "off" if body.action == "reboot" else body.action
         try:
-            answer = clusters.fence(cluster_id, token, action, body.member)
+            report = None if body.report is None else body.report.model_dump()
+            answer = clusters.fence(cluster_id, token, action, body.member, report)
         except BadToken as exc:
             LOG.warning("fence call for cluster %s refused: %s", cluster_id, exc)
             raise HTTPException(401, str(exc)) from exc

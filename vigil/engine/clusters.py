@@ -84,6 +84,7 @@ LOG = logging.getLogger("vigil.engine.clusters")
 MAX_SIZE = 8  # corosync's and Red Hat's supported limit for a cluster of VMs
 CLUSTER_KEY = "vigil:cluster"  # server metadata: the cluster a member belongs to
 TOKEN_HEADER = "X-Vigil-Cluster-Token"
+REPORT_MAX_AGE = 180.0  # seconds: three of fence_vigil's monitors missed
 PEERS_TTL = 5.0  # seconds the members' table of ``Clusters.peers`` is kept
 KNET_PORT = 5405
 PCSD_PORT = 2224
@@ -441,6 +442,7 @@ class Clusters:
                 ", ".join(f"{n}: {s.host if s else '-'}" for n, s in servers.items()),
             )
         )
+        checks.append(self._reported(cluster))
         if self._network is not None:
             states = []
             for m in cluster.members:
@@ -457,8 +459,33 @@ class Clusters:
             )
         return checks
 
+    def _reported(self, cluster: Cluster) -> Check:
+        """What the members last said through fence_vigil's monitor: quorum, and every
+        member online."""
+        name = "members report quorum, all online"
+        report = cluster.report
+        if not report:
+            return Check(name, False, "no report yet (fence_vigil's monitor, every minute)")
+        age = self._clock.wall() - float(report.get("at", 0.0))
+        online = sorted(str(n) for n in report.get("online") or [])
+        missing = sorted({m.name for m in cluster.members} - set(online))
+        detail = (
+            f"{'quorate' if report.get('quorate') else 'NOT quorate'}, online: "
+            f"{', '.join(online) or '-'}{'; offline: ' + ', '.join(missing) if missing else ''}"
+            f" (said {age:.0f}s ago by {report.get('by') or '?'})"
+        )
+        fresh = age <= REPORT_MAX_AGE
+        if not fresh:
+            detail += f": older than {REPORT_MAX_AGE:.0f}s"
+        return Check(name, fresh and bool(report.get("quorate")) and not missing, detail)
+
     def fence(
-        self, cluster_id: str, token: str | None, action: str, member: str | None
+        self,
+        cluster_id: str,
+        token: str | None,
+        action: str,
+        member: str | None,
+        report: Mapping[str, Any] | None = None,
     ) -> FenceAnswer:
         """The fence agent's call (see the module docstring)."""
         if not token or not hmac.compare_digest(self.token(cluster_id), token):
@@ -467,6 +494,10 @@ class Clusters:
         if action == "monitor":
             return FenceAnswer(200, {"detail": f"cluster {cluster.name}: vigil answers"})
         if action == "list":
+            if report is not None:  # fence_vigil's monitor: the members' own view
+                self._store.update_cluster(
+                    cluster.id, at=self._clock.wall(), report={**report, "at": self._clock.wall()}
+                )
             out = []
             for m in cluster.members:
                 power = member_power(self._facts(m))

@@ -48,6 +48,7 @@ def _fill(row: ClusterRow, cluster: Cluster) -> None:
     row.spec = {k: values[k] for k in _SPEC} | {"policy": cluster.policy.value}
     row.resources = {k: values[k] for k in _RESOURCES}
     row.members = [dataclasses.asdict(m) for m in cluster.members]
+    row.report = None if cluster.report is None else dict(cluster.report)
     row.created_at, row.updated_at = cluster.created_at, cluster.updated_at
 
 

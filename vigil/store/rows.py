@@ -387,5 +387,6 @@ class ClusterRow(Base):
     members: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON)
     detail: Mapped[str] = mapped_column(sa.Text)
     authkey: Mapped[str] = mapped_column(sa.Text)
+    report: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
     created_at: Mapped[float] = mapped_column(sa.Double)
     updated_at: Mapped[float] = mapped_column(sa.Double)

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("members", sa.JSON(), nullable=False),
         sa.Column("detail", sa.Text(), nullable=False),
         sa.Column("authkey", sa.Text(), nullable=False),
+        sa.Column("report", sa.JSON(), nullable=True),
         sa.Column("created_at", sa.Double(), nullable=False),
         sa.Column("updated_at", sa.Double(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_clusters")),

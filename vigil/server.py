@@ -31,6 +31,7 @@ from vigil.drivers.errors import PermanentError
 from vigil.drivers.fence_factory import ExtraBuilder, fence_device_factory
 from vigil.drivers.fencing import FenceDevice
 from vigil.drivers.network import NetworkDriver
+from vigil.drivers.neutron import build_openstack_network
 from vigil.drivers.notifier import LogNotifier, MemoryNotifier
 from vigil.drivers.openstack import build_openstack_compute
 from vigil.drivers.webhook import WebhookNotifier
@@ -108,7 +109,15 @@ class VigilServer:
             if cloud is None:
                 raise config.ConfigError("compute.driver is sim: set compute.sim_url")
             compute = SimCompute(cloud)
-        # Neutron, for in-guest clusters (the real one comes with vigil.drivers.neutron).
+        # Neutron, for in-guest clusters: through the same cloud as Nova, connected on
+        # first use (a cloud whose Neutron vigil cannot use loses clusters, nothing else).
+        if network is None and settings.compute_driver == "openstack":
+            try:
+                network = build_openstack_network(
+                    settings.compute_cloud, timeout=settings.compute_api_timeout, check=False
+                )
+            except PermanentError as exc:
+                LOG.warning("in-guest clusters unavailable: Neutron: %s", exc)
         if isinstance(compute, SimCompute) and isinstance(network, SimNetwork):
             sim_network = network
             compute.on_boot = lambda sid, port: sim_network.plug(port, sid)

@@ -30,6 +30,7 @@ from support.keystone import Keystone
 from vigil import config
 from vigil.agent.heartbeat import HeartbeatSender
 from vigil.drivers.fencing import FenceDevice, PowerState
+from vigil.drivers.network import NetworkDriver
 from vigil.drivers.openstack import OpenStackCompute, build_openstack_compute
 from vigil.model import Host
 from vigil.server import VigilServer
@@ -370,6 +371,7 @@ def running_vigil(
     *,
     max_parallel_evacuations: int | None = 4,
     alive: Callable[[str], bool] | None = None,
+    network: NetworkDriver | None = None,
 ) -> Iterator[Vigil]:
     """vigil-server in-process on the minicloud: the openstack compute driver, compute1..3
     in one segment fenced through their processes (ProcessFence), and their heartbeats;
@@ -395,7 +397,7 @@ def running_vigil(
     def fences(host: Host) -> list[FenceDevice]:
         return [ProcessFence(cloud, host.name)]
 
-    server = VigilServer(settings, compute=driver, fence_devices=fences)
+    server = VigilServer(settings, compute=driver, fence_devices=fences, network=network)
     server.start()
     api = httpx.Client(
         base_url=server.api_url,

@@ -1,6 +1,6 @@
-"""Stand-ins for the OpenStack services a real Nova needs around it: Keystone, Glance, Neutron.
+"""Stand-ins for the OpenStack services a real Nova needs around it: Keystone and Glance.
 
-One small threaded HTTP server (standard library only), three path prefixes:
+One small threaded HTTP server (standard library only), two path prefixes:
 
 - ``/identity``: Keystone v3 just far enough for password authentication (openstacksdk,
   keystoneauth): version discovery and ``POST /v3/auth/tokens`` answering a scoped token
@@ -9,9 +9,9 @@ One small threaded HTTP server (standard library only), three path prefixes:
   a secret shared with the nova-api auth filter (``minicloud_auth``), which checks them.
 - ``/image``: Glance v2 read-only: two images (``cirros`` without properties and
   ``cirros-ha`` carrying vigil's HA properties), image schemas, version discovery.
-- ``/network``: Neutron v2.0 with nothing in it: every collection is an empty list,
-  every single resource 404. Enough for servers booted with ``networks='none'`` and for
-  their evacuation.
+
+Neutron is the real one (the minicloud's ``neutron`` process): the stand-in catalog names
+it, and it checks the stand-in's tokens as nova-api does (``minicloud_auth``).
 
 Usage: ``python3 stubs.py --port PORT --state-file minicloud.json`` (the state file gives
 the password, the secret and the ports written into the catalog).
@@ -131,7 +131,6 @@ class Stubs(BaseHTTPRequestHandler):
         for prefix, handler in (
             ("/identity", self._identity),
             ("/image", self._image),
-            ("/network", self._network),
         ):
             if path == prefix or path.startswith(prefix + "/"):
                 handler(method, path[len(prefix) :], body)
@@ -245,7 +244,7 @@ class Stubs(BaseHTTPRequestHandler):
                 service("compute", "nova", f"http://127.0.0.1:{ports['api']}/v2.1"),
                 service("placement", "placement", f"http://127.0.0.1:{ports['placement']}"),
                 service("image", "glance", f"{self.base}/image"),
-                service("network", "neutron", f"{self.base}/network"),
+                service("network", "neutron", f"http://127.0.0.1:{ports['neutron']}"),
             ],
         }
 
@@ -276,31 +275,6 @@ class Stubs(BaseHTTPRequestHandler):
             self._reply(200, {"name": "images", "properties": {"images": {"items": IMAGE_SCHEMA}}})
         else:
             self._reply(404, {"message": f"no image stub for {path}", "code": 404})
-
-    # ------------------------------------------------------------------ neutron
-    def _network(self, method: str, path: str, body: Any) -> None:
-        if path == "":
-            self._reply(
-                200,
-                {
-                    "versions": [
-                        {
-                            "id": "v2.0",
-                            "status": "CURRENT",
-                            "links": [{"rel": "self", "href": f"{self.base}/network/v2.0/"}],
-                        }
-                    ]
-                },
-            )
-            return
-        parts = [p for p in path.split("/") if p]
-        if parts and parts[0] == "v2.0":
-            parts = parts[1:]
-        if method == "GET" and len(parts) == 1:
-            collection = parts[0].removesuffix(".json").replace("-", "_")
-            self._reply(200, {collection: []})
-        else:
-            self._reply(404, {"NeutronError": {"type": "NotFound", "message": "not found"}})
 
 
 def main() -> int:

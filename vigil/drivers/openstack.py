@@ -35,6 +35,15 @@ its refusal to un-force a host whose evacuations are not cleaned up yet → ``Co
 404 → ``NotFound``; 401/403 and other 4xx → ``PermanentError``. Messages carry the method,
 the path and Nova's own sentence, never a password or a token.
 
+Building an in-guest cluster (``create_server_group``, ``create_server``, ``delete_server``,
+``delete_server_group``): a server is booted on a port made beforehand (``networks:
+[{"port": ...}]``, its address fixed before it exists; ``vigil.drivers.neutron`` makes
+the port), in a server group (``os:scheduler_hints``: Nova's scheduler keeps
+anti-affinity), with cloud-init's user data (base64, as Nova wants it). Image and flavor
+are taken by id or by name (an id first; an image name through Glance). Nova does not
+make the request idempotent: a retried ``create_server`` whose first answer was lost
+boots a second server, which fails on the port already in use.
+
 Not done here: locking instances during their recovery. Nova checks no lock on
 evacuation and admins pass locks anyway, so a lock would only keep owners out, and a
 crash of vigil between lock and unlock would leave them locked out. ``reset_state`` and

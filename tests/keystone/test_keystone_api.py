@@ -44,6 +44,7 @@ def _routes(served: Served, prefix: str = "") -> list[tuple[str, str, bool]]:
                 path in ("/healthz", "/metrics", "/", "/v1", "/v1/", "/v1/{project_id}")
                 or "/agents/" in path  # signed by the agent key, not a caller's token
                 or path.endswith("/app/heartbeat")  # the application's own credential
+                or path.endswith("/fence")  # a cluster's own token (fence_vigil)
                 or name.endswith("_in_project")  # the same handlers as /v1
             ):
                 continue
@@ -89,7 +90,8 @@ def test_who_may_call_what_on_every_route(served: Served, tokens: dict[str, str]
         if path.endswith("/stream"):
             continue  # an allowed caller's stream would last for ever: below
         reader = served.call(method, path, tokens["cloud-reader"], json={})
-        if method == "GET" and not masakari and not path.endswith("/credential"):
+        # a secret (an application's credential, a cluster's user data) is an admin's
+        if method == "GET" and not masakari and not path.endswith(("/credential", "/user-data")):
             assert reader.status_code not in (401, 403), (method, path, reader.text)
         else:
             assert reader.status_code == 403, (method, path, reader.text)

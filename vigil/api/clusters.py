@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Header, HTTPException, Path, Response
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from vigil.api.schemas import answers
@@ -189,16 +189,24 @@ def add_cluster_routes(app: FastAPI, *, clusters: Clusters, auth: Sequence[Any])
 
     @app.get(
         "/v1/clusters/{cluster_id}/user-data",
-        response_class=PlainTextResponse,
-        responses=answers(401, 404, 422),
+        responses={
+            200: {
+                "description": "the members' cloud-init user data",
+                "content": {"text/cloud-config": {"schema": {"type": "string"}}},
+            },
+            **answers(401, 404, 409, 422),
+        },
         dependencies=auth,
         tags=["clusters"],
     )
-    def cluster_user_data(cluster_id: ClusterId) -> PlainTextResponse:
+    def cluster_user_data(cluster_id: ClusterId) -> Response:
         """The members' cloud-init user data (it carries the cluster's secrets)."""
         cluster = store.get_cluster(cluster_id)
-        text = clusters.user_data(cluster)
-        return PlainTextResponse(text, media_type="text/cloud-config")
+        try:
+            text = clusters.user_data(cluster)
+        except ClusterError as exc:
+            raise HTTPException(409, str(exc)) from exc
+        return Response(text, media_type="text/cloud-config")
 
     @app.delete(
         "/v1/clusters/{cluster_id}",
@@ -217,7 +225,7 @@ def add_cluster_routes(app: FastAPI, *, clusters: Clusters, auth: Sequence[Any])
         responses={
             202: {"model": FenceOut, "description": "asked of Nova: poll status"},
             409: {"model": FenceOut, "description": "power not known yet (host not fenced)"},
-            **answers(401, 404, 422),
+            **answers(400, 401, 404, 422),
         },
         tags=["clusters"],
     )

@@ -17,13 +17,13 @@ import pytest
 import yaml
 from support import wait_until
 from support.cli import InProcess, Result
-from support.served import AGENT_KEY, TOKEN, bearer, serving
+from support.incluster import cluster_cloud
+from support.served import TOKEN
 
 from vigil.cli.main import main
 from vigil.engine.clusters import TOKEN_HEADER
 from vigil.model import HaPolicy
 from vigil.server import VigilServer
-from vigil.sim.agents import SimAgents
 from vigil.sim.cloud import SimCloud
 from vigil.sim.network import SimNetwork
 
@@ -71,33 +71,13 @@ class World:
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[World]:
-    network = SimNetwork()
-    network.add_network("private", "10.20.0.0/24")
-    with serving(
-        tmp_path,
-        hosts=HOSTS,
-        network=network,
-        clusters_vigil_url=VIGIL_URL,
-        accept_master_key=True,  # SimAgents sign every host's heartbeats with it
-    ) as (server, cloud):
-        api = httpx.Client(base_url=server.api_url, headers=bearer(), timeout=10)
-        api.post("/v1/segments", json={"name": "s"}).raise_for_status()
-        for host in HOSTS:
-            api.post(
-                "/v1/hosts", json={"name": host, "segment": "s", "fencing": [{"driver": "sim"}]}
-            ).raise_for_status()
-        agents = SimAgents(
-            cloud, server=server.heartbeat_address, key=AGENT_KEY.encode(), interval=0.1
-        )
-        agents.start()
-        try:
-            wait_until(
-                lambda: all(h["state"] == "up" for h in api.get("/v1/hosts").json()), "hosts up"
-            )
-            yield World(server, cloud, network, api)
-        finally:
-            agents.stop()
-            api.close()
+    with cluster_cloud(tmp_path, subnet="10.20.0.0/24", vigil_url=VIGIL_URL) as (
+        server,
+        cloud,
+        network,
+        api,
+    ):
+        yield World(server, cloud, network, api)
 
 
 def _created(world: World, **changes: Any) -> dict[str, Any]:

@@ -86,23 +86,30 @@ def answers(address: str) -> bool:
 
 
 @contextmanager
-def cluster_world(tmp_path: Path, *, size: int = 3, prefix: str = "vgc") -> Iterator[ClusterWorld]:
-    """Everything above, started (corosync and pacemakerd running in every member);
-    stopped and removed on the way out."""
+def cluster_cloud(
+    tmp_path: Path,
+    *,
+    subnet: str,
+    vigil_url: str,
+    api_host: str | None = None,
+    api_port: int | None = None,
+) -> Iterator[tuple[VigilServer, SimCloud, SimNetwork, httpx.Client]]:
+    """vigil-server on the simulated cloud with a simulated Neutron (network ``private``
+    on ``subnet``), its four hosts up (fenced by their simulated BMCs, their agents'
+    heartbeats received); an admin's API client. No namespaces."""
     network = SimNetwork()
-    network.add_network("private", SUBNET)
-    port = free_port()
-    url = f"http://{GATEWAY}:{port}"
+    network.add_network("private", subnet)
+    served = {"api_host": api_host, "api_port": api_port} if api_port else {}
     with serving(
         tmp_path,
         hosts=HOSTS,
         network=network,
-        api_host="0.0.0.0",  # the members reach it on the bridge's address
-        api_port=port,
-        clusters_vigil_url=url,
+        clusters_vigil_url=vigil_url,
         accept_master_key=True,  # SimAgents sign every host's heartbeats with it
+        **served,
     ) as (server, cloud):
-        api = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=bearer(), timeout=30)
+        local = f"http://127.0.0.1:{api_port}" if api_port else server.api_url
+        api = httpx.Client(base_url=local, headers=bearer(), timeout=30)
         api.post("/v1/segments", json={"name": "s"}).raise_for_status()
         for host in HOSTS:
             api.post(
@@ -116,23 +123,36 @@ def cluster_world(tmp_path: Path, *, size: int = 3, prefix: str = "vgc") -> Iter
             wait_until(
                 lambda: all(h["state"] == "up" for h in api.get("/v1/hosts").json()), "hosts up"
             )
-            made = api.post(
-                "/v1/clusters",
-                json={
-                    "name": "db",
-                    "size": size,
-                    "image": "debian-12-ha",
-                    "flavor": "m1.small",
-                    "network": "private",
-                },
-            )
-            assert made.status_code == 201, made.text
-            cluster = made.json()
-            files = write_files_of(api.get(f"/v1/clusters/{cluster['id']}/user-data").text)
-            members = [Member(m["name"], m["address"], files) for m in cluster["members"]]
-            with GuestCluster(members, prefix=prefix, subnet=SUBNET, gateway=GATEWAY) as guests:
-                guests.start()
-                yield ClusterWorld(server, cloud, api, cluster, guests, url)
+            yield server, cloud, network, api
         finally:
             agents.stop()
             api.close()
+
+
+@contextmanager
+def cluster_world(tmp_path: Path, *, size: int = 3, prefix: str = "vgc") -> Iterator[ClusterWorld]:
+    """Everything above, started (corosync and pacemakerd running in every member);
+    stopped and removed on the way out."""
+    port = free_port()
+    url = f"http://{GATEWAY}:{port}"
+    # the members reach vigil on the bridge's address
+    with cluster_cloud(
+        tmp_path, subnet=SUBNET, vigil_url=url, api_host="0.0.0.0", api_port=port
+    ) as (server, cloud, _, api):
+        made = api.post(
+            "/v1/clusters",
+            json={
+                "name": "db",
+                "size": size,
+                "image": "debian-12-ha",
+                "flavor": "m1.small",
+                "network": "private",
+            },
+        )
+        assert made.status_code == 201, made.text
+        cluster = made.json()
+        files = write_files_of(api.get(f"/v1/clusters/{cluster['id']}/user-data").text)
+        members = [Member(m["name"], m["address"], files) for m in cluster["members"]]
+        with GuestCluster(members, prefix=prefix, subnet=SUBNET, gateway=GATEWAY) as guests:
+            guests.start()
+            yield ClusterWorld(server, cloud, api, cluster, guests, url)

@@ -63,7 +63,7 @@ from vigil.config import RecoverySettings
 from vigil.drivers.compute import ComputeDriver
 from vigil.drivers.errors import Conflict, DriverError, NotFound
 from vigil.drivers.webhook import WebhookNotifier, validate_webhook_url
-from vigil.engine.clusters import Clusters
+from vigil.engine.clusters import ClusterError, Clusters
 from vigil.engine.engine import Engine
 from vigil.engine.guest_engine import GuestEngine
 from vigil.engine.outbox import webhook_sink
@@ -264,6 +264,7 @@ def create_app(
     app.add_exception_handler(AlreadyExists, _error(409))
     app.add_exception_handler(InUse, _error(409))
     app.add_exception_handler(InvalidTransition, _error(409))
+    app.add_exception_handler(ClusterError, _error(409))  # not as asked (no Neutron, ...)
     app.add_exception_handler(ValueError, _error(400))
     app.add_exception_handler(Conflict, _error(409))  # Nova refuses for now (e.g. cleaning up)
     app.add_exception_handler(NotFound, _error(404))

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from vigil.api.schemas import answers
-from vigil.engine.clusters import MAX_SIZE, TOKEN_HEADER, BadToken, ClusterError, Clusters
+from vigil.engine.clusters import MAX_SIZE, TOKEN_HEADER, BadToken, Clusters
 from vigil.model import Cluster, ClusterStatus, HaPolicy
 from vigil.store import NotFoundError
 
@@ -146,19 +146,16 @@ def add_cluster_routes(app: FastAPI, *, clusters: Clusters, auth: Sequence[Any])
     )
     def create_cluster(body: ClusterIn, response: Response) -> ClusterOut:
         """Build an in-guest cluster; waits for its members to be booted, bounded."""
-        try:
-            made = clusters.create(
-                name=body.name,
-                project_id=None,
-                size=body.size,
-                image=body.image,
-                flavor=body.flavor,
-                network=body.network,
-                vip=body.vip,
-                policy=body.policy,
-            )
-        except ClusterError as exc:
-            raise HTTPException(409, str(exc)) from exc
+        made = clusters.create(
+            name=body.name,
+            project_id=None,
+            size=body.size,
+            image=body.image,
+            flavor=body.flavor,
+            network=body.network,
+            vip=body.vip,
+            policy=body.policy,
+        )
         if made.status == ClusterStatus.BUILDING:
             response.status_code = 202
         return ClusterOut.of(made)
@@ -201,11 +198,7 @@ def add_cluster_routes(app: FastAPI, *, clusters: Clusters, auth: Sequence[Any])
     )
     def cluster_user_data(cluster_id: ClusterId) -> Response:
         """The members' cloud-init user data (it carries the cluster's secrets)."""
-        cluster = store.get_cluster(cluster_id)
-        try:
-            text = clusters.user_data(cluster)
-        except ClusterError as exc:
-            raise HTTPException(409, str(exc)) from exc
+        text = clusters.user_data(store.get_cluster(cluster_id))
         return Response(text, media_type="text/cloud-config")
 
     @app.delete(

@@ -40,16 +40,15 @@ from urllib.parse import quote, urlencode
 import openstack
 import openstack.connection
 import openstack.exceptions
-from keystoneauth1 import exceptions as ksa_exc
 
 from vigil.drivers.errors import (
     Conflict,
-    DriverError,
     NotFound,
     PermanentError,
     TemporaryError,
 )
 from vigil.drivers.network import Network, NetworkDriver, Port, Rule, Subnet
+from vigil.drivers.sdk import LIBRARY_ERRORS, Boundary
 
 LOG = logging.getLogger(__name__)
 
@@ -94,69 +93,25 @@ class OpenStackNetwork(NetworkDriver):
 
     def __init__(self, conn: openstack.connection.Connection) -> None:
         self._conn = conn
-        self._secrets = self._collect_secrets(conn)
+        self._sdk = Boundary(conn, "network")
         self._project_id: str | None = None
 
     # ------------------------------------------------------------------ plumbing
 
-    @staticmethod
-    def _collect_secrets(conn: Any) -> list[str]:
-        """Values that must never appear in a message: the password and such."""
-        try:
-            auth = conn.config.config.get("auth", {}) or {}
-        except AttributeError:
-            return []
-        keys = ("password", "token", "application_credential_secret", "secret")
-        return [str(v) for k, v in auth.items() if k in keys and v and len(str(v)) >= 4]
-
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def _translate(self, exc: Exception, what: str) -> DriverError:
-        """A library exception raised before Neutron answered, as a vigil error."""
-        kind = type(exc).__name__
-        if isinstance(exc, ksa_exc.Unauthorized | ksa_exc.AuthorizationFailure):
-            return PermanentError(
-                f"{what}: OpenStack refused the credentials ({kind}): check the cloud's "
-                "username, password and project in clouds.yaml or OS_* variables"
-            )
-        if isinstance(exc, ksa_exc.EndpointNotFound):
-            return PermanentError(f"{what}: no network endpoint in the service catalog ({kind})")
-        if isinstance(exc, ksa_exc.HttpError) and exc.http_status and exc.http_status < 500:
-            return PermanentError(f"{what}: identity service answered {exc.http_status} ({kind})")
-        if isinstance(exc, ksa_exc.ConnectionError | ksa_exc.HttpError | ksa_exc.ClientException):
-            return TemporaryError(self._scrub(f"{what}: OpenStack unreachable: {kind}: {exc}"))
-        if isinstance(exc, openstack.exceptions.SDKException):
-            return PermanentError(self._scrub(f"{what}: {kind}: {exc}"))
-        return TemporaryError(self._scrub(f"{what}: {kind}: {exc}"))
-
     def _raise_for(self, response: Any, method: str, path: str) -> None:
         status = int(response.status_code)
-        if status < 400:
-            return
-        what = f"Neutron {method} {path}"
-        kind, message = _neutron_error(response)
-        message = self._scrub(f"{kind}: {message}" if kind else message)
-        if status == 401:
-            raise PermanentError(f"{what}: 401 Unauthorized: the credentials were refused")
-        if status == 403:
-            raise PermanentError(f"{what}: 403 Forbidden: {message}")
-        if status == 404:
-            raise NotFound(f"{what}: {message}")
-        if status == 409:
-            raise Conflict(f"{what}: 409: {message}")
-        if status == 429 or status >= 500:
-            raise TemporaryError(f"{what}: {status}: {message}")
-        raise PermanentError(f"{what}: {status}: {message}")
+        if status >= 400:
+            kind, message = _neutron_error(response)
+            self._sdk.raise_for(
+                status, f"Neutron {method} {path}", f"{kind}: {message}" if kind else message
+            )
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         """One Neutron API call (``path`` below /v2.0); the JSON answer or None."""
         try:
             response = self._conn.network.request(path, method, json=body)
-        except (ksa_exc.ClientException, openstack.exceptions.SDKException) as exc:
-            raise self._translate(exc, f"Neutron {method} {path}") from None
+        except LIBRARY_ERRORS as exc:
+            raise self._sdk.translate(exc, f"Neutron {method} {path}") from None
         self._raise_for(response, method, path)
         if not response.content:
             return None
@@ -170,8 +125,8 @@ class OpenStackNetwork(NetworkDriver):
         if self._project_id is None:
             try:
                 project = self._conn.current_project_id
-            except (ksa_exc.ClientException, openstack.exceptions.SDKException) as exc:
-                raise self._translate(exc, "Neutron: the project of the credentials") from None
+            except LIBRARY_ERRORS as exc:
+                raise self._sdk.translate(exc, "Neutron: the project of the credentials") from None
             if not project:
                 raise PermanentError("the cloud's credentials are not scoped to a project")
             self._project_id = str(project)
@@ -336,7 +291,7 @@ def build_openstack_network(
         conn = openstack.connect(
             cloud=cloud, api_timeout=timeout, connect_retries=0, status_code_retries=0
         )
-    except (openstack.exceptions.SDKException, ksa_exc.ClientException) as exc:
+    except LIBRARY_ERRORS as exc:
         name = cloud or "from OS_* variables"
         raise PermanentError(f"OpenStack cloud {name}: {type(exc).__name__}: {exc}") from None
     network = OpenStackNetwork(conn)

@@ -65,7 +65,6 @@ from urllib.parse import quote, urlencode
 import openstack
 import openstack.connection
 import openstack.exceptions
-from keystoneauth1 import exceptions as ksa_exc
 
 from vigil.drivers.compute import (
     MASAKARI_KEY,
@@ -80,12 +79,12 @@ from vigil.drivers.compute import (
     is_app_key,
 )
 from vigil.drivers.errors import (
-    Conflict,
     DriverError,
     NotFound,
     PermanentError,
     TemporaryError,
 )
+from vigil.drivers.sdk import LIBRARY_ERRORS, Boundary
 from vigil.model import HaPolicy
 
 LOG = logging.getLogger(__name__)
@@ -207,43 +206,9 @@ class OpenStackCompute(ComputeDriver):
         self._unlisted_since: float | None = None  # first poll of a server not listed yet
         self._microversion: str | None = None
         self._images: dict[str, tuple[dict[str, Any], float]] = {}
-        self._secrets = self._collect_secrets(conn)
+        self._sdk = Boundary(conn, "compute")
 
     # ------------------------------------------------------------------ plumbing
-
-    @staticmethod
-    def _collect_secrets(conn: Any) -> list[str]:
-        """Values that must never appear in a message: the password and such."""
-        try:
-            auth = conn.config.config.get("auth", {}) or {}
-        except AttributeError:
-            return []
-        keys = ("password", "token", "application_credential_secret", "secret")
-        return [str(v) for k, v in auth.items() if k in keys and v and len(str(v)) >= 4]
-
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def _translate(self, exc: Exception, what: str) -> DriverError:
-        """A library exception raised before Nova answered, as a vigil error."""
-        kind = type(exc).__name__
-        if isinstance(exc, ksa_exc.Unauthorized | ksa_exc.AuthorizationFailure):
-            return PermanentError(
-                f"{what}: OpenStack refused the credentials ({kind}): check the cloud's "
-                "username, password and project in clouds.yaml or OS_* variables"
-            )
-        if isinstance(exc, ksa_exc.EndpointNotFound):
-            return PermanentError(f"{what}: no compute endpoint in the service catalog ({kind})")
-        if isinstance(exc, ksa_exc.HttpError) and exc.http_status and exc.http_status < 500:
-            return PermanentError(f"{what}: identity service answered {exc.http_status} ({kind})")
-        if isinstance(exc, ksa_exc.ConnectionError | ksa_exc.HttpError | ksa_exc.ClientException):
-            # Unreachable, timed out, or a 5xx from Keystone: worth retrying.
-            return TemporaryError(self._scrub(f"{what}: OpenStack unreachable: {kind}: {exc}"))
-        if isinstance(exc, openstack.exceptions.SDKException):
-            return PermanentError(self._scrub(f"{what}: {kind}: {exc}"))
-        return TemporaryError(self._scrub(f"{what}: {kind}: {exc}"))
 
     def microversion(self) -> str:
         """The microversion in use: MICROVERSION, or the cloud's maximum if lower."""
@@ -252,8 +217,8 @@ class OpenStackCompute(ComputeDriver):
                 return self._microversion
         try:
             response = self._conn.compute.get("/", microversion=None)
-        except (ksa_exc.ClientException, openstack.exceptions.SDKException) as exc:
-            raise self._translate(exc, "GET / (Nova versions)") from None
+        except LIBRARY_ERRORS as exc:
+            raise self._sdk.translate(exc, "GET / (Nova versions)") from None
         self._raise_for(response, "GET", "/ (Nova versions)")
         doc = response.json().get("version", {})
         top = str(doc.get("version") or "")
@@ -272,23 +237,15 @@ class OpenStackCompute(ComputeDriver):
 
     def _raise_for(self, response: Any, method: str, path: str) -> None:
         status = int(response.status_code)
-        if status < 400:
-            return
-        what = f"Nova {method} {path}"
-        message = self._scrub(_nova_message(response))
-        if status == 401:
-            raise PermanentError(f"{what}: 401 Unauthorized: the credentials were refused")
-        if status == 403:
-            raise PermanentError(
-                f"{what}: 403 Forbidden: {message} (vigil's account needs the admin role)"
+        if status >= 400:
+            message = _nova_message(response)
+            self._sdk.raise_for(
+                status,
+                f"Nova {method} {path}",
+                message,
+                conflict=status == 400 and any(s in message for s in _CONFLICT_400),
+                forbidden=" (vigil's account needs the admin role)",
             )
-        if status == 404:
-            raise NotFound(f"{what}: {message}")
-        if status == 409 or (status == 400 and any(s in message for s in _CONFLICT_400)):
-            raise Conflict(f"{what}: {status}: {message}")
-        if status == 429 or status >= 500:
-            raise TemporaryError(f"{what}: {status}: {message}")
-        raise PermanentError(f"{what}: {status}: {message}")
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         """One Nova API call at the pinned microversion; the JSON answer or None."""
@@ -297,8 +254,8 @@ class OpenStackCompute(ComputeDriver):
             response = self._conn.compute.request(
                 path, method, json=body, microversion=microversion
             )
-        except (ksa_exc.ClientException, openstack.exceptions.SDKException) as exc:
-            raise self._translate(exc, f"Nova {method} {path}") from None
+        except LIBRARY_ERRORS as exc:
+            raise self._sdk.translate(exc, f"Nova {method} {path}") from None
         self._raise_for(response, method, path)
         if not response.content:
             return None
@@ -497,8 +454,8 @@ class OpenStackCompute(ComputeDriver):
                 self._raise_for(response, "GET", f"/images/{image_id} (Glance)")
                 body = response.json()
                 props = {k: v for k, v in body.items() if k in _POLICY_KEYS or is_app_key(k)}
-        except (ksa_exc.ClientException, openstack.exceptions.SDKException) as exc:
-            error: DriverError = self._translate(exc, f"Glance GET /images/{image_id}")
+        except LIBRARY_ERRORS as exc:
+            error: DriverError = self._sdk.translate(exc, f"Glance GET /images/{image_id}")
         except DriverError as exc:
             error = exc
         else:
@@ -640,10 +597,10 @@ class OpenStackCompute(ComputeDriver):
     def _glance(self, path: str) -> Any:
         try:
             response = self._conn.image.get(path)
-        except (ksa_exc.ClientException, openstack.exceptions.SDKException) as exc:
-            raise self._translate(exc, f"Glance GET {path}") from None
+        except LIBRARY_ERRORS as exc:
+            raise self._sdk.translate(exc, f"Glance GET {path}") from None
         if response.status_code == 404:
-            raise NotFound(f"Glance GET {path}: {self._scrub(_nova_message(response))}")
+            raise NotFound(f"Glance GET {path}: {self._sdk.scrub(_nova_message(response))}")
         self._raise_for(response, "GET", f"{path} (Glance)")
         return response.json()
 
@@ -719,7 +676,7 @@ def build_openstack_compute(
         conn = openstack.connect(
             cloud=cloud, api_timeout=timeout, connect_retries=0, status_code_retries=0
         )
-    except (openstack.exceptions.SDKException, ksa_exc.ClientException) as exc:
+    except LIBRARY_ERRORS as exc:
         name = cloud or "from OS_* variables"
         raise PermanentError(f"OpenStack cloud {name}: {type(exc).__name__}: {exc}") from None
     compute = OpenStackCompute(conn)

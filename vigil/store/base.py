@@ -751,13 +751,6 @@ class ClusterStore(abc.ABC):
     def delete_cluster(self, cluster_id: str, *, events: Sequence[Event] = ()) -> None:
         """Forget the cluster (its cloud resources removed already)."""
 
-    def cluster_of_instance(self, instance_id: str) -> Cluster | None:
-        """The cluster one of whose members is the instance, if any."""
-        for cluster in self.list_clusters():
-            if any(m.instance_id == instance_id for m in cluster.members):
-                return cluster
-        return None
-
 
 class Store(
     HostStore,

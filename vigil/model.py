@@ -594,6 +594,7 @@ class ClusterStatus(enum.StrEnum):
     """An in-guest cluster's life: its cloud resources being built, built, failed to
     build (an operator looks, then deletes), being removed."""
 
+    WAITING = "waiting"  # external: recorded, its resources not adopted yet
     BUILDING = "building"
     ACTIVE = "active"
     ERROR = "error"
@@ -628,6 +629,9 @@ class Cluster:
     network: str
     policy: HaPolicy = HaPolicy.NOTIFY
     want_vip: bool = False
+    # made by another tool (a Heat stack, doc/heat/): vigil adopts its resources (the
+    # server group's members, their ports) and never deletes them
+    external: bool = False
     detail: str = ""
     network_id: str = ""
     vip: str = ""

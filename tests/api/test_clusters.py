@@ -7,6 +7,7 @@ in tests/nova."""
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,14 @@ from support.incluster import cluster_cloud
 from support.served import TOKEN
 
 from vigil.cli.main import main
-from vigil.engine.clusters import TOKEN_HEADER
+from vigil.drivers.compute import CLUSTER_KEY, POLICY_KEY
+from vigil.engine.clusters import TOKEN_HEADER, fence_agent_source
 from vigil.model import HaPolicy
 from vigil.server import VigilServer
 from vigil.sim.cloud import SimCloud
 from vigil.sim.network import SimNetwork
 
+DOC_HEAT = Path(__file__).resolve().parents[2] / "doc" / "heat"
 HOSTS = ("compute-1", "compute-2", "compute-3", "compute-4")
 VIGIL_URL = "http://10.20.0.1:8675"
 BODY = {"name": "db", "size": 3, "image": "debian-12", "flavor": "m1.small", "network": "private"}
@@ -223,11 +226,13 @@ def test_bad_input_names_the_field_and_builds_nothing(world: World) -> None:
         ({**BODY, "size": 9}, "size"),
         ({**BODY, "size": 1}, "size"),
         ({**BODY, "name": "Bad_Name"}, "name"),
-        ({k: v for k, v in BODY.items() if k != "image"}, "image"),
     ):
         refused = world.api.post("/v1/clusters", json=body)
         assert refused.status_code == 422, refused.text
         assert field in str(refused.json()["detail"])
+    # an image is the stack's for an external cluster only
+    imageless = world.api.post("/v1/clusters", json={k: v for k, v in BODY.items() if k != "image"})
+    assert imageless.status_code == 400 and "image" in imageless.json()["detail"], imageless.text
     unknown = world.api.post("/v1/clusters", json={**BODY, "name": "lost", "network": "nowhere"})
     assert unknown.status_code in (201, 202)
     assert unknown.json()["status"] == "error" and "nowhere" in unknown.json()["detail"]
@@ -317,3 +322,131 @@ def test_the_cli_builds_verifies_and_deletes_a_cluster(
 
     assert vigil("cluster", "delete", cluster_id).out.strip() == f"cluster {cluster_id} deleted"
     assert vigil("cluster", "show", cluster_id).code == 1
+
+
+# --- an external cluster: made by a Heat stack (doc/heat/), adopted by vigil ----------------
+
+
+def _stack(world: World, cluster_id: str, *, name: str = "web", size: int = 3) -> str:
+    """What doc/heat/vigil-cluster.yaml makes, made as Heat makes it (the real stack is
+    tests/nova/test_heat_nova.py): a VIP port, the members' ports with the VIP allowed,
+    an anti-affinity group, the members booted on their ports with the cluster's id in
+    their metadata. The group's id."""
+    compute, net = world.server.compute, world.network
+    network = net.get_network("private")
+    vip = net.create_port(name=f"{name}-vip", network_id=network.id)
+    group = compute.create_server_group(f"vigil-{name}")
+    for i in range(1, size + 1):
+        port = net.create_port(
+            name=f"{name}-{i}", network_id=network.id, allowed_address_pairs=vip.fixed_ips
+        )
+        compute.create_server(
+            name=f"{name}-{i}",
+            image="debian-12",
+            flavor="m1.small",
+            port_id=port.id,
+            user_data="#cloud-config\n",
+            server_group=group,
+            metadata={CLUSTER_KEY: cluster_id, POLICY_KEY: "notify"},
+        )
+    return group
+
+
+def test_an_external_cluster_is_adopted_from_its_stack(world: World) -> None:
+    made = world.api.post("/v1/clusters", json={"name": "web", "external": True})
+    assert made.status_code == 201, made.text
+    cluster = made.json()
+    assert cluster["status"] == "waiting" and cluster["external"] and cluster["members"] == []
+    # nothing to boot with yet: the stack makes the files from vigil's parameters
+    assert world.api.get(f"/v1/clusters/{cluster['id']}/user-data").status_code == 409
+    parameters = world.api.get(f"/v1/clusters/{cluster['id']}/stack-parameters").json()
+    given = parameters["parameters"]
+    assert given["cluster_id"] == cluster["id"] and given["cluster_name"] == "web"
+    assert given["cluster_token"] == world.token(cluster) and given["vigil_url"] == VIGIL_URL
+    assert given["fence_agent"] == fence_agent_source() and len(given["authkey"]) > 300
+    # a template's parameters are the Heat template's, no more, no fewer
+    template = yaml.safe_load((DOC_HEAT / "vigil-cluster.yaml").read_text())
+    assert set(template["parameters"]) == set(given) | {"image", "flavor", "network"}
+
+    group = _stack(world, cluster["id"])
+    adopted = world.api.post(f"/v1/clusters/{cluster['id']}/adopt", json={"server_group": group})
+    assert adopted.status_code == 200, adopted.text
+    c = adopted.json()
+    assert c["status"] == "active" and c["size"] == 3 and c["server_group_id"] == group
+    assert [m["name"] for m in c["members"]] == ["web-1", "web-2", "web-3"]
+    for m in c["members"]:
+        port = world.network.get_port(m["port_id"])
+        assert port.device_id == m["instance_id"] and port.fixed_ips == (m["address"],)
+        assert port.allowed_address_pairs == (c["vip"],)
+    # the generated files now carry the adopted members: what the stack rendered
+    corosync = next(
+        f["content"]
+        for f in yaml.safe_load(world.api.get(f"/v1/clusters/{c['id']}/user-data").text)[
+            "write_files"
+        ]
+        if f["path"] == "/etc/corosync/corosync.conf"
+    )
+    assert all(
+        f"ring0_addr: {m['address']}\n        name: {m['name']}" in corosync for m in c["members"]
+    )
+
+    world.report(c, online=["web-1", "web-2", "web-3"])
+    verified = world.api.get(f"/v1/clusters/{c['id']}/verify").json()
+    assert verified["ok"], verified
+    assert world.fence(c, "status", "web-2").json()["power"] == "on"
+    # an evacuation keeps adopted members apart as it does vigil's own
+    member = c["members"][0]["instance_id"]
+    assert set(world.server.clusters.peers(member)) == {m["instance_id"] for m in c["members"][1:]}
+    again = world.api.post(f"/v1/clusters/{c['id']}/adopt", json={"server_group": group})
+    assert again.status_code == 409 and "adopted already" in again.json()["detail"]
+
+    # deleting the record leaves the stack's resources to the stack
+    assert world.api.delete(f"/v1/clusters/{c['id']}").status_code == 204
+    assert world.api.get(f"/v1/clusters/{c['id']}").status_code == 404
+    assert {m["instance_id"] for m in c["members"]} <= {i.id for i in world.cloud.instances()}
+    assert len(world.network.list_ports(name_prefix="web-")) == 4
+
+
+def test_adopt_takes_only_the_clusters_own_members(world: World) -> None:
+    cluster = world.api.post("/v1/clusters", json={"name": "web", "external": True}).json()
+    other = world.api.post("/v1/clusters", json={"name": "other", "external": True}).json()
+    group = _stack(world, other["id"])  # the wrong cluster's stack
+    refused = world.api.post(f"/v1/clusters/{cluster['id']}/adopt", json={"server_group": group})
+    assert refused.status_code == 409, refused.text
+    assert "not a member of cluster web" in refused.json()["detail"]
+    assert "vigil:cluster" in refused.json()["detail"]
+    unknown = world.api.post(f"/v1/clusters/{cluster['id']}/adopt", json={"server_group": "no"})
+    assert unknown.status_code == 404, unknown.text
+    still = world.api.get(f"/v1/clusters/{cluster['id']}").json()
+    assert still["status"] == "waiting" and still["members"] == []
+    # a cluster vigil builds hands out user data, not a stack's parameters, and adopts nothing
+    built = _created(world)
+    for answer in (
+        world.api.get(f"/v1/clusters/{built['id']}/stack-parameters"),
+        world.api.post(f"/v1/clusters/{built['id']}/adopt", json={"server_group": group}),
+    ):
+        assert answer.status_code == 409 and "built by vigil" in answer.json()["detail"]
+
+
+def test_the_cli_hands_out_the_stack_parameters_and_adopts(
+    world: World, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cli = InProcess(world.server.api_url, capsys)
+
+    def vigil(*args: str) -> Result:
+        return cli.run(lambda: main(["--url", world.server.api_url, "--token", TOKEN, *args]))
+
+    made = vigil("cluster", "create", "web", "--external")
+    assert made.code == 0, made.err
+    cluster_id = made.fields()["id"]
+    env = tmp_path / "web-env.json"
+    written = vigil("cluster", "stack-parameters", cluster_id, "-o", str(env))
+    assert written.code == 0, written.err
+    assert env.stat().st_mode & 0o777 == 0o600  # the cluster's secrets
+    assert json.loads(env.read_text())["parameters"]["cluster_id"] == cluster_id
+    adopted = vigil("cluster", "adopt", cluster_id, "--server-group", _stack(world, cluster_id))
+    assert adopted.code == 0, adopted.err
+    assert adopted.fields()["status"] == "active"
+    assert adopted.fields()["members"].startswith("web-1@10.20.0.")
+    missing = vigil("cluster", "create", "db", "--size", "2")  # no image: not external
+    assert missing.code == 1 and "image" in missing.err

@@ -85,7 +85,7 @@ def test_every_vigil_command_is_an_openstack_vigil_command() -> None:
         verb = words[-1]
         if verb in ("list", "dead-letters", "verify"):
             assert issubclass(cls, Lister), name
-        elif verb in ("delete", "unset-policy", "user-data"):
+        elif verb in ("delete", "unset-policy", "user-data", "stack-parameters"):
             assert not issubclass(cls, Lister | ShowOne), name
         else:
             assert issubclass(cls, ShowOne), name

@@ -185,6 +185,10 @@ class NetworkContract:
         finally:
             other.clean()
 
+    def test_ports_of_an_instance_with_none_are_none(self, made: Made, network: Network) -> None:
+        made.port("unplugged", network)  # a port plugged into nothing is nobody's
+        assert made.driver.ports_of(str(uuid.uuid4())) == []
+
     def test_deleted_port_is_not_found(self, made: Made, network: Network) -> None:
         port = made.port("gone", network)
         made.driver.delete_port(port.id)

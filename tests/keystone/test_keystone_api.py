@@ -90,8 +90,13 @@ def test_who_may_call_what_on_every_route(served: Served, tokens: dict[str, str]
         if path.endswith("/stream"):
             continue  # an allowed caller's stream would last for ever: below
         reader = served.call(method, path, tokens["cloud-reader"], json={})
-        # a secret (an application's credential, a cluster's user data) is an admin's
-        if method == "GET" and not masakari and not path.endswith(("/credential", "/user-data")):
+        # a secret (an application's credential, a cluster's user data or stack
+        # parameters) is an admin's
+        if (
+            method == "GET"
+            and not masakari
+            and not path.endswith(("/credential", "/user-data", "/stack-parameters"))
+        ):
             assert reader.status_code not in (401, 403), (method, path, reader.text)
         else:
             assert reader.status_code == 403, (method, path, reader.text)

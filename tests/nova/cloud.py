@@ -31,6 +31,7 @@ from vigil import config
 from vigil.agent.heartbeat import HeartbeatSender
 from vigil.drivers.fencing import FenceDevice, PowerState
 from vigil.drivers.network import NetworkDriver
+from vigil.drivers.neutron import build_openstack_network
 from vigil.drivers.openstack import OpenStackCompute, build_openstack_compute
 from vigil.model import Host
 from vigil.server import VigilServer
@@ -439,3 +440,21 @@ def running_vigil(
         sender.stop()
         api.close()
         server.stop()
+
+
+CLUSTERS_VIGIL_URL = "http://10.20.0.1:8675"  # where the members would reach vigil
+
+
+@contextmanager
+def cluster_vigil(cloud: Minicloud, tmp_path: Path) -> Iterator[Vigil]:
+    """vigil-server for in-guest clusters on the real Nova and Neutron (issue 19), on a
+    restored cloud; the servers left behind deleted on the way out."""
+    cloud.restore()
+    with running_vigil(
+        cloud,
+        tmp_path,
+        [f"clusters.vigil_url={CLUSTERS_VIGIL_URL}"],
+        network=build_openstack_network("minicloud"),
+    ) as v:
+        yield v
+    cloud.delete_all_servers()

@@ -9,6 +9,7 @@ itself runs for real in tests/pacemaker."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,23 +20,15 @@ from vigil.drivers.errors import NotFound
 from vigil.drivers.neutron import build_openstack_network
 from vigil.engine.clusters import TOKEN_HEADER
 
-from .cloud import FLAVOR, IMAGE, Minicloud, Vigil, running_vigil
+from .cloud import FLAVOR, IMAGE, Minicloud, Vigil, cluster_vigil
 
 pytestmark = [pytest.mark.nova, pytest.mark.neutron]
 
 
 @pytest.fixture
 def vigil(minicloud: Minicloud, tmp_path: Path) -> Iterator[Vigil]:
-    minicloud.restore()
-    network = build_openstack_network("minicloud")
-    with running_vigil(
-        minicloud,
-        tmp_path,
-        ["clusters.vigil_url=http://10.20.0.1:8675"],
-        network=network,
-    ) as v:
+    with cluster_vigil(minicloud, tmp_path) as v:
         yield v
-    minicloud.delete_all_servers()
 
 
 def test_a_cluster_is_built_on_the_real_nova_and_neutron(
@@ -52,7 +45,7 @@ def test_a_cluster_is_built_on_the_real_nova_and_neutron(
     assert len(members) == 3 and cluster["vip"]
 
     conn = minicloud.conn
-    hosts = set()
+    hosts, booted = set(), []
     for m in members:
         minicloud.wait_active([m["instance_id"]], timeout=120)
         server = minicloud.server(m["instance_id"])
@@ -64,7 +57,7 @@ def test_a_cluster_is_built_on_the_real_nova_and_neutron(
         assert [p["ip_address"] for p in port.allowed_address_pairs] == [cluster["vip"]]
         # the user data Nova holds is what vigil generated for the cluster
         data = minicloud.nova("GET", f"/servers/{m['instance_id']}", mv="2.3")["server"]
-        assert data["OS-EXT-SRV-ATTR:user_data"]
+        booted.append(base64.b64decode(data["OS-EXT-SRV-ATTR:user_data"]).decode())
     assert hosts == {"compute1", "compute2", "compute3"}  # anti-affinity: one each
     group = minicloud.nova("GET", f"/os-server-groups/{cluster['server_group_id']}", mv="2.64")
     assert group["server_group"]["policy"] == "anti-affinity"
@@ -80,6 +73,7 @@ def test_a_cluster_is_built_on_the_real_nova_and_neutron(
         ("tcp", 2224, cluster["security_group_id"]),
     }
     text = vigil.api.get(f"/v1/clusters/{cluster['id']}/user-data").text
+    assert booted == [text] * len(members)  # every member booted with what vigil generated
     corosync = next(
         f["content"]
         for f in yaml.safe_load(text)["write_files"]

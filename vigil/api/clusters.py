@@ -36,16 +36,34 @@ ClusterId = Annotated[str, Path(max_length=64, pattern=_TEXT)]
 
 class ClusterIn(BaseModel):
     name: str = Field(pattern=_NAME, description="lower-case letters, digits, '-'")
+    external: bool = Field(
+        default=False,
+        description="its resources made by a Heat stack (doc/heat/): vigil records the "
+        "cluster, hands out the stack's parameters and adopts the members; size, image, "
+        "flavor and network are then the stack's",
+    )
     size: int = Field(default=3, ge=2, le=MAX_SIZE)
-    image: str = Field(min_length=1, max_length=255, pattern=_TEXT)
-    flavor: str = Field(min_length=1, max_length=255, pattern=_TEXT)
-    network: str = Field(min_length=1, max_length=255, pattern=_TEXT)
+    image: str | None = Field(default=None, min_length=1, max_length=255, pattern=_TEXT)
+    flavor: str | None = Field(default=None, min_length=1, max_length=255, pattern=_TEXT)
+    network: str | None = Field(default=None, min_length=1, max_length=255, pattern=_TEXT)
     vip: bool = Field(default=True, description="reserve a service address (a VIP)")
     policy: HaPolicy = Field(
         default=HaPolicy.NOTIFY,
         description="the members' HA policy: notify (the cluster moves its service; "
         "vigil fences and tells) or keep-running (vigil also evacuates the member)",
     )
+
+
+class AdoptIn(BaseModel):
+    server_group: str = Field(
+        min_length=1, max_length=64, pattern=_TEXT, description="the stack's server group"
+    )
+
+
+class StackParametersOut(BaseModel):
+    """A Heat environment: ``openstack stack create -e`` reads it as it is."""
+
+    parameters: dict[str, str]
 
 
 class MemberOut(BaseModel):
@@ -66,6 +84,7 @@ class ClusterOut(BaseModel):
     flavor: str
     network: str
     policy: str
+    external: bool
     vip: str
     members: list[MemberOut]
     server_group_id: str
@@ -85,6 +104,7 @@ class ClusterOut(BaseModel):
             flavor=c.flavor,
             network=c.network,
             policy=c.policy.value,
+            external=c.external,
             vip=c.vip,
             members=[MemberOut(**m.__dict__) for m in c.members],
             server_group_id=c.server_group_id,
@@ -146,15 +166,22 @@ def add_cluster_routes(app: FastAPI, *, clusters: Clusters, auth: Sequence[Any])
     )
     def create_cluster(body: ClusterIn, response: Response) -> ClusterOut:
         """Build an in-guest cluster; waits for its members to be booted, bounded."""
+        if not body.external:
+            for field in ("image", "flavor", "network"):
+                if getattr(body, field) is None:
+                    raise ValueError(
+                        f"{field}: required unless the cluster is external (a stack's)"
+                    )
         made = clusters.create(
             name=body.name,
             project_id=None,
             size=body.size,
-            image=body.image,
-            flavor=body.flavor,
-            network=body.network,
+            image=body.image or "",
+            flavor=body.flavor or "",
+            network=body.network or "",
             vip=body.vip,
             policy=body.policy,
+            external=body.external,
         )
         if made.status == ClusterStatus.BUILDING:
             response.status_code = 202
@@ -200,6 +227,29 @@ def add_cluster_routes(app: FastAPI, *, clusters: Clusters, auth: Sequence[Any])
         """The members' cloud-init user data (it carries the cluster's secrets)."""
         text = clusters.user_data(store.get_cluster(cluster_id))
         return Response(text, media_type="text/cloud-config")
+
+    @app.get(
+        "/v1/clusters/{cluster_id}/stack-parameters",
+        responses=answers(401, 404, 409, 422),
+        dependencies=auth,
+        tags=["clusters"],
+    )
+    def cluster_stack_parameters(cluster_id: ClusterId) -> StackParametersOut:
+        """An external cluster's parameters for doc/heat/vigil-cluster.yaml, as a Heat
+        environment (they carry the cluster's secrets)."""
+        return StackParametersOut(
+            parameters=clusters.stack_parameters(store.get_cluster(cluster_id))
+        )
+
+    @app.post(
+        "/v1/clusters/{cluster_id}/adopt",
+        responses=answers(400, 401, 404, 409, 422, 502),
+        dependencies=auth,
+        tags=["clusters"],
+    )
+    def adopt_cluster(cluster_id: ClusterId, body: AdoptIn) -> ClusterOut:
+        """Take an external cluster's members from its stack's server group."""
+        return ClusterOut.of(clusters.adopt(cluster_id, body.server_group))
 
     @app.delete(
         "/v1/clusters/{cluster_id}",

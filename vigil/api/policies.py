@@ -286,6 +286,20 @@ _NATIVE: dict[str, tuple[str, str, str, str, str]] = {
         "/v1/clusters/{cluster_id}/user-data",
         "Hand out the members' cloud-init (it holds the cluster's secrets).",
     ),
+    "cluster_stack_parameters": (
+        "vigil:clusters:stack_parameters",
+        ADMIN,
+        "GET",
+        "/v1/clusters/{cluster_id}/stack-parameters",
+        "Hand out an external cluster's Heat parameters (they hold the cluster's secrets).",
+    ),
+    "adopt_cluster": (
+        "vigil:clusters:adopt",
+        ADMIN,
+        "POST",
+        "/v1/clusters/{cluster_id}/adopt",
+        "Take an external cluster's members from its server group.",
+    ),
     "delete_cluster": (
         "vigil:clusters:delete",
         ADMIN,

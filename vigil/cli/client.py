@@ -367,6 +367,16 @@ class VigilClient:
             raise ApiError(resp.status_code, self._error_detail(resp))
         return resp.text
 
+    def cluster_stack_parameters(self, cluster_id: str) -> Json:
+        path = f"/v1/clusters/{_seg(cluster_id)}/stack-parameters"
+        result: Json = self._request("GET", path)
+        return result
+
+    def adopt_cluster(self, cluster_id: str, server_group: str) -> Json:
+        path = f"/v1/clusters/{_seg(cluster_id)}/adopt"
+        result: Json = self._request("POST", path, body={"server_group": server_group})
+        return result
+
     def delete_cluster(self, cluster_id: str) -> None:
         self._request("DELETE", f"/v1/clusters/{_seg(cluster_id)}")
 

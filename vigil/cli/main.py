@@ -15,6 +15,7 @@ printed.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -310,8 +311,10 @@ def cluster_create(c: VigilClient, args: argparse.Namespace, out: Output) -> Non
         "network": args.network,
         "vip": args.vip,
         "policy": args.policy,
+        "external": args.external,
     }
-    made = c.create_cluster(body)
+    # what is not given is not sent: vigil-server names what a cluster it builds lacks
+    made = c.create_cluster({k: v for k, v in body.items() if v is not None})
     out.one(output.CLUSTER, made)
     if made.get("status") == "error":
         raise ApiError(0, f"cluster {args.name} could not be built: {made.get('detail')}")
@@ -327,6 +330,22 @@ def cluster_verify(c: VigilClient, args: argparse.Namespace, out: Output) -> Non
 
 def cluster_user_data(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
     print(c.cluster_user_data(args.cluster), end="", file=out.stream)
+
+
+def cluster_stack_parameters(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    text = json.dumps(c.cluster_stack_parameters(args.cluster), indent=2) + "\n"
+    if args.output is None:
+        print(text, end="", file=out.stream)
+        return
+    # the cluster's token and authkey: readable by the operator alone
+    fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    out.line(f"cluster {args.cluster}: the stack's environment written to {args.output}")
+
+
+def cluster_adopt(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
+    out.one(output.CLUSTER, c.adopt_cluster(args.cluster, args.server_group))
 
 
 def cluster_delete(c: VigilClient, args: argparse.Namespace, out: Output) -> None:
@@ -748,9 +767,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", help="lower-case letters, digits and '-'; members are NAME-1...")
     p.add_argument("--size", type=int, default=3, help="members, 2 to 8 (default 3)")
-    p.add_argument("--image", required=True)
-    p.add_argument("--flavor", required=True)
-    p.add_argument("--network", required=True, help="the Neutron network's name or id")
+    p.add_argument("--image", help="needed unless --external")
+    p.add_argument("--flavor", help="needed unless --external")
+    p.add_argument("--network", help="the Neutron network's name or id; needed unless --external")
+    p.add_argument(
+        "--external",
+        action="store_true",
+        help="a Heat stack makes it (doc/heat/): record it, then stack-parameters and adopt",
+    )
     p.add_argument(
         "--vip",
         action=argparse.BooleanOptionalAction,
@@ -767,6 +791,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cluster")
     p = verb(cl, "user-data", cluster_user_data, "print the members' cloud-init (has secrets)")
     p.add_argument("cluster")
+    p = verb(
+        cl,
+        "stack-parameters",
+        cluster_stack_parameters,
+        "print an external cluster's Heat environment (has secrets)",
+    )
+    p.add_argument("cluster")
+    p.add_argument("--output", "-o", help="write it to this file (mode 0600) instead")
+    p = verb(cl, "adopt", cluster_adopt, "take an external cluster's members from its stack")
+    p.add_argument("cluster")
+    p.add_argument("--server-group", required=True, help="the stack's server group (its id)")
     verb(cl, "delete", cluster_delete, "delete a cluster and what was built for it").add_argument(
         "cluster"
     )

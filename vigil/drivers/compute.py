@@ -30,6 +30,7 @@ EVACUABLE = frozenset({ACTIVE, SHUTOFF, ERROR})
 # Server metadata that carries an instance's HA policy. Masakari's key is understood so
 # that existing deployments need no re-tagging; vigil's own key wins when both are set.
 POLICY_KEY = "vigil:ha_policy"
+CLUSTER_KEY = "vigil:cluster"  # the in-guest cluster (vigil.engine.clusters) of a member
 PRIORITY_KEY = "vigil:ha_priority"
 MASAKARI_KEY = "HA_Enabled"
 # vigil's own guest watchdog key, beside Nova's hw:watchdog_action (which refuses values
@@ -103,6 +104,7 @@ class Server:
     # ``vigil:app_recovery`` keys, each from the first of metadata, image, flavor setting it.
     app_keys: Mapping[str, str] = field(default_factory=dict)
     project_id: str | None = None  # its owner's project (Nova's tenant_id)
+    cluster: str | None = None  # metadata CLUSTER_KEY: the in-guest cluster it is a member of
 
 
 APP_CHECK_PREFIX = "vigil:check:"
@@ -233,6 +235,10 @@ class ComputeDriver(abc.ABC):
     def delete_server(self, server_id: str) -> None:
         """Delete the instance; NotFound when it is gone already."""
         raise PermanentError(f"{type(self).__name__} cannot delete instances")
+
+    def server_group_members(self, group_id: str) -> list[str]:
+        """The instances of the server group (any project's); NotFound for no group."""
+        raise PermanentError(f"{type(self).__name__} cannot read server groups")
 
 
 class ProjectNoting:

@@ -105,5 +105,10 @@ class NetworkDriver(abc.ABC):
         crashed creation left behind)."""
 
     @abc.abstractmethod
+    def ports_of(self, device_id: str) -> list[Port]:
+        """The ports plugged into the instance ``device_id`` (any project's): an adopted
+        cluster's members' (``vigil cluster adopt``)."""
+
+    @abc.abstractmethod
     def delete_port(self, port_id: str) -> None:
         """Delete it; NotFound when it is gone already."""

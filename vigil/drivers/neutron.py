@@ -268,6 +268,10 @@ class OpenStackNetwork(NetworkDriver):
                 return ports
             marker = str(page[-1]["id"])
 
+    def ports_of(self, device_id: str) -> list[Port]:
+        page = self._call("GET", "/ports?" + urlencode({"device_id": device_id}))["ports"]
+        return sorted((self._port(p) for p in page), key=lambda p: p.id)
+
     def delete_port(self, port_id: str) -> None:
         self._call("DELETE", f"/ports/{quote(port_id)}")
 

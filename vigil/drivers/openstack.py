@@ -67,6 +67,7 @@ import openstack.connection
 import openstack.exceptions
 
 from vigil.drivers.compute import (
+    CLUSTER_KEY,
     MASAKARI_KEY,
     POLICY_KEY,
     PRIORITY_KEY,
@@ -437,6 +438,7 @@ class OpenStackCompute(ComputeDriver):
             power_state=_int_or_none(data.get("OS-EXT-STS:power_state")),
             app_keys=app_keys_of(metadata, image_properties, extra_specs),
             project_id=data.get("tenant_id") or data.get("project_id") or None,
+            cluster=str(metadata[CLUSTER_KEY]) if metadata.get(CLUSTER_KEY) else None,
         )
 
     def _image_properties(self, image_id: str) -> Mapping[str, Any]:
@@ -552,6 +554,10 @@ class OpenStackCompute(ComputeDriver):
 
     def delete_server_group(self, group_id: str) -> None:
         self._call("DELETE", f"/os-server-groups/{quote(group_id, safe='')}")
+
+    def server_group_members(self, group_id: str) -> list[str]:
+        body = self._call("GET", f"/os-server-groups/{quote(group_id, safe='')}")
+        return [str(m) for m in body["server_group"].get("members") or []]
 
     def create_server(
         self,

@@ -59,9 +59,9 @@ import yaml
 
 from vigil.clock import Clock
 from vigil.drivers import compute as nova
-from vigil.drivers.compute import ComputeDriver, Server
+from vigil.drivers.compute import CLUSTER_KEY, ComputeDriver, Server
 from vigil.drivers.errors import Conflict, NotFound, PermanentError
-from vigil.drivers.network import PORT_ACTIVE, NetworkDriver, Rule
+from vigil.drivers.network import PORT_ACTIVE, NetworkDriver, Port, Rule
 from vigil.engine.requests import OperatorRequests
 from vigil.model import (
     Cluster,
@@ -82,7 +82,6 @@ from vigil.store import NotFoundError, Store
 LOG = logging.getLogger("vigil.engine.clusters")
 
 MAX_SIZE = 8  # corosync's and Red Hat's supported limit for a cluster of VMs
-CLUSTER_KEY = "vigil:cluster"  # server metadata: the cluster a member belongs to
 TOKEN_HEADER = "X-Vigil-Cluster-Token"
 REPORT_MAX_AGE = 180.0  # seconds: three of fence_vigil's monitors missed
 PEERS_TTL = 5.0  # seconds the members' table of ``Clusters.peers`` is kept
@@ -209,6 +208,12 @@ def user_data(cluster: Cluster, *, vigil_url: str, token: str, prefix_len: int) 
     return "#cloud-config\n" + str(yaml.safe_dump(document, sort_keys=False, width=1000))
 
 
+def _natural(name: str) -> tuple[str, int]:
+    """db-2 before db-10: corosync's node ids follow the members' order."""
+    head, _, tail = name.rpartition("-")
+    return (head, int(tail)) if tail.isdigit() else (name, 0)
+
+
 # --- a member's power (pure) -------------------------------------------------------------
 
 
@@ -324,6 +329,11 @@ class Clusters:
 
     def user_data(self, cluster: Cluster) -> str:
         """The members' cloud-init user data, as they were booted with."""
+        if cluster.status == ClusterStatus.WAITING:
+            raise ClusterError(
+                f"cluster {cluster.name} is not adopted yet: its stack makes the files "
+                "from its parameters (GET /v1/clusters/{id}/stack-parameters)"
+            )
         if self._network is None:
             raise ClusterError("clusters need Neutron: set [network] driver")
         return user_data(
@@ -359,23 +369,29 @@ class Clusters:
         network: str,
         vip: bool,
         policy: HaPolicy = HaPolicy.NOTIFY,
+        external: bool = False,
     ) -> Cluster:
         """Record the cluster and build it (waiting up to the request wait: a cluster
-        still building is returned BUILDING and goes on)."""
+        still building is returned BUILDING and goes on). ``external``: another tool (a
+        Heat stack of doc/heat/) makes its resources with ``stack_parameters``; the
+        cluster waits for ``adopt``."""
         if self._network is None:
             raise ClusterError("clusters need Neutron: set [network] driver")
         if not self.vigil_url:
             raise ClusterError(
                 "clusters need the address their members reach vigil at: set [clusters] vigil_url"
             )
-        if not 2 <= size <= MAX_SIZE:
+        if external:
+            size, image, flavor, network, vip = 0, "", "", "", False  # the stack's
+        elif not 2 <= size <= MAX_SIZE:
             raise ValueError(f"size: a cluster has 2 to {MAX_SIZE} members, not {size}")
         now = self._clock.wall()
         cluster = Cluster(
             id=str(uuid.uuid4()),
             name=name,
             project_id=project_id,
-            status=ClusterStatus.BUILDING,
+            status=ClusterStatus.WAITING if external else ClusterStatus.BUILDING,
+            external=external,
             size=size,
             image=image,
             flavor=flavor,
@@ -387,12 +403,103 @@ class Clusters:
             updated_at=now,
         )
         self._store.add_cluster(cluster)
+        if external:
+            LOG.info("cluster %s (%s): recorded; its stack makes the members", name, cluster.id)
+            return cluster
         LOG.info("cluster %s (%s): %d members requested", name, cluster.id, size)
         request = self._requests.submit(
             RequestKind.BUILD_CLUSTER, cluster.id, host=None, reason=f"cluster {name} created"
         )
         self._settle(request)
         return self._store.get_cluster(cluster.id)
+
+    def stack_parameters(self, cluster: Cluster) -> dict[str, str]:
+        """What a Heat stack of doc/heat/vigil-cluster.yaml takes from vigil: the
+        cluster's identity, its secrets and the fence agent (the stack makes the same
+        files as ``user_data``, over the addresses of the ports it creates)."""
+        if not cluster.external:
+            raise ClusterError(
+                f"cluster {cluster.name} is built by vigil: its members' user data is "
+                "GET /v1/clusters/{id}/user-data"
+            )
+        return {
+            "cluster_id": cluster.id,
+            "cluster_name": cluster.name,
+            "vigil_url": self.vigil_url,
+            "cluster_token": self.token(cluster.id),
+            "authkey": cluster.authkey,
+            "fence_agent": fence_agent_source(),
+            "policy": cluster.policy.value,
+        }
+
+    def adopt(self, cluster_id: str, server_group: str) -> Cluster:
+        """Take the members of an external cluster from its server group: each instance
+        (its metadata naming this cluster), its one port and address; the VIP allowed
+        on every member's port. Its resources stay its stack's."""
+        c = self._store.get_cluster(cluster_id)
+        if not c.external:
+            raise ClusterError(f"cluster {c.name} is built by vigil: nothing to adopt")
+        if c.status != ClusterStatus.WAITING:
+            raise ClusterError(f"cluster {c.name} is {c.status.value}: adopted already")
+        if self._network is None:
+            raise ClusterError("clusters need Neutron: set [network] driver")
+        ids = self._compute.server_group_members(server_group)
+        if not 2 <= len(ids) <= MAX_SIZE:
+            raise ClusterError(
+                f"server group {server_group} has {len(ids)} instances; "
+                f"a cluster has 2 to {MAX_SIZE} members"
+            )
+        found: list[tuple[ClusterMember, Port]] = []
+        for sid in ids:
+            server = self._compute.get_server(sid)
+            if server.cluster != c.id:
+                raise ClusterError(
+                    f"instance {sid} ({server.name}) of server group {server_group} is not "
+                    f"a member of cluster {c.name}: its metadata {CLUSTER_KEY} is "
+                    f"{server.cluster or 'not set'}, not {c.id}"
+                )
+            ports = [p for p in self._network.ports_of(sid) if p.fixed_ips]
+            if len(ports) != 1:
+                raise ClusterError(
+                    f"instance {sid} ({server.name}) has {len(ports)} ports with an "
+                    "address; a member has one"
+                )
+            port = ports[0]
+            found.append((ClusterMember(server.name, port.fixed_ips[0], port.id, sid), port))
+        found.sort(key=lambda mp: _natural(mp[0].name))
+        names = [m.name for m, _ in found]
+        if len(set(names)) != len(names):
+            raise ClusterError(f"members must have distinct names (corosync's): {names}")
+        networks = {p.network_id for _, p in found}
+        if len(networks) != 1:
+            raise ClusterError(f"the members are on {len(networks)} networks; one is needed")
+        shared = set.intersection(*(set(p.allowed_address_pairs) for _, p in found))
+        if len(shared) > 1:
+            raise ClusterError(f"the members' ports allow {len(shared)} shared addresses: one VIP")
+        first = found[0][1]
+        adopted = self._store.update_cluster(
+            c.id,
+            at=self._clock.wall(),
+            status=ClusterStatus.ACTIVE,
+            detail=f"adopted from server group {server_group}",
+            size=len(found),
+            network=first.network_id,
+            network_id=first.network_id,
+            want_vip=bool(shared),
+            vip=next(iter(shared), ""),
+            server_group_id=server_group,
+            security_group_id=first.security_groups[0] if first.security_groups else "",
+            members=tuple(m for m, _ in found),
+        )
+        LOG.info(
+            "cluster %s (%s): adopted %d members of server group %s: %s",
+            c.name,
+            c.id,
+            len(found),
+            server_group,
+            ", ".join(f"{m.name} ({m.instance_id}) at {m.address}" for m in adopted.members),
+        )
+        return adopted
 
     def delete(self, cluster_id: str) -> None:
         cluster = self._store.get_cluster(cluster_id)
@@ -666,6 +773,10 @@ class Clusters:
 
     def _delete(self, request: OperatorRequest) -> tuple[str, Sequence[Event]]:
         c = self._store.get_cluster(request.target)
+        if c.external:  # its stack made its resources; deleting the stack removes them
+            self._store.delete_cluster(c.id)
+            LOG.info("cluster %s (%s): forgotten; its resources are its stack's", c.name, c.id)
+            return f"cluster {c.name} forgotten (its stack keeps its resources)", []
 
         def gone(call: Callable[[str], None], what: str) -> None:
             if what:

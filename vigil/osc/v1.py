@@ -247,6 +247,7 @@ ShowCluster = _command(VigilShowOne, "cluster", "show")
 CreateCluster = _command(VigilShowOne, "cluster", "create")
 VerifyCluster = _command(VigilLister, "cluster", "verify")
 DeleteCluster = _command(VigilCommand, "cluster", "delete")
+AdoptCluster = _command(VigilShowOne, "cluster", "adopt")
 
 
 class UserDataCluster(VigilCommand):
@@ -260,6 +261,13 @@ class UserDataCluster(VigilCommand):
         stream = caught.stream
         assert isinstance(stream, io.StringIO)
         self.app.stdout.write(stream.getvalue())
+
+
+class StackParametersCluster(UserDataCluster):
+    """An external cluster's Heat environment, printed as it is (not a record)."""
+
+    words = ("cluster", "stack-parameters")
+    _description = _PARSERS[words].description or ""
 
 
 Pause = _command(VigilShowOne, "pause")

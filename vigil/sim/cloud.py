@@ -107,6 +107,7 @@ from typing import TYPE_CHECKING, Literal
 from vigil.clock import Clock
 from vigil.drivers.compute import (
     ACTIVE,
+    CLUSTER_KEY,
     ERROR,
     EVACUABLE,
     POLICY_KEY,
@@ -524,6 +525,12 @@ class SimCloud:
                 self._group_members[inst.group].discard(server_id)
             del self._instances[server_id]
             self._loaded(inst.host)
+
+    def server_group_members(self, name: str) -> list[str]:
+        with self._lock:
+            if name not in self._groups:
+                raise NotFound(f"server group {name} does not exist")
+            return sorted(self._group_members[name])
 
     def delete_server_group(self, name: str) -> None:
         with self._lock:
@@ -1085,6 +1092,7 @@ class SimCloud:
             power_state=inst.power_state,
             app_keys=app_keys_of(inst.metadata),
             project_id=inst.project_id,
+            cluster=inst.metadata.get(CLUSTER_KEY) or None,
         )
 
     def _snapshot(self, inst: _Instance) -> SimInstance:

@@ -80,6 +80,9 @@ class SimCompute(ComputeDriver):
     def delete_server_group(self, group_id: str) -> None:
         self._local().delete_server_group(group_id)
 
+    def server_group_members(self, group_id: str) -> list[str]:
+        return self._local().server_group_members(group_id)
+
     def create_server(
         self,
         *,

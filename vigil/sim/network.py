@@ -128,6 +128,13 @@ class SimNetwork(NetworkDriver):
                 key=lambda p: p.name,
             )
 
+    def ports_of(self, device_id: str) -> list[Port]:
+        with self._lock:
+            return sorted(
+                (p for p in self._ports.values() if device_id and p.device_id == device_id),
+                key=lambda p: p.id,
+            )
+
     def delete_port(self, port_id: str) -> None:
         with self._lock:
             self._port(port_id)

@@ -20,7 +20,7 @@ from vigil.store.mapping import record_of
 from vigil.store.rows import ClusterRow
 from vigil.store.session import SessionBase
 
-_SPEC = ("size", "image", "flavor", "network", "policy", "want_vip")
+_SPEC = ("size", "image", "flavor", "network", "policy", "want_vip", "external")
 _RESOURCES = ("network_id", "vip", "vip_port_id", "server_group_id", "security_group_id")
 
 
@@ -35,6 +35,7 @@ def _cluster(row: ClusterRow) -> Cluster:
         network=spec["network"],
         policy=HaPolicy(spec["policy"]),
         want_vip=bool(spec["want_vip"]),
+        external=bool(spec.get("external", False)),
         members=tuple(ClusterMember(**m) for m in row.members),
         **{k: made.get(k, "") for k in _RESOURCES},
     )

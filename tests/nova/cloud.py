@@ -95,6 +95,10 @@ class Minicloud:
     conn: openstack.connection.Connection = field(init=False)
 
     def __post_init__(self) -> None:
+        self.reconnect()
+
+    def reconnect(self) -> None:
+        """A new ``conn``: its catalog has the services registered since (tools/heat)."""
         config = OpenStackConfig(config_files=[str(CLOUDS_YAML)])
         self.conn = openstack.connection.Connection(config=config.get_one(cloud="minicloud"))
 

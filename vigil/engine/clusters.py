@@ -48,6 +48,7 @@ import ipaddress
 import logging
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -85,6 +86,7 @@ MAX_SIZE = 8  # corosync's and Red Hat's supported limit for a cluster of VMs
 TOKEN_HEADER = "X-Vigil-Cluster-Token"
 REPORT_MAX_AGE = 180.0  # seconds: three of fence_vigil's monitors missed
 PEERS_TTL = 5.0  # seconds the members' table of ``Clusters.peers`` is kept
+PLACE_WAIT = 120.0  # seconds a member may take to be scheduled before the next one boots
 KNET_PORT = 5405
 PCSD_PORT = 2224
 # corosync's default totem token (ms), stated in corosync.conf so that what the
@@ -295,6 +297,7 @@ class Clusters:
         key: bytes,
         vigil_url: str,
         wait: float,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._store = store
         self.store = store
@@ -305,6 +308,7 @@ class Clusters:
         self._key = key
         self.vigil_url = vigil_url
         self._wait = wait
+        self._sleep = sleep
         self._peers_lock = threading.Lock()
         self._peers: tuple[float, dict[str, tuple[str, ...]]] | None = None
         requests.register(RequestKind.BUILD_CLUSTER, self._build)
@@ -768,8 +772,32 @@ class Clusters:
             LOG.info(
                 "cluster %s: member %s booting as instance %s at %s", c.name, m.name, sid, m.address
             )
+            self._placed(c, m.name, sid)
         save(status=ClusterStatus.ACTIVE, detail="")
         return f"cluster {c.name}: {c.size} members booted", []
+
+    def _placed(self, c: Cluster, name: str, sid: str) -> None:
+        """Wait (bounded) until Nova has put the member on a host. Members booted
+        together are scheduled before any of them has a host, so Nova's anti-affinity
+        filter sees none of the others: the scheduler picks one host for all, and its late
+        check on that host sends them back, three times at most, then ERROR. One at a
+        time, the filter sees the members placed before."""
+        deadline = self._clock.monotonic() + PLACE_WAIT
+        while True:
+            server = self._compute.get_server(sid)
+            if server.host or server.status == nova.ERROR:
+                return
+            if self._clock.monotonic() > deadline:
+                LOG.warning(
+                    "cluster %s: member %s (instance %s) not on a host after %.0fs; booting "
+                    "the next one anyway (Nova's own check keeps them apart, or fails it)",
+                    c.name,
+                    name,
+                    sid,
+                    PLACE_WAIT,
+                )
+                return
+            self._sleep(0.5)
 
     def _delete(self, request: OperatorRequest) -> tuple[str, Sequence[Event]]:
         c = self._store.get_cluster(request.target)

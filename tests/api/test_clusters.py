@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from support.served import TOKEN
 from vigil.cli.main import main
 from vigil.drivers.compute import CLUSTER_KEY, POLICY_KEY
 from vigil.engine.clusters import TOKEN_HEADER, fence_agent_source
-from vigil.model import HaPolicy
+from vigil.model import ClusterStatus, HaPolicy, RequestKind
 from vigil.server import VigilServer
 from vigil.sim.cloud import SimCloud
 from vigil.sim.network import SimNetwork
@@ -250,6 +250,24 @@ def test_delete_removes_members_ports_and_groups(world: World) -> None:
     assert all(
         m["instance_id"] not in {i.id for i in world.cloud.instances()} for m in cluster["members"]
     )
+
+
+def test_a_resumed_build_takes_the_member_nova_made_before_a_crash(world: World) -> None:
+    cluster = _created(world)
+    store = world.server.store
+    c = store.get_cluster(cluster["id"])
+    # vigil crashed after Nova's create of the last member, before recording it
+    lost = replace(c.members[2], instance_id="")
+    store.update_cluster(
+        c.id, at=c.updated_at, status=ClusterStatus.BUILDING, members=(*c.members[:2], lost)
+    )
+    requests = world.server.engine.requests  # the build, resumed as on restart
+    resumed = requests.submit(RequestKind.BUILD_CLUSTER, c.id, host=None, reason="restart")
+    requests.outcome(resumed.id, 10)
+    rebuilt = store.get_cluster(c.id)
+    assert rebuilt.status == ClusterStatus.ACTIVE
+    assert rebuilt.members == c.members  # the same instance taken back, none made twice
+    assert len(world.server.compute.server_group_members(c.server_group_id)) == 3
 
 
 def test_an_evacuation_never_puts_two_members_on_one_host(world: World) -> None:

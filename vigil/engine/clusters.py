@@ -32,10 +32,17 @@ The members' HA policy is the cluster's (``notify`` by default: the in-guest clu
 moves the service; the member is rebuilt or moved afterwards on request); vigil's
 evacuation never puts two members on one host (``vigil.engine.steps``).
 
+Nova's create is not idempotent: a member Nova made but vigil did not record before a
+crash is found again in the cluster's server group by its name and cluster (metadata), and
+taken, not made twice. Members are booted one at a time (``_placed``): booted together,
+Nova would schedule them all before any has a host, blind to its own anti-affinity.
+
 Limits: Nova's stop is graceful for ``shutdown_timeout`` (60 s) unless the image sets
-``os_shutdown_timeout=0`` — doc/clusters.md says to set it, ``verify`` warns when it is
-not; an instance created by Nova but not recorded before a crash is created again (Nova's
-create is not idempotent) and the stray one is named in the log of ``delete``.
+``os_shutdown_timeout=0`` — doc/clusters.md says to set it; ``verify`` does not check it.
+
+External clusters (``external``; doc/heat/vigil-cluster.yaml): a Heat stack makes the
+resources from ``stack_parameters``; ``adopt`` takes the members from its server group;
+``delete`` only forgets the cluster.
 """
 
 from __future__ import annotations
@@ -755,10 +762,11 @@ class Clusters:
         if not c.server_group_id:
             c = save(server_group_id=self._compute.create_server_group(tag, "anti-affinity"))
         data = user_data(c, vigil_url=self.vigil_url, token=self.token(c.id), prefix_len=prefix)
+        made = self._unrecorded(c)
         for i, m in enumerate(members):
             if m.instance_id:
                 continue
-            sid = self._compute.create_server(
+            sid = made.get(m.name) or self._compute.create_server(
                 name=m.name,
                 image=c.image,
                 flavor=c.flavor,
@@ -775,6 +783,29 @@ class Clusters:
             self._placed(c, m.name, sid)
         save(status=ClusterStatus.ACTIVE, detail="")
         return f"cluster {c.name}: {c.size} members booted", []
+
+    def _unrecorded(self, c: Cluster) -> dict[str, str]:
+        """The members Nova made but vigil did not record (it crashed in between: Nova's
+        create is not idempotent), by name, found in the cluster's server group: a
+        resumed build takes them instead of making them twice."""
+        recorded = {m.instance_id for m in c.members if m.instance_id}
+        if len(recorded) == c.size:
+            return {}
+        found: dict[str, str] = {}
+        for sid in self._compute.server_group_members(c.server_group_id):
+            if sid in recorded:
+                continue
+            server = self._compute.get_server(sid)
+            if server.cluster == c.id and c.member(server.name) is not None:
+                LOG.warning(
+                    "cluster %s: member %s: instance %s made before vigil's restart, "
+                    "not recorded; taken, not made again",
+                    c.name,
+                    server.name,
+                    sid,
+                )
+                found[server.name] = sid
+        return found
 
     def _placed(self, c: Cluster, name: str, sid: str) -> None:
         """Wait (bounded) until Nova has put the member on a host. Members booted

@@ -166,12 +166,6 @@ def add_cluster_routes(app: FastAPI, *, clusters: Clusters, auth: Sequence[Any])
     )
     def create_cluster(body: ClusterIn, response: Response) -> ClusterOut:
         """Build an in-guest cluster; waits for its members to be booted, bounded."""
-        if not body.external:
-            for field in ("image", "flavor", "network"):
-                if getattr(body, field) is None:
-                    raise ValueError(
-                        f"{field}: required unless the cluster is external (a stack's)"
-                    )
         made = clusters.create(
             name=body.name,
             project_id=None,

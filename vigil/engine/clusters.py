@@ -306,8 +306,7 @@ class Clusters:
         wait: float,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self._store = store
-        self.store = store
+        self.store = store  # the API reads the clusters' records through it
         self._compute = compute
         self._network = network
         self._requests = requests
@@ -331,7 +330,7 @@ class Clusters:
         with self._peers_lock:
             if self._peers is None or now - self._peers[0] > PEERS_TTL:
                 table: dict[str, tuple[str, ...]] = {}
-                for c in self._store.list_clusters():
+                for c in self.store.list_clusters():
                     ids = tuple(m.instance_id for m in c.members if m.instance_id)
                     for sid in ids:
                         table[sid] = tuple(p for p in ids if p != sid)
@@ -394,8 +393,12 @@ class Clusters:
             )
         if external:
             size, image, flavor, network, vip = 0, "", "", "", False  # the stack's
-        elif not 2 <= size <= MAX_SIZE:
-            raise ValueError(f"size: a cluster has 2 to {MAX_SIZE} members, not {size}")
+        else:
+            for field, value in (("image", image), ("flavor", flavor), ("network", network)):
+                if not value:
+                    raise ValueError(f"{field}: required unless the cluster is external")
+            if not 2 <= size <= MAX_SIZE:
+                raise ValueError(f"size: a cluster has 2 to {MAX_SIZE} members, not {size}")
         now = self._clock.wall()
         cluster = Cluster(
             id=str(uuid.uuid4()),
@@ -413,7 +416,7 @@ class Clusters:
             created_at=now,
             updated_at=now,
         )
-        self._store.add_cluster(cluster)
+        self.store.add_cluster(cluster)
         if external:
             LOG.info("cluster %s (%s): recorded; its stack makes the members", name, cluster.id)
             return cluster
@@ -422,7 +425,7 @@ class Clusters:
             RequestKind.BUILD_CLUSTER, cluster.id, host=None, reason=f"cluster {name} created"
         )
         self._settle(request)
-        return self._store.get_cluster(cluster.id)
+        return self.store.get_cluster(cluster.id)
 
     def stack_parameters(self, cluster: Cluster) -> dict[str, str]:
         """What a Heat stack of doc/heat/vigil-cluster.yaml takes from vigil: the
@@ -447,7 +450,7 @@ class Clusters:
         """Take the members of an external cluster from its server group: each instance
         (its metadata naming this cluster), its one port and address; the VIP allowed
         on every member's port. Its resources stay its stack's."""
-        c = self._store.get_cluster(cluster_id)
+        c = self.store.get_cluster(cluster_id)
         if not c.external:
             raise ClusterError(f"cluster {c.name} is built by vigil: nothing to adopt")
         if c.status != ClusterStatus.WAITING:
@@ -488,7 +491,7 @@ class Clusters:
         if len(shared) > 1:
             raise ClusterError(f"the members' ports allow {len(shared)} shared addresses: one VIP")
         first = found[0][1]
-        adopted = self._store.update_cluster(
+        adopted = self.store.update_cluster(
             c.id,
             at=self._clock.wall(),
             status=ClusterStatus.ACTIVE,
@@ -513,9 +516,9 @@ class Clusters:
         return adopted
 
     def delete(self, cluster_id: str) -> None:
-        cluster = self._store.get_cluster(cluster_id)
+        cluster = self.store.get_cluster(cluster_id)
         if cluster.status != ClusterStatus.DELETING:
-            self._store.update_cluster(
+            self.store.update_cluster(
                 cluster_id, at=self._clock.wall(), status=ClusterStatus.DELETING, detail=""
             )
         request = self._requests.submit(
@@ -533,7 +536,7 @@ class Clusters:
     def verify(self, cluster_id: str) -> list[Check]:
         """What an operator checks after a build: every member ACTIVE on a host of its
         own, every port ACTIVE (Neutron bound it to the VM), the image's stop immediate."""
-        cluster = self._store.get_cluster(cluster_id)
+        cluster = self.store.get_cluster(cluster_id)
         checks = [Check("built", cluster.status == ClusterStatus.ACTIVE, cluster.status.value)]
         servers: dict[str, Server | None] = {}
         for m in cluster.members:
@@ -608,12 +611,12 @@ class Clusters:
         """The fence agent's call (see the module docstring)."""
         if not token or not hmac.compare_digest(self.token(cluster_id), token):
             raise BadToken("wrong or missing cluster token")
-        cluster = self._store.get_cluster(cluster_id)  # NotFoundError: 404
+        cluster = self.store.get_cluster(cluster_id)  # NotFoundError: 404
         if action == "monitor":
             return FenceAnswer(200, {"detail": f"cluster {cluster.name}: vigil answers"})
         if action == "list":
             if report is not None:  # fence_vigil's monitor: the members' own view
-                self._store.update_cluster(
+                self.store.update_cluster(
                     cluster.id, at=self._clock.wall(), report={**report, "at": self._clock.wall()}
                 )
             out = []
@@ -658,7 +661,7 @@ class Clusters:
         """Whether such a request for the instance is pending or running."""
         return any(
             r.kind == kind and r.target == instance_id
-            for r in self._store.list_requests(statuses=(StepStatus.PENDING, StepStatus.RUNNING))
+            for r in self.store.list_requests(statuses=(StepStatus.PENDING, StepStatus.RUNNING))
         )
 
     def _server(self, member: ClusterMember) -> Server | None:
@@ -675,7 +678,7 @@ class Clusters:
         fenced: str | None = None
         if server is not None and server.host:
             try:
-                host = self._store.get_host(server.host)
+                host = self.store.get_host(server.host)
             except NotFoundError:
                 host = None
             if host is not None and host.state in (HostState.FAILED, HostState.RECOVERED):
@@ -685,7 +688,7 @@ class Clusters:
     def _fenced(self, host: Host) -> str | None:
         """How the host's latest recovery confirmed it off, if its fence step succeeded
         (after the host's failure: an older recovery's fence says nothing of now)."""
-        for recovery in self._store.list_recoveries(host=host.name, limit=1):
+        for recovery in self.store.list_recoveries(host=host.name, limit=1):
             if recovery.status == RecoveryStatus.WITHDRAWN:
                 return None
             step = recovery.step(StepKind.FENCE)
@@ -710,25 +713,25 @@ class Clusters:
             self._failed(request.target, str(exc))
             raise
         except Exception as exc:  # retried by the request: said meanwhile
-            self._store.update_cluster(
+            self.store.update_cluster(
                 request.target, at=self._clock.wall(), detail=f"retrying: {exc}"
             )
             raise
 
     def _failed(self, cluster_id: str, why: str) -> None:
         LOG.error("cluster %s: build failed: %s", cluster_id, why)
-        self._store.update_cluster(
+        self.store.update_cluster(
             cluster_id, at=self._clock.wall(), status=ClusterStatus.ERROR, detail=why
         )
 
     def _build_steps(self, cluster_id: str) -> tuple[str, Sequence[Event]]:
         assert self._network is not None
-        net, c = self._network, self._store.get_cluster(cluster_id)
+        net, c = self._network, self.store.get_cluster(cluster_id)
         if c.status != ClusterStatus.BUILDING:
             return f"cluster is {c.status.value}: nothing to build", []
 
         def save(**changes: Any) -> Cluster:
-            return self._store.update_cluster(cluster_id, at=self._clock.wall(), **changes)
+            return self.store.update_cluster(cluster_id, at=self._clock.wall(), **changes)
 
         network = net.get_network(c.network)
         prefix = self._prefix_len(network.id)
@@ -831,9 +834,9 @@ class Clusters:
             self._sleep(0.5)
 
     def _delete(self, request: OperatorRequest) -> tuple[str, Sequence[Event]]:
-        c = self._store.get_cluster(request.target)
+        c = self.store.get_cluster(request.target)
         if c.external:  # its stack made its resources; deleting the stack removes them
-            self._store.delete_cluster(c.id)
+            self.store.delete_cluster(c.id)
             LOG.info("cluster %s (%s): forgotten; its resources are its stack's", c.name, c.id)
             return f"cluster {c.name} forgotten (its stack keeps its resources)", []
 
@@ -851,6 +854,6 @@ class Clusters:
         gone(self._compute.delete_server_group, c.server_group_id)
         if self._network is not None:
             gone(self._network.delete_security_group, c.security_group_id)
-        self._store.delete_cluster(c.id)
+        self.store.delete_cluster(c.id)
         LOG.info("cluster %s (%s): deleted with its instances, ports and groups", c.name, c.id)
         return f"cluster {c.name} deleted", []
